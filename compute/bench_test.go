@@ -1,0 +1,185 @@
+package compute
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"gonum.org/v1/gonum/blas"
+	"gonum.org/v1/gonum/blas/gonum"
+)
+
+// Benchmarks cycle through several distinct copies of the weight matrix,
+// together well over the 32 MiB L3 of the benchmark machines, so that every
+// op has to stream its weights from DRAM as in real decoding (each layer's
+// weights are touched once per token). With a single matrix, a 9 MiB
+// 768×3072 weight would sit in L3 and an m=1 GEMV would report
+// cache bandwidth rather than memory bandwidth.
+const benchWorkingSet = 128 << 20
+
+func copiesFor(bytes int) int {
+	return max(2, (benchWorkingSet+bytes-1)/bytes)
+}
+
+var benchWeightCache = map[string]any{}
+
+func benchF32Weights(n, k int) [][]float32 {
+	key := fmt.Sprintf("f32 %dx%d", n, k)
+	if w, ok := benchWeightCache[key]; ok {
+		return w.([][]float32)
+	}
+	r := rand.New(rand.NewPCG(uint64(n), uint64(k)))
+	base := randSlice(r, n*k)
+	ws := make([][]float32, copiesFor(4*n*k))
+	for i := range ws {
+		ws[i] = append([]float32(nil), base...)
+		ws[i][i%len(base)] += 1 // distinct copies
+	}
+	benchWeightCache[key] = ws
+	return ws
+}
+
+func benchBF16Weights(n, k int) [][]uint16 {
+	key := fmt.Sprintf("bf16 %dx%d", n, k)
+	if w, ok := benchWeightCache[key]; ok {
+		return w.([][]uint16)
+	}
+	r := rand.New(rand.NewPCG(uint64(n), uint64(k)))
+	base, _ := bf16Weights(r, n*k)
+	ws := make([][]uint16, copiesFor(2*n*k))
+	for i := range ws {
+		ws[i] = append([]uint16(nil), base...)
+		ws[i][i%len(base)] ^= 1
+	}
+	benchWeightCache[key] = ws
+	return ws
+}
+
+func report(b *testing.B, m, k, n, wbytes int) {
+	sec := b.Elapsed().Seconds() / float64(b.N)
+	b.ReportMetric(2*float64(m)*float64(k)*float64(n)/sec/1e9, "GFLOP/s")
+	b.ReportMetric(float64(wbytes)/sec/1e9, "GB/s")
+}
+
+var benchShapes = []shape{
+	{1, 768, 3072}, {4, 768, 3072}, {32, 768, 3072}, {64, 768, 3072}, {256, 1024, 3584},
+}
+
+func BenchmarkMatMulT(b *testing.B) {
+	for _, s := range benchShapes {
+		ws := benchF32Weights(s.n, s.k)
+		r := rand.New(rand.NewPCG(1, 1))
+		a := randSlice(r, s.m*s.k)
+		dst := make([]float32, s.m*s.n)
+		for _, th := range []int{1, 2} {
+			b.Run(fmt.Sprintf("%dx%dx%d/threads=%d", s.m, s.k, s.n, th), func(b *testing.B) {
+				c := NewCPU(th)
+				defer c.Close()
+				i := 0
+				for b.Loop() {
+					c.MatMulT(dst, a, s.m, s.k, ws[i%len(ws)], s.n, false)
+					i++
+				}
+				report(b, s.m, s.k, s.n, 4*s.n*s.k)
+			})
+		}
+	}
+}
+
+func BenchmarkMatMulTBF16(b *testing.B) {
+	for _, s := range []shape{{1, 768, 3072}, {4, 768, 3072}, {64, 768, 3072}} {
+		ws := benchBF16Weights(s.n, s.k)
+		r := rand.New(rand.NewPCG(1, 1))
+		a := randSlice(r, s.m*s.k)
+		dst := make([]float32, s.m*s.n)
+		for _, th := range []int{1, 2} {
+			b.Run(fmt.Sprintf("%dx%dx%d/threads=%d", s.m, s.k, s.n, th), func(b *testing.B) {
+				c := NewCPU(th)
+				defer c.Close()
+				i := 0
+				for b.Loop() {
+					c.MatMulTBF16(dst, a, s.m, s.k, ws[i%len(ws)], s.n, false)
+					i++
+				}
+				report(b, s.m, s.k, s.n, 2*s.n*s.k)
+			})
+		}
+	}
+}
+
+// gemvDotGo is the plain-Go (no SIMD) GEMV: one Dot per weight row.
+func gemvDotGo(dst, x []float32, k int, w []float32, n int) {
+	for j := range dst[:n] {
+		dst[j] = Dot(x, w[j*k:(j+1)*k])
+	}
+}
+
+type gemvVariant struct {
+	name string
+	f    func(dst, x []float32, k int, w []float32, n int)
+}
+
+// blasGEMV1 holds the OpenBLAS variants (bench_openblas_test.go) in the cgo
+// build.
+var blasGEMV1 []gemvVariant
+
+// BenchmarkGEMV1 compares single-threaded m=1 kernels on 768×3072
+// (weights streamed from DRAM): plain Go (no SIMD), gonum's SSE Sgemv, and
+// in the cgo build OpenBLAS sgemv vs sgemm with m=1.
+func BenchmarkGEMV1(b *testing.B) {
+	const k, n = 768, 3072
+	ws := benchF32Weights(n, k)
+	x := randSlice(rand.New(rand.NewPCG(1, 1)), k)
+	dst := make([]float32, n)
+	variants := append([]gemvVariant{
+		{"go-dot", gemvDotGo},
+		{"gonum-sgemv", func(dst, x []float32, k int, w []float32, n int) {
+			gonum.Implementation{}.Sgemv(blas.NoTrans, n, k, 1, w, k, x, 1, 0, dst, 1)
+		}},
+	}, blasGEMV1...)
+	backendInit()
+	for _, v := range variants {
+		b.Run(v.name, func(b *testing.B) {
+			i := 0
+			for b.Loop() {
+				v.f(dst, x, k, ws[i%len(ws)], n)
+				i++
+			}
+			report(b, 1, k, n, 4*n*k)
+		})
+	}
+}
+
+// BenchmarkParallelFor measures the fork/join cost of an empty op.
+func BenchmarkParallelFor(b *testing.B) {
+	for _, th := range []int{1, 2} {
+		b.Run(fmt.Sprintf("threads=%d", th), func(b *testing.B) {
+			c := NewCPU(th)
+			defer c.Close()
+			fn := func(lo, hi int) {}
+			for b.Loop() {
+				c.ParallelFor(th, fn)
+			}
+		})
+	}
+}
+
+func BenchmarkConvertBF16(b *testing.B) {
+	src, _ := bf16Weights(rand.New(rand.NewPCG(1, 1)), 8192)
+	dst := make([]float32, len(src))
+	b.Run("packed64", func(b *testing.B) {
+		b.SetBytes(int64(len(src) * 2))
+		for b.Loop() {
+			ConvertBF16(dst, src)
+		}
+	})
+	b.Run("scalar", func(b *testing.B) {
+		b.SetBytes(int64(len(src) * 2))
+		for b.Loop() {
+			for i, v := range src {
+				dst[i] = math.Float32frombits(uint32(v) << 16)
+			}
+		}
+	})
+}

@@ -1,0 +1,23 @@
+// Package compute is the CPU device: a multi-threaded GEMM plus the handful of
+// elementwise / reduction kernels a transformer forward pass needs.
+//
+// Backends (chosen at build time):
+//
+//   - default (cgo, no "purego" tag): float32 GEMM/GEMV via OpenBLAS, linked by
+//     a small hand-written cgo file (gemm_openblas.go, `#cgo LDFLAGS: -lopenblas`).
+//     OpenBLAS's own threading is forced to 1; parallelism comes from CPU's
+//     worker pool, which splits the output features across threads.
+//   - pure Go (CGO_ENABLED=0 or -tags purego): gonum.org/v1/gonum/blas/gonum
+//     (SSE assembly dot/axpy kernels), called on tiles small enough that gonum
+//     never spawns goroutines of its own.
+//
+// Backend reports which one was compiled in.
+//
+// Concurrency model: a *CPU owns Threads()-1 persistent worker goroutines; the
+// calling goroutine always executes the first chunk of every parallel op
+// itself. The methods of one *CPU must be called from one goroutine at a time
+// and must not be called re-entrantly from inside a ParallelFor body (that
+// panics); use the plain serial functions (MatMulTSerial, MatMul, Dot, ...)
+// inside ParallelFor bodies instead. The plain functions are reentrant and
+// safe for concurrent use on disjoint outputs.
+package compute
