@@ -1,0 +1,216 @@
+// Package engine runs HuggingFace MoE checkpoints (Switch Transformers, Mixtral) on the CPU device:
+// the model engine that workers serve.
+//
+// Data flow for one decoding step: Generate asks a Model to Step a batch of Sequences; the model
+// embeds each sequence's pending tokens (sequences of different lengths are packed into one
+// activation matrix, no padding), runs its dense layers through compute.CPU, and at every MoE block
+// computes router logits, turns them into expert choices (routing), tells its Experts which experts
+// it will need (Hint, as early as it knows: a pre-gated checkpoint knows the next block's experts one
+// block ahead) and then Acquires each expert's weights, computes, and Releases them. Experts is the
+// one seam between the model code and where expert weights live: LocalExperts reads them from the
+// checkpoint; the worker puts its cache and fetch pipeline behind the same interface.
+//
+// Numerics follow HuggingFace transformers exactly (float32 activations and accumulation; BF16
+// weights are widened on the fly), which the tests check against golden outputs computed by HF.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/pregate/pregate/compute"
+	"github.com/pregate/pregate/model"
+	"github.com/pregate/pregate/routing"
+)
+
+// Errors returned by the engine.
+var (
+	ErrUnsupported = errors.New("engine: unsupported checkpoint")
+	ErrBadInput    = errors.New("engine: bad input")
+)
+
+// Model is a loaded checkpoint that can decode.
+type Model interface {
+	// Info describes the model.
+	Info() Info
+	// Start makes one Sequence per prompt. For an encoder-decoder model the prompt is the encoder
+	// input (encoded here) and the decoder starts from its start token; for a decoder-only model the
+	// prompt is the first pending input.
+	Start(ctx context.Context, prompts [][]int) ([]*Sequence, error)
+	// Step runs every sequence's Pending tokens through the model, appends them to its cache, clears
+	// Pending and returns per sequence the logits of its last pending token ([vocab]) or, with all,
+	// of every pending token ([pending × vocab]).
+	Step(ctx context.Context, seqs []*Sequence, all bool) ([][]float32, error)
+	// Close releases the model's resources (the checkpoint mapping stays owned by the caller).
+	Close() error
+}
+
+// Info describes a loaded model.
+type Info struct {
+	Arch      string // "switch_transformers" | "mixtral"
+	VocabSize int
+	EOS       []int
+	// MoEBlocks lists the MoE blocks in forward order; Experts calls name them by index.
+	MoEBlocks []MoEBlock
+	// PreGated is true when the checkpoint carries pre-gate matrices: every MoE block after the
+	// first of its stack is routed by the previous one's pre-gate.
+	PreGated bool
+	// DenseBytes and ExpertBytes are the sizes of the weights, in the checkpoint's dtype.
+	DenseBytes, ExpertBytes int64
+}
+
+// MoEBlock names one MoE block.
+type MoEBlock struct {
+	Name       string // e.g. "encoder.block.1", "model.layers.3"
+	NumExperts int
+	TopK       int
+	// PreGateFor is the index of the MoE block this block's pre-gate routes, or -1.
+	PreGateFor int
+}
+
+// Sequence is one sequence being decoded: its cache and its next input tokens.
+type Sequence struct {
+	// Pending tokens are fed by the next Step.
+	Pending []int
+	n       int         // tokens already in the cache
+	kv      []kvCache   // per decoder layer
+	enc     *encoderOut // encoder-decoder models only
+}
+
+// Len is the number of tokens in the sequence's cache.
+func (s *Sequence) Len() int { return s.n }
+
+type kvCache struct{ k, v []float32 }
+
+// Options configures Load.
+type Options struct {
+	// Experts provides expert weights; nil reads them from the checkpoint (LocalExperts).
+	Experts Experts
+	// Tracer, when set, sees every routing decision (tests and metrics).
+	Tracer Tracer
+}
+
+// Tracer observes routing. Calls happen on the goroutine running Step and must not block.
+type Tracer interface {
+	// Route is called once per MoE block per Step with the logits that decided the block's routing
+	// ([tokens × experts]; a pre-gate's for a pre-gated block) and the choices ([tokens × topK]).
+	Route(block int, logits []float32, choices []routing.Choice)
+}
+
+// Load builds the model a checkpoint's config names.
+func Load(ckpt *model.Checkpoint, cpu *compute.CPU, opts Options) (Model, error) {
+	cfg := ckpt.Config()
+	if cfg == nil {
+		return nil, fmt.Errorf("%w: %s has no config.json", ErrUnsupported, ckpt.Dir())
+	}
+	switch {
+	case cfg.Switch != nil:
+		return LoadSwitch(ckpt, cpu, opts)
+	case cfg.Mixtral != nil:
+		return LoadMixtral(ckpt, cpu, opts)
+	}
+	return nil, fmt.Errorf("%w: model_type %q", ErrUnsupported, cfg.ModelType)
+}
+
+// GenerateOptions configures Generate.
+type GenerateOptions struct {
+	MaxNewTokens int
+	IgnoreEOS    bool
+}
+
+// Result is one sequence's generation.
+type Result struct {
+	PromptIDs    []int
+	GeneratedIDs []int
+}
+
+// Stats times a generation.
+type Stats struct {
+	PrefillSeconds float64 // Start plus the first Step (gives the first new token)
+	DecodeSeconds  float64 // every later Step
+	DecodeTokens   int     // tokens produced by the later Steps, all sequences together
+}
+
+// DecodeTokensPerSecond is DecodeTokens / DecodeSeconds (0 when nothing was decoded).
+func (s Stats) DecodeTokensPerSecond() float64 {
+	if s.DecodeSeconds == 0 {
+		return 0
+	}
+	return float64(s.DecodeTokens) / s.DecodeSeconds
+}
+
+// Generate decodes greedily: each step appends the argmax token to every unfinished sequence. A
+// sequence stops after MaxNewTokens or after an EOS token (included) unless IgnoreEOS.
+func Generate(ctx context.Context, m Model, prompts [][]int, opts GenerateOptions) ([]Result, Stats, error) {
+	var st Stats
+	if opts.MaxNewTokens < 0 {
+		return nil, st, fmt.Errorf("%w: max new tokens %d", ErrBadInput, opts.MaxNewTokens)
+	}
+	info := m.Info()
+	results := make([]Result, len(prompts))
+	for i, p := range prompts {
+		results[i].PromptIDs = append([]int(nil), p...)
+		results[i].GeneratedIDs = []int{}
+	}
+	if opts.MaxNewTokens == 0 || len(prompts) == 0 {
+		return results, st, nil
+	}
+	start := time.Now()
+	seqs, err := m.Start(ctx, prompts)
+	if err != nil {
+		return nil, st, err
+	}
+	active := make([]int, len(seqs)) // indexes into seqs still generating
+	for i := range active {
+		active[i] = i
+	}
+	for step := 0; len(active) > 0; step++ {
+		batch := make([]*Sequence, len(active))
+		for j, i := range active {
+			batch[j] = seqs[i]
+		}
+		t0 := time.Now()
+		logits, err := m.Step(ctx, batch, false)
+		if err != nil {
+			return nil, st, err
+		}
+		next := active[:0]
+		for j, i := range active {
+			tok := compute.ArgMax(logits[j])
+			results[i].GeneratedIDs = append(results[i].GeneratedIDs, tok)
+			seqs[i].Pending = append(seqs[i].Pending[:0], tok)
+			done := len(results[i].GeneratedIDs) >= opts.MaxNewTokens || (!opts.IgnoreEOS && isEOS(info.EOS, tok))
+			if !done {
+				next = append(next, i)
+			}
+		}
+		if step == 0 {
+			st.PrefillSeconds = time.Since(start).Seconds()
+		} else {
+			st.DecodeSeconds += time.Since(t0).Seconds()
+			st.DecodeTokens += len(active)
+		}
+		active = next
+	}
+	return results, st, nil
+}
+
+func isEOS(eos []int, tok int) bool {
+	for _, e := range eos {
+		if e == tok {
+			return true
+		}
+	}
+	return false
+}
+
+func checkIDs(ids []int, vocab int) error {
+	for _, id := range ids {
+		if id < 0 || id >= vocab {
+			return fmt.Errorf("%w: token id %d out of range [0, %d)", ErrBadInput, id, vocab)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,93 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/pregate/pregate/model"
+)
+
+// ExpertWeights are one expert's FFN matrices: out = W2 · (act(W1·x) [⊙ W3·x]).
+// Switch: W1 = wi, W2 = wo, act = ReLU, no W3. Mixtral: W1 = w1 (gate), W3 = w3 (up), W2 = w2,
+// act = SiLU.
+type ExpertWeights struct {
+	W1, W3, W2 Weight
+}
+
+// Bytes is the expert's size in memory.
+func (e *ExpertWeights) Bytes() int64 { return e.W1.Bytes() + e.W3.Bytes() + e.W2.Bytes() }
+
+// Experts is the seam between a model's MoE blocks and where expert weights live. Blocks are
+// numbered in forward order (Info.MoEBlocks). The engine calls it from the goroutine running Step.
+type Experts interface {
+	// Hint tells which experts a block will use, as soon as the engine knows: for a block's own
+	// router just before its experts are acquired, for a pre-gated block one block early. It must
+	// not block; a provider may start fetching.
+	Hint(block int, experts []int)
+	// Acquire returns an expert's weights, waiting until they are ready. The engine calls Release
+	// once it has computed with them; until then the weights must stay valid.
+	Acquire(ctx context.Context, block, expert int) (*ExpertWeights, error)
+	// Release ends the use that Acquire began.
+	Release(block, expert int)
+}
+
+// ExpertNamer gives the checkpoint tensor names of an expert: w3 is "" when the architecture has
+// no gated up projection.
+type ExpertNamer func(block, expert int) (w1, w3, w2 string)
+
+// LocalExperts serves experts straight from a checkpoint's mapping (F32 and BF16 weights are not
+// copied). It is the Experts of `pregate generate`.
+type LocalExperts struct {
+	ckpt        *model.Checkpoint
+	names       ExpertNamer
+	dModel, dFF int
+	mu          sync.Mutex
+	loaded      map[[2]int]*ExpertWeights
+	numExperts  []int
+}
+
+// NewLocalExperts serves the experts of blocks with numExperts[b] experts each, of shape
+// W1, W3 [dFF × dModel] and W2 [dModel × dFF].
+func NewLocalExperts(ckpt *model.Checkpoint, names ExpertNamer, numExperts []int, dModel, dFF int) *LocalExperts {
+	return &LocalExperts{ckpt: ckpt, names: names, dModel: dModel, dFF: dFF, numExperts: numExperts, loaded: map[[2]int]*ExpertWeights{}}
+}
+
+// Hint does nothing: the checkpoint is already in memory.
+func (l *LocalExperts) Hint(int, []int) {}
+
+// Release does nothing: the weights live as long as the checkpoint.
+func (l *LocalExperts) Release(int, int) {}
+
+// Acquire loads (once) and returns an expert's weights.
+func (l *LocalExperts) Acquire(ctx context.Context, block, expert int) (*ExpertWeights, error) {
+	if block < 0 || block >= len(l.numExperts) || expert < 0 || expert >= l.numExperts[block] {
+		return nil, fmt.Errorf("%w: no expert %d in MoE block %d", ErrBadInput, expert, block)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	key := [2]int{block, expert}
+	if w, ok := l.loaded[key]; ok {
+		return w, nil
+	}
+	w, err := LoadExpert(l.ckpt, l.names, block, expert, l.dModel, l.dFF)
+	if err != nil {
+		return nil, err
+	}
+	l.loaded[key] = w
+	return w, nil
+}
+
+// LoadExpert reads one expert's weights from a checkpoint.
+func LoadExpert(ckpt *model.Checkpoint, names ExpertNamer, block, expert, dModel, dFF int) (*ExpertWeights, error) {
+	w1, w3, w2 := names(block, expert)
+	l := weightLoader{ckpt: ckpt}
+	e := &ExpertWeights{W1: l.matrix(w1, dFF, dModel), W2: l.matrix(w2, dModel, dFF)}
+	if w3 != "" {
+		e.W3 = l.matrix(w3, dFF, dModel)
+	}
+	if l.err != nil {
+		return nil, l.err
+	}
+	return e, nil
+}

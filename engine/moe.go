@@ -1,0 +1,128 @@
+package engine
+
+import (
+	"context"
+
+	"github.com/pregate/pregate/compute"
+	"github.com/pregate/pregate/routing"
+)
+
+// activation is the expert FFN's nonlinearity.
+type activation int
+
+const (
+	actReLU      activation = iota // Switch: wo(relu(wi x))
+	actSiLUGated                   // Mixtral: w2(silu(w1 x) * w3 x)
+)
+
+// moeBlock is one MoE block's routing state.
+type moeBlock struct {
+	index      int
+	router     Weight // [experts × d]
+	preGate    Weight // [experts × d], routes block next; zero when absent
+	next       int    // MoE block routed by preGate, -1 if none
+	gate       routing.Gate
+	numExperts int
+}
+
+// moeRunner runs MoE blocks: routing, expert hints and acquisition, expert FFNs.
+type moeRunner struct {
+	cpu     *compute.CPU
+	experts Experts
+	tracer  Tracer
+	act     activation
+	d       int
+}
+
+// route computes the choices of blk for xn [tokens × d] with its own router.
+func (r *moeRunner) route(blk *moeBlock, w Weight, xn []float32, tokens int, seqLens []int) ([]routing.Choice, []float32) {
+	logits := make([]float32, tokens*blk.numExperts)
+	linear(r.cpu, logits, xn, tokens, w, false)
+	choices := make([]routing.Choice, tokens*blk.gate.TopK)
+	blk.gate.Route(logits, blk.numExperts, seqLens, choices, nil)
+	return choices, logits
+}
+
+// preRouted carries a pre-gate's decision to the block it routes.
+type preRouted struct {
+	choices []routing.Choice
+	logits  []float32
+}
+
+// run computes the MoE output of blk for the normed input xn [tokens × d] and adds it to x.
+// routed, when non-nil, is the decision a previous block's pre-gate made for blk. It returns the
+// decision of blk's own pre-gate for the block it routes (nil when blk has none).
+func (r *moeRunner) run(ctx context.Context, blk *moeBlock, xn, x []float32, tokens int, seqLens []int, routed *preRouted) (*preRouted, error) {
+	var choices []routing.Choice
+	var logits []float32
+	if routed != nil {
+		choices, logits = routed.choices, routed.logits
+	} else {
+		choices, logits = r.route(blk, blk.router, xn, tokens, seqLens)
+	}
+	if r.tracer != nil {
+		r.tracer.Route(blk.index, logits, choices)
+	}
+	used := routing.Experts(choices, blk.numExperts)
+	r.experts.Hint(blk.index, used)
+
+	// The pre-gate decides the next block's experts now, so their transfer overlaps this block's
+	// expert compute (Pre-gated MoE, Hwang et al. 2024).
+	var out *preRouted
+	if !blk.preGate.IsZero() {
+		c, l := r.route(blk, blk.preGate, xn, tokens, seqLens)
+		out = &preRouted{choices: c, logits: l}
+		r.experts.Hint(blk.next, routing.Experts(c, blk.numExperts))
+	}
+
+	moeOut := make([]float32, tokens*r.d)
+	rows := make([]int, 0, tokens)
+	weights := make([]float32, 0, tokens)
+	for _, e := range used {
+		rows, weights = rows[:0], weights[:0]
+		for i, c := range choices {
+			if c.Expert == e {
+				rows = append(rows, i/blk.gate.TopK)
+				weights = append(weights, c.Weight)
+			}
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		w, err := r.experts.Acquire(ctx, blk.index, e)
+		if err != nil {
+			return nil, err
+		}
+		r.expert(w, xn, rows, weights, moeOut)
+		r.experts.Release(blk.index, e)
+	}
+	compute.Add(x[:tokens*r.d], moeOut)
+	return out, nil
+}
+
+// expert computes out[row] += weight · FFN(xn[row]) for the given rows.
+func (r *moeRunner) expert(w *ExpertWeights, xn []float32, rows []int, weights []float32, out []float32) {
+	n, d, ff := len(rows), r.d, w.W1.Rows
+	xe := make([]float32, n*d)
+	for i, t := range rows {
+		copy(xe[i*d:(i+1)*d], xn[t*d:(t+1)*d])
+	}
+	h := make([]float32, n*ff)
+	linear(r.cpu, h, xe, n, w.W1, false)
+	switch r.act {
+	case actReLU:
+		compute.ReLU(h)
+	case actSiLUGated:
+		compute.SiLU(h)
+		up := make([]float32, n*ff)
+		linear(r.cpu, up, xe, n, w.W3, false)
+		compute.Mul(h, h, up)
+	}
+	y := make([]float32, n*d)
+	linear(r.cpu, y, h, n, w.W2, false)
+	for i, t := range rows {
+		yi := y[i*d : (i+1)*d]
+		compute.Scale(yi, weights[i])
+		compute.Add(out[t*d:(t+1)*d], yi)
+	}
+}

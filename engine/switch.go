@@ -1,0 +1,367 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"math"
+
+	"github.com/pregate/pregate/compute"
+	"github.com/pregate/pregate/model"
+	"github.com/pregate/pregate/routing"
+)
+
+// Switch is SwitchTransformersForConditionalGeneration: a T5 encoder-decoder (RMSNorm, relative
+// position bias computed in block 0 and reused, no 1/√d attention scaling) whose every
+// sparse_step-th block has a top-1 MoE of ReLU experts scaled by the router probability.
+type Switch struct {
+	cfg      *model.SwitchConfig
+	cpu      *compute.CPU
+	shared   Weight // embeddings and, tied, the LM head
+	lmHead   Weight
+	enc, dec switchStack
+	moe      moeRunner
+	info     Info
+}
+
+type switchStack struct {
+	decoder bool
+	relBias []float32 // [buckets × heads] of block 0
+	blocks  []switchBlock
+	final   []float32
+}
+
+type switchAttn struct{ q, k, v, o Weight }
+
+type switchBlock struct {
+	lnSelf, lnCross, lnFF []float32
+	self, cross           switchAttn
+	wi, wo                Weight    // dense FF
+	moe                   *moeBlock // sparse FF, nil for dense
+}
+
+// encoderOut is what the decoder needs of a sequence's encoder pass.
+type encoderOut struct {
+	hidden []float32 // [n × d], after the encoder's final norm
+	mask   []bool    // valid keys
+	crossK []kvCache // per decoder block: cross-attention keys and values
+}
+
+// LoadSwitch builds a Switch Transformer from its checkpoint.
+func LoadSwitch(ckpt *model.Checkpoint, cpu *compute.CPU, opts Options) (*Switch, error) {
+	cfg := ckpt.Config().Switch
+	if cfg == nil {
+		return nil, fmt.Errorf("%w: %s is not a Switch Transformers checkpoint", ErrUnsupported, ckpt.Dir())
+	}
+	d, inner := cfg.DModel, cfg.NumHeads*cfg.DKV
+	m := &Switch{cfg: cfg, cpu: cpu}
+	l := weightLoader{ckpt: ckpt}
+	m.shared = l.matrix(model.SwitchSharedName, cfg.VocabSize, d)
+	m.lmHead = l.matrix(model.SwitchLMHeadName, cfg.VocabSize, d)
+	gate := routing.Gate{TopK: 1, Capacity: cfg.ExpertCapacity}
+	if err := gate.Validate(cfg.NumExperts); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrUnsupported, ckpt.Dir(), err)
+	}
+	var numExperts []int
+	var moeAt [][2]int // (decoder?1:0, block) of each MoE block
+	preGates := 0
+	loadStack := func(stack string, n int, decoder bool) switchStack {
+		s := switchStack{decoder: decoder}
+		attn := func(i int, cross bool) switchAttn {
+			name := func(p string) string { return model.SwitchAttnName(stack, i, cross, p) }
+			return switchAttn{q: l.matrix(name("q"), inner, d), k: l.matrix(name("k"), inner, d),
+				v: l.matrix(name("v"), inner, d), o: l.matrix(name("o"), d, inner)}
+		}
+		s.relBias = l.table(model.SwitchRelativeBiasName(stack), cfg.RelativeAttentionNumBuckets, cfg.NumHeads)
+		var prev *moeBlock
+		for i := range n {
+			b := switchBlock{lnSelf: l.vector(model.SwitchLayerNormName(stack, i, 0), d), self: attn(i, false)}
+			if decoder {
+				b.lnCross = l.vector(model.SwitchLayerNormName(stack, i, 1), d)
+				b.cross = attn(i, true)
+			}
+			b.lnFF = l.vector(model.SwitchFFLayerNormName(stack, i), d)
+			if cfg.IsSparse(i, decoder) {
+				idx := len(numExperts)
+				b.moe = &moeBlock{index: idx, next: -1, gate: gate, numExperts: cfg.NumExperts,
+					router:  l.matrix(model.SwitchRouterName(stack, i), cfg.NumExperts, d),
+					preGate: l.optional(model.SwitchPreGateName(stack, i), cfg.NumExperts, d)}
+				if !b.moe.preGate.IsZero() {
+					preGates++
+				}
+				if prev != nil {
+					prev.next = idx
+				}
+				prev = b.moe
+				numExperts = append(numExperts, cfg.NumExperts)
+				moeAt = append(moeAt, [2]int{btoi(decoder), i})
+				m.info.MoEBlocks = append(m.info.MoEBlocks, MoEBlock{Name: fmt.Sprintf("%s.block.%d", stack, i), NumExperts: cfg.NumExperts, TopK: 1, PreGateFor: -1})
+			} else {
+				b.wi = l.matrix(model.SwitchDenseName(stack, i, "wi"), cfg.DFF, d)
+				b.wo = l.matrix(model.SwitchDenseName(stack, i, "wo"), d, cfg.DFF)
+			}
+			s.blocks = append(s.blocks, b)
+		}
+		s.final = l.vector(stack+".final_layer_norm.weight", d)
+		return s
+	}
+	m.enc = loadStack(model.StackEncoder, cfg.NumLayers, false)
+	m.dec = loadStack(model.StackDecoder, cfg.NumDecoderLayers, true)
+	if l.err != nil {
+		return nil, l.err
+	}
+	// Pre-gates: either none, or one on every sparse block that has a next sparse block in its stack.
+	for _, s := range []*switchStack{&m.enc, &m.dec} {
+		for _, b := range s.blocks {
+			if b.moe == nil {
+				continue
+			}
+			switch {
+			case b.moe.preGate.IsZero() && preGates > 0 && b.moe.next >= 0:
+				return nil, fmt.Errorf("%w: %s has pre-gates but none for MoE block %s", ErrUnsupported, ckpt.Dir(), m.info.MoEBlocks[b.moe.index].Name)
+			case !b.moe.preGate.IsZero() && b.moe.next < 0:
+				return nil, fmt.Errorf("%w: %s: MoE block %s is the last of its stack but has a pre-gate", ErrUnsupported, ckpt.Dir(), m.info.MoEBlocks[b.moe.index].Name)
+			case !b.moe.preGate.IsZero():
+				m.info.MoEBlocks[b.moe.index].PreGateFor = b.moe.next
+			}
+		}
+	}
+	m.info.PreGated = preGates > 0
+	names := func(block, e int) (string, string, string) {
+		stack, i := model.StackEncoder, moeAt[block][1]
+		if moeAt[block][0] == 1 {
+			stack = model.StackDecoder
+		}
+		return model.SwitchExpertName(stack, i, e, "wi"), "", model.SwitchExpertName(stack, i, e, "wo")
+	}
+	experts := opts.Experts
+	if experts == nil {
+		experts = NewLocalExperts(ckpt, names, numExperts, d, cfg.DFF)
+	}
+	m.moe = moeRunner{cpu: cpu, experts: experts, tracer: opts.Tracer, act: actReLU, d: d}
+	m.info.Arch = "switch_transformers"
+	m.info.VocabSize = cfg.VocabSize
+	m.info.EOS = []int{cfg.EOSTokenID}
+	m.info.DenseBytes = l.bytes
+	m.info.ExpertBytes = int64(len(numExperts)*cfg.NumExperts) * 2 * int64(d*cfg.DFF) * m.shared.elemBytes()
+	return m, nil
+}
+
+// Info describes the model.
+func (m *Switch) Info() Info { return m.info }
+
+// Close releases nothing: weights are views of the checkpoint.
+func (m *Switch) Close() error { return nil }
+
+// Start encodes the prompts and starts each decoder from decoder_start_token_id.
+func (m *Switch) Start(ctx context.Context, prompts [][]int) ([]*Sequence, error) {
+	return m.StartMasked(ctx, prompts, nil)
+}
+
+// StartMasked is Start for padded encoder inputs: masks (see Encode) hide padding from attention.
+func (m *Switch) StartMasked(ctx context.Context, prompts [][]int, masks [][]int) ([]*Sequence, error) {
+	outs, err := m.encode(ctx, prompts, masks)
+	if err != nil {
+		return nil, err
+	}
+	seqs := make([]*Sequence, len(prompts))
+	for i := range prompts {
+		seqs[i] = &Sequence{Pending: []int{m.cfg.DecoderStartTokenID}, kv: make([]kvCache, len(m.dec.blocks)), enc: outs[i]}
+	}
+	return seqs, nil
+}
+
+// Encode runs the encoder and returns each sequence's final hidden states [len × d]. masks (nil,
+// or one per sequence with 1 for real tokens and 0 for padding) mask padding as attention keys,
+// exactly as HF's attention_mask does; pad tokens are otherwise embedded, routed and counted.
+func (m *Switch) Encode(ctx context.Context, ids [][]int, masks [][]int) ([][]float32, error) {
+	outs, err := m.encode(ctx, ids, masks)
+	if err != nil {
+		return nil, err
+	}
+	h := make([][]float32, len(outs))
+	for i, o := range outs {
+		h[i] = o.hidden
+	}
+	return h, nil
+}
+
+func (m *Switch) encode(ctx context.Context, ids [][]int, masks [][]int) ([]*encoderOut, error) {
+	cfg := m.cfg
+	d := cfg.DModel
+	seqs := make([]*Sequence, len(ids))
+	outs := make([]*encoderOut, len(ids))
+	for i, p := range ids {
+		if len(p) == 0 {
+			return nil, fmt.Errorf("%w: prompt %d is empty", ErrBadInput, i)
+		}
+		if masks != nil && len(masks[i]) != len(p) {
+			return nil, fmt.Errorf("%w: mask %d has %d entries for %d tokens", ErrBadInput, i, len(masks[i]), len(p))
+		}
+		seqs[i] = &Sequence{Pending: p, kv: make([]kvCache, len(m.enc.blocks))}
+		outs[i] = &encoderOut{mask: make([]bool, len(p))}
+		for j := range p {
+			outs[i].mask[j] = masks == nil || masks[i][j] != 0
+		}
+	}
+	tokens, seqLens, err := pack(seqs, cfg.VocabSize, 0)
+	if err != nil {
+		return nil, err
+	}
+	x := embed(m.shared, seqs, tokens)
+	if err := m.runStack(ctx, &m.enc, seqs, seqLens, x, tokens, outs); err != nil {
+		return nil, err
+	}
+	compute.RMSNorm(x, x, tokens, d, m.enc.final, float32(cfg.LayerNormEpsilon))
+	// Cross-attention keys and values of every decoder block, computed once per sequence.
+	inner := cfg.NumHeads * cfg.DKV
+	t := 0
+	for i, o := range outs {
+		n := seqLens[i]
+		o.hidden = append([]float32(nil), x[t*d:(t+n)*d]...)
+		o.crossK = make([]kvCache, len(m.dec.blocks))
+		for b := range m.dec.blocks {
+			c := &o.crossK[b]
+			c.k = make([]float32, n*inner)
+			c.v = make([]float32, n*inner)
+			linear(m.cpu, c.k, o.hidden, n, m.dec.blocks[b].cross.k, false)
+			linear(m.cpu, c.v, o.hidden, n, m.dec.blocks[b].cross.v, false)
+		}
+		t += n
+	}
+	return outs, nil
+}
+
+// Step runs the decoder over every sequence's pending tokens.
+func (m *Switch) Step(ctx context.Context, seqs []*Sequence, all bool) ([][]float32, error) {
+	cfg := m.cfg
+	d := cfg.DModel
+	for i, s := range seqs {
+		if s.enc == nil {
+			return nil, fmt.Errorf("%w: sequence %d was not started by this model", ErrBadInput, i)
+		}
+	}
+	tokens, seqLens, err := pack(seqs, cfg.VocabSize, 0)
+	if err != nil {
+		return nil, err
+	}
+	x := embed(m.shared, seqs, tokens)
+	if err := m.runStack(ctx, &m.dec, seqs, seqLens, x, tokens, nil); err != nil {
+		return nil, err
+	}
+	scale := float32(math.Pow(float64(d), -0.5))
+	return finish(seqs, seqLens, x, d, all, func(dst, rows []float32, n int) {
+		compute.RMSNorm(rows, rows, n, d, m.dec.final, float32(cfg.LayerNormEpsilon))
+		if cfg.TieWordEmbeddings {
+			compute.Scale(rows, scale)
+		}
+		linear(m.cpu, dst, rows, n, m.lmHead, false)
+	}, cfg.VocabSize), nil
+}
+
+// runStack runs the blocks of one stack over x [tokens × d] in place. For the encoder, encs holds
+// each sequence's key mask; for the decoder, each sequence's encoder output is in seqs[i].enc.
+func (m *Switch) runStack(ctx context.Context, st *switchStack, seqs []*Sequence, seqLens []int, x []float32, tokens int, encs []*encoderOut) error {
+	cfg := m.cfg
+	d, inner, heads := cfg.DModel, cfg.NumHeads*cfg.DKV, cfg.NumHeads
+	eps := float32(cfg.LayerNormEpsilon)
+	xn := make([]float32, tokens*d)
+	q := make([]float32, tokens*inner)
+	k := make([]float32, tokens*inner)
+	v := make([]float32, tokens*inner)
+	attnOut := make([]float32, tokens*inner)
+	var routed *preRouted
+	for bi := range st.blocks {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		b := &st.blocks[bi]
+		// Self-attention with the stack's relative position bias.
+		compute.RMSNorm(xn, x, tokens, d, b.lnSelf, eps)
+		linear(m.cpu, q, xn, tokens, b.self.q, false)
+		linear(m.cpu, k, xn, tokens, b.self.k, false)
+		linear(m.cpu, v, xn, tokens, b.self.v, false)
+		t := 0
+		for si, s := range seqs {
+			n := seqLens[si]
+			c := &s.kv[bi]
+			c.k = append(c.k, k[t*inner:(t+n)*inner]...)
+			c.v = append(c.v, v[t*inner:(t+n)*inner]...)
+			a := attention{heads: heads, kvHeads: heads, headDim: cfg.DKV, scale: 1, causal: st.decoder, past: s.n,
+				bias: m.relativeBias(st)}
+			if encs != nil {
+				a.keyMask = encs[si].mask
+			}
+			a.run(m.cpu, attnOut[t*inner:(t+n)*inner], q[t*inner:(t+n)*inner], c.k, c.v, n, s.n+n)
+			t += n
+		}
+		linear(m.cpu, x, attnOut, tokens, b.self.o, true)
+		if st.decoder {
+			// Cross-attention: no position bias, encoder padding masked.
+			compute.RMSNorm(xn, x, tokens, d, b.lnCross, eps)
+			linear(m.cpu, q, xn, tokens, b.cross.q, false)
+			t := 0
+			for si, s := range seqs {
+				n, e := seqLens[si], s.enc
+				a := attention{heads: heads, kvHeads: heads, headDim: cfg.DKV, scale: 1, keyMask: e.mask}
+				a.run(m.cpu, attnOut[t*inner:(t+n)*inner], q[t*inner:(t+n)*inner], e.crossK[bi].k, e.crossK[bi].v, n, len(e.mask))
+				t += n
+			}
+			linear(m.cpu, x, attnOut, tokens, b.cross.o, true)
+		}
+		// Feed-forward: dense, or a top-1 MoE.
+		compute.RMSNorm(xn, x, tokens, d, b.lnFF, eps)
+		if b.moe == nil {
+			h := make([]float32, tokens*cfg.DFF)
+			linear(m.cpu, h, xn, tokens, b.wi, false)
+			compute.ReLU(h)
+			linear(m.cpu, x, h, tokens, b.wo, true)
+			continue
+		}
+		next, err := m.moe.run(ctx, b.moe, xn, x, tokens, seqLens, routed)
+		if err != nil {
+			return err
+		}
+		routed = next
+	}
+	return nil
+}
+
+// relativeBias returns the T5 position bias of a stack: bidirectional buckets in the encoder,
+// causal ones in the decoder, looked up in block 0's table [buckets × heads].
+func (m *Switch) relativeBias(st *switchStack) func(h, qp, kp int) float32 {
+	heads := m.cfg.NumHeads
+	nb, maxDist := m.cfg.RelativeAttentionNumBuckets, m.cfg.RelativeAttentionMaxDistance
+	bidirectional := !st.decoder
+	return func(h, qp, kp int) float32 {
+		return st.relBias[relativeBucket(kp-qp, bidirectional, nb, maxDist)*heads+h]
+	}
+}
+
+// relativeBucket is T5's _relative_position_bucket for relative = key − query; the log branch is
+// computed in float32 and truncated toward zero, as HF does.
+func relativeBucket(relative int, bidirectional bool, numBuckets, maxDistance int) int {
+	bucket := 0
+	if bidirectional {
+		numBuckets /= 2
+		if relative > 0 {
+			bucket += numBuckets
+		}
+		relative = max(relative, -relative)
+	} else {
+		relative = -min(relative, 0)
+	}
+	maxExact := numBuckets / 2
+	if relative < maxExact {
+		return bucket + relative
+	}
+	l := float32(math.Log(float64(float32(relative) / float32(maxExact))))
+	large := maxExact + int(l/float32(math.Log(float64(maxDistance)/float64(maxExact)))*float32(numBuckets-maxExact))
+	return bucket + min(large, numBuckets-1)
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
