@@ -1,0 +1,161 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/pregate/pregate/model"
+)
+
+// runCmd runs the pregate command line in process and returns its stdout and stderr.
+func runCmd(t *testing.T, args ...string) (string, string, error) {
+	t.Helper()
+	cmd := newRootCmd()
+	var out, errOut bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&errOut)
+	cmd.SetArgs(args)
+	err := cmd.ExecuteContext(context.Background())
+	return out.String(), errOut.String(), err
+}
+
+// goldenPrompts returns a fixture's unpadded prompts and its golden generated ids.
+func goldenPrompts(t *testing.T, dir string) (prompts, want [][]int) {
+	t.Helper()
+	g, err := model.OpenTensorFile(filepath.Join(dir, "golden.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	info, err := g.Info("input_ids")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, cols := info.Shape[0], info.Shape[1]
+	ids, err := g.Int64("input_ids", rows, cols)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mask, err := g.Int64("attention_mask", rows, cols)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gen, err := g.Int64("generated_ids", rows, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for r := range rows {
+		var p, w []int
+		for j := range cols {
+			if mask[r*cols+j] != 0 {
+				p = append(p, int(ids[r*cols+j]))
+			}
+		}
+		for _, v := range gen[r*10 : (r+1)*10] {
+			w = append(w, int(v))
+		}
+		prompts, want = append(prompts, p), append(want, w)
+	}
+	return prompts, want
+}
+
+func TestGenerateFixtures(t *testing.T) {
+	for _, name := range []string{"switch-tiny", "switch-tiny-pregated", "mixtral-tiny"} {
+		t.Run(name, func(t *testing.T) {
+			dir := filepath.Join("..", "..", "testdata", name)
+			prompts, want := goldenPrompts(t, dir)
+			args := []string{"generate", "--model", dir, "--max-new-tokens", "10", "--threads", "2", "-o", "json"}
+			for _, p := range prompts {
+				args = append(args, "--prompt-ids", strings.Trim(fmt.Sprint(p), "[]"))
+			}
+			stdout, stderr, err := runCmd(t, args...)
+			if err != nil {
+				t.Fatalf("generate: %v (stderr %q)", err, stderr)
+			}
+			var out generateOutput
+			if err := json.Unmarshal([]byte(stdout), &out); err != nil {
+				t.Fatalf("output is not JSON: %v\n%s", err, stdout)
+			}
+			if len(out.Results) != len(want) {
+				t.Fatalf("%d results, want %d", len(out.Results), len(want))
+			}
+			for i, r := range out.Results {
+				if !slices.Equal(r.PromptIDs, prompts[i]) || !slices.Equal(r.GeneratedIDs, want[i]) {
+					t.Errorf("result %d = %+v, want prompt %v generated %v", i, r, prompts[i], want[i])
+				}
+			}
+			if out.Stats.DecodeTokensPerSecond <= 0 || out.Stats.DecodeTokens != 2*9 {
+				t.Errorf("stats %+v: want 18 decode tokens at a positive rate", out.Stats)
+			}
+		})
+	}
+}
+
+func TestGenerateEOS(t *testing.T) {
+	// A copy of switch-tiny whose EOS is 501, the second token row 0 generates: generation must
+	// stop right after it (EOS included) unless --ignore-eos.
+	src := filepath.Join("..", "..", "testdata", "switch-tiny")
+	dir := t.TempDir()
+	cfg, err := os.ReadFile(filepath.Join(src, "config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg = bytes.Replace(cfg, []byte(`"eos_token_id": 1,`), []byte(`"eos_token_id": 501,`), 1)
+	weights, err := os.ReadFile(filepath.Join(src, "model.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string][]byte{"config.json": cfg, "model.safetensors": weights} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		flags []string
+		want  string
+	}{
+		{nil, "208 501"},
+		{[]string{"--ignore-eos"}, "208 501 363"},
+	}
+	for _, tt := range tests {
+		args := append([]string{"generate", "--model", dir, "--prompt-ids", "335 150 293 221 369 468 288 197 334 123 40 241", "--max-new-tokens", "3", "-o", "text"}, tt.flags...)
+		stdout, _, err := runCmd(t, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.TrimSpace(stdout); got != tt.want {
+			t.Fatalf("%v: output %q, want %q", tt.flags, got, tt.want)
+		}
+	}
+}
+
+func TestGenerateErrors(t *testing.T) {
+	dir := filepath.Join("..", "..", "testdata", "mixtral-tiny")
+	tests := []struct {
+		name string
+		give []string
+		want string
+	}{
+		{"no model", []string{"generate", "--prompt-ids", "1 2"}, `"model" not set`},
+		{"missing dir", []string{"generate", "--model", filepath.Join(t.TempDir(), "nope"), "--prompt-ids", "1 2"}, "config.json"},
+		{"bad id", []string{"generate", "--model", dir, "--prompt-ids", "1 x 2"}, `bad token id "x"`},
+		{"id out of range", []string{"generate", "--model", dir, "--prompt-ids", "1 99999"}, "token id 99999 out of range"},
+		{"no prompt", []string{"generate", "--model", dir}, "no --prompt-ids"},
+		{"bad output", []string{"generate", "--model", dir, "--prompt-ids", "1", "-o", "yaml"}, `-o "yaml"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, _, err := runCmd(t, tt.give...)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %v, want one containing %q", err, tt.want)
+			}
+		})
+	}
+}
