@@ -159,3 +159,32 @@ func TestGenerateErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestSynthThenGenerate(t *testing.T) {
+	tests := []struct {
+		give []string
+	}{
+		{[]string{"--arch", "switch", "--preset", "switch-tiny", "--pre-gates"}},
+		{[]string{"--arch", "mixtral", "--preset", "mixtral-8x7b", "--layers", "2", "--d-model", "64", "--d-ff", "96", "--heads", "8", "--vocab", "300", "--dtype", "bf16"}},
+	}
+	for _, tt := range tests {
+		dir := t.TempDir()
+		if _, stderr, err := runCmd(t, append([]string{"synth", "--out", dir, "--seed", "7"}, tt.give...)...); err != nil {
+			t.Fatalf("synth %v: %v (%s)", tt.give, err, stderr)
+		}
+		stdout, _, err := runCmd(t, "generate", "--model", dir, "--prompt-ids", "5 6 7 8", "--max-new-tokens", "5", "--ignore-eos", "-o", "json")
+		if err != nil {
+			t.Fatalf("generate on synth %v: %v", tt.give, err)
+		}
+		var out generateOutput
+		if err := json.Unmarshal([]byte(stdout), &out); err != nil {
+			t.Fatal(err)
+		}
+		if len(out.Results) != 1 || len(out.Results[0].GeneratedIDs) != 5 {
+			t.Fatalf("synth %v: generated %+v, want 5 tokens", tt.give, out.Results)
+		}
+	}
+	if _, _, err := runCmd(t, "synth", "--arch", "switch", "--preset", "nope", "--out", t.TempDir()); err == nil || !strings.Contains(err.Error(), `unknown preset "nope"`) {
+		t.Fatalf("unknown preset: error %v", err)
+	}
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 
@@ -44,4 +45,14 @@ func joinIDs(w io.Writer, ids []int) {
 		}
 		fmt.Fprint(w, id)
 	}
+}
+
+// isTerminal reports whether w is a character device (a terminal), for progress bars.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }

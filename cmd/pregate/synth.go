@@ -34,17 +34,26 @@ func newSynthCmd() *cobra.Command {
 			}
 			start := time.Now()
 			last := time.Time{}
+			// A progress bar on a terminal, a line every few seconds otherwise (logs).
+			w := cmd.ErrOrStderr()
+			tty, every, format := isTerminal(w), 5*time.Second, "synth: %.1f / %.1f MiB\n"
+			if tty {
+				every, format = 200*time.Millisecond, "\rsynth: %6.1f / %.1f MiB"
+			}
 			progress := func(done, total int64) {
-				if time.Since(last) < time.Second && done < total {
+				if time.Since(last) < every && done < total {
 					return
 				}
 				last = time.Now()
-				fmt.Fprintf(cmd.ErrOrStderr(), "\rsynth: %6.1f / %.1f MiB", float64(done)/(1<<20), float64(total)/(1<<20))
+				fmt.Fprintf(w, format, float64(done)/(1<<20), float64(total)/(1<<20))
 			}
 			if err := synth.Write(opts, progress); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "\nsynth: wrote %s in %.1fs\n", opts.Out, time.Since(start).Seconds())
+			if tty {
+				fmt.Fprintln(w)
+			}
+			fmt.Fprintf(w, "synth: wrote %s in %.1fs\n", opts.Out, time.Since(start).Seconds())
 			return nil
 		},
 	}
