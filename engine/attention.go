@@ -15,6 +15,7 @@ type attention struct {
 	scale                   float32 // 1 for T5 (no scaling), head_dim^-0.5 for Mixtral
 	causal                  bool    // query i (at position past+i) sees keys ≤ past+i
 	past                    int     // keys already cached before this call's queries
+	window                  int     // with causal: query at qp sees only keys kp > qp − window (0: all)
 	// bias, when set, is added to the score of head h, query position qp, key position kp.
 	bias func(h, qp, kp int) float32
 	// keyMask, when set, marks valid keys; others get maskValue.
@@ -33,12 +34,15 @@ func (a *attention) run(cpu *compute.CPU, out, q, k, v []float32, nq, nk int) {
 			kh := h / group
 			qp := a.past + i
 			qi := q[i*qd+h*hd : i*qd+(h+1)*hd]
-			keys := nk
+			first, keys := 0, nk
 			if a.causal {
 				keys = min(nk, qp+1)
+				if a.window > 0 {
+					first = max(0, qp-a.window+1)
+				}
 			}
-			s := scores[:keys]
-			for j := range keys {
+			s := scores[:keys-first]
+			for j := first; j < keys; j++ {
 				dot := compute.Dot(qi, k[j*kd+kh*hd:j*kd+(kh+1)*hd]) * a.scale
 				var add float32
 				if a.bias != nil {
@@ -47,12 +51,13 @@ func (a *attention) run(cpu *compute.CPU, out, q, k, v []float32, nq, nk int) {
 				if a.keyMask != nil && !a.keyMask[j] {
 					add += maskValue
 				}
-				s[j] = dot + add
+				s[j-first] = dot + add
 			}
 			compute.Softmax(s)
 			oi := out[i*qd+h*hd : i*qd+(h+1)*hd]
 			clear(oi)
 			for j, p := range s {
+				j += first
 				compute.Axpy(oi, p, v[j*kd+kh*hd:j*kd+(kh+1)*hd])
 			}
 		}

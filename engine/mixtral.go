@@ -36,10 +36,6 @@ func LoadMixtral(ckpt *model.Checkpoint, cpu *compute.CPU, opts Options) (*Mixtr
 	if cfg == nil {
 		return nil, fmt.Errorf("%w: %s is not a Mixtral checkpoint", ErrUnsupported, ckpt.Dir())
 	}
-	if cfg.SlidingWindow > 0 {
-		// Prompts shorter than the window are unaffected; longer ones would need the window mask.
-		return nil, fmt.Errorf("%w: %s: sliding_window %d is not supported yet", ErrUnsupported, ckpt.Dir(), cfg.SlidingWindow)
-	}
 	d, hd := cfg.HiddenSize, cfg.HeadDim
 	m := &Mixtral{cfg: cfg, cpu: cpu}
 	l := weightLoader{ckpt: ckpt}
@@ -165,7 +161,7 @@ func (m *Mixtral) Step(ctx context.Context, seqs []*Sequence, all bool) ([][]flo
 			c.k = append(c.k, k[t*kd:(t+n)*kd]...)
 			c.v = append(c.v, v[t*kd:(t+n)*kd]...)
 			a := attention{heads: cfg.NumAttentionHeads, kvHeads: cfg.NumKeyValueHeads, headDim: hd,
-				scale: float32(1 / math.Sqrt(float64(hd))), causal: true, past: s.n}
+				scale: float32(1 / math.Sqrt(float64(hd))), causal: true, past: s.n, window: cfg.SlidingWindow}
 			a.run(m.cpu, attnOut[t*qd:(t+n)*qd], q[t*qd:(t+n)*qd], c.k, c.v, n, s.n+n)
 			t += n
 		}
