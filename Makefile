@@ -3,7 +3,12 @@ GO      ?= go
 PKGS    ?= ./...
 BIN     ?= bin/pregate
 
-.PHONY: build demo test test-short test-race bench bench-decode lint verify deps clean
+# Pinned code generators for `make proto` (protoc itself: Debian's protobuf-compiler 3.21).
+PROTOC_GEN_GO_VERSION      ?= v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION ?= v1.6.2
+TOOLS := $(CURDIR)/bin/tools
+
+.PHONY: build demo proto test test-short test-race bench bench-decode lint verify deps clean
 
 build: deps
 	$(GO) build -o $(BIN) ./cmd/pregate
@@ -44,3 +49,11 @@ deps:
 
 clean:
 	rm -rf bin
+
+# Regenerate api/*/*.pb.go from the .proto files with the pinned generators (output is committed).
+proto:
+	@command -v protoc >/dev/null || { echo "protoc missing: apt-get install protobuf-compiler"; exit 1; }
+	GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	GOBIN=$(TOOLS) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	PATH=$(TOOLS):$$PATH protoc -I api --go_out=api --go_opt=paths=source_relative \
+		--go-grpc_out=api --go-grpc_opt=paths=source_relative api/storepb/store.proto

@@ -17,7 +17,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newGenerateCmd(), newSynthCmd())
+	root.AddCommand(newGenerateCmd(), newSynthCmd(), newStoreCmd(), newBenchCmd())
 	return root
 }
 

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/pregate/pregate/internal/atomicfile"
 	"github.com/pregate/pregate/model"
 )
 
@@ -190,7 +191,7 @@ func write(opts Options, progress func(done, total int64), workers int) error {
 			return err
 		}
 	}
-	if err := writeFileAtomic(filepath.Join(opts.Out, model.ConfigFileName), cfgJSON); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(opts.Out, model.ConfigFileName), cfgJSON); err != nil {
 		return err
 	}
 	return removeStale(opts.Out, shards)
@@ -462,31 +463,9 @@ func writeIndex(dir string, shards []shard, dt model.DType, total int64) error {
 		return err
 	}
 	buf.WriteByte('\n')
-	return writeFileAtomic(filepath.Join(dir, model.IndexFileName), buf.Bytes())
+	return atomicfile.WriteFile(filepath.Join(dir, model.IndexFileName), buf.Bytes())
 }
 
-func writeFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
-	if err != nil {
-		return fmt.Errorf("synth: %w", err)
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("synth: write %s: %w", path, err)
-	}
-	return nil
-}
 
 // removeStale deletes weight files of an earlier run that this run did not write.
 func removeStale(dir string, shards []shard) error {

@@ -1,0 +1,155 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/dustin/go-humanize"
+	"github.com/spf13/cobra"
+
+	"github.com/pregate/pregate/expertstore"
+	"github.com/pregate/pregate/internal/membership"
+)
+
+// byteSize is a flag holding a byte count written as 8GiB, 512MB or 1073741824.
+type byteSize int64
+
+func (b *byteSize) String() string { return humanize.IBytes(uint64(*b)) }
+func (b *byteSize) Type() string   { return "bytes" }
+func (b *byteSize) Set(s string) error {
+	v, err := humanize.ParseBytes(s)
+	if err != nil {
+		return fmt.Errorf("bad byte size %q: %w", s, err)
+	}
+	*b = byteSize(v)
+	return nil
+}
+
+func newLogger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}
+
+// gossipConfig builds a membership configuration from the --gossip-addr, --join and
+// --gossip-key-file flags.
+func gossipConfig(addr, join, keyFile string, log *slog.Logger) (*membership.Config, error) {
+	g := membership.DefaultConfig()
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("--gossip-addr %q: %w", addr, err)
+	}
+	g.BindAddr = host
+	if g.BindPort, err = strconv.Atoi(port); err != nil {
+		return nil, fmt.Errorf("--gossip-addr %q: bad port", addr)
+	}
+	for _, j := range strings.Split(join, ",") {
+		if j = strings.TrimSpace(j); j != "" {
+			g.Join = append(g.Join, j)
+		}
+	}
+	if keyFile != "" {
+		if g.SecretKey, err = membership.LoadKey(keyFile); err != nil {
+			return nil, err
+		}
+	}
+	g.Logger = log
+	return &g, nil
+}
+
+// writeReadyFile writes v as JSON to path (temp file + rename), telling scripts and tests where a
+// daemon listens once it does.
+func writeReadyFile(path string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func newStoreCmd() *cobra.Command {
+	cfg := expertstore.DefaultConfig()
+	var (
+		memLimit    = byteSize(cfg.MemoryLimit)
+		maxBlob     = byteSize(cfg.MaxBlobBytes)
+		maxInflight = byteSize(cfg.MaxInflightBytes)
+		gossipAddr  string
+		join        string
+		keyFile     string
+		readyFile   string
+		logLevel    string
+		noGossip    bool
+	)
+	cmd := &cobra.Command{
+		Use:   "store",
+		Short: "Run an expert store: blobs in RAM, persisted on disk, served over gRPC and the data plane",
+		Long: "Run an expert store. Every flag falls back to the environment variable PREGATE_<FLAG>\n" +
+			"(e.g. --data-dir ← PREGATE_DATA_DIR). SIGTERM or Ctrl-C leaves the cluster gracefully.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := envFallback(cmd.Flags()); err != nil {
+				return err
+			}
+			log, err := newLogger(logLevel)
+			if err != nil {
+				return err
+			}
+			if cfg.NodeName == "" {
+				if cfg.NodeName, err = os.Hostname(); err != nil {
+					return fmt.Errorf("--node-name not set and no hostname: %w", err)
+				}
+			}
+			cfg.MemoryLimit, cfg.MaxBlobBytes, cfg.MaxInflightBytes = int64(memLimit), int64(maxBlob), int64(maxInflight)
+			cfg.Logger = log
+			if !noGossip {
+				if cfg.Gossip, err = gossipConfig(gossipAddr, join, keyFile, log); err != nil {
+					return err
+				}
+			}
+			s, err := expertstore.New(cfg)
+			if err != nil {
+				return err
+			}
+			ready := map[string]string{"node": cfg.NodeName, "grpc": s.Addr(), "data": s.DataAddr()}
+			if m := s.Member(); m != nil {
+				ready["gossip"] = m.Addr()
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "store %s: grpc %s, data plane %s\n", cfg.NodeName, s.Addr(), s.DataAddr())
+			if readyFile != "" {
+				if err := writeReadyFile(readyFile, ready); err != nil {
+					s.Close()
+					return fmt.Errorf("--ready-file: %w", err)
+				}
+			}
+			<-cmd.Context().Done()
+			return s.Close()
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.NodeName, "node-name", "", "node name in the cluster (default: hostname)")
+	f.StringVar(&cfg.ListenAddr, "listen", cfg.ListenAddr, "gRPC listen address")
+	f.StringVar(&cfg.DataListenAddr, "data-listen", "", "data-plane listen address (default: the gRPC host, any port)")
+	f.StringVar(&cfg.DataDir, "data-dir", "", "directory persisting the blobs (empty: memory only)")
+	f.Var(&memLimit, "memory-limit", "blob bytes this store holds at most (its capacity)")
+	f.Var(&maxBlob, "max-blob", "largest blob a Put may carry")
+	f.IntVar(&cfg.ChunkSize, "chunk-size", cfg.ChunkSize, "default chunk size of fetches, 64 KiB to 4 MiB (chunk CRCs are precomputed at this size)")
+	f.Var(&maxInflight, "max-inflight", "bytes being sent and received at once; beyond, RESOURCE_EXHAUSTED")
+	f.StringVar(&gossipAddr, "gossip-addr", "0.0.0.0:7946", "memberlist bind address")
+	f.StringVar(&join, "join", "", "comma-separated gossip addresses of cluster members to join")
+	f.StringVar(&keyFile, "gossip-key-file", "", "file with the gossip encryption key (16, 24 or 32 bytes, raw or base64)")
+	f.BoolVar(&noGossip, "no-gossip", false, "do not join a cluster (a standalone store)")
+	f.StringVar(&readyFile, "ready-file", "", "write {\"grpc\":…,\"data\":…,\"gossip\":…} here once listening")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}

@@ -1,0 +1,545 @@
+package expertstore_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/pregate/pregate/api/storepb"
+	"github.com/pregate/pregate/expertstore"
+	"github.com/pregate/pregate/expertstore/blob"
+	"github.com/pregate/pregate/expertstore/client"
+	"github.com/pregate/pregate/internal/membership"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// cluster is three (or n) stores on 127.0.0.1 with real gRPC and real memberlist.
+type cluster struct {
+	t      *testing.T
+	stores []*expertstore.Server
+	dirs   []string
+	gossip []string
+}
+
+func storeConfig(name, dir string, join []string) expertstore.Config {
+	cfg := expertstore.DefaultConfig()
+	cfg.NodeName = name
+	cfg.ListenAddr = "127.0.0.1:0"
+	cfg.DataDir = dir
+	cfg.MemoryLimit = 256 << 20
+	cfg.MaxBlobBytes = 64 << 20
+	cfg.MaxInflightBytes = 128 << 20
+	cfg.ChunkSize = 64 << 10
+	g := membership.DefaultConfig()
+	g.BindAddr = "127.0.0.1"
+	g.BindPort = 0
+	g.Join = join
+	g.FastTimers()
+	cfg.Gossip = &g
+	return cfg
+}
+
+func newCluster(t *testing.T, n int) *cluster {
+	t.Helper()
+	c := &cluster{t: t}
+	for i := range n {
+		dir := t.TempDir()
+		s, err := expertstore.New(storeConfig(fmt.Sprintf("store-%d", i), dir, c.gossip))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.stores = append(c.stores, s)
+		c.dirs = append(c.dirs, dir)
+		c.gossip = append(c.gossip, s.Member().Addr())
+	}
+	t.Cleanup(func() {
+		for _, s := range c.stores {
+			s.Close()
+		}
+	})
+	return c
+}
+
+func replicaOf(s *expertstore.Server) client.Replica {
+	return client.Replica{Name: s.NodeName(), GRPCAddr: s.Addr(), DataAddr: s.DataAddr()}
+}
+
+func (c *cluster) replicas(idx ...int) []client.Replica {
+	var out []client.Replica
+	for _, i := range idx {
+		out = append(out, replicaOf(c.stores[i]))
+	}
+	return out
+}
+
+func newClient(t *testing.T, cfg client.Config) *client.Client {
+	cl := client.New(cfg)
+	t.Cleanup(func() { cl.Close() })
+	return cl
+}
+
+// expertBlob builds a blob of one expert whose two tensors have the given dtype.
+func expertBlob(t *testing.T, dtype string, elem, rows, cols int, seed uint64) []byte {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(seed, 1))
+	mk := func(name string, shape []int) blob.Tensor {
+		data := make([]byte, shape[0]*shape[1]*elem)
+		for i := range data {
+			data[i] = byte(rng.Uint32())
+		}
+		return blob.Tensor{Name: name, DType: dtype, Shape: shape, Data: data}
+	}
+	b, err := blob.Build(blob.Header{Kind: blob.KindExpert, Model: "m", Block: 1, Expert: int(seed)},
+		[]blob.Tensor{mk("wi", []int{rows, cols}), mk("wo", []int{cols, rows})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestPutFetchEveryDType(t *testing.T) {
+	c := newCluster(t, 3)
+	cl := newClient(t, client.DefaultConfig())
+	grpcCl := newClient(t, client.Config{Transport: client.NewGRPCTransport(client.NewConns(), 64<<10)})
+	ctx := context.Background()
+	for i, dt := range []struct {
+		name string
+		elem int
+	}{{"F32", 4}, {"F16", 2}, {"BF16", 2}, {"F8_E4M3", 1}, {"F8_E5M2", 1}, {"I64", 8}, {"I32", 4}, {"U8", 1}} {
+		data := expertBlob(t, dt.name, dt.elem, 96, 160, uint64(i))
+		ref := client.Ref{Digest: blob.Sum(data), Size: int64(len(data))}
+		resp, err := cl.Put(ctx, replicaOf(c.stores[i%3]), data)
+		if err != nil {
+			t.Fatalf("%s: put: %v", dt.name, err)
+		}
+		if resp.Existed || resp.Blob.Digest != ref.Digest.String() || resp.Blob.Kind != "expert" || resp.Blob.Expert != int32(i) {
+			t.Fatalf("%s: put response %+v", dt.name, resp)
+		}
+		if again, err := cl.Put(ctx, replicaOf(c.stores[i%3]), data); err != nil || !again.Existed {
+			t.Fatalf("%s: second put: %+v, %v (want existed)", dt.name, again, err)
+		}
+		for _, fc := range []*client.Client{cl, grpcCl} {
+			dst := make([]byte, len(data))
+			if err := fc.Fetch(ctx, ref, c.replicas(i%3), dst); err != nil {
+				t.Fatalf("%s: fetch: %v", dt.name, err)
+			}
+			if !slices.Equal(dst, data) {
+				t.Fatalf("%s: fetched bytes differ", dt.name)
+			}
+			h, tensorData, err := blob.Parse(dst)
+			if err != nil || len(h.Tensors) != 2 || h.Tensors[0].DType != dt.name {
+				t.Fatalf("%s: fetched blob header %+v, %v", dt.name, h, err)
+			}
+			_ = tensorData
+		}
+	}
+	// Stats and List see them.
+	api, err := cl.Conns().Store(replicaOf(c.stores[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err := api.List(ctx, &storepb.ListRequest{Model: "m"})
+	if err != nil || len(list.Blobs) != 3 {
+		t.Fatalf("List on store-0: %v blobs, %v (want 3)", len(list.GetBlobs()), err)
+	}
+}
+
+func TestErrorsMapToCodes(t *testing.T) {
+	c := newCluster(t, 1)
+	cl := newClient(t, client.DefaultConfig())
+	ctx := context.Background()
+	r := replicaOf(c.stores[0])
+	data := expertBlob(t, "F32", 4, 8, 8, 1)
+	if _, err := cl.Put(ctx, r, data); err != nil {
+		t.Fatal(err)
+	}
+	api, _ := cl.Conns().Store(r)
+	d := blob.Sum(data)
+
+	fetch := func(req *storepb.FetchRequest) error {
+		s, err := api.Fetch(ctx, req)
+		if err != nil {
+			return err
+		}
+		for {
+			if _, err := s.Recv(); err != nil {
+				if errors.Is(err, io.EOF) {
+					return nil
+				}
+				return err
+			}
+		}
+	}
+	big := make([]byte, 65<<20)
+	tests := []struct {
+		name     string
+		err      error
+		code     codes.Code
+		sentinel error
+	}{
+		{"oversized put", func() error { _, err := cl.Put(ctx, r, big); return err }(), codes.ResourceExhausted, storepb.ErrTooLarge},
+		{"unknown blob", fetch(&storepb.FetchRequest{Digest: blob.Sum([]byte("nope")).String()}), codes.NotFound, storepb.ErrNotFound},
+		{"bad range", fetch(&storepb.FetchRequest{Digest: d.String(), Offset: int64(len(data)) - 4, Length: 8}), codes.OutOfRange, storepb.ErrBadRange},
+		{"bad digest", fetch(&storepb.FetchRequest{Digest: "xyz"}), codes.InvalidArgument, storepb.ErrBadRequest},
+		{"unknown blob over the data plane", cl.Fetch(ctx, client.Ref{Digest: blob.Sum([]byte("nope")), Size: 4}, []client.Replica{r}, make([]byte, 4)), codes.Unknown, storepb.ErrNotFound},
+	}
+	for _, tt := range tests {
+		if tt.code != codes.Unknown && status.Code(tt.err) != tt.code {
+			t.Errorf("%s: code %v (%v), want %v", tt.name, status.Code(tt.err), tt.err, tt.code)
+		}
+		if !errors.Is(storepb.FromStatus(tt.err), tt.sentinel) {
+			t.Errorf("%s: %v is not %v", tt.name, tt.err, tt.sentinel)
+		}
+	}
+	// Over the in-flight bound: a range fetch bigger than the bound is refused with RESOURCE_EXHAUSTED.
+	small := storeConfig("tiny", t.TempDir(), nil)
+	small.Gossip = nil
+	small.MaxInflightBytes = 100
+	s2, err := expertstore.New(small)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	_, err = cl.Put(ctx, replicaOf(s2), data)
+	if status.Code(err) != codes.ResourceExhausted || !errors.Is(err, storepb.ErrOverloaded) {
+		t.Fatalf("put over the in-flight bound: %v", err)
+	}
+}
+
+// proxy forwards TCP to a target, optionally flipping one bit at a byte offset of the server's
+// answer, or throttling it: a fault injector between client and store.
+type proxy struct {
+	lis      net.Listener
+	target   string
+	flipAt   int64 // -1: none
+	throttle time.Duration
+	wg       sync.WaitGroup
+	flipped  atomic.Bool
+}
+
+func newProxy(t *testing.T, target string, flipAt int64, throttle time.Duration) *proxy {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{lis: lis, target: target, flipAt: flipAt, throttle: throttle}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		for {
+			in, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			out, err := net.Dial("tcp", target)
+			if err != nil {
+				in.Close()
+				continue
+			}
+			p.wg.Add(2)
+			go func() { defer p.wg.Done(); io.Copy(out, in); out.Close() }()
+			go func() { defer p.wg.Done(); p.pipe(in, out); in.Close() }()
+		}
+	}()
+	t.Cleanup(func() { lis.Close(); p.wg.Wait() })
+	return p
+}
+
+func (p *proxy) pipe(dst net.Conn, src net.Conn) {
+	buf := make([]byte, 16<<10)
+	var pos int64
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if p.flipAt >= pos && p.flipAt < pos+int64(n) && !p.flipped.Swap(true) {
+				buf[p.flipAt-pos] ^= 0x10
+			}
+			pos += int64(n)
+			if p.throttle > 0 {
+				time.Sleep(p.throttle)
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (p *proxy) addr() string { return p.lis.Addr().String() }
+
+func TestCorruptionInFlightFailsOver(t *testing.T) {
+	c := newCluster(t, 2)
+	cl := newClient(t, client.Config{AttemptTimeout: 5 * time.Second})
+	ctx := context.Background()
+	data := expertBlob(t, "BF16", 2, 256, 512, 3)
+	for i := range 2 {
+		if _, err := cl.Put(ctx, replicaOf(c.stores[i]), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The first replica's answer has one bit flipped in the middle of the blob.
+	p := newProxy(t, c.stores[0].DataAddr(), 200_000, 0)
+	bad := replicaOf(c.stores[0])
+	bad.DataAddr = p.addr()
+	dst := make([]byte, len(data))
+	if err := cl.Fetch(ctx, client.Ref{Digest: blob.Sum(data), Size: int64(len(data))}, []client.Replica{bad, replicaOf(c.stores[1])}, dst); err != nil {
+		t.Fatal(err)
+	}
+	if !p.flipped.Load() {
+		t.Fatal("the proxy flipped nothing")
+	}
+	if !slices.Equal(dst, data) {
+		t.Fatal("fetched bytes differ after failover")
+	}
+	if st := cl.Stats(); st.Failovers != 1 {
+		t.Fatalf("stats %+v: want one failover", st)
+	}
+	// With only the corrupting replica, the fetch fails as corrupt.
+	p2 := newProxy(t, c.stores[0].DataAddr(), 70_000, 0)
+	bad.DataAddr = p2.addr()
+	err := cl.Fetch(ctx, client.Ref{Digest: blob.Sum(data), Size: int64(len(data))}, []client.Replica{bad}, dst)
+	if !errors.Is(err, storepb.ErrCorrupt) {
+		t.Fatalf("fetch from a corrupting replica: %v, want ErrCorrupt", err)
+	}
+}
+
+func TestCorruptionAtRestIsQuarantined(t *testing.T) {
+	dir := t.TempDir()
+	cfg := storeConfig("disk", dir, nil)
+	cfg.Gossip = nil
+	s, err := expertstore.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := newClient(t, client.DefaultConfig())
+	ctx := context.Background()
+	good, rotten := expertBlob(t, "F16", 2, 64, 64, 1), expertBlob(t, "F16", 2, 64, 64, 2)
+	for _, b := range [][]byte{good, rotten} {
+		if _, err := cl.Put(ctx, replicaOf(s), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	// Flip one bit of one blob file at rest, then restart on the same data dir.
+	path := filepath.Join(dir, "blobs", blob.Sum(rotten).String()+".blob")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 1
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, err = expertstore.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if st := s.Stats(); st.Blobs != 1 || st.Quarantined != 1 {
+		t.Fatalf("after restart: %d blobs, %d quarantined; want 1 and 1", st.Blobs, st.Quarantined)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "quarantine", blob.Sum(rotten).String()+".blob")); err != nil {
+		t.Fatalf("rotten blob not in quarantine/: %v", err)
+	}
+	dst := make([]byte, len(good))
+	if err := cl.Fetch(ctx, client.Ref{Digest: blob.Sum(good), Size: int64(len(good))}, []client.Replica{replicaOf(s)}, dst); err != nil || !slices.Equal(dst, good) {
+		t.Fatalf("good blob after restart: %v", err)
+	}
+	err = cl.Fetch(ctx, client.Ref{Digest: blob.Sum(rotten), Size: int64(len(rotten))}, []client.Replica{replicaOf(s)}, make([]byte, len(rotten)))
+	if !errors.Is(err, storepb.ErrNotFound) {
+		t.Fatalf("quarantined blob served: %v", err)
+	}
+}
+
+func TestStoreKilledMidStream(t *testing.T) {
+	c := newCluster(t, 2)
+	cl := newClient(t, client.Config{AttemptTimeout: 10 * time.Second})
+	ctx := context.Background()
+	data := expertBlob(t, "F32", 4, 1024, 1024, 9) // 8 MiB
+	for i := range 2 {
+		if _, err := cl.Put(ctx, replicaOf(c.stores[i]), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A throttled path to store-0 keeps its stream going long enough to kill the store under it.
+	p := newProxy(t, c.stores[0].DataAddr(), -1, 2*time.Millisecond)
+	slow := replicaOf(c.stores[0])
+	slow.DataAddr = p.addr()
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		c.stores[0].Stop()
+	}()
+	fctx, cancel := context.WithTimeout(ctx, 8*time.Second)
+	defer cancel()
+	dst := make([]byte, len(data))
+	start := time.Now()
+	if err := cl.Fetch(fctx, client.Ref{Digest: blob.Sum(data), Size: int64(len(data))}, []client.Replica{slow, replicaOf(c.stores[1])}, dst); err != nil {
+		t.Fatalf("fetch with a store killed mid-stream: %v", err)
+	}
+	if !slices.Equal(dst, data) {
+		t.Fatal("bytes differ")
+	}
+	if st := cl.Stats(); st.Failovers != 1 {
+		t.Fatalf("stats %+v: want one failover", st)
+	}
+	t.Logf("finished from the replica in %v", time.Since(start))
+}
+
+func TestRestartServesSameBlobs(t *testing.T) {
+	dir := t.TempDir()
+	cfg := storeConfig("restart", dir, nil)
+	cfg.Gossip = nil
+	s, err := expertstore.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := newClient(t, client.DefaultConfig())
+	ctx := context.Background()
+	var blobs [][]byte
+	for i := range 4 {
+		b := expertBlob(t, "BF16", 2, 32, 48, uint64(i))
+		blobs = append(blobs, b)
+		if _, err := cl.Put(ctx, replicaOf(s), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	s, err = expertstore.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if st := s.Stats(); st.Blobs != 4 || st.Quarantined != 0 {
+		t.Fatalf("after restart: %+v", st)
+	}
+	for _, b := range blobs {
+		dst := make([]byte, len(b))
+		if err := cl.Fetch(ctx, client.Ref{Digest: blob.Sum(b), Size: int64(len(b))}, []client.Replica{replicaOf(s)}, dst); err != nil || !slices.Equal(dst, b) {
+			t.Fatalf("after restart: %v", err)
+		}
+	}
+}
+
+func TestMembersSeeStoreLeave(t *testing.T) {
+	c := newCluster(t, 3)
+	waitFor(t, 5*time.Second, func() bool { return len(c.stores[0].Member().Alive(membership.RoleStore)) == 3 })
+	for _, n := range c.stores[0].Member().Alive(membership.RoleStore) {
+		if n.Meta.GRPCAddr == "" || n.Meta.DataAddr == "" || n.Meta.Capacity != 256<<20 {
+			t.Fatalf("store meta %+v", n.Meta)
+		}
+	}
+	c.stores[2].Close()
+	waitFor(t, 5*time.Second, func() bool {
+		for _, n := range c.stores[0].Member().Members() {
+			if n.Name == "store-2" {
+				return n.State == membership.StateLeft
+			}
+		}
+		return false
+	})
+	if got := len(c.stores[1].Member().Alive(membership.RoleStore)); got != 2 {
+		t.Fatalf("store-1 sees %d alive stores, want 2", got)
+	}
+}
+
+func TestConcurrentFetchesCollapse(t *testing.T) {
+	c := newCluster(t, 1)
+	cl := newClient(t, client.DefaultConfig())
+	ctx := context.Background()
+	data := expertBlob(t, "F32", 4, 512, 512, 5)
+	if _, err := cl.Put(ctx, replicaOf(c.stores[0]), data); err != nil {
+		t.Fatal(err)
+	}
+	before := c.stores[0].Stats().Fetches
+	ref := client.Ref{Digest: blob.Sum(data), Size: int64(len(data))}
+	var wg sync.WaitGroup
+	errs := make([]error, 8)
+	bufs := make([][]byte, 8)
+	for i := range 8 {
+		bufs[i] = make([]byte, len(data))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = cl.Fetch(ctx, ref, c.replicas(0), bufs[i])
+		}()
+	}
+	wg.Wait()
+	for i := range 8 {
+		if errs[i] != nil || !slices.Equal(bufs[i], data) {
+			t.Fatalf("fetch %d: %v", i, errs[i])
+		}
+	}
+	fetches := c.stores[0].Stats().Fetches - before
+	if st := cl.Stats(); fetches+st.Collapsed != 8 || fetches >= 8 {
+		t.Fatalf("%d store fetches, %d collapsed: want fewer than 8 transfers for 8 callers", fetches, st.Collapsed)
+	}
+}
+
+func waitFor(t *testing.T, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %v", d)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestHedgeSlowReplica(t *testing.T) {
+	c := newCluster(t, 2)
+	cl := newClient(t, client.Config{AttemptTimeout: 20 * time.Second, HedgeFraction: 0.05, HedgeMinDelay: time.Millisecond})
+	ctx := context.Background()
+	data := expertBlob(t, "F32", 4, 256, 256, 11) // 512 KiB
+	for i := range 2 {
+		if _, err := cl.Put(ctx, replicaOf(c.stores[i]), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ref := client.Ref{Digest: blob.Sum(data), Size: int64(len(data))}
+	dst := make([]byte, len(data))
+	// Teach the client what a normal fetch takes.
+	for range 40 {
+		if err := cl.Fetch(ctx, ref, c.replicas(0, 1), dst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Now the first replica crawls (about 2 s for the blob); the hedge to the second must win.
+	p := newProxy(t, c.stores[0].DataAddr(), -1, 60*time.Millisecond)
+	slow := replicaOf(c.stores[0])
+	slow.DataAddr = p.addr()
+	clear(dst)
+	start := time.Now()
+	if err := cl.Fetch(ctx, ref, []client.Replica{slow, replicaOf(c.stores[1])}, dst); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	if !slices.Equal(dst, data) {
+		t.Fatal("hedged fetch returned different bytes")
+	}
+	st := cl.Stats()
+	if st.Hedges != 1 || st.HedgeWins != 1 || st.Failovers != 0 {
+		t.Fatalf("stats %+v: want one hedge that won, no failover", st)
+	}
+	if took > time.Second {
+		t.Fatalf("hedged fetch took %v: the slow replica was waited for", took)
+	}
+}

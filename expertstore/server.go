@@ -1,0 +1,514 @@
+// Package expertstore is the store daemon: the place expert weights live when they are not on a GPU.
+//
+// Data flow: an importer (or another store) Puts a blob over gRPC in CRC32C-checked chunks; the
+// store verifies the whole blob's digest, writes it to its data dir (temp file, fsync, rename: a
+// crash never leaves half a blob) and keeps it in RAM. Workers Fetch blobs either over gRPC or over
+// the data plane (package dataplane: plain TCP framing, zero-copy writes from RAM), each chunk with
+// its CRC32C. On start the store reloads its data dir and verifies every blob; one that fails its
+// digest is quarantined and reported, never served. Bytes in flight are bounded; over the bound the
+// store answers RESOURCE_EXHAUSTED and the client tries another replica. The store announces itself
+// (addresses, capacity, usage) through memberlist gossip.
+package expertstore
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/semaphore"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/pregate/pregate/api/storepb"
+	"github.com/pregate/pregate/expertstore/blob"
+	"github.com/pregate/pregate/expertstore/dataplane"
+	"github.com/pregate/pregate/internal/atomicfile"
+	"github.com/pregate/pregate/internal/membership"
+)
+
+// Config configures a store.
+type Config struct {
+	// NodeName names the store in the cluster (and in its gossip membership).
+	NodeName string
+	// ListenAddr is the gRPC address ("127.0.0.1:0" picks a free port).
+	ListenAddr string
+	// DataListenAddr is the data plane's address; empty: ListenAddr's host with a free port.
+	DataListenAddr string
+	// DataDir persists blobs; empty keeps them in memory only.
+	DataDir string
+	// MemoryLimit is the most blob bytes the store holds (its capacity); Puts beyond it are refused
+	// with RESOURCE_EXHAUSTED.
+	MemoryLimit int64
+	// MaxBlobBytes is the largest blob a Put may carry.
+	MaxBlobBytes int64
+	// MaxInflightBytes bounds the bytes being received and sent at once.
+	MaxInflightBytes int64
+	// ChunkSize is the default chunk size of Fetch streams.
+	ChunkSize int
+	// Gossip, when set, joins the cluster's memberlist with this configuration (its Meta is filled
+	// in by the store).
+	Gossip *membership.Config
+	// Logger receives the store's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns a store configuration with the defaults of `pregate store`.
+func DefaultConfig() Config {
+	return Config{
+		ListenAddr:       "0.0.0.0:7070",
+		MemoryLimit:      8 << 30,
+		MaxBlobBytes:     2 << 30,
+		MaxInflightBytes: 1 << 30,
+		ChunkSize:        blob.DefaultChunkSize,
+	}
+}
+
+// Validate reports a configuration the store cannot run with.
+func (c Config) Validate() error {
+	switch {
+	case c.NodeName == "":
+		return errors.New("expertstore: config: node name is empty")
+	case c.ListenAddr == "":
+		return errors.New("expertstore: config: listen address is empty")
+	case c.MemoryLimit <= 0:
+		return fmt.Errorf("expertstore: config: memory limit %d", c.MemoryLimit)
+	case c.MaxBlobBytes <= 0:
+		return fmt.Errorf("expertstore: config: max blob bytes %d", c.MaxBlobBytes)
+	case c.MaxInflightBytes <= 0:
+		return fmt.Errorf("expertstore: config: max in-flight bytes %d", c.MaxInflightBytes)
+	case c.ChunkSize < 64<<10 || c.ChunkSize > 4<<20:
+		return fmt.Errorf("expertstore: config: chunk size %d outside [64 KiB, 4 MiB]", c.ChunkSize)
+	}
+	return nil
+}
+
+// entry is one blob held in RAM.
+type entry struct {
+	data []byte
+	info *storepb.BlobInfo
+	crcs []uint32 // CRC32C of each ChunkSize chunk, for aligned fetches
+}
+
+// Server is a running store.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	epoch uint64
+
+	mu    sync.RWMutex
+	blobs map[blob.Digest]*entry
+	used  int64 // bytes held, reserved by Puts in progress included
+
+	inflight    *semaphore.Weighted
+	inflightN   atomic.Int64
+	fetches     atomic.Int64
+	fetched     atomic.Int64
+	rejected    atomic.Int64
+	quarantined atomic.Int64
+
+	grpc    *grpc.Server
+	health  *health.Server
+	lis     net.Listener
+	dataLis net.Listener
+	member  *membership.Member
+
+	connMu sync.Mutex
+	conns  map[net.Conn]struct{}
+
+	wg        sync.WaitGroup
+	closing   chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+	metaDirty chan struct{}
+}
+
+// New loads the data dir, starts listening and serving, and joins the cluster. On any failure it
+// releases what it had started.
+func New(cfg Config) (s *Server, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	s = &Server{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		epoch:     uint64(time.Now().UnixMilli()),
+		blobs:     map[blob.Digest]*entry{},
+		inflight:  semaphore.NewWeighted(cfg.MaxInflightBytes),
+		conns:     map[net.Conn]struct{}{},
+		closing:   make(chan struct{}),
+		metaDirty: make(chan struct{}, 1),
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	s.log = s.log.With("node", cfg.NodeName, "role", "store")
+	defer func() {
+		if err != nil {
+			s.Stop()
+			s = nil
+		}
+	}()
+	if cfg.DataDir != "" {
+		if err := s.load(); err != nil {
+			return s, err
+		}
+	}
+	if s.lis, err = net.Listen("tcp", cfg.ListenAddr); err != nil {
+		return s, fmt.Errorf("expertstore: listen %s: %w", cfg.ListenAddr, err)
+	}
+	dataAddr := cfg.DataListenAddr
+	if dataAddr == "" {
+		host, _, _ := net.SplitHostPort(s.lis.Addr().String())
+		dataAddr = net.JoinHostPort(host, "0")
+	}
+	if s.dataLis, err = net.Listen("tcp", dataAddr); err != nil {
+		return s, fmt.Errorf("expertstore: listen data plane %s: %w", dataAddr, err)
+	}
+	s.grpc = grpc.NewServer(
+		grpc.MaxRecvMsgSize(dataplane.MaxChunk+(64<<10)), // Put chunks up to 4 MiB
+		grpc.MaxSendMsgSize(dataplane.MaxChunk+(64<<10)),
+	)
+	storepb.RegisterExpertStoreServer(s.grpc, &service{s: s})
+	s.health = health.NewServer()
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	s.health.SetServingStatus(storepb.ExpertStore_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	s.goFunc(func() {
+		if err := s.grpc.Serve(s.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			s.log.Error("grpc serve", "err", err)
+		}
+	})
+	s.goFunc(s.serveData)
+	if cfg.Gossip != nil {
+		g := *cfg.Gossip
+		g.NodeName = cfg.NodeName
+		g.Meta = s.meta()
+		if g.Logger == nil {
+			g.Logger = s.log
+		}
+		if s.member, err = membership.New(g); err != nil {
+			return s, err
+		}
+		s.goFunc(s.publishMeta)
+	}
+	s.log.Info("store serving", "grpc", s.Addr(), "data", s.DataAddr(), "blobs", len(s.blobs), "quarantined", s.quarantined.Load())
+	return s, nil
+}
+
+// goFunc runs f on a goroutine owned by the server: Close waits for it.
+func (s *Server) goFunc(f func()) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f()
+	}()
+}
+
+// Addr is the gRPC address the store listens on.
+func (s *Server) Addr() string { return s.lis.Addr().String() }
+
+// DataAddr is the data plane's address.
+func (s *Server) DataAddr() string { return s.dataLis.Addr().String() }
+
+// Member is the store's gossip membership (nil without gossip).
+func (s *Server) Member() *membership.Member { return s.member }
+
+// NodeName names the store.
+func (s *Server) NodeName() string { return s.cfg.NodeName }
+
+func (s *Server) meta() membership.Meta {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	m := membership.Meta{Role: membership.RoleStore, Capacity: s.cfg.MemoryLimit, Used: s.used,
+		Blobs: int64(len(s.blobs)), Epoch: s.epoch}
+	if s.lis != nil {
+		m.GRPCAddr = s.lis.Addr().String()
+	}
+	if s.dataLis != nil {
+		m.DataAddr = s.dataLis.Addr().String()
+	}
+	return m
+}
+
+// markDirty asks publishMeta to gossip new usage figures (coalesced, never blocks).
+func (s *Server) markDirty() {
+	select {
+	case s.metaDirty <- struct{}{}:
+	default:
+	}
+}
+
+// publishMeta gossips usage changes at most every 200 ms.
+func (s *Server) publishMeta() {
+	for {
+		select {
+		case <-s.closing:
+			return
+		case <-s.metaDirty:
+		}
+		m := s.meta()
+		if err := s.member.UpdateMeta(func(old *membership.Meta) { *old = m }); err != nil {
+			s.log.Warn("gossip meta update", "err", err)
+		}
+		select {
+		case <-s.closing:
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// Close stops the store gracefully: it leaves the cluster, stops accepting requests, lets
+// in-progress ones finish (up to 5 s) and waits for its goroutines. Idempotent.
+func (s *Server) Close() error {
+	s.shutdown(true)
+	return s.closeErr
+}
+
+// Stop stops the store at once, as a crash would: no gossip leave, streams cut mid-flight.
+func (s *Server) Stop() { s.shutdown(false) }
+
+func (s *Server) shutdown(graceful bool) {
+	s.closeOnce.Do(func() {
+		close(s.closing)
+		if s.member != nil {
+			if graceful {
+				s.closeErr = s.member.Close()
+			} else {
+				s.closeErr = s.member.Kill()
+			}
+		}
+		if s.health != nil {
+			s.health.Shutdown()
+		}
+		if s.dataLis != nil {
+			s.dataLis.Close()
+		}
+		if !graceful {
+			s.closeConns()
+		}
+		if s.grpc != nil {
+			if graceful {
+				done := make(chan struct{})
+				go func() { s.grpc.GracefulStop(); close(done) }()
+				select {
+				case <-done:
+				case <-time.After(5 * time.Second):
+					s.grpc.Stop()
+					<-done
+				}
+			} else {
+				s.grpc.Stop()
+			}
+		} else if s.lis != nil {
+			s.lis.Close()
+		}
+		s.closeConns()
+		s.wg.Wait()
+	})
+}
+
+// reserve accounts size bytes of a blob about to be stored against the memory limit.
+func (s *Server) reserve(size int64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.used+size > s.cfg.MemoryLimit {
+		return fmt.Errorf("%w: %d bytes used of %d, blob needs %d", storepb.ErrFull, s.used, s.cfg.MemoryLimit, size)
+	}
+	s.used += size
+	return nil
+}
+
+func (s *Server) unreserve(size int64) {
+	s.mu.Lock()
+	s.used -= size
+	s.mu.Unlock()
+}
+
+// acquire takes n bytes of the in-flight budget without waiting.
+func (s *Server) acquire(n int64) error {
+	if n > s.cfg.MaxInflightBytes || !s.inflight.TryAcquire(n) {
+		s.rejected.Add(1)
+		return fmt.Errorf("%w: %d bytes requested, %d of %d in flight", storepb.ErrOverloaded, n, s.inflightN.Load(), s.cfg.MaxInflightBytes)
+	}
+	s.inflightN.Add(n)
+	return nil
+}
+
+func (s *Server) release(n int64) {
+	s.inflightN.Add(-n)
+	s.inflight.Release(n)
+}
+
+// get returns a blob held in RAM.
+func (s *Server) get(d blob.Digest) (*entry, error) {
+	s.mu.RLock()
+	e := s.blobs[d]
+	s.mu.RUnlock()
+	if e == nil {
+		return nil, fmt.Errorf("%w: %s on %s", storepb.ErrNotFound, d, s.cfg.NodeName)
+	}
+	return e, nil
+}
+
+// add stores verified bytes (already reserved): on disk first, then in RAM.
+func (s *Server) add(d blob.Digest, data []byte) (*entry, error) {
+	if s.cfg.DataDir != "" {
+		if err := atomicfile.WriteFile(s.blobPath(d), data); err != nil {
+			return nil, fmt.Errorf("expertstore: persist: %w", err)
+		}
+	}
+	e := s.newEntry(d, data)
+	s.mu.Lock()
+	s.blobs[d] = e
+	s.mu.Unlock()
+	s.markDirty()
+	return e, nil
+}
+
+func (s *Server) newEntry(d blob.Digest, data []byte) *entry {
+	info := &storepb.BlobInfo{Digest: d.String(), Size: int64(len(data)), Block: -1, Expert: -1}
+	if h, _, err := blob.Parse(data); err == nil {
+		info.Kind, info.Model = string(h.Kind), h.Model
+		info.Block, info.Expert = int32(h.Block), int32(h.Expert)
+	}
+	return &entry{data: data, info: info, crcs: blob.ChunkCRCs(data, s.cfg.ChunkSize)}
+}
+
+// remove deletes a blob from RAM and disk.
+func (s *Server) remove(d blob.Digest) (bool, error) {
+	s.mu.Lock()
+	e := s.blobs[d]
+	if e != nil {
+		delete(s.blobs, d)
+		s.used -= int64(len(e.data))
+	}
+	s.mu.Unlock()
+	if e == nil {
+		return false, nil
+	}
+	s.markDirty()
+	if s.cfg.DataDir != "" {
+		if err := os.Remove(s.blobPath(d)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return true, fmt.Errorf("expertstore: delete %s: %w", d, err)
+		}
+	}
+	return true, nil
+}
+
+// list returns the blobs held, sorted by digest, optionally of one model.
+func (s *Server) list(model string) []*storepb.BlobInfo {
+	s.mu.RLock()
+	out := make([]*storepb.BlobInfo, 0, len(s.blobs))
+	for _, e := range s.blobs {
+		if model == "" || e.info.Model == model {
+			out = append(out, e.info)
+		}
+	}
+	s.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Digest < out[j].Digest })
+	return out
+}
+
+// Stats reports the store's counters.
+func (s *Server) Stats() *storepb.StatsResponse {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return &storepb.StatsResponse{
+		Node: s.cfg.NodeName, Blobs: int64(len(s.blobs)), UsedBytes: s.used, CapacityBytes: s.cfg.MemoryLimit,
+		Quarantined: s.quarantined.Load(), InflightBytes: s.inflightN.Load(), Fetches: s.fetches.Load(),
+		FetchedBytes: s.fetched.Load(), Rejected: s.rejected.Load(), DataAddr: s.dataLis.Addr().String(), Epoch: s.epoch,
+	}
+}
+
+// --- disk ---
+
+func (s *Server) blobPath(d blob.Digest) string {
+	return filepath.Join(s.cfg.DataDir, "blobs", d.String()+".blob")
+}
+
+// load reads and verifies every blob of the data dir; a blob whose bytes do not match the digest in
+// its name is moved to quarantine/ and counted, never served. Leftover temp files are removed.
+func (s *Server) load() error {
+	dir := filepath.Join(s.cfg.DataDir, "blobs")
+	qdir := filepath.Join(s.cfg.DataDir, "quarantine")
+	for _, d := range []string{dir, qdir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("expertstore: data dir: %w", err)
+		}
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("expertstore: data dir: %w", err)
+	}
+	q, err := os.ReadDir(qdir)
+	if err == nil {
+		s.quarantined.Store(int64(len(q)))
+	}
+	for _, de := range ents {
+		name := de.Name()
+		path := filepath.Join(dir, name)
+		if strings.Contains(name, ".tmp") {
+			os.Remove(path) // an interrupted write
+			continue
+		}
+		hexd, ok := strings.CutSuffix(name, ".blob")
+		d, perr := blob.ParseDigest(hexd)
+		if !ok || perr != nil {
+			s.log.Warn("ignoring unknown file in data dir", "file", path)
+			continue
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("expertstore: load %s: %w", path, err)
+		}
+		if got := blob.Sum(data); got != d {
+			s.quarantined.Add(1)
+			s.log.Error("blob failed its digest check: quarantined", "file", path, "digest", got)
+			if err := os.Rename(path, filepath.Join(qdir, name)); err != nil {
+				return fmt.Errorf("expertstore: quarantine %s: %w", path, err)
+			}
+			continue
+		}
+		if s.used+int64(len(data)) > s.cfg.MemoryLimit {
+			return fmt.Errorf("%w: data dir %s holds more than the memory limit %d", storepb.ErrFull, s.cfg.DataDir, s.cfg.MemoryLimit)
+		}
+		s.used += int64(len(data))
+		s.blobs[d] = s.newEntry(d, data)
+	}
+	return nil
+}
+
+// trackConn registers a data-plane connection so Stop can cut it.
+func (s *Server) trackConn(c net.Conn, add bool) bool {
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	if add {
+		select {
+		case <-s.closing:
+			return false
+		default:
+		}
+		s.conns[c] = struct{}{}
+	} else {
+		delete(s.conns, c)
+	}
+	return true
+}
+
+func (s *Server) closeConns() {
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	for c := range s.conns {
+		c.Close()
+	}
+}

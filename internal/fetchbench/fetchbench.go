@@ -1,0 +1,139 @@
+// Package fetchbench measures what the store → worker data path delivers on a link: blob Fetch
+// throughput (data plane, with per-chunk CRC32C and the whole-blob digest check) against a plain
+// TCP copy of the same bytes between the same two processes, and the gRPC fallback beside them.
+package fetchbench
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"time"
+
+	"github.com/pregate/pregate/expertstore/blob"
+	"github.com/pregate/pregate/expertstore/client"
+	"github.com/pregate/pregate/expertstore/dataplane"
+)
+
+// Options configures a run.
+type Options struct {
+	Size   int64 // bytes per blob
+	Count  int   // blobs
+	Rounds int   // alternating rounds; the best of each method is reported
+	// MinBytes is the least data moved per method per round (the blobs are fetched repeatedly).
+	MinBytes int64
+}
+
+// Result is the benchmark's output (its JSON is a stable interface).
+type Result struct {
+	Size                int64   `json:"size"`
+	Count               int     `json:"count"`
+	FetchBytesPerSecond float64 `json:"fetch_bytes_per_second"`
+	TCPBytesPerSecond   float64 `json:"tcp_bytes_per_second"`
+	Ratio               float64 `json:"ratio"`
+	GRPCBytesPerSecond  float64 `json:"grpc_bytes_per_second"`
+	GRPCRatio           float64 `json:"grpc_ratio"`
+	BytesPerMethodRound int64   `json:"bytes_per_method_round"`
+	Rounds              int     `json:"rounds"`
+}
+
+// Run uploads Count random blobs of Size bytes to the store at replica and measures.
+func Run(ctx context.Context, r client.Replica, o Options) (Result, error) {
+	if o.Size <= 0 || o.Count <= 0 {
+		return Result{}, fmt.Errorf("fetchbench: size %d, count %d", o.Size, o.Count)
+	}
+	o.Rounds = max(o.Rounds, 1)
+	c := client.New(client.Config{HedgeFraction: 0})
+	defer c.Close()
+	g := client.New(client.Config{HedgeFraction: 0, Transport: client.NewGRPCTransport(client.NewConns(), 0)})
+	defer g.Close()
+
+	rng := rand.NewChaCha8([32]byte{1})
+	refs := make([]client.Ref, o.Count)
+	data := make([]byte, o.Size)
+	for i := range refs {
+		rng.Read(data)
+		resp, err := c.Put(ctx, r, data)
+		if err != nil {
+			return Result{}, err
+		}
+		d, _ := blob.ParseDigest(resp.Blob.Digest)
+		refs[i] = client.Ref{Digest: d, Size: o.Size}
+	}
+	per := max(int64(o.Count), (o.MinBytes+o.Size-1)/o.Size)
+	dst := make([]byte, o.Size)
+	replicas := []client.Replica{r}
+	raw, err := newRawConn(r.DataAddr)
+	if err != nil {
+		return Result{}, err
+	}
+	defer raw.Close()
+	methods := []func(client.Ref) error{
+		func(ref client.Ref) error { return c.Fetch(ctx, ref, replicas, dst) },
+		func(ref client.Ref) error { return raw.copy(ref.Digest, dst) },
+		func(ref client.Ref) error { return g.Fetch(ctx, ref, replicas, dst) },
+	}
+	// Warm every path up, then interleave the methods blob by blob, so that the VM's and the
+	// link's ups and downs fall on all of them alike; each round's rate per method is its bytes over
+	// its summed time, and the best round of each is reported.
+	for _, m := range methods {
+		if err := m(refs[0]); err != nil {
+			return Result{}, err
+		}
+	}
+	res := Result{Size: o.Size, Count: o.Count, BytesPerMethodRound: per * o.Size, Rounds: o.Rounds}
+	best := make([]float64, len(methods))
+	for range o.Rounds {
+		spent := make([]time.Duration, len(methods))
+		for i := range per {
+			ref := refs[i%int64(len(refs))]
+			for j, m := range methods {
+				start := time.Now()
+				if err := m(ref); err != nil {
+					return res, err
+				}
+				spent[j] += time.Since(start)
+			}
+		}
+		for j := range methods {
+			best[j] = max(best[j], float64(per*o.Size)/spent[j].Seconds())
+		}
+	}
+	res.FetchBytesPerSecond, res.TCPBytesPerSecond, res.GRPCBytesPerSecond = best[0], best[1], best[2]
+	res.Ratio = res.FetchBytesPerSecond / res.TCPBytesPerSecond
+	res.GRPCRatio = res.GRPCBytesPerSecond / res.TCPBytesPerSecond
+	return res, nil
+}
+
+// rawConn reads blobs as unframed, unchecked bytes (dataplane.OpRaw): the plain TCP baseline.
+type rawConn struct {
+	net.Conn
+	rd  *bufio.Reader
+	buf []byte
+}
+
+func newRawConn(addr string) (*rawConn, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return &rawConn{Conn: c, rd: bufio.NewReaderSize(c, 64<<10), buf: make([]byte, 64)}, nil
+}
+
+func (c *rawConn) copy(d blob.Digest, dst []byte) error {
+	req := dataplane.Request{Op: dataplane.OpRaw, Digest: d, Length: int64(len(dst))}
+	if _, err := c.Write(req.Append(c.buf[:0])); err != nil {
+		return err
+	}
+	resp, err := dataplane.ReadResponse(c.rd, c.buf)
+	if err != nil {
+		return err
+	}
+	if resp.Status != dataplane.StatusOK {
+		return fmt.Errorf("fetchbench: raw copy: status %d: %s", resp.Status, resp.Msg)
+	}
+	_, err = io.ReadFull(c.rd, dst)
+	return err
+}

@@ -1,0 +1,33 @@
+package fetchbench
+
+import (
+	"context"
+	"testing"
+
+	"github.com/pregate/pregate/expertstore"
+	"github.com/pregate/pregate/expertstore/client"
+)
+
+func TestRunReportsBothRates(t *testing.T) {
+	cfg := expertstore.DefaultConfig()
+	cfg.NodeName, cfg.ListenAddr, cfg.MemoryLimit = "bench", "127.0.0.1:0", 64<<20
+	s, err := expertstore.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r := client.Replica{Name: "bench", GRPCAddr: s.Addr(), DataAddr: s.DataAddr()}
+	res, err := Run(context.Background(), r, Options{Size: 2 << 20, Count: 2, Rounds: 2, MinBytes: 8 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.FetchBytesPerSecond <= 0 || res.TCPBytesPerSecond <= 0 || res.GRPCBytesPerSecond <= 0 {
+		t.Fatalf("rates %+v", res)
+	}
+	if r := res.FetchBytesPerSecond / res.TCPBytesPerSecond; r != res.Ratio {
+		t.Fatalf("ratio %v, rates say %v", res.Ratio, r)
+	}
+	if st := s.Stats(); st.Fetches < 3*4*2 {
+		t.Fatalf("store served %d fetches, want at least %d", st.Fetches, 3*4*2)
+	}
+}
