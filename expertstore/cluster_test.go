@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -541,5 +542,100 @@ func TestHedgeSlowReplica(t *testing.T) {
 	}
 	if took > time.Second {
 		t.Fatalf("hedged fetch took %v: the slow replica was waited for", took)
+	}
+}
+
+// bf16Blob builds an expert blob of bf16 weights drawn like real ones (N(0, 0.02)): compressible.
+func bf16Blob(t *testing.T, rows, cols int, seed uint64) []byte {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(seed, 7))
+	mk := func(name string, r, c int) blob.Tensor {
+		data := make([]byte, 2*r*c)
+		for i := range r * c {
+			bits := math.Float32bits(float32(rng.NormFloat64() * 0.02))
+			data[2*i], data[2*i+1] = byte(bits>>16), byte(bits>>24)
+		}
+		return blob.Tensor{Name: name, DType: "BF16", Shape: []int{r, c}, Data: data}
+	}
+	b, err := blob.Build(blob.Header{Kind: blob.KindExpert, Model: "m", Block: 0, Expert: int(seed)},
+		[]blob.Tensor{mk("wi", rows, cols), mk("wo", cols, rows)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestCompressedFetch(t *testing.T) {
+	c := newCluster(t, 1)
+	ctx := context.Background()
+	weights := bf16Blob(t, 512, 1024, 1) // 2 MiB
+	noise := expertBlob(t, "U8", 1, 1024, 1024, 2)
+	put := newClient(t, client.DefaultConfig())
+	for _, b := range [][]byte{weights, noise} {
+		if _, err := put.Put(ctx, replicaOf(c.stores[0]), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		name           string
+		mode           client.Compression
+		give           []byte
+		wantCompressed bool
+	}{
+		{"always, compressible", client.CompressAlways, weights, true},
+		{"always, incompressible: the store sends raw", client.CompressAlways, noise, false},
+		{"never", client.CompressNever, weights, false},
+	}
+	for _, tt := range tests {
+		tr := client.NewDataTransport(client.DataTransportConfig{Compression: tt.mode})
+		cl := newClient(t, client.Config{Transport: tr})
+		dst := make([]byte, len(tt.give))
+		if err := cl.Fetch(ctx, client.Ref{Digest: blob.Sum(tt.give), Size: int64(len(tt.give))}, c.replicas(0), dst); err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		if !slices.Equal(dst, tt.give) {
+			t.Fatalf("%s: bytes differ", tt.name)
+		}
+		st := tr.Stats()
+		if got := st.CompressedFetches == 1; got != tt.wantCompressed {
+			t.Fatalf("%s: stats %+v, want compressed %v", tt.name, st, tt.wantCompressed)
+		}
+		if tt.wantCompressed && float64(st.WireBytes) > 0.8*float64(len(tt.give)) {
+			t.Fatalf("%s: %d bytes on the wire for %d", tt.name, st.WireBytes, len(tt.give))
+		}
+	}
+	if st := c.stores[0].Stats(); st.CompressedBytes <= 0 || st.CompressedBytes > int64(len(weights)) {
+		t.Fatalf("store holds %d compressed bytes", st.CompressedBytes)
+	}
+}
+
+func TestAutoCompressionOnSlowLink(t *testing.T) {
+	c := newCluster(t, 1)
+	ctx := context.Background()
+	weights := bf16Blob(t, 512, 1024, 3) // 2 MiB
+	put := newClient(t, client.DefaultConfig())
+	if _, err := put.Put(ctx, replicaOf(c.stores[0]), weights); err != nil {
+		t.Fatal(err)
+	}
+	// A link of about 100 MB/s (16 KiB reads, 150 µs apart): decoding is far faster, so auto mode
+	// switches to compressed fetches once it has measured the link.
+	p := newProxy(t, c.stores[0].DataAddr(), -1, 150*time.Microsecond)
+	slow := replicaOf(c.stores[0])
+	slow.DataAddr = p.addr()
+	tr := client.NewDataTransport(client.DataTransportConfig{})
+	cl := newClient(t, client.Config{Transport: tr, HedgeFraction: 0})
+	dst := make([]byte, len(weights))
+	for range 3 {
+		clear(dst)
+		if err := cl.Fetch(ctx, client.Ref{Digest: blob.Sum(weights), Size: int64(len(weights))}, []client.Replica{slow}, dst); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(dst, weights) {
+			t.Fatal("bytes differ")
+		}
+	}
+	st := tr.Stats()
+	if st.CompressedFetches != 2 || st.LinkBytesPerSec <= 0 || st.DecodeBytesPerSec <= st.LinkBytesPerSec {
+		t.Fatalf("stats %+v: want the first fetch raw (to measure the link), then compressed", st)
 	}
 }

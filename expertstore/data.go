@@ -68,36 +68,49 @@ func (s *Server) serveDataRequest(c net.Conn, req dataplane.Request, hdr []byte)
 	}
 	defer s.release(length)
 	s.fetches.Add(1)
-	resp := dataplane.Response{Status: dataplane.StatusOK, Total: total}.Append(hdr[:0])
-	end := req.Offset + length
-	if req.Op == dataplane.OpRaw {
-		bufs := net.Buffers{resp, e.data[req.Offset:end]}
-		_, err := bufs.WriteTo(c)
-		s.fetched.Add(length)
-		return err
-	}
 	chunk := int64(req.ChunkSize)
 	if chunk == 0 {
 		chunk = int64(s.cfg.ChunkSize)
 	}
-	// The response header goes out with the first chunk: one writev per chunk, the data written
-	// straight from the blob in RAM.
+	// The whole blob, compressed, when the client asks for it and it pays.
+	if req.Flags&dataplane.FlagCompressed != 0 && req.Op == dataplane.OpFetch && req.Offset == 0 && length == total {
+		if frame, crcs := s.compressed(e); frame != nil {
+			resp := dataplane.Response{Status: dataplane.StatusOK, Encoding: dataplane.EncodingPlanes, Total: total, Wire: int64(len(frame))}
+			err := s.sendChunks(c, resp.Append(hdr[:0]), frame, crcs, 0, int64(len(frame)), chunk)
+			s.fetched.Add(length)
+			return err
+		}
+	}
+	resp := dataplane.Response{Status: dataplane.StatusOK, Total: total, Wire: length}.Append(hdr[:0])
+	if req.Op == dataplane.OpRaw {
+		bufs := net.Buffers{resp, e.data[req.Offset : req.Offset+length]}
+		_, err := bufs.WriteTo(c)
+		s.fetched.Add(length)
+		return err
+	}
+	err = s.sendChunks(c, resp, e.data, e.crcs, req.Offset, req.Offset+length, chunk)
+	s.fetched.Add(length)
+	return err
+}
+
+// sendChunks writes resp and then payload[off:end] in framed chunks, one writev per chunk straight
+// from RAM; crcs are the payload's CRC32C per store chunk, used when a chunk is one of them.
+func (s *Server) sendChunks(c net.Conn, resp, payload []byte, crcs []uint32, off, end, chunk int64) error {
+	if off == end {
+		_, err := c.Write(resp)
+		return err
+	}
 	var ch [dataplane.ChunkHeaderSize]byte
-	for off := req.Offset; off < end; off += chunk {
-		stop := min(off+chunk, end)
-		h := dataplane.ChunkHeader{Offset: off, Length: int(stop - off), CRC: s.chunkCRC(e, off, stop)}.Append(ch[:0])
-		bufs := net.Buffers{h, e.data[off:stop]}
-		if off == req.Offset {
-			bufs = net.Buffers{resp, h, e.data[off:stop]}
+	for pos := off; pos < end; pos += chunk {
+		stop := min(pos+chunk, end)
+		h := dataplane.ChunkHeader{Offset: pos, Length: int(stop - pos), CRC: s.chunkCRC(payload, crcs, pos, stop)}.Append(ch[:0])
+		bufs := net.Buffers{h, payload[pos:stop]}
+		if pos == off {
+			bufs = net.Buffers{resp, h, payload[pos:stop]}
 		}
 		if _, err := bufs.WriteTo(c); err != nil {
 			return err
 		}
-		s.fetched.Add(stop - off)
-	}
-	if length == 0 {
-		_, err := c.Write(resp)
-		return err
 	}
 	return nil
 }

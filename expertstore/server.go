@@ -96,6 +96,30 @@ type entry struct {
 	data []byte
 	info *storepb.BlobInfo
 	crcs []uint32 // CRC32C of each ChunkSize chunk, for aligned fetches
+
+	// The compressed form, made on the first request for it and kept (nil when compression does
+	// not save at least minSaving of the bytes).
+	compressOnce sync.Once
+	frame        []byte
+	frameCRCs    []uint32
+}
+
+// minSaving is the least fraction of a blob's bytes compression must save to be used.
+const minSaving = 0.10
+
+// compressed returns the blob's compressed frame and its chunk CRCs, or nil.
+func (s *Server) compressed(e *entry) ([]byte, []uint32) {
+	e.compressOnce.Do(func() {
+		elem := 1
+		if h, _, err := blob.Parse(e.data); err == nil && h.ElemSize() > 0 {
+			elem = h.ElemSize()
+		}
+		if frame, ok := blob.Compress(e.data, elem, minSaving); ok {
+			e.frame, e.frameCRCs = frame, blob.ChunkCRCs(frame, s.cfg.ChunkSize)
+			s.compressedBytes.Add(int64(len(frame)))
+		}
+	})
+	return e.frame, e.frameCRCs
 }
 
 // Server is a running store.
@@ -114,6 +138,9 @@ type Server struct {
 	fetched     atomic.Int64
 	rejected    atomic.Int64
 	quarantined atomic.Int64
+	// compressedBytes is held by compressed forms of blobs (a cache beside the blobs, not counted
+	// against the memory limit).
+	compressedBytes atomic.Int64
 
 	grpc    *grpc.Server
 	health  *health.Server
@@ -391,6 +418,7 @@ func (s *Server) remove(d blob.Digest) (bool, error) {
 	if e != nil {
 		delete(s.blobs, d)
 		s.used -= int64(len(e.data))
+		s.compressedBytes.Add(-int64(len(e.frame)))
 	}
 	s.mu.Unlock()
 	if e == nil {
@@ -427,6 +455,7 @@ func (s *Server) Stats() *storepb.StatsResponse {
 		Node: s.cfg.NodeName, Blobs: int64(len(s.blobs)), UsedBytes: s.used, CapacityBytes: s.cfg.MemoryLimit,
 		Quarantined: s.quarantined.Load(), InflightBytes: s.inflightN.Load(), Fetches: s.fetches.Load(),
 		FetchedBytes: s.fetched.Load(), Rejected: s.rejected.Load(), DataAddr: s.dataLis.Addr().String(), Epoch: s.epoch,
+		CompressedBytes: s.compressedBytes.Load(),
 	}
 }
 

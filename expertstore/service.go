@@ -161,7 +161,7 @@ func (v *service) fetch(req *storepb.FetchRequest, stream storepb.ExpertStore_Fe
 	s.fetches.Add(1)
 	for off := req.Offset; off < req.Offset+length; off += chunk {
 		end := min(off+chunk, req.Offset+length)
-		c := &storepb.Chunk{Offset: off, Data: e.data[off:end], Crc32C: s.chunkCRC(e, off, end)}
+		c := &storepb.Chunk{Offset: off, Data: e.data[off:end], Crc32C: s.chunkCRC(e.data, e.crcs, off, end)}
 		if off == req.Offset {
 			c.Total = total
 		}
@@ -173,13 +173,14 @@ func (v *service) fetch(req *storepb.FetchRequest, stream storepb.ExpertStore_Fe
 	return nil
 }
 
-// chunkCRC is the CRC32C of e.data[off:end], precomputed when the chunk is one of the store's own.
-func (s *Server) chunkCRC(e *entry, off, end int64) uint32 {
+// chunkCRC is the CRC32C of payload[off:end], taken from crcs (one per store chunk) when the range
+// is one of the store's own chunks.
+func (s *Server) chunkCRC(payload []byte, crcs []uint32, off, end int64) uint32 {
 	cs := int64(s.cfg.ChunkSize)
-	if off%cs == 0 && (end-off == cs || end == int64(len(e.data))) {
-		return e.crcs[off/cs]
+	if off%cs == 0 && (end-off == cs || end == int64(len(payload))) {
+		return crcs[off/cs]
 	}
-	return blob.CRC32C(e.data[off:end])
+	return blob.CRC32C(payload[off:end])
 }
 
 func (v *service) Has(_ context.Context, req *storepb.HasRequest) (*storepb.HasResponse, error) {

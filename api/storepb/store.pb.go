@@ -734,20 +734,21 @@ func (*StatsRequest) Descriptor() ([]byte, []int) {
 }
 
 type StatsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
-	Blobs         int64                  `protobuf:"varint,2,opt,name=blobs,proto3" json:"blobs,omitempty"`
-	UsedBytes     int64                  `protobuf:"varint,3,opt,name=used_bytes,json=usedBytes,proto3" json:"used_bytes,omitempty"`
-	CapacityBytes int64                  `protobuf:"varint,4,opt,name=capacity_bytes,json=capacityBytes,proto3" json:"capacity_bytes,omitempty"`
-	Quarantined   int64                  `protobuf:"varint,5,opt,name=quarantined,proto3" json:"quarantined,omitempty"` // blobs that failed verification at start (kept aside, never served)
-	InflightBytes int64                  `protobuf:"varint,6,opt,name=inflight_bytes,json=inflightBytes,proto3" json:"inflight_bytes,omitempty"`
-	Fetches       int64                  `protobuf:"varint,7,opt,name=fetches,proto3" json:"fetches,omitempty"`
-	FetchedBytes  int64                  `protobuf:"varint,8,opt,name=fetched_bytes,json=fetchedBytes,proto3" json:"fetched_bytes,omitempty"`
-	Rejected      int64                  `protobuf:"varint,9,opt,name=rejected,proto3" json:"rejected,omitempty"`                 // requests answered RESOURCE_EXHAUSTED
-	DataAddr      string                 `protobuf:"bytes,10,opt,name=data_addr,json=dataAddr,proto3" json:"data_addr,omitempty"` // host:port of the data plane
-	Epoch         uint64                 `protobuf:"varint,11,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Node            string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Blobs           int64                  `protobuf:"varint,2,opt,name=blobs,proto3" json:"blobs,omitempty"`
+	UsedBytes       int64                  `protobuf:"varint,3,opt,name=used_bytes,json=usedBytes,proto3" json:"used_bytes,omitempty"`
+	CapacityBytes   int64                  `protobuf:"varint,4,opt,name=capacity_bytes,json=capacityBytes,proto3" json:"capacity_bytes,omitempty"`
+	Quarantined     int64                  `protobuf:"varint,5,opt,name=quarantined,proto3" json:"quarantined,omitempty"` // blobs that failed verification at start (kept aside, never served)
+	InflightBytes   int64                  `protobuf:"varint,6,opt,name=inflight_bytes,json=inflightBytes,proto3" json:"inflight_bytes,omitempty"`
+	Fetches         int64                  `protobuf:"varint,7,opt,name=fetches,proto3" json:"fetches,omitempty"`
+	FetchedBytes    int64                  `protobuf:"varint,8,opt,name=fetched_bytes,json=fetchedBytes,proto3" json:"fetched_bytes,omitempty"`
+	Rejected        int64                  `protobuf:"varint,9,opt,name=rejected,proto3" json:"rejected,omitempty"`                 // requests answered RESOURCE_EXHAUSTED
+	DataAddr        string                 `protobuf:"bytes,10,opt,name=data_addr,json=dataAddr,proto3" json:"data_addr,omitempty"` // host:port of the data plane
+	Epoch           uint64                 `protobuf:"varint,11,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	CompressedBytes int64                  `protobuf:"varint,12,opt,name=compressed_bytes,json=compressedBytes,proto3" json:"compressed_bytes,omitempty"` // held by compressed forms of blobs, made on demand (not counted in used_bytes)
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *StatsResponse) Reset() {
@@ -857,6 +858,13 @@ func (x *StatsResponse) GetEpoch() uint64 {
 	return 0
 }
 
+func (x *StatsResponse) GetCompressedBytes() int64 {
+	if x != nil {
+		return x.CompressedBytes
+	}
+	return 0
+}
+
 var File_storepb_store_proto protoreflect.FileDescriptor
 
 const file_storepb_store_proto_rawDesc = "" +
@@ -904,7 +912,7 @@ const file_storepb_store_proto_rawDesc = "" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\"*\n" +
 	"\x0eDeleteResponse\x12\x18\n" +
 	"\adeleted\x18\x01 \x01(\bR\adeleted\"\x0e\n" +
-	"\fStatsRequest\"\xd6\x02\n" +
+	"\fStatsRequest\"\x81\x03\n" +
 	"\rStatsResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
 	"\x05blobs\x18\x02 \x01(\x03R\x05blobs\x12\x1d\n" +
@@ -918,7 +926,8 @@ const file_storepb_store_proto_rawDesc = "" +
 	"\brejected\x18\t \x01(\x03R\brejected\x12\x1b\n" +
 	"\tdata_addr\x18\n" +
 	" \x01(\tR\bdataAddr\x12\x14\n" +
-	"\x05epoch\x18\v \x01(\x04R\x05epoch2\xb9\x03\n" +
+	"\x05epoch\x18\v \x01(\x04R\x05epoch\x12)\n" +
+	"\x10compressed_bytes\x18\f \x01(\x03R\x0fcompressedBytes2\xb9\x03\n" +
 	"\vExpertStore\x12D\n" +
 	"\x03Put\x12\x1c.pregate.store.v1.PutRequest\x1a\x1d.pregate.store.v1.PutResponse(\x01\x12B\n" +
 	"\x05Fetch\x12\x1e.pregate.store.v1.FetchRequest\x1a\x17.pregate.store.v1.Chunk0\x01\x12B\n" +

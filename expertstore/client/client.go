@@ -90,7 +90,7 @@ func New(cfg Config) *Client {
 	}
 	c.transport = cfg.Transport
 	if c.transport == nil {
-		c.transport = NewDataTransport(cfg.ChunkSize, 4)
+		c.transport = NewDataTransport(DataTransportConfig{ChunkSize: cfg.ChunkSize})
 	}
 	return c
 }

@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
+	"math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pregate/pregate/api/storepb"
@@ -26,16 +29,125 @@ type Transport interface {
 	Close() error
 }
 
+// Compression says when a DataTransport asks stores for compressed blobs.
+type Compression int
+
+const (
+	// CompressAuto compresses when it makes a fetch faster on this link: when sending ratio×size
+	// bytes and decoding size bytes takes less time than sending size bytes, by the link speed this
+	// transport measures on its own fetches and the decode speed it measures on its own decodes.
+	CompressAuto Compression = iota
+	// CompressNever always fetches raw bytes.
+	CompressNever
+	// CompressAlways asks for the compressed form whenever the store has one that pays.
+	CompressAlways
+)
+
+// DataTransportConfig configures a DataTransport.
+type DataTransportConfig struct {
+	ChunkSize       int // asked of the stores; 0: theirs
+	MaxIdlePerStore int // idle connections kept per store (default 4)
+	Compression     Compression
+}
+
 // DataTransport fetches over the stores' data plane (package dataplane), keeping a few idle
 // connections per store.
 type DataTransport struct {
-	chunkSize int
-	maxIdle   int
-	dialer    net.Dialer
+	cfg    DataTransportConfig
+	dialer net.Dialer
 
 	mu     sync.Mutex
 	idle   map[string][]*dataConn
 	closed bool
+
+	link, decode rate // bytes per second, measured
+	ratio        rate // compressed / raw, last seen
+	calibrate    sync.Once
+
+	compressedFetches, wireBytes, rawBytes atomic.Int64
+}
+
+// DataTransportStats counts a DataTransport's work.
+type DataTransportStats struct {
+	CompressedFetches int64   // fetches that came compressed
+	WireBytes         int64   // bytes received for whole-blob fetches
+	RawBytes          int64   // their decoded size
+	LinkBytesPerSec   float64 // measured link speed (0: not yet)
+	DecodeBytesPerSec float64 // measured decode speed (0: not yet)
+}
+
+// Stats reports the transport's counters and measurements.
+func (t *DataTransport) Stats() DataTransportStats {
+	return DataTransportStats{CompressedFetches: t.compressedFetches.Load(), WireBytes: t.wireBytes.Load(),
+		RawBytes: t.rawBytes.Load(), LinkBytesPerSec: t.link.get(), DecodeBytesPerSec: t.decode.get()}
+}
+
+// rate is an exponentially weighted moving average, safe for concurrent use.
+type rate struct {
+	mu sync.Mutex
+	v  float64
+}
+
+func (r *rate) get() float64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.v
+}
+
+func (r *rate) observe(x float64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.v == 0 {
+		r.v = x
+	} else {
+		r.v = 0.8*r.v + 0.2*x
+	}
+}
+
+// wantCompressed decides whether to ask for a compressed blob of size bytes.
+func (t *DataTransport) wantCompressed(size int) bool {
+	switch t.cfg.Compression {
+	case CompressNever:
+		return false
+	case CompressAlways:
+		return true
+	}
+	if size < 1<<20 {
+		return false // small blobs: the decode's fixed costs dominate
+	}
+	link := t.link.get()
+	if link == 0 {
+		return false // learn the link on raw fetches first
+	}
+	t.calibrate.Do(t.calibrateDecode)
+	decode, ratio := t.decode.get(), t.ratio.get()
+	if decode == 0 || ratio == 0 {
+		return false
+	}
+	// Compressed: ratio·size over the link, then size through the decoder; raw: size over the link.
+	return ratio/link+1/decode < 1/link
+}
+
+// calibrateDecode measures the decoder once on 4 MiB of bf16 weights drawn like real ones, so the
+// first decision has a decode speed to go by; real decodes refine it.
+func (t *DataTransport) calibrateDecode() {
+	const n = 2 << 20
+	raw := make([]byte, 2*n)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range n {
+		bits := math.Float32bits(float32(rng.NormFloat64() * 0.02))
+		raw[2*i], raw[2*i+1] = byte(bits>>16), byte(bits>>24)
+	}
+	frame, ok := blob.Compress(raw, 2, 0)
+	if !ok {
+		return
+	}
+	start := time.Now()
+	if err := blob.Decompress(raw, frame); err != nil {
+		return
+	}
+	t.decode.observe(float64(len(raw)) / time.Since(start).Seconds())
+	t.ratio.observe(float64(len(frame)) / float64(len(raw)))
 }
 
 type dataConn struct {
@@ -44,9 +156,12 @@ type dataConn struct {
 	buf []byte
 }
 
-// NewDataTransport returns a data-plane transport asking for chunkSize chunks (0: the store's).
-func NewDataTransport(chunkSize, maxIdlePerStore int) *DataTransport {
-	return &DataTransport{chunkSize: chunkSize, maxIdle: max(1, maxIdlePerStore), idle: map[string][]*dataConn{}}
+// NewDataTransport returns a data-plane transport.
+func NewDataTransport(cfg DataTransportConfig) *DataTransport {
+	if cfg.MaxIdlePerStore <= 0 {
+		cfg.MaxIdlePerStore = 4
+	}
+	return &DataTransport{cfg: cfg, idle: map[string][]*dataConn{}}
 }
 
 func (t *DataTransport) get(ctx context.Context, addr string) (*dataConn, error) {
@@ -72,7 +187,7 @@ func (t *DataTransport) get(ctx context.Context, addr string) (*dataConn, error)
 func (t *DataTransport) put(addr string, c *dataConn) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.closed || len(t.idle[addr]) >= t.maxIdle {
+	if t.closed || len(t.idle[addr]) >= t.cfg.MaxIdlePerStore {
 		c.c.Close()
 		return
 	}
@@ -109,14 +224,45 @@ func (t *DataTransport) Fetch(ctx context.Context, r Replica, d blob.Digest, off
 		}
 		t.put(r.DataAddr, c)
 	}()
-	return fetchData(c, r, d, off, dst, whole, t.chunkSize)
+	if !whole {
+		return fetchData(c, r, dataplane.Request{Op: dataplane.OpFetch, Digest: d, Offset: off, Length: int64(len(dst)), ChunkSize: t.cfg.ChunkSize}, dst, nil)
+	}
+	req := dataplane.Request{Op: dataplane.OpFetch, Digest: d, Length: int64(len(dst)), ChunkSize: t.cfg.ChunkSize}
+	if t.wantCompressed(len(dst)) {
+		req.Flags |= dataplane.FlagCompressed
+	}
+	start := time.Now()
+	var m fetchMeasure
+	if err := fetchData(c, r, req, dst, &m); err != nil {
+		return err
+	}
+	t.wireBytes.Add(m.wire)
+	t.rawBytes.Add(int64(len(dst)))
+	if m.compressed {
+		t.compressedFetches.Add(1)
+		t.decode.observe(float64(len(dst)) / m.decode.Seconds())
+		t.ratio.observe(float64(m.wire) / float64(len(dst)))
+	}
+	if xfer := time.Since(start) - m.decode; m.wire >= 1<<20 && xfer > 0 {
+		t.link.observe(float64(m.wire) / xfer.Seconds())
+	}
+	return nil
 }
 
-// verifyPiece is how much of a chunk is read before it is checksummed (see fetchData).
+// fetchMeasure is what a whole-blob fetch reports for the compression decision.
+type fetchMeasure struct {
+	compressed bool
+	wire       int64         // bytes received
+	decode     time.Duration // spent decompressing
+}
+
+// verifyPiece is how much of a chunk is read before it is checksummed (see readChunks).
 const verifyPiece = 256 << 10
 
-func fetchData(c *dataConn, r Replica, d blob.Digest, off int64, dst []byte, whole bool, chunkSize int) error {
-	req := dataplane.Request{Op: dataplane.OpFetch, Digest: d, Offset: off, Length: int64(len(dst)), ChunkSize: chunkSize}
+// fetchData sends req and reads the answer into dst. With m set, req is for the whole blob: the
+// blob's digest is checked, and it may come compressed (then decoded into dst).
+func fetchData(c *dataConn, r Replica, req dataplane.Request, dst []byte, m *fetchMeasure) error {
+	d := blob.Digest(req.Digest)
 	if _, err := c.c.Write(req.Append(c.buf[:0])); err != nil {
 		return err
 	}
@@ -127,14 +273,46 @@ func fetchData(c *dataConn, r Replica, d blob.Digest, off int64, dst []byte, who
 	if err := statusError(resp, r); err != nil {
 		return err
 	}
-	end := off + int64(len(dst))
-	var sum *blob.Hasher
-	if whole {
-		if err := wholeBlob(resp.Total, off, dst, d, r); err != nil {
+	if m == nil {
+		return readChunks(c, r, d, dst, req.Offset, nil)
+	}
+	if err := wholeBlob(resp.Total, req.Offset, dst, d, r); err != nil {
+		return err
+	}
+	m.wire = resp.Wire
+	if resp.Encoding == dataplane.EncodingRaw {
+		sum := blob.NewHasher()
+		if err := readChunks(c, r, d, dst, 0, sum); err != nil {
 			return err
 		}
-		sum = blob.NewHasher()
+		return checkDigest(sum, d, r)
 	}
+	if req.Flags&dataplane.FlagCompressed == 0 || resp.Wire <= 0 || resp.Wire > int64(len(dst)) {
+		return fmt.Errorf("%w: %s sent a %d-byte compressed frame for a %d-byte blob unasked", dataplane.ErrProtocol, r.Name, resp.Wire, len(dst))
+	}
+	frame := make([]byte, resp.Wire)
+	if err := readChunks(c, r, d, frame, 0, nil); err != nil {
+		return err
+	}
+	if n, err := blob.DecompressedSize(frame); err != nil || n != len(dst) {
+		return fmt.Errorf("%w: compressed %s from %s decodes to %d bytes, want %d (%v)", storepb.ErrCorrupt, d, r.Name, n, len(dst), err)
+	}
+	start := time.Now()
+	if err := blob.Decompress(dst, frame); err != nil {
+		return fmt.Errorf("%w: compressed %s from %s: %v", storepb.ErrCorrupt, d, r.Name, err)
+	}
+	m.compressed, m.decode = true, time.Since(start)
+	if got := blob.Sum(dst); got != d {
+		return fmt.Errorf("%w: blob from %s has digest %s, want %s", storepb.ErrCorrupt, r.Name, got, d)
+	}
+	return nil
+}
+
+// readChunks reads the framed chunks covering [off, off+len(dst)) into dst, checking each chunk's
+// CRC32C (and feeding sum, when set). Each chunk is read in pieces small enough to stay in the L2
+// cache and checked right after the kernel wrote them, instead of read back from memory.
+func readChunks(c *dataConn, r Replica, d blob.Digest, dst []byte, off int64, sum *blob.Hasher) error {
+	end := off + int64(len(dst))
 	for pos := off; pos < end; {
 		h, err := dataplane.ReadChunkHeader(c.rd, c.buf)
 		if err != nil {
@@ -143,8 +321,6 @@ func fetchData(c *dataConn, r Replica, d blob.Digest, off int64, dst []byte, who
 		if h.Offset != pos || h.Length <= 0 || pos+int64(h.Length) > end {
 			return fmt.Errorf("%w: %s sent chunk [%d, +%d), expected offset %d of [%d, %d)", dataplane.ErrProtocol, r.Name, h.Offset, h.Length, pos, off, end)
 		}
-		// Read the chunk in pieces small enough to stay in the L2 cache, and checksum (and hash)
-		// each piece right after the kernel wrote it, instead of reading the chunk back from memory.
 		p := dst[pos-off : pos-off+int64(h.Length)]
 		var crc uint32
 		for len(p) > 0 {
@@ -163,7 +339,7 @@ func fetchData(c *dataConn, r Replica, d blob.Digest, off int64, dst []byte, who
 		}
 		pos += int64(h.Length)
 	}
-	return checkDigest(sum, d, r)
+	return nil
 }
 
 // wholeBlob checks that [off, off+len(dst)) is the entire blob of total bytes.

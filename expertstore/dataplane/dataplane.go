@@ -6,9 +6,10 @@
 //
 // A connection carries requests one after another (clients pool connections):
 //
-//	request  = magic "PGF1" | op u8 | pad [3]u8 | digest [16]u8 | offset u64 | length u64 | chunk u32 | pad u32   (48 bytes, little endian)
-//	response = status u8 | pad [3]u8 | msgLen u32 | total u64 | msg [msgLen]u8                                      (16 bytes + msg)
-//	then, for OpFetch with status OK, chunks covering [offset, offset+length) in order:
+//	request  = magic "PGF1" | op u8 | flags u8 | pad [2]u8 | digest [16]u8 | offset u64 | length u64 | chunk u32 | pad u32   (48 bytes, little endian)
+//	response = status u8 | encoding u8 | pad [2]u8 | msgLen u32 | total u64 | wire u64 | msg [msgLen]u8                    (24 bytes + msg)
+//	then, for OpFetch with status OK, chunks covering [offset, offset+length) in order — or, when the
+//	response's encoding is not raw, the whole blob's compressed frame [0, wire) (see blob.Compress):
 //	chunk    = offset u64 | length u32 | crc32c u32 | data [length]u8
 //	and for OpRaw (the benchmark's plain-TCP baseline) the bytes alone, unframed and unchecked.
 package dataplane
@@ -36,11 +37,24 @@ const (
 	StatusBadReq    byte = 5
 )
 
+// Request flags.
+const (
+	// FlagCompressed asks for the blob's compressed frame when the store has one that pays (whole
+	// blobs only); the response's Encoding says what came.
+	FlagCompressed byte = 1
+)
+
+// Encodings of a response's bytes.
+const (
+	EncodingRaw    byte = 0
+	EncodingPlanes byte = 1 // blob.Compress frame: byte planes + huff0/zstd
+)
+
 const (
 	// RequestSize is the size of a request frame.
 	RequestSize = 48
 	// ResponseSize is the size of a response header, before its message.
-	ResponseSize = 16
+	ResponseSize = 24
 	// ChunkHeaderSize precedes each chunk's data.
 	ChunkHeaderSize = 16
 	// MinChunk and MaxChunk bound the chunk size a request may ask for.
@@ -58,6 +72,7 @@ var ErrProtocol = errors.New("dataplane: protocol error")
 // Request asks for bytes [Offset, Offset+Length) of a blob; Length 0 means to the end.
 type Request struct {
 	Op        byte
+	Flags     byte
 	Digest    [16]byte
 	Offset    int64
 	Length    int64
@@ -67,7 +82,7 @@ type Request struct {
 // Append encodes r.
 func (r Request) Append(b []byte) []byte {
 	b = append(b, magic[:]...)
-	b = append(b, r.Op, 0, 0, 0)
+	b = append(b, r.Op, r.Flags, 0, 0)
 	b = append(b, r.Digest[:]...)
 	b = binary.LittleEndian.AppendUint64(b, uint64(r.Offset))
 	b = binary.LittleEndian.AppendUint64(b, uint64(r.Length))
@@ -84,7 +99,7 @@ func ReadRequest(rd io.Reader, buf []byte) (Request, error) {
 	if [4]byte(buf[:4]) != magic {
 		return Request{}, fmt.Errorf("%w: bad magic %q", ErrProtocol, buf[:4])
 	}
-	r := Request{Op: buf[4]}
+	r := Request{Op: buf[4], Flags: buf[5]}
 	copy(r.Digest[:], buf[8:24])
 	r.Offset = int64(binary.LittleEndian.Uint64(buf[24:]))
 	r.Length = int64(binary.LittleEndian.Uint64(buf[32:]))
@@ -102,9 +117,11 @@ func ReadRequest(rd io.Reader, buf []byte) (Request, error) {
 
 // Response heads the answer to a request.
 type Response struct {
-	Status byte
-	Total  int64 // blob size
-	Msg    string
+	Status   byte
+	Encoding byte  // of the bytes that follow
+	Total    int64 // blob size
+	Wire     int64 // bytes that follow: the range's length, or the compressed frame's
+	Msg      string
 }
 
 // Append encodes r.
@@ -113,9 +130,10 @@ func (r Response) Append(b []byte) []byte {
 	if len(msg) > maxMsg {
 		msg = msg[:maxMsg]
 	}
-	b = append(b, r.Status, 0, 0, 0)
+	b = append(b, r.Status, r.Encoding, 0, 0)
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(msg)))
 	b = binary.LittleEndian.AppendUint64(b, uint64(r.Total))
+	b = binary.LittleEndian.AppendUint64(b, uint64(r.Wire))
 	return append(b, msg...)
 }
 
@@ -125,10 +143,11 @@ func ReadResponse(rd io.Reader, buf []byte) (Response, error) {
 	if _, err := io.ReadFull(rd, buf); err != nil {
 		return Response{}, err
 	}
-	r := Response{Status: buf[0], Total: int64(binary.LittleEndian.Uint64(buf[8:]))}
+	r := Response{Status: buf[0], Encoding: buf[1], Total: int64(binary.LittleEndian.Uint64(buf[8:])),
+		Wire: int64(binary.LittleEndian.Uint64(buf[16:]))}
 	n := binary.LittleEndian.Uint32(buf[4:])
-	if n > maxMsg || r.Total < 0 {
-		return r, fmt.Errorf("%w: response message of %d bytes, total %d", ErrProtocol, n, r.Total)
+	if n > maxMsg || r.Total < 0 || r.Wire < 0 || r.Encoding > EncodingPlanes {
+		return r, fmt.Errorf("%w: response message of %d bytes, total %d, wire %d, encoding %d", ErrProtocol, n, r.Total, r.Wire, r.Encoding)
 	}
 	if n > 0 {
 		msg := make([]byte, n)

@@ -7,7 +7,7 @@ import (
 )
 
 func TestFramesRoundTrip(t *testing.T) {
-	req := Request{Op: OpFetch, Digest: [16]byte{1, 2, 3}, Offset: 7, Length: 1 << 20, ChunkSize: MinChunk}
+	req := Request{Op: OpFetch, Flags: FlagCompressed, Digest: [16]byte{1, 2, 3}, Offset: 7, Length: 1 << 20, ChunkSize: MinChunk}
 	b := req.Append(nil)
 	if len(b) != RequestSize {
 		t.Fatalf("request frame is %d bytes, want %d", len(b), RequestSize)
@@ -16,7 +16,7 @@ func TestFramesRoundTrip(t *testing.T) {
 	if err != nil || got != req {
 		t.Fatalf("ReadRequest = %+v, %v; want %+v", got, err, req)
 	}
-	resp := Response{Status: StatusNotFound, Total: 99, Msg: "no such blob"}
+	resp := Response{Status: StatusNotFound, Encoding: EncodingPlanes, Total: 99, Wire: 42, Msg: "no such blob"}
 	r, err := ReadResponse(bytes.NewReader(resp.Append(nil)), make([]byte, ResponseSize))
 	if err != nil || r != resp {
 		t.Fatalf("ReadResponse = %+v, %v", r, err)

@@ -45,7 +45,8 @@ func Run(ctx context.Context, r client.Replica, o Options) (Result, error) {
 		return Result{}, fmt.Errorf("fetchbench: size %d, count %d", o.Size, o.Count)
 	}
 	o.Rounds = max(o.Rounds, 1)
-	c := client.New(client.Config{HedgeFraction: 0})
+	// Raw bytes on both paths: this measures the transport, not the codec.
+	c := client.New(client.Config{HedgeFraction: 0, Transport: client.NewDataTransport(client.DataTransportConfig{Compression: client.CompressNever})})
 	defer c.Close()
 	g := client.New(client.Config{HedgeFraction: 0, Transport: client.NewGRPCTransport(client.NewConns(), 0)})
 	defer g.Close()

@@ -466,7 +466,6 @@ func writeIndex(dir string, shards []shard, dt model.DType, total int64) error {
 	return atomicfile.WriteFile(filepath.Join(dir, model.IndexFileName), buf.Bytes())
 }
 
-
 // removeStale deletes weight files of an earlier run that this run did not write.
 func removeStale(dir string, shards []shard) error {
 	keep := map[string]bool{}
