@@ -18,6 +18,7 @@ import (
 
 	"go.uber.org/goleak"
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	"github.com/pregate/pregate/api/storepb"
@@ -157,6 +158,29 @@ func TestPutFetchEveryDType(t *testing.T) {
 	list, err := api.List(ctx, &storepb.ListRequest{Model: "m"})
 	if err != nil || len(list.Blobs) != 3 {
 		t.Fatalf("List on store-0: %v blobs, %v (want 3)", len(list.GetBlobs()), err)
+	}
+	// Has, Delete, Has again; health.
+	d := list.Blobs[0].Digest
+	missing := blob.Sum([]byte("missing")).String()
+	if has, err := api.Has(ctx, &storepb.HasRequest{Digests: []string{d, missing}}); err != nil || !slices.Equal(has.Present, []bool{true, false}) {
+		t.Fatalf("Has = %v, %v", has.GetPresent(), err)
+	}
+	if del, err := api.Delete(ctx, &storepb.DeleteRequest{Digest: d}); err != nil || !del.Deleted {
+		t.Fatalf("Delete = %v, %v", del, err)
+	}
+	if has, err := api.Has(ctx, &storepb.HasRequest{Digests: []string{d}}); err != nil || has.Present[0] {
+		t.Fatalf("Has after Delete = %v, %v", has.GetPresent(), err)
+	}
+	if _, err := os.Stat(filepath.Join(c.dirs[0], "blobs", d+".blob")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("deleted blob still on disk: %v", err)
+	}
+	cc, err := cl.Conns().Conn(c.stores[0].Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	hr, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{Service: storepb.ExpertStore_ServiceDesc.ServiceName})
+	if err != nil || hr.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health: %v, %v", hr, err)
 	}
 }
 
