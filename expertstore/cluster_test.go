@@ -663,3 +663,72 @@ func TestAutoCompressionOnSlowLink(t *testing.T) {
 		t.Fatalf("stats %+v: want the first fetch raw (to measure the link), then compressed", st)
 	}
 }
+
+func TestCopyStoreToStore(t *testing.T) {
+	c := newCluster(t, 3)
+	cl := newClient(t, client.DefaultConfig())
+	ctx := context.Background()
+	data := expertBlob(t, "BF16", 2, 256, 256, 21)
+	d := blob.Sum(data)
+	if _, err := cl.Put(ctx, replicaOf(c.stores[0]), data); err != nil {
+		t.Fatal(err)
+	}
+	src := func(i int) *storepb.Source {
+		return &storepb.Source{Name: c.stores[i].NodeName(), GrpcAddr: c.stores[i].Addr(), DataAddr: c.stores[i].DataAddr()}
+	}
+	api, _ := cl.Conns().Store(replicaOf(c.stores[1]))
+	// The first source does not have it: the copy fails over to the second.
+	resp, err := api.Copy(ctx, &storepb.CopyRequest{Digest: d.String(), Size: int64(len(data)), Sources: []*storepb.Source{src(2), src(0)}})
+	if err != nil || resp.Existed || resp.Blob.Digest != d.String() {
+		t.Fatalf("Copy = %+v, %v", resp, err)
+	}
+	dst := make([]byte, len(data))
+	if err := cl.Fetch(ctx, client.Ref{Digest: d, Size: int64(len(data))}, c.replicas(1), dst); err != nil || !slices.Equal(dst, data) {
+		t.Fatalf("fetch from the new replica: %v", err)
+	}
+	if again, err := api.Copy(ctx, &storepb.CopyRequest{Digest: d.String(), Size: int64(len(data)), Sources: []*storepb.Source{src(0)}}); err != nil || !again.Existed {
+		t.Fatalf("second Copy = %+v, %v", again, err)
+	}
+	// Nobody has this one.
+	api2, _ := cl.Conns().Store(replicaOf(c.stores[2]))
+	_, err = api2.Copy(ctx, &storepb.CopyRequest{Digest: blob.Sum([]byte("x")).String(), Size: 1, Sources: []*storepb.Source{src(0)}})
+	if status.Code(err) != codes.NotFound {
+		t.Fatalf("Copy of a blob no source has: %v, want NotFound", err)
+	}
+	if st := c.stores[2].Stats(); st.UsedBytes != 0 {
+		t.Fatalf("failed copy left %d bytes reserved", st.UsedBytes)
+	}
+}
+
+func TestFollowerOutlivesCanceledLeader(t *testing.T) {
+	c := newCluster(t, 1)
+	cl := newClient(t, client.DefaultConfig())
+	ctx := context.Background()
+	data := expertBlob(t, "F32", 4, 512, 512, 31)
+	if _, err := cl.Put(ctx, replicaOf(c.stores[0]), data); err != nil {
+		t.Fatal(err)
+	}
+	// A slow path so the leader is still fetching when it is cancelled.
+	p := newProxy(t, c.stores[0].DataAddr(), -1, 5*time.Millisecond)
+	slow := replicaOf(c.stores[0])
+	slow.DataAddr = p.addr()
+	ref := client.Ref{Digest: blob.Sum(data), Size: int64(len(data))}
+	lctx, cancel := context.WithCancel(ctx)
+	leaderErr := make(chan error, 1)
+	go func() { leaderErr <- cl.Fetch(lctx, ref, []client.Replica{slow}, make([]byte, len(data))) }()
+	time.Sleep(50 * time.Millisecond) // let the leader start
+	followerErr := make(chan error, 1)
+	dst := make([]byte, len(data))
+	go func() { followerErr <- cl.Fetch(ctx, ref, c.replicas(0), dst) }()
+	time.Sleep(20 * time.Millisecond)
+	cancel()
+	if err := <-leaderErr; !errors.Is(err, context.Canceled) {
+		t.Fatalf("leader: %v, want canceled", err)
+	}
+	if err := <-followerErr; err != nil || !slices.Equal(dst, data) {
+		t.Fatalf("follower: %v", err)
+	}
+	if st := cl.Stats(); st.Collapsed != 1 {
+		t.Fatalf("stats %+v: the follower did not join the leader's flight", st)
+	}
+}

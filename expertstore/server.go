@@ -30,6 +30,7 @@ import (
 
 	"github.com/pregate/pregate/api/storepb"
 	"github.com/pregate/pregate/expertstore/blob"
+	"github.com/pregate/pregate/expertstore/client"
 	"github.com/pregate/pregate/expertstore/dataplane"
 	"github.com/pregate/pregate/internal/atomicfile"
 	"github.com/pregate/pregate/internal/membership"
@@ -147,6 +148,7 @@ type Server struct {
 	lis     net.Listener
 	dataLis net.Listener
 	member  *membership.Member
+	peers   *client.Client // fetches blobs from other stores (Copy)
 
 	connMu sync.Mutex
 	conns  map[net.Conn]struct{}
@@ -178,6 +180,7 @@ func New(cfg Config) (s *Server, err error) {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	s.log = s.log.With("node", cfg.NodeName, "role", "store")
+	s.peers = client.New(client.Config{Logger: s.log, ChunkSize: cfg.ChunkSize})
 	defer func() {
 		if err != nil {
 			s.Stop()
@@ -341,6 +344,9 @@ func (s *Server) shutdown(graceful bool) {
 		}
 		s.closeConns()
 		s.wg.Wait()
+		if s.peers != nil {
+			s.peers.Close()
+		}
 	})
 }
 

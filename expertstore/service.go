@@ -8,6 +8,7 @@ import (
 
 	"github.com/pregate/pregate/api/storepb"
 	"github.com/pregate/pregate/expertstore/blob"
+	"github.com/pregate/pregate/expertstore/client"
 )
 
 // service implements the gRPC API over a Server. Every error leaves through storepb.ToStatus, the
@@ -214,4 +215,61 @@ func (v *service) Delete(_ context.Context, req *storepb.DeleteRequest) (*storep
 
 func (v *service) Stats(context.Context, *storepb.StatsRequest) (*storepb.StatsResponse, error) {
 	return v.s.Stats(), nil
+}
+
+// Copy fetches a blob from the given stores (failover and checks as any client fetch) and keeps it.
+func (v *service) Copy(ctx context.Context, req *storepb.CopyRequest) (*storepb.PutResponse, error) {
+	info, existed, err := v.s.copyFrom(ctx, req)
+	if err != nil {
+		return nil, storepb.ToStatus(err)
+	}
+	return &storepb.PutResponse{Blob: info, Existed: existed}, nil
+}
+
+func (s *Server) copyFrom(ctx context.Context, req *storepb.CopyRequest) (*storepb.BlobInfo, bool, error) {
+	d, err := parseDigest(req.Digest)
+	if err != nil {
+		return nil, false, err
+	}
+	switch {
+	case req.Size <= 0:
+		return nil, false, fmt.Errorf("%w: blob size %d", storepb.ErrBadRequest, req.Size)
+	case req.Size > s.cfg.MaxBlobBytes:
+		return nil, false, fmt.Errorf("%w: %d bytes, the store takes at most %d", storepb.ErrTooLarge, req.Size, s.cfg.MaxBlobBytes)
+	case len(req.Sources) == 0:
+		return nil, false, fmt.Errorf("%w: copy of %s names no source", storepb.ErrBadRequest, d)
+	}
+	if e, err := s.get(d); err == nil {
+		return e.info, true, nil
+	}
+	if err := s.acquire(req.Size); err != nil {
+		return nil, false, err
+	}
+	defer s.release(req.Size)
+	if err := s.reserve(req.Size); err != nil {
+		return nil, false, err
+	}
+	sources := make([]client.Replica, len(req.Sources))
+	for i, src := range req.Sources {
+		sources[i] = client.Replica{Name: src.Name, GRPCAddr: src.GrpcAddr, DataAddr: src.DataAddr}
+	}
+	buf := make([]byte, req.Size)
+	if err := s.peers.Fetch(ctx, client.Ref{Digest: d, Size: req.Size}, sources, buf); err != nil {
+		s.unreserve(req.Size)
+		return nil, false, err
+	}
+	s.mu.RLock()
+	e, dup := s.blobs[d]
+	s.mu.RUnlock()
+	if dup {
+		s.unreserve(req.Size)
+		return e.info, true, nil
+	}
+	e, err = s.add(d, buf)
+	if err != nil {
+		s.unreserve(req.Size)
+		return nil, false, err
+	}
+	s.log.Info("copied", "digest", d, "bytes", req.Size)
+	return e.info, false, nil
 }

@@ -865,6 +865,127 @@ func (x *StatsResponse) GetCompressedBytes() int64 {
 	return 0
 }
 
+// Source is a store that holds a blob to copy.
+type Source struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	GrpcAddr      string                 `protobuf:"bytes,2,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"`
+	DataAddr      string                 `protobuf:"bytes,3,opt,name=data_addr,json=dataAddr,proto3" json:"data_addr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Source) Reset() {
+	*x = Source{}
+	mi := &file_storepb_store_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Source) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Source) ProtoMessage() {}
+
+func (x *Source) ProtoReflect() protoreflect.Message {
+	mi := &file_storepb_store_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Source.ProtoReflect.Descriptor instead.
+func (*Source) Descriptor() ([]byte, []int) {
+	return file_storepb_store_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *Source) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Source) GetGrpcAddr() string {
+	if x != nil {
+		return x.GrpcAddr
+	}
+	return ""
+}
+
+func (x *Source) GetDataAddr() string {
+	if x != nil {
+		return x.DataAddr
+	}
+	return ""
+}
+
+type CopyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Digest        string                 `protobuf:"bytes,1,opt,name=digest,proto3" json:"digest,omitempty"`
+	Size          int64                  `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	Sources       []*Source              `protobuf:"bytes,3,rep,name=sources,proto3" json:"sources,omitempty"` // tried in order
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CopyRequest) Reset() {
+	*x = CopyRequest{}
+	mi := &file_storepb_store_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CopyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CopyRequest) ProtoMessage() {}
+
+func (x *CopyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_storepb_store_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CopyRequest.ProtoReflect.Descriptor instead.
+func (*CopyRequest) Descriptor() ([]byte, []int) {
+	return file_storepb_store_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *CopyRequest) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *CopyRequest) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *CopyRequest) GetSources() []*Source {
+	if x != nil {
+		return x.Sources
+	}
+	return nil
+}
+
 var File_storepb_store_proto protoreflect.FileDescriptor
 
 const file_storepb_store_proto_rawDesc = "" +
@@ -927,14 +1048,23 @@ const file_storepb_store_proto_rawDesc = "" +
 	"\tdata_addr\x18\n" +
 	" \x01(\tR\bdataAddr\x12\x14\n" +
 	"\x05epoch\x18\v \x01(\x04R\x05epoch\x12)\n" +
-	"\x10compressed_bytes\x18\f \x01(\x03R\x0fcompressedBytes2\xb9\x03\n" +
+	"\x10compressed_bytes\x18\f \x01(\x03R\x0fcompressedBytes\"V\n" +
+	"\x06Source\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
+	"\tgrpc_addr\x18\x02 \x01(\tR\bgrpcAddr\x12\x1b\n" +
+	"\tdata_addr\x18\x03 \x01(\tR\bdataAddr\"m\n" +
+	"\vCopyRequest\x12\x16\n" +
+	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x03R\x04size\x122\n" +
+	"\asources\x18\x03 \x03(\v2\x18.pregate.store.v1.SourceR\asources2\xff\x03\n" +
 	"\vExpertStore\x12D\n" +
 	"\x03Put\x12\x1c.pregate.store.v1.PutRequest\x1a\x1d.pregate.store.v1.PutResponse(\x01\x12B\n" +
 	"\x05Fetch\x12\x1e.pregate.store.v1.FetchRequest\x1a\x17.pregate.store.v1.Chunk0\x01\x12B\n" +
 	"\x03Has\x12\x1c.pregate.store.v1.HasRequest\x1a\x1d.pregate.store.v1.HasResponse\x12E\n" +
 	"\x04List\x12\x1d.pregate.store.v1.ListRequest\x1a\x1e.pregate.store.v1.ListResponse\x12K\n" +
 	"\x06Delete\x12\x1f.pregate.store.v1.DeleteRequest\x1a .pregate.store.v1.DeleteResponse\x12H\n" +
-	"\x05Stats\x12\x1e.pregate.store.v1.StatsRequest\x1a\x1f.pregate.store.v1.StatsResponseB(Z&github.com/pregate/pregate/api/storepbb\x06proto3"
+	"\x05Stats\x12\x1e.pregate.store.v1.StatsRequest\x1a\x1f.pregate.store.v1.StatsResponse\x12D\n" +
+	"\x04Copy\x12\x1d.pregate.store.v1.CopyRequest\x1a\x1d.pregate.store.v1.PutResponseB(Z&github.com/pregate/pregate/api/storepbb\x06proto3"
 
 var (
 	file_storepb_store_proto_rawDescOnce sync.Once
@@ -948,7 +1078,7 @@ func file_storepb_store_proto_rawDescGZIP() []byte {
 	return file_storepb_store_proto_rawDescData
 }
 
-var file_storepb_store_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_storepb_store_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_storepb_store_proto_goTypes = []any{
 	(*BlobInfo)(nil),       // 0: pregate.store.v1.BlobInfo
 	(*PutHeader)(nil),      // 1: pregate.store.v1.PutHeader
@@ -964,29 +1094,34 @@ var file_storepb_store_proto_goTypes = []any{
 	(*DeleteResponse)(nil), // 11: pregate.store.v1.DeleteResponse
 	(*StatsRequest)(nil),   // 12: pregate.store.v1.StatsRequest
 	(*StatsResponse)(nil),  // 13: pregate.store.v1.StatsResponse
+	(*Source)(nil),         // 14: pregate.store.v1.Source
+	(*CopyRequest)(nil),    // 15: pregate.store.v1.CopyRequest
 }
 var file_storepb_store_proto_depIdxs = []int32{
 	1,  // 0: pregate.store.v1.PutRequest.header:type_name -> pregate.store.v1.PutHeader
 	5,  // 1: pregate.store.v1.PutRequest.chunk:type_name -> pregate.store.v1.Chunk
 	0,  // 2: pregate.store.v1.PutResponse.blob:type_name -> pregate.store.v1.BlobInfo
 	0,  // 3: pregate.store.v1.ListResponse.blobs:type_name -> pregate.store.v1.BlobInfo
-	2,  // 4: pregate.store.v1.ExpertStore.Put:input_type -> pregate.store.v1.PutRequest
-	4,  // 5: pregate.store.v1.ExpertStore.Fetch:input_type -> pregate.store.v1.FetchRequest
-	6,  // 6: pregate.store.v1.ExpertStore.Has:input_type -> pregate.store.v1.HasRequest
-	8,  // 7: pregate.store.v1.ExpertStore.List:input_type -> pregate.store.v1.ListRequest
-	10, // 8: pregate.store.v1.ExpertStore.Delete:input_type -> pregate.store.v1.DeleteRequest
-	12, // 9: pregate.store.v1.ExpertStore.Stats:input_type -> pregate.store.v1.StatsRequest
-	3,  // 10: pregate.store.v1.ExpertStore.Put:output_type -> pregate.store.v1.PutResponse
-	5,  // 11: pregate.store.v1.ExpertStore.Fetch:output_type -> pregate.store.v1.Chunk
-	7,  // 12: pregate.store.v1.ExpertStore.Has:output_type -> pregate.store.v1.HasResponse
-	9,  // 13: pregate.store.v1.ExpertStore.List:output_type -> pregate.store.v1.ListResponse
-	11, // 14: pregate.store.v1.ExpertStore.Delete:output_type -> pregate.store.v1.DeleteResponse
-	13, // 15: pregate.store.v1.ExpertStore.Stats:output_type -> pregate.store.v1.StatsResponse
-	10, // [10:16] is the sub-list for method output_type
-	4,  // [4:10] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	14, // 4: pregate.store.v1.CopyRequest.sources:type_name -> pregate.store.v1.Source
+	2,  // 5: pregate.store.v1.ExpertStore.Put:input_type -> pregate.store.v1.PutRequest
+	4,  // 6: pregate.store.v1.ExpertStore.Fetch:input_type -> pregate.store.v1.FetchRequest
+	6,  // 7: pregate.store.v1.ExpertStore.Has:input_type -> pregate.store.v1.HasRequest
+	8,  // 8: pregate.store.v1.ExpertStore.List:input_type -> pregate.store.v1.ListRequest
+	10, // 9: pregate.store.v1.ExpertStore.Delete:input_type -> pregate.store.v1.DeleteRequest
+	12, // 10: pregate.store.v1.ExpertStore.Stats:input_type -> pregate.store.v1.StatsRequest
+	15, // 11: pregate.store.v1.ExpertStore.Copy:input_type -> pregate.store.v1.CopyRequest
+	3,  // 12: pregate.store.v1.ExpertStore.Put:output_type -> pregate.store.v1.PutResponse
+	5,  // 13: pregate.store.v1.ExpertStore.Fetch:output_type -> pregate.store.v1.Chunk
+	7,  // 14: pregate.store.v1.ExpertStore.Has:output_type -> pregate.store.v1.HasResponse
+	9,  // 15: pregate.store.v1.ExpertStore.List:output_type -> pregate.store.v1.ListResponse
+	11, // 16: pregate.store.v1.ExpertStore.Delete:output_type -> pregate.store.v1.DeleteResponse
+	13, // 17: pregate.store.v1.ExpertStore.Stats:output_type -> pregate.store.v1.StatsResponse
+	3,  // 18: pregate.store.v1.ExpertStore.Copy:output_type -> pregate.store.v1.PutResponse
+	12, // [12:19] is the sub-list for method output_type
+	5,  // [5:12] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_storepb_store_proto_init() }
@@ -1004,7 +1139,7 @@ func file_storepb_store_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storepb_store_proto_rawDesc), len(file_storepb_store_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

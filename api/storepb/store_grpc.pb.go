@@ -30,6 +30,7 @@ const (
 	ExpertStore_List_FullMethodName   = "/pregate.store.v1.ExpertStore/List"
 	ExpertStore_Delete_FullMethodName = "/pregate.store.v1.ExpertStore/Delete"
 	ExpertStore_Stats_FullMethodName  = "/pregate.store.v1.ExpertStore/Stats"
+	ExpertStore_Copy_FullMethodName   = "/pregate.store.v1.ExpertStore/Copy"
 )
 
 // ExpertStoreClient is the client API for ExpertStore service.
@@ -45,6 +46,9 @@ type ExpertStoreClient interface {
 	List(ctx context.Context, in *ListRequest, opts ...grpc.CallOption) (*ListResponse, error)
 	Delete(ctx context.Context, in *DeleteRequest, opts ...grpc.CallOption) (*DeleteResponse, error)
 	Stats(ctx context.Context, in *StatsRequest, opts ...grpc.CallOption) (*StatsResponse, error)
+	// Copy makes this store a new replica of a blob by fetching it from other stores (store to
+	// store: the bytes do not pass through whoever asked). The blob is checked like a Put.
+	Copy(ctx context.Context, in *CopyRequest, opts ...grpc.CallOption) (*PutResponse, error)
 }
 
 type expertStoreClient struct {
@@ -127,6 +131,16 @@ func (c *expertStoreClient) Stats(ctx context.Context, in *StatsRequest, opts ..
 	return out, nil
 }
 
+func (c *expertStoreClient) Copy(ctx context.Context, in *CopyRequest, opts ...grpc.CallOption) (*PutResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PutResponse)
+	err := c.cc.Invoke(ctx, ExpertStore_Copy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ExpertStoreServer is the server API for ExpertStore service.
 // All implementations must embed UnimplementedExpertStoreServer
 // for forward compatibility.
@@ -140,6 +154,9 @@ type ExpertStoreServer interface {
 	List(context.Context, *ListRequest) (*ListResponse, error)
 	Delete(context.Context, *DeleteRequest) (*DeleteResponse, error)
 	Stats(context.Context, *StatsRequest) (*StatsResponse, error)
+	// Copy makes this store a new replica of a blob by fetching it from other stores (store to
+	// store: the bytes do not pass through whoever asked). The blob is checked like a Put.
+	Copy(context.Context, *CopyRequest) (*PutResponse, error)
 	mustEmbedUnimplementedExpertStoreServer()
 }
 
@@ -167,6 +184,9 @@ func (UnimplementedExpertStoreServer) Delete(context.Context, *DeleteRequest) (*
 }
 func (UnimplementedExpertStoreServer) Stats(context.Context, *StatsRequest) (*StatsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Stats not implemented")
+}
+func (UnimplementedExpertStoreServer) Copy(context.Context, *CopyRequest) (*PutResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Copy not implemented")
 }
 func (UnimplementedExpertStoreServer) mustEmbedUnimplementedExpertStoreServer() {}
 func (UnimplementedExpertStoreServer) testEmbeddedByValue()                     {}
@@ -279,6 +299,24 @@ func _ExpertStore_Stats_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ExpertStore_Copy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CopyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ExpertStoreServer).Copy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ExpertStore_Copy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ExpertStoreServer).Copy(ctx, req.(*CopyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ExpertStore_ServiceDesc is the grpc.ServiceDesc for ExpertStore service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -301,6 +339,10 @@ var ExpertStore_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Stats",
 			Handler:    _ExpertStore_Stats_Handler,
+		},
+		{
+			MethodName: "Copy",
+			Handler:    _ExpertStore_Copy_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

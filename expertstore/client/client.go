@@ -133,17 +133,11 @@ func (c *Client) Fetch(ctx context.Context, ref Ref, replicas []Replica, dst []b
 		f.followers.Add(1)
 		c.mu.Unlock()
 		c.collapsed.Add(1)
-		defer f.followers.Done()
-		select {
-		case <-f.done:
-		case <-ctx.Done():
-			return context.Cause(ctx)
+		err := c.follow(ctx, f, dst)
+		if errors.Is(err, errLeaderGaveUp) {
+			return c.Fetch(ctx, ref, replicas, dst)
 		}
-		if f.err != nil {
-			return f.err
-		}
-		copy(dst, f.buf)
-		return nil
+		return err
 	}
 	f := &flight{done: make(chan struct{}), buf: dst}
 	c.flights[key] = f
@@ -156,6 +150,28 @@ func (c *Client) Fetch(ctx context.Context, ref Ref, replicas []Replica, dst []b
 	close(f.done)
 	f.followers.Wait() // they copy from dst: keep it untouched until they are done
 	return f.err
+}
+
+// errLeaderGaveUp tells a follower that the flight it joined ended on its leader's own deadline or
+// cancellation: the follower, whose context is still live, fetches for itself.
+var errLeaderGaveUp = errors.New("expertstore/client: collapsed fetch's leader gave up")
+
+// follow waits for another caller's fetch of the same blob and copies its bytes.
+func (c *Client) follow(ctx context.Context, f *flight, dst []byte) error {
+	defer f.followers.Done()
+	select {
+	case <-f.done:
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+	if f.err != nil {
+		if ctx.Err() == nil && (errors.Is(f.err, context.Canceled) || errors.Is(f.err, context.DeadlineExceeded)) {
+			return errLeaderGaveUp
+		}
+		return f.err
+	}
+	copy(dst, f.buf)
+	return nil
 }
 
 // fetch tries each replica in turn, hedging the next one when the current one is slow.

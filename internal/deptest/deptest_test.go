@@ -55,7 +55,7 @@ func TestDependencyRules(t *testing.T) {
 		{pkg: "compute", allowed: []string{"model"}},
 		{pkg: "engine", allowed: []string{"model", "compute", "routing"}},
 		{pkg: "api", allowed: []string{"api"}},
-		{pkg: "expertstore", exact: true, allowed: []string{"api", "model", "expertstore/blob", "expertstore/dataplane", "internal/membership", "internal/atomicfile"}},
+		{pkg: "expertstore", exact: true, allowed: []string{"api", "model", "expertstore/blob", "expertstore/dataplane", "expertstore/client", "internal/membership", "internal/atomicfile"}},
 		{pkg: "expertstore/blob", allowed: []string{"model"}},
 		{pkg: "expertstore/dataplane", allowed: []string{}},
 		{pkg: "expertstore/client", allowed: []string{"api", "model", "expertstore/blob", "expertstore/dataplane"}},
