@@ -5,6 +5,8 @@ import (
 	"errors"
 	"slices"
 	"testing"
+
+	"github.com/pregate/pregate/model"
 )
 
 // seamEvent is one call through the Experts seam.
@@ -143,5 +145,30 @@ func TestBadInput(t *testing.T) {
 				t.Fatalf("error %v, want %v", err, tt.want)
 			}
 		})
+	}
+}
+
+func TestMoENumberingMatchesModelLayout(t *testing.T) {
+	for _, name := range []string{"switch-tiny", "mixtral-tiny"} {
+		f := openFixture(t, name)
+		m, err := Load(f.ckpt, newCPU(t, 1), Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		layout := model.MoELayout(f.ckpt.Config())
+		blocks := m.Info().MoEBlocks
+		if len(layout) != len(blocks) {
+			t.Fatalf("%s: %d MoE blocks in the layout, %d in the engine", name, len(layout), len(blocks))
+		}
+		for i := range blocks {
+			if layout[i].Name != blocks[i].Name || len(layout[i].Experts) != blocks[i].NumExperts {
+				t.Fatalf("%s: block %d is %s/%d in the layout, %s/%d in the engine", name, i, layout[i].Name, len(layout[i].Experts), blocks[i].Name, blocks[i].NumExperts)
+			}
+			for _, tensor := range layout[i].Experts[0] {
+				if !f.ckpt.Has(tensor) {
+					t.Fatalf("%s: layout names %s, not in the checkpoint", name, tensor)
+				}
+			}
+		}
 	}
 }

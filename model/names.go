@@ -315,3 +315,39 @@ func tiedAliases(cfg *Config) map[string]string {
 	}
 	return m
 }
+
+// MoEBlockLayout names one MoE block and its experts' tensors.
+type MoEBlockLayout struct {
+	Name    string     // "encoder.block.1", "decoder.block.3", "model.layers.0"
+	Experts [][]string // per expert, its tensor names: Switch wi, wo; Mixtral w1, w3, w2
+}
+
+// MoELayout returns the MoE blocks of a model in forward order — the Switch encoder's sparse blocks,
+// then the decoder's; Mixtral's layers — which is how the engine and the cluster number them.
+func MoELayout(cfg *Config) []MoEBlockLayout {
+	var out []MoEBlockLayout
+	switch {
+	case cfg.Switch != nil:
+		c := cfg.Switch
+		for _, decoder := range []bool{false, true} {
+			stack := stackName(decoder)
+			for _, b := range c.SparseBlocks(decoder) {
+				l := MoEBlockLayout{Name: switchBlock(stack, b)}
+				for e := range c.NumExperts {
+					l.Experts = append(l.Experts, []string{SwitchExpertName(stack, b, e, "wi"), SwitchExpertName(stack, b, e, "wo")})
+				}
+				out = append(out, l)
+			}
+		}
+	case cfg.Mixtral != nil:
+		c := cfg.Mixtral
+		for i := range c.NumHiddenLayers {
+			l := MoEBlockLayout{Name: mixtralLayer(i)}
+			for e := range c.NumLocalExperts {
+				l.Experts = append(l.Experts, []string{MixtralExpertName(i, e, "w1"), MixtralExpertName(i, e, "w3"), MixtralExpertName(i, e, "w2")})
+			}
+			out = append(out, l)
+		}
+	}
+	return out
+}

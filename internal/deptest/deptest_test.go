@@ -61,6 +61,7 @@ func TestDependencyRules(t *testing.T) {
 		{pkg: "expertstore/client", allowed: []string{"api", "model", "expertstore/blob", "expertstore/dataplane"}},
 		{pkg: "internal/membership", allowed: []string{}},
 		{pkg: "internal/atomicfile", allowed: []string{}},
+		{pkg: "internal/modelblobs", allowed: []string{"model", "expertstore/blob"}},
 	}
 	checked := 0
 	for path, ds := range all {

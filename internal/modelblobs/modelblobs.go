@@ -1,0 +1,104 @@
+// Package modelblobs turns a checkpoint into the blobs the stores hold: one blob per (MoE block,
+// expert) with that expert's tensors in the checkpoint's dtype, and the dense tensors (embeddings,
+// attention, norms, routers, pre-gates) packed in name order into dense blobs that workers download
+// whole. Blobs are content-addressed, so splitting the same checkpoint twice gives the same digests
+// and re-importing it moves nothing.
+package modelblobs
+
+import (
+	"fmt"
+
+	"github.com/pregate/pregate/expertstore/blob"
+	"github.com/pregate/pregate/model"
+)
+
+// DefaultMaxDense is the largest dense blob Split makes (a single larger tensor gets a blob alone).
+const DefaultMaxDense = 256 << 20
+
+// Blob is one blob of a model.
+type Blob struct {
+	Key    string // placement key: ExpertKey or DenseKey
+	Header blob.Header
+	Data   []byte
+	Digest blob.Digest
+}
+
+// ExpertKey is the placement key of an expert blob; blocks are numbered as model.MoELayout does.
+func ExpertKey(block, expert int) string { return fmt.Sprintf("expert/%05d/%05d", block, expert) }
+
+// DenseKey is the placement key of the i-th dense blob.
+func DenseKey(i int) string { return fmt.Sprintf("dense/%05d", i) }
+
+// Split calls emit for every blob of the checkpoint: the experts in (block, expert) order, then the
+// dense blobs. Blobs are built one at a time, so memory stays at one blob.
+func Split(ckpt *model.Checkpoint, modelName string, maxDense int64, emit func(Blob) error) error {
+	cfg := ckpt.Config()
+	if cfg == nil {
+		return fmt.Errorf("modelblobs: %s has no config", ckpt.Dir())
+	}
+	if maxDense <= 0 {
+		maxDense = DefaultMaxDense
+	}
+	isExpert := map[string]bool{}
+	for b, layout := range model.MoELayout(cfg) {
+		for e, names := range layout.Experts {
+			h := blob.Header{Kind: blob.KindExpert, Model: modelName, Block: b, Expert: e}
+			if err := build(ckpt, ExpertKey(b, e), h, names, emit); err != nil {
+				return err
+			}
+			for _, n := range names {
+				isExpert[n] = true
+			}
+		}
+	}
+	var group []string
+	var size int64
+	n := 0
+	flush := func() error {
+		if len(group) == 0 {
+			return nil
+		}
+		h := blob.Header{Kind: blob.KindDense, Model: modelName, Block: -1, Expert: -1}
+		err := build(ckpt, DenseKey(n), h, group, emit)
+		group, size, n = nil, 0, n+1
+		return err
+	}
+	for _, name := range ckpt.Names() {
+		if isExpert[name] {
+			continue
+		}
+		info, err := ckpt.Info(name)
+		if err != nil {
+			return err
+		}
+		bytes := int64(info.NumElements() * info.DType.Size())
+		if size > 0 && size+bytes > maxDense {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		group = append(group, name)
+		size += bytes
+	}
+	return flush()
+}
+
+func build(ckpt *model.Checkpoint, key string, h blob.Header, names []string, emit func(Blob) error) error {
+	tensors := make([]blob.Tensor, len(names))
+	for i, name := range names {
+		data, info, err := ckpt.Bytes(name)
+		if err != nil {
+			return fmt.Errorf("modelblobs: %s: %w", key, err)
+		}
+		tensors[i] = blob.Tensor{Name: name, DType: string(info.DType), Shape: info.Shape, Data: data}
+	}
+	data, err := blob.Build(h, tensors)
+	if err != nil {
+		return fmt.Errorf("modelblobs: %s: %w", key, err)
+	}
+	h, _, err = blob.Parse(data)
+	if err != nil {
+		return fmt.Errorf("modelblobs: %s: %w", key, err)
+	}
+	return emit(Blob{Key: key, Header: h, Data: data, Digest: blob.Sum(data)})
+}
