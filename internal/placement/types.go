@@ -1,0 +1,219 @@
+package placement
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"time"
+)
+
+// MaxIndex is the largest block or expert number a key can hold: keys spell them with five digits
+// so that a range read returns them in numeric order.
+const MaxIndex = 99999
+
+// Key names one expert of a model: its MoE block (in forward order, as model.MoELayout numbers
+// them) and its index within the block.
+type Key struct {
+	Block  int `json:"block"`
+	Expert int `json:"expert"`
+}
+
+// Compare orders keys by block, then expert (the order of range reads and of Manifest.Experts).
+func (k Key) Compare(o Key) int {
+	return cmp.Or(cmp.Compare(k.Block, o.Block), cmp.Compare(k.Expert, o.Expert))
+}
+
+func (k Key) String() string { return fmt.Sprintf("%d/%d", k.Block, k.Expert) }
+
+func (k Key) valid() bool {
+	return k.Block >= 0 && k.Block <= MaxIndex && k.Expert >= 0 && k.Expert <= MaxIndex
+}
+
+// Manifest describes a published model: what every blob is and how big. With the placements
+// (which say where each blob is) it is everything a worker needs to fetch the model, and with
+// Replicas everything a status command needs to count under-replicated experts.
+//
+// It is one etcd value, so etcd's request limit (--max-request-bytes, 1.5 MiB by default) bounds
+// it: about 85 bytes of JSON per expert, room for some 17 000 experts (DeepSeek-V3 has 14 848).
+type Manifest struct {
+	Name string `json:"name"` // the model's name in the cluster; any string ("org/model" is fine)
+	Arch string `json:"arch"` // HF model_type: "switch_transformers", "mixtral"
+	// DType is the checkpoint dtype of the expert tensors ("F32", "BF16", …).
+	DType string `json:"dtype"`
+
+	// Blocks is the number of MoE blocks; ExpertsPerBlock[b] the number of experts of block b.
+	Blocks          int   `json:"blocks"`
+	ExpertsPerBlock []int `json:"experts_per_block"`
+
+	// Experts has one entry per (block, expert), in Key order: Experts[i] is the i-th key when
+	// counting block by block.
+	Experts []ExpertEntry `json:"experts"`
+	// Dense lists the blobs holding every non-expert tensor (embeddings, attention, norms, routers).
+	Dense []DenseEntry `json:"dense"`
+
+	// Replicas is the replication factor wanted for this model's blobs; 0 means the cluster default.
+	Replicas  int       `json:"replicas"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// ExpertEntry is one expert blob of a manifest.
+type ExpertEntry struct {
+	Block  int    `json:"block"`
+	Expert int    `json:"expert"`
+	Digest string `json:"digest"` // blob.Digest.String(): 32 lowercase hex characters
+	Size   int64  `json:"size"`   // bytes of the blob
+}
+
+// Key returns the entry's Key.
+func (e ExpertEntry) Key() Key { return Key{Block: e.Block, Expert: e.Expert} }
+
+// DenseEntry is one dense blob of a manifest.
+type DenseEntry struct {
+	Name   string `json:"name"` // as in the blob's placement key (DenseKey)
+	Digest string `json:"digest"`
+	Size   int64  `json:"size"`
+}
+
+// NumExperts returns the number of experts over all blocks.
+func (m Manifest) NumExperts() int {
+	n := 0
+	for _, e := range m.ExpertsPerBlock {
+		n += e
+	}
+	return n
+}
+
+// Expert returns the entry for k.
+func (m Manifest) Expert(k Key) (ExpertEntry, bool) {
+	i, ok := slices.BinarySearchFunc(m.Experts, k, func(e ExpertEntry, k Key) int { return e.Key().Compare(k) })
+	if !ok {
+		return ExpertEntry{}, false
+	}
+	return m.Experts[i], true
+}
+
+// Validate checks that m is complete and consistent, wrapping ErrInvalid.
+func (m Manifest) Validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: manifest %q: "+format, append([]any{ErrInvalid, m.Name}, args...)...)
+	}
+	switch {
+	case m.Name == "":
+		return bad("no name")
+	case m.Blocks < 0 || m.Blocks > MaxIndex+1:
+		return bad("%d blocks", m.Blocks)
+	case len(m.ExpertsPerBlock) != m.Blocks:
+		return bad("%d blocks but %d expert counts", m.Blocks, len(m.ExpertsPerBlock))
+	case m.Replicas < 0:
+		return bad("replicas %d", m.Replicas)
+	}
+	i := 0
+	for b, n := range m.ExpertsPerBlock {
+		if n < 1 || n > MaxIndex+1 {
+			return bad("block %d has %d experts", b, n)
+		}
+		for e := range n {
+			if i >= len(m.Experts) {
+				return bad("%d expert entries, want %d", len(m.Experts), m.NumExperts())
+			}
+			x := m.Experts[i]
+			if x.Key() != (Key{b, e}) {
+				return bad("expert entry %d is %v, want %v", i, x.Key(), Key{b, e})
+			}
+			if x.Digest == "" || x.Size < 0 {
+				return bad("expert %v: digest %q, size %d", x.Key(), x.Digest, x.Size)
+			}
+			i++
+		}
+	}
+	if i != len(m.Experts) {
+		return bad("%d expert entries, want %d", len(m.Experts), i)
+	}
+	seen := map[string]bool{}
+	for _, d := range m.Dense {
+		if d.Name == "" || d.Digest == "" || d.Size < 0 || seen[d.Name] {
+			return bad("dense entry %+v: empty or duplicate name, no digest or negative size", d)
+		}
+		seen[d.Name] = true
+	}
+	return nil
+}
+
+// Replica states.
+const (
+	ReplicaReady   = "ready"   // the store holds the blob and serves it
+	ReplicaCopying = "copying" // the store is copying the blob from another replica; not served yet
+)
+
+// Placement says where one blob lives.
+type Placement struct {
+	Digest   string    `json:"digest"`
+	Size     int64     `json:"size"`
+	Replicas []Replica `json:"replicas"`
+	// Epoch counts the changes the coordinator made to this placement (its author increments it).
+	Epoch int64 `json:"epoch"`
+}
+
+// Replica is one store holding (or receiving) a blob.
+type Replica struct {
+	Store string `json:"store"` // StoreRecord.Name
+	State string `json:"state"` // ReplicaReady or ReplicaCopying
+}
+
+// Ready returns the stores whose replica is ready, in placement order.
+func (p Placement) Ready() []string {
+	var out []string
+	for _, r := range p.Replicas {
+		if r.State == ReplicaReady {
+			out = append(out, r.Store)
+		}
+	}
+	return out
+}
+
+// Validate checks p, wrapping ErrInvalid.
+func (p Placement) Validate() error {
+	if p.Digest == "" || p.Size < 0 || p.Epoch < 0 {
+		return fmt.Errorf("%w: placement: digest %q, size %d, epoch %d", ErrInvalid, p.Digest, p.Size, p.Epoch)
+	}
+	seen := map[string]bool{}
+	for _, r := range p.Replicas {
+		if r.Store == "" || seen[r.Store] || r.State != ReplicaReady && r.State != ReplicaCopying {
+			return fmt.Errorf("%w: placement: replica %+v: empty or duplicate store, or unknown state", ErrInvalid, r)
+		}
+		seen[r.Store] = true
+	}
+	return nil
+}
+
+// UnderReplicated reports whether p has fewer than want ready replicas.
+func UnderReplicated(p Placement, want int) bool {
+	n := 0
+	for _, r := range p.Replicas {
+		if r.State == ReplicaReady {
+			n++
+		}
+	}
+	return n < want
+}
+
+// StoreRecord is what a store (or whoever reports it) publishes about itself, under a lease.
+type StoreRecord struct {
+	Name     string    `json:"name"`
+	GRPCAddr string    `json:"grpc_addr"`
+	DataAddr string    `json:"data_addr"`
+	Capacity int64     `json:"capacity"` // bytes it may hold
+	Used     int64     `json:"used"`     // bytes it holds
+	Blobs    int64     `json:"blobs"`
+	Epoch    uint64    `json:"epoch"` // the store's incarnation (as gossiped)
+	Updated  time.Time `json:"updated"`
+}
+
+// WorkerRecord is what a worker publishes about itself, under a lease.
+type WorkerRecord struct {
+	Name     string    `json:"name"`
+	HTTPAddr string    `json:"http_addr"`
+	Model    string    `json:"model"`
+	Mode     string    `json:"mode"` // resident, ondemand, prefetch-all, pregated, speculative
+	Updated  time.Time `json:"updated"`
+}
