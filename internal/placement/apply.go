@@ -27,7 +27,8 @@ type Change struct {
 // needs all-or-nothing keeps its batches within one Txn. Changes are checked (keys, values, no
 // duplicates) before anything is written.
 func (s *Store) Apply(ctx context.Context, changes []Change) error {
-	return s.apply(ctx, nil, changes, nil)
+	_, err := s.apply(ctx, nil, changes, nil)
+	return err
 }
 
 // ApplyIf is Apply with guard added to every Txn's compares — the coordinator passes
@@ -35,6 +36,13 @@ func (s *Store) Apply(ctx context.Context, changes []Change) error {
 // ErrNotLeader (it is checked first: a batch that both conflicts and fails the guard returns
 // ErrNotLeader).
 func (s *Store) ApplyIf(ctx context.Context, guard clientv3.Cmp, changes []Change) error {
+	_, err := s.apply(ctx, &guard, changes, nil)
+	return err
+}
+
+// ApplyIfRev is ApplyIf that also returns the revision of its (last) Txn: the ModRevision every
+// key it put now has, for the author's next Change to the same keys.
+func (s *Store) ApplyIfRev(ctx context.Context, guard clientv3.Cmp, changes []Change) (int64, error) {
 	return s.apply(ctx, &guard, changes, nil)
 }
 
@@ -61,12 +69,14 @@ func (s *Store) PublishModel(ctx context.Context, m Manifest, changes []Change) 
 	if err != nil {
 		return fmt.Errorf("placement: manifest %q: %w", m.Name, err)
 	}
-	return s.apply(ctx, nil, changes, []clientv3.Op{clientv3.OpPut(s.ManifestKey(m.Name), string(b))})
+	_, err = s.apply(ctx, nil, changes, []clientv3.Op{clientv3.OpPut(s.ManifestKey(m.Name), string(b))})
+	return err
 }
 
 // apply validates changes, then writes them in Txns of at most s.maxTxnOps operations, each
 // guarded by guard (when not nil) and every change's ModRevision; last is added to the final Txn.
-func (s *Store) apply(ctx context.Context, guard *clientv3.Cmp, changes []Change, last []clientv3.Op) error {
+// It returns the revision of the last Txn.
+func (s *Store) apply(ctx context.Context, guard *clientv3.Cmp, changes []Change, last []clientv3.Op) (int64, error) {
 	type prepared struct {
 		cmp clientv3.Cmp
 		op  clientv3.Op
@@ -75,25 +85,25 @@ func (s *Store) apply(ctx context.Context, guard *clientv3.Cmp, changes []Change
 	seen := make(map[string]bool, len(changes))
 	for _, c := range changes {
 		if _, err := s.ParseKey(c.Key); err != nil {
-			return err
+			return 0, err
 		}
 		if seen[c.Key] {
-			return fmt.Errorf("%w: %s changed twice in one batch", ErrInvalid, c.Key)
+			return 0, fmt.Errorf("%w: %s changed twice in one batch", ErrInvalid, c.Key)
 		}
 		seen[c.Key] = true
 		if c.ModRevision < 0 || c.Placement == nil && c.ModRevision == 0 {
-			return fmt.Errorf("%w: %s: ModRevision %d (a delete needs the revision it read)", ErrInvalid, c.Key, c.ModRevision)
+			return 0, fmt.Errorf("%w: %s: ModRevision %d (a delete needs the revision it read)", ErrInvalid, c.Key, c.ModRevision)
 		}
 		p := prepared{cmp: clientv3.Compare(clientv3.ModRevision(c.Key), "=", c.ModRevision)}
 		if c.Placement == nil {
 			p.op = clientv3.OpDelete(c.Key)
 		} else {
 			if err := c.Placement.Validate(); err != nil {
-				return fmt.Errorf("%s: %w", c.Key, err)
+				return 0, fmt.Errorf("%s: %w", c.Key, err)
 			}
 			b, err := json.Marshal(c.Placement)
 			if err != nil {
-				return fmt.Errorf("placement: %s: %w", c.Key, err)
+				return 0, fmt.Errorf("placement: %s: %w", c.Key, err)
 			}
 			p.op = clientv3.OpPut(c.Key, string(b))
 		}
@@ -108,6 +118,7 @@ func (s *Store) apply(ctx context.Context, guard *clientv3.Cmp, changes []Change
 		per -= 2
 	}
 	done := 0
+	var rev int64
 	for done < len(preps) || last != nil {
 		n := min(per, len(preps)-done)
 		batch := preps[done : done+n]
@@ -141,11 +152,12 @@ func (s *Store) apply(ctx context.Context, guard *clientv3.Cmp, changes []Change
 		}
 		if err != nil {
 			if done > 0 {
-				return fmt.Errorf("%w (%d of %d changes were written before)", err, done, len(preps))
+				return 0, fmt.Errorf("%w (%d of %d changes were written before)", err, done, len(preps))
 			}
-			return err
+			return 0, err
 		}
+		rev = resp.Header.Revision
 		done += n
 	}
-	return nil
+	return rev, nil
 }

@@ -158,3 +158,13 @@ func parseIndex(s string) (int, bool) {
 
 // escape makes a name safe as one key segment (no '/').
 func escape(name string) string { return url.PathEscape(name) }
+
+// IsTrigger reports whether key is one whose change should make the coordinator reconcile: a
+// model's manifest or a drain mark.
+func (s *Store) IsTrigger(key string) bool {
+	rest, ok := strings.CutPrefix(key, s.prefix)
+	if !ok {
+		return false
+	}
+	return strings.HasPrefix(rest, "drain/") || strings.HasPrefix(rest, "models/") && strings.HasSuffix(rest, "/manifest")
+}

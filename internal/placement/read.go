@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -233,4 +234,89 @@ func decode(kv *mvccpb.KeyValue, v any) error {
 		return fmt.Errorf("%w: %s: %v", ErrCorrupt, kv.Key, err)
 	}
 	return nil
+}
+
+// DeleteStore removes a store's record (a store that left and holds nothing is forgotten).
+func (s *Store) DeleteStore(ctx context.Context, name string) error {
+	if _, err := s.cli.Delete(ctx, s.StoreKey(name)); err != nil {
+		return fmt.Errorf("placement: delete store %q: %w", name, err)
+	}
+	return nil
+}
+
+// DrainKey returns the key that marks a store as draining.
+func (s *Store) DrainKey(name string) string { return s.prefix + "drain/" + escape(name) }
+
+// SetDrain marks store name as draining (on) or not. The coordinator moves every replica off a
+// draining store, which may then be stopped without any blob losing a replica: the way to scale
+// stores down. The mark outlives the store; clear it if the store is to take blobs again.
+func (s *Store) SetDrain(ctx context.Context, name string, on bool) error {
+	if name == "" {
+		return fmt.Errorf("%w: drain of an empty store name", ErrInvalid)
+	}
+	var err error
+	if on {
+		_, err = s.cli.Put(ctx, s.DrainKey(name), time.Now().UTC().Format(time.RFC3339))
+	} else {
+		_, err = s.cli.Delete(ctx, s.DrainKey(name))
+	}
+	if err != nil {
+		return fmt.Errorf("placement: drain %q: %w", name, err)
+	}
+	return nil
+}
+
+// Drains returns the names of the stores marked draining.
+func (s *Store) Drains(ctx context.Context) (map[string]bool, error) {
+	out := map[string]bool{}
+	prefix := s.prefix + "drain/"
+	if _, err := s.rangeAll(ctx, prefix, func(kv *mvccpb.KeyValue) error {
+		name, err := url.PathUnescape(strings.TrimPrefix(string(kv.Key), prefix))
+		if err != nil {
+			return fmt.Errorf("%w: drain key %q", ErrCorrupt, kv.Key)
+		}
+		out[name] = true
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("placement: list drains: %w", err)
+	}
+	return out, nil
+}
+
+// Leader returns the value the current coordinator leader campaigned with (concurrency.Election
+// semantics: the candidate with the oldest key under LeaderPrefix), or ErrNotFound when there is
+// no leader.
+func (s *Store) Leader(ctx context.Context) (string, error) {
+	resp, err := s.cli.Get(ctx, s.LeaderPrefix()+"/", clientv3.WithFirstCreate()...)
+	if err != nil {
+		return "", fmt.Errorf("placement: leader: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return "", fmt.Errorf("%w: no coordinator leader", ErrNotFound)
+	}
+	return string(resp.Kvs[0].Value), nil
+}
+
+// ClusterConfig is the cluster-wide settings the leader coordinator publishes for the other tools.
+type ClusterConfig struct {
+	Replicas int `json:"replicas"` // the replication factor R
+}
+
+// PutClusterConfig writes the cluster's settings.
+func (s *Store) PutClusterConfig(ctx context.Context, cc ClusterConfig) error {
+	return s.putRecord(ctx, s.prefix+"config", cc, clientv3.NoLease)
+}
+
+// ClusterConfig reads the cluster's settings, or ErrNotFound before a coordinator wrote them.
+func (s *Store) ClusterConfig(ctx context.Context) (ClusterConfig, error) {
+	resp, err := s.cli.Get(ctx, s.prefix+"config")
+	if err != nil {
+		return ClusterConfig{}, fmt.Errorf("placement: cluster config: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return ClusterConfig{}, fmt.Errorf("%w: cluster config", ErrNotFound)
+	}
+	var cc ClusterConfig
+	err = decode(resp.Kvs[0], &cc)
+	return cc, err
 }

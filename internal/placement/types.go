@@ -197,16 +197,30 @@ func UnderReplicated(p Placement, want int) bool {
 	return n < want
 }
 
-// StoreRecord is what a store (or whoever reports it) publishes about itself, under a lease.
+// Store states, as the coordinator reports them in StoreRecord.State.
+const (
+	StoreAlive   = "alive"   // gossip says alive and the store answers
+	StoreSuspect = "suspect" // gossip says alive but the store did not answer the coordinator's probe
+	StoreDead    = "dead"    // gossip declared it failed
+	StoreLeft    = "left"    // it left the cluster gracefully
+)
+
+// StoreRecord is what the coordinator publishes about a store: gossip's view of it, its address and
+// the counters its last Stats probe returned. The leader rewrites it as these change; it outlives
+// the store (a dead store's record says dead) and any one coordinator.
 type StoreRecord struct {
-	Name     string    `json:"name"`
-	GRPCAddr string    `json:"grpc_addr"`
-	DataAddr string    `json:"data_addr"`
-	Capacity int64     `json:"capacity"` // bytes it may hold
-	Used     int64     `json:"used"`     // bytes it holds
-	Blobs    int64     `json:"blobs"`
-	Epoch    uint64    `json:"epoch"` // the store's incarnation (as gossiped)
-	Updated  time.Time `json:"updated"`
+	Name     string `json:"name"`
+	GRPCAddr string `json:"grpc_addr"`
+	DataAddr string `json:"data_addr"`
+	State    string `json:"state"`    // StoreAlive, StoreSuspect, StoreDead or StoreLeft
+	Capacity int64  `json:"capacity"` // bytes it may hold
+	Used     int64  `json:"used"`     // bytes it holds
+	Blobs    int64  `json:"blobs"`
+	Epoch    uint64 `json:"epoch"` // the store's incarnation (as gossiped)
+	// Joined is when a coordinator first saw the store; Since when State last changed.
+	Joined  time.Time `json:"joined"`
+	Since   time.Time `json:"since"`
+	Updated time.Time `json:"updated"`
 }
 
 // WorkerRecord is what a worker publishes about itself, under a lease.

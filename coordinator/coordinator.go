@@ -1,0 +1,534 @@
+// Package coordinator is the control plane: it decides where every blob lives and moves blobs
+// between stores as they come and go. It keeps no state of its own: etcd (internal/placement) is
+// the authority, gossip (internal/membership) tells which stores are alive, and any number of
+// coordinators may run, of which the elected leader alone writes.
+//
+//	memberlist events, drain marks, new manifests, a ticker
+//	      │ (debounced)
+//	      ▼
+//	leader: reconcile ──▶ probe stores (Stats) ──▶ write store records
+//	                  ──▶ routing.Place (weighted rendezvous, capacity) over the live stores
+//	                  ──▶ routing.Plan (copies first, then drops)
+//	                  ──▶ per blob: mark new replicas copying ─▶ store-to-store Copy ─▶ one Txn marks
+//	                      them ready and drops the old ones ─▶ Delete on the stores dropped
+//
+// Every write is an ApplyIf guarded by the leader's election key and the ModRevision it read, so a
+// deposed leader, or one racing an import, writes nothing.
+package coordinator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+	"go.uber.org/zap"
+
+	"github.com/pregate/pregate/expertstore/client"
+	"github.com/pregate/pregate/internal/embedetcd"
+	"github.com/pregate/pregate/internal/membership"
+	"github.com/pregate/pregate/internal/placement"
+)
+
+// Config configures a coordinator.
+type Config struct {
+	// Name is the coordinator's node name (in gossip and in the election).
+	Name string
+	// Cluster names the cluster's etcd prefix (/pregate/<cluster>/); "" is "default".
+	Cluster string
+	// EtcdEndpoints are the etcd client URLs. Empty: start an embedded etcd in DataDir/etcd.
+	EtcdEndpoints []string
+	// EtcdClientURL is where the embedded etcd serves clients ("" picks 127.0.0.1 and a free port).
+	EtcdClientURL string
+	// DataDir holds the embedded etcd's data.
+	DataDir string
+	// Replicas is the replication factor R (default 2): every blob on min(R, live stores) stores.
+	Replicas int
+	// HTTPAddr serves /health, /v1/cluster, /v1/status and /metrics ("" disables it).
+	HTTPAddr string
+	// Gossip joins the cluster's memberlist (its Meta is filled in). Nil: no gossip; every store
+	// record in etcd is then taken as alive (for tools and tests that drive stores directly).
+	Gossip *membership.Config
+	// DeadGrace is how long a store must be dead before its blobs are copied elsewhere: a store
+	// that restarts within it keeps its blobs and nothing moves. 0 re-replicates at once.
+	DeadGrace time.Duration
+	// Interval is the longest time between two reconcile passes (events start one sooner).
+	Interval time.Duration
+	// SessionTTL is the leader lease in seconds: a leader that dies is replaced this long after.
+	SessionTTL int
+	// CopyParallelism bounds the blobs being copied at once.
+	CopyParallelism int
+	// CopyTimeout bounds one store-to-store copy.
+	CopyTimeout time.Duration
+	// Logger receives the coordinator's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the defaults of `pregate coordinator`.
+func DefaultConfig() Config {
+	return Config{
+		Name:            hostname(),
+		Replicas:        2,
+		DeadGrace:       30 * time.Second,
+		Interval:        10 * time.Second,
+		SessionTTL:      10,
+		CopyParallelism: 8,
+		CopyTimeout:     5 * time.Minute,
+	}
+}
+
+func hostname() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "coordinator"
+	}
+	return h
+}
+
+// Validate reports a configuration the coordinator cannot run with.
+func (c Config) Validate() error {
+	switch {
+	case c.Name == "":
+		return errors.New("coordinator: config: empty name")
+	case c.Replicas < 1:
+		return fmt.Errorf("coordinator: config: replicas %d, want ≥ 1", c.Replicas)
+	case len(c.EtcdEndpoints) == 0 && c.DataDir == "":
+		return errors.New("coordinator: config: no etcd endpoints and no data dir for the embedded etcd")
+	case c.Interval <= 0 || c.SessionTTL < 1 || c.CopyParallelism < 1 || c.CopyTimeout <= 0 || c.DeadGrace < 0:
+		return fmt.Errorf("coordinator: config: interval %v, session TTL %ds, copy parallelism %d, copy timeout %v, dead grace %v",
+			c.Interval, c.SessionTTL, c.CopyParallelism, c.CopyTimeout, c.DeadGrace)
+	}
+	return nil
+}
+
+// LeaderInfo is the value a coordinator campaigns with: who leads, and where to reach it.
+type LeaderInfo struct {
+	Name     string `json:"name"`
+	HTTPAddr string `json:"http_addr,omitempty"`
+}
+
+// Coordinator is a running coordinator. Close stops it.
+type Coordinator struct {
+	cfg     Config
+	log     *slog.Logger
+	etcd    *embedetcd.Server // nil with external etcd
+	cli     *clientv3.Client
+	ps      *placement.Store
+	member  *membership.Member
+	stores  *client.Conns
+	http    *http.Server
+	httpLis net.Listener
+	metrics *metrics
+
+	kick     chan struct{} // starts a reconcile pass soon
+	leading  atomic.Bool
+	passes   atomic.Int64
+	mu       sync.Mutex
+	lastPass PassReport
+	seen     map[string]seenStore // stores ever seen, for their records' Joined/Since
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	once   sync.Once
+}
+
+// New starts a coordinator: the embedded etcd if no endpoints are given, the etcd client, gossip,
+// the HTTP endpoint and the campaign for leadership. It returns once all are up (it does not wait
+// to be elected). On an error everything started is stopped.
+func New(cfg Config) (c *Coordinator, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	c = &Coordinator{cfg: cfg, log: cfg.Logger, stores: client.NewConns(), kick: make(chan struct{}, 1),
+		seen: map[string]seenStore{}, metrics: newMetrics()}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	c.log = c.log.With("component", "coordinator", "node", cfg.Name)
+	defer func() {
+		if err != nil {
+			c.closeAll()
+		}
+	}()
+
+	endpoints := cfg.EtcdEndpoints
+	if len(endpoints) == 0 {
+		ec := embedetcd.DefaultConfig()
+		ec.Name = cfg.Name
+		ec.Dir = filepath.Join(cfg.DataDir, "etcd")
+		ec.ClientURL = cfg.EtcdClientURL
+		ec.PeerURL = ""
+		ec.Logger = cfg.Logger
+		if c.etcd, err = embedetcd.Start(ec); err != nil {
+			return nil, err
+		}
+		endpoints = c.etcd.Endpoints()
+		c.log.Info("embedded etcd", "endpoints", endpoints, "dir", ec.Dir)
+	}
+	if c.cli, err = NewEtcdClient(endpoints); err != nil {
+		return nil, err
+	}
+	c.ps = placement.New(c.cli, cfg.Cluster)
+
+	if cfg.HTTPAddr != "" {
+		if c.httpLis, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+			return nil, fmt.Errorf("coordinator: http: %w", err)
+		}
+	}
+	if cfg.Gossip != nil {
+		g := *cfg.Gossip
+		g.NodeName = cfg.Name
+		g.Meta = membership.Meta{Role: membership.RoleCoordinator, HTTPAddr: c.HTTPAddr()}
+		if g.Logger == nil {
+			g.Logger = cfg.Logger
+		}
+		if c.member, err = membership.New(g); err != nil {
+			return nil, err
+		}
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	c.cancel = cancel
+	if c.httpLis != nil {
+		c.http = &http.Server{Handler: c.handler(), ReadHeaderTimeout: 10 * time.Second}
+		c.goFunc(func() {
+			if err := c.http.Serve(c.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				c.log.Error("http", "err", err)
+			}
+		})
+	}
+	if c.member != nil {
+		c.goFunc(func() { c.pumpMembership(ctx) })
+	}
+	c.goFunc(func() { c.watchCluster(ctx) })
+	c.goFunc(func() { c.campaignLoop(ctx) })
+	return c, nil
+}
+
+// NewEtcdClient returns an etcd client for endpoints with pregate's settings (quiet logger,
+// bounded dial).
+func NewEtcdClient(endpoints []string) (*clientv3.Client, error) {
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:            endpoints,
+		DialTimeout:          5 * time.Second,
+		DialKeepAliveTime:    10 * time.Second,
+		DialKeepAliveTimeout: 5 * time.Second,
+		Logger:               zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("coordinator: etcd client for %v: %w", endpoints, err)
+	}
+	return cli, nil
+}
+
+func (c *Coordinator) goFunc(f func()) {
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		f()
+	}()
+}
+
+// Close stops the coordinator: it resigns leadership (another coordinator takes over at once),
+// leaves gossip and stops the embedded etcd.
+func (c *Coordinator) Close() error {
+	c.once.Do(c.closeAll)
+	return nil
+}
+
+func (c *Coordinator) closeAll() {
+	if c.cancel != nil {
+		c.cancel()
+	}
+	if c.http != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		c.http.Shutdown(ctx) //nolint:errcheck // best effort on the way out
+		cancel()
+	} else if c.httpLis != nil {
+		c.httpLis.Close()
+	}
+	c.wg.Wait()
+	if c.member != nil {
+		c.member.Leave(time.Second) //nolint:errcheck // leaving fast matters more than confirmation
+		c.member.Close()
+	}
+	c.stores.Close()
+	if c.cli != nil {
+		c.cli.Close()
+	}
+	if c.etcd != nil {
+		c.etcd.Close()
+	}
+}
+
+// EtcdEndpoints returns the endpoints the coordinator talks to (the embedded etcd's, if any).
+func (c *Coordinator) EtcdEndpoints() []string { return c.cli.Endpoints() }
+
+// HTTPAddr returns the address of the HTTP endpoint, "" when disabled.
+func (c *Coordinator) HTTPAddr() string {
+	if c.httpLis == nil {
+		return ""
+	}
+	return c.httpLis.Addr().String()
+}
+
+// GossipAddr returns the coordinator's gossip address, "" without gossip.
+func (c *Coordinator) GossipAddr() string {
+	if c.member == nil {
+		return ""
+	}
+	return c.member.Addr()
+}
+
+// IsLeader reports whether this coordinator is the elected leader now.
+func (c *Coordinator) IsLeader() bool { return c.leading.Load() }
+
+// Placement returns the cluster state store the coordinator uses.
+func (c *Coordinator) Placement() *placement.Store { return c.ps }
+
+// Etcd returns the coordinator's etcd client.
+func (c *Coordinator) Etcd() *clientv3.Client { return c.cli }
+
+// Kick asks for a reconcile pass soon (the leader runs it; others ignore it).
+func (c *Coordinator) Kick() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// LastPass returns the report of the latest reconcile pass this coordinator ran.
+func (c *Coordinator) LastPass() PassReport {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lastPass
+}
+
+// Passes returns how many reconcile passes this coordinator has completed.
+func (c *Coordinator) Passes() int64 { return c.passes.Load() }
+
+// BytesCopied returns the bytes this coordinator has had copied between stores.
+func (c *Coordinator) BytesCopied() int64 { return c.metrics.copiedBytes.Load() }
+
+// campaignLoop campaigns for leadership, leads until its session ends or ctx does, and campaigns
+// again.
+func (c *Coordinator) campaignLoop(ctx context.Context) {
+	info, _ := json.Marshal(LeaderInfo{Name: c.cfg.Name, HTTPAddr: c.HTTPAddr()})
+	for ctx.Err() == nil {
+		sess, err := concurrency.NewSession(c.cli, concurrency.WithTTL(c.cfg.SessionTTL), concurrency.WithContext(ctx))
+		if err != nil {
+			c.log.Warn("etcd session", "err", err)
+			sleep(ctx, time.Second)
+			continue
+		}
+		el := c.ps.Election(sess)
+		if err := el.Campaign(ctx, string(info)); err != nil {
+			sess.Close()
+			if ctx.Err() == nil {
+				c.log.Warn("campaign", "err", err)
+				sleep(ctx, time.Second)
+			}
+			continue
+		}
+		c.log.Info("elected leader")
+		c.leading.Store(true)
+		c.metrics.leader.Set(1)
+		c.lead(ctx, sess, el)
+		c.leading.Store(false)
+		c.metrics.leader.Set(0)
+		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		el.Resign(rctx) //nolint:errcheck // the session's lease ends it anyway
+		cancel()
+		sess.Close()
+		c.log.Info("no longer leader")
+	}
+}
+
+// lead runs reconcile passes while sess lives: on each kick (debounced) and at least every
+// Interval.
+func (c *Coordinator) lead(ctx context.Context, sess *concurrency.Session, el *concurrency.Election) {
+	guard := placement.LeaderGuard(el)
+	if err := c.ps.PutClusterConfig(ctx, placement.ClusterConfig{Replicas: c.cfg.Replicas}); err != nil {
+		c.log.Warn("publish cluster config", "err", err)
+	}
+	tick := time.NewTicker(c.cfg.Interval)
+	defer tick.Stop()
+	for {
+		pctx, cancel := context.WithCancel(ctx)
+		stop := context.AfterFunc(sessionContext(sess), cancel)
+		rep, err := c.reconcile(pctx, guard)
+		stop()
+		cancel()
+		c.mu.Lock()
+		c.lastPass = rep
+		c.mu.Unlock()
+		c.passes.Add(1)
+		switch {
+		case errors.Is(err, placement.ErrNotLeader):
+			c.log.Warn("deposed while reconciling")
+			return
+		case err != nil && ctx.Err() == nil:
+			c.log.Warn("reconcile", "err", err)
+		}
+		again := rep.Pending() || err != nil // more to do: go on soon, not at the next tick
+		wait := c.cfg.Interval
+		if again {
+			wait = 200 * time.Millisecond
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-sess.Done():
+			timer.Stop()
+			return
+		case <-c.kick:
+			timer.Stop()
+			sleep(ctx, 50*time.Millisecond) // let a burst of events settle
+		case <-tick.C:
+			timer.Stop()
+		case <-timer.C:
+		}
+	}
+}
+
+// sessionContext returns a context that ends when sess does.
+func sessionContext(sess *concurrency.Session) context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		<-sess.Done()
+		cancel()
+	}()
+	return ctx
+}
+
+// pumpMembership turns gossip events about stores into reconcile kicks.
+func (c *Coordinator) pumpMembership(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev, ok := <-c.member.Events():
+			if !ok {
+				return
+			}
+			if ev.Node.Meta.Role == membership.RoleStore {
+				c.Kick()
+			}
+		}
+	}
+}
+
+// watchCluster kicks a pass whenever a manifest or a drain mark changes.
+func (c *Coordinator) watchCluster(ctx context.Context) {
+	for ctx.Err() == nil {
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		for wr := range c.cli.Watch(wctx, c.ps.Prefix(), clientv3.WithPrefix(), clientv3.WithKeysOnly()) {
+			if wr.Err() != nil {
+				break
+			}
+			for _, ev := range wr.Events {
+				if c.ps.IsTrigger(string(ev.Kv.Key)) {
+					c.Kick()
+					break
+				}
+			}
+		}
+		cancel()
+		sleep(ctx, 500*time.Millisecond)
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+type metrics struct {
+	reg         *prometheus.Registry
+	leader      prometheus.Gauge
+	copies      prometheus.Counter
+	copyErrors  prometheus.Counter
+	copied      prometheus.Counter
+	copiedBytes atomic.Int64
+	under       prometheus.Gauge
+	lost        prometheus.Gauge
+	passSeconds prometheus.Histogram
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		reg:        prometheus.NewRegistry(),
+		leader:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "pregate_coordinator_leader", Help: "1 while this coordinator is the leader."}),
+		copies:     prometheus.NewCounter(prometheus.CounterOpts{Name: "pregate_coordinator_copies_total", Help: "Store-to-store blob copies completed."}),
+		copyErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "pregate_coordinator_copy_errors_total", Help: "Store-to-store blob copies that failed."}),
+		copied:     prometheus.NewCounter(prometheus.CounterOpts{Name: "pregate_coordinator_copied_bytes_total", Help: "Bytes copied between stores."}),
+		under:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "pregate_blobs_under_replicated", Help: "Blobs with fewer ready replicas on live stores than wanted, at the last pass."}),
+		lost:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "pregate_blobs_unavailable", Help: "Blobs with no ready replica on a live store, at the last pass."}),
+		passSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "pregate_coordinator_reconcile_seconds",
+			Help: "Duration of reconcile passes.", Buckets: prometheus.ExponentialBuckets(0.001, 4, 10)}),
+	}
+	m.reg.MustRegister(m.leader, m.copies, m.copyErrors, m.copied, m.under, m.lost, m.passSeconds,
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return m
+}
+
+// ClusterInfo is what GET /v1/cluster answers: how tools find the cluster's etcd from a coordinator.
+type ClusterInfo struct {
+	Cluster       string   `json:"cluster"`
+	Name          string   `json:"name"`
+	EtcdEndpoints []string `json:"etcd_endpoints"`
+	Leader        bool     `json:"leader"`
+}
+
+func (c *Coordinator) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {
+		w.Write([]byte("ok\n")) //nolint:errcheck // the client went away
+	})
+	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, ClusterInfo{Cluster: or(c.cfg.Cluster, "default"), Name: c.cfg.Name,
+			EtcdEndpoints: c.EtcdEndpoints(), Leader: c.IsLeader()})
+	})
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		st, err := ReadStatus(r.Context(), c.cli, c.ps, c.cfg.Replicas)
+		if err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, st)
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(c.metrics.reg, promhttp.HandlerOpts{}))
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v) //nolint:errcheck // the client went away
+}
+
+func or[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}

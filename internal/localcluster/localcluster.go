@@ -1,0 +1,299 @@
+// Package localcluster runs a whole pregate cluster inside one process on 127.0.0.1: an embedded
+// etcd, a coordinator and N stores, each on its own free ports with real gRPC, real memberlist and
+// real files. `pregate up` serves from one; the cluster tests drive one (adding, draining, killing
+// stores and restarting the coordinator).
+package localcluster
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/pregate/pregate/coordinator"
+	"github.com/pregate/pregate/expertstore"
+	"github.com/pregate/pregate/internal/embedetcd"
+	"github.com/pregate/pregate/internal/membership"
+	"github.com/pregate/pregate/internal/placement"
+)
+
+// Config configures a local cluster.
+type Config struct {
+	// Dir holds every component's data (etcd/, stores/<name>/).
+	Dir string
+	// Stores is the number of stores started with the cluster, named store-0, store-1, ….
+	Stores int
+	// StoreCapacity is each store's memory limit (default 1 GiB).
+	StoreCapacity int64
+	// Replicas is the replication factor (default 2).
+	Replicas int
+	// Fast sets test timers: fast gossip failure detection, 100 ms reconcile interval, 2 s leader
+	// lease and no grace before a dead store's blobs are re-replicated.
+	Fast bool
+	// Persist keeps store blobs on disk under Dir (otherwise in RAM only).
+	Persist bool
+	// Logger receives every component's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Cluster is a running local cluster.
+type Cluster struct {
+	cfg    Config
+	etcd   *embedetcd.Server
+	cli    *clientv3.Client // the cluster's own, outliving any coordinator
+	ps     *placement.Store
+	mu     sync.Mutex
+	coords []*coordinator.Coordinator
+	stores map[string]*expertstore.Server
+	seeds  []string // gossip addresses to join
+	next   int      // the next store number
+}
+
+// Start starts etcd, the coordinator and cfg.Stores stores. On an error everything started is
+// stopped.
+func Start(cfg Config) (c *Cluster, err error) {
+	if cfg.Dir == "" {
+		return nil, errors.New("localcluster: no directory")
+	}
+	cfg.StoreCapacity = or(cfg.StoreCapacity, 1<<30)
+	cfg.Replicas = or(cfg.Replicas, 2)
+	c = &Cluster{cfg: cfg, stores: map[string]*expertstore.Server{}}
+	defer func() {
+		if err != nil {
+			c.Close()
+		}
+	}()
+	ec := embedetcd.DefaultConfig()
+	ec.Dir = filepath.Join(cfg.Dir, "etcd")
+	ec.ClientURL, ec.PeerURL = "", ""
+	ec.Logger = cfg.Logger
+	ec.UnsafeNoFsync = cfg.Fast
+	if c.etcd, err = embedetcd.Start(ec); err != nil {
+		return nil, err
+	}
+	if c.cli, err = coordinator.NewEtcdClient(c.etcd.Endpoints()); err != nil {
+		return nil, err
+	}
+	c.ps = placement.New(c.cli, "")
+	if _, err = c.StartCoordinator(); err != nil {
+		return nil, err
+	}
+	for range cfg.Stores {
+		if _, err = c.AddStore(); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+func (c *Cluster) gossip() *membership.Config {
+	g := membership.DefaultConfig()
+	g.BindAddr, g.BindPort = "127.0.0.1", 0
+	if c.cfg.Fast {
+		g.FastTimers()
+	}
+	c.mu.Lock()
+	g.Join = slices.Clone(c.seeds)
+	c.mu.Unlock()
+	g.Logger = c.cfg.Logger
+	return &g
+}
+
+func (c *Cluster) addSeed(addr string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.seeds = append(c.seeds, addr)
+}
+
+// StartCoordinator starts another coordinator (named coord-<n>) on the cluster's etcd.
+func (c *Cluster) StartCoordinator() (*coordinator.Coordinator, error) {
+	cc := coordinator.DefaultConfig()
+	c.mu.Lock()
+	cc.Name = fmt.Sprintf("coord-%d", len(c.coords))
+	c.mu.Unlock()
+	cc.EtcdEndpoints = c.etcd.Endpoints()
+	cc.Replicas = c.cfg.Replicas
+	cc.HTTPAddr = "127.0.0.1:0"
+	cc.Gossip = c.gossip()
+	cc.Logger = c.cfg.Logger
+	if c.cfg.Fast {
+		cc.Interval = 100 * time.Millisecond
+		cc.SessionTTL = 2
+		cc.DeadGrace = 0
+		cc.CopyTimeout = 20 * time.Second
+	}
+	co, err := coordinator.New(cc)
+	if err != nil {
+		return nil, err
+	}
+	c.addSeed(co.GossipAddr())
+	c.mu.Lock()
+	c.coords = append(c.coords, co)
+	c.mu.Unlock()
+	return co, nil
+}
+
+// Coordinator returns the newest running coordinator (nil if none).
+func (c *Cluster) Coordinator() *coordinator.Coordinator {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := len(c.coords) - 1; i >= 0; i-- {
+		if c.coords[i] != nil {
+			return c.coords[i]
+		}
+	}
+	return nil
+}
+
+// Coordinators returns the running coordinators, oldest first.
+func (c *Cluster) Coordinators() []*coordinator.Coordinator {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []*coordinator.Coordinator
+	for _, co := range c.coords {
+		if co != nil {
+			out = append(out, co)
+		}
+	}
+	return out
+}
+
+// StopCoordinator closes co (it resigns; another running coordinator takes over).
+func (c *Cluster) StopCoordinator(co *coordinator.Coordinator) {
+	c.mu.Lock()
+	for i := range c.coords {
+		if c.coords[i] == co {
+			c.coords[i] = nil
+		}
+	}
+	c.mu.Unlock()
+	co.Close()
+}
+
+// AddStore starts a new store (store-<n>) that joins the cluster's gossip.
+func (c *Cluster) AddStore() (*expertstore.Server, error) {
+	c.mu.Lock()
+	name := fmt.Sprintf("store-%d", c.next)
+	c.next++
+	c.mu.Unlock()
+	sc := expertstore.DefaultConfig()
+	sc.NodeName = name
+	sc.ListenAddr = "127.0.0.1:0"
+	if c.cfg.Persist {
+		sc.DataDir = filepath.Join(c.cfg.Dir, "stores", name)
+		if err := os.MkdirAll(sc.DataDir, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	sc.MemoryLimit = c.cfg.StoreCapacity
+	sc.MaxBlobBytes = min(sc.MaxBlobBytes, c.cfg.StoreCapacity)
+	sc.Gossip = c.gossip()
+	sc.Logger = c.cfg.Logger
+	s, err := expertstore.New(sc)
+	if err != nil {
+		return nil, err
+	}
+	c.addSeed(s.Member().Addr())
+	c.mu.Lock()
+	c.stores[name] = s
+	c.mu.Unlock()
+	return s, nil
+}
+
+// Store returns the running store called name, or nil.
+func (c *Cluster) Store(name string) *expertstore.Server {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stores[name]
+}
+
+// StoreNames returns the running stores' names, sorted.
+func (c *Cluster) StoreNames() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for n := range c.stores {
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// StoreAddrs returns the running stores' gRPC addresses, in StoreNames order.
+func (c *Cluster) StoreAddrs() []string {
+	var out []string
+	for _, n := range c.StoreNames() {
+		if s := c.Store(n); s != nil {
+			out = append(out, s.Addr())
+		}
+	}
+	return out
+}
+
+// StopStore stops a store gracefully (it leaves the gossip cluster).
+func (c *Cluster) StopStore(name string) error { return c.removeStore(name, true) }
+
+// KillStore stops a store as a crash would: no leave, connections cut; gossip declares it dead.
+func (c *Cluster) KillStore(name string) error { return c.removeStore(name, false) }
+
+func (c *Cluster) removeStore(name string, graceful bool) error {
+	c.mu.Lock()
+	s := c.stores[name]
+	delete(c.stores, name)
+	c.mu.Unlock()
+	if s == nil {
+		return fmt.Errorf("localcluster: no running store %q", name)
+	}
+	if graceful {
+		return s.Close()
+	}
+	s.Stop()
+	return nil
+}
+
+// EtcdEndpoints returns the embedded etcd's client URLs.
+func (c *Cluster) EtcdEndpoints() []string { return c.etcd.Endpoints() }
+
+// GossipSeeds returns the gossip addresses a new node can join.
+func (c *Cluster) GossipSeeds() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.seeds)
+}
+
+// Placement returns the cluster's state in etcd, over the cluster's own client.
+func (c *Cluster) Placement() *placement.Store { return c.ps }
+
+// Etcd returns the cluster's own etcd client.
+func (c *Cluster) Etcd() *clientv3.Client { return c.cli }
+
+// Close stops everything: coordinators, stores, etcd.
+func (c *Cluster) Close() error {
+	for _, co := range c.Coordinators() {
+		c.StopCoordinator(co)
+	}
+	for _, n := range c.StoreNames() {
+		c.StopStore(n) //nolint:errcheck // shutting down
+	}
+	if c.cli != nil {
+		c.cli.Close()
+	}
+	if c.etcd != nil {
+		return c.etcd.Close()
+	}
+	return nil
+}
+
+func or[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
