@@ -20,6 +20,9 @@ import (
 	"github.com/pregate/pregate/routing"
 )
 
+// ImportWriter is the Placement.Writer of the placements an import writes.
+const ImportWriter = "import"
+
 // ErrImport wraps every import failure that is not the checkpoint's own fault.
 var ErrImport = errors.New("import failed")
 
@@ -148,7 +151,7 @@ func Import(ctx context.Context, ps *placement.Store, opts ImportOptions) (rep I
 			if p.old != nil && p.old.Digest == p.digest && len(p.old.Ready()) > 0 {
 				continue
 			}
-			np := placement.Placement{Digest: p.digest, Size: p.size}
+			np := placement.Placement{Digest: p.digest, Size: p.size, Writer: ImportWriter}
 			if p.old != nil {
 				np.Epoch = p.old.Epoch + 1
 			}

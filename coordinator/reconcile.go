@@ -275,6 +275,7 @@ func (c *Coordinator) moveBlob(ctx context.Context, guard clientv3.Cmp, b *blobS
 			}
 		}
 		marked.Epoch++
+		marked.Writer = c.cfg.Name
 		if rev, err = c.ps.ApplyIfRev(ctx, guard, []placement.Change{{Key: b.etcdKey, Placement: &marked, ModRevision: rev}}); err != nil {
 			return res, err
 		}
@@ -343,6 +344,7 @@ func (c *Coordinator) moveBlob(ctx context.Context, guard clientv3.Cmp, b *blobS
 		return res, nil
 	}
 	final.Epoch++
+	final.Writer = c.cfg.Name
 	if err := c.ps.ApplyIf(ctx, guard, []placement.Change{{Key: b.etcdKey, Placement: &final, ModRevision: rev}}); err != nil {
 		res.liveReady = liveReady(b.rec, live)
 		return res, err

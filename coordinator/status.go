@@ -35,8 +35,8 @@ type Summary struct {
 	StoresLeft     int    `json:"stores_left"`
 	StoresDraining int    `json:"stores_draining"`
 	Workers        int    `json:"workers"`
-	// Experts (expert blobs, over all models) with fewer ready replicas on live stores than
-	// min(R, stores that take blobs), and with none at all; dense blobs likewise.
+	// Experts (expert blobs, over all models) with fewer ready replicas on alive stores than
+	// min(R, alive stores that take blobs), and with none at all; dense blobs likewise.
 	ExpertsUnderReplicated int          `json:"experts_under_replicated"`
 	ExpertsUnavailable     int          `json:"experts_unavailable"`
 	DenseUnderReplicated   int          `json:"dense_under_replicated"`
@@ -154,7 +154,9 @@ func ReadStatus(ctx context.Context, cli *clientv3.Client, ps *placement.Store, 
 		if s.Draining {
 			sum.StoresDraining++
 		}
-		if r.State == placement.StoreAlive || r.State == placement.StoreSuspect {
+		// Only a store that answers serves: a suspect one (gossip has not yet declared it dead, but it
+		// does not answer the coordinator) is kept in placement, yet counted here as not serving.
+		if r.State == placement.StoreAlive {
 			live[r.Name] = true
 			if !s.Draining && r.Capacity > 0 {
 				targets++

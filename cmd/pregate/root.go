@@ -17,7 +17,8 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newGenerateCmd(), newSynthCmd(), newStoreCmd(), newBenchCmd())
+	root.AddCommand(newGenerateCmd(), newSynthCmd(), newStoreCmd(), newBenchCmd(),
+		newCoordinatorCmd(), newImportCmd(), newStatusCmd(), newDrainCmd())
 	return root
 }
 

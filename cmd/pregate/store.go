@@ -64,6 +64,19 @@ func gossipConfig(addr, join, keyFile string, log *slog.Logger) (*membership.Con
 	return &g, nil
 }
 
+// serveUntilDone writes ready to readyFile (when set), then waits for the command's context (Ctrl-C,
+// SIGTERM) and stops the daemon with stop.
+func serveUntilDone(cmd *cobra.Command, readyFile string, ready any, stop func() error) error {
+	if readyFile != "" {
+		if err := writeReadyFile(readyFile, ready); err != nil {
+			stop() //nolint:errcheck // the ready file's error is the one to report
+			return fmt.Errorf("--ready-file: %w", err)
+		}
+	}
+	<-cmd.Context().Done()
+	return stop()
+}
+
 // writeReadyFile writes v as JSON to path (temp file + rename), telling scripts and tests where a
 // daemon listens once it does.
 func writeReadyFile(path string, v any) error {
@@ -126,14 +139,7 @@ func newStoreCmd() *cobra.Command {
 				ready["gossip"] = m.Addr()
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "store %s: grpc %s, data plane %s\n", cfg.NodeName, s.Addr(), s.DataAddr())
-			if readyFile != "" {
-				if err := writeReadyFile(readyFile, ready); err != nil {
-					s.Close()
-					return fmt.Errorf("--ready-file: %w", err)
-				}
-			}
-			<-cmd.Context().Done()
-			return s.Close()
+			return serveUntilDone(cmd, readyFile, ready, s.Close)
 		},
 	}
 	f := cmd.Flags()

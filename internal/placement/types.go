@@ -152,6 +152,8 @@ type Placement struct {
 	Replicas []Replica `json:"replicas"`
 	// Epoch counts the changes the coordinator made to this placement (its author increments it).
 	Epoch int64 `json:"epoch"`
+	// Writer names who wrote this version: a coordinator's name, or "import".
+	Writer string `json:"writer,omitempty"`
 }
 
 // Replica is one store holding (or receiving) a blob.

@@ -1,0 +1,284 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/dustin/go-humanize"
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/pregate/pregate/coordinator"
+	"github.com/pregate/pregate/internal/modelblobs"
+	"github.com/pregate/pregate/internal/placement"
+)
+
+// exitError carries a process exit status other than 1 (main prints err unless it is nil).
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// clusterFlags are how a client command finds the cluster's etcd: directly, or through a
+// coordinator's /v1/cluster.
+type clusterFlags struct {
+	endpoints   string
+	coordinator string
+	cluster     string
+}
+
+func (c *clusterFlags) register(f *pflag.FlagSet) {
+	f.StringVar(&c.endpoints, "etcd-endpoints", "", "comma-separated etcd client URLs (env PREGATE_ETCD_ENDPOINTS)")
+	f.StringVar(&c.coordinator, "coordinator", "", "a coordinator's HTTP address, asked for the etcd endpoints (env PREGATE_COORDINATOR)")
+	f.StringVar(&c.cluster, "cluster", "default", "cluster name (the etcd prefix /pregate/<cluster>/)")
+}
+
+// connect returns an etcd client and the cluster's placement store.
+func (c *clusterFlags) connect(ctx context.Context) (*clientv3.Client, *placement.Store, error) {
+	eps := splitList(c.endpoints)
+	if len(eps) == 0 && c.coordinator != "" {
+		info, err := fetchClusterInfo(ctx, c.coordinator)
+		if err != nil {
+			return nil, nil, err
+		}
+		eps = info.EtcdEndpoints
+		if c.cluster == "default" {
+			c.cluster = info.Cluster
+		}
+	}
+	if len(eps) == 0 {
+		return nil, nil, errors.New("no cluster given: set --etcd-endpoints (PREGATE_ETCD_ENDPOINTS) or --coordinator (PREGATE_COORDINATOR)")
+	}
+	cli, err := coordinator.NewEtcdClient(eps)
+	if err != nil {
+		return nil, nil, err
+	}
+	// clientv3.New does not dial; fail fast and clearly when etcd is not there.
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := cli.Get(sctx, "/pregate/", clientv3.WithCountOnly()); err != nil {
+		cli.Close()
+		return nil, nil, fmt.Errorf("etcd at %v: %w", eps, err)
+	}
+	return cli, placement.New(cli, c.cluster), nil
+}
+
+func fetchClusterInfo(ctx context.Context, addr string) (coordinator.ClusterInfo, error) {
+	var info coordinator.ClusterInfo
+	url := addr
+	if !strings.Contains(url, "://") {
+		url = "http://" + url
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(url, "/")+"/v1/cluster", nil)
+	if err != nil {
+		return info, fmt.Errorf("--coordinator %q: %w", addr, err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return info, fmt.Errorf("coordinator at %s: %w", addr, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return info, fmt.Errorf("coordinator at %s: %s", addr, resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&info); err != nil {
+		return info, fmt.Errorf("coordinator at %s: bad /v1/cluster answer: %w", addr, err)
+	}
+	return info, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func newCoordinatorCmd() *cobra.Command {
+	cfg := coordinator.DefaultConfig()
+	var (
+		endpoints, gossipAddr, join, keyFile, readyFile, logLevel string
+	)
+	cmd := &cobra.Command{
+		Use:   "coordinator",
+		Short: "Run a coordinator: replicated expert placement in etcd, rebalancing as stores come and go",
+		Long: "Run a coordinator. With no --etcd-endpoints it starts an embedded etcd with its data in\n" +
+			"--data-dir. Several coordinators may run against one etcd; the elected leader alone writes.\n" +
+			"Every flag falls back to the environment variable PREGATE_<FLAG>.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := envFallback(cmd.Flags()); err != nil {
+				return err
+			}
+			log, err := newLogger(logLevel)
+			if err != nil {
+				return err
+			}
+			cfg.Logger = log
+			cfg.EtcdEndpoints = splitList(endpoints)
+			if cfg.Gossip, err = gossipConfig(gossipAddr, join, keyFile, log); err != nil {
+				return err
+			}
+			co, err := coordinator.New(cfg)
+			if err != nil {
+				return err
+			}
+			ready := map[string]any{"node": cfg.Name, "http": co.HTTPAddr(), "gossip": co.GossipAddr(), "etcd_endpoints": co.EtcdEndpoints()}
+			fmt.Fprintf(cmd.ErrOrStderr(), "coordinator %s: http %s, gossip %s, etcd %s\n", cfg.Name, co.HTTPAddr(), co.GossipAddr(), strings.Join(co.EtcdEndpoints(), ","))
+			return serveUntilDone(cmd, readyFile, ready, co.Close)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Name, "node-name", cfg.Name, "node name in the cluster")
+	f.StringVar(&cfg.Cluster, "cluster", "default", "cluster name (the etcd prefix /pregate/<cluster>/)")
+	f.StringVar(&endpoints, "etcd-endpoints", "", "comma-separated etcd client URLs (empty: an embedded etcd in --data-dir)")
+	f.StringVar(&cfg.EtcdClientURL, "etcd-listen", "http://127.0.0.1:2379", "client URL of the embedded etcd")
+	f.StringVar(&cfg.DataDir, "data-dir", "pregate-coordinator", "directory of the embedded etcd's data")
+	f.IntVar(&cfg.Replicas, "replicas", cfg.Replicas, "replication factor R: every blob on min(R, live stores) stores")
+	f.StringVar(&cfg.HTTPAddr, "http", "0.0.0.0:7080", "HTTP address for /health, /v1/cluster, /v1/status, /metrics")
+	f.DurationVar(&cfg.DeadGrace, "dead-grace", cfg.DeadGrace, "how long a store is dead before its blobs are copied elsewhere")
+	f.DurationVar(&cfg.Interval, "interval", cfg.Interval, "longest time between reconcile passes")
+	f.IntVar(&cfg.SessionTTL, "leader-ttl", cfg.SessionTTL, "leader lease in seconds")
+	f.IntVar(&cfg.CopyParallelism, "copy-parallelism", cfg.CopyParallelism, "blobs copied between stores at once")
+	f.StringVar(&gossipAddr, "gossip-addr", "0.0.0.0:7946", "memberlist bind address")
+	f.StringVar(&join, "join", "", "comma-separated gossip addresses of cluster members to join")
+	f.StringVar(&keyFile, "gossip-key-file", "", "file with the gossip encryption key")
+	f.StringVar(&readyFile, "ready-file", "", "write {\"http\":…,\"gossip\":…,\"etcd_endpoints\":[…]} here once up")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+func newImportCmd() *cobra.Command {
+	var (
+		cf       clusterFlags
+		opts     coordinator.ImportOptions
+		maxDense byteSize = modelblobs.DefaultMaxDense
+		output   string
+	)
+	cmd := &cobra.Command{
+		Use:   "import --model DIR --name NAME",
+		Short: "Split a checkpoint into expert and dense blobs, upload them where placement says, publish the model",
+		Long: "Import a HuggingFace checkpoint into the cluster. The manifest is published last, so a failed\n" +
+			"import leaves no model behind; re-importing the same checkpoint sends nothing.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := envFallback(cmd.Flags()); err != nil {
+				return err
+			}
+			if opts.Dir == "" || opts.Name == "" {
+				return errors.New("--model and --name are required")
+			}
+			if output != "text" && output != "json" {
+				return fmt.Errorf("-o %q: want text or json", output)
+			}
+			cli, ps, err := cf.connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer cli.Close()
+			opts.MaxDense = int64(maxDense)
+			stderr := cmd.ErrOrStderr()
+			var bar *progressbar.ProgressBar
+			if isTerminal(stderr) {
+				opts.Progress = func(done, total int64) {
+					if bar == nil {
+						bar = progressbar.DefaultBytes(total, "importing "+opts.Name)
+					}
+					bar.Set64(done) //nolint:errcheck // a progress bar
+				}
+			} else {
+				opts.Progress = plainProgress(stderr, opts.Name)
+			}
+			rep, err := coordinator.Import(cmd.Context(), ps, opts)
+			if bar != nil {
+				bar.Finish() //nolint:errcheck // a progress bar
+				fmt.Fprintln(stderr)
+			}
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				return json.NewEncoder(cmd.OutOrStdout()).Encode(rep)
+			}
+			verb := "published"
+			if !rep.Published {
+				verb = "already imported, unchanged"
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: %s: %d blobs, %s, R=%d; sent %s in %d uploads, %d blobs already in place (%.1fs)\n",
+				rep.Model, verb, rep.Blobs, humanize.IBytes(uint64(rep.Bytes)), rep.Replicas,
+				humanize.IBytes(uint64(rep.UploadedBytes)), rep.Uploaded, rep.InPlace, rep.Seconds)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	cf.register(f)
+	f.StringVar(&opts.Dir, "model", "", "checkpoint directory (config.json + safetensors)")
+	f.StringVar(&opts.Name, "name", "", "the model's name in the cluster")
+	f.IntVar(&opts.Parallel, "parallel", 4, "blobs uploaded at once")
+	f.Var(&maxDense, "max-dense-blob", "largest dense blob")
+	f.StringVarP(&output, "output", "o", "text", "text or json")
+	return cmd
+}
+
+// plainProgress prints a line at every 10% when stderr is not a terminal.
+func plainProgress(w io.Writer, name string) func(done, total int64) {
+	last := -1
+	return func(done, total int64) {
+		pct := 100
+		if total > 0 {
+			pct = int(done * 100 / total)
+		}
+		if pct/10 != last/10 || last < 0 {
+			last = pct
+			fmt.Fprintf(w, "importing %s: %d%% (%s of %s)\n", name, pct, humanize.IBytes(uint64(done)), humanize.IBytes(uint64(total)))
+		}
+	}
+}
+
+func newDrainCmd() *cobra.Command {
+	var (
+		cf   clusterFlags
+		undo bool
+	)
+	cmd := &cobra.Command{
+		Use:   "drain STORE...",
+		Short: "Move every blob off the named stores (before stopping them); --undo lets them take blobs again",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := envFallback(cmd.Flags()); err != nil {
+				return err
+			}
+			cli, ps, err := cf.connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer cli.Close()
+			for _, s := range args {
+				if err := ps.SetDrain(cmd.Context(), s, !undo); err != nil {
+					return err
+				}
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "draining %s: %v (watch `pregate status` until their BLOBS are 0)\n", strings.Join(args, ", "), !undo)
+			return nil
+		},
+	}
+	cf.register(cmd.Flags())
+	cmd.Flags().BoolVar(&undo, "undo", false, "clear the drain mark")
+	return cmd
+}
