@@ -1,10 +1,14 @@
 package coordinator
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -99,6 +103,15 @@ func Import(ctx context.Context, ps *placement.Store, opts ImportOptions) (rep I
 
 	// Pass 1: every blob's key, size and digest, and the manifest.
 	man := placement.Manifest{Name: opts.Name, Arch: ckpt.Config().ModelType, CreatedAt: time.Now().UTC()}
+	raw, err := os.ReadFile(filepath.Join(opts.Dir, "config.json"))
+	if err != nil {
+		return rep, fmt.Errorf("%w: %w", model.ErrConfig, err)
+	}
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, raw); err != nil {
+		return rep, fmt.Errorf("%w: %s: %w", model.ErrConfig, filepath.Join(opts.Dir, "config.json"), err)
+	}
+	man.Config = compact.Bytes()
 	layout := model.MoELayout(ckpt.Config())
 	man.Blocks = len(layout)
 	for _, l := range layout {
@@ -185,7 +198,7 @@ func Import(ctx context.Context, ps *placement.Store, opts ImportOptions) (rep I
 
 // sameContent reports whether two manifests describe the same blobs.
 func sameContent(a, b placement.Manifest) bool {
-	return a.Name == b.Name && a.Arch == b.Arch && a.DType == b.DType && a.Blocks == b.Blocks &&
+	return a.Name == b.Name && bytes.Equal(a.Config, b.Config) && a.Arch == b.Arch && a.DType == b.DType && a.Blocks == b.Blocks &&
 		slices.Equal(a.ExpertsPerBlock, b.ExpertsPerBlock) && slices.Equal(a.Experts, b.Experts) && slices.Equal(a.Dense, b.Dense)
 }
 

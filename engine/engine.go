@@ -90,6 +90,9 @@ type Options struct {
 	Experts Experts
 	// Tracer, when set, sees every routing decision (tests and metrics).
 	Tracer Tracer
+	// Speculate makes every MoE block without a pre-gate predict its successor's experts (with the
+	// successor's router on its own input) and pass them to Experts if it is a Predictor.
+	Speculate bool
 }
 
 // Tracer observes routing. Calls happen on the goroutine running Step and must not block.

@@ -32,6 +32,16 @@ type Experts interface {
 	Release(block, expert int)
 }
 
+// Predictor is implemented by an Experts that wants to know a block's experts before the block
+// runs. Predict is called during block b−1 with the experts block b will (probably) use: a pre-gate's
+// decision, which is exact, or a speculation (Options.Speculate: block b's own router on block b−1's
+// input), which may be wrong. The block's own Hint still follows when it runs, with the experts it
+// really uses. Predict must not block. An Experts that is not a Predictor gets pre-gate decisions
+// as Hints instead.
+type Predictor interface {
+	Predict(block int, experts []int)
+}
+
 // ExpertNamer gives the checkpoint tensor names of an expert: w3 is "" when the architecture has
 // no gated up projection.
 type ExpertNamer func(block, expert int) (w1, w3, w2 string)

@@ -74,7 +74,10 @@ func LoadMixtral(ckpt *model.Checkpoint, cpu *compute.CPU, opts Options) (*Mixtr
 	if experts == nil {
 		experts = NewLocalExperts(ckpt, names, numExperts, d, cfg.IntermediateSize)
 	}
-	m.moe = moeRunner{cpu: cpu, experts: experts, tracer: opts.Tracer, act: actSiLUGated, d: d}
+	for i := 0; i+1 < len(m.layers); i++ {
+		m.layers[i].block.succ = &m.layers[i+1].block
+	}
+	m.moe = moeRunner{cpu: cpu, experts: experts, tracer: opts.Tracer, speculate: opts.Speculate, act: actSiLUGated, d: d}
 	m.info.Arch = "mixtral"
 	m.info.VocabSize = cfg.VocabSize
 	m.info.EOS = cfg.EOSTokenIDs

@@ -18,9 +18,10 @@ const (
 // moeBlock is one MoE block's routing state.
 type moeBlock struct {
 	index      int
-	router     Weight // [experts × d]
-	preGate    Weight // [experts × d], routes block next; zero when absent
-	next       int    // MoE block routed by preGate, -1 if none
+	router     Weight    // [experts × d]
+	preGate    Weight    // [experts × d], routes block next; zero when absent
+	next       int       // MoE block routed by preGate, -1 if none
+	succ       *moeBlock // the next MoE block of the same stack (nil for the last): speculation routes it
 	gate       routing.Gate
 	numExperts int
 }
@@ -30,8 +31,11 @@ type moeRunner struct {
 	cpu     *compute.CPU
 	experts Experts
 	tracer  Tracer
-	act     activation
-	d       int
+	// speculate: a block without a pre-gate predicts its successor's experts with the successor's
+	// own router applied to this block's input, and tells a Predictor.
+	speculate bool
+	act       activation
+	d         int
 }
 
 // route computes the choices of blk for xn [tokens × d] with its own router.
@@ -72,7 +76,17 @@ func (r *moeRunner) run(ctx context.Context, blk *moeBlock, xn, x []float32, tok
 	if !blk.preGate.IsZero() {
 		c, l := r.route(blk, blk.preGate, xn, tokens, seqLens)
 		out = &preRouted{choices: c, logits: l}
-		r.experts.Hint(blk.next, routing.Experts(c, blk.numExperts))
+		if p, ok := r.experts.(Predictor); ok {
+			p.Predict(blk.next, routing.Experts(c, blk.numExperts))
+		} else {
+			r.experts.Hint(blk.next, routing.Experts(c, blk.numExperts))
+		}
+	} else if p, ok := r.experts.(Predictor); ok && r.speculate && blk.succ != nil {
+		// Speculation: the next block's router on this block's input. The hidden state changes
+		// little from one block to the next, so this guesses most of the next block's experts; the
+		// next block's own router still decides, so outputs are exact.
+		c, _ := r.route(blk.succ, blk.succ.router, xn, tokens, seqLens)
+		p.Predict(blk.succ.index, routing.Experts(c, blk.succ.numExperts))
 	}
 
 	moeOut := make([]float32, tokens*r.d)

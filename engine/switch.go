@@ -90,6 +90,7 @@ func LoadSwitch(ckpt *model.Checkpoint, cpu *compute.CPU, opts Options) (*Switch
 				}
 				if prev != nil {
 					prev.next = idx
+					prev.succ = b.moe
 				}
 				prev = b.moe
 				numExperts = append(numExperts, cfg.NumExperts)
@@ -137,7 +138,7 @@ func LoadSwitch(ckpt *model.Checkpoint, cpu *compute.CPU, opts Options) (*Switch
 	if experts == nil {
 		experts = NewLocalExperts(ckpt, names, numExperts, d, cfg.DFF)
 	}
-	m.moe = moeRunner{cpu: cpu, experts: experts, tracer: opts.Tracer, act: actReLU, d: d}
+	m.moe = moeRunner{cpu: cpu, experts: experts, tracer: opts.Tracer, speculate: opts.Speculate, act: actReLU, d: d}
 	m.info.Arch = "switch_transformers"
 	m.info.VocabSize = cfg.VocabSize
 	m.info.EOS = []int{cfg.EOSTokenID}

@@ -151,3 +151,31 @@ func embed(w Weight, seqs []*Sequence, tokens int) []float32 {
 	}
 	return x
 }
+
+// WeightFromBytes makes a [rows × cols] Weight of a tensor's raw little-endian bytes: F32 and BF16
+// are viewed in place when aligned (b must then outlive the Weight), other float dtypes are
+// converted to float32. This is how the worker turns an expert blob in its cache into weights.
+func WeightFromBytes(dt model.DType, rows, cols int, b []byte) (Weight, error) {
+	n := rows * cols
+	if rows <= 0 || cols <= 0 || len(b) != n*dt.Size() || !dt.IsFloat() {
+		return Weight{}, fmt.Errorf("%w: %d bytes of %s for a [%d %d] weight", ErrUnsupported, len(b), dt, rows, cols)
+	}
+	w := Weight{Rows: rows, Cols: cols}
+	switch {
+	case dt == model.BF16 && uintptr(unsafe.Pointer(&b[0]))%2 == 0:
+		w.BF16 = unsafe.Slice((*uint16)(unsafe.Pointer(&b[0])), n)
+	case dt == model.BF16:
+		w.BF16 = make([]uint16, n)
+		for i := range w.BF16 {
+			w.BF16[i] = uint16(b[2*i]) | uint16(b[2*i+1])<<8
+		}
+	case dt == model.F32 && uintptr(unsafe.Pointer(&b[0]))%4 == 0:
+		w.F32 = unsafe.Slice((*float32)(unsafe.Pointer(&b[0])), n)
+	default:
+		w.F32 = make([]float32, n)
+		if err := model.ToFloat32(w.F32, b, dt); err != nil {
+			return Weight{}, err
+		}
+	}
+	return w, nil
+}

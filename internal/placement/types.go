@@ -2,6 +2,7 @@ package placement
 
 import (
 	"cmp"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"time"
@@ -50,6 +51,10 @@ type Manifest struct {
 	Experts []ExpertEntry `json:"experts"`
 	// Dense lists the blobs holding every non-expert tensor (embeddings, attention, norms, routers).
 	Dense []DenseEntry `json:"dense"`
+
+	// Config is the checkpoint's HF config.json (compacted): with the dense blobs, what a worker
+	// rebuilds the model from.
+	Config json.RawMessage `json:"config,omitempty"`
 
 	// Replicas is the replication factor wanted for this model's blobs; 0 means the cluster default.
 	Replicas  int       `json:"replicas"`

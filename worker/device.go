@@ -1,0 +1,164 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+)
+
+// Device is what the worker needs from an accelerator to stream experts into its memory. It follows
+// CUDA's model so that the CUDA device is one driver call per method: device memory (cuMemAlloc),
+// pinned host staging buffers (cuMemHostAlloc: the only memory a DMA engine copies from
+// asynchronously), one copy stream on which host-to-device copies run in order, overlapping compute
+// (cuMemcpyHtoDAsync), and an event recorded after each copy (cuEventRecord / cuEventSynchronize).
+type Device interface {
+	// Name says what the device is ("cpu", "cuda:0 NVIDIA H200").
+	Name() string
+	// Alloc returns n bytes of device memory.
+	Alloc(n int64) (DeviceBuffer, error)
+	// AllocHost returns n bytes of pinned host memory.
+	AllocHost(n int64) (HostBuffer, error)
+	// CopyToDevice enqueues a copy of src[:n] to dst[:n] on the copy stream and returns the event
+	// that completes once the copy has. It does not block.
+	CopyToDevice(dst DeviceBuffer, src HostBuffer, n int64) Event
+	// Close waits for the copy stream to drain and releases the device.
+	Close() error
+}
+
+// HostBuffer is pinned host memory.
+type HostBuffer interface {
+	Bytes() []byte
+	Free()
+}
+
+// DeviceBuffer is device memory.
+type DeviceBuffer interface {
+	Len() int64
+	// HostView returns the buffer as memory this process can compute on, or nil when the device's
+	// memory is not host-addressable. The CPU device's buffers are; the engine computes on them.
+	HostView() []byte
+	Free()
+}
+
+// Event is the completion of an enqueued device operation.
+type Event interface {
+	// Done is closed when the operation has completed (successfully or not).
+	Done() <-chan struct{}
+	// Err is the operation's error, valid once Done is closed.
+	Err() error
+}
+
+// Wait waits for ev or ctx, whichever comes first.
+func Wait(ctx context.Context, ev Event) error {
+	select {
+	case <-ev.Done():
+		return ev.Err()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// ErrDeviceClosed is returned by operations on a closed device.
+var ErrDeviceClosed = errors.New("worker: device closed")
+
+// CPU is the device of a worker without a GPU: its "device memory" is ordinary memory the engine
+// computes on, its pinned buffers are ordinary buffers, and its copy stream is one goroutine that
+// runs copies in the order they were enqueued, as a CUDA stream does.
+type CPU struct {
+	copies chan cpuCopy
+	wg     sync.WaitGroup
+	mu     sync.RWMutex
+	closed bool
+}
+
+type cpuCopy struct {
+	dst []byte
+	src []byte
+	ev  *cpuEvent
+}
+
+// NewCPU starts a CPU device.
+func NewCPU() *CPU {
+	d := &CPU{copies: make(chan cpuCopy, 64)}
+	d.wg.Add(1)
+	go d.stream()
+	return d
+}
+
+func (d *CPU) stream() {
+	defer d.wg.Done()
+	for c := range d.copies {
+		copy(c.dst, c.src)
+		c.ev.complete(nil)
+	}
+}
+
+// Name implements Device.
+func (d *CPU) Name() string { return "cpu" }
+
+// Alloc implements Device.
+func (d *CPU) Alloc(n int64) (DeviceBuffer, error) {
+	if n < 0 {
+		return nil, fmt.Errorf("worker: alloc of %d bytes", n)
+	}
+	return &cpuBuffer{b: make([]byte, n)}, nil
+}
+
+// AllocHost implements Device.
+func (d *CPU) AllocHost(n int64) (HostBuffer, error) {
+	if n < 0 {
+		return nil, fmt.Errorf("worker: host alloc of %d bytes", n)
+	}
+	return &cpuBuffer{b: make([]byte, n)}, nil
+}
+
+// CopyToDevice implements Device.
+func (d *CPU) CopyToDevice(dst DeviceBuffer, src HostBuffer, n int64) Event {
+	ev := &cpuEvent{done: make(chan struct{})}
+	db, sb := dst.HostView(), src.Bytes()
+	if n < 0 || n > int64(len(db)) || n > int64(len(sb)) {
+		ev.complete(fmt.Errorf("worker: copy of %d bytes into %d from %d", n, len(db), len(sb)))
+		return ev
+	}
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if d.closed {
+		ev.complete(ErrDeviceClosed)
+		return ev
+	}
+	d.copies <- cpuCopy{dst: db[:n], src: sb[:n], ev: ev}
+	return ev
+}
+
+// Close implements Device.
+func (d *CPU) Close() error {
+	d.mu.Lock()
+	if !d.closed {
+		d.closed = true
+		close(d.copies)
+	}
+	d.mu.Unlock()
+	d.wg.Wait()
+	return nil
+}
+
+type cpuBuffer struct{ b []byte }
+
+func (b *cpuBuffer) Bytes() []byte    { return b.b }
+func (b *cpuBuffer) HostView() []byte { return b.b }
+func (b *cpuBuffer) Len() int64       { return int64(len(b.b)) }
+func (b *cpuBuffer) Free()            { b.b = nil }
+
+type cpuEvent struct {
+	done chan struct{}
+	err  error
+}
+
+func (e *cpuEvent) complete(err error) {
+	e.err = err
+	close(e.done)
+}
+
+func (e *cpuEvent) Done() <-chan struct{} { return e.done }
+func (e *cpuEvent) Err() error            { return e.err }

@@ -1,0 +1,534 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pregate/pregate/engine"
+	"github.com/pregate/pregate/expertstore/blob"
+	"github.com/pregate/pregate/model"
+)
+
+// Mode is what the pipeline fetches when (docs/ARCHITECTURE.md, "Modes").
+type Mode string
+
+// The modes.
+const (
+	ModeResident    Mode = "resident"     // every expert loaded once at start
+	ModeOnDemand    Mode = "ondemand"     // a block's missing experts once it has routed, then compute
+	ModePrefetchAll Mode = "prefetch-all" // during block N, every expert of block N+1
+	ModePregated    Mode = "pregated"     // during block N, the experts block N's pre-gate chose for N+1
+	ModeSpeculative Mode = "speculative"  // during block N, what N+1's router picks from N's input; misses on demand
+)
+
+// Modes lists every mode.
+var Modes = []Mode{ModeResident, ModeOnDemand, ModePrefetchAll, ModePregated, ModeSpeculative}
+
+// ParseMode parses a --mode value.
+func ParseMode(s string) (Mode, error) {
+	for _, m := range Modes {
+		if string(m) == s {
+			return m, nil
+		}
+	}
+	return "", fmt.Errorf("worker: unknown mode %q (modes: %v)", s, Modes)
+}
+
+// ErrModeMismatch: the mode does not fit the checkpoint.
+var ErrModeMismatch = errors.New("worker: mode does not fit the checkpoint")
+
+// CheckMode reports whether mode can serve a model (pre-gated or not).
+func CheckMode(mode Mode, preGated bool) error {
+	switch {
+	case mode == ModePregated && !preGated:
+		return fmt.Errorf("%w: mode pregated needs a checkpoint with pre-gate tensors (…mlp.pre_gate.weight); this one has none: use speculative", ErrModeMismatch)
+	case mode == ModeSpeculative && preGated:
+		return fmt.Errorf("%w: mode speculative predicts with the next block's router, but this checkpoint routes by its pre-gates: use pregated", ErrModeMismatch)
+	}
+	return nil
+}
+
+// Fetcher brings an expert's blob from wherever it lives into dst (len(dst) == Size(k)), verified.
+type Fetcher interface {
+	Size(k ExpertKey) int64
+	Fetch(ctx context.Context, k ExpertKey, dst []byte) error
+}
+
+// ExpertLayout says how to read block b's expert blobs: the tensor names of W1, W3 ("" if none) and
+// W2 of expert e.
+type ExpertLayout func(block, expert int) (w1, w3, w2 string)
+
+// LayoutOf returns the ExpertLayout and the experts per block of a model config.
+func LayoutOf(cfg *model.Config) (ExpertLayout, []int) {
+	blocks := model.MoELayout(cfg)
+	n := make([]int, len(blocks))
+	for i, b := range blocks {
+		n[i] = len(b.Experts)
+	}
+	return func(block, expert int) (string, string, string) {
+		names := blocks[block].Experts[expert]
+		if len(names) == 3 { // Mixtral: w1 (gate), w3 (up), w2 (down)
+			return names[0], names[1], names[2]
+		}
+		return names[0], "", names[1] // Switch: wi, wo
+	}, n
+}
+
+// PipelineConfig configures a Pipeline.
+type PipelineConfig struct {
+	Mode        Mode
+	Device      Device
+	Fetcher     Fetcher
+	Layout      ExpertLayout
+	NumExperts  []int // per MoE block
+	CacheBudget int64
+	// Staging is the number of pinned staging buffers (fetches in flight at once), default 4.
+	Staging  int
+	Registry prometheus.Registerer // per-block metrics; nil: none
+	Logger   *slog.Logger
+}
+
+// Pipeline is the worker's engine.Experts: it streams experts from the stores into the device's
+// expert cache, ahead of use as the mode allows, and hands the engine weights that live in the cache.
+//
+//	Predict(b, es) / Hint(b, used) ──▶ cache.get (pin) ──▶ fetch goroutine:
+//	    reserve cache bytes (in request order) ─▶ staging buffer ─▶ Fetcher.Fetch into it
+//	    ─▶ Device.CopyToDevice on the copy stream ─▶ event ─▶ parse into weights ─▶ ready
+//	Acquire(b, e) ──▶ wait for ready (the stall) ──▶ weights      Release(b, e) ──▶ unpin
+//
+// The engine calls Hint, Predict, Acquire and Release from the goroutine running Start or Step; the
+// fetches run on their own goroutines.
+type Pipeline struct {
+	cfg     PipelineConfig
+	log     *slog.Logger
+	cache   *Cache
+	staging chan HostBuffer
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+
+	mu        sync.Mutex
+	wanted    map[ExpertKey]*cacheEntry // pinned because a block will use (or was predicted to use) them
+	predicted map[int][]int             // block → predicted experts, until the block's own Hint
+	resident  []*cacheEntry             // resident mode: pinned for good
+
+	stats   []blockStats
+	metrics *pipelineMetrics
+}
+
+// blockStats counts one MoE block's events (atomics: read by metrics and benchmarks).
+type blockStats struct {
+	stallNanos, fetchedBytes, fetches  atomic.Int64
+	hits, misses, predHits, predMisses atomic.Int64
+	acquires                           atomic.Int64
+}
+
+// BlockStats is a snapshot of one block's counters.
+type BlockStats struct {
+	StallSeconds                     float64
+	FetchedBytes, Fetches, Acquires  int64
+	CacheHits, CacheMisses           int64
+	PredictionHits, PredictionMisses int64
+}
+
+// NewPipeline starts a pipeline. In resident mode it fetches every expert before returning.
+func NewPipeline(ctx context.Context, cfg PipelineConfig) (*Pipeline, error) {
+	if cfg.Staging <= 0 {
+		cfg.Staging = 4
+	}
+	if cfg.Device == nil || cfg.Fetcher == nil || cfg.Layout == nil {
+		return nil, errors.New("worker: pipeline needs a device, a fetcher and a layout")
+	}
+	if _, err := ParseMode(string(cfg.Mode)); err != nil {
+		return nil, err
+	}
+	p := &Pipeline{cfg: cfg, log: cfg.Logger, cache: NewCache(cfg.CacheBudget, nil), wanted: map[ExpertKey]*cacheEntry{},
+		predicted: map[int][]int{}, stats: make([]blockStats, len(cfg.NumExperts))}
+	if p.log == nil {
+		p.log = slog.New(slog.DiscardHandler)
+	}
+	var largest, total int64
+	for b, n := range cfg.NumExperts {
+		for e := range n {
+			s := cfg.Fetcher.Size(ExpertKey{b, e})
+			largest, total = max(largest, s), total+s
+		}
+	}
+	if largest > cfg.CacheBudget {
+		return nil, fmt.Errorf("%w: an expert is %d bytes, the budget %d", ErrCacheTooSmall, largest, cfg.CacheBudget)
+	}
+	if cfg.Mode == ModeResident && total > cfg.CacheBudget {
+		return nil, fmt.Errorf("%w: resident mode holds every expert (%d bytes), the budget is %d", ErrCacheTooSmall, total, cfg.CacheBudget)
+	}
+	p.staging = make(chan HostBuffer, cfg.Staging)
+	for range cfg.Staging {
+		hb, err := cfg.Device.AllocHost(largest)
+		if err != nil {
+			return nil, err
+		}
+		p.staging <- hb
+	}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	if cfg.Registry != nil {
+		p.metrics = newPipelineMetrics(cfg.Registry, p)
+	}
+	if cfg.Mode == ModeResident {
+		if err := p.loadAll(ctx); err != nil {
+			p.Close()
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+// loadAll fetches every expert and pins it (resident mode).
+func (p *Pipeline) loadAll(ctx context.Context) error {
+	for b, n := range p.cfg.NumExperts {
+		for e := range n {
+			ent, created := p.cache.get(ExpertKey{b, e}, p.cfg.Fetcher.Size(ExpertKey{b, e}))
+			if created {
+				p.startFetch(ent)
+			}
+			p.resident = append(p.resident, ent)
+		}
+	}
+	for _, ent := range p.resident {
+		select {
+		case <-ent.ready:
+			if ent.err != nil {
+				return fmt.Errorf("worker: resident load of expert %v: %w", ent.key, ent.err)
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// Close stops the fetches and waits for them.
+func (p *Pipeline) Close() {
+	p.cancel()
+	p.wg.Wait()
+}
+
+// Cache returns the expert cache.
+func (p *Pipeline) Cache() *Cache { return p.cache }
+
+// Stats returns each MoE block's counters.
+func (p *Pipeline) Stats() []BlockStats {
+	out := make([]BlockStats, len(p.stats))
+	for i := range p.stats {
+		s := &p.stats[i]
+		out[i] = BlockStats{StallSeconds: float64(s.stallNanos.Load()) / 1e9, FetchedBytes: s.fetchedBytes.Load(),
+			Fetches: s.fetches.Load(), Acquires: s.acquires.Load(), CacheHits: s.hits.Load(), CacheMisses: s.misses.Load(),
+			PredictionHits: s.predHits.Load(), PredictionMisses: s.predMisses.Load()}
+	}
+	return out
+}
+
+// want pins k for a coming use, starting its fetch if it is not in the cache; it reports whether
+// the expert was already there (or on its way). Caller holds p.mu.
+func (p *Pipeline) want(k ExpertKey) bool {
+	if _, ok := p.wanted[k]; ok {
+		return true
+	}
+	ent, created := p.cache.get(k, p.cfg.Fetcher.Size(k))
+	p.wanted[k] = ent
+	if created {
+		p.startFetch(ent)
+	}
+	return !created
+}
+
+// unwant drops the pin want took. Caller holds p.mu.
+func (p *Pipeline) unwant(k ExpertKey) {
+	if ent, ok := p.wanted[k]; ok {
+		delete(p.wanted, k)
+		p.cache.unpin(ent)
+	}
+}
+
+func (p *Pipeline) valid(block int) bool { return block >= 0 && block < len(p.cfg.NumExperts) }
+
+// Predict implements engine.Predictor: block's experts, known one block early.
+func (p *Pipeline) Predict(block int, experts []int) {
+	if !p.valid(block) || (p.cfg.Mode != ModePregated && p.cfg.Mode != ModeSpeculative) {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.predictLocked(block, experts)
+}
+
+func (p *Pipeline) predictLocked(block int, experts []int) {
+	p.predicted[block] = slices.Clone(experts)
+	for _, e := range experts {
+		p.want(ExpertKey{block, e})
+	}
+}
+
+// Hint implements engine.Experts: block routed and will now use experts.
+func (p *Pipeline) Hint(block int, used []int) {
+	if !p.valid(block) || p.cfg.Mode == ModeResident {
+		if p.valid(block) {
+			p.stats[block].hits.Add(int64(len(used)))
+		}
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := &p.stats[block]
+	if pred, ok := p.predicted[block]; ok {
+		delete(p.predicted, block)
+		for _, e := range used {
+			if slices.Contains(pred, e) {
+				st.predHits.Add(1)
+			} else {
+				st.predMisses.Add(1)
+			}
+		}
+		for _, e := range pred {
+			if !slices.Contains(used, e) {
+				p.unwant(ExpertKey{block, e})
+			}
+		}
+	}
+	for _, e := range used {
+		if p.want(ExpertKey{block, e}) {
+			st.hits.Add(1)
+		} else {
+			st.misses.Add(1)
+		}
+	}
+	if p.cfg.Mode == ModePrefetchAll && p.valid(block+1) {
+		all := make([]int, p.cfg.NumExperts[block+1])
+		for i := range all {
+			all[i] = i
+		}
+		p.predictLocked(block+1, all)
+	}
+}
+
+// Acquire implements engine.Experts: it waits for the expert's copy to complete.
+func (p *Pipeline) Acquire(ctx context.Context, block, expert int) (*engine.ExpertWeights, error) {
+	if !p.valid(block) || expert < 0 || expert >= p.cfg.NumExperts[block] {
+		return nil, fmt.Errorf("%w: no expert %d in MoE block %d", engine.ErrBadInput, expert, block)
+	}
+	k := ExpertKey{block, expert}
+	var ent *cacheEntry
+	if p.cfg.Mode == ModeResident {
+		ent = p.resident[p.residentIndex(k)]
+	} else {
+		p.mu.Lock()
+		if _, ok := p.wanted[k]; !ok {
+			p.stats[block].misses.Add(1) // used without a Hint: fetched now
+			p.want(k)
+		}
+		ent = p.wanted[k]
+		p.mu.Unlock()
+	}
+	st := &p.stats[block]
+	st.acquires.Add(1)
+	select {
+	case <-ent.ready:
+	default:
+		t0 := time.Now()
+		select {
+		case <-ent.ready:
+			st.stallNanos.Add(int64(time.Since(t0)))
+		case <-ctx.Done():
+			st.stallNanos.Add(int64(time.Since(t0)))
+			return nil, ctx.Err()
+		}
+	}
+	if ent.err != nil {
+		return nil, fmt.Errorf("worker: expert %v: %w", k, ent.err)
+	}
+	return ent.weights, nil
+}
+
+func (p *Pipeline) residentIndex(k ExpertKey) int {
+	i := k.Expert
+	for b := range k.Block {
+		i += p.cfg.NumExperts[b]
+	}
+	return i
+}
+
+// Release implements engine.Experts.
+func (p *Pipeline) Release(block, expert int) {
+	if p.cfg.Mode == ModeResident {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.unwant(ExpertKey{block, expert})
+}
+
+// EndStep drops every pin a Start or Step left (all of them after a normal step; after a step
+// that failed or was cancelled, those of the experts it never reached), and abandons fetches
+// nobody waits for.
+func (p *Pipeline) EndStep() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k := range p.wanted {
+		p.unwant(k)
+	}
+	clear(p.predicted)
+}
+
+// startFetch runs ent's fetch on its own goroutine: reserve cache space, fetch into a staging
+// buffer, copy to the device, parse.
+func (p *Pipeline) startFetch(ent *cacheEntry) {
+	ctx, cancel := context.WithCancel(p.ctx)
+	p.cache.setCancel(ent, cancel)
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		defer cancel()
+		w, err := p.fetchInto(ctx, ent)
+		if err != nil && ctx.Err() == nil {
+			p.log.Warn("expert fetch failed", "expert", ent.key, "err", err)
+		}
+		p.cache.fill(ent, w, err)
+	}()
+}
+
+func (p *Pipeline) fetchInto(ctx context.Context, ent *cacheEntry) (*engine.ExpertWeights, error) {
+	if err := p.cache.reserve(ctx, ent, p.cfg.Device.Alloc); err != nil {
+		return nil, err
+	}
+	var stage HostBuffer
+	select {
+	case stage = <-p.staging:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	n := ent.size
+	err := p.cfg.Fetcher.Fetch(ctx, ent.key, stage.Bytes()[:n])
+	if err == nil {
+		// The copy reads the staging buffer until its event completes: wait for it even if ctx
+		// ends, or the buffer could be refilled under the copy.
+		ev := p.cfg.Device.CopyToDevice(ent.buf, stage, n)
+		<-ev.Done()
+		err = ev.Err()
+	}
+	p.staging <- stage
+	if err != nil {
+		return nil, err
+	}
+	st := &p.stats[ent.key.Block]
+	st.fetchedBytes.Add(n)
+	st.fetches.Add(1)
+	return p.parse(ent.key, ent.buf.HostView())
+}
+
+// parse views an expert blob in device memory as the engine's weights.
+func (p *Pipeline) parse(k ExpertKey, b []byte) (*engine.ExpertWeights, error) {
+	h, data, err := blob.Parse(b)
+	if err != nil {
+		return nil, err
+	}
+	if h.Kind != blob.KindExpert || h.Block != k.Block || h.Expert != k.Expert {
+		return nil, fmt.Errorf("worker: blob for expert %v holds %s block %d expert %d", k, h.Kind, h.Block, h.Expert)
+	}
+	w1, w3, w2 := p.cfg.Layout(k.Block, k.Expert)
+	weight := func(name string) (engine.Weight, error) {
+		raw, info, err := h.Tensor(data, name)
+		if err != nil {
+			return engine.Weight{}, err
+		}
+		if len(info.Shape) != 2 {
+			return engine.Weight{}, fmt.Errorf("worker: expert %v tensor %s has shape %v", k, name, info.Shape)
+		}
+		return engine.WeightFromBytes(model.DType(info.DType), info.Shape[0], info.Shape[1], raw)
+	}
+	var ew engine.ExpertWeights
+	if ew.W1, err = weight(w1); err != nil {
+		return nil, err
+	}
+	if ew.W2, err = weight(w2); err != nil {
+		return nil, err
+	}
+	if w3 != "" {
+		if ew.W3, err = weight(w3); err != nil {
+			return nil, err
+		}
+	}
+	return &ew, nil
+}
+
+// pipelineMetrics exports the per-block counters and the cache's bytes to Prometheus.
+type pipelineMetrics struct{ p *Pipeline }
+
+var (
+	descStall     = prometheus.NewDesc("pregate_moe_stall_seconds_total", "Time MoE blocks waited for their experts.", []string{"block"}, nil)
+	descFetched   = prometheus.NewDesc("pregate_moe_fetched_bytes_total", "Expert bytes fetched from stores.", []string{"block"}, nil)
+	descHits      = prometheus.NewDesc("pregate_expert_cache_hits_total", "Experts a block used that were in the cache or on their way when it routed.", []string{"block"}, nil)
+	descMisses    = prometheus.NewDesc("pregate_expert_cache_misses_total", "Experts a block used that had to be fetched when it routed.", []string{"block"}, nil)
+	descPredHits  = prometheus.NewDesc("pregate_prediction_hits_total", "Experts a block used that were predicted during the previous block.", []string{"block"}, nil)
+	descPredMiss  = prometheus.NewDesc("pregate_prediction_misses_total", "Experts a block used that were not predicted.", []string{"block"}, nil)
+	descCacheUsed = prometheus.NewDesc("pregate_expert_cache_bytes", "Expert bytes held on the device.", nil, nil)
+	descCachePeak = prometheus.NewDesc("pregate_expert_cache_peak_bytes", "Most expert bytes held on the device at once.", nil, nil)
+	descCacheCap  = prometheus.NewDesc("pregate_expert_cache_budget_bytes", "The expert cache's byte budget.", nil, nil)
+)
+
+func newPipelineMetrics(reg prometheus.Registerer, p *Pipeline) *pipelineMetrics {
+	m := &pipelineMetrics{p: p}
+	reg.MustRegister(m)
+	return m
+}
+
+// Describe implements prometheus.Collector.
+func (m *pipelineMetrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descStall, descFetched, descHits, descMisses, descPredHits, descPredMiss, descCacheUsed, descCachePeak, descCacheCap} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (m *pipelineMetrics) Collect(ch chan<- prometheus.Metric) {
+	for b, s := range m.p.Stats() {
+		l := strconv.Itoa(b)
+		ch <- prometheus.MustNewConstMetric(descStall, prometheus.CounterValue, s.StallSeconds, l)
+		ch <- prometheus.MustNewConstMetric(descFetched, prometheus.CounterValue, float64(s.FetchedBytes), l)
+		ch <- prometheus.MustNewConstMetric(descHits, prometheus.CounterValue, float64(s.CacheHits), l)
+		ch <- prometheus.MustNewConstMetric(descMisses, prometheus.CounterValue, float64(s.CacheMisses), l)
+		ch <- prometheus.MustNewConstMetric(descPredHits, prometheus.CounterValue, float64(s.PredictionHits), l)
+		ch <- prometheus.MustNewConstMetric(descPredMiss, prometheus.CounterValue, float64(s.PredictionMisses), l)
+	}
+	cs := m.p.cache.Stats()
+	ch <- prometheus.MustNewConstMetric(descCacheUsed, prometheus.GaugeValue, float64(cs.Used))
+	ch <- prometheus.MustNewConstMetric(descCachePeak, prometheus.GaugeValue, float64(cs.Peak))
+	ch <- prometheus.MustNewConstMetric(descCacheCap, prometheus.GaugeValue, float64(cs.Budget))
+}
+
+// pipelinedModel wraps an engine.Model so that each Start and Step ends with EndStep.
+type pipelinedModel struct {
+	engine.Model
+	p *Pipeline
+}
+
+// Start implements engine.Model.
+func (m pipelinedModel) Start(ctx context.Context, prompts [][]int) ([]*engine.Sequence, error) {
+	defer m.p.EndStep()
+	return m.Model.Start(ctx, prompts)
+}
+
+// Step implements engine.Model.
+func (m pipelinedModel) Step(ctx context.Context, seqs []*engine.Sequence, all bool) ([][]float32, error) {
+	defer m.p.EndStep()
+	return m.Model.Step(ctx, seqs, all)
+}
+
+// WrapModel returns m with p's step bookkeeping (EndStep after every Start and Step).
+func WrapModel(m engine.Model, p *Pipeline) engine.Model { return pipelinedModel{Model: m, p: p} }

@@ -1,0 +1,314 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/pregate/pregate/compute"
+	"github.com/pregate/pregate/engine"
+	"github.com/pregate/pregate/expertstore/blob"
+	"github.com/pregate/pregate/internal/modelblobs"
+	"github.com/pregate/pregate/model"
+	"github.com/pregate/pregate/routing"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// blobFetcher serves a checkpoint's expert blobs from memory, as a store would after import (the
+// same blobs modelblobs makes), optionally taking delay per fetch to act as a slow link.
+type blobFetcher struct {
+	blobs   map[ExpertKey][]byte
+	delay   time.Duration
+	fetches atomic.Int64
+}
+
+func newBlobFetcher(t *testing.T, ckpt *model.Checkpoint) *blobFetcher {
+	t.Helper()
+	f := &blobFetcher{blobs: map[ExpertKey][]byte{}}
+	err := modelblobs.Split(ckpt, "m", 0, func(b modelblobs.Blob) error {
+		if b.Header.Kind == blob.KindExpert {
+			f.blobs[ExpertKey{b.Header.Block, b.Header.Expert}] = b.Data
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func (f *blobFetcher) Size(k ExpertKey) int64 { return int64(len(f.blobs[k])) }
+
+func (f *blobFetcher) Fetch(ctx context.Context, k ExpertKey, dst []byte) error {
+	f.fetches.Add(1)
+	if f.delay > 0 {
+		select {
+		case <-time.After(f.delay):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	b, ok := f.blobs[k]
+	if !ok {
+		return fmt.Errorf("no expert %v", k)
+	}
+	copy(dst, b)
+	return nil
+}
+
+func fixture(name string) string { return filepath.Join("..", "testdata", name) }
+
+// goldenPrompts returns a fixture's unpadded prompts and its golden generated ids (10 per prompt).
+func goldenPrompts(t *testing.T, dir string) (prompts, want [][]int) {
+	t.Helper()
+	g, err := model.OpenTensorFile(filepath.Join(dir, "golden.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	info, err := g.Info("input_ids")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, cols := info.Shape[0], info.Shape[1]
+	ids, err := g.Int64("input_ids", rows, cols)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mask, err := g.Int64("attention_mask", rows, cols)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gen, err := g.Int64("generated_ids", rows, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for r := range rows {
+		var p, w []int
+		for j := range cols {
+			if mask[r*cols+j] != 0 {
+				p = append(p, int(ids[r*cols+j]))
+			}
+		}
+		for _, v := range gen[r*10 : (r+1)*10] {
+			w = append(w, int(v))
+		}
+		prompts, want = append(prompts, p), append(want, w)
+	}
+	return prompts, want
+}
+
+type pipelineModel struct {
+	engine.Model
+	p     *Pipeline
+	fetch *blobFetcher
+}
+
+func loadPipelined(t *testing.T, dir string, mode Mode, budget int64, delay time.Duration, tracer engine.Tracer) pipelineModel {
+	t.Helper()
+	ckpt, err := model.OpenCheckpoint(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ckpt.Close() })
+	f := newBlobFetcher(t, ckpt)
+	f.delay = delay
+	layout, n := LayoutOf(ckpt.Config())
+	dev := NewCPU()
+	t.Cleanup(func() { dev.Close() })
+	p, err := NewPipeline(context.Background(), PipelineConfig{Mode: mode, Device: dev, Fetcher: f, Layout: layout, NumExperts: n, CacheBudget: budget})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	cpu := compute.NewCPU(2)
+	t.Cleanup(cpu.Close)
+	m, err := engine.Load(ckpt, cpu, engine.Options{Experts: p, Speculate: mode == ModeSpeculative, Tracer: tracer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckMode(mode, m.Info().PreGated); err != nil {
+		t.Fatal(err)
+	}
+	return pipelineModel{Model: WrapModel(m, p), p: p, fetch: f}
+}
+
+func modesFor(preGated bool) []Mode {
+	var out []Mode
+	for _, m := range Modes {
+		if CheckMode(m, preGated) == nil {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func TestEveryModeGivesTheGoldenTokens(t *testing.T) {
+	for _, fx := range []string{"switch-tiny", "switch-tiny-pregated", "mixtral-tiny"} {
+		prompts, want := goldenPrompts(t, fixture(fx))
+		for _, mode := range modesFor(fx == "switch-tiny-pregated") {
+			t.Run(fx+"/"+string(mode), func(t *testing.T) {
+				m := loadPipelined(t, fixture(fx), mode, 64<<20, 0, nil)
+				res, _, err := engine.Generate(context.Background(), m, prompts, engine.GenerateOptions{MaxNewTokens: 10})
+				if err != nil {
+					t.Fatal(err)
+				}
+				for i, r := range res {
+					if !slices.Equal(r.GeneratedIDs, want[i]) {
+						t.Errorf("prompt %d: %v, want %v", i, r.GeneratedIDs, want[i])
+					}
+				}
+				stats := m.p.Stats()
+				var fetched, misses, predHits, predMisses int64
+				for _, s := range stats {
+					fetched += s.Fetches
+					misses += s.CacheMisses
+					predHits += s.PredictionHits
+					predMisses += s.PredictionMisses
+				}
+				t.Logf("fetches %d, misses %d, prediction hits %d misses %d, cache %+v", fetched, misses, predHits, predMisses, m.p.Cache().Stats())
+				switch mode {
+				case ModeResident:
+					if fetched != int64(len(m.fetch.blobs)) || misses != 0 {
+						t.Errorf("resident: %d fetches for %d experts, %d misses", fetched, len(m.fetch.blobs), misses)
+					}
+				case ModePregated:
+					if predMisses != 0 || predHits == 0 {
+						t.Errorf("pregated: %d prediction misses, %d hits", predMisses, predHits)
+					}
+					for b, s := range stats {
+						if m.Info().MoEBlocks[b].PreGateFor < 0 && b > 0 && m.Info().MoEBlocks[b-1].PreGateFor == b {
+							continue
+						}
+						if routedByPreGate(m.Info(), b) && s.CacheMisses != 0 {
+							t.Errorf("pregated: block %d (routed by a pre-gate) had %d misses", b, s.CacheMisses)
+						}
+					}
+				case ModeSpeculative:
+					if predHits == 0 {
+						t.Errorf("speculative: no prediction hit")
+					}
+				}
+			})
+		}
+	}
+}
+
+func routedByPreGate(info engine.Info, b int) bool {
+	for _, blk := range info.MoEBlocks {
+		if blk.PreGateFor == b {
+			return true
+		}
+	}
+	return false
+}
+
+// usedTracer records, per Step, the experts each MoE block used.
+type usedTracer struct {
+	mu    sync.Mutex
+	steps []map[int][]int
+}
+
+func (u *usedTracer) Route(block int, _ []float32, choices []routing.Choice) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if len(u.steps) == 0 || u.steps[len(u.steps)-1][block] != nil {
+		u.steps = append(u.steps, map[int][]int{})
+	}
+	seen := map[int]bool{}
+	var used []int
+	for _, c := range choices {
+		if !seen[c.Expert] {
+			seen[c.Expert] = true
+			used = append(used, c.Expert)
+		}
+	}
+	u.steps[len(u.steps)-1][block] = used
+}
+
+func TestPregatedPeakIsTwoBlocksOfActiveExperts(t *testing.T) {
+	dir := fixture("switch-tiny-pregated")
+	prompts, _ := goldenPrompts(t, dir)
+	prompt := prompts[:1]
+
+	// A reference run finds what each block uses; the budget is then exactly the most that two
+	// consecutive blocks (one routed by the other's pre-gate) use together: no spare slot.
+	tr := &usedTracer{}
+	ref := loadPipelined(t, dir, ModeResident, 64<<20, 0, tr)
+	want, _, err := engine.Generate(context.Background(), ref, prompt, engine.GenerateOptions{MaxNewTokens: 10, IgnoreEOS: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	size := ref.fetch.Size(ExpertKey{0, 0})
+	info := ref.Info()
+	var need int64
+	for _, step := range tr.steps {
+		for b, blk := range info.MoEBlocks {
+			if next := blk.PreGateFor; next >= 0 && step[b] != nil && step[next] != nil {
+				need = max(need, int64(len(step[b])+len(step[next]))*size)
+			}
+		}
+	}
+	if need == 0 {
+		t.Fatal("no pre-gated block pair in the trace")
+	}
+
+	m := loadPipelined(t, dir, ModePregated, need, 2*time.Millisecond, nil)
+	got, _, err := engine.Generate(context.Background(), m, prompt, engine.GenerateOptions{MaxNewTokens: 10, IgnoreEOS: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got[0].GeneratedIDs, want[0].GeneratedIDs) {
+		t.Fatalf("tokens %v, want %v", got[0].GeneratedIDs, want[0].GeneratedIDs)
+	}
+	cs := m.p.Cache().Stats()
+	t.Logf("budget %d (%d experts of %d bytes), peak %d, evictions %d", need, need/size, size, cs.Peak, cs.Evictions)
+	if cs.Peak != need {
+		t.Errorf("peak expert bytes %d, want two blocks' worth of active experts: %d", cs.Peak, need)
+	}
+	if cs.Evictions == 0 {
+		t.Error("a budget of two blocks never evicted")
+	}
+}
+
+func TestModeMismatchIsAnError(t *testing.T) {
+	if err := CheckMode(ModePregated, false); err == nil {
+		t.Error("pregated accepted a checkpoint without pre-gates")
+	}
+	if err := CheckMode(ModeSpeculative, true); err == nil {
+		t.Error("speculative accepted a pre-gated checkpoint")
+	}
+	if _, err := ParseMode("eager"); err == nil {
+		t.Error("unknown mode parsed")
+	}
+}
+
+func TestBudgetTooSmall(t *testing.T) {
+	ckpt, err := model.OpenCheckpoint(fixture("mixtral-tiny"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ckpt.Close()
+	f := newBlobFetcher(t, ckpt)
+	layout, n := LayoutOf(ckpt.Config())
+	dev := NewCPU()
+	defer dev.Close()
+	size := f.Size(ExpertKey{0, 0})
+	for _, tt := range []struct {
+		mode   Mode
+		budget int64
+	}{{ModeOnDemand, size - 1}, {ModeResident, size * 4}} {
+		_, err := NewPipeline(context.Background(), PipelineConfig{Mode: tt.mode, Device: dev, Fetcher: f, Layout: layout, NumExperts: n, CacheBudget: tt.budget})
+		if err == nil {
+			t.Errorf("%s with a %d-byte budget: no error", tt.mode, tt.budget)
+		}
+	}
+}
