@@ -365,12 +365,18 @@ func (c *Coordinator) lead(ctx context.Context, sess *concurrency.Session, el *c
 	}
 	tick := time.NewTicker(c.cfg.Interval)
 	defer tick.Stop()
+	// A pass stops when the session ends (the lease is lost: another coordinator may lead).
+	sctx, sdone := context.WithCancel(ctx)
+	defer sdone()
+	go func() {
+		select {
+		case <-sess.Done():
+			sdone()
+		case <-sctx.Done():
+		}
+	}()
 	for {
-		pctx, cancel := context.WithCancel(ctx)
-		stop := context.AfterFunc(sessionContext(sess), cancel)
-		rep, err := c.reconcile(pctx, guard)
-		stop()
-		cancel()
+		rep, err := c.reconcile(sctx, guard)
 		c.mu.Lock()
 		c.lastPass = rep
 		c.mu.Unlock()
@@ -403,16 +409,6 @@ func (c *Coordinator) lead(ctx context.Context, sess *concurrency.Session, el *c
 		case <-timer.C:
 		}
 	}
-}
-
-// sessionContext returns a context that ends when sess does.
-func sessionContext(sess *concurrency.Session) context.Context {
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() {
-		<-sess.Done()
-		cancel()
-	}()
-	return ctx
 }
 
 // pumpMembership turns gossip events about stores into reconcile kicks.

@@ -152,6 +152,30 @@ func (c *Cache) get(k ExpertKey, size int64) (e *cacheEntry, created bool) {
 	return e, true
 }
 
+// pinAcquired pins e for an Acquire (until Release).
+func (c *Cache) pinAcquired(e *cacheEntry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e.pins++
+	c.policy.Touched(e.key)
+}
+
+// gone reports whether e has left the cache (evicted or failed): its want must fetch again.
+func (c *Cache) gone(e *cacheEntry) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.entries[e.key] != e || e.abandoned
+}
+
+// touch marks e as just used (wanted again), so that eviction takes it last.
+func (c *Cache) touch(e *cacheEntry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.entries[e.key] == e {
+		c.policy.Touched(e.key)
+	}
+}
+
 // setCancel records the function that stops e's fetch.
 func (c *Cache) setCancel(e *cacheEntry, cancel context.CancelFunc) {
 	c.mu.Lock()

@@ -117,7 +117,7 @@ type Pipeline struct {
 	wg      sync.WaitGroup
 
 	mu        sync.Mutex
-	wanted    map[ExpertKey]*cacheEntry // pinned because a block will use (or was predicted to use) them
+	wanted    map[ExpertKey]*want // experts a block will use (or was predicted to use)
 	predicted map[int][]int             // block → predicted experts, until the block's own Hint
 	resident  []*cacheEntry             // resident mode: pinned for good
 
@@ -151,7 +151,7 @@ func NewPipeline(ctx context.Context, cfg PipelineConfig) (*Pipeline, error) {
 	if _, err := ParseMode(string(cfg.Mode)); err != nil {
 		return nil, err
 	}
-	p := &Pipeline{cfg: cfg, log: cfg.Logger, cache: NewCache(cfg.CacheBudget, nil), wanted: map[ExpertKey]*cacheEntry{},
+	p := &Pipeline{cfg: cfg, log: cfg.Logger, cache: NewCache(cfg.CacheBudget, nil), wanted: map[ExpertKey]*want{},
 		predicted: map[int][]int{}, stats: make([]blockStats, len(cfg.NumExperts))}
 	if p.log == nil {
 		p.log = slog.New(slog.DiscardHandler)
@@ -235,25 +235,58 @@ func (p *Pipeline) Stats() []BlockStats {
 	return out
 }
 
-// want pins k for a coming use, starting its fetch if it is not in the cache; it reports whether
-// the expert was already there (or on its way). Caller holds p.mu.
-func (p *Pipeline) want(k ExpertKey) bool {
-	if _, ok := p.wanted[k]; ok {
-		return true
-	}
-	ent, created := p.cache.get(k, p.cfg.Fetcher.Size(k))
-	p.wanted[k] = ent
-	if created {
-		p.startFetch(ent)
-	}
-	return !created
+// want is an expert a block will use (or was predicted to use). It pins its entry only while the
+// entry is being fetched, so that the fetch is not abandoned; once the expert is ready only an
+// Acquire pins it. Ready experts that are wanted but not acquired stay evictable (most recently
+// used, so evicted last): pinning them could hold the space that the expert the engine waits for
+// needs, and deadlock the pipeline whenever a block uses more experts than the cache holds.
+type want struct {
+	ent    *cacheEntry
+	pinned bool
 }
 
-// unwant drops the pin want took. Caller holds p.mu.
-func (p *Pipeline) unwant(k ExpertKey) {
-	if ent, ok := p.wanted[k]; ok {
-		delete(p.wanted, k)
+// want marks k as wanted, starting its fetch if it is not in the cache; it reports whether the
+// expert was already there (or on its way). Caller holds p.mu.
+func (p *Pipeline) want(k ExpertKey) bool {
+	if w, ok := p.wanted[k]; ok && !p.cache.gone(w.ent) {
+		p.cache.touch(w.ent)
+		return true
+	} else if ok {
+		p.unwant(k)
+	}
+	ent, created := p.cache.get(k, p.cfg.Fetcher.Size(k))
+	w := &want{ent: ent, pinned: true}
+	p.wanted[k] = w
+	if created {
+		p.startFetch(ent)
+		return false
+	}
+	select {
+	case <-ent.ready: // in the cache: a want does not pin a ready expert
 		p.cache.unpin(ent)
+		w.pinned = false
+	default:
+	}
+	return true
+}
+
+// fetched drops the in-flight pin of k's want once its fetch has completed.
+func (p *Pipeline) fetched(ent *cacheEntry) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if w, ok := p.wanted[ent.key]; ok && w.ent == ent && w.pinned {
+		w.pinned = false
+		p.cache.unpin(ent)
+	}
+}
+
+// unwant forgets k's want, unpinning (and so abandoning) a fetch still in flight. Caller holds p.mu.
+func (p *Pipeline) unwant(k ExpertKey) {
+	if w, ok := p.wanted[k]; ok {
+		delete(p.wanted, k)
+		if w.pinned {
+			p.cache.unpin(w.ent)
+		}
 	}
 }
 
@@ -331,9 +364,11 @@ func (p *Pipeline) Acquire(ctx context.Context, block, expert int) (*engine.Expe
 		p.mu.Lock()
 		if _, ok := p.wanted[k]; !ok {
 			p.stats[block].misses.Add(1) // used without a Hint: fetched now
-			p.want(k)
 		}
-		ent = p.wanted[k]
+		// The want's entry may have been evicted since (it is not pinned once ready): want again.
+		p.want(k)
+		ent = p.wanted[k].ent
+		p.cache.pinAcquired(ent)
 		p.mu.Unlock()
 	}
 	st := &p.stats[block]
@@ -347,10 +382,16 @@ func (p *Pipeline) Acquire(ctx context.Context, block, expert int) (*engine.Expe
 			st.stallNanos.Add(int64(time.Since(t0)))
 		case <-ctx.Done():
 			st.stallNanos.Add(int64(time.Since(t0)))
+			if p.cfg.Mode != ModeResident {
+				p.cache.unpin(ent)
+			}
 			return nil, ctx.Err()
 		}
 	}
 	if ent.err != nil {
+		if p.cfg.Mode != ModeResident {
+			p.cache.unpin(ent)
+		}
 		return nil, fmt.Errorf("worker: expert %v: %w", k, ent.err)
 	}
 	return ent.weights, nil
@@ -371,7 +412,11 @@ func (p *Pipeline) Release(block, expert int) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.unwant(ExpertKey{block, expert})
+	k := ExpertKey{block, expert}
+	if w, ok := p.wanted[k]; ok {
+		p.cache.unpin(w.ent) // the Acquire's pin
+		p.unwant(k)
+	}
 }
 
 // EndStep drops every pin a Start or Step left (all of them after a normal step; after a step
@@ -400,6 +445,9 @@ func (p *Pipeline) startFetch(ent *cacheEntry) {
 			p.log.Warn("expert fetch failed", "expert", ent.key, "err", err)
 		}
 		p.cache.fill(ent, w, err)
+		if p.cfg.Mode != ModeResident {
+			p.fetched(ent)
+		}
 	}()
 }
 

@@ -18,7 +18,7 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newGenerateCmd(), newSynthCmd(), newStoreCmd(), newBenchCmd(),
-		newCoordinatorCmd(), newImportCmd(), newStatusCmd(), newDrainCmd())
+		newCoordinatorCmd(), newImportCmd(), newStatusCmd(), newDrainCmd(), newWorkerCmd(), newUpCmd())
 	return root
 }
 

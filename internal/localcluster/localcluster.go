@@ -273,13 +273,15 @@ func (c *Cluster) Placement() *placement.Store { return c.ps }
 // Etcd returns the cluster's own etcd client.
 func (c *Cluster) Etcd() *clientv3.Client { return c.cli }
 
-// Close stops everything: coordinators, stores, etcd.
+// Close stops everything: stores, coordinators, etcd. Stores go first, while a coordinator is
+// there to receive their gossip leave (the last member to leave waits for an acknowledgement that
+// never comes).
 func (c *Cluster) Close() error {
-	for _, co := range c.Coordinators() {
-		c.StopCoordinator(co)
-	}
 	for _, n := range c.StoreNames() {
 		c.StopStore(n) //nolint:errcheck // shutting down
+	}
+	for _, co := range c.Coordinators() {
+		c.StopCoordinator(co)
 	}
 	if c.cli != nil {
 		c.cli.Close()

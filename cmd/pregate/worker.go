@@ -1,0 +1,230 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pregate/pregate/coordinator"
+	"github.com/pregate/pregate/internal/localcluster"
+	"github.com/pregate/pregate/model"
+	"github.com/pregate/pregate/model/synth"
+	"github.com/pregate/pregate/worker"
+)
+
+func newWorkerCmd() *cobra.Command {
+	cfg := worker.DefaultConfig()
+	var (
+		cf                                       clusterFlags
+		mode                                     string
+		cache                                    = byteSize(cfg.ExpertCache)
+		gossipAddr, join, keyFile, readyFile, lv string
+		noGossip                                 bool
+	)
+	cmd := &cobra.Command{
+		Use:   "worker --model NAME",
+		Short: "Serve a model from the cluster: dense layers here, experts streamed from the stores (OpenAI HTTP API)",
+		Long: "Run a worker. It downloads the model's dense weights from the stores, streams experts into its\n" +
+			"expert cache as --mode says, and serves /v1/completions, /v1/models, /health, /ready, /metrics.\n" +
+			"Every flag falls back to the environment variable PREGATE_<FLAG>.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := envFallback(cmd.Flags()); err != nil {
+				return err
+			}
+			log, err := newLogger(lv)
+			if err != nil {
+				return err
+			}
+			m, err := worker.ParseMode(mode)
+			if err != nil {
+				return err
+			}
+			cfg.Mode, cfg.ExpertCache, cfg.Logger, cfg.Cluster = m, int64(cache), log, cf.cluster
+			cfg.EtcdEndpoints = splitList(cf.endpoints)
+			if len(cfg.EtcdEndpoints) == 0 && cf.coordinator != "" {
+				info, err := fetchClusterInfo(cmd.Context(), cf.coordinator)
+				if err != nil {
+					return err
+				}
+				cfg.EtcdEndpoints = info.EtcdEndpoints
+			}
+			if !noGossip {
+				if cfg.Gossip, err = gossipConfig(gossipAddr, join, keyFile, log); err != nil {
+					return err
+				}
+			}
+			w, err := worker.New(cfg)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "worker %s: http %s, model %s, mode %s (loading)\n", cfg.Name, w.HTTPAddr(), cfg.Model, cfg.Mode)
+			return serveUntilDone(cmd, readyFile, map[string]string{"node": cfg.Name, "http": w.HTTPAddr()}, w.Close)
+		},
+	}
+	f := cmd.Flags()
+	cf.register(f)
+	f.StringVar(&cfg.Name, "node-name", cfg.Name, "node name in the cluster")
+	f.StringVar(&cfg.Model, "model", "", "the model's name in the cluster (as imported)")
+	f.StringVar(&mode, "mode", string(cfg.Mode), "resident, ondemand, prefetch-all, pregated or speculative")
+	f.StringVar(&cfg.Device, "device", cfg.Device, "cpu (GPUs: a build with -tags cuda)")
+	f.Var(&cache, "expert-cache", "device memory for experts")
+	f.IntVar(&cfg.Staging, "staging-buffers", cfg.Staging, "pinned staging buffers: expert fetches in flight at once")
+	f.StringVar(&cfg.HTTPAddr, "http", cfg.HTTPAddr, "HTTP listen address")
+	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the dense weights downloaded from the stores")
+	f.IntVar(&cfg.Threads, "threads", 0, "compute threads (0: all cores)")
+	f.IntVar(&cfg.MaxRunning, "max-running", cfg.MaxRunning, "sequences decoded together")
+	f.IntVar(&cfg.MaxWaiting, "max-waiting", cfg.MaxWaiting, "requests queued before answering 429")
+	f.StringVar(&gossipAddr, "gossip-addr", "0.0.0.0:7948", "memberlist bind address")
+	f.StringVar(&join, "join", "", "comma-separated gossip addresses of cluster members to join")
+	f.StringVar(&keyFile, "gossip-key-file", "", "file with the gossip encryption key")
+	f.BoolVar(&noGossip, "no-gossip", false, "do not join the gossip cluster (etcd alone)")
+	f.StringVar(&readyFile, "ready-file", "", "write {\"http\":…} here once listening")
+	f.StringVar(&lv, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+// clusterFile is <data-dir>/cluster.json, written by `pregate up` so that other tools find the cluster.
+type clusterFile struct {
+	EtcdEndpoints []string `json:"etcd_endpoints"`
+	Coordinator   string   `json:"coordinator"`
+	Stores        []string `json:"stores"`
+	WorkerHTTP    string   `json:"worker_http"`
+	Model         string   `json:"model"`
+	Mode          string   `json:"mode"`
+}
+
+func newUpCmd() *cobra.Command {
+	var (
+		dir, name, mode, httpAddr, dataDir, lv string
+		demo                                   bool
+		stores, replicas                       int
+		cache                                  = byteSize(1 << 30)
+		capacity                               = byteSize(4 << 30)
+	)
+	cmd := &cobra.Command{
+		Use:   "up [--model DIR | --demo]",
+		Short: "Run a whole cluster in this process (embedded etcd, coordinator, stores, worker) and serve a model",
+		Long: "Run everything on 127.0.0.1: an embedded etcd, a coordinator, --stores stores and a worker; import\n" +
+			"the model and serve the OpenAI API on --http until interrupted. --demo synthesises a small\n" +
+			"random-weight model. Where each part listens is printed and written to <data-dir>/cluster.json.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			log, err := newLogger(lv)
+			if err != nil {
+				return err
+			}
+			m, err := worker.ParseMode(mode)
+			if err != nil {
+				return err
+			}
+			if (dir == "") == !demo {
+				return errors.New("give --model DIR or --demo")
+			}
+			if err := os.MkdirAll(dataDir, 0o755); err != nil {
+				return err
+			}
+			out := cmd.ErrOrStderr()
+			if demo {
+				dir = filepath.Join(dataDir, "demo-model-"+string(m))
+				if err := synthDemo(dir, m); err != nil {
+					return err
+				}
+				fmt.Fprintf(out, "demo model (random weights) in %s\n", dir)
+			}
+			if name == "" {
+				name = filepath.Base(filepath.Clean(dir))
+			}
+			lc, err := localcluster.Start(localcluster.Config{Dir: dataDir, Stores: stores, Replicas: replicas,
+				StoreCapacity: int64(capacity), Persist: true, Logger: log})
+			if err != nil {
+				return err
+			}
+			defer lc.Close()
+			if err := waitStores(ctx, lc, stores); err != nil {
+				return err
+			}
+			rep, err := coordinator.Import(ctx, lc.Placement(), coordinator.ImportOptions{Dir: dir, Name: name, Progress: plainProgress(out, name)})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "imported %s: %d blobs, %d bytes sent\n", name, rep.Blobs, rep.UploadedBytes)
+			wc := worker.DefaultConfig()
+			wc.Name, wc.EtcdEndpoints, wc.Model, wc.Mode = "worker-0", lc.EtcdEndpoints(), name, m
+			wc.ExpertCache, wc.HTTPAddr, wc.DataDir, wc.Logger = int64(cache), httpAddr, filepath.Join(dataDir, "worker"), log
+			w, err := worker.New(wc)
+			if err != nil {
+				return err
+			}
+			defer w.Close()
+			if err := w.WaitReady(ctx); err != nil {
+				return err
+			}
+			cf := clusterFile{EtcdEndpoints: lc.EtcdEndpoints(), Coordinator: lc.Coordinator().HTTPAddr(), Stores: lc.StoreAddrs(),
+				WorkerHTTP: w.HTTPAddr(), Model: name, Mode: string(m)}
+			if err := writeReadyFile(filepath.Join(dataDir, "cluster.json"), cf); err != nil {
+				return err
+			}
+			b, _ := json.MarshalIndent(cf, "", "  ")
+			fmt.Fprintf(out, "pregate up: serving %q (%s mode)\n%s\n", name, m, b)
+			fmt.Fprintf(out, "try: curl -s http://%s/v1/completions -H 'Content-Type: application/json' -d '{\"model\":%q,\"prompt\":[1,2,3],\"max_tokens\":8,\"return_token_ids\":true}'\n", w.HTTPAddr(), name)
+			fmt.Fprintf(out, "     pregate status --etcd-endpoints %s\n", strings.Join(lc.EtcdEndpoints(), ","))
+			<-ctx.Done()
+			fmt.Fprintln(out, "pregate up: shutting down")
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&dir, "model", "", "checkpoint directory to serve")
+	f.BoolVar(&demo, "demo", false, "synthesise a small random-weight model and serve it")
+	f.StringVar(&name, "name", "", "the model's name (default: the directory's name)")
+	f.IntVar(&stores, "stores", 3, "number of stores")
+	f.IntVar(&replicas, "replicas", 2, "replication factor")
+	f.StringVar(&mode, "mode", string(worker.ModeSpeculative), "worker mode: resident, ondemand, prefetch-all, pregated or speculative")
+	f.StringVar(&httpAddr, "http", "127.0.0.1:8000", "the worker's HTTP address")
+	f.StringVar(&dataDir, "data-dir", "pregate-up", "directory for every component's data and cluster.json")
+	f.Var(&cache, "expert-cache", "the worker's expert cache")
+	f.Var(&capacity, "store-capacity", "each store's memory limit")
+	f.StringVar(&lv, "log-level", "warn", "debug, info, warn or error")
+	return cmd
+}
+
+// synthDemo writes the demo model: a small Mixtral, or a small pre-gated Switch for --mode
+// pregated (which needs pre-gates). Random weights: the tokens mean nothing.
+func synthDemo(dir string, m worker.Mode) error {
+	opts := synth.Options{Arch: "mixtral", Preset: "mixtral-tiny", Out: dir, DType: model.F32, Seed: 1,
+		Layers: 8, Experts: 8, DModel: 256, DFF: 512, Vocab: 1024}
+	if m == worker.ModePregated {
+		opts = synth.Options{Arch: "switch", Preset: "switch-tiny", Out: dir, DType: model.F32, Seed: 1,
+			Layers: 8, Experts: 8, DModel: 256, DFF: 512, Vocab: 1024, PreGates: true}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "config.json")); err == nil {
+		return nil // made by an earlier run
+	}
+	return synth.Write(opts, nil)
+}
+
+// waitStores waits until the coordinator has published n alive stores (the importer places by them).
+func waitStores(ctx context.Context, lc *localcluster.Cluster, n int) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		st, err := coordinator.ReadStatus(ctx, lc.Etcd(), lc.Placement(), 2)
+		if err == nil && st.Summary.StoresAlive >= n {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("stores did not come up: %w", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}

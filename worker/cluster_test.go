@@ -1,0 +1,348 @@
+package worker_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pregate/pregate/compute"
+	"github.com/pregate/pregate/coordinator"
+	"github.com/pregate/pregate/engine"
+	"github.com/pregate/pregate/internal/localcluster"
+	"github.com/pregate/pregate/model"
+	"github.com/pregate/pregate/worker"
+)
+
+func fixture(name string) string { return filepath.Join("..", "testdata", name) }
+
+// goldenPrompts returns a fixture's unpadded prompts and golden generated ids (see testdata READMEs).
+func goldenPrompts(t *testing.T, dir string) (prompts, want [][]int) {
+	t.Helper()
+	g, err := model.OpenTensorFile(filepath.Join(dir, "golden.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	info, err := g.Info("input_ids")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, cols := info.Shape[0], info.Shape[1]
+	ids, _ := g.Int64("input_ids", rows, cols)
+	mask, _ := g.Int64("attention_mask", rows, cols)
+	gen, err := g.Int64("generated_ids", rows, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for r := range rows {
+		var p, w []int
+		for j := range cols {
+			if mask[r*cols+j] != 0 {
+				p = append(p, int(ids[r*cols+j]))
+			}
+		}
+		for _, v := range gen[r*10 : (r+1)*10] {
+			w = append(w, int(v))
+		}
+		prompts, want = append(prompts, p), append(want, w)
+	}
+	return prompts, want
+}
+
+func startCluster(t *testing.T, fixtures ...string) *localcluster.Cluster {
+	t.Helper()
+	lc, err := localcluster.Start(localcluster.Config{Dir: t.TempDir(), Stores: 3, Replicas: 2, StoreCapacity: 256 << 20, Fast: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lc.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for {
+		st, err := coordinator.ReadStatus(ctx, lc.Etcd(), lc.Placement(), 2)
+		if err == nil && st.Summary.StoresAlive == 3 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("stores never alive")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, fx := range fixtures {
+		if _, err := coordinator.Import(ctx, lc.Placement(), coordinator.ImportOptions{Dir: fixture(fx), Name: fx}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return lc
+}
+
+func startWorker(t *testing.T, lc *localcluster.Cluster, name string, mode worker.Mode, cache int64, wait bool) *worker.Worker {
+	t.Helper()
+	cfg := worker.DefaultConfig()
+	cfg.Name, cfg.EtcdEndpoints, cfg.Model, cfg.Mode = "w-"+name+"-"+string(mode), lc.EtcdEndpoints(), name, mode
+	cfg.ExpertCache, cfg.HTTPAddr, cfg.DataDir, cfg.Threads = cache, "127.0.0.1:0", t.TempDir(), 2
+	cfg.FetchAttemptTimeout = 2 * time.Second
+	w, err := worker.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close() })
+	if wait {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := w.WaitReady(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return w
+}
+
+type completion struct {
+	Choices []struct {
+		Index        int    `json:"index"`
+		TokenIDs     []int  `json:"token_ids"`
+		FinishReason string `json:"finish_reason"`
+	} `json:"choices"`
+}
+
+func complete(t *testing.T, addr string, body map[string]any) completion {
+	t.Helper()
+	b, _ := json.Marshal(body)
+	resp, err := http.Post("http://"+addr+"/v1/completions", "application/json", bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST /v1/completions: %s: %s", resp.Status, raw)
+	}
+	var c completion
+	if err := json.Unmarshal(raw, &c); err != nil {
+		t.Fatalf("%v: %s", err, raw)
+	}
+	return c
+}
+
+// TestEveryModeOverHTTPGivesTheGoldenTokens runs a worker per fixture and mode on a cluster of 3
+// stores and checks the generated ids against HF's.
+func TestEveryModeOverHTTPGivesTheGoldenTokens(t *testing.T) {
+	fixtures := []string{"switch-tiny", "switch-tiny-pregated", "mixtral-tiny"}
+	lc := startCluster(t, fixtures...)
+	for _, fx := range fixtures {
+		prompts, want := goldenPrompts(t, fixture(fx))
+		for _, mode := range worker.Modes {
+			if worker.CheckMode(mode, fx == "switch-tiny-pregated") != nil {
+				continue
+			}
+			t.Run(fx+"/"+string(mode), func(t *testing.T) {
+				w := startWorker(t, lc, fx, mode, 64<<20, true)
+				c := complete(t, w.HTTPAddr(), map[string]any{"model": fx, "prompt": prompts, "max_tokens": 10, "temperature": 0, "return_token_ids": true})
+				if len(c.Choices) != len(want) {
+					t.Fatalf("%d choices, want %d", len(c.Choices), len(want))
+				}
+				for _, ch := range c.Choices {
+					if !slices.Equal(ch.TokenIDs, want[ch.Index]) {
+						t.Errorf("prompt %d: %v, want %v", ch.Index, ch.TokenIDs, want[ch.Index])
+					}
+				}
+				var fetched int64
+				for _, s := range w.Pipeline().Stats() {
+					fetched += s.FetchedBytes
+				}
+				if fetched == 0 {
+					t.Error("no expert bytes fetched from the stores")
+				}
+			})
+		}
+	}
+}
+
+// stream runs one streaming completion and returns its token ids and finish reason.
+func stream(ctx context.Context, addr string, body map[string]any, got func(n int)) ([]int, string, error) {
+	b, _ := json.Marshal(body)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/v1/completions", bytes.NewReader(b))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, "", err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		raw, _ := io.ReadAll(resp.Body)
+		return nil, "", fmt.Errorf("%s: %s", resp.Status, raw)
+	}
+	var ids []int
+	finish := ""
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line, ok := strings.CutPrefix(sc.Text(), "data: ")
+		if !ok {
+			continue
+		}
+		if line == "[DONE]" {
+			return ids, finish, nil
+		}
+		var c struct {
+			Choices []struct {
+				TokenIDs     []int   `json:"token_ids"`
+				FinishReason *string `json:"finish_reason"`
+			} `json:"choices"`
+			Error *struct{ Message string } `json:"error"`
+		}
+		if err := json.Unmarshal([]byte(line), &c); err != nil {
+			return ids, finish, err
+		}
+		if c.Error != nil {
+			return ids, finish, fmt.Errorf("stream error: %s", c.Error.Message)
+		}
+		for _, ch := range c.Choices {
+			ids = append(ids, ch.TokenIDs...)
+			if ch.FinishReason != nil {
+				finish = *ch.FinishReason
+			}
+		}
+		got(len(ids))
+	}
+	return ids, finish, fmt.Errorf("stream ended without [DONE]: %v", sc.Err())
+}
+
+// TestStoreKilledDuringStreaming kills one of three stores (R=2) while 32 streaming generations
+// run on a worker whose cache holds a few experts (so it fetches throughout): none may fail and
+// every output must equal the local engine's.
+func TestStoreKilledDuringStreaming(t *testing.T) {
+	const fx, n, tokens = "mixtral-tiny", 32, 24
+	lc := startCluster(t, fx)
+	ckpt, err := model.OpenCheckpoint(fixture(fx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ckpt.Close()
+	cpu := compute.NewCPU(2)
+	defer cpu.Close()
+	ref, err := engine.Load(ckpt, cpu, engine.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden, _ := goldenPrompts(t, fixture(fx))
+	prompts := make([][]int, n)
+	for i := range prompts {
+		p := slices.Clone(golden[i%len(golden)])
+		prompts[i] = append(p, 7+i, 100+3*i) // distinct prompts
+	}
+	want := make([][]int, n)
+	for i, p := range prompts {
+		res, _, err := engine.Generate(context.Background(), ref, [][]int{p}, engine.GenerateOptions{MaxNewTokens: tokens, IgnoreEOS: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[i] = res[0].GeneratedIDs
+	}
+
+	// 12 experts of 98 KiB: under two layers' worth of the 8 a batch of 32 touches per layer.
+	w := startWorker(t, lc, fx, worker.ModeSpeculative, 12*98752, true)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var started sync.WaitGroup
+	started.Add(n)
+	type result struct {
+		ids    []int
+		finish string
+		err    error
+	}
+	results := make([]result, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			once := sync.Once{}
+			body := map[string]any{"model": fx, "prompt": prompts[i], "max_tokens": tokens, "stream": true, "ignore_eos": true, "return_token_ids": true, "temperature": 0}
+			ids, finish, err := stream(ctx, w.HTTPAddr(), body, func(k int) {
+				if k >= 2 {
+					once.Do(started.Done)
+				}
+			})
+			once.Do(started.Done)
+			results[i] = result{ids, finish, err}
+		}()
+	}
+	started.Wait()
+	before := int64(0)
+	for _, s := range w.Pipeline().Stats() {
+		before += s.Fetches
+	}
+	if err := lc.KillStore("store-1"); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	after := int64(0)
+	for _, s := range w.Pipeline().Stats() {
+		after += s.Fetches
+	}
+	t.Logf("expert fetches: %d before the kill, %d after", before, after-before)
+	if after == before {
+		t.Error("no expert was fetched after the kill: the test proved nothing")
+	}
+	for i, r := range results {
+		if r.err != nil {
+			t.Errorf("generation %d failed: %v", i, r.err)
+			continue
+		}
+		if r.finish != "length" || !slices.Equal(r.ids, want[i]) {
+			t.Errorf("generation %d: %v (%s), want %v", i, r.ids, r.finish, want[i])
+		}
+	}
+}
+
+// TestReadyWaitsForTheModel starts a worker before its model is imported: /health answers at once,
+// /ready and /v1 answer 503 until the import, then it serves.
+func TestReadyWaitsForTheModel(t *testing.T) {
+	lc := startCluster(t)
+	w := startWorker(t, lc, "later", worker.ModeOnDemand, 64<<20, false)
+	get := func(path string) int {
+		resp, err := http.Get("http://" + w.HTTPAddr() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if get("/health") != 200 || get("/ready") != 503 || get("/v1/models") != 503 {
+		t.Fatalf("before import: health %d, ready %d, models %d", get("/health"), get("/ready"), get("/v1/models"))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := coordinator.Import(ctx, lc.Placement(), coordinator.ImportOptions{Dir: fixture("mixtral-tiny"), Name: "later"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if get("/ready") != 200 || get("/v1/models") != 200 {
+		t.Fatalf("after import: ready %d, models %d", get("/ready"), get("/v1/models"))
+	}
+	for {
+		st, err := coordinator.ReadStatus(ctx, lc.Etcd(), lc.Placement(), 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Workers) == 1 && st.Workers[0].Model == "later" && st.Workers[0].HTTPAddr == w.HTTPAddr() {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("status workers %+v", st.Workers)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

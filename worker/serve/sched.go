@@ -1,0 +1,309 @@
+package serve
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pregate/pregate/engine"
+)
+
+// call is one caller's sequences (an HTTP request's prompts) and the mailbox the scheduler posts
+// their events to. The mailbox grows as needed, so posting never blocks the scheduler.
+type call struct {
+	ctx  context.Context
+	seqs []*sequence
+
+	mu    sync.Mutex
+	box   []event
+	ready chan struct{} // cap 1: box is not empty
+}
+
+// event is a token of one of the call's sequences, or its end.
+type event struct {
+	index  int    // the sequence's position in the call
+	token  int    // when finish is "" and err is nil
+	finish string // "stop" | "length": the sequence ended well (its last event)
+	err    error  // the sequence failed (its last event)
+}
+
+func (c *call) post(ev event) {
+	c.mu.Lock()
+	c.box = append(c.box, ev)
+	c.mu.Unlock()
+	select {
+	case c.ready <- struct{}{}:
+	default:
+	}
+}
+
+// next waits for events and returns them in order, reusing buf; or returns ctx's error.
+func (c *call) next(buf []event) ([]event, error) {
+	for {
+		c.mu.Lock()
+		if len(c.box) > 0 {
+			evs := c.box
+			c.box = buf[:0]
+			c.mu.Unlock()
+			return evs, nil
+		}
+		c.mu.Unlock()
+		select {
+		case <-c.ready:
+		case <-c.ctx.Done():
+			return nil, c.ctx.Err()
+		}
+	}
+}
+
+// sequence is one prompt's generation. The scheduler goroutine owns everything but call and index.
+type sequence struct {
+	call    *call
+	index   int
+	req     Request
+	sampler sampler
+	seq     *engine.Sequence
+	n       int       // tokens generated
+	queued  time.Time // when it was submitted
+	last    time.Time // when its last token was posted
+}
+
+func (q *sequence) end(finish string, err error) {
+	q.call.post(event{index: q.index, finish: finish, err: err})
+}
+
+// submit checks reqs and queues them, all or none, as one call.
+func (s *Server) submit(ctx context.Context, reqs []Request) (*call, error) {
+	if len(reqs) > s.cfg.MaxWaiting {
+		return nil, badRequest("prompt", "%d prompts, more than the %d the server queues", len(reqs), s.cfg.MaxWaiting)
+	}
+	for _, req := range reqs {
+		if err := s.check(req); err != nil {
+			return nil, err
+		}
+	}
+	c := &call{ctx: ctx, seqs: make([]*sequence, len(reqs)), ready: make(chan struct{}, 1)}
+	now := time.Now()
+	for i, req := range reqs {
+		req.Prompt = slices.Clone(req.Prompt)
+		c.seqs[i] = &sequence{call: c, index: i, req: req, sampler: newSampler(req), queued: now}
+	}
+	s.mu.Lock()
+	switch {
+	case s.closed:
+		s.mu.Unlock()
+		return nil, ErrClosed
+	case len(s.waiting)+len(reqs) > s.cfg.MaxWaiting:
+		s.mu.Unlock()
+		return nil, ErrOverloaded
+	}
+	s.waiting = append(s.waiting, c.seqs...)
+	s.metrics.waiting.Set(float64(len(s.waiting)))
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+	return c, nil
+}
+
+// withdraw takes c's sequences still waiting out of the queue: its caller has stopped listening.
+// Running ones go at the next step boundary, when the scheduler sees c.ctx done.
+func (s *Server) withdraw(c *call) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := len(s.waiting)
+	s.waiting = slices.DeleteFunc(s.waiting, func(q *sequence) bool { return q.call == c })
+	if len(s.waiting) != n {
+		s.metrics.waiting.Set(float64(len(s.waiting)))
+	}
+}
+
+// schedule is the scheduler goroutine: the only one that calls the model.
+func (s *Server) schedule() {
+	var running []*sequence
+	defer func() {
+		s.mu.Lock()
+		waiting := s.waiting
+		s.waiting = nil
+		s.mu.Unlock()
+		for _, q := range append(running, waiting...) {
+			q.end("", ErrClosed)
+		}
+		s.metrics.running.Set(0)
+		s.metrics.waiting.Set(0)
+	}()
+	for {
+		running = dropCancelled(running)
+		s.metrics.running.Set(float64(len(running)))
+		admitted, ok := s.admit(s.cfg.MaxRunning-len(running), len(running) == 0)
+		if !ok {
+			return
+		}
+		if len(admitted) > 0 {
+			running = append(running, s.start(admitted)...)
+			s.metrics.running.Set(float64(len(running)))
+		}
+		if len(running) > 0 {
+			running = s.step(running)
+		}
+	}
+}
+
+// dropCancelled ends the sequences whose callers have gone.
+func dropCancelled(running []*sequence) []*sequence {
+	return slices.DeleteFunc(running, func(q *sequence) bool {
+		if err := q.call.ctx.Err(); err != nil {
+			q.end("", err)
+			return true
+		}
+		return false
+	})
+}
+
+// admit takes up to n waiting sequences, oldest first, skipping cancelled ones. With block it waits
+// for at least one. It returns false once the server is closed.
+func (s *Server) admit(n int, block bool) ([]*sequence, bool) {
+	for {
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			return nil, false
+		}
+		var admitted []*sequence
+		taken := 0
+		for _, q := range s.waiting {
+			if len(admitted) == n {
+				break
+			}
+			taken++
+			if err := q.call.ctx.Err(); err != nil {
+				q.end("", err)
+				continue
+			}
+			admitted = append(admitted, q)
+		}
+		if taken > 0 {
+			s.waiting = slices.Delete(s.waiting, 0, taken)
+			s.metrics.waiting.Set(float64(len(s.waiting)))
+		}
+		s.mu.Unlock()
+		if len(admitted) > 0 || !block {
+			return admitted, true
+		}
+		select {
+		case <-s.wake:
+		case <-s.ctx.Done():
+		}
+	}
+}
+
+// start makes the admitted sequences' engine sequences in one Start; on an error they all fail.
+func (s *Server) start(admitted []*sequence) []*sequence {
+	prompts := make([][]int, len(admitted))
+	for i, q := range admitted {
+		prompts[i] = q.req.Prompt
+	}
+	ctx, release := s.batchContext(admitted)
+	seqs, err := s.cfg.Model.Start(ctx, prompts)
+	release()
+	if err != nil {
+		s.fail(admitted, "start", err)
+		return nil
+	}
+	for i, q := range admitted {
+		q.seq = seqs[i]
+		s.metrics.promptTokens.Add(float64(len(q.req.Prompt)))
+	}
+	return admitted
+}
+
+// step runs one Step of every running sequence, samples and posts a token for each, and returns
+// those still generating.
+func (s *Server) step(running []*sequence) []*sequence {
+	batch := make([]*engine.Sequence, len(running))
+	for i, q := range running {
+		batch[i] = q.seq
+	}
+	ctx, release := s.batchContext(running)
+	logits, err := s.cfg.Model.Step(ctx, batch, false)
+	release()
+	if err != nil {
+		s.fail(running, "step", err)
+		return nil
+	}
+	now := time.Now()
+	next := running[:0]
+	for i, q := range running {
+		tok := q.sampler.sample(logits[i], &s.scratch)
+		q.n++
+		if q.n == 1 {
+			s.metrics.ttft.Observe(now.Sub(q.queued).Seconds())
+		} else {
+			s.metrics.itl.Observe(now.Sub(q.last).Seconds())
+		}
+		q.last = now
+		s.metrics.generatedTokens.Inc()
+		q.call.post(event{index: q.index, token: tok})
+		finish := ""
+		switch {
+		case !q.req.IgnoreEOS && slices.Contains(s.info.EOS, tok):
+			finish = "stop"
+		case q.n >= q.req.MaxTokens:
+			finish = "length"
+		}
+		if finish != "" {
+			s.metrics.duration.Observe(now.Sub(q.queued).Seconds())
+			q.end(finish, nil)
+			continue
+		}
+		q.seq.Pending = append(q.seq.Pending[:0], tok)
+		next = append(next, q)
+	}
+	clear(running[len(next):])
+	return next
+}
+
+// fail ends every sequence of a batch whose Start or Step failed: with its caller's error if it
+// went, ErrClosed if the server is closing, else the engine's error (logged here, once).
+func (s *Server) fail(batch []*sequence, op string, err error) {
+	logged := false
+	for _, q := range batch {
+		qerr := err
+		switch {
+		case q.call.ctx.Err() != nil:
+			qerr = q.call.ctx.Err()
+		case s.ctx.Err() != nil:
+			qerr = ErrClosed
+		case !logged:
+			s.log.Error(op+" failed", "sequences", len(batch), "err", err)
+			logged = true
+		}
+		q.end("", qerr)
+	}
+}
+
+// batchContext returns the context for a Start or Step of batch: cancelled when the server closes
+// and when every sequence's caller has gone, so that fetches nobody waits for stop. release stops
+// watching the callers.
+func (s *Server) batchContext(batch []*sequence) (ctx context.Context, release func()) {
+	ctx, cancel := context.WithCancel(s.ctx)
+	var live atomic.Int64
+	live.Store(int64(len(batch)))
+	stops := make([]func() bool, len(batch))
+	for i, q := range batch {
+		stops[i] = context.AfterFunc(q.call.ctx, func() {
+			if live.Add(-1) == 0 {
+				cancel()
+			}
+		})
+	}
+	return ctx, func() {
+		for _, stop := range stops {
+			stop()
+		}
+		cancel()
+	}
+}

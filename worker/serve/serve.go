@@ -1,0 +1,261 @@
+// Package serve is the worker's front door: an OpenAI-compatible HTTP API over a
+// continuous-batching scheduler that owns one engine.Model.
+//
+//	POST /v1/completions ──▶ parse and check (400, 404, 413) ──▶ submit: one sequence per prompt
+//	    into the bounded waiting queue (429 with Retry-After when it is full)
+//	scheduler goroutine, in a loop: admit waiting sequences up to MaxRunning (one Model.Start for
+//	    all of them) ──▶ one Model.Step of every running sequence ──▶ sample a token for each
+//	    ──▶ post it to its caller ──▶ drop the finished and the cancelled
+//	caller: tokens ──▶ one JSON completion, or server-sent events ending in data: [DONE]
+//
+// The engine is not safe for concurrent use, so only the scheduler goroutine calls it. Callers never
+// block the scheduler: each has a mailbox the scheduler appends to. A Step's context is cancelled
+// when every request in its batch has gone (so the expert fetches they wait on stop) and when the
+// server closes. Generate is the same path without HTTP, for tests and benchmarks.
+//
+// There is no tokenizer: prompts are token ids, completions come back as token ids
+// (return_token_ids) and "text" is empty. As in OpenAI's API, temperature defaults to 1 over HTTP;
+// send temperature 0 for greedy decoding, which matches engine.Generate token for token.
+package serve
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pregate/pregate/engine"
+)
+
+// Errors returned by Generate (and mapped to HTTP statuses by the handler).
+var (
+	// ErrBadRequest wraps every parameter error (HTTP 400).
+	ErrBadRequest = errors.New("serve: bad request")
+	// ErrOverloaded is returned when the waiting queue is full (HTTP 429 with Retry-After).
+	ErrOverloaded = errors.New("serve: too many requests waiting")
+	// ErrClosed is returned once the server is closing (HTTP 503).
+	ErrClosed = errors.New("serve: server closed")
+)
+
+// Config configures a Server.
+type Config struct {
+	// ModelName is the id GET /v1/models lists and the "model" a request must name (a request
+	// without one is accepted).
+	ModelName string
+	// Model decodes. The server calls it from its scheduler goroutine only and does not close it.
+	Model engine.Model
+	// MaxRunning bounds the sequences decoded together in one Step.
+	MaxRunning int
+	// MaxWaiting bounds the sequences submitted but not yet running; beyond it requests get
+	// ErrOverloaded (429 with Retry-After).
+	MaxWaiting int
+	// MaxBodyBytes bounds a request body (413 beyond).
+	MaxBodyBytes int64
+	// MaxTokens bounds max_tokens (a request asking for more gets 400). A request without
+	// max_tokens gets 16, OpenAI's default, or MaxTokens if that is smaller.
+	MaxTokens int
+	// MaxModelLen, when positive, bounds prompt plus max_tokens of one sequence (400 beyond): set it
+	// to the model's positions (Mixtral's max_position_embeddings), since a Step that overflows
+	// them fails its whole batch. 0 checks nothing.
+	MaxModelLen int
+	// Ready reports whether the worker can serve (dense weights loaded, placement synced): /ready
+	// answers 503 with its error text while it returns an error. Nil: always ready.
+	Ready func() error
+	// Registry receives the server's metrics and is served whole at /metrics, so metrics other
+	// components register there (per MoE block stalls, fetches, cache and prediction hits) appear
+	// too. Nil: a new registry with the Go and process collectors.
+	Registry *prometheus.Registry
+	// Logger receives the server's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the defaults; ModelName and Model must still be set.
+func DefaultConfig() Config {
+	return Config{
+		MaxRunning:   64,      // sequences per Step
+		MaxWaiting:   256,     // queued sequences before 429
+		MaxBodyBytes: 1 << 20, // 1 MiB of JSON
+		MaxTokens:    4096,    // per sequence
+	}
+}
+
+// Validate reports a configuration the server cannot run with.
+func (c Config) Validate() error {
+	switch {
+	case c.ModelName == "":
+		return errors.New("serve: config: empty model name")
+	case c.Model == nil:
+		return errors.New("serve: config: no model")
+	case c.MaxRunning < 1 || c.MaxWaiting < 1:
+		return fmt.Errorf("serve: config: max running %d, max waiting %d, want ≥ 1", c.MaxRunning, c.MaxWaiting)
+	case c.MaxBodyBytes < 1 || c.MaxTokens < 1 || c.MaxModelLen < 0:
+		return fmt.Errorf("serve: config: max body bytes %d, max tokens %d, max model len %d",
+			c.MaxBodyBytes, c.MaxTokens, c.MaxModelLen)
+	}
+	return nil
+}
+
+// Request is one sequence to generate.
+type Request struct {
+	// Prompt is the token ids to continue (the encoder input of an encoder-decoder model).
+	Prompt []int
+	// MaxTokens bounds the tokens generated (≥ 1).
+	MaxTokens int
+	// Temperature 0 decodes greedily; above 0 tokens are sampled from softmax(logits/Temperature).
+	Temperature float64
+	// TopP keeps the smallest set of most likely tokens whose probability reaches it (nucleus
+	// sampling); 0 means 1, all tokens.
+	TopP float64
+	// Seed makes sampling reproducible; nil seeds at random.
+	Seed *int64
+	// IgnoreEOS generates past end-of-sequence tokens, up to MaxTokens.
+	IgnoreEOS bool
+}
+
+// Server serves one model: the scheduler that decodes with it and the HTTP API over that.
+type Server struct {
+	cfg     Config
+	info    engine.Info
+	log     *slog.Logger
+	reg     *prometheus.Registry
+	metrics *metrics
+	created int64   // unix seconds, for /v1/models
+	scratch scratch // the scheduler's
+
+	mu      sync.Mutex
+	waiting []*sequence // FIFO
+	closed  bool
+	wake    chan struct{} // cap 1: something was submitted
+
+	ctx    context.Context // cancelled by Close: stops the scheduler and any Step in flight
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	once   sync.Once
+}
+
+// New checks cfg, registers the metrics and starts the scheduler goroutine.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	info := cfg.Model.Info()
+	if info.VocabSize < 1 {
+		return nil, fmt.Errorf("serve: model has vocabulary size %d", info.VocabSize)
+	}
+	reg := cfg.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+		reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, info: info, log: cfg.Logger, reg: reg, metrics: m, created: time.Now().Unix(),
+		wake: make(chan struct{}, 1)}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	s.log = s.log.With("component", "serve", "model", cfg.ModelName)
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.goFunc(s.schedule)
+	return s, nil
+}
+
+func (s *Server) goFunc(f func()) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f()
+	}()
+}
+
+// Close stops the scheduler: running and waiting requests fail with ErrClosed, later ones get it
+// at once. It waits for the scheduler to exit (so the model is no longer in use) and unregisters
+// the server's metrics. It does not close the model. Close is idempotent.
+func (s *Server) Close() error {
+	s.once.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		s.cancel()
+		s.wg.Wait()
+		s.metrics.unregister(s.reg)
+	})
+	return nil
+}
+
+// Generate decodes one prompt, calling emit (if not nil) with each token in order on the caller's
+// goroutine, and returns why generation stopped: "stop" (an EOS token, included) or "length"
+// (MaxTokens). It returns an error wrapping ErrBadRequest for bad parameters, ErrOverloaded when
+// the waiting queue is full, ErrClosed when the server closes, the engine's error when a Step
+// fails, or ctx's error: cancelling ctx removes the sequence at the next step boundary.
+func (s *Server) Generate(ctx context.Context, req Request, emit func(token int)) (finish string, err error) {
+	c, err := s.submit(ctx, []Request{req})
+	if err != nil {
+		return "", err
+	}
+	defer s.withdraw(c)
+	var evs []event
+	for finish == "" {
+		if evs, err = c.next(evs); err != nil {
+			return "", err
+		}
+		for _, ev := range evs {
+			switch {
+			case ev.err != nil:
+				return "", ev.err
+			case ev.finish != "":
+				finish = ev.finish
+			case emit != nil:
+				emit(ev.token)
+			}
+		}
+	}
+	return finish, nil
+}
+
+// requestError is a bad parameter: its message and param go to the client as they are.
+type requestError struct {
+	param, msg string
+}
+
+func badRequest(param, format string, args ...any) error {
+	return &requestError{param: param, msg: fmt.Sprintf(format, args...)}
+}
+
+func (e *requestError) Error() string { return "serve: bad request: " + e.msg }
+func (e *requestError) Unwrap() error { return ErrBadRequest }
+
+// check reports what is wrong with req, before it is queued.
+func (s *Server) check(req Request) error {
+	if len(req.Prompt) == 0 {
+		return badRequest("prompt", "prompt is empty")
+	}
+	for i, id := range req.Prompt {
+		if id < 0 || id >= s.info.VocabSize {
+			return badRequest("prompt", "token id %d at position %d is out of range [0, %d)", id, i, s.info.VocabSize)
+		}
+	}
+	switch {
+	case req.MaxTokens < 1:
+		return badRequest("max_tokens", "max_tokens is %d, want at least 1", req.MaxTokens)
+	case req.MaxTokens > s.cfg.MaxTokens:
+		return badRequest("max_tokens", "max_tokens is %d, more than the server's limit of %d", req.MaxTokens, s.cfg.MaxTokens)
+	case s.cfg.MaxModelLen > 0 && len(req.Prompt)+req.MaxTokens > s.cfg.MaxModelLen:
+		return badRequest("max_tokens", "this model's maximum context length is %d tokens; %d were requested (%d in the prompt, %d in the completion)",
+			s.cfg.MaxModelLen, len(req.Prompt)+req.MaxTokens, len(req.Prompt), req.MaxTokens)
+	case !(req.Temperature >= 0) || req.Temperature > maxTemperature:
+		return badRequest("temperature", "temperature is %v, want 0 ≤ temperature ≤ %v", req.Temperature, maxTemperature)
+	case !(req.TopP >= 0 && req.TopP <= 1):
+		return badRequest("top_p", "top_p is %v, want 0 < top_p ≤ 1", req.TopP)
+	}
+	return nil
+}
+
+// maxTemperature bounds temperature (finite; far beyond any useful value).
+const maxTemperature = 1e6

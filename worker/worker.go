@@ -1,0 +1,419 @@
+// Package worker serves a model from the cluster: it downloads the model's dense weights from the
+// stores, runs them with the engine on its device, and streams each MoE block's experts from the
+// stores into a byte-bounded device cache while it computes, ahead of use as its mode allows.
+//
+//	HTTP (serve) ──▶ scheduler ──▶ engine Step ──▶ Pipeline (engine.Experts)
+//	                                                 │ Predict / Hint: choose replicas (routing.Snapshot)
+//	                                                 ▼
+//	                     client.Fetch ──▶ staging buffer ──▶ Device copy stream ──▶ Cache ──▶ Acquire
+//	etcd: manifest, placements (watched), store records; gossip: role worker
+//
+// Read device.go (the CUDA-shaped seam), cache.go (budget, pins, eviction), pipeline.go (the modes),
+// cluster.go (placement view, dense download), then this file (wiring and HTTP).
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+	"go.uber.org/zap"
+
+	"github.com/pregate/pregate/compute"
+	"github.com/pregate/pregate/engine"
+	"github.com/pregate/pregate/expertstore/client"
+	"github.com/pregate/pregate/internal/membership"
+	"github.com/pregate/pregate/internal/placement"
+	"github.com/pregate/pregate/model"
+	"github.com/pregate/pregate/worker/serve"
+)
+
+// Config configures a worker.
+type Config struct {
+	Name          string
+	Cluster       string   // etcd prefix /pregate/<cluster>/; "" is "default"
+	EtcdEndpoints []string // required
+	Model         string   // the model's name in the cluster
+	Mode          Mode
+	Device        string // "cpu" (the only device of a build without the cuda tag)
+	// ExpertCache is the device memory for experts, in bytes.
+	ExpertCache int64
+	// Staging is the number of pinned staging buffers (fetches in flight).
+	Staging int
+	// HTTPAddr serves the OpenAI API, /health, /ready and /metrics.
+	HTTPAddr string
+	// DataDir holds the dense weights downloaded from the stores (reused across restarts).
+	DataDir string
+	// Threads bounds the compute threads (0: all cores).
+	Threads int
+	// MaxRunning and MaxWaiting bound the scheduler (sequences batched together, requests queued).
+	MaxRunning, MaxWaiting int
+	// FetchAttemptTimeout bounds one replica's attempt at a fetch before the next replica is tried.
+	FetchAttemptTimeout time.Duration
+	// Gossip, when set, joins the cluster's memberlist as a worker.
+	Gossip *membership.Config
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the defaults of `pregate worker`.
+func DefaultConfig() Config {
+	h, _ := os.Hostname()
+	return Config{Name: h, Mode: ModeSpeculative, Device: "cpu", ExpertCache: 4 << 30, Staging: 4, HTTPAddr: "0.0.0.0:8000",
+		DataDir: "pregate-worker", MaxRunning: 64, MaxWaiting: 256, FetchAttemptTimeout: 5 * time.Second}
+}
+
+// Validate reports a configuration the worker cannot run with.
+func (c Config) Validate() error {
+	if _, err := ParseMode(string(c.Mode)); err != nil {
+		return err
+	}
+	switch {
+	case c.Name == "":
+		return errors.New("worker: config: empty name")
+	case len(c.EtcdEndpoints) == 0:
+		return errors.New("worker: config: no etcd endpoints")
+	case c.Model == "":
+		return errors.New("worker: config: no model")
+	case c.Device != "cpu":
+		return fmt.Errorf("worker: config: device %q: this build has only the cpu device (build with -tags cuda for GPUs)", c.Device)
+	case c.ExpertCache <= 0 || c.DataDir == "":
+		return fmt.Errorf("worker: config: expert cache %d bytes, data dir %q", c.ExpertCache, c.DataDir)
+	}
+	return nil
+}
+
+// Worker is a running worker.
+type Worker struct {
+	cfg     Config
+	log     *slog.Logger
+	cli     *clientv3.Client
+	ps      *placement.Store
+	member  *membership.Member
+	lis     net.Listener
+	http    *http.Server
+	reg     *prometheus.Registry
+	dev     Device
+	fetcher *client.Client
+	view    *clusterView
+
+	// Set once loaded.
+	loaded   atomic.Bool
+	loadErr  atomic.Pointer[error]
+	loadDone chan struct{}
+	mu       sync.Mutex
+	pipe     *Pipeline
+	model    engine.Model
+	cpu      *compute.CPU
+	ckpt     *model.Checkpoint
+	srv      atomic.Pointer[serve.Server]
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	once   sync.Once
+}
+
+// New starts a worker: etcd, gossip, HTTP (answering /health at once and /ready once loaded), and
+// the load of the model in the background (WaitReady waits for it).
+func New(cfg Config) (w *Worker, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	w = &Worker{cfg: cfg, log: cfg.Logger, reg: prometheus.NewRegistry(), loadDone: make(chan struct{})}
+	if w.log == nil {
+		w.log = slog.New(slog.DiscardHandler)
+	}
+	w.log = w.log.With("component", "worker", "node", cfg.Name)
+	defer func() {
+		if err != nil {
+			w.closeAll()
+		}
+	}()
+	w.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if w.cli, err = clientv3.New(clientv3.Config{Endpoints: cfg.EtcdEndpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}); err != nil {
+		return nil, fmt.Errorf("worker: etcd: %w", err)
+	}
+	w.ps = placement.New(w.cli, cfg.Cluster)
+	if w.lis, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+		return nil, fmt.Errorf("worker: http: %w", err)
+	}
+	if cfg.Gossip != nil {
+		g := *cfg.Gossip
+		g.NodeName = cfg.Name
+		g.Meta = membership.Meta{Role: membership.RoleWorker, HTTPAddr: w.HTTPAddr()}
+		if g.Logger == nil {
+			g.Logger = cfg.Logger
+		}
+		if w.member, err = membership.New(g); err != nil {
+			return nil, err
+		}
+	}
+	w.dev = NewCPU()
+	ccfg := client.DefaultConfig()
+	ccfg.AttemptTimeout = cfg.FetchAttemptTimeout
+	ccfg.Logger = w.log
+	w.fetcher = client.New(ccfg)
+	w.view = &clusterView{ps: w.ps, model: cfg.Model, log: w.log}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	w.cancel = cancel
+	w.http = &http.Server{Handler: w.handler(), ReadHeaderTimeout: 10 * time.Second}
+	w.goFunc(func() {
+		if err := w.http.Serve(w.lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			w.log.Error("http", "err", err)
+		}
+	})
+	w.goFunc(func() { w.view.run(ctx, time.Second) })
+	w.goFunc(func() {
+		defer close(w.loadDone)
+		if err := w.load(ctx); err != nil {
+			if ctx.Err() == nil {
+				w.log.Error("loading the model failed", "model", cfg.Model, "err", err)
+			}
+			w.loadErr.Store(&err)
+			return
+		}
+		w.loaded.Store(true)
+		w.log.Info("ready", "model", cfg.Model, "mode", cfg.Mode, "http", w.HTTPAddr())
+	})
+	w.goFunc(func() { w.register(ctx) })
+	return w, nil
+}
+
+func (w *Worker) goFunc(f func()) {
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		f()
+	}()
+}
+
+// load waits for the manifest and the placement view, downloads the dense weights, loads the
+// engine and starts the pipeline and the HTTP API.
+func (w *Worker) load(ctx context.Context) error {
+	man, manRev, err := waitManifest(ctx, w.cli, w.ps, w.cfg.Model, w.log)
+	if err != nil {
+		return err
+	}
+	// The view must have caught up with the publication (its placements came in the same Txn).
+	for !w.view.synced.Load() || w.view.snap.Load().Epoch() < manRev {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	seed := rand.Uint64()
+	dir := filepath.Join(w.cfg.DataDir, "models", man.Name)
+	if err := materializeDense(ctx, dir, man, w.view, w.fetcher, seed); err != nil {
+		return err
+	}
+	ckpt, err := model.OpenCheckpoint(dir)
+	if err != nil {
+		return err
+	}
+	layout, numExperts := LayoutOf(ckpt.Config())
+	pipe, err := NewPipeline(ctx, PipelineConfig{Mode: w.cfg.Mode, Device: w.dev, Fetcher: newClusterFetcher(w.view, w.fetcher, man, seed),
+		Layout: layout, NumExperts: numExperts, CacheBudget: w.cfg.ExpertCache, Staging: w.cfg.Staging, Registry: w.reg, Logger: w.log})
+	if err != nil {
+		ckpt.Close()
+		return err
+	}
+	cpu := compute.NewCPU(w.cfg.Threads)
+	m, err := engine.Load(ckpt, cpu, engine.Options{Experts: pipe, Speculate: w.cfg.Mode == ModeSpeculative})
+	if err == nil {
+		err = CheckMode(w.cfg.Mode, m.Info().PreGated)
+	}
+	if err != nil {
+		pipe.Close()
+		cpu.Close()
+		ckpt.Close()
+		return err
+	}
+	wrapped := WrapModel(m, pipe)
+	sc := serve.DefaultConfig()
+	sc.ModelName, sc.Model, sc.Registry, sc.Logger = man.Name, wrapped, w.reg, w.log
+	sc.MaxRunning, sc.MaxWaiting = w.cfg.MaxRunning, w.cfg.MaxWaiting
+	sc.Ready = w.readyErr
+	if mc := ckpt.Config().Mixtral; mc != nil {
+		sc.MaxModelLen = mc.MaxPositionEmbeddings
+	}
+	srv, err := serve.New(sc)
+	if err != nil {
+		pipe.Close()
+		cpu.Close()
+		ckpt.Close()
+		return err
+	}
+	w.mu.Lock()
+	w.pipe, w.model, w.cpu, w.ckpt = pipe, wrapped, cpu, ckpt
+	w.mu.Unlock()
+	w.srv.Store(srv)
+	return nil
+}
+
+// register keeps the worker's record in etcd under a lease while it runs.
+func (w *Worker) register(ctx context.Context) {
+	for ctx.Err() == nil {
+		sess, err := concurrency.NewSession(w.cli, concurrency.WithTTL(10), concurrency.WithContext(ctx))
+		if err != nil {
+			sleep(ctx, time.Second)
+			continue
+		}
+		for ctx.Err() == nil {
+			rec := placement.WorkerRecord{Name: w.cfg.Name, HTTPAddr: w.HTTPAddr(), Model: w.cfg.Model, Mode: string(w.cfg.Mode), Updated: time.Now().UTC()}
+			if err := w.ps.PutWorker(ctx, rec, sess.Lease()); err != nil && ctx.Err() == nil {
+				w.log.Warn("worker record", "err", err)
+			}
+			select {
+			case <-ctx.Done():
+			case <-sess.Done():
+			case <-time.After(5 * time.Second):
+				continue
+			}
+			break
+		}
+		sess.Close()
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// readyErr is nil once the model is loaded and placement is synced.
+func (w *Worker) readyErr() error {
+	if p := w.loadErr.Load(); p != nil {
+		return fmt.Errorf("loading model %q failed: %w", w.cfg.Model, *p)
+	}
+	switch {
+	case !w.view.synced.Load():
+		return errors.New("placement not synced yet")
+	case !w.loaded.Load():
+		return fmt.Errorf("loading model %q", w.cfg.Model)
+	}
+	return nil
+}
+
+// WaitReady waits until the worker serves, or its load failed, or ctx ends.
+func (w *Worker) WaitReady(ctx context.Context) error {
+	select {
+	case <-w.loadDone:
+		return w.readyErr()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (w *Worker) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /health", func(rw http.ResponseWriter, _ *http.Request) { rw.Write([]byte("ok\n")) }) //nolint:errcheck
+	mux.HandleFunc("GET /ready", func(rw http.ResponseWriter, _ *http.Request) {
+		if err := w.readyErr(); err != nil {
+			http.Error(rw, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		rw.Write([]byte("ready\n")) //nolint:errcheck
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(w.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/v1/", func(rw http.ResponseWriter, r *http.Request) {
+		srv := w.srv.Load()
+		if srv == nil {
+			rw.Header().Set("Retry-After", "1")
+			msg := `{"error":{"message":"the model is loading","type":"server_error","param":null,"code":"model_loading"}}`
+			if err := w.readyErr(); err != nil {
+				msg = fmt.Sprintf(`{"error":{"message":%q,"type":"server_error","param":null,"code":"model_loading"}}`, err.Error())
+			}
+			rw.Header().Set("Content-Type", "application/json")
+			rw.WriteHeader(http.StatusServiceUnavailable)
+			rw.Write([]byte(msg)) //nolint:errcheck
+			return
+		}
+		srv.Handler().ServeHTTP(rw, r)
+	})
+	return mux
+}
+
+// HTTPAddr returns the address the HTTP API listens on.
+func (w *Worker) HTTPAddr() string { return w.lis.Addr().String() }
+
+// Pipeline returns the expert pipeline (nil until loaded).
+func (w *Worker) Pipeline() *Pipeline {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.pipe
+}
+
+// Server returns the HTTP API's server (nil until loaded).
+func (w *Worker) Server() *serve.Server { return w.srv.Load() }
+
+// Close stops the worker: HTTP, scheduler, fetches, gossip, etcd.
+func (w *Worker) Close() error {
+	w.once.Do(w.closeAll)
+	return nil
+}
+
+func (w *Worker) closeAll() {
+	// Stop loading, then the scheduler (which fails the requests in flight, so their handlers
+	// return), then HTTP, then everything under them.
+	if w.cancel != nil {
+		w.cancel()
+		<-w.loadDone
+	}
+	if srv := w.srv.Load(); srv != nil {
+		srv.Close()
+	}
+	if w.http != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if w.http.Shutdown(ctx) != nil {
+			w.http.Close()
+		}
+		cancel()
+	} else if w.lis != nil {
+		w.lis.Close()
+	}
+	w.wg.Wait()
+	w.mu.Lock()
+	if w.pipe != nil {
+		w.pipe.Close()
+	}
+	if w.model != nil {
+		w.model.Close()
+	}
+	if w.cpu != nil {
+		w.cpu.Close()
+	}
+	if w.ckpt != nil {
+		w.ckpt.Close()
+	}
+	w.mu.Unlock()
+	if w.dev != nil {
+		w.dev.Close()
+	}
+	if w.fetcher != nil {
+		w.fetcher.Close()
+	}
+	if w.member != nil {
+		w.member.Leave(time.Second) //nolint:errcheck // best effort
+		w.member.Close()
+	}
+	if w.cli != nil {
+		w.cli.Close()
+	}
+}
