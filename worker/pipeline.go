@@ -118,8 +118,8 @@ type Pipeline struct {
 
 	mu        sync.Mutex
 	wanted    map[ExpertKey]*want // experts a block will use (or was predicted to use)
-	predicted map[int][]int             // block → predicted experts, until the block's own Hint
-	resident  []*cacheEntry             // resident mode: pinned for good
+	predicted map[int][]int       // block → predicted experts, until the block's own Hint
+	resident  []*cacheEntry       // resident mode: pinned for good
 
 	stats   []blockStats
 	metrics *pipelineMetrics
