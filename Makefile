@@ -8,13 +8,18 @@ PROTOC_GEN_GO_VERSION      ?= v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION ?= v1.6.2
 TOOLS := $(CURDIR)/bin/tools
 
-.PHONY: build demo proto test test-short test-race bench bench-decode lint verify deps clean
+.PHONY: build demo demo-generate proto test test-short test-race bench bench-decode lint verify deps clean
 
 build: deps
 	$(GO) build -o $(BIN) ./cmd/pregate
 
-# The main job for now: greedy decoding of the Switch fixture and of a synthetic Mixtral on the CPU.
+# The main job: a whole cluster in one process (embedded etcd, coordinator, 3 stores, a worker in
+# speculative mode) serving a synthesised model on http://127.0.0.1:8000 until Ctrl-C.
 demo: build
+	$(BIN) up --demo --data-dir /tmp/pregate-up
+
+# Greedy decoding of the Switch fixture and of a synthetic Mixtral straight from local checkpoints.
+demo-generate: build
 	$(BIN) generate --model testdata/switch-tiny --prompt-ids "335 150 293 221 369 468 288 197 334 123 40 241" --max-new-tokens 10 -o json
 	$(BIN) synth --arch mixtral --preset mixtral-8x7b --layers 2 --d-model 256 --d-ff 512 --out /tmp/pregate-demo-mixtral
 	$(BIN) generate --model /tmp/pregate-demo-mixtral --prompt-ids "1 95 138 5" --max-new-tokens 16 --ignore-eos

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -36,17 +37,30 @@ type clusterFlags struct {
 	endpoints   string
 	coordinator string
 	cluster     string
+	file        string
 }
 
 func (c *clusterFlags) register(f *pflag.FlagSet) {
 	f.StringVar(&c.endpoints, "etcd-endpoints", "", "comma-separated etcd client URLs (env PREGATE_ETCD_ENDPOINTS)")
 	f.StringVar(&c.coordinator, "coordinator", "", "a coordinator's HTTP address, asked for the etcd endpoints (env PREGATE_COORDINATOR)")
 	f.StringVar(&c.cluster, "cluster", "default", "cluster name (the etcd prefix /pregate/<cluster>/)")
+	f.StringVar(&c.file, "cluster-file", "", "a cluster.json written by `pregate up`, read for the etcd endpoints")
 }
 
 // connect returns an etcd client and the cluster's placement store.
 func (c *clusterFlags) connect(ctx context.Context) (*clientv3.Client, *placement.Store, error) {
 	eps := splitList(c.endpoints)
+	if len(eps) == 0 && c.file != "" {
+		b, err := os.ReadFile(c.file)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--cluster-file: %w", err)
+		}
+		var cf clusterFile
+		if err := json.Unmarshal(b, &cf); err != nil {
+			return nil, nil, fmt.Errorf("--cluster-file %s: %w", c.file, err)
+		}
+		eps = cf.EtcdEndpoints
+	}
 	if len(eps) == 0 && c.coordinator != "" {
 		info, err := fetchClusterInfo(ctx, c.coordinator)
 		if err != nil {

@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -30,6 +31,7 @@ type Server struct {
 	etcd      *embed.Etcd
 	endpoints []string
 	closeOnce sync.Once
+	closing   *atomic.Bool // set by Close: etcd's errors from then on are expected
 }
 
 // Start starts the member and waits until it serves clients. On any failure it stops whatever it
@@ -85,7 +87,8 @@ func start(cfg Config, client, peer *url.URL, logger *slog.Logger) (*Server, err
 		ec.AutoCompactionMode = embed.CompactorModePeriodic
 		ec.AutoCompactionRetention = cfg.CompactionRetention.String()
 	}
-	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(newZapLogger(logger))
+	closing := new(atomic.Bool)
+	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(newZapLogger(logger, closing))
 
 	e, err := embed.StartEtcd(ec)
 	if err != nil { // StartEtcd has closed what it started
@@ -105,7 +108,7 @@ func start(cfg Config, client, peer *url.URL, logger *slog.Logger) (*Server, err
 		e.Close()
 		return nil, fmt.Errorf("%w: not ready after %v", ErrStart, cfg.StartTimeout)
 	}
-	s := &Server{etcd: e}
+	s := &Server{etcd: e, closing: closing}
 	for _, l := range e.Clients {
 		s.endpoints = append(s.endpoints, "http://"+l.Addr().String())
 	}
@@ -146,6 +149,9 @@ func (s *Server) Err() <-chan error { return s.etcd.Err() }
 // Close stops the member and waits until it has stopped (open client requests are given etcd's
 // request timeout to finish). It is safe to call more than once.
 func (s *Server) Close() error {
-	s.closeOnce.Do(s.etcd.Close)
+	s.closeOnce.Do(func() {
+		s.closing.Store(true)
+		s.etcd.Close()
+	})
 	return nil
 }

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestUpDemoServes runs `pregate up --demo` as the README does, waits for cluster.json, and sends
+// the README's request; `pregate status` then sees the cluster and its worker.
+func TestUpDemoServes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a whole cluster and imports a 100 MB model")
+	}
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cmd := newRootCmd()
+	cmd.SetArgs([]string{"up", "--demo", "--data-dir", dir, "--http", "127.0.0.1:0", "--log-level", "error"})
+	var stderr bytes.Buffer
+	cmd.SetErr(&stderr)
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+
+	var cf clusterFile
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		b, err := os.ReadFile(filepath.Join(dir, "cluster.json"))
+		if err == nil && json.Unmarshal(b, &cf) == nil {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("pregate up exited: %v\n%s", err, stderr.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no cluster.json after 60 s\n%s", stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if len(cf.EtcdEndpoints) == 0 || cf.Coordinator == "" || len(cf.Stores) != 3 || cf.WorkerHTTP == "" {
+		t.Fatalf("cluster.json %+v", cf)
+	}
+	body := `{"model":"` + cf.Model + `","prompt":[1,2,3],"max_tokens":8,"temperature":0,"return_token_ids":true}`
+	resp, err := http.Post("http://"+cf.WorkerHTTP+"/v1/completions", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var c struct {
+		Choices []struct {
+			TokenIDs []int `json:"token_ids"`
+		} `json:"choices"`
+	}
+	if resp.StatusCode != 200 || json.Unmarshal(raw, &c) != nil || len(c.Choices) != 1 || len(c.Choices[0].TokenIDs) != 8 {
+		t.Fatalf("completion: %s %s", resp.Status, raw)
+	}
+	out, _, err := runCmd(t, "status", "--cluster-file", filepath.Join(dir, "cluster.json"), "-o", "json")
+	var st map[string]any
+	if err != nil || json.Unmarshal([]byte(out), &st) != nil {
+		t.Fatalf("status: %v\n%s", err, out)
+	}
+	if summaryInt(t, st, "stores_alive") != 3 || summaryInt(t, st, "workers") != 1 || summaryInt(t, st, "models") != 1 {
+		t.Fatalf("status summary %v", st["summary"])
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("pregate up: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("pregate up did not stop on cancel")
+	}
+}
