@@ -403,6 +403,28 @@ func TestImportFixturesIdempotent(t *testing.T) {
 			t.Fatalf("%s: manifest %d blocks, %d experts, %d dense, arch %s", fx, m.Blocks, m.NumExperts(), len(m.Dense), m.Arch)
 		}
 	}
+	// A store that lost a blob (restarted empty, disk replaced): re-importing puts it back.
+	ps := lc.Placement()
+	exp, _, _, err := ps.Placements(ctxFor(t, 5*time.Second), "switch-tiny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost := exp[placement.Key{Block: 0, Expert: 0}]
+	conns := client.NewConns()
+	defer conns.Close()
+	for _, s := range lost.Ready() {
+		api, err := conns.Store(client.Replica{Name: s, GRPCAddr: lc.Store(s).Addr()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := api.Delete(ctxFor(t, 5*time.Second), &storepb.DeleteRequest{Digest: lost.Digest}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	again := importModel(t, lc, filepath.Join("..", "testdata", "switch-tiny"), "switch-tiny")
+	if again.Uploaded != 2 || again.InPlace != again.Blobs-1 || !again.Published {
+		t.Fatalf("re-import after a lost blob: %+v, want 2 uploads of it and the rest in place", again)
+	}
 	st := waitConverged(t, lc, 3)
 	if st.Summary.Models != 2 || lc.Coordinator().BytesCopied() != 0 {
 		t.Fatalf("models %d, coordinator copied %d bytes", st.Summary.Models, lc.Coordinator().BytesCopied())

@@ -68,6 +68,8 @@ type blobPlan struct {
 	old     *placement.Placement
 	rev     int64
 	stores  []string
+	// inPlace: already placed with the same digest, and a ready replica's store has the bytes.
+	inPlace bool
 }
 
 // Import splits the checkpoint in opts.Dir into expert and dense blobs, uploads each to the stores
@@ -161,7 +163,7 @@ func Import(ctx context.Context, ps *placement.Store, opts ImportOptions) (rep I
 		}
 		var changes []placement.Change
 		for _, p := range plans {
-			if p.old != nil && p.old.Digest == p.digest && len(p.old.Ready()) > 0 {
+			if p.inPlace {
 				continue
 			}
 			np := placement.Placement{Digest: p.digest, Size: p.size, Writer: ImportWriter}
@@ -237,7 +239,7 @@ func planImport(ctx context.Context, ps *placement.Store, name string, plans []*
 	var items []routing.Item
 	for _, p := range plans {
 		mine[p.etcdKey] = p
-		p.old, p.rev, p.stores = nil, 0, nil
+		p.old, p.rev, p.stores, p.inPlace = nil, 0, nil, false
 		items = append(items, routing.Item{Key: ItemKey(ps, p.etcdKey), Size: p.size})
 	}
 	models, err := ps.Models(ctx)
@@ -271,6 +273,9 @@ func planImport(ctx context.Context, ps *placement.Store, name string, plans []*
 		for n, pl := range dense {
 			visit(ps.DenseKey(m, n), pl, drevs[n])
 		}
+	}
+	if err := checkInPlace(ctx, plans, recs); err != nil {
+		return nil, 0, err
 	}
 	assign, err := routing.Place(items, targets, r)
 	if err != nil {
@@ -312,7 +317,7 @@ func upload(ctx context.Context, cl *client.Client, ckpt *model.Checkpoint, opts
 		if b.Digest.String() != p.digest {
 			return fmt.Errorf("%w: the checkpoint changed while it was imported (%s)", ErrImport, b.Key)
 		}
-		if p.old != nil && p.old.Digest == p.digest && len(p.old.Ready()) > 0 {
+		if p.inPlace {
 			mu.Lock()
 			rep.InPlace++
 			mu.Unlock()
@@ -350,4 +355,50 @@ func upload(ctx context.Context, cl *client.Client, ckpt *model.Checkpoint, opts
 		return werr
 	}
 	return err
+}
+
+// checkInPlace marks the plans whose blob is already placed with the same digest and held by at
+// least one of its ready replicas' stores (asked with one Has per store): those need no upload. A
+// placement whose stores lost the bytes (a store that came back empty) is uploaded again.
+func checkInPlace(ctx context.Context, plans []*blobPlan, recs []placement.StoreRecord) error {
+	addr := map[string]placement.StoreRecord{}
+	for _, r := range recs {
+		if r.State == placement.StoreAlive || r.State == placement.StoreSuspect {
+			addr[r.Name] = r
+		}
+	}
+	ask := map[string][]*blobPlan{} // store → plans to ask it about
+	for _, p := range plans {
+		if p.old == nil || p.old.Digest != p.digest {
+			continue
+		}
+		for _, s := range p.old.Ready() {
+			if _, ok := addr[s]; ok {
+				ask[s] = append(ask[s], p)
+			}
+		}
+	}
+	conns := client.NewConns()
+	defer conns.Close()
+	for s, ps := range ask {
+		rec := addr[s]
+		api, err := conns.Store(client.Replica{Name: s, GRPCAddr: rec.GRPCAddr, DataAddr: rec.DataAddr})
+		if err != nil {
+			return err
+		}
+		req := &storepb.HasRequest{}
+		for _, p := range ps {
+			req.Digests = append(req.Digests, p.digest)
+		}
+		resp, err := api.Has(ctx, req)
+		if err != nil || len(resp.Present) != len(ps) {
+			continue // an unreachable store vouches for nothing
+		}
+		for i, p := range ps {
+			if resp.Present[i] {
+				p.inPlace = true
+			}
+		}
+	}
+	return nil
 }

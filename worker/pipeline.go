@@ -123,6 +123,12 @@ type Pipeline struct {
 
 	stats   []blockStats
 	metrics *pipelineMetrics
+
+	// Block latency recording (benchmarks): the time from one MoE block's routing to the next's.
+	recording atomic.Bool
+	lastHint  int // block of the latest Hint in this step, -1 at a step's start
+	lastAt    time.Time
+	latencies [][]time.Duration // per block
 }
 
 // blockStats counts one MoE block's events (atomics: read by metrics and benchmarks).
@@ -152,7 +158,8 @@ func NewPipeline(ctx context.Context, cfg PipelineConfig) (*Pipeline, error) {
 		return nil, err
 	}
 	p := &Pipeline{cfg: cfg, log: cfg.Logger, cache: NewCache(cfg.CacheBudget, nil), wanted: map[ExpertKey]*want{},
-		predicted: map[int][]int{}, stats: make([]blockStats, len(cfg.NumExperts))}
+		predicted: map[int][]int{}, stats: make([]blockStats, len(cfg.NumExperts)),
+		lastHint: -1, latencies: make([][]time.Duration, len(cfg.NumExperts))}
 	if p.log == nil {
 		p.log = slog.New(slog.DiscardHandler)
 	}
@@ -311,6 +318,11 @@ func (p *Pipeline) predictLocked(block int, experts []int) {
 
 // Hint implements engine.Experts: block routed and will now use experts.
 func (p *Pipeline) Hint(block int, used []int) {
+	if p.recording.Load() && p.valid(block) {
+		p.mu.Lock()
+		p.markBlock(block)
+		p.mu.Unlock()
+	}
 	if !p.valid(block) || p.cfg.Mode == ModeResident {
 		if p.valid(block) {
 			p.stats[block].hits.Add(int64(len(used)))
@@ -425,10 +437,55 @@ func (p *Pipeline) Release(block, expert int) {
 func (p *Pipeline) EndStep() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.recording.Load() {
+		p.markBlock(-1)
+	}
+	p.lastHint = -1
 	for k := range p.wanted {
 		p.unwant(k)
 	}
 	clear(p.predicted)
+}
+
+// markBlock ends the latency sample of the previous block of this step (when block follows it, or
+// the step ends: block −1) and starts block's. Caller holds p.mu.
+func (p *Pipeline) markBlock(block int) {
+	now := time.Now()
+	if p.lastHint >= 0 && (block < 0 || block == p.lastHint+1) {
+		p.latencies[p.lastHint] = append(p.latencies[p.lastHint], now.Sub(p.lastAt))
+	}
+	p.lastHint, p.lastAt = block, now
+}
+
+// Record turns block latency recording on or off (benchmarks turn it on after prefill).
+func (p *Pipeline) Record(on bool) { p.recording.Store(on) }
+
+// BlockLatencies returns the recorded latencies of each MoE block: the time from the block's routing
+// to the next MoE block's (the MoE block and the dense layers up to the next one), or to the end of
+// the step for the last.
+func (p *Pipeline) BlockLatencies() [][]time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([][]time.Duration, len(p.latencies))
+	for i, l := range p.latencies {
+		out[i] = slices.Clone(l)
+	}
+	return out
+}
+
+// ResetStats zeroes the counters and the recorded latencies and sets the cache's peak to what it
+// holds now (benchmarks measure each phase apart).
+func (p *Pipeline) ResetStats() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i := range p.stats {
+		s := &p.stats[i]
+		for _, c := range []*atomic.Int64{&s.stallNanos, &s.fetchedBytes, &s.fetches, &s.hits, &s.misses, &s.predHits, &s.predMisses, &s.acquires} {
+			c.Store(0)
+		}
+		p.latencies[i] = nil
+	}
+	p.cache.ResetPeak()
 }
 
 // startFetch runs ent's fetch on its own goroutine: reserve cache space, fetch into a staging
@@ -580,3 +637,43 @@ func (m pipelinedModel) Step(ctx context.Context, seqs []*engine.Sequence, all b
 
 // WrapModel returns m with p's step bookkeeping (EndStep after every Start and Step).
 func WrapModel(m engine.Model, p *Pipeline) engine.Model { return pipelinedModel{Model: m, p: p} }
+
+// ShapeLink returns f with its transfers paced at bytesPerSecond in all: one link shared by every
+// fetch, first come first served, as the worker's NIC or PCIe link is. A fetch of n bytes that finds
+// the link free at t ends at t + n/bytesPerSecond, or when the real transfer does if that is later.
+// Benchmarks use it to give the store → worker link a real system's speed relative to this machine's
+// compute. (x/time/rate's token bucket models a rate cap with bursts, not a FIFO link whose finish
+// times are known when a transfer starts; this is the ten lines the model needs.)
+func ShapeLink(f Fetcher, bytesPerSecond float64) Fetcher {
+	return &shapedFetcher{Fetcher: f, bps: bytesPerSecond}
+}
+
+type shapedFetcher struct {
+	Fetcher
+	bps  float64
+	mu   sync.Mutex
+	free time.Time // when the link has sent everything queued so far
+}
+
+// Fetch implements Fetcher.
+func (s *shapedFetcher) Fetch(ctx context.Context, k ExpertKey, dst []byte) error {
+	s.mu.Lock()
+	now := time.Now()
+	if s.free.Before(now) {
+		s.free = now
+	}
+	s.free = s.free.Add(time.Duration(float64(len(dst)) / s.bps * float64(time.Second)))
+	done := s.free
+	s.mu.Unlock()
+	if err := s.Fetcher.Fetch(ctx, k, dst); err != nil {
+		return err
+	}
+	t := time.NewTimer(time.Until(done))
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -64,6 +64,9 @@ type Config struct {
 	MaxRunning, MaxWaiting int
 	// FetchAttemptTimeout bounds one replica's attempt at a fetch before the next replica is tried.
 	FetchAttemptTimeout time.Duration
+	// LinkBytesPerSecond, when > 0, paces expert fetches as one link of that speed (ShapeLink):
+	// benchmarks set a real system's fetch/compute ratio with it.
+	LinkBytesPerSecond float64
 	// Gossip, when set, joins the cluster's memberlist as a worker.
 	Gossip *membership.Config
 	Logger *slog.Logger
@@ -226,7 +229,11 @@ func (w *Worker) load(ctx context.Context) error {
 		return err
 	}
 	layout, numExperts := LayoutOf(ckpt.Config())
-	pipe, err := NewPipeline(ctx, PipelineConfig{Mode: w.cfg.Mode, Device: w.dev, Fetcher: newClusterFetcher(w.view, w.fetcher, man, seed),
+	var fetcher Fetcher = newClusterFetcher(w.view, w.fetcher, man, seed)
+	if w.cfg.LinkBytesPerSecond > 0 {
+		fetcher = ShapeLink(fetcher, w.cfg.LinkBytesPerSecond)
+	}
+	pipe, err := NewPipeline(ctx, PipelineConfig{Mode: w.cfg.Mode, Device: w.dev, Fetcher: fetcher,
 		Layout: layout, NumExperts: numExperts, CacheBudget: w.cfg.ExpertCache, Staging: w.cfg.Staging, Registry: w.reg, Logger: w.log})
 	if err != nil {
 		ckpt.Close()
@@ -358,6 +365,13 @@ func (w *Worker) Pipeline() *Pipeline {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.pipe
+}
+
+// Model returns the engine model the worker serves (nil until loaded).
+func (w *Worker) Model() engine.Model {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.model
 }
 
 // Server returns the HTTP API's server (nil until loaded).

@@ -7,16 +7,98 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/pregate/pregate/expertstore/client"
 	"github.com/pregate/pregate/internal/fetchbench"
+	"github.com/pregate/pregate/internal/modebench"
+	"github.com/pregate/pregate/model"
+	"github.com/pregate/pregate/worker"
 )
 
 func newBenchCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "bench", Short: "Benchmarks"}
+	var (
+		o        modebench.Options
+		modes    string
+		dtype    string
+		output   string
+		plotFile string
+		lv       string
+	)
+	cmd := &cobra.Command{
+		Use:   "bench [--model DIR | --preset switch-base-8] [--regime paper|pcie4|rdma100|tcp25 | --link-gbps X] -o table|json [--plot FILE.png]",
+		Short: "The Pre-gated MoE comparison of fetch modes on a cluster in this process (and `bench fetch`)",
+		Long: "Run a cluster in this process (stores on gRPC over loopback, a worker), once per mode on the same\n" +
+			"prompts, and report per mode: MoE block latency p50/p90, decode tokens/s, stall fraction, bytes\n" +
+			"fetched, peak expert bytes, prediction recall; plus the per-block compute c, fetch f and the ideal\n" +
+			"bound (c+f)/max(c,f). The store → worker link is paced (--regime or --link-gbps).",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "table" && output != "json" {
+				return fmt.Errorf("-o %q: want table or json", output)
+			}
+			for _, m := range splitList(modes) {
+				mode, err := worker.ParseMode(m)
+				if err != nil {
+					return err
+				}
+				o.Modes = append(o.Modes, mode)
+			}
+			dt, err := model.ParseDType(strings.ToUpper(dtype))
+			if err != nil {
+				return err
+			}
+			o.DType = dt
+			if o.Logger, err = newLogger(lv); err != nil {
+				return err
+			}
+			if o.Dir == "" {
+				if o.Dir, err = os.MkdirTemp("", "pregate-bench-"); err != nil {
+					return err
+				}
+				defer os.RemoveAll(o.Dir)
+			}
+			o.Progress = cmd.ErrOrStderr()
+			res, err := modebench.Run(cmd.Context(), o)
+			if err != nil {
+				return err
+			}
+			if plotFile != "" {
+				if err := modebench.Plot(res, plotFile); err != nil {
+					return fmt.Errorf("--plot: %w", err)
+				}
+			}
+			if output == "json" {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(res)
+			}
+			return modebench.WriteTable(cmd.OutOrStdout(), res)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.ModelDir, "model", "", "checkpoint directory (modes that do not fit it are skipped)")
+	f.StringVar(&o.Preset, "preset", "", "synthesise this preset (and a twin with random pre-gates for pregated)")
+	f.IntVar(&o.Layers, "layers", 0, "preset override: layers")
+	f.IntVar(&o.DModel, "d-model", 0, "preset override: d_model / hidden_size")
+	f.IntVar(&o.DFF, "d-ff", 0, "preset override: d_ff / intermediate_size")
+	f.IntVar(&o.Experts, "experts", 0, "preset override: experts per block")
+	f.StringVar(&dtype, "dtype", "f32", "preset dtype: f32 or bf16")
+	f.StringVar(&modes, "modes", "resident,ondemand,prefetch-all,pregated,speculative", "modes to run (resident always runs: it measures c)")
+	f.IntVar(&o.Stores, "stores", 3, "stores")
+	f.IntVar(&o.Tokens, "tokens", 32, "new tokens per sequence")
+	f.IntVar(&o.PromptTokens, "prompt-tokens", 16, "prompt tokens per sequence")
+	f.IntVar(&o.Batch, "batch", 1, "sequences decoded together")
+	f.Float64Var(&o.LinkGbps, "link-gbps", 0, "store → worker link speed in Gb/s, as is (overrides --regime)")
+	f.StringVar(&o.Regime, "regime", "", "paper (f ≈ 0.5c), or pcie4, rdma100, tcp25 scaled by this CPU's speed relative to an A100 (default paper)")
+	f.IntVar(&o.Threads, "threads", 0, "compute threads (0: all cores)")
+	f.StringVar(&o.Dir, "work-dir", "", "where models and cluster data go (default: a temporary directory, removed after)")
+	f.StringVarP(&output, "output", "o", "table", "table or json")
+	f.StringVar(&plotFile, "plot", "", "write a PNG chart of block latency per mode")
+	f.StringVar(&lv, "log-level", "error", "debug, info, warn or error")
 	cmd.AddCommand(newBenchFetchCmd())
 	return cmd
 }

@@ -1,0 +1,508 @@
+// Package modebench is `pregate bench`: the Pre-gated MoE paper's comparison of fetch policies, run
+// on a real cluster in this process (stores on gRPC over loopback, a worker running the fetch
+// pipeline), once per mode on the same prompts.
+//
+//	checkpoint (or preset → synth; + random pre-gates for pregated) ─▶ local cluster, import
+//	resident run ─▶ c (per-block compute) and the active expert bytes per block
+//	link rate: --link-gbps, or a regime (paper: f ≈ 0.5c; pcie4/rdma100/tcp25 scaled by this CPU vs an A100)
+//	ondemand run ─▶ f (per-block fetch: its stall)   other modes ─▶ block latency p50/p90, tokens/s, …
+//	─▶ Result (table, JSON) and the ideal overlap bound (c+f)/max(c,f)
+//
+// Every mode runs on a fresh worker whose expert cache is the least the mode needs (so that peak
+// expert bytes compare the modes' memory), and only decode steps are measured.
+package modebench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pregate/pregate/coordinator"
+	"github.com/pregate/pregate/internal/localcluster"
+	"github.com/pregate/pregate/model"
+	"github.com/pregate/pregate/model/synth"
+	"github.com/pregate/pregate/worker"
+	"github.com/pregate/pregate/worker/serve"
+)
+
+// Link regimes: a named link speed (bytes/s) scaled by this CPU's speed relative to an A100, or the
+// paper's regime, which sets f ≈ 0.5c directly.
+var regimes = map[string]float64{
+	"pcie4":   25e9,       // PCIe 4.0 x16, effective (the paper's A100 host link)
+	"rdma100": 100e9 / 8,  // 100 Gb/s RDMA
+	"tcp25":   25e9 / 8,   // 25 Gb/s Ethernet, TCP
+	"paper":   0,          // computed: f = 0.5c
+}
+
+// A100 figures used to scale a named link to this CPU (a decode step is bound by memory bandwidth).
+const (
+	a100Bandwidth = 1.555e12 // bytes/s, HBM2 (A100 40 GB)
+	paperRatio    = 0.5      // f/c in the paper's Switch-Base on A100 + PCIe 4 regime
+)
+
+// Options configures a run.
+type Options struct {
+	ModelDir string // a checkpoint; or Preset
+	Preset   string // synth preset (switch-base-8, …)
+	// Overrides for the preset (0: keep), to scale a preset down to this machine.
+	Layers, DModel, DFF, Experts int
+	DType                        model.DType
+	Modes                        []worker.Mode
+	Stores                       int
+	Tokens                       int // new tokens per sequence
+	PromptTokens                 int
+	Batch                        int // sequences decoded together
+	LinkGbps                     float64
+	Regime                       string
+	Threads                      int
+	Dir                          string    // work directory (models, cluster data)
+	Progress                     io.Writer // progress lines; nil: none
+	Logger                       *slog.Logger
+}
+
+// Result is a run's outcome; its JSON form is documented in docs/BENCHMARKS.md.
+type Result struct {
+	Model                     string       `json:"model"`
+	Arch                      string       `json:"arch"`
+	ComputeSecondsPerBlock    float64      `json:"compute_seconds_per_block"`
+	FetchSecondsPerBlock      float64      `json:"fetch_seconds_per_block"`
+	IdealOndemandOverPregated float64      `json:"ideal_ondemand_over_pregated"`
+	LinkBytesPerSecond        float64      `json:"link_bytes_per_second"`
+	Regime                    string       `json:"regime,omitempty"`
+	LinkScale                 float64      `json:"link_scale,omitempty"` // CPU vs A100 factor applied to a named link
+	ActiveExpertBytesPerBlock float64      `json:"active_expert_bytes_per_block"`
+	ExpertBytes               int64        `json:"expert_bytes"` // one expert
+	RandomPreGates            bool         `json:"random_pre_gates"`
+	Batch                     int          `json:"batch"`
+	Tokens                    int          `json:"tokens"`
+	PromptTokens              int          `json:"prompt_tokens"`
+	Modes                     []ModeResult `json:"modes"`
+	Ratios                    Ratios       `json:"ratios"`
+	Notes                     []string     `json:"notes,omitempty"`
+}
+
+// ModeResult is one mode's measurements (decode steps only).
+type ModeResult struct {
+	Mode                  string   `json:"mode"`
+	BlockLatencyP50       float64  `json:"block_latency_seconds_p50"`
+	BlockLatencyP90       float64  `json:"block_latency_seconds_p90"`
+	DecodeTokensPerSecond float64  `json:"decode_tokens_per_second"`
+	StallFraction         float64  `json:"stall_fraction"`
+	BytesFetched          int64    `json:"bytes_fetched"`
+	PeakExpertBytes       int64    `json:"peak_expert_bytes"`
+	CacheBudgetBytes      int64    `json:"cache_budget_bytes"`
+	Recall                *float64 `json:"recall"` // prediction recall (pregated, speculative); null otherwise
+	StallSecondsPerBlock  float64  `json:"stall_seconds_per_block"`
+}
+
+// Ratios are the paper's headline comparisons (0 when a mode was not run).
+type Ratios struct {
+	PregatedOverResident     float64 `json:"pregated_over_resident"`
+	OndemandOverPregated     float64 `json:"ondemand_over_pregated"`
+	OndemandOverIdealBound   float64 `json:"ondemand_over_pregated_vs_ideal"` // (ondemand/pregated) / ideal bound
+	PrefetchAllOverPregated  float64 `json:"prefetch_all_over_pregated"`
+	SpeculativeOverPregated  float64 `json:"speculative_over_pregated"`
+	PregatedPeakOverResident float64 `json:"pregated_peak_over_resident"`
+}
+
+func (o *Options) defaults() error {
+	if o.ModelDir == "" && o.Preset == "" {
+		return errors.New("modebench: give a model directory or a preset")
+	}
+	if len(o.Modes) == 0 {
+		o.Modes = slices.Clone(worker.Modes)
+	}
+	o.Stores = max(o.Stores, 1)
+	o.Tokens = cmpOr(o.Tokens, 32)
+	o.PromptTokens = cmpOr(o.PromptTokens, 16)
+	o.Batch = cmpOr(o.Batch, 1)
+	if o.LinkGbps == 0 && o.Regime == "" {
+		o.Regime = "paper"
+	}
+	if _, ok := regimes[o.Regime]; o.Regime != "" && !ok {
+		return fmt.Errorf("modebench: unknown regime %q (paper, pcie4, rdma100, tcp25)", o.Regime)
+	}
+	if o.DType == "" {
+		o.DType = model.F32
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Progress == nil {
+		o.Progress = io.Discard
+	}
+	return nil
+}
+
+func cmpOr(v, def int) int {
+	if v == 0 {
+		return def
+	}
+	return v
+}
+
+// Run runs the benchmark.
+func Run(ctx context.Context, o Options) (*Result, error) {
+	if err := o.defaults(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	res := &Result{Batch: o.Batch, Tokens: o.Tokens, PromptTokens: o.PromptTokens}
+	base, pregated, err := prepareModels(o, res)
+	if err != nil {
+		return nil, err
+	}
+
+	// A fresh cluster each run (the stores keep blobs in RAM); synthesised models are reused.
+	if err := os.RemoveAll(filepath.Join(o.Dir, "cluster")); err != nil {
+		return nil, err
+	}
+	lc, err := localcluster.Start(localcluster.Config{Dir: filepath.Join(o.Dir, "cluster"), Stores: o.Stores, Replicas: 1,
+		StoreCapacity: 64 << 30, Fast: true, Logger: o.Logger})
+	if err != nil {
+		return nil, err
+	}
+	defer lc.Close()
+	if err := waitStores(ctx, lc, o.Stores); err != nil {
+		return nil, err
+	}
+	names := map[string]string{}
+	for _, dir := range []string{base, pregated} {
+		if dir == "" {
+			continue
+		}
+		name := filepath.Base(dir)
+		fmt.Fprintf(o.Progress, "importing %s\n", name)
+		if _, err := coordinator.Import(ctx, lc.Placement(), coordinator.ImportOptions{Dir: dir, Name: name}); err != nil {
+			return nil, err
+		}
+		names[dir] = name
+	}
+	modelFor := func(m worker.Mode) (string, bool) {
+		switch {
+		case m == worker.ModePregated && pregated != "":
+			return names[pregated], true
+		case m == worker.ModePregated:
+			return "", false
+		case base != "":
+			return names[base], true
+		}
+		return "", false
+	}
+
+	ckpt, err := model.OpenCheckpoint(cmpStr(base, pregated))
+	if err != nil {
+		return nil, err
+	}
+	res.Model, res.Arch = filepath.Base(cmpStr(base, pregated)), ckpt.Config().ModelType
+	topK, numExperts := routingShape(ckpt.Config())
+	ckpt.Close()
+	rng := rand.New(rand.NewPCG(1, 2))
+	vocab := vocabOf(cmpStr(base, pregated))
+	prompts := make([][]int, o.Batch)
+	for i := range prompts {
+		for range o.PromptTokens {
+			prompts[i] = append(prompts[i], 2+rng.IntN(vocab-2))
+		}
+	}
+
+	// Resident first: c, and how many experts a decode step activates per block.
+	run := func(m worker.Mode, budget int64, link float64) (ModeResult, *runStats, error) {
+		name, ok := modelFor(m)
+		if !ok {
+			return ModeResult{}, nil, fmt.Errorf("mode %s does not fit %s", m, res.Model)
+		}
+		fmt.Fprintf(o.Progress, "running %s (cache %d bytes, link %.3g B/s)\n", m, budget, link)
+		return runMode(ctx, lc, o, name, m, budget, link, prompts)
+	}
+	resident, rs, err := run(worker.ModeResident, 1<<62, 0)
+	if err != nil {
+		return nil, err
+	}
+	res.ExpertBytes = rs.expertBytes
+	c := resident.BlockLatencyP50
+	res.ComputeSecondsPerBlock = c
+	active := rs.activePerBlock
+	res.ActiveExpertBytesPerBlock = active * float64(rs.expertBytes)
+	activeSlots := int64(math.Ceil(math.Min(float64(numExperts), math.Max(active, float64(min(o.Batch*topK, numExperts))))))
+
+	switch {
+	case o.LinkGbps > 0:
+		res.LinkBytesPerSecond = o.LinkGbps * 1e9 / 8
+	case o.Regime == "paper":
+		res.Regime = "paper"
+		res.LinkBytesPerSecond = res.ActiveExpertBytesPerBlock / (paperRatio * c)
+		res.Notes = append(res.Notes, fmt.Sprintf("regime paper: link set to %.3g B/s so that a block's active experts take 0.5 × c to fetch", res.LinkBytesPerSecond))
+	default:
+		res.Regime = o.Regime
+		a100 := (rs.denseBytesPerBlock + res.ActiveExpertBytesPerBlock) / a100Bandwidth
+		res.LinkScale = a100 / c
+		res.LinkBytesPerSecond = regimes[o.Regime] * res.LinkScale
+		res.Notes = append(res.Notes, fmt.Sprintf("regime %s: %.3g B/s × %.3g (an A100 would take %.3g s per block, this CPU %.3g s) = %.3g B/s",
+			o.Regime, regimes[o.Regime], res.LinkScale, a100, c, res.LinkBytesPerSecond))
+	}
+	es := rs.expertBytes
+	budgets := map[worker.Mode]int64{
+		worker.ModeResident:    1 << 62,
+		worker.ModeOnDemand:    activeSlots * es,
+		worker.ModePregated:    2 * activeSlots * es,
+		worker.ModeSpeculative: 3 * activeSlots * es,
+		worker.ModePrefetchAll: (int64(numExperts) + activeSlots) * es,
+	}
+	resident.CacheBudgetBytes = rs.totalExpertBytes
+	byMode := map[worker.Mode]ModeResult{worker.ModeResident: resident}
+	for _, m := range o.Modes {
+		if m == worker.ModeResident {
+			continue
+		}
+		if _, ok := modelFor(m); !ok {
+			res.Notes = append(res.Notes, fmt.Sprintf("mode %s skipped: the checkpoint does not fit it", m))
+			continue
+		}
+		mr, _, err := run(m, budgets[m], res.LinkBytesPerSecond)
+		if err != nil {
+			return nil, err
+		}
+		byMode[m] = mr
+	}
+	if od, ok := byMode[worker.ModeOnDemand]; ok {
+		res.FetchSecondsPerBlock = od.StallSecondsPerBlock
+	} else {
+		res.FetchSecondsPerBlock = res.ActiveExpertBytesPerBlock / res.LinkBytesPerSecond
+	}
+	f := res.FetchSecondsPerBlock
+	res.IdealOndemandOverPregated = (c + f) / math.Max(c, f)
+	for _, m := range worker.Modes {
+		if mr, ok := byMode[m]; ok && (m == worker.ModeResident || slices.Contains(o.Modes, m)) {
+			res.Modes = append(res.Modes, mr)
+		}
+	}
+	ratio := func(a, b worker.Mode, get func(ModeResult) float64) float64 {
+		x, okx := byMode[a]
+		y, oky := byMode[b]
+		if !okx || !oky || get(y) == 0 {
+			return 0
+		}
+		return get(x) / get(y)
+	}
+	p50 := func(m ModeResult) float64 { return m.BlockLatencyP50 }
+	res.Ratios = Ratios{
+		PregatedOverResident:     ratio(worker.ModePregated, worker.ModeResident, p50),
+		OndemandOverPregated:     ratio(worker.ModeOnDemand, worker.ModePregated, p50),
+		PrefetchAllOverPregated:  ratio(worker.ModePrefetchAll, worker.ModePregated, p50),
+		SpeculativeOverPregated:  ratio(worker.ModeSpeculative, worker.ModePregated, p50),
+		PregatedPeakOverResident: ratio(worker.ModePregated, worker.ModeResident, func(m ModeResult) float64 { return float64(m.PeakExpertBytes) }),
+	}
+	if res.Ratios.OndemandOverPregated > 0 {
+		res.Ratios.OndemandOverIdealBound = res.Ratios.OndemandOverPregated / res.IdealOndemandOverPregated
+	}
+	return res, nil
+}
+
+func cmpStr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// prepareModels returns the checkpoint for the modes without pre-gates and the one for pregated
+// (either may be ""), synthesising a preset (and its pre-gated twin) when no directory is given.
+func prepareModels(o Options, res *Result) (base, pregated string, err error) {
+	if o.ModelDir != "" {
+		ckpt, err := model.OpenCheckpoint(o.ModelDir)
+		if err != nil {
+			return "", "", err
+		}
+		defer ckpt.Close()
+		if ckpt.HasPreGates() {
+			return "", o.ModelDir, nil
+		}
+		return o.ModelDir, "", nil
+	}
+	opts := synth.Options{Preset: o.Preset, DType: o.DType, Seed: 1, Layers: o.Layers, DModel: o.DModel, DFF: o.DFF, Experts: o.Experts}
+	cfg, err := synth.Config(opts)
+	if err != nil {
+		return "", "", err
+	}
+	tag := fmt.Sprintf("%s-l%d-d%d-f%d-e%d-%s", o.Preset, o.Layers, o.DModel, o.DFF, o.Experts, o.DType)
+	base = filepath.Join(o.Dir, "models", tag)
+	if err := synthOnce(opts, base, o.Progress); err != nil {
+		return "", "", err
+	}
+	if cfg.Switch != nil {
+		pregated = base + "-pregated"
+		opts.PreGates = true
+		if err := synthOnce(opts, pregated, o.Progress); err != nil {
+			return "", "", err
+		}
+		res.RandomPreGates = true
+		res.Notes = append(res.Notes, "pregated runs a copy of the model with random pre-gate matrices: timing is faithful, its tokens differ from the other modes'")
+	} else {
+		res.Notes = append(res.Notes, "pregated needs pre-gate matrices, which the engine supports on Switch checkpoints only: not run")
+	}
+	return base, pregated, nil
+}
+
+func synthOnce(opts synth.Options, dir string, progress io.Writer) error {
+	if _, err := os.Stat(filepath.Join(dir, "config.json")); err == nil {
+		return nil
+	}
+	fmt.Fprintf(progress, "synthesising %s\n", dir)
+	opts.Out = dir
+	return synth.Write(opts, nil)
+}
+
+func routingShape(cfg *model.Config) (topK, experts int) {
+	if cfg.Mixtral != nil {
+		return cfg.Mixtral.NumExpertsPerTok, cfg.Mixtral.NumLocalExperts
+	}
+	return 1, cfg.Switch.NumExperts
+}
+
+func vocabOf(dir string) int {
+	cfg, err := model.LoadConfig(filepath.Join(dir, "config.json"))
+	if err != nil {
+		return 2
+	}
+	if cfg.Mixtral != nil {
+		return cfg.Mixtral.VocabSize
+	}
+	return cfg.Switch.VocabSize
+}
+
+func waitStores(ctx context.Context, lc *localcluster.Cluster, n int) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		st, err := coordinator.ReadStatus(ctx, lc.Etcd(), lc.Placement(), 1)
+		if err == nil && st.Summary.StoresAlive >= n {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("modebench: stores did not come up: %w", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// runStats is what the resident run tells the others.
+type runStats struct {
+	expertBytes, totalExpertBytes int64
+	activePerBlock                float64 // experts a decode step uses per MoE block, on average
+	denseBytesPerBlock            float64
+}
+
+// runMode serves model on a fresh worker in mode m and decodes the prompts, measuring the decode
+// steps only.
+func runMode(ctx context.Context, lc *localcluster.Cluster, o Options, name string, m worker.Mode, budget int64, link float64, prompts [][]int) (ModeResult, *runStats, error) {
+	wc := worker.DefaultConfig()
+	wc.Name, wc.EtcdEndpoints, wc.Model, wc.Mode = "bench-"+string(m), lc.EtcdEndpoints(), name, m
+	wc.ExpertCache, wc.HTTPAddr, wc.DataDir, wc.Threads = budget, "127.0.0.1:0", filepath.Join(o.Dir, "worker"), o.Threads
+	wc.LinkBytesPerSecond, wc.Logger = link, o.Logger
+	wc.MaxRunning = max(64, len(prompts))
+	w, err := worker.New(wc)
+	if err != nil {
+		return ModeResult{}, nil, err
+	}
+	defer w.Close()
+	if err := w.WaitReady(ctx); err != nil {
+		return ModeResult{}, nil, err
+	}
+	pipe, srv := w.Pipeline(), w.Server()
+	var first atomic.Int64
+	var start time.Time
+	var startOnce sync.Once
+	begin := func() {
+		startOnce.Do(func() {
+			pipe.ResetStats()
+			pipe.Record(true)
+			start = time.Now()
+		})
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(prompts))
+	for i, p := range prompts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n := 0
+			_, errs[i] = srv.Generate(ctx, serve.Request{Prompt: p, MaxTokens: o.Tokens, IgnoreEOS: true}, func(int) {
+				n++
+				if n == 1 && first.Add(1) == int64(len(prompts)) {
+					begin() // every sequence has its first token: decode steps from here on
+				}
+			})
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	pipe.Record(false)
+	if err := errors.Join(errs...); err != nil {
+		return ModeResult{}, nil, err
+	}
+	var lat []float64
+	for _, l := range pipe.BlockLatencies() {
+		for _, d := range l {
+			lat = append(lat, d.Seconds())
+		}
+	}
+	if len(lat) == 0 {
+		return ModeResult{}, nil, fmt.Errorf("modebench: %s: no decode step measured (need --tokens ≥ 2)", m)
+	}
+	slices.Sort(lat)
+	mr := ModeResult{Mode: string(m), BlockLatencyP50: quantile(lat, 0.5), BlockLatencyP90: quantile(lat, 0.9),
+		PeakExpertBytes: pipe.Cache().Stats().Peak, CacheBudgetBytes: budget}
+	decodeTokens := len(prompts) * (o.Tokens - 1)
+	mr.DecodeTokensPerSecond = float64(decodeTokens) / elapsed.Seconds()
+	var stall float64
+	var hits, predHits, predMisses int64
+	for _, s := range pipe.Stats() {
+		stall += s.StallSeconds
+		mr.BytesFetched += s.FetchedBytes
+		hits += s.CacheHits + s.CacheMisses
+		predHits += s.PredictionHits
+		predMisses += s.PredictionMisses
+	}
+	mr.StallFraction = stall / elapsed.Seconds()
+	mr.StallSecondsPerBlock = stall / float64(len(lat))
+	if m == worker.ModePregated || m == worker.ModeSpeculative {
+		r := 0.0
+		if predHits+predMisses > 0 {
+			r = float64(predHits) / float64(predHits+predMisses)
+		}
+		mr.Recall = &r
+	}
+	rs := &runStats{}
+	info := w.Model().Info()
+	man, _, err := lc.Placement().Manifest(ctx, name)
+	if err != nil {
+		return ModeResult{}, nil, err
+	}
+	for _, e := range man.Experts { // blob sizes: what the cache holds
+		rs.totalExpertBytes += e.Size
+		rs.expertBytes = max(rs.expertBytes, e.Size)
+	}
+	nBlocks := len(info.MoEBlocks)
+	rs.activePerBlock = float64(hits) / float64(len(lat))
+	rs.denseBytesPerBlock = float64(info.DenseBytes) / float64(nBlocks)
+	return mr, rs, nil
+}
+
+func quantile(sorted []float64, q float64) float64 {
+	i := int(math.Ceil(q*float64(len(sorted)))) - 1
+	return sorted[max(0, min(i, len(sorted)-1))]
+}

@@ -1,0 +1,107 @@
+package modebench
+
+import (
+	"fmt"
+	"image/color"
+	"io"
+	"text/tabwriter"
+
+	"github.com/dustin/go-humanize"
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+)
+
+// WriteTable prints r as the paper's comparison: one row per mode, then c, f, the ideal bound and
+// the headline ratios with their targets.
+func WriteTable(w io.Writer, r *Result) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "MODE\tBLOCK P50 (ms)\tBLOCK P90 (ms)\tDECODE TOK/S\tSTALL\tFETCHED\tPEAK EXPERT BYTES\tCACHE BUDGET\tRECALL\t")
+	for _, m := range r.Modes {
+		recall := "-"
+		if m.Recall != nil {
+			recall = fmt.Sprintf("%.3f", *m.Recall)
+		}
+		budget := humanize.IBytes(uint64(m.CacheBudgetBytes))
+		fmt.Fprintf(tw, "%s\t%.3f\t%.3f\t%.2f\t%.1f%%\t%s\t%s\t%s\t%s\t\n", m.Mode, m.BlockLatencyP50*1e3, m.BlockLatencyP90*1e3,
+			m.DecodeTokensPerSecond, 100*m.StallFraction, humanize.IBytes(uint64(m.BytesFetched)), humanize.IBytes(uint64(m.PeakExpertBytes)), budget, recall)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	link := fmt.Sprintf("%s/s", humanize.SI(r.LinkBytesPerSecond, "B"))
+	if r.Regime != "" {
+		link += " (regime " + r.Regime + ")"
+	}
+	fmt.Fprintf(w, "\nmodel %s (%s), batch %d, %d prompt + %d new tokens; link %s\n", r.Model, r.Arch, r.Batch, r.PromptTokens, r.Tokens, link)
+	fmt.Fprintf(w, "c = %.3f ms per block (resident), f = %.3f ms per block (ondemand stall; %s of active experts per block), f/c = %.2f\n",
+		r.ComputeSecondsPerBlock*1e3, r.FetchSecondsPerBlock*1e3, humanize.IBytes(uint64(r.ActiveExpertBytesPerBlock)), r.FetchSecondsPerBlock/r.ComputeSecondsPerBlock)
+	fmt.Fprintf(w, "ideal ondemand/pregated = (c+f)/max(c,f) = %.3f\n", r.IdealOndemandOverPregated)
+	rt := r.Ratios
+	if rt.PregatedOverResident > 0 {
+		fmt.Fprintf(w, "pregated / resident block latency   = %.3f   (target ≤ 1.10; paper 1.19–1.27)\n", rt.PregatedOverResident)
+	}
+	if rt.OndemandOverPregated > 0 {
+		fmt.Fprintf(w, "ondemand / pregated block latency   = %.3f   = %.3f × the ideal bound (target ≥ 0.95; paper 1.56–1.89)\n", rt.OndemandOverPregated, rt.OndemandOverIdealBound)
+	}
+	if rt.PrefetchAllOverPregated > 0 {
+		fmt.Fprintf(w, "prefetch-all / pregated block latency = %.3f\n", rt.PrefetchAllOverPregated)
+	}
+	if rt.SpeculativeOverPregated > 0 {
+		fmt.Fprintf(w, "speculative / pregated block latency  = %.3f\n", rt.SpeculativeOverPregated)
+	}
+	if rt.PregatedPeakOverResident > 0 {
+		fmt.Fprintf(w, "pregated / resident peak expert bytes = %.3f\n", rt.PregatedPeakOverResident)
+	}
+	for _, n := range r.Notes {
+		fmt.Fprintln(w, "note:", n)
+	}
+	return nil
+}
+
+// Plot writes a bar chart of each mode's block latency (p50, with p90 as a thin bar beside it), as
+// the paper's figure shows, to a PNG file.
+func Plot(r *Result, path string) error {
+	p := plot.New()
+	p.Title.Text = fmt.Sprintf("MoE block latency per mode: %s, link %s/s", r.Model, humanize.SI(r.LinkBytesPerSecond, "B"))
+	p.Y.Label.Text = "ms per MoE block (decode)"
+	p50 := make(plotter.Values, len(r.Modes))
+	p90 := make(plotter.Values, len(r.Modes))
+	names := make([]string, len(r.Modes))
+	for i, m := range r.Modes {
+		p50[i], p90[i], names[i] = m.BlockLatencyP50*1e3, m.BlockLatencyP90*1e3, m.Mode
+	}
+	w := vg.Points(22)
+	b50, err := plotter.NewBarChart(p50, w)
+	if err != nil {
+		return err
+	}
+	b50.LineStyle.Width = vg.Length(0)
+	b50.Color = plotter.DefaultLineStyle.Color
+	b50.Offset = -w / 2
+	b90, err := plotter.NewBarChart(p90, w)
+	if err != nil {
+		return err
+	}
+	b90.LineStyle.Width = vg.Length(0)
+	b90.Color = plotterGray
+	b90.Offset = w / 2
+	p.Add(b50, b90)
+	p.Legend.Add("p50", b50)
+	p.Legend.Add("p90", b90)
+	p.Legend.Top = true
+	p.NominalX(names...)
+	// The ideal overlap line: resident's p50 is what perfect hiding of fetches would give.
+	if len(r.Modes) > 0 {
+		ideal, err := plotter.NewLine(plotter.XYs{{X: -0.5, Y: r.ComputeSecondsPerBlock * 1e3}, {X: float64(len(r.Modes)) - 0.5, Y: r.ComputeSecondsPerBlock * 1e3}})
+		if err != nil {
+			return err
+		}
+		ideal.Dashes = []vg.Length{vg.Points(4), vg.Points(4)}
+		p.Add(ideal)
+		p.Legend.Add("c (compute only)", ideal)
+	}
+	return p.Save(7*vg.Inch, 4*vg.Inch, path)
+}
+
+var plotterGray = color.Gray{Y: 160}
