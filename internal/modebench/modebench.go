@@ -38,10 +38,10 @@ import (
 // Link regimes: a named link speed (bytes/s) scaled by this CPU's speed relative to an A100, or the
 // paper's regime, which sets f ≈ 0.5c directly.
 var regimes = map[string]float64{
-	"pcie4":   25e9,       // PCIe 4.0 x16, effective (the paper's A100 host link)
-	"rdma100": 100e9 / 8,  // 100 Gb/s RDMA
-	"tcp25":   25e9 / 8,   // 25 Gb/s Ethernet, TCP
-	"paper":   0,          // computed: f = 0.5c
+	"pcie4":   25e9,      // PCIe 4.0 x16, effective (the paper's A100 host link)
+	"rdma100": 100e9 / 8, // 100 Gb/s RDMA
+	"tcp25":   25e9 / 8,  // 25 Gb/s Ethernet, TCP
+	"paper":   0,         // computed: f = 0.5c
 }
 
 // A100 figures used to scale a named link to this CPU (a decode step is bound by memory bandwidth).
