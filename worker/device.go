@@ -26,6 +26,14 @@ type Device interface {
 	Close() error
 }
 
+// HostAddressable is implemented by a device whose memory the host reads and writes directly
+// (the CPU device; unified memory). The pipeline fetches experts straight into such a device's
+// buffers: the staging buffer and the copy exist for a discrete GPU's DMA, and on a CPU they would
+// only add a memcpy per expert.
+type HostAddressable interface {
+	HostAddressable() bool
+}
+
 // HostBuffer is pinned host memory.
 type HostBuffer interface {
 	Bytes() []byte
@@ -106,6 +114,9 @@ func (d *CPU) stream() {
 
 // Name implements Device.
 func (d *CPU) Name() string { return "cpu" }
+
+// HostAddressable implements HostAddressable: the CPU device's memory is the host's.
+func (d *CPU) HostAddressable() bool { return true }
 
 // Alloc implements Device.
 func (d *CPU) Alloc(n int64) (DeviceBuffer, error) {

@@ -126,7 +126,9 @@ type Pipeline struct {
 
 	// Block latency recording (benchmarks): the time from one MoE block's routing to the next's.
 	recording atomic.Bool
-	lastHint  int // block of the latest Hint in this step, -1 at a step's start
+	recordIn  int       // EndSteps to go before recording starts (RecordAfter)
+	recSince  time.Time // when recording started
+	lastHint  int       // block of the latest Hint in this step, -1 at a step's start
 	lastAt    time.Time
 	latencies [][]time.Duration // per block
 }
@@ -441,6 +443,13 @@ func (p *Pipeline) EndStep() {
 		p.markBlock(-1)
 	}
 	p.lastHint = -1
+	if p.recordIn > 0 {
+		if p.recordIn--; p.recordIn == 0 {
+			p.resetStatsLocked()
+			p.recSince = time.Now()
+			p.recording.Store(true)
+		}
+	}
 	for k := range p.wanted {
 		p.unwant(k)
 	}
@@ -457,8 +466,23 @@ func (p *Pipeline) markBlock(block int) {
 	p.lastHint, p.lastAt = block, now
 }
 
-// Record turns block latency recording on or off (benchmarks turn it on after prefill).
+// Record turns block latency recording on or off.
 func (p *Pipeline) Record(on bool) { p.recording.Store(on) }
+
+// RecordAfter resets the stats and turns recording on once n more Starts or Steps have ended (a
+// benchmark skips the prefill this way, in step with the engine rather than with its callers).
+func (p *Pipeline) RecordAfter(n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.recordIn = n
+}
+
+// RecordingSince returns when recording started (zero if it has not).
+func (p *Pipeline) RecordingSince() time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.recSince
+}
 
 // BlockLatencies returns the recorded latencies of each MoE block: the time from the block's routing
 // to the next MoE block's (the MoE block and the dense layers up to the next one), or to the end of
@@ -478,6 +502,10 @@ func (p *Pipeline) BlockLatencies() [][]time.Duration {
 func (p *Pipeline) ResetStats() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.resetStatsLocked()
+}
+
+func (p *Pipeline) resetStatsLocked() {
 	for i := range p.stats {
 		s := &p.stats[i]
 		for _, c := range []*atomic.Int64{&s.stallNanos, &s.fetchedBytes, &s.fetches, &s.hits, &s.misses, &s.predHits, &s.predMisses, &s.acquires} {
@@ -519,6 +547,18 @@ func (p *Pipeline) fetchInto(ctx context.Context, ent *cacheEntry) (*engine.Expe
 		return nil, ctx.Err()
 	}
 	n := ent.size
+	if ha, ok := p.cfg.Device.(HostAddressable); ok && ha.HostAddressable() {
+		// Straight into device memory; the staging buffer only bounds the fetches in flight.
+		err := p.cfg.Fetcher.Fetch(ctx, ent.key, ent.buf.HostView()[:n])
+		p.staging <- stage
+		if err != nil {
+			return nil, err
+		}
+		st := &p.stats[ent.key.Block]
+		st.fetchedBytes.Add(n)
+		st.fetches.Add(1)
+		return p.parse(ent.key, ent.buf.HostView())
+	}
 	err := p.cfg.Fetcher.Fetch(ctx, ent.key, stage.Bytes()[:n])
 	if err == nil {
 		// The copy reads the staging buffer until its event completes: wait for it even if ctx

@@ -312,3 +312,48 @@ func TestBudgetTooSmall(t *testing.T) {
 		}
 	}
 }
+
+// stagedCPU is the CPU device presented as a discrete one: fetches go through the pinned staging
+// buffers and the copy stream, as on a GPU.
+type stagedCPU struct{ *CPU }
+
+func (stagedCPU) HostAddressable() bool { return false }
+
+func TestStagedCopyPathGivesTheGoldenTokens(t *testing.T) {
+	dir := fixture("mixtral-tiny")
+	prompts, want := goldenPrompts(t, dir)
+	ckpt, err := model.OpenCheckpoint(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ckpt.Close()
+	f := newBlobFetcher(t, ckpt)
+	layout, n := LayoutOf(ckpt.Config())
+	dev := stagedCPU{NewCPU()}
+	defer dev.Close()
+	// A budget of three experts: the copy path runs with evictions and buffer reuse.
+	p, err := NewPipeline(context.Background(), PipelineConfig{Mode: ModeSpeculative, Device: dev, Fetcher: f, Layout: layout,
+		NumExperts: n, CacheBudget: 3 * f.Size(ExpertKey{0, 0}), Staging: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	cpu := compute.NewCPU(2)
+	defer cpu.Close()
+	m, err := engine.Load(ckpt, cpu, engine.Options{Experts: p, Speculate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, _, err := engine.Generate(context.Background(), WrapModel(m, p), prompts, engine.GenerateOptions{MaxNewTokens: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range res {
+		if !slices.Equal(r.GeneratedIDs, want[i]) {
+			t.Errorf("prompt %d: %v, want %v", i, r.GeneratedIDs, want[i])
+		}
+	}
+	if cs := p.Cache().Stats(); cs.Evictions == 0 || cs.Peak > cs.Budget {
+		t.Errorf("cache %+v: want evictions within the budget", cs)
+	}
+}

@@ -64,6 +64,11 @@ type Config struct {
 	MaxRunning, MaxWaiting int
 	// FetchAttemptTimeout bounds one replica's attempt at a fetch before the next replica is tried.
 	FetchAttemptTimeout time.Duration
+	// FetchCompression says when expert fetches ask stores for compressed blobs. The default is
+	// never: a store compresses a blob on its first compressed request, which stalls that fetch
+	// for tens of milliseconds, and on fast links (and on loopback, under load) raw wins anyway.
+	// client.CompressAuto suits slow links with bf16 weights.
+	FetchCompression client.Compression
 	// LinkBytesPerSecond, when > 0, paces expert fetches as one link of that speed (ShapeLink):
 	// benchmarks set a real system's fetch/compute ratio with it.
 	LinkBytesPerSecond float64
@@ -76,7 +81,8 @@ type Config struct {
 func DefaultConfig() Config {
 	h, _ := os.Hostname()
 	return Config{Name: h, Mode: ModeSpeculative, Device: "cpu", ExpertCache: 4 << 30, Staging: 4, HTTPAddr: "0.0.0.0:8000",
-		DataDir: "pregate-worker", MaxRunning: 64, MaxWaiting: 256, FetchAttemptTimeout: 5 * time.Second}
+		DataDir: "pregate-worker", MaxRunning: 64, MaxWaiting: 256, FetchAttemptTimeout: 5 * time.Second,
+		FetchCompression: client.CompressNever}
 }
 
 // Validate reports a configuration the worker cannot run with.
@@ -168,6 +174,7 @@ func New(cfg Config) (w *Worker, err error) {
 	ccfg := client.DefaultConfig()
 	ccfg.AttemptTimeout = cfg.FetchAttemptTimeout
 	ccfg.Logger = w.log
+	ccfg.Transport = client.NewDataTransport(client.DataTransportConfig{Compression: cfg.FetchCompression})
 	w.fetcher = client.New(ccfg)
 	w.view = &clusterView{ps: w.ps, model: cfg.Model, log: w.log}
 

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pregate/pregate/coordinator"
+	"github.com/pregate/pregate/expertstore/client"
 	"github.com/pregate/pregate/internal/localcluster"
 	"github.com/pregate/pregate/model"
 	"github.com/pregate/pregate/model/synth"
@@ -27,6 +28,7 @@ func newWorkerCmd() *cobra.Command {
 		cache                                    = byteSize(cfg.ExpertCache)
 		gossipAddr, join, keyFile, readyFile, lv string
 		noGossip                                 bool
+		compression                              string
 	)
 	cmd := &cobra.Command{
 		Use:   "worker --model NAME",
@@ -48,6 +50,16 @@ func newWorkerCmd() *cobra.Command {
 				return err
 			}
 			cfg.Mode, cfg.ExpertCache, cfg.Logger, cfg.Cluster = m, int64(cache), log, cf.cluster
+			switch compression {
+			case "never":
+				cfg.FetchCompression = client.CompressNever
+			case "auto":
+				cfg.FetchCompression = client.CompressAuto
+			case "always":
+				cfg.FetchCompression = client.CompressAlways
+			default:
+				return fmt.Errorf("--fetch-compression %q: want never, auto or always", compression)
+			}
 			cfg.EtcdEndpoints = splitList(cf.endpoints)
 			if len(cfg.EtcdEndpoints) == 0 && cf.coordinator != "" {
 				info, err := fetchClusterInfo(cmd.Context(), cf.coordinator)
@@ -76,6 +88,7 @@ func newWorkerCmd() *cobra.Command {
 	f.StringVar(&mode, "mode", string(cfg.Mode), "resident, ondemand, prefetch-all, pregated or speculative")
 	f.StringVar(&cfg.Device, "device", cfg.Device, "cpu (GPUs: a build with -tags cuda)")
 	f.Var(&cache, "expert-cache", "device memory for experts")
+	f.StringVar(&compression, "fetch-compression", "never", "ask stores for compressed experts: never, auto (when it pays on the measured link) or always")
 	f.IntVar(&cfg.Staging, "staging-buffers", cfg.Staging, "pinned staging buffers: expert fetches in flight at once")
 	f.StringVar(&cfg.HTTPAddr, "http", cfg.HTTPAddr, "HTTP listen address")
 	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the dense weights downloaded from the stores")

@@ -24,7 +24,6 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/pregate/pregate/coordinator"
@@ -423,34 +422,21 @@ func runMode(ctx context.Context, lc *localcluster.Cluster, o Options, name stri
 		return ModeResult{}, nil, err
 	}
 	pipe, srv := w.Pipeline(), w.Server()
-	var first atomic.Int64
-	var start time.Time
-	var startOnce sync.Once
-	begin := func() {
-		startOnce.Do(func() {
-			pipe.ResetStats()
-			pipe.Record(true)
-			start = time.Now()
-		})
-	}
+	// Measure decode steps only: from the end of the prefill (the Start and the first Step; the
+	// sequences are admitted together) to the last token.
+	pipe.RecordAfter(2)
 	var wg sync.WaitGroup
 	errs := make([]error, len(prompts))
 	for i, p := range prompts {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			n := 0
-			_, errs[i] = srv.Generate(ctx, serve.Request{Prompt: p, MaxTokens: o.Tokens, IgnoreEOS: true}, func(int) {
-				n++
-				if n == 1 && first.Add(1) == int64(len(prompts)) {
-					begin() // every sequence has its first token: decode steps from here on
-				}
-			})
+			_, errs[i] = srv.Generate(ctx, serve.Request{Prompt: p, MaxTokens: o.Tokens, IgnoreEOS: true}, func(int) {})
 		}()
 	}
 	wg.Wait()
-	elapsed := time.Since(start)
 	pipe.Record(false)
+	elapsed := time.Since(pipe.RecordingSince())
 	if err := errors.Join(errs...); err != nil {
 		return ModeResult{}, nil, err
 	}
