@@ -18,6 +18,7 @@ import (
 	"github.com/pregate/pregate/compute"
 	"github.com/pregate/pregate/coordinator"
 	"github.com/pregate/pregate/engine"
+	"github.com/pregate/pregate/internal/golden"
 	"github.com/pregate/pregate/internal/localcluster"
 	"github.com/pregate/pregate/model"
 	"github.com/pregate/pregate/worker"
@@ -25,36 +26,12 @@ import (
 
 func fixture(name string) string { return filepath.Join("..", "testdata", name) }
 
-// goldenPrompts returns a fixture's unpadded prompts and golden generated ids (see testdata READMEs).
+// goldenPrompts returns a fixture's unpadded prompts and HF's generated ids for them.
 func goldenPrompts(t *testing.T, dir string) (prompts, want [][]int) {
 	t.Helper()
-	g, err := model.OpenTensorFile(filepath.Join(dir, "golden.safetensors"))
+	prompts, want, err := golden.Prompts(dir)
 	if err != nil {
 		t.Fatal(err)
-	}
-	defer g.Close()
-	info, err := g.Info("input_ids")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rows, cols := info.Shape[0], info.Shape[1]
-	ids, _ := g.Int64("input_ids", rows, cols)
-	mask, _ := g.Int64("attention_mask", rows, cols)
-	gen, err := g.Int64("generated_ids", rows, 10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for r := range rows {
-		var p, w []int
-		for j := range cols {
-			if mask[r*cols+j] != 0 {
-				p = append(p, int(ids[r*cols+j]))
-			}
-		}
-		for _, v := range gen[r*10 : (r+1)*10] {
-			w = append(w, int(v))
-		}
-		prompts, want = append(prompts, p), append(want, w)
 	}
 	return prompts, want
 }
