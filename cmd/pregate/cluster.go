@@ -155,7 +155,7 @@ func newCoordinatorCmd() *cobra.Command {
 			}
 			ready := map[string]any{"node": cfg.Name, "http": co.HTTPAddr(), "gossip": co.GossipAddr(), "etcd_endpoints": co.EtcdEndpoints()}
 			fmt.Fprintf(cmd.ErrOrStderr(), "coordinator %s: http %s, gossip %s, etcd %s\n", cfg.Name, co.HTTPAddr(), co.GossipAddr(), strings.Join(co.EtcdEndpoints(), ","))
-			return serveUntilDone(cmd, readyFile, ready, co.Close)
+			return serveUntilDone(cmd, readyFile, ready, co.Close, nil)
 		},
 	}
 	f := cmd.Flags()
@@ -212,7 +212,9 @@ func newImportCmd() *cobra.Command {
 			if isTerminal(stderr) {
 				opts.Progress = func(done, total int64) {
 					if bar == nil {
-						bar = progressbar.DefaultBytes(total, "importing "+opts.Name)
+						bar = progressbar.NewOptions64(total, progressbar.OptionSetWriter(stderr), progressbar.OptionShowBytes(true),
+							progressbar.OptionSetDescription("importing "+opts.Name), progressbar.OptionShowCount(),
+							progressbar.OptionThrottle(100*time.Millisecond), progressbar.OptionClearOnFinish())
 					}
 					bar.Set64(done) //nolint:errcheck // a progress bar
 				}

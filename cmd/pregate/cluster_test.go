@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -139,5 +140,40 @@ func TestImportStatusDrainCommands(t *testing.T) {
 	}
 	if _, _, err := runCmd(t, "status", "--etcd-endpoints", "http://127.0.0.1:1", "--cluster", "x"); err == nil {
 		t.Fatal("status against no etcd succeeded")
+	}
+}
+
+// TestWorkerExitsOnModeMismatch: a worker asked to run a checkpoint without pre-gates in pregated
+// mode exits with the reason instead of serving 503s forever.
+func TestWorkerExitsOnModeMismatch(t *testing.T) {
+	lc, err := localcluster.Start(localcluster.Config{Dir: t.TempDir(), Stores: 1, Replicas: 1, StoreCapacity: 64 << 20, Fast: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lc.Close()
+	eps := strings.Join(lc.EtcdEndpoints(), ",")
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		st, _ := statusJSON(t, eps)
+		if summaryInt(t, st, "stores_alive") == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("store never alive")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, stderr, err := runCmd(t, "import", "--etcd-endpoints", eps, "--model", "../../testdata/mixtral-tiny", "--name", "mx"); err != nil {
+		t.Fatalf("import: %v\n%s", err, stderr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := newRootCmd()
+	cmd.SetArgs([]string{"worker", "--etcd-endpoints", eps, "--model", "mx", "--mode", "pregated", "--http", "127.0.0.1:0",
+		"--no-gossip", "--data-dir", t.TempDir(), "--log-level", "error"})
+	cmd.SetErr(new(nopWriter))
+	err = cmd.ExecuteContext(ctx)
+	if err == nil || !strings.Contains(err.Error(), "pre-gate") || ctx.Err() != nil {
+		t.Fatalf("worker returned %v (ctx %v), want the mode mismatch", err, ctx.Err())
 	}
 }

@@ -66,15 +66,21 @@ func gossipConfig(addr, join, keyFile string, log *slog.Logger) (*membership.Con
 
 // serveUntilDone writes ready to readyFile (when set), then waits for the command's context (Ctrl-C,
 // SIGTERM) and stops the daemon with stop.
-func serveUntilDone(cmd *cobra.Command, readyFile string, ready any, stop func() error) error {
+// A daemon that fails on its own sends the error on failed (nil: it cannot).
+func serveUntilDone(cmd *cobra.Command, readyFile string, ready any, stop func() error, failed <-chan error) error {
 	if readyFile != "" {
 		if err := writeReadyFile(readyFile, ready); err != nil {
 			stop() //nolint:errcheck // the ready file's error is the one to report
 			return fmt.Errorf("--ready-file: %w", err)
 		}
 	}
-	<-cmd.Context().Done()
-	return stop()
+	select {
+	case <-cmd.Context().Done():
+		return stop()
+	case err := <-failed:
+		stop() //nolint:errcheck // the failure is the error to report
+		return err
+	}
 }
 
 // writeReadyFile writes v as JSON to path (temp file + rename), telling scripts and tests where a
@@ -139,7 +145,7 @@ func newStoreCmd() *cobra.Command {
 				ready["gossip"] = m.Addr()
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "store %s: grpc %s, data plane %s\n", cfg.NodeName, s.Addr(), s.DataAddr())
-			return serveUntilDone(cmd, readyFile, ready, s.Close)
+			return serveUntilDone(cmd, readyFile, ready, s.Close, nil)
 		},
 	}
 	f := cmd.Flags()

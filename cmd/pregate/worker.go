@@ -29,6 +29,7 @@ func newWorkerCmd() *cobra.Command {
 		gossipAddr, join, keyFile, readyFile, lv string
 		noGossip                                 bool
 		compression                              string
+		loadErr                                  = make(chan error, 1)
 	)
 	cmd := &cobra.Command{
 		Use:   "worker --model NAME",
@@ -78,7 +79,14 @@ func newWorkerCmd() *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "worker %s: http %s, model %s, mode %s (loading)\n", cfg.Name, w.HTTPAddr(), cfg.Model, cfg.Mode)
-			return serveUntilDone(cmd, readyFile, map[string]string{"node": cfg.Name, "http": w.HTTPAddr()}, w.Close)
+			// A load that fails (a mode that does not fit the model, a checkpoint the engine cannot
+			// run) ends the process: waiting would not fix it.
+			go func() {
+				if err := w.WaitReady(cmd.Context()); err != nil && cmd.Context().Err() == nil {
+					loadErr <- err
+				}
+			}()
+			return serveUntilDone(cmd, readyFile, map[string]string{"node": cfg.Name, "http": w.HTTPAddr()}, w.Close, loadErr)
 		},
 	}
 	f := cmd.Flags()
