@@ -62,6 +62,14 @@ func TestDependencyRules(t *testing.T) {
 		{pkg: "internal/membership", allowed: []string{}},
 		{pkg: "internal/atomicfile", allowed: []string{}},
 		{pkg: "internal/modelblobs", allowed: []string{"model", "expertstore/blob"}},
+		{pkg: "internal/placement", allowed: []string{}},
+		{pkg: "internal/embedetcd", allowed: []string{}},
+		// The control plane never depends on the data plane's consumers, and the reverse.
+		{pkg: "coordinator", allowed: []string{"api", "model", "routing", "expertstore/blob", "expertstore/dataplane", "expertstore/client",
+			"internal/placement", "internal/membership", "internal/modelblobs", "internal/embedetcd", "internal/atomicfile"}},
+		{pkg: "worker/serve", allowed: []string{"model", "compute", "routing", "engine"}},
+		{pkg: "worker", exact: true, allowed: []string{"api", "model", "compute", "routing", "engine", "expertstore/blob", "expertstore/dataplane",
+			"expertstore/client", "internal/placement", "internal/membership", "internal/atomicfile", "worker/serve"}},
 	}
 	checked := 0
 	for path, ds := range all {
