@@ -230,7 +230,7 @@ func New(cfg Config) (s *Server, err error) {
 		}
 		s.goFunc(s.publishMeta)
 	}
-	s.log.Info("store serving", "grpc", s.Addr(), "data", s.DataAddr(), "blobs", len(s.blobs), "quarantined", s.quarantined.Load())
+	s.log.Info("store serving", "grpc", s.Addr(), "data", s.DataAddr(), "blobs", s.meta().Blobs, "quarantined", s.quarantined.Load())
 	return s, nil
 }
 

@@ -144,6 +144,22 @@ func replicasOf(p placement.Placement) []routing.Replica {
 	return out
 }
 
+// holds reports whether the view's snapshot has a placement for every blob of man.
+func (v *clusterView) holds(man placement.Manifest) bool {
+	snap := v.snap.Load()
+	for _, e := range man.Experts {
+		if snap.Replicas(v.ps.ExpertKey(man.Name, e.Key())) == nil {
+			return false
+		}
+	}
+	for _, d := range man.Dense {
+		if snap.Replicas(v.ps.DenseKey(man.Name, d.Name)) == nil {
+			return false
+		}
+	}
+	return true
+}
+
 // replicas returns the stores to fetch key from, in the order to try them.
 func (v *clusterView) replicas(key string, seed uint64) ([]client.Replica, error) {
 	stores := v.stores.Load()

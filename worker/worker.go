@@ -218,8 +218,9 @@ func (w *Worker) load(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	// The view must have caught up with the publication (its placements came in the same Txn).
-	for !w.view.synced.Load() || w.view.snap.Load().Epoch() < manRev {
+	// The view must have caught up with the publication: its revision, and every blob of the
+	// manifest (a Txn's events arrive one by one, so a snapshot may hold part of a revision).
+	for !w.view.synced.Load() || w.view.snap.Load().Epoch() < manRev || !w.view.holds(man) {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
