@@ -152,12 +152,17 @@ func (c *Cache) get(k ExpertKey, size int64) (e *cacheEntry, created bool) {
 	return e, true
 }
 
-// pinAcquired pins e for an Acquire (until Release).
-func (c *Cache) pinAcquired(e *cacheEntry) {
+// pinIfLive pins e for an Acquire (until Release) if it is still in the cache, in one step: an
+// unpinned ready entry can be evicted (and its buffer reused) at any moment until it is pinned.
+func (c *Cache) pinIfLive(e *cacheEntry) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.entries[e.key] != e || e.abandoned {
+		return false
+	}
 	e.pins++
 	c.policy.Touched(e.key)
+	return true
 }
 
 // gone reports whether e has left the cache (evicted or failed): its want must fetch again.

@@ -379,10 +379,16 @@ func (p *Pipeline) Acquire(ctx context.Context, block, expert int) (*engine.Expe
 		if _, ok := p.wanted[k]; !ok {
 			p.stats[block].misses.Add(1) // used without a Hint: fetched now
 		}
-		// The want's entry may have been evicted since (it is not pinned once ready): want again.
-		p.want(k)
-		ent = p.wanted[k].ent
-		p.cache.pinAcquired(ent)
+		// The want's entry may have been evicted since (it is not pinned once ready), and may be
+		// until pinned: want again until the pin holds.
+		for {
+			p.want(k)
+			ent = p.wanted[k].ent
+			if p.cache.pinIfLive(ent) {
+				break
+			}
+			p.unwant(k)
+		}
 		p.mu.Unlock()
 	}
 	st := &p.stats[block]
