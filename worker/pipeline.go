@@ -137,7 +137,7 @@ type Pipeline struct {
 type blockStats struct {
 	stallNanos, fetchedBytes, fetches  atomic.Int64
 	hits, misses, predHits, predMisses atomic.Int64
-	acquires                           atomic.Int64
+	acquires, refetches                atomic.Int64
 }
 
 // BlockStats is a snapshot of one block's counters.
@@ -146,6 +146,9 @@ type BlockStats struct {
 	FetchedBytes, Fetches, Acquires  int64
 	CacheHits, CacheMisses           int64
 	PredictionHits, PredictionMisses int64
+	// Refetches counts experts evicted after their block wanted them and before it acquired them
+	// (the budget was too tight for what was in flight), fetched again.
+	Refetches int64
 }
 
 // NewPipeline starts a pipeline. In resident mode it fetches every expert before returning.
@@ -239,7 +242,7 @@ func (p *Pipeline) Stats() []BlockStats {
 		s := &p.stats[i]
 		out[i] = BlockStats{StallSeconds: float64(s.stallNanos.Load()) / 1e9, FetchedBytes: s.fetchedBytes.Load(),
 			Fetches: s.fetches.Load(), Acquires: s.acquires.Load(), CacheHits: s.hits.Load(), CacheMisses: s.misses.Load(),
-			PredictionHits: s.predHits.Load(), PredictionMisses: s.predMisses.Load()}
+			PredictionHits: s.predHits.Load(), PredictionMisses: s.predMisses.Load(), Refetches: s.refetches.Load()}
 	}
 	return out
 }
@@ -387,6 +390,7 @@ func (p *Pipeline) Acquire(ctx context.Context, block, expert int) (*engine.Expe
 			if p.cache.pinIfLive(ent) {
 				break
 			}
+			p.stats[block].refetches.Add(1)
 			p.unwant(k)
 		}
 		p.mu.Unlock()
@@ -514,7 +518,7 @@ func (p *Pipeline) ResetStats() {
 func (p *Pipeline) resetStatsLocked() {
 	for i := range p.stats {
 		s := &p.stats[i]
-		for _, c := range []*atomic.Int64{&s.stallNanos, &s.fetchedBytes, &s.fetches, &s.hits, &s.misses, &s.predHits, &s.predMisses, &s.acquires} {
+		for _, c := range []*atomic.Int64{&s.stallNanos, &s.fetchedBytes, &s.fetches, &s.hits, &s.misses, &s.predHits, &s.predMisses, &s.acquires, &s.refetches} {
 			c.Store(0)
 		}
 		p.latencies[i] = nil

@@ -102,6 +102,7 @@ type ModeResult struct {
 	CacheBudgetBytes      int64    `json:"cache_budget_bytes"`
 	Recall                *float64 `json:"recall"` // prediction recall (pregated, speculative); null otherwise
 	StallSecondsPerBlock  float64  `json:"stall_seconds_per_block"`
+	Refetches             int64    `json:"refetches"` // experts evicted between want and use
 }
 
 // Ratios are the paper's headline comparisons (0 when a mode was not run).
@@ -462,6 +463,7 @@ func runMode(ctx context.Context, lc *localcluster.Cluster, o Options, name stri
 		hits += s.CacheHits + s.CacheMisses
 		predHits += s.PredictionHits
 		predMisses += s.PredictionMisses
+		mr.Refetches += s.Refetches
 	}
 	mr.StallFraction = stall / elapsed.Seconds()
 	mr.StallSecondsPerBlock = stall / float64(len(lat))
