@@ -170,7 +170,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	lc, err := localcluster.Start(localcluster.Config{Dir: filepath.Join(o.Dir, "cluster"), Stores: o.Stores, Replicas: 1,
-		StoreCapacity: 64 << 30, Fast: true, Logger: o.Logger})
+		StoreCapacity: 64 << 30, Logger: o.Logger}) // production timers: test timers gossip and reconcile every few ms, taking CPU from the run
 	if err != nil {
 		return nil, err
 	}
