@@ -26,9 +26,10 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // blobFetcher serves a checkpoint's expert blobs from memory, as a store would after import (the
 // same blobs modelblobs makes), optionally taking delay per fetch to act as a slow link.
 type blobFetcher struct {
-	blobs   map[ExpertKey][]byte
-	delay   time.Duration
-	fetches atomic.Int64
+	blobs     map[ExpertKey][]byte
+	delay     time.Duration
+	fetches   atomic.Int64
+	cancelled atomic.Int64 // fetches whose context ended while they waited
 }
 
 func newBlobFetcher(t *testing.T, ckpt *model.Checkpoint) *blobFetcher {
@@ -54,6 +55,7 @@ func (f *blobFetcher) Fetch(ctx context.Context, k ExpertKey, dst []byte) error 
 		select {
 		case <-time.After(f.delay):
 		case <-ctx.Done():
+			f.cancelled.Add(1)
 			return ctx.Err()
 		}
 	}
@@ -327,4 +329,31 @@ func TestStagedCopyPathGivesTheGoldenTokens(t *testing.T) {
 	if cs := p.Cache().Stats(); cs.Evictions == 0 || cs.Peak > cs.Budget {
 		t.Errorf("cache %+v: want evictions within the budget", cs)
 	}
+}
+
+// TestCancelStopsFetches: when the caller of a step goes away, the step returns at once and the
+// expert fetches it started are cancelled, not left to finish (a slow link would otherwise keep
+// moving bytes nobody wants).
+func TestCancelStopsFetches(t *testing.T) {
+	dir := fixture("mixtral-tiny")
+	prompts, _ := goldenPrompts(t, dir)
+	m := loadPipelined(t, dir, ModeSpeculative, 64<<20, 2*time.Second, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(100*time.Millisecond, cancel)
+	start := time.Now()
+	_, _, err := engine.Generate(ctx, m, prompts, engine.GenerateOptions{MaxNewTokens: 10})
+	if err == nil {
+		t.Fatal("a cancelled generation succeeded")
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("the cancelled step took %v: it waited for its fetches", took)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for m.fetch.cancelled.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no fetch was cancelled (%d started)", m.fetch.fetches.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("%d fetches started, %d cancelled", m.fetch.fetches.Load(), m.fetch.cancelled.Load())
 }
