@@ -34,7 +34,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
-	"go.uber.org/zap"
 
 	"github.com/pregate/pregate/expertstore/client"
 	"github.com/pregate/pregate/internal/embedetcd"
@@ -177,7 +176,7 @@ func New(cfg Config) (c *Coordinator, err error) {
 		endpoints = c.etcd.Endpoints()
 		c.log.Info("embedded etcd", "endpoints", endpoints, "dir", ec.Dir)
 	}
-	if c.cli, err = NewEtcdClient(endpoints); err != nil {
+	if c.cli, err = placement.Dial(endpoints); err != nil {
 		return nil, err
 	}
 	c.ps = placement.New(c.cli, cfg.Cluster)
@@ -188,13 +187,8 @@ func New(cfg Config) (c *Coordinator, err error) {
 		}
 	}
 	if cfg.Gossip != nil {
-		g := *cfg.Gossip
-		g.NodeName = cfg.Name
-		g.Meta = membership.Meta{Role: membership.RoleCoordinator, HTTPAddr: c.HTTPAddr()}
-		if g.Logger == nil {
-			g.Logger = cfg.Logger
-		}
-		if c.member, err = membership.New(g); err != nil {
+		meta := membership.Meta{Role: membership.RoleCoordinator, HTTPAddr: c.HTTPAddr()}
+		if c.member, err = membership.New(cfg.Gossip.ForNode(cfg.Name, meta, cfg.Logger)); err != nil {
 			return nil, err
 		}
 	}
@@ -215,22 +209,6 @@ func New(cfg Config) (c *Coordinator, err error) {
 	c.goFunc(func() { c.watchCluster(ctx) })
 	c.goFunc(func() { c.campaignLoop(ctx) })
 	return c, nil
-}
-
-// NewEtcdClient returns an etcd client for endpoints with pregate's settings (quiet logger,
-// bounded dial).
-func NewEtcdClient(endpoints []string) (*clientv3.Client, error) {
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:            endpoints,
-		DialTimeout:          5 * time.Second,
-		DialKeepAliveTime:    10 * time.Second,
-		DialKeepAliveTimeout: 5 * time.Second,
-		Logger:               zap.NewNop(),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("coordinator: etcd client for %v: %w", endpoints, err)
-	}
-	return cli, nil
 }
 
 func (c *Coordinator) goFunc(f func()) {

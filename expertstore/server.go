@@ -219,13 +219,7 @@ func New(cfg Config) (s *Server, err error) {
 	})
 	s.goFunc(s.serveData)
 	if cfg.Gossip != nil {
-		g := *cfg.Gossip
-		g.NodeName = cfg.NodeName
-		g.Meta = s.meta()
-		if g.Logger == nil {
-			g.Logger = s.log
-		}
-		if s.member, err = membership.New(g); err != nil {
+		if s.member, err = membership.New(cfg.Gossip.ForNode(cfg.NodeName, s.meta(), s.log)); err != nil {
 			return s, err
 		}
 		s.goFunc(s.publishMeta)

@@ -31,7 +31,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
-	"go.uber.org/zap"
 
 	"github.com/pregate/pregate/compute"
 	"github.com/pregate/pregate/engine"
@@ -152,21 +151,16 @@ func New(cfg Config) (w *Worker, err error) {
 		}
 	}()
 	w.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	if w.cli, err = clientv3.New(clientv3.Config{Endpoints: cfg.EtcdEndpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}); err != nil {
-		return nil, fmt.Errorf("worker: etcd: %w", err)
+	if w.cli, err = placement.Dial(cfg.EtcdEndpoints); err != nil {
+		return nil, err
 	}
 	w.ps = placement.New(w.cli, cfg.Cluster)
 	if w.lis, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
 		return nil, fmt.Errorf("worker: http: %w", err)
 	}
 	if cfg.Gossip != nil {
-		g := *cfg.Gossip
-		g.NodeName = cfg.Name
-		g.Meta = membership.Meta{Role: membership.RoleWorker, HTTPAddr: w.HTTPAddr()}
-		if g.Logger == nil {
-			g.Logger = cfg.Logger
-		}
-		if w.member, err = membership.New(g); err != nil {
+		meta := membership.Meta{Role: membership.RoleWorker, HTTPAddr: w.HTTPAddr()}
+		if w.member, err = membership.New(cfg.Gossip.ForNode(cfg.Name, meta, cfg.Logger)); err != nil {
 			return nil, err
 		}
 	}

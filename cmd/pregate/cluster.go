@@ -74,7 +74,7 @@ func (c *clusterFlags) connect(ctx context.Context) (*clientv3.Client, *placemen
 	if len(eps) == 0 {
 		return nil, nil, errors.New("no cluster given: set --etcd-endpoints (PREGATE_ETCD_ENDPOINTS) or --coordinator (PREGATE_COORDINATOR)")
 	}
-	cli, err := coordinator.NewEtcdClient(eps)
+	cli, err := placement.Dial(eps)
 	if err != nil {
 		return nil, nil, err
 	}

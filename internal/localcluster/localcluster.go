@@ -77,7 +77,7 @@ func Start(cfg Config) (c *Cluster, err error) {
 	if c.etcd, err = embedetcd.Start(ec); err != nil {
 		return nil, err
 	}
-	if c.cli, err = coordinator.NewEtcdClient(c.etcd.Endpoints()); err != nil {
+	if c.cli, err = placement.Dial(c.etcd.Endpoints()); err != nil {
 		return nil, err
 	}
 	c.ps = placement.New(c.cli, "")

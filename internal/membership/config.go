@@ -184,3 +184,14 @@ func (c Config) memberlistConfig(d *delegate, logger *slog.Logger) *memberlist.C
 	mc.Logger = newMemberlistLogger(logger)
 	return mc
 }
+
+// ForNode returns a copy of c for the node called name gossiping meta, logging to logger unless c
+// has a logger of its own: how a component that was handed the cluster's gossip settings fills
+// in its own part.
+func (c Config) ForNode(name string, meta Meta, logger *slog.Logger) Config {
+	c.NodeName, c.Meta = name, meta
+	if c.Logger == nil {
+		c.Logger = logger
+	}
+	return c
+}

@@ -22,9 +22,11 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+	"go.uber.org/zap"
 )
 
 // Sentinel errors.
@@ -35,6 +37,22 @@ var (
 	ErrInvalid   = errors.New("placement: invalid")
 	ErrCorrupt   = errors.New("placement: corrupt record")
 )
+
+// Dial returns an etcd client for endpoints with pregate's settings: etcd's own logging off (its
+// client logs every retry), a bounded dial, keepalives that notice a dead member.
+func Dial(endpoints []string) (*clientv3.Client, error) {
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:            endpoints,
+		DialTimeout:          5 * time.Second,
+		DialKeepAliveTime:    10 * time.Second,
+		DialKeepAliveTimeout: 5 * time.Second,
+		Logger:               zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("placement: etcd client for %v: %w", endpoints, err)
+	}
+	return cli, nil
+}
 
 // DefaultMaxTxnOps is etcd's default limit on the operations of one Txn (--max-txn-ops).
 const DefaultMaxTxnOps = 128
