@@ -29,7 +29,10 @@ func WriteTable(w io.Writer, r *Result) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	link := fmt.Sprintf("%s/s", humanize.SI(r.LinkBytesPerSecond, "B"))
+	link := fmt.Sprintf("paced at %s/s", humanize.SIWithDigits(r.LinkBytesPerSecond, 3, "B"))
+	if r.LinkBytesPerSecond == 0 {
+		link = "not paced (loopback)"
+	}
 	if r.Regime != "" {
 		link += " (regime " + r.Regime + ")"
 	}
@@ -63,7 +66,11 @@ func WriteTable(w io.Writer, r *Result) error {
 // the paper's figure shows, to a PNG file.
 func Plot(r *Result, path string) error {
 	p := plot.New()
-	p.Title.Text = fmt.Sprintf("MoE block latency per mode: %s, link %s/s", r.Model, humanize.SI(r.LinkBytesPerSecond, "B"))
+	link := "loopback"
+	if r.LinkBytesPerSecond > 0 {
+		link = humanize.SIWithDigits(r.LinkBytesPerSecond, 3, "B") + "/s"
+	}
+	p.Title.Text = fmt.Sprintf("MoE block latency per mode: %s, link %s, f/c = %.2f", r.Model, link, r.FetchSecondsPerBlock/r.ComputeSecondsPerBlock)
 	p.Y.Label.Text = "ms per MoE block (decode)"
 	p50 := make(plotter.Values, len(r.Modes))
 	p90 := make(plotter.Values, len(r.Modes))
