@@ -15,6 +15,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/pregate/pregate/api/storepb"
 	"github.com/pregate/pregate/expertstore/blob"
 	"github.com/pregate/pregate/expertstore/client"
 	"github.com/pregate/pregate/internal/atomicfile"
@@ -160,23 +161,35 @@ func (v *clusterView) holds(man placement.Manifest) bool {
 	return true
 }
 
-// replicas returns the stores to fetch key from, in the order to try them.
-func (v *clusterView) replicas(key string, seed uint64) ([]client.Replica, error) {
-	stores := v.stores.Load()
-	if stores == nil {
-		return nil, errors.New("worker: store addresses not known yet")
-	}
-	names := v.snap.Load().Choose(key, seed, func(s string) bool { return (*stores)[s].alive })
-	out := make([]client.Replica, 0, len(names))
-	for _, n := range names {
-		if a, ok := (*stores)[n]; ok {
-			out = append(out, a.replica)
+// replicas returns the stores to fetch key from, in the order to try them. A store that placement
+// names but the view has no address for yet (it joined since the last read of the store records)
+// makes it read them now.
+func (v *clusterView) replicas(ctx context.Context, key string, seed uint64) ([]client.Replica, error) {
+	for attempt := 0; ; attempt++ {
+		stores := v.stores.Load()
+		if stores == nil {
+			return nil, errors.New("worker: store addresses not known yet")
 		}
+		names := v.snap.Load().Choose(key, seed, func(s string) bool { return (*stores)[s].alive })
+		out := make([]client.Replica, 0, len(names))
+		unknown := false
+		for _, n := range names {
+			if a, ok := (*stores)[n]; ok {
+				out = append(out, a.replica)
+			} else {
+				unknown = true
+			}
+		}
+		if unknown && attempt == 0 {
+			if err := v.readStores(ctx); err == nil {
+				continue
+			}
+		}
+		if len(out) == 0 {
+			return nil, fmt.Errorf("worker: %s has no ready replica", strings.TrimPrefix(key, v.ps.Prefix()))
+		}
+		return out, nil
 	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("worker: %s has no ready replica", strings.TrimPrefix(key, v.ps.Prefix()))
-	}
-	return out, nil
 }
 
 // clusterFetcher fetches expert blobs from the stores placement names.
@@ -209,11 +222,34 @@ func (f *clusterFetcher) Fetch(ctx context.Context, k ExpertKey, dst []byte) err
 	if err != nil {
 		return err
 	}
-	reps, err := f.view.replicas(f.view.ps.ExpertKey(f.man.Name, placement.Key{Block: k.Block, Expert: k.Expert}), f.seed)
+	key := f.view.ps.ExpertKey(f.man.Name, placement.Key{Block: k.Block, Expert: k.Expert})
+	snap := f.view.snap.Load()
+	reps, err := f.view.replicas(ctx, key, f.seed)
 	if err != nil {
 		return err
 	}
-	return f.cl.Fetch(ctx, client.Ref{Digest: d, Size: e.Size}, reps, dst)
+	err = f.cl.Fetch(ctx, client.Ref{Digest: d, Size: e.Size}, reps, dst)
+	if err == nil || ctx.Err() != nil {
+		return err
+	}
+	// Every replica failed. A rebalance may have moved the expert and deleted it where this fetch
+	// looked: the coordinator deletes right after its Txn, and the watch event that tells this worker
+	// can come a moment later. Wait (briefly) for a newer placement and try once more there.
+	deadline := time.Now().Add(time.Second)
+	for f.view.snap.Load() == snap && errors.Is(err, storepb.ErrNotFound) && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if f.view.snap.Load() == snap {
+		return err
+	}
+	if reps, rerr := f.view.replicas(ctx, key, f.seed); rerr == nil {
+		return f.cl.Fetch(ctx, client.Ref{Digest: d, Size: e.Size}, reps, dst)
+	}
+	return err
 }
 
 // denseMarker names the file that records which dense blobs a local checkpoint was built from.
@@ -243,7 +279,7 @@ func materializeDense(ctx context.Context, dir string, man placement.Manifest, v
 		if err != nil {
 			return err
 		}
-		reps, err := view.replicas(view.ps.DenseKey(man.Name, d.Name), seed)
+		reps, err := view.replicas(ctx, view.ps.DenseKey(man.Name, d.Name), seed)
 		if err != nil {
 			return err
 		}

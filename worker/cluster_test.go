@@ -194,12 +194,13 @@ func stream(ctx context.Context, addr string, body map[string]any, got func(n in
 	return ids, finish, fmt.Errorf("stream ended without [DONE]: %v", sc.Err())
 }
 
-// TestStoreKilledDuringStreaming kills one of three stores (R=2) while 32 streaming generations
-// run on a worker whose cache holds a few experts (so it fetches throughout): none may fail and
-// every output must equal the local engine's.
-func TestStoreKilledDuringStreaming(t *testing.T) {
+// streamDuring runs 32 streaming generations on a worker of mixtral-tiny whose cache holds a few
+// experts (so it fetches throughout), calls disturb once every stream has its first tokens, and
+// checks that none failed and every output equals the local engine's. It returns the expert
+// fetches made before and after disturb.
+func streamDuring(t *testing.T, lc *localcluster.Cluster, disturb func()) (before, after int64) {
+	t.Helper()
 	const fx, n, tokens = "mixtral-tiny", 32, 24
-	lc := startCluster(t, fx)
 	ckpt, err := model.OpenCheckpoint(fixture(fx))
 	if err != nil {
 		t.Fatal(err)
@@ -255,22 +256,16 @@ func TestStoreKilledDuringStreaming(t *testing.T) {
 		}()
 	}
 	started.Wait()
-	before := int64(0)
-	for _, s := range w.Pipeline().Stats() {
-		before += s.Fetches
+	fetches := func() (n int64) {
+		for _, s := range w.Pipeline().Stats() {
+			n += s.Fetches
+		}
+		return n
 	}
-	if err := lc.KillStore("store-1"); err != nil {
-		t.Fatal(err)
-	}
+	before = fetches()
+	disturb()
 	wg.Wait()
-	after := int64(0)
-	for _, s := range w.Pipeline().Stats() {
-		after += s.Fetches
-	}
-	t.Logf("expert fetches: %d before the kill, %d after", before, after-before)
-	if after == before {
-		t.Error("no expert was fetched after the kill: the test proved nothing")
-	}
+	after = fetches() - before
 	for i, r := range results {
 		if r.err != nil {
 			t.Errorf("generation %d failed: %v", i, r.err)
@@ -279,6 +274,48 @@ func TestStoreKilledDuringStreaming(t *testing.T) {
 		if r.finish != "length" || !slices.Equal(r.ids, want[i]) {
 			t.Errorf("generation %d: %v (%s), want %v", i, r.ids, r.finish, want[i])
 		}
+	}
+	return before, after
+}
+
+// TestStoreKilledDuringStreaming kills one of three stores (R=2) while 32 streaming generations
+// run: none may fail and every output must equal the local engine's.
+func TestStoreKilledDuringStreaming(t *testing.T) {
+	lc := startCluster(t, "mixtral-tiny")
+	before, after := streamDuring(t, lc, func() {
+		if err := lc.KillStore("store-1"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Logf("expert fetches: %d before the kill, %d after", before, after)
+	if after == 0 {
+		t.Error("no expert was fetched after the kill: the test proved nothing")
+	}
+}
+
+// TestScaleOutDuringStreaming adds two stores while 32 streaming generations run: the coordinator
+// moves experts to them (copy, then drop and delete the old replicas) under the worker's fetches,
+// which must follow placement without failing.
+func TestScaleOutDuringStreaming(t *testing.T) {
+	lc := startCluster(t, "mixtral-tiny")
+	co := lc.Coordinator()
+	copied := co.BytesCopied()
+	before, after := streamDuring(t, lc, func() {
+		for range 2 {
+			if _, err := lc.AddStore(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Let the rebalance run under the streams.
+		deadline := time.Now().Add(10 * time.Second)
+		for co.BytesCopied() == copied && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
+	moved := co.BytesCopied() - copied
+	t.Logf("expert fetches: %d before the new stores, %d after; %d bytes rebalanced", before, after, moved)
+	if moved == 0 || after == 0 {
+		t.Errorf("the test proved nothing: %d bytes moved, %d fetches after", moved, after)
 	}
 }
 
