@@ -360,3 +360,27 @@ func TestReadyWaitsForTheModel(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestDrainDuringStreaming drains a store while 32 streaming generations run: its experts are
+// copied elsewhere and deleted from it under the worker's fetches.
+func TestDrainDuringStreaming(t *testing.T) {
+	lc := startCluster(t, "mixtral-tiny")
+	co := lc.Coordinator()
+	copied := co.BytesCopied()
+	before, after := streamDuring(t, lc, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := lc.Placement().SetDrain(ctx, "store-0", true); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for lc.Store("store-0").Stats().Blobs > 0 && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
+	t.Logf("expert fetches: %d before the drain, %d after; %d bytes moved; store-0 holds %d blobs",
+		before, after, co.BytesCopied()-copied, lc.Store("store-0").Stats().Blobs)
+	if co.BytesCopied() == copied || after == 0 {
+		t.Error("the test proved nothing: nothing moved or nothing was fetched after the drain began")
+	}
+}
