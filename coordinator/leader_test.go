@@ -200,3 +200,47 @@ func TestCoordinatorRestartResumes(t *testing.T) {
 	}
 	verifyStoresHoldPlacement(t, lc, "m")
 }
+
+// TestRestartWithAStoreDownMovesNothing: a coordinator that starts while a store is down (a
+// cluster coming back, a store rebooting) keeps that store's replicas for the dead grace: placement
+// is computed over the same stores as before, so no blob is copied or dropped.
+func TestRestartWithAStoreDownMovesNothing(t *testing.T) {
+	lc := startCluster(t, 3, 2, 256<<20)
+	importModel(t, lc, "../testdata/mixtral-tiny", "m")
+	waitConverged(t, lc, 3)
+	ctx := ctxFor(t, 20*time.Second)
+	before, _, _, err := lc.Placement().Placements(ctx, "m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lc.StopCoordinator(lc.Coordinator())
+	if err := lc.KillStore("store-2"); err != nil {
+		t.Fatal(err)
+	}
+	// Let the surviving stores' gossip declare it dead, so the new coordinator never sees it alive.
+	time.Sleep(2 * time.Second)
+	co, err := lc.StartCoordinatorWith(func(c *coordinator.Config) { c.DeadGrace = time.Minute })
+	if err != nil {
+		t.Fatal(err)
+	}
+	for start := co.Passes(); co.Passes() < start+5; time.Sleep(20 * time.Millisecond) {
+		if ctx.Err() != nil {
+			t.Fatal("the new coordinator ran no passes")
+		}
+	}
+	after, _, _, err := lc.Placement().Placements(ctx, "m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, p := range before {
+		if !slices.Equal(p.Ready(), after[k].Ready()) {
+			t.Errorf("expert %v moved while store-2 was within its grace: %v → %v", k, p.Ready(), after[k].Ready())
+		}
+	}
+	if co.BytesCopied() != 0 {
+		t.Errorf("%d bytes copied during the grace", co.BytesCopied())
+	}
+	if st := readStatus(t, lc); st.Summary.StoresDead+st.Summary.StoresSuspect != 1 || st.Summary.ExpertsUnavailable != 0 || st.Summary.ExpertsUnderReplicated == 0 {
+		t.Errorf("status during the grace: %+v", st.Summary)
+	}
+}

@@ -512,8 +512,12 @@ func (c *Coordinator) observeStores(ctx context.Context) (map[string]storeView, 
 		r.State, r.Joined, r.Since = state, s.joined, s.since
 		live := state == placement.StoreAlive || state == placement.StoreSuspect ||
 			state == placement.StoreDead && now.Sub(s.since) < c.cfg.DeadGrace
+		// A store dead for less than the grace stays a target: placement is computed over the same
+		// stores as before it went, so nothing moves unless it stays away (a restarting cluster,
+		// whose stores rejoin one by one while the records still hold their old addresses, must not
+		// shrink every blob onto the first store back).
 		views[name] = storeView{rec: r, draining: drains[name], live: live,
-			target: live && !drains[name] && state != placement.StoreDead && r.Capacity > 0}
+			target: live && !drains[name] && r.Capacity > 0}
 		if o, had := old[name]; !had || recordChanged(o, r) {
 			r.Updated = now
 			writes = append(writes, r)

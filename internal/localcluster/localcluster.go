@@ -113,6 +113,11 @@ func (c *Cluster) addSeed(addr string) {
 
 // StartCoordinator starts another coordinator (named coord-<n>) on the cluster's etcd.
 func (c *Cluster) StartCoordinator() (*coordinator.Coordinator, error) {
+	return c.StartCoordinatorWith(nil)
+}
+
+// StartCoordinatorWith is StartCoordinator with adjust applied to the configuration last.
+func (c *Cluster) StartCoordinatorWith(adjust func(*coordinator.Config)) (*coordinator.Coordinator, error) {
 	cc := coordinator.DefaultConfig()
 	c.mu.Lock()
 	cc.Name = fmt.Sprintf("coord-%d", len(c.coords))
@@ -127,6 +132,9 @@ func (c *Cluster) StartCoordinator() (*coordinator.Coordinator, error) {
 		cc.SessionTTL = 2
 		cc.DeadGrace = 0
 		cc.CopyTimeout = 20 * time.Second
+	}
+	if adjust != nil {
+		adjust(&cc)
 	}
 	co, err := coordinator.New(cc)
 	if err != nil {
