@@ -140,6 +140,20 @@ func TestEveryModeOverHTTPGivesTheGoldenTokens(t *testing.T) {
 				if fetched == 0 {
 					t.Error("no expert bytes fetched from the stores")
 				}
+				resp, err := http.Get("http://" + w.HTTPAddr() + "/metrics")
+				if err != nil {
+					t.Fatal(err)
+				}
+				metrics, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				for _, name := range []string{"pregate_requests_running", "pregate_requests_waiting", "pregate_time_to_first_token_seconds",
+					"pregate_inter_token_latency_seconds", `pregate_moe_stall_seconds_total{block="0"}`, "pregate_moe_fetched_bytes_total",
+					"pregate_expert_cache_hits_total", "pregate_expert_cache_misses_total", "pregate_prediction_hits_total",
+					"pregate_prediction_misses_total", "pregate_expert_cache_peak_bytes"} {
+					if !strings.Contains(string(metrics), name) {
+						t.Errorf("/metrics lacks %s", name)
+					}
+				}
 			})
 		}
 	}
