@@ -17,6 +17,7 @@
 package coordinator
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -273,12 +274,6 @@ func (c *Coordinator) GossipAddr() string {
 // IsLeader reports whether this coordinator is the elected leader now.
 func (c *Coordinator) IsLeader() bool { return c.leading.Load() }
 
-// Placement returns the cluster state store the coordinator uses.
-func (c *Coordinator) Placement() *placement.Store { return c.ps }
-
-// Etcd returns the coordinator's etcd client.
-func (c *Coordinator) Etcd() *clientv3.Client { return c.cli }
-
 // Kick asks for a reconcile pass soon (the leader runs it; others ignore it).
 func (c *Coordinator) Kick() {
 	select {
@@ -478,7 +473,7 @@ func (c *Coordinator) handler() http.Handler {
 		w.Write([]byte("ok\n")) //nolint:errcheck // the client went away
 	})
 	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, ClusterInfo{Cluster: or(c.cfg.Cluster, "default"), Name: c.cfg.Name,
+		writeJSON(w, http.StatusOK, ClusterInfo{Cluster: cmp.Or(c.cfg.Cluster, "default"), Name: c.cfg.Name,
 			EtcdEndpoints: c.EtcdEndpoints(), Leader: c.IsLeader()})
 	})
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
@@ -497,12 +492,4 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	json.NewEncoder(w).Encode(v) //nolint:errcheck // the client went away
-}
-
-func or[T comparable](v, def T) T {
-	var zero T
-	if v == zero {
-		return def
-	}
-	return v
 }

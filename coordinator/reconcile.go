@@ -499,7 +499,7 @@ func (c *Coordinator) observeStores(ctx context.Context) (map[string]storeView, 
 		}
 		s, ok := c.seen[name]
 		if !ok {
-			s = seenStore{joined: or(old[name].Joined, now), since: now, state: state}
+			s = seenStore{joined: cmp.Or(old[name].Joined, now), since: now, state: state}
 			if old[name].State == state && !old[name].Since.IsZero() {
 				s.since = old[name].Since
 			}

@@ -318,14 +318,3 @@ func (c *Cache) broadcast() {
 	close(c.changed)
 	c.changed = make(chan struct{})
 }
-
-// clear drops every unpinned entry (a resident-mode reload, tests).
-func (c *Cache) clear() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, e := range c.entries {
-		if e.pins == 0 {
-			c.removeLocked(e)
-		}
-	}
-}

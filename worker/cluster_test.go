@@ -45,15 +45,8 @@ func startCluster(t *testing.T, fixtures ...string) *localcluster.Cluster {
 	t.Cleanup(func() { lc.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	for {
-		st, err := coordinator.ReadStatus(ctx, lc.Etcd(), lc.Placement(), 2)
-		if err == nil && st.Summary.StoresAlive == 3 {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatal("stores never alive")
-		}
-		time.Sleep(50 * time.Millisecond)
+	if err := lc.WaitStores(ctx, 3); err != nil {
+		t.Fatal(err)
 	}
 	for _, fx := range fixtures {
 		if _, err := coordinator.Import(ctx, lc.Placement(), coordinator.ImportOptions{Dir: fixture(fx), Name: fx}); err != nil {

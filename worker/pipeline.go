@@ -507,14 +507,8 @@ func (p *Pipeline) BlockLatencies() [][]time.Duration {
 	return out
 }
 
-// ResetStats zeroes the counters and the recorded latencies and sets the cache's peak to what it
-// holds now (benchmarks measure each phase apart).
-func (p *Pipeline) ResetStats() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.resetStatsLocked()
-}
-
+// resetStatsLocked zeroes the counters and the recorded latencies and sets the cache's peak to what
+// it holds now (RecordAfter measures from there). Caller holds p.mu.
 func (p *Pipeline) resetStatsLocked() {
 	for i := range p.stats {
 		s := &p.stats[i]

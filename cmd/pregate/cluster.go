@@ -127,7 +127,8 @@ func splitList(s string) []string {
 func newCoordinatorCmd() *cobra.Command {
 	cfg := coordinator.DefaultConfig()
 	var (
-		endpoints, gossipAddr, join, keyFile, readyFile, logLevel string
+		endpoints, readyFile, logLevel string
+		gossip                         gossipFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "coordinator",
@@ -146,7 +147,7 @@ func newCoordinatorCmd() *cobra.Command {
 			}
 			cfg.Logger = log
 			cfg.EtcdEndpoints = splitList(endpoints)
-			if cfg.Gossip, err = gossipConfig(gossipAddr, join, keyFile, log); err != nil {
+			if cfg.Gossip, err = gossip.config(log); err != nil {
 				return err
 			}
 			co, err := coordinator.New(cfg)
@@ -170,9 +171,7 @@ func newCoordinatorCmd() *cobra.Command {
 	f.DurationVar(&cfg.Interval, "interval", cfg.Interval, "longest time between reconcile passes")
 	f.IntVar(&cfg.SessionTTL, "leader-ttl", cfg.SessionTTL, "leader lease in seconds")
 	f.IntVar(&cfg.CopyParallelism, "copy-parallelism", cfg.CopyParallelism, "blobs copied between stores at once")
-	f.StringVar(&gossipAddr, "gossip-addr", "0.0.0.0:7946", "memberlist bind address")
-	f.StringVar(&join, "join", "", "comma-separated gossip addresses of cluster members to join")
-	f.StringVar(&keyFile, "gossip-key-file", "", "file with the gossip encryption key")
+	gossip.register(f, "0.0.0.0:7946")
 	f.StringVar(&readyFile, "ready-file", "", "write {\"http\":…,\"gossip\":…,\"etcd_endpoints\":[…]} here once up")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd

@@ -7,10 +7,10 @@ import (
 	"net"
 	"os"
 	"strconv"
-	"strings"
 
 	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/pregate/pregate/expertstore"
 	"github.com/pregate/pregate/internal/membership"
@@ -38,30 +38,34 @@ func newLogger(level string) (*slog.Logger, error) {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
 }
 
-// gossipConfig builds a membership configuration from the --gossip-addr, --join and
-// --gossip-key-file flags.
-func gossipConfig(addr, join, keyFile string, log *slog.Logger) (*membership.Config, error) {
-	g := membership.DefaultConfig()
-	host, port, err := net.SplitHostPort(addr)
+// gossipFlags are the memberlist flags every daemon has: --gossip-addr, --join, --gossip-key-file.
+type gossipFlags struct{ addr, join, keyFile string }
+
+func (g *gossipFlags) register(f *pflag.FlagSet, defaultAddr string) {
+	f.StringVar(&g.addr, "gossip-addr", defaultAddr, "memberlist bind address")
+	f.StringVar(&g.join, "join", "", "comma-separated gossip addresses of cluster members to join")
+	f.StringVar(&g.keyFile, "gossip-key-file", "", "file with the gossip encryption key (16, 24 or 32 bytes, raw or base64)")
+}
+
+// config builds the membership configuration the flags describe.
+func (g *gossipFlags) config(log *slog.Logger) (*membership.Config, error) {
+	c := membership.DefaultConfig()
+	host, port, err := net.SplitHostPort(g.addr)
 	if err != nil {
-		return nil, fmt.Errorf("--gossip-addr %q: %w", addr, err)
+		return nil, fmt.Errorf("--gossip-addr %q: %w", g.addr, err)
 	}
-	g.BindAddr = host
-	if g.BindPort, err = strconv.Atoi(port); err != nil {
-		return nil, fmt.Errorf("--gossip-addr %q: bad port", addr)
+	c.BindAddr = host
+	if c.BindPort, err = strconv.Atoi(port); err != nil {
+		return nil, fmt.Errorf("--gossip-addr %q: bad port", g.addr)
 	}
-	for _, j := range strings.Split(join, ",") {
-		if j = strings.TrimSpace(j); j != "" {
-			g.Join = append(g.Join, j)
-		}
-	}
-	if keyFile != "" {
-		if g.SecretKey, err = membership.LoadKey(keyFile); err != nil {
+	c.Join = splitList(g.join)
+	if g.keyFile != "" {
+		if c.SecretKey, err = membership.LoadKey(g.keyFile); err != nil {
 			return nil, err
 		}
 	}
-	g.Logger = log
-	return &g, nil
+	c.Logger = log
+	return &c, nil
 }
 
 // serveUntilDone writes ready to readyFile (when set), then waits for the command's context (Ctrl-C,
@@ -103,9 +107,7 @@ func newStoreCmd() *cobra.Command {
 		memLimit    = byteSize(cfg.MemoryLimit)
 		maxBlob     = byteSize(cfg.MaxBlobBytes)
 		maxInflight = byteSize(cfg.MaxInflightBytes)
-		gossipAddr  string
-		join        string
-		keyFile     string
+		gossip      gossipFlags
 		readyFile   string
 		logLevel    string
 		noGossip    bool
@@ -132,7 +134,7 @@ func newStoreCmd() *cobra.Command {
 			cfg.MemoryLimit, cfg.MaxBlobBytes, cfg.MaxInflightBytes = int64(memLimit), int64(maxBlob), int64(maxInflight)
 			cfg.Logger = log
 			if !noGossip {
-				if cfg.Gossip, err = gossipConfig(gossipAddr, join, keyFile, log); err != nil {
+				if cfg.Gossip, err = gossip.config(log); err != nil {
 					return err
 				}
 			}
@@ -157,9 +159,7 @@ func newStoreCmd() *cobra.Command {
 	f.Var(&maxBlob, "max-blob", "largest blob a Put may carry")
 	f.IntVar(&cfg.ChunkSize, "chunk-size", cfg.ChunkSize, "default chunk size of fetches, 64 KiB to 4 MiB (chunk CRCs are precomputed at this size)")
 	f.Var(&maxInflight, "max-inflight", "bytes being sent and received at once; beyond, RESOURCE_EXHAUSTED")
-	f.StringVar(&gossipAddr, "gossip-addr", "0.0.0.0:7946", "memberlist bind address")
-	f.StringVar(&join, "join", "", "comma-separated gossip addresses of cluster members to join")
-	f.StringVar(&keyFile, "gossip-key-file", "", "file with the gossip encryption key (16, 24 or 32 bytes, raw or base64)")
+	gossip.register(f, "0.0.0.0:7946")
 	f.BoolVar(&noGossip, "no-gossip", false, "do not join a cluster (a standalone store)")
 	f.StringVar(&readyFile, "ready-file", "", "write {\"grpc\":…,\"data\":…,\"gossip\":…} here once listening")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

@@ -1,14 +1,12 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -23,13 +21,14 @@ import (
 func newWorkerCmd() *cobra.Command {
 	cfg := worker.DefaultConfig()
 	var (
-		cf                                       clusterFlags
-		mode                                     string
-		cache                                    = byteSize(cfg.ExpertCache)
-		gossipAddr, join, keyFile, readyFile, lv string
-		noGossip                                 bool
-		compression                              string
-		loadErr                                  = make(chan error, 1)
+		cf            clusterFlags
+		mode          string
+		cache         = byteSize(cfg.ExpertCache)
+		readyFile, lv string
+		gossip        gossipFlags
+		noGossip      bool
+		compression   string
+		loadErr       = make(chan error, 1)
 	)
 	cmd := &cobra.Command{
 		Use:   "worker --model NAME",
@@ -70,7 +69,7 @@ func newWorkerCmd() *cobra.Command {
 				cfg.EtcdEndpoints = info.EtcdEndpoints
 			}
 			if !noGossip {
-				if cfg.Gossip, err = gossipConfig(gossipAddr, join, keyFile, log); err != nil {
+				if cfg.Gossip, err = gossip.config(log); err != nil {
 					return err
 				}
 			}
@@ -103,9 +102,7 @@ func newWorkerCmd() *cobra.Command {
 	f.IntVar(&cfg.Threads, "threads", 0, "compute threads (0: all cores)")
 	f.IntVar(&cfg.MaxRunning, "max-running", cfg.MaxRunning, "sequences decoded together")
 	f.IntVar(&cfg.MaxWaiting, "max-waiting", cfg.MaxWaiting, "requests queued before answering 429")
-	f.StringVar(&gossipAddr, "gossip-addr", "0.0.0.0:7948", "memberlist bind address")
-	f.StringVar(&join, "join", "", "comma-separated gossip addresses of cluster members to join")
-	f.StringVar(&keyFile, "gossip-key-file", "", "file with the gossip encryption key")
+	gossip.register(f, "0.0.0.0:7948")
 	f.BoolVar(&noGossip, "no-gossip", false, "do not join the gossip cluster (etcd alone)")
 	f.StringVar(&readyFile, "ready-file", "", "write {\"http\":…} here once listening")
 	f.StringVar(&lv, "log-level", "info", "debug, info, warn or error")
@@ -170,7 +167,7 @@ func newUpCmd() *cobra.Command {
 				return err
 			}
 			defer lc.Close()
-			if err := waitStores(ctx, lc, stores); err != nil {
+			if err := lc.WaitStores(ctx, stores); err != nil {
 				return err
 			}
 			rep, err := coordinator.Import(ctx, lc.Placement(), coordinator.ImportOptions{Dir: dir, Name: name, Progress: plainProgress(out, name)})
@@ -231,21 +228,4 @@ func synthDemo(dir string, m worker.Mode) error {
 		return nil // made by an earlier run
 	}
 	return synth.Write(opts, nil)
-}
-
-// waitStores waits until the coordinator has published n alive stores (the importer places by them).
-func waitStores(ctx context.Context, lc *localcluster.Cluster, n int) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	for {
-		st, err := coordinator.ReadStatus(ctx, lc.Etcd(), lc.Placement(), 2)
-		if err == nil && st.Summary.StoresAlive >= n {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("stores did not come up: %w", ctx.Err())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
 }

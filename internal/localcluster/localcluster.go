@@ -5,6 +5,8 @@
 package localcluster
 
 import (
+	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -61,8 +63,8 @@ func Start(cfg Config) (c *Cluster, err error) {
 	if cfg.Dir == "" {
 		return nil, errors.New("localcluster: no directory")
 	}
-	cfg.StoreCapacity = or(cfg.StoreCapacity, 1<<30)
-	cfg.Replicas = or(cfg.Replicas, 2)
+	cfg.StoreCapacity = cmp.Or(cfg.StoreCapacity, 1<<30)
+	cfg.Replicas = cmp.Or(cfg.Replicas, 2)
 	c = &Cluster{cfg: cfg, stores: map[string]*expertstore.Server{}}
 	defer func() {
 		if err != nil {
@@ -268,13 +270,6 @@ func (c *Cluster) removeStore(name string, graceful bool) error {
 // EtcdEndpoints returns the embedded etcd's client URLs.
 func (c *Cluster) EtcdEndpoints() []string { return c.etcd.Endpoints() }
 
-// GossipSeeds returns the gossip addresses a new node can join.
-func (c *Cluster) GossipSeeds() []string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return slices.Clone(c.seeds)
-}
-
 // Placement returns the cluster's state in etcd, over the cluster's own client.
 func (c *Cluster) Placement() *placement.Store { return c.ps }
 
@@ -301,10 +296,20 @@ func (c *Cluster) Close() error {
 	return nil
 }
 
-func or[T comparable](v, def T) T {
-	var zero T
-	if v == zero {
-		return def
+// WaitStores waits until the coordinator has published n alive stores: the importer places blobs
+// over the stores the records name, so an import must wait for them.
+func (c *Cluster) WaitStores(ctx context.Context, n int) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		st, err := coordinator.ReadStatus(ctx, c.cli, c.ps, c.cfg.Replicas)
+		if err == nil && st.Summary.StoresAlive >= n {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("localcluster: %d stores did not come up: %w", n, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
-	return v
 }

@@ -13,6 +13,7 @@
 package modebench
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -123,9 +124,9 @@ func (o *Options) defaults() error {
 		o.Modes = slices.Clone(worker.Modes)
 	}
 	o.Stores = max(o.Stores, 1)
-	o.Tokens = cmpOr(o.Tokens, 32)
-	o.PromptTokens = cmpOr(o.PromptTokens, 16)
-	o.Batch = cmpOr(o.Batch, 1)
+	o.Tokens = cmp.Or(o.Tokens, 32)
+	o.PromptTokens = cmp.Or(o.PromptTokens, 16)
+	o.Batch = cmp.Or(o.Batch, 1)
 	if o.LinkGbps == 0 && o.Regime == "" {
 		o.Regime = "paper"
 	}
@@ -142,13 +143,6 @@ func (o *Options) defaults() error {
 		o.Progress = io.Discard
 	}
 	return nil
-}
-
-func cmpOr(v, def int) int {
-	if v == 0 {
-		return def
-	}
-	return v
 }
 
 // Run runs the benchmark.
@@ -175,7 +169,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	defer lc.Close()
-	if err := waitStores(ctx, lc, o.Stores); err != nil {
+	if err := lc.WaitStores(ctx, o.Stores); err != nil {
 		return nil, err
 	}
 	names := map[string]string{}
@@ -202,15 +196,15 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return "", false
 	}
 
-	ckpt, err := model.OpenCheckpoint(cmpStr(base, pregated))
+	ckpt, err := model.OpenCheckpoint(cmp.Or(base, pregated))
 	if err != nil {
 		return nil, err
 	}
-	res.Model, res.Arch = filepath.Base(cmpStr(base, pregated)), ckpt.Config().ModelType
+	res.Model, res.Arch = filepath.Base(cmp.Or(base, pregated)), ckpt.Config().ModelType
 	topK, numExperts := routingShape(ckpt.Config())
 	ckpt.Close()
 	rng := rand.New(rand.NewPCG(1, 2))
-	vocab := vocabOf(cmpStr(base, pregated))
+	vocab := vocabOf(cmp.Or(base, pregated))
 	prompts := make([][]int, o.Batch)
 	for i := range prompts {
 		for range o.PromptTokens {
@@ -330,13 +324,6 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	return res, nil
 }
 
-func cmpStr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
-}
-
 // prepareModels returns the checkpoint for the modes without pre-gates and the one for pregated
 // (either may be ""), synthesising a preset (and its pre-gated twin) when no directory is given.
 func prepareModels(o Options, res *Result) (base, pregated string, err error) {
@@ -400,22 +387,6 @@ func vocabOf(dir string) int {
 		return cfg.Mixtral.VocabSize
 	}
 	return cfg.Switch.VocabSize
-}
-
-func waitStores(ctx context.Context, lc *localcluster.Cluster, n int) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	for {
-		st, err := coordinator.ReadStatus(ctx, lc.Etcd(), lc.Placement(), 1)
-		if err == nil && st.Summary.StoresAlive >= n {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("modebench: stores did not come up: %w", ctx.Err())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
 }
 
 // runStats is what the resident run tells the others.
