@@ -84,7 +84,7 @@ func (c *CPU) MatMulTBF16(dst, a []float32, m, k int, w []uint16, n int, accumul
 	p := c.p
 	parts, splitN := p.plan(m, k, n)
 	p.acquire()
-	defer p.release()
+	defer p.release(c)
 	if parts == 1 {
 		splitN = true
 		p.bounds[0], p.bounds[1] = 0, n

@@ -46,15 +46,14 @@ type pool struct {
 	closed    bool
 	busy      atomic.Bool
 
-	// Completion of the op in flight: pending counts unfinished worker
-	// chunks; a caller that stopped spinning sets callerSleeping and is woken
-	// through done by the worker that finishes last.
-	pending        atomic.Int32
-	callerSleeping atomic.Bool
-	done           chan struct{}
+	// Completion of the op in flight: the number of unfinished worker chunks
+	// and whether the caller has parked, in one word (see pending). A worker
+	// that finishes the last chunk of a parked caller sends on done.
+	pending pending
+	done    chan struct{}
 
 	// State of the op in flight. Written by the caller before the workers'
-	// seq counters are bumped (atomics order it before the workers' reads).
+	// mailboxes are bumped (atomics order it before the workers' reads).
 	task   func(t, lo, hi int)
 	bounds []int // chunk t covers [bounds[t], bounds[t+1])
 
@@ -69,10 +68,29 @@ type pool struct {
 	scratch [][]float32 // per chunk index, for MatMulTBF16
 }
 
+// The wake-up protocol. A party that waits (a worker for its next chunk, the
+// caller for the workers) spins for spinWindow and then parks on a channel,
+// and the party it waits for must send on that channel exactly when it parked.
+// Both use the same rule: whether the waiter has parked is a bit in the very
+// word that the other party changes to signal it (the worker's sequence
+// number, the caller's count of pending chunks), set by the waiter with a
+// compare-and-swap that succeeds only if nothing was signalled since it last
+// looked, and read by the signaller in the same atomic step as its signal. A
+// signaller therefore sends if and only if the waiter is parked waiting for
+// that very signal.
+//
+// The protocol this replaced kept the bit in a separate atomic.Bool, and the
+// signaller read it after its signal: a signaller that was descheduled between
+// the two (the OS preempting its thread, for longer than the waiter's spin)
+// found the bit set by the waiter's *next* wait and sent a wake-up that
+// belonged to nothing. A worker then ran a chunk that had not been posted, or
+// a caller returned from an op whose chunks were still running; the counts
+// went wrong and the next ops hung (docs/ARCHITECTURE.md, "The compute pool").
+
 // worker is one persistent worker goroutine's mailbox. The caller posts chunk
-// index t by storing it and incrementing seq. The worker spins on seq for up
-// to spinWindow after its last chunk, then parks on wake, having set
-// sleeping so that the next poster knows to send on wake.
+// index t by storing it and bumping the sequence number in state. The worker
+// spins on state for up to spinWindow after its last chunk, then parks on
+// wake.
 //
 // Spinning matters: waking a parked goroutine whose OS thread (and, in a VM,
 // whose vCPU) has gone idle was measured at ~80µs on the 2-vCPU benchmark
@@ -80,17 +98,20 @@ type pool struct {
 // matmuls microseconds apart, so workers that spin for a little while after
 // each op start the next one within ~1µs.
 type worker struct {
-	seq      atomic.Uint32
-	sleeping atomic.Bool
-	t        int // chunk to run; -1 = exit
-	wake     chan struct{}
-	_        [64]byte // keep hot atomics of different workers on different cache lines
+	// state is seq<<1 | parked: seq counts the chunks posted; parked is set by
+	// the worker (only while it has run every posted chunk) before it blocks
+	// on wake, and cleared by the post that bumps seq, which then sends.
+	state atomic.Uint64
+	t     int // chunk to run; -1 = exit
+	wake  chan struct{}
+	_     [64]byte // keep hot atomics of different workers on different cache lines
 }
 
 // spinWindow is how long workers (and a waiting caller) busy-wait before
 // parking. Long enough to bridge the serial kernels between two matmuls of a
 // forward pass, short enough that an idle CPU stops burning cores promptly.
-const spinWindow = 200 * time.Microsecond
+// A variable so that the stress test can make everyone park often.
+var spinWindow = 200 * time.Microsecond
 
 // yieldEvery: spinners call runtime.Gosched every yieldEvery·64 polls. Never
 // yielding (a stranded goroutine then waits for the spinner's deadline) and
@@ -151,12 +172,17 @@ func (p *pool) close() {
 	})
 }
 
-// post hands chunk t to worker w.
+// post hands chunk t to worker w, waking it if it has parked.
 func (p *pool) post(w *worker, t int) {
 	w.t = t
-	w.seq.Add(1)
-	if w.sleeping.Load() && w.sleeping.CompareAndSwap(true, false) {
-		w.wake <- struct{}{}
+	for {
+		s := w.state.Load()
+		if w.state.CompareAndSwap(s, (s+2)&^1) {
+			if s&1 != 0 {
+				w.wake <- struct{}{}
+			}
+			return
+		}
 	}
 }
 
@@ -184,44 +210,66 @@ func spinUntil(cond func() bool) bool {
 
 func (p *pool) work(w *worker) {
 	defer p.wg.Done()
-	var last uint32
-	posted := func() bool { return w.seq.Load() != last }
+	var seen uint64 // state (seq<<1) once every posted chunk has run
+	posted := func() bool { return w.state.Load() != seen }
 	for {
-		if !spinUntil(posted) {
-			// Park. Publish sleeping before the final check of seq; post
-			// bumps seq before checking sleeping, so one of the two sees
-			// the other and exactly one wins the CAS on sleeping.
-			w.sleeping.Store(true)
-			if posted() && w.sleeping.CompareAndSwap(true, false) {
-				// A chunk arrived in between; nobody will send on wake.
-			} else {
-				<-w.wake
-			}
+		// Park only if nothing was posted since the last chunk: the CAS fails
+		// otherwise, and then there is a chunk to run.
+		if !spinUntil(posted) && w.state.CompareAndSwap(seen, seen|1) {
+			<-w.wake
 		}
-		last++
+		seen += 2
 		t := w.t
 		if t < 0 {
 			return
 		}
 		p.task(t, p.bounds[t], p.bounds[t+1])
-		if p.pending.Add(-1) == 0 && p.callerSleeping.Load() && p.callerSleeping.CompareAndSwap(true, false) {
+		if p.pending.finish() {
 			p.done <- struct{}{}
 		}
 	}
 }
 
-// wait blocks until all worker chunks of the op in flight are done, spinning
-// first (same protocol as the workers', mirrored).
+// pending counts the unfinished worker chunks of the op in flight, in one
+// word with the caller's parked bit: chunks<<1 | parked.
+type pending struct{ v atomic.Uint64 }
+
+// start sets the count for a new op (nobody else touches it between ops).
+func (c *pending) start(chunks int) { c.v.Store(uint64(chunks) << 1) }
+
+// finish counts one chunk done and reports whether it was the last one and
+// the caller has parked, in which case the caller must be woken.
+func (c *pending) finish() bool {
+	for {
+		s := c.v.Load()
+		n := s - 2
+		wake := n == 1 // no chunk left, caller parked
+		if wake {
+			n = 0
+		}
+		if c.v.CompareAndSwap(s, n) {
+			return wake
+		}
+	}
+}
+
+// wait blocks until all worker chunks of the op in flight are done: it spins
+// first, then parks unless they finished meanwhile (same protocol as the
+// workers', mirrored).
 func (p *pool) wait() {
-	finished := func() bool { return p.pending.Load() == 0 }
-	if spinUntil(finished) {
+	if spinUntil(func() bool { return p.pending.v.Load() == 0 }) {
 		return
 	}
-	p.callerSleeping.Store(true)
-	if finished() && p.callerSleeping.CompareAndSwap(true, false) {
-		return
+	for {
+		s := p.pending.v.Load()
+		if s == 0 {
+			return
+		}
+		if p.pending.v.CompareAndSwap(s, s|1) {
+			<-p.done
+			return
+		}
 	}
-	<-p.done
 }
 
 // acquire marks the pool busy, catching concurrent or re-entrant use, which
@@ -232,7 +280,14 @@ func (p *pool) acquire() {
 	}
 }
 
-func (p *pool) release() { p.busy.Store(false) }
+// release ends the op. It takes the CPU to keep it reachable until then: the
+// cleanup that closes an unreachable CPU's pool must not run while one of its
+// ops is in flight (a method's receiver is dead after its last use, so a CPU
+// whose caller drops it during its last op would otherwise be closed under it).
+func (p *pool) release(c *CPU) {
+	p.busy.Store(false)
+	runtime.KeepAlive(c)
+}
 
 // run executes task over chunks 0..parts-1 whose bounds are already in
 // p.bounds: chunks 1.. on the workers, chunk 0 on the caller, and waits for
@@ -246,7 +301,7 @@ func (p *pool) run(parts int, task func(t, lo, hi int)) {
 		return
 	}
 	p.task = task
-	p.pending.Store(int32(parts - 1))
+	p.pending.start(parts - 1)
 	for t := 1; t < parts; t++ {
 		p.post(p.workers[t-1], t)
 	}
@@ -285,7 +340,7 @@ func (c *CPU) ParallelFor(n int, fn func(lo, hi int)) {
 		return
 	}
 	p.acquire()
-	defer p.release()
+	defer p.release(c)
 	p.split(n, parts, 1)
 	p.userFn = fn
 	p.run(parts, p.userTask)
@@ -340,7 +395,7 @@ func (c *CPU) MatMulT(dst, a []float32, m, k int, w []float32, n int, accumulate
 		return
 	}
 	p.acquire()
-	defer p.release()
+	defer p.release(c)
 	if splitN {
 		align := 1
 		if n >= 64*parts {

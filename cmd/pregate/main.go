@@ -8,20 +8,30 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signalContext(context.Background())
 	err := newRootCmd().ExecuteContext(ctx)
 	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "pregate:", err)
-		var ee *exitError
-		if errors.As(err, &ee) {
-			os.Exit(ee.code)
-		}
-		os.Exit(1)
+	os.Exit(exitStatus(ctx, err))
+}
+
+// exitStatus reports err on stderr and returns the process's exit status: 0 without an error, an
+// exitError's code, 128 + the signal's number when a signal stopped the command, 1 otherwise.
+func exitStatus(ctx context.Context, err error) int {
+	if err == nil {
+		return 0
 	}
+	var sig errSignal
+	if errors.As(context.Cause(ctx), &sig) && errors.Is(err, context.Canceled) {
+		fmt.Fprintln(os.Stderr, "pregate:", sig)
+		return sig.exitCode()
+	}
+	fmt.Fprintln(os.Stderr, "pregate:", err)
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	return 1
 }
