@@ -2,13 +2,16 @@
 GO      ?= go
 PKGS    ?= ./...
 BIN     ?= bin/pregate
+# Everything the targets write goes under bin/ (ignored): the binary, tools, the demos' data.
+DATA    ?= bin/data
+STATICCHECK_VERSION ?= v0.8.2
 
 # Pinned code generators for `make proto` (protoc itself: Debian's protobuf-compiler 3.21).
 PROTOC_GEN_GO_VERSION      ?= v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION ?= v1.6.2
 TOOLS := $(CURDIR)/bin/tools
 
-.PHONY: build demo demo-generate proto test test-short test-race bench bench-decode lint verify deps clean
+.PHONY: build demo demo-generate proto test test-short test-race test-race-ci bench bench-decode lint verify deps clean
 
 build: deps
 	$(GO) build -o $(BIN) ./cmd/pregate
@@ -16,13 +19,13 @@ build: deps
 # The main job: a whole cluster in one process (embedded etcd, coordinator, 3 stores, a worker in
 # speculative mode) serving a synthesised model on http://127.0.0.1:8000 until Ctrl-C.
 demo: build
-	$(BIN) up --demo --data-dir /tmp/pregate-up
+	$(BIN) up --demo --data-dir $(DATA)/up
 
 # Greedy decoding of the Switch fixture and of a synthetic Mixtral straight from local checkpoints.
 demo-generate: build
 	$(BIN) generate --model testdata/switch-tiny --prompt-ids "335 150 293 221 369 468 288 197 334 123 40 241" --max-new-tokens 10 -o json
-	$(BIN) synth --arch mixtral --preset mixtral-8x7b --layers 2 --d-model 256 --d-ff 512 --out /tmp/pregate-demo-mixtral
-	$(BIN) generate --model /tmp/pregate-demo-mixtral --prompt-ids "1 95 138 5" --max-new-tokens 16 --ignore-eos
+	$(BIN) synth --arch mixtral --preset mixtral-8x7b --layers 2 --d-model 256 --d-ff 512 --out $(DATA)/demo-mixtral
+	$(BIN) generate --model $(DATA)/demo-mixtral --prompt-ids "1 95 138 5" --max-new-tokens 16 --ignore-eos
 
 test: deps
 	$(GO) test -count=1 $(PKGS)
@@ -33,17 +36,23 @@ test-short:
 test-race:
 	$(GO) test -race -short -count=1 $(PKGS)
 
+# The race detector over the packages with concurrency of their own (what .ci/run runs).
+RACE_PKGS ?= ./compute/ ./engine/ ./worker/... ./expertstore/... ./coordinator/
+test-race-ci:
+	$(GO) test -race -short -count=1 $(RACE_PKGS)
+
 # Go benchmarks (GEMM GFLOP/s table). Decode tokens/s: see docs/BENCHMARKS.md and scripts/bench-decode.sh.
 bench:
 	$(GO) test -run XXX -bench . -benchtime 2s ./compute/
 
 # Decode tokens/s on synthetic checkpoints (docs/BENCHMARKS.md).
 bench-decode: build
-	./scripts/bench-decode.sh
+	BENCH_DIR=$(DATA)/bench ./scripts/bench-decode.sh
 
 lint:
 	$(GO) vet $(PKGS)
 	CGO_ENABLED=0 $(GO) vet $(PKGS)
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) $(PKGS)
 
 verify: lint test
 	CGO_ENABLED=0 $(GO) test -short -count=1 ./compute/ ./model/... ./routing/ ./engine/

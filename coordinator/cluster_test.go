@@ -15,13 +15,13 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 
-	"github.com/pregate/pregate/api/storepb"
 	"github.com/pregate/pregate/coordinator"
 	"github.com/pregate/pregate/expertstore/client"
 	"github.com/pregate/pregate/internal/localcluster"
 	"github.com/pregate/pregate/internal/placement"
 	"github.com/pregate/pregate/model"
 	"github.com/pregate/pregate/model/synth"
+	"github.com/pregate/pregate/routing"
 )
 
 func TestMain(m *testing.M) {
@@ -257,8 +257,8 @@ func verifyStoresHoldPlacement(t *testing.T, lc *localcluster.Cluster, model str
 	if err != nil {
 		t.Fatal(err)
 	}
-	conns := client.NewConns()
-	defer conns.Close()
+	cl := client.New(client.DefaultConfig())
+	defer cl.Close()
 	checked := 0
 	for k, p := range exp {
 		for _, s := range p.Ready() {
@@ -266,15 +266,11 @@ func verifyStoresHoldPlacement(t *testing.T, lc *localcluster.Cluster, model str
 			if srv == nil {
 				t.Fatalf("expert %v: ready replica on %s, which is not running", k, s)
 			}
-			api, err := conns.Store(client.Replica{Name: s, GRPCAddr: srv.Addr()})
+			has, err := cl.Has(ctx, routing.Replica{Store: s, GRPCAddr: srv.Addr()}, p.Digest)
 			if err != nil {
 				t.Fatal(err)
 			}
-			resp, err := api.Has(ctx, &storepb.HasRequest{Digests: []string{p.Digest}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !resp.Present[0] {
+			if !has[0] {
 				t.Fatalf("expert %v: placement says %s holds %s; it does not", k, s, p.Digest)
 			}
 			checked++
@@ -353,7 +349,7 @@ func TestScaleOutScaleInAndKill(t *testing.T) {
 		}
 		inv.setUp(s, false)
 	}
-	st = waitStatus(t, lc, 15*time.Second, "drained stores forgotten", func(st *coordinator.Status) bool {
+	waitStatus(t, lc, 15*time.Second, "drained stores forgotten", func(st *coordinator.Status) bool {
 		return len(st.Stores) == 3 && st.Summary.StoresAlive == 3
 	})
 	inv.stop(t)
@@ -364,7 +360,7 @@ func TestScaleOutScaleInAndKill(t *testing.T) {
 	if err := lc.KillStore(victim); err != nil {
 		t.Fatal(err)
 	}
-	st = waitStatus(t, lc, 15*time.Second, "the killed store seen dead", func(st *coordinator.Status) bool {
+	waitStatus(t, lc, 15*time.Second, "the killed store seen dead", func(st *coordinator.Status) bool {
 		return st.Summary.StoresDead == 1
 	})
 	st = waitConverged(t, lc, 2)
@@ -409,15 +405,11 @@ func TestImportFixturesIdempotent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lost := exp[placement.Key{Block: 0, Expert: 0}]
-	conns := client.NewConns()
-	defer conns.Close()
+	lost := exp[routing.ExpertKey{Block: 0, Expert: 0}]
+	cl := client.New(client.DefaultConfig())
+	defer cl.Close()
 	for _, s := range lost.Ready() {
-		api, err := conns.Store(client.Replica{Name: s, GRPCAddr: lc.Store(s).Addr()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := api.Delete(ctxFor(t, 5*time.Second), &storepb.DeleteRequest{Digest: lost.Digest}); err != nil {
+		if _, err := cl.Delete(ctxFor(t, 5*time.Second), routing.Replica{Store: s, GRPCAddr: lc.Store(s).Addr()}, lost.Digest); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
@@ -127,7 +128,7 @@ type Coordinator struct {
 	cli     *clientv3.Client
 	ps      *placement.Store
 	member  *membership.Member
-	stores  *client.Conns
+	stores  *client.Client // the store API (probes, copies, deletes)
 	http    *http.Server
 	httpLis net.Listener
 	metrics *metrics
@@ -151,7 +152,7 @@ func New(cfg Config) (c *Coordinator, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	c = &Coordinator{cfg: cfg, log: cfg.Logger, stores: client.NewConns(), kick: make(chan struct{}, 1),
+	c = &Coordinator{cfg: cfg, log: cfg.Logger, stores: client.New(client.DefaultConfig()), kick: make(chan struct{}, 1),
 		seen: map[string]seenStore{}, metrics: newMetrics()}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
@@ -455,7 +456,7 @@ func newMetrics() *metrics {
 			Help: "Duration of reconcile passes.", Buckets: prometheus.ExponentialBuckets(0.001, 4, 10)}),
 	}
 	m.reg.MustRegister(m.leader, m.copies, m.copyErrors, m.copied, m.under, m.lost, m.passSeconds,
-		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 

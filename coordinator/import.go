@@ -10,13 +10,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/pregate/pregate/api/storepb"
+	"github.com/pregate/pregate/expertstore/blob"
 	"github.com/pregate/pregate/expertstore/client"
 	"github.com/pregate/pregate/internal/modelblobs"
 	"github.com/pregate/pregate/internal/placement"
@@ -64,7 +63,7 @@ type ImportReport struct {
 type blobPlan struct {
 	etcdKey string
 	size    int64
-	digest  string
+	digest  blob.Digest
 	old     *placement.Placement
 	rev     int64
 	stores  []string
@@ -126,14 +125,13 @@ func Import(ctx context.Context, ps *placement.Store, opts ImportOptions) (rep I
 	}
 	var plans []*blobPlan
 	err = modelblobs.Split(ckpt, opts.Name, opts.MaxDense, func(b modelblobs.Blob) error {
-		p := &blobPlan{size: int64(len(b.Data)), digest: b.Digest.String()}
-		if name, ok := strings.CutPrefix(b.Key, "dense/"); ok {
-			p.etcdKey = ps.DenseKey(opts.Name, name)
-			man.Dense = append(man.Dense, placement.DenseEntry{Name: name, Digest: p.digest, Size: p.size})
+		p := &blobPlan{size: int64(len(b.Data)), digest: b.Digest}
+		if b.Dense != "" {
+			p.etcdKey = ps.DenseKey(opts.Name, b.Dense)
+			man.Dense = append(man.Dense, placement.DenseEntry{Name: b.Dense, Digest: p.digest, Size: p.size})
 		} else {
-			k := placement.Key{Block: b.Header.Block, Expert: b.Header.Expert}
-			p.etcdKey = ps.ExpertKey(opts.Name, k)
-			man.Experts = append(man.Experts, placement.ExpertEntry{Block: k.Block, Expert: k.Expert, Digest: p.digest, Size: p.size})
+			p.etcdKey = ps.ExpertKey(opts.Name, b.Expert)
+			man.Experts = append(man.Experts, placement.ExpertEntry{ExpertKey: b.Expert, Digest: p.digest, Size: p.size})
 		}
 		plans = append(plans, p)
 		rep.Blobs++
@@ -151,7 +149,7 @@ func Import(ctx context.Context, ps *placement.Store, opts ImportOptions) (rep I
 	defer cl.Close()
 	for attempt := 1; ; attempt++ {
 		var stores map[string]placement.StoreRecord
-		stores, rep.Replicas, err = planImport(ctx, ps, opts.Name, plans)
+		stores, rep.Replicas, err = planImport(ctx, ps, cl, opts.Name, plans)
 		if err != nil {
 			return rep, err
 		}
@@ -171,7 +169,7 @@ func Import(ctx context.Context, ps *placement.Store, opts ImportOptions) (rep I
 				np.Epoch = p.old.Epoch + 1
 			}
 			for _, s := range p.stores {
-				np.Replicas = append(np.Replicas, placement.Replica{Store: s, State: placement.ReplicaReady})
+				np.Replicas = append(np.Replicas, routing.Replica{Store: s, State: routing.ReplicaReady})
 			}
 			changes = append(changes, placement.Change{Key: p.etcdKey, Placement: &np, ModRevision: p.rev})
 		}
@@ -207,7 +205,7 @@ func sameContent(a, b placement.Manifest) bool {
 // planImport reads the cluster (stores, R, every placement) and assigns each blob of plans its
 // stores with routing.Place over all blobs, as the coordinator does. Blobs already placed with the
 // same digest keep their placement.
-func planImport(ctx context.Context, ps *placement.Store, name string, plans []*blobPlan) (map[string]placement.StoreRecord, int, error) {
+func planImport(ctx context.Context, ps *placement.Store, cl *client.Client, name string, plans []*blobPlan) (map[string]placement.StoreRecord, int, error) {
 	r := DefaultConfig().Replicas
 	if cc, err := ps.ClusterConfig(ctx); err == nil {
 		r = cc.Replicas
@@ -274,7 +272,7 @@ func planImport(ctx context.Context, ps *placement.Store, name string, plans []*
 			visit(ps.DenseKey(m, n), pl, drevs[n])
 		}
 	}
-	if err := checkInPlace(ctx, plans, recs); err != nil {
+	if err := checkInPlace(ctx, cl, plans, recs); err != nil {
 		return nil, 0, err
 	}
 	assign, err := routing.Place(items, targets, r)
@@ -314,8 +312,8 @@ func upload(ctx context.Context, cl *client.Client, ckpt *model.Checkpoint, opts
 		}
 		p := plans[i]
 		i++
-		if b.Digest.String() != p.digest {
-			return fmt.Errorf("%w: the checkpoint changed while it was imported (%s)", ErrImport, b.Key)
+		if b.Digest != p.digest {
+			return fmt.Errorf("%w: the checkpoint changed while it was imported (%s)", ErrImport, b)
 		}
 		if p.inPlace {
 			mu.Lock()
@@ -327,19 +325,15 @@ func upload(ctx context.Context, cl *client.Client, ckpt *model.Checkpoint, opts
 		g.Go(func() error {
 			for _, s := range p.stores {
 				rec := stores[s]
-				r := client.Replica{Name: s, GRPCAddr: rec.GRPCAddr, DataAddr: rec.DataAddr}
-				api, err := cl.Conns().Store(r)
-				if err != nil {
-					return fmt.Errorf("%w: store %s: %w", ErrImport, s, err)
-				}
-				if has, err := api.Has(gctx, &storepb.HasRequest{Digests: []string{p.digest}}); err == nil && len(has.Present) == 1 && has.Present[0] {
+				r := routing.Replica{Store: s, GRPCAddr: rec.GRPCAddr, DataAddr: rec.DataAddr}
+				if has, err := cl.Has(gctx, r, p.digest); err == nil && has[0] {
 					continue // sends nothing: the store has these bytes already
 				}
-				resp, err := cl.Put(gctx, r, b.Data)
+				_, existed, err := cl.Put(gctx, r, b.Data)
 				if err != nil {
-					return fmt.Errorf("%w: put %s (%s, %d bytes) on store %s: %w", ErrImport, p.etcdKey, p.digest, p.size, s, err)
+					return fmt.Errorf("%w: put %s (%s, %d bytes) on store %s: %w", ErrImport, b, p.digest, p.size, s, err)
 				}
-				if !resp.Existed {
+				if !existed {
 					mu.Lock()
 					rep.Uploaded++
 					rep.UploadedBytes += p.size
@@ -360,7 +354,7 @@ func upload(ctx context.Context, cl *client.Client, ckpt *model.Checkpoint, opts
 // checkInPlace marks the plans whose blob is already placed with the same digest and held by at
 // least one of its ready replicas' stores (asked with one Has per store): those need no upload. A
 // placement whose stores lost the bytes (a store that came back empty) is uploaded again.
-func checkInPlace(ctx context.Context, plans []*blobPlan, recs []placement.StoreRecord) error {
+func checkInPlace(ctx context.Context, cl *client.Client, plans []*blobPlan, recs []placement.StoreRecord) error {
 	addr := map[string]placement.StoreRecord{}
 	for _, r := range recs {
 		if r.State == placement.StoreAlive || r.State == placement.StoreSuspect {
@@ -378,24 +372,18 @@ func checkInPlace(ctx context.Context, plans []*blobPlan, recs []placement.Store
 			}
 		}
 	}
-	conns := client.NewConns()
-	defer conns.Close()
 	for s, ps := range ask {
 		rec := addr[s]
-		api, err := conns.Store(client.Replica{Name: s, GRPCAddr: rec.GRPCAddr, DataAddr: rec.DataAddr})
+		digests := make([]blob.Digest, len(ps))
+		for i, p := range ps {
+			digests[i] = p.digest
+		}
+		present, err := cl.Has(ctx, routing.Replica{Store: s, GRPCAddr: rec.GRPCAddr, DataAddr: rec.DataAddr}, digests...)
 		if err != nil {
-			return err
-		}
-		req := &storepb.HasRequest{}
-		for _, p := range ps {
-			req.Digests = append(req.Digests, p.digest)
-		}
-		resp, err := api.Has(ctx, req)
-		if err != nil || len(resp.Present) != len(ps) {
 			continue // an unreachable store vouches for nothing
 		}
 		for i, p := range ps {
-			if resp.Present[i] {
+			if present[i] {
 				p.inPlace = true
 			}
 		}

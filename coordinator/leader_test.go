@@ -14,6 +14,7 @@ import (
 	"github.com/pregate/pregate/coordinator"
 	"github.com/pregate/pregate/internal/localcluster"
 	"github.com/pregate/pregate/internal/placement"
+	"github.com/pregate/pregate/routing"
 )
 
 // leaderAt returns the name of the coordinator that led at revision rev.
@@ -156,7 +157,7 @@ func TestCoordinatorRestartResumes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := placement.Key{Block: 1, Expert: 3}
+	k := routing.ExpertKey{Block: 1, Expert: 3}
 	p := exp[k]
 	var spare string
 	for _, s := range lc.StoreNames() {
@@ -164,7 +165,7 @@ func TestCoordinatorRestartResumes(t *testing.T) {
 			spare = s
 		}
 	}
-	p.Replicas = append(p.Replicas, placement.Replica{Store: spare, State: placement.ReplicaCopying})
+	p.Replicas = append(p.Replicas, routing.Replica{Store: spare, State: routing.ReplicaCopying})
 	if err := ps.Apply(ctx, []placement.Change{{Key: ps.ExpertKey("m", k), Placement: &p, ModRevision: revs[k]}}); err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +189,7 @@ func TestCoordinatorRestartResumes(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, r := range exp[k].Replicas {
-		if r.State != placement.ReplicaReady {
+		if !r.Ready() {
 			t.Errorf("the stale copy was left: %+v", exp[k])
 		}
 	}

@@ -13,7 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/pregate/pregate/api/storepb"
+	"github.com/pregate/pregate/expertstore/blob"
 	"github.com/pregate/pregate/expertstore/client"
 	"github.com/pregate/pregate/internal/membership"
 	"github.com/pregate/pregate/internal/placement"
@@ -61,8 +61,14 @@ type storeView struct {
 	target   bool // may be given blobs
 }
 
-func (v storeView) replica() client.Replica {
-	return client.Replica{Name: v.rec.Name, GRPCAddr: v.rec.GRPCAddr, DataAddr: v.rec.DataAddr}
+func (v storeView) replica() routing.Replica {
+	return routing.Replica{Store: v.rec.Name, State: routing.ReplicaReady, GRPCAddr: v.rec.GRPCAddr, DataAddr: v.rec.DataAddr}
+}
+
+// storeBlob is a blob on a store.
+type storeBlob struct {
+	store  string
+	digest blob.Digest
 }
 
 // blobState is one placement record as a pass sees it.
@@ -118,14 +124,14 @@ func (c *Coordinator) reconcile(ctx context.Context, guard clientv3.Cmp) (rep Pa
 	sizes := make(map[string]int64, len(blobs))
 	current := make(routing.Assignment, len(blobs))
 	byItem := make(map[string]*blobState, len(blobs))
-	refs := map[string]int{} // store + "\x00" + digest → placement records naming it
+	refs := map[storeBlob]int{} // placement records naming a blob on a store
 	for i, b := range blobs {
 		items[i] = b.item
 		sizes[b.item.Key] = b.item.Size
 		current[b.item.Key] = b.rec.Ready()
 		byItem[b.item.Key] = b
 		for _, r := range b.rec.Replicas {
-			refs[r.Store+"\x00"+b.rec.Digest]++
+			refs[storeBlob{r.Store, b.rec.Digest}]++
 		}
 	}
 	target, perr := routing.Place(items, targets, c.cfg.Replicas)
@@ -201,7 +207,7 @@ func (r *PassReport) countHealth(liveReady, want int) {
 func liveReady(rec placement.Placement, live map[string]bool) int {
 	n := 0
 	for _, r := range rec.Replicas {
-		if r.State == placement.ReplicaReady && live[r.Store] {
+		if r.Ready() && live[r.Store] {
 			n++
 		}
 	}
@@ -214,7 +220,7 @@ func liveReady(rec placement.Placement, live map[string]bool) int {
 func needsCleanup(rec placement.Placement, live map[string]bool, want int) bool {
 	enough := liveReady(rec, live) >= want
 	for _, r := range rec.Replicas {
-		if r.State == placement.ReplicaCopying || !live[r.Store] && enough {
+		if r.State == routing.ReplicaCopying || !live[r.Store] && enough {
 			return true
 		}
 	}
@@ -260,7 +266,7 @@ type moveResult struct {
 // and, only if all did, drops the replicas the plan removes; then the blobs are deleted from the
 // dropped stores. Ready replicas therefore only grow until the new ones are ready.
 func (c *Coordinator) moveBlob(ctx context.Context, guard clientv3.Cmp, b *blobState, copies []routing.Move,
-	drops []string, order []string, views map[string]storeView, live map[string]bool, want int, refs map[string]int,
+	drops []string, order []string, views map[string]storeView, live map[string]bool, want int, refs map[storeBlob]int,
 ) (res moveResult, err error) {
 	rec, rev := b.rec, b.rev
 	res.liveReady = liveReady(rec, live)
@@ -268,10 +274,10 @@ func (c *Coordinator) moveBlob(ctx context.Context, guard clientv3.Cmp, b *blobS
 		marked := rec
 		marked.Replicas = slices.Clone(rec.Replicas)
 		for _, m := range copies {
-			if i := slices.IndexFunc(marked.Replicas, func(r placement.Replica) bool { return r.Store == m.To }); i >= 0 {
-				marked.Replicas[i].State = placement.ReplicaCopying
+			if i := slices.IndexFunc(marked.Replicas, func(r routing.Replica) bool { return r.Store == m.To }); i >= 0 {
+				marked.Replicas[i].State = routing.ReplicaCopying
 			} else {
-				marked.Replicas = append(marked.Replicas, placement.Replica{Store: m.To, State: placement.ReplicaCopying})
+				marked.Replicas = append(marked.Replicas, routing.Replica{Store: m.To, State: routing.ReplicaCopying})
 			}
 		}
 		marked.Epoch++
@@ -319,8 +325,8 @@ func (c *Coordinator) moveBlob(ctx context.Context, guard clientv3.Cmp, b *blobS
 	for _, r := range rec.Replicas {
 		switch {
 		case copied[r.Store]:
-			r.State = placement.ReplicaReady
-		case r.State == placement.ReplicaCopying:
+			r.State = routing.ReplicaReady
+		case r.State == routing.ReplicaCopying:
 			continue // failed now, or left over from an earlier leader
 		case slices.Contains(drops, r.Store) && allCopied:
 			dropped[r.Store] = true
@@ -329,7 +335,7 @@ func (c *Coordinator) moveBlob(ctx context.Context, guard clientv3.Cmp, b *blobS
 		final.Replicas = append(final.Replicas, r)
 	}
 	if liveReady(final, live) >= want {
-		final.Replicas = slices.DeleteFunc(final.Replicas, func(r placement.Replica) bool { return !live[r.Store] })
+		final.Replicas = slices.DeleteFunc(final.Replicas, func(r routing.Replica) bool { return !live[r.Store] })
 	}
 	// Target order first (it is the fetch preference), the rest after.
 	rank := func(s string) int {
@@ -338,7 +344,7 @@ func (c *Coordinator) moveBlob(ctx context.Context, guard clientv3.Cmp, b *blobS
 		}
 		return len(order)
 	}
-	slices.SortStableFunc(final.Replicas, func(a, b placement.Replica) int { return cmp.Compare(rank(a.Store), rank(b.Store)) })
+	slices.SortStableFunc(final.Replicas, func(a, b routing.Replica) int { return cmp.Compare(rank(a.Store), rank(b.Store)) })
 	res.liveReady = liveReady(final, live)
 	if slices.Equal(final.Replicas, rec.Replicas) {
 		return res, nil
@@ -352,7 +358,7 @@ func (c *Coordinator) moveBlob(ctx context.Context, guard clientv3.Cmp, b *blobS
 	res.writes++
 	for store := range dropped {
 		res.drops++
-		if refs[store+"\x00"+rec.Digest] > 1 {
+		if refs[storeBlob{store, rec.Digest}] > 1 {
 			continue // another record names the same bytes on that store
 		}
 		if err := c.deleteBlob(ctx, views[store], rec.Digest); err != nil {
@@ -368,39 +374,29 @@ func (c *Coordinator) copyBlob(ctx context.Context, rec placement.Placement, m r
 	if !ok {
 		return fmt.Errorf("no address for store %q", m.To)
 	}
-	req := &storepb.CopyRequest{Digest: rec.Digest, Size: rec.Size}
+	var sources []routing.Replica
 	for _, s := range m.From {
 		if v, ok := views[s]; ok && v.live {
-			req.Sources = append(req.Sources, &storepb.Source{Name: s, GrpcAddr: v.rec.GRPCAddr, DataAddr: v.rec.DataAddr})
+			sources = append(sources, v.replica())
 		}
 	}
-	if len(req.Sources) == 0 {
+	if len(sources) == 0 {
 		return fmt.Errorf("no live source for %s", rec.Digest)
-	}
-	api, err := c.stores.Store(to.replica())
-	if err != nil {
-		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.CopyTimeout)
 	defer cancel()
-	if _, err := api.Copy(ctx, req); err != nil {
-		return storepb.FromStatus(err)
-	}
-	return nil
+	_, err := c.stores.Copy(ctx, to.replica(), client.Ref{Digest: rec.Digest, Size: rec.Size}, sources)
+	return err
 }
 
-func (c *Coordinator) deleteBlob(ctx context.Context, v storeView, digest string) error {
+func (c *Coordinator) deleteBlob(ctx context.Context, v storeView, d blob.Digest) error {
 	if !v.live || v.rec.GRPCAddr == "" {
 		return nil
 	}
-	api, err := c.stores.Store(v.replica())
-	if err != nil {
-		return err
-	}
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout*5)
 	defer cancel()
-	_, err = api.Delete(ctx, &storepb.DeleteRequest{Digest: digest})
-	return storepb.FromStatus(err)
+	_, err := c.stores.Delete(ctx, v.replica(), d)
+	return err
 }
 
 // observeStores merges gossip, the records in etcd and a Stats probe of every store into one view
@@ -444,7 +440,7 @@ func (c *Coordinator) observeStores(ctx context.Context) (map[string]storeView, 
 	// Probe every store in parallel.
 	type probe struct {
 		name  string
-		stats *storepb.StatsResponse
+		stats *client.StoreStats
 	}
 	results := make(chan probe, len(cands))
 	for name, r := range cands {
@@ -453,21 +449,17 @@ func (c *Coordinator) observeStores(ctx context.Context) (map[string]storeView, 
 				results <- probe{name: name}
 				return
 			}
-			api, err := c.stores.Store(client.Replica{Name: name, GRPCAddr: r.GRPCAddr, DataAddr: r.DataAddr})
-			if err != nil {
+			pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+			defer cancel()
+			st, err := c.stores.Stats(pctx, routing.Replica{Store: name, GRPCAddr: r.GRPCAddr, DataAddr: r.DataAddr})
+			if err != nil || st.Node != name {
 				results <- probe{name: name}
 				return
 			}
-			pctx, cancel := context.WithTimeout(ctx, probeTimeout)
-			defer cancel()
-			st, err := api.Stats(pctx, &storepb.StatsRequest{})
-			if err != nil || st.Node != name {
-				st = nil
-			}
-			results <- probe{name: name, stats: st}
+			results <- probe{name: name, stats: &st}
 		}()
 	}
-	stats := map[string]*storepb.StatsResponse{}
+	stats := map[string]*client.StoreStats{}
 	for range cands {
 		p := <-results
 		stats[p.name] = p.stats
@@ -539,11 +531,10 @@ func recordChanged(a, b placement.StoreRecord) bool {
 
 // forgetStores deletes the records of stores that left (or that gossip forgot) and that no
 // placement names any more.
-func (c *Coordinator) forgetStores(ctx context.Context, views map[string]storeView, refs map[string]int) error {
+func (c *Coordinator) forgetStores(ctx context.Context, views map[string]storeView, refs map[storeBlob]int) error {
 	named := map[string]bool{}
 	for k := range refs {
-		store, _, _ := strings.Cut(k, "\x00")
-		named[store] = true
+		named[k.store] = true
 	}
 	for name, v := range views {
 		if v.rec.State == placement.StoreLeft && !named[name] {

@@ -11,6 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/pregate/pregate/internal/placement"
+	"github.com/pregate/pregate/routing"
 )
 
 // Status is the cluster as `pregate status` shows it, read from etcd alone. Its JSON form is a
@@ -193,7 +194,7 @@ func ReadStatus(ctx context.Context, cli *clientv3.Client, ps *placement.Store, 
 				for _, r := range p.Replicas {
 					i, known := index[r.Store]
 					switch {
-					case r.State == placement.ReplicaCopying:
+					case r.State == routing.ReplicaCopying:
 						sum.CopiesInFlight++
 						if known {
 							st.Stores[i].Copying++
@@ -210,7 +211,7 @@ func ReadStatus(ctx context.Context, cli *clientv3.Client, ps *placement.Store, 
 		}
 		for _, e := range m.Experts {
 			ms.ExpertBytes += e.Size
-			p, ok := experts[e.Key()]
+			p, ok := experts[e.ExpertKey]
 			under, none := count(p, ok)
 			if under {
 				ms.UnderReplicated++

@@ -26,6 +26,7 @@ import (
 	"github.com/pregate/pregate/expertstore/blob"
 	"github.com/pregate/pregate/expertstore/client"
 	"github.com/pregate/pregate/internal/membership"
+	"github.com/pregate/pregate/routing"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -77,12 +78,12 @@ func newCluster(t *testing.T, n int) *cluster {
 	return c
 }
 
-func replicaOf(s *expertstore.Server) client.Replica {
-	return client.Replica{Name: s.NodeName(), GRPCAddr: s.Addr(), DataAddr: s.DataAddr()}
+func replicaOf(s *expertstore.Server) routing.Replica {
+	return routing.Replica{Store: s.NodeName(), GRPCAddr: s.Addr(), DataAddr: s.DataAddr()}
 }
 
-func (c *cluster) replicas(idx ...int) []client.Replica {
-	var out []client.Replica
+func (c *cluster) replicas(idx ...int) []routing.Replica {
+	var out []routing.Replica
 	for _, i := range idx {
 		out = append(out, replicaOf(c.stores[i]))
 	}
@@ -125,15 +126,15 @@ func TestPutFetchEveryDType(t *testing.T) {
 	}{{"F32", 4}, {"F16", 2}, {"BF16", 2}, {"F8_E4M3", 1}, {"F8_E5M2", 1}, {"I64", 8}, {"I32", 4}, {"U8", 1}} {
 		data := expertBlob(t, dt.name, dt.elem, 96, 160, uint64(i))
 		ref := client.Ref{Digest: blob.Sum(data), Size: int64(len(data))}
-		resp, err := cl.Put(ctx, replicaOf(c.stores[i%3]), data)
+		info, existed, err := cl.Put(ctx, replicaOf(c.stores[i%3]), data)
 		if err != nil {
 			t.Fatalf("%s: put: %v", dt.name, err)
 		}
-		if resp.Existed || resp.Blob.Digest != ref.Digest.String() || resp.Blob.Kind != "expert" || resp.Blob.Expert != int32(i) {
-			t.Fatalf("%s: put response %+v", dt.name, resp)
+		if existed || info.Digest != ref.Digest || info.Kind != "expert" || info.Expert != i || info.Size != ref.Size {
+			t.Fatalf("%s: put response %+v, existed %v", dt.name, info, existed)
 		}
-		if again, err := cl.Put(ctx, replicaOf(c.stores[i%3]), data); err != nil || !again.Existed {
-			t.Fatalf("%s: second put: %+v, %v (want existed)", dt.name, again, err)
+		if _, again, err := cl.Put(ctx, replicaOf(c.stores[i%3]), data); err != nil || !again {
+			t.Fatalf("%s: second put: existed %v, %v (want existed)", dt.name, again, err)
 		}
 		for _, fc := range []*client.Client{cl, grpcCl} {
 			dst := make([]byte, len(data))
@@ -151,30 +152,35 @@ func TestPutFetchEveryDType(t *testing.T) {
 		}
 	}
 	// Stats and List see them.
-	api, err := cl.Conns().Store(replicaOf(c.stores[0]))
-	if err != nil {
-		t.Fatal(err)
+	r0 := replicaOf(c.stores[0])
+	list, err := cl.List(ctx, r0, "m")
+	if err != nil || len(list) != 3 {
+		t.Fatalf("List on store-0: %v blobs, %v (want 3)", len(list), err)
 	}
-	list, err := api.List(ctx, &storepb.ListRequest{Model: "m"})
-	if err != nil || len(list.Blobs) != 3 {
-		t.Fatalf("List on store-0: %v blobs, %v (want 3)", len(list.GetBlobs()), err)
+	if st, err := cl.Stats(ctx, r0); err != nil || st.Node != "store-0" || st.Blobs != 3 || st.DataAddr != r0.DataAddr {
+		t.Fatalf("Stats on store-0: %+v, %v", st, err)
 	}
 	// Has, Delete, Has again; health.
-	d := list.Blobs[0].Digest
-	missing := blob.Sum([]byte("missing")).String()
-	if has, err := api.Has(ctx, &storepb.HasRequest{Digests: []string{d, missing}}); err != nil || !slices.Equal(has.Present, []bool{true, false}) {
-		t.Fatalf("Has = %v, %v", has.GetPresent(), err)
+	d := list[0].Digest
+	missing := blob.Sum([]byte("missing"))
+	if has, err := cl.Has(ctx, r0, d, missing); err != nil || !slices.Equal(has, []bool{true, false}) {
+		t.Fatalf("Has = %v, %v", has, err)
 	}
-	if del, err := api.Delete(ctx, &storepb.DeleteRequest{Digest: d}); err != nil || !del.Deleted {
-		t.Fatalf("Delete = %v, %v", del, err)
+	if deleted, err := cl.Delete(ctx, r0, d); err != nil || !deleted {
+		t.Fatalf("Delete = %v, %v", deleted, err)
 	}
-	if has, err := api.Has(ctx, &storepb.HasRequest{Digests: []string{d}}); err != nil || has.Present[0] {
-		t.Fatalf("Has after Delete = %v, %v", has.GetPresent(), err)
+	if has, err := cl.Has(ctx, r0, d); err != nil || has[0] {
+		t.Fatalf("Has after Delete = %v, %v", has, err)
 	}
-	if _, err := os.Stat(filepath.Join(c.dirs[0], "blobs", d+".blob")); !errors.Is(err, os.ErrNotExist) {
+	if deleted, err := cl.Delete(ctx, r0, d); err != nil || deleted {
+		t.Fatalf("second Delete = %v, %v (want false, nil)", deleted, err)
+	}
+	if _, err := os.Stat(filepath.Join(c.dirs[0], "blobs", d.String()+".blob")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("deleted blob still on disk: %v", err)
 	}
-	cc, err := cl.Conns().Conn(c.stores[0].Addr())
+	conns := client.NewConns()
+	defer conns.Close()
+	cc, err := conns.Conn(c.stores[0].Addr())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,10 +196,12 @@ func TestErrorsMapToCodes(t *testing.T) {
 	ctx := context.Background()
 	r := replicaOf(c.stores[0])
 	data := expertBlob(t, "F32", 4, 8, 8, 1)
-	if _, err := cl.Put(ctx, r, data); err != nil {
+	if _, _, err := cl.Put(ctx, r, data); err != nil {
 		t.Fatal(err)
 	}
-	api, _ := cl.Conns().Store(r)
+	conns := client.NewConns() // the raw API: this test checks the codes on the wire
+	defer conns.Close()
+	api, _ := conns.Store(r)
 	d := blob.Sum(data)
 
 	fetch := func(req *storepb.FetchRequest) error {
@@ -217,11 +225,11 @@ func TestErrorsMapToCodes(t *testing.T) {
 		code     codes.Code
 		sentinel error
 	}{
-		{"oversized put", func() error { _, err := cl.Put(ctx, r, big); return err }(), codes.ResourceExhausted, storepb.ErrTooLarge},
+		{"oversized put", func() error { _, _, err := cl.Put(ctx, r, big); return err }(), codes.ResourceExhausted, storepb.ErrTooLarge},
 		{"unknown blob", fetch(&storepb.FetchRequest{Digest: blob.Sum([]byte("nope")).String()}), codes.NotFound, storepb.ErrNotFound},
 		{"bad range", fetch(&storepb.FetchRequest{Digest: d.String(), Offset: int64(len(data)) - 4, Length: 8}), codes.OutOfRange, storepb.ErrBadRange},
 		{"bad digest", fetch(&storepb.FetchRequest{Digest: "xyz"}), codes.InvalidArgument, storepb.ErrBadRequest},
-		{"unknown blob over the data plane", cl.Fetch(ctx, client.Ref{Digest: blob.Sum([]byte("nope")), Size: 4}, []client.Replica{r}, make([]byte, 4)), codes.Unknown, storepb.ErrNotFound},
+		{"unknown blob over the data plane", cl.Fetch(ctx, client.Ref{Digest: blob.Sum([]byte("nope")), Size: 4}, []routing.Replica{r}, make([]byte, 4)), codes.Unknown, storepb.ErrNotFound},
 	}
 	for _, tt := range tests {
 		if tt.code != codes.Unknown && status.Code(tt.err) != tt.code {
@@ -240,7 +248,7 @@ func TestErrorsMapToCodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s2.Close()
-	_, err = cl.Put(ctx, replicaOf(s2), data)
+	_, _, err = cl.Put(ctx, replicaOf(s2), data)
 	if status.Code(err) != codes.ResourceExhausted || !errors.Is(err, storepb.ErrOverloaded) {
 		t.Fatalf("put over the in-flight bound: %v", err)
 	}
@@ -316,7 +324,7 @@ func TestCorruptionInFlightFailsOver(t *testing.T) {
 	ctx := context.Background()
 	data := expertBlob(t, "BF16", 2, 256, 512, 3)
 	for i := range 2 {
-		if _, err := cl.Put(ctx, replicaOf(c.stores[i]), data); err != nil {
+		if _, _, err := cl.Put(ctx, replicaOf(c.stores[i]), data); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -325,7 +333,7 @@ func TestCorruptionInFlightFailsOver(t *testing.T) {
 	bad := replicaOf(c.stores[0])
 	bad.DataAddr = p.addr()
 	dst := make([]byte, len(data))
-	if err := cl.Fetch(ctx, client.Ref{Digest: blob.Sum(data), Size: int64(len(data))}, []client.Replica{bad, replicaOf(c.stores[1])}, dst); err != nil {
+	if err := cl.Fetch(ctx, client.Ref{Digest: blob.Sum(data), Size: int64(len(data))}, []routing.Replica{bad, replicaOf(c.stores[1])}, dst); err != nil {
 		t.Fatal(err)
 	}
 	if !p.flipped.Load() {
@@ -334,13 +342,13 @@ func TestCorruptionInFlightFailsOver(t *testing.T) {
 	if !slices.Equal(dst, data) {
 		t.Fatal("fetched bytes differ after failover")
 	}
-	if st := cl.Stats(); st.Failovers != 1 {
+	if st := cl.FetchStats(); st.Failovers != 1 {
 		t.Fatalf("stats %+v: want one failover", st)
 	}
 	// With only the corrupting replica, the fetch fails as corrupt.
 	p2 := newProxy(t, c.stores[0].DataAddr(), 70_000, 0)
 	bad.DataAddr = p2.addr()
-	err := cl.Fetch(ctx, client.Ref{Digest: blob.Sum(data), Size: int64(len(data))}, []client.Replica{bad}, dst)
+	err := cl.Fetch(ctx, client.Ref{Digest: blob.Sum(data), Size: int64(len(data))}, []routing.Replica{bad}, dst)
 	if !errors.Is(err, storepb.ErrCorrupt) {
 		t.Fatalf("fetch from a corrupting replica: %v, want ErrCorrupt", err)
 	}
@@ -358,7 +366,7 @@ func TestCorruptionAtRestIsQuarantined(t *testing.T) {
 	ctx := context.Background()
 	good, rotten := expertBlob(t, "F16", 2, 64, 64, 1), expertBlob(t, "F16", 2, 64, 64, 2)
 	for _, b := range [][]byte{good, rotten} {
-		if _, err := cl.Put(ctx, replicaOf(s), b); err != nil {
+		if _, _, err := cl.Put(ctx, replicaOf(s), b); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -385,10 +393,10 @@ func TestCorruptionAtRestIsQuarantined(t *testing.T) {
 		t.Fatalf("rotten blob not in quarantine/: %v", err)
 	}
 	dst := make([]byte, len(good))
-	if err := cl.Fetch(ctx, client.Ref{Digest: blob.Sum(good), Size: int64(len(good))}, []client.Replica{replicaOf(s)}, dst); err != nil || !slices.Equal(dst, good) {
+	if err := cl.Fetch(ctx, client.Ref{Digest: blob.Sum(good), Size: int64(len(good))}, []routing.Replica{replicaOf(s)}, dst); err != nil || !slices.Equal(dst, good) {
 		t.Fatalf("good blob after restart: %v", err)
 	}
-	err = cl.Fetch(ctx, client.Ref{Digest: blob.Sum(rotten), Size: int64(len(rotten))}, []client.Replica{replicaOf(s)}, make([]byte, len(rotten)))
+	err = cl.Fetch(ctx, client.Ref{Digest: blob.Sum(rotten), Size: int64(len(rotten))}, []routing.Replica{replicaOf(s)}, make([]byte, len(rotten)))
 	if !errors.Is(err, storepb.ErrNotFound) {
 		t.Fatalf("quarantined blob served: %v", err)
 	}
@@ -400,7 +408,7 @@ func TestStoreKilledMidStream(t *testing.T) {
 	ctx := context.Background()
 	data := expertBlob(t, "F32", 4, 1024, 1024, 9) // 8 MiB
 	for i := range 2 {
-		if _, err := cl.Put(ctx, replicaOf(c.stores[i]), data); err != nil {
+		if _, _, err := cl.Put(ctx, replicaOf(c.stores[i]), data); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -416,13 +424,13 @@ func TestStoreKilledMidStream(t *testing.T) {
 	defer cancel()
 	dst := make([]byte, len(data))
 	start := time.Now()
-	if err := cl.Fetch(fctx, client.Ref{Digest: blob.Sum(data), Size: int64(len(data))}, []client.Replica{slow, replicaOf(c.stores[1])}, dst); err != nil {
+	if err := cl.Fetch(fctx, client.Ref{Digest: blob.Sum(data), Size: int64(len(data))}, []routing.Replica{slow, replicaOf(c.stores[1])}, dst); err != nil {
 		t.Fatalf("fetch with a store killed mid-stream: %v", err)
 	}
 	if !slices.Equal(dst, data) {
 		t.Fatal("bytes differ")
 	}
-	if st := cl.Stats(); st.Failovers != 1 {
+	if st := cl.FetchStats(); st.Failovers != 1 {
 		t.Fatalf("stats %+v: want one failover", st)
 	}
 	t.Logf("finished from the replica in %v", time.Since(start))
@@ -442,7 +450,7 @@ func TestRestartServesSameBlobs(t *testing.T) {
 	for i := range 4 {
 		b := expertBlob(t, "BF16", 2, 32, 48, uint64(i))
 		blobs = append(blobs, b)
-		if _, err := cl.Put(ctx, replicaOf(s), b); err != nil {
+		if _, _, err := cl.Put(ctx, replicaOf(s), b); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -457,7 +465,7 @@ func TestRestartServesSameBlobs(t *testing.T) {
 	}
 	for _, b := range blobs {
 		dst := make([]byte, len(b))
-		if err := cl.Fetch(ctx, client.Ref{Digest: blob.Sum(b), Size: int64(len(b))}, []client.Replica{replicaOf(s)}, dst); err != nil || !slices.Equal(dst, b) {
+		if err := cl.Fetch(ctx, client.Ref{Digest: blob.Sum(b), Size: int64(len(b))}, []routing.Replica{replicaOf(s)}, dst); err != nil || !slices.Equal(dst, b) {
 			t.Fatalf("after restart: %v", err)
 		}
 	}
@@ -490,7 +498,7 @@ func TestConcurrentFetchesCollapse(t *testing.T) {
 	cl := newClient(t, client.DefaultConfig())
 	ctx := context.Background()
 	data := expertBlob(t, "F32", 4, 512, 512, 5)
-	if _, err := cl.Put(ctx, replicaOf(c.stores[0]), data); err != nil {
+	if _, _, err := cl.Put(ctx, replicaOf(c.stores[0]), data); err != nil {
 		t.Fatal(err)
 	}
 	before := c.stores[0].Stats().Fetches
@@ -513,7 +521,7 @@ func TestConcurrentFetchesCollapse(t *testing.T) {
 		}
 	}
 	fetches := c.stores[0].Stats().Fetches - before
-	if st := cl.Stats(); fetches+st.Collapsed != 8 || fetches >= 8 {
+	if st := cl.FetchStats(); fetches+st.Collapsed != 8 || fetches >= 8 {
 		t.Fatalf("%d store fetches, %d collapsed: want fewer than 8 transfers for 8 callers", fetches, st.Collapsed)
 	}
 }
@@ -535,7 +543,7 @@ func TestHedgeSlowReplica(t *testing.T) {
 	ctx := context.Background()
 	data := expertBlob(t, "F32", 4, 256, 256, 11) // 512 KiB
 	for i := range 2 {
-		if _, err := cl.Put(ctx, replicaOf(c.stores[i]), data); err != nil {
+		if _, _, err := cl.Put(ctx, replicaOf(c.stores[i]), data); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -552,16 +560,16 @@ func TestHedgeSlowReplica(t *testing.T) {
 	slow := replicaOf(c.stores[0])
 	slow.DataAddr = p.addr()
 	clear(dst)
-	before := cl.Stats() // a warm-up fetch slowed by a loaded machine may have hedged already
+	before := cl.FetchStats() // a warm-up fetch slowed by a loaded machine may have hedged already
 	start := time.Now()
-	if err := cl.Fetch(ctx, ref, []client.Replica{slow, replicaOf(c.stores[1])}, dst); err != nil {
+	if err := cl.Fetch(ctx, ref, []routing.Replica{slow, replicaOf(c.stores[1])}, dst); err != nil {
 		t.Fatal(err)
 	}
 	took := time.Since(start)
 	if !slices.Equal(dst, data) {
 		t.Fatal("hedged fetch returned different bytes")
 	}
-	st := cl.Stats()
+	st := cl.FetchStats()
 	if st.Hedges-before.Hedges != 1 || st.HedgeWins-before.HedgeWins != 1 || st.Failovers != before.Failovers {
 		t.Fatalf("stats %+v (before the slow fetch %+v): want one more hedge that won, no failover", st, before)
 	}
@@ -597,7 +605,7 @@ func TestCompressedFetch(t *testing.T) {
 	noise := expertBlob(t, "U8", 1, 1024, 1024, 2)
 	put := newClient(t, client.DefaultConfig())
 	for _, b := range [][]byte{weights, noise} {
-		if _, err := put.Put(ctx, replicaOf(c.stores[0]), b); err != nil {
+		if _, _, err := put.Put(ctx, replicaOf(c.stores[0]), b); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -639,7 +647,7 @@ func TestAutoCompressionOnSlowLink(t *testing.T) {
 	ctx := context.Background()
 	weights := bf16Blob(t, 512, 1024, 3) // 2 MiB
 	put := newClient(t, client.DefaultConfig())
-	if _, err := put.Put(ctx, replicaOf(c.stores[0]), weights); err != nil {
+	if _, _, err := put.Put(ctx, replicaOf(c.stores[0]), weights); err != nil {
 		t.Fatal(err)
 	}
 	// A link of about 100 MB/s (16 KiB reads, 150 µs apart): decoding is far faster, so auto mode
@@ -652,7 +660,7 @@ func TestAutoCompressionOnSlowLink(t *testing.T) {
 	dst := make([]byte, len(weights))
 	for range 3 {
 		clear(dst)
-		if err := cl.Fetch(ctx, client.Ref{Digest: blob.Sum(weights), Size: int64(len(weights))}, []client.Replica{slow}, dst); err != nil {
+		if err := cl.Fetch(ctx, client.Ref{Digest: blob.Sum(weights), Size: int64(len(weights))}, []routing.Replica{slow}, dst); err != nil {
 			t.Fatal(err)
 		}
 		if !slices.Equal(dst, weights) {
@@ -671,30 +679,26 @@ func TestCopyStoreToStore(t *testing.T) {
 	ctx := context.Background()
 	data := expertBlob(t, "BF16", 2, 256, 256, 21)
 	d := blob.Sum(data)
-	if _, err := cl.Put(ctx, replicaOf(c.stores[0]), data); err != nil {
+	if _, _, err := cl.Put(ctx, replicaOf(c.stores[0]), data); err != nil {
 		t.Fatal(err)
 	}
-	src := func(i int) *storepb.Source {
-		return &storepb.Source{Name: c.stores[i].NodeName(), GrpcAddr: c.stores[i].Addr(), DataAddr: c.stores[i].DataAddr()}
-	}
-	api, _ := cl.Conns().Store(replicaOf(c.stores[1]))
+	ref := client.Ref{Digest: d, Size: int64(len(data))}
 	// The first source does not have it: the copy fails over to the second.
-	resp, err := api.Copy(ctx, &storepb.CopyRequest{Digest: d.String(), Size: int64(len(data)), Sources: []*storepb.Source{src(2), src(0)}})
-	if err != nil || resp.Existed || resp.Blob.Digest != d.String() {
-		t.Fatalf("Copy = %+v, %v", resp, err)
+	existed, err := cl.Copy(ctx, replicaOf(c.stores[1]), ref, c.replicas(2, 0))
+	if err != nil || existed {
+		t.Fatalf("Copy = %v, %v", existed, err)
 	}
 	dst := make([]byte, len(data))
 	if err := cl.Fetch(ctx, client.Ref{Digest: d, Size: int64(len(data))}, c.replicas(1), dst); err != nil || !slices.Equal(dst, data) {
 		t.Fatalf("fetch from the new replica: %v", err)
 	}
-	if again, err := api.Copy(ctx, &storepb.CopyRequest{Digest: d.String(), Size: int64(len(data)), Sources: []*storepb.Source{src(0)}}); err != nil || !again.Existed {
-		t.Fatalf("second Copy = %+v, %v", again, err)
+	if again, err := cl.Copy(ctx, replicaOf(c.stores[1]), ref, c.replicas(0)); err != nil || !again {
+		t.Fatalf("second Copy = %v, %v", again, err)
 	}
 	// Nobody has this one.
-	api2, _ := cl.Conns().Store(replicaOf(c.stores[2]))
-	_, err = api2.Copy(ctx, &storepb.CopyRequest{Digest: blob.Sum([]byte("x")).String(), Size: 1, Sources: []*storepb.Source{src(0)}})
-	if status.Code(err) != codes.NotFound {
-		t.Fatalf("Copy of a blob no source has: %v, want NotFound", err)
+	_, err = cl.Copy(ctx, replicaOf(c.stores[2]), client.Ref{Digest: blob.Sum([]byte("x")), Size: 1}, c.replicas(0))
+	if !errors.Is(err, storepb.ErrNotFound) {
+		t.Fatalf("Copy of a blob no source has: %v, want ErrNotFound", err)
 	}
 	if st := c.stores[2].Stats(); st.UsedBytes != 0 {
 		t.Fatalf("failed copy left %d bytes reserved", st.UsedBytes)
@@ -706,7 +710,7 @@ func TestFollowerOutlivesCanceledLeader(t *testing.T) {
 	cl := newClient(t, client.DefaultConfig())
 	ctx := context.Background()
 	data := expertBlob(t, "F32", 4, 512, 512, 31)
-	if _, err := cl.Put(ctx, replicaOf(c.stores[0]), data); err != nil {
+	if _, _, err := cl.Put(ctx, replicaOf(c.stores[0]), data); err != nil {
 		t.Fatal(err)
 	}
 	// A slow path so the leader is still fetching when it is cancelled.
@@ -716,7 +720,7 @@ func TestFollowerOutlivesCanceledLeader(t *testing.T) {
 	ref := client.Ref{Digest: blob.Sum(data), Size: int64(len(data))}
 	lctx, cancel := context.WithCancel(ctx)
 	leaderErr := make(chan error, 1)
-	go func() { leaderErr <- cl.Fetch(lctx, ref, []client.Replica{slow}, make([]byte, len(data))) }()
+	go func() { leaderErr <- cl.Fetch(lctx, ref, []routing.Replica{slow}, make([]byte, len(data))) }()
 	time.Sleep(50 * time.Millisecond) // let the leader start
 	followerErr := make(chan error, 1)
 	dst := make([]byte, len(data))
@@ -729,7 +733,7 @@ func TestFollowerOutlivesCanceledLeader(t *testing.T) {
 	if err := <-followerErr; err != nil || !slices.Equal(dst, data) {
 		t.Fatalf("follower: %v", err)
 	}
-	if st := cl.Stats(); st.Collapsed != 1 {
+	if st := cl.FetchStats(); st.Collapsed != 1 {
 		t.Fatalf("stats %+v: the follower did not join the leader's flight", st)
 	}
 }

@@ -23,9 +23,8 @@ func (s *Server) serveData() {
 		s.goFunc(func() {
 			defer s.trackConn(c, false)
 			defer c.Close()
-			if err := s.serveDataConn(c); err != nil {
-				s.log.Debug("data plane connection", "remote", c.RemoteAddr(), "err", err)
-			}
+			err := s.serveDataConn(c) // it returns only when the connection ends
+			s.log.Debug("data plane connection ended", "remote", c.RemoteAddr(), "err", err)
 		})
 	}
 }

@@ -249,12 +249,8 @@ func (s *Server) copyFrom(ctx context.Context, req *storepb.CopyRequest) (*store
 	if err := s.reserve(req.Size); err != nil {
 		return nil, false, err
 	}
-	sources := make([]client.Replica, len(req.Sources))
-	for i, src := range req.Sources {
-		sources[i] = client.Replica{Name: src.Name, GRPCAddr: src.GrpcAddr, DataAddr: src.DataAddr}
-	}
 	buf := make([]byte, req.Size)
-	if err := s.peers.Fetch(ctx, client.Ref{Digest: d, Size: req.Size}, sources, buf); err != nil {
+	if err := s.peers.Fetch(ctx, client.Ref{Digest: d, Size: req.Size}, client.Sources(req), buf); err != nil {
 		s.unreserve(req.Size)
 		return nil, false, err
 	}

@@ -8,12 +8,8 @@ import (
 	"sync"
 
 	"github.com/pregate/pregate/engine"
+	"github.com/pregate/pregate/routing"
 )
-
-// ExpertKey names one expert of the served model: its MoE block (forward order) and index.
-type ExpertKey struct{ Block, Expert int }
-
-func (k ExpertKey) String() string { return fmt.Sprintf("%d/%d", k.Block, k.Expert) }
 
 // ErrCacheTooSmall: an expert does not fit in the cache budget at all.
 var ErrCacheTooSmall = errors.New("worker: expert cache budget too small")
@@ -21,34 +17,34 @@ var ErrCacheTooSmall = errors.New("worker: expert cache budget too small")
 // Policy chooses which unpinned expert the cache evicts. It is told of every insertion, use and
 // removal; the cache holds its lock around every call.
 type Policy interface {
-	Inserted(k ExpertKey)
-	Touched(k ExpertKey)
-	Removed(k ExpertKey)
+	Inserted(k routing.ExpertKey)
+	Touched(k routing.ExpertKey)
+	Removed(k routing.ExpertKey)
 	// Victim returns the key to evict next among those evictable accepts, false if none.
-	Victim(evictable func(ExpertKey) bool) (ExpertKey, bool)
+	Victim(evictable func(routing.ExpertKey) bool) (routing.ExpertKey, bool)
 }
 
 // LRU evicts the least recently used expert.
 type LRU struct {
 	order *list.List // front: most recent
-	at    map[ExpertKey]*list.Element
+	at    map[routing.ExpertKey]*list.Element
 }
 
 // NewLRU returns an empty LRU policy.
-func NewLRU() *LRU { return &LRU{order: list.New(), at: map[ExpertKey]*list.Element{}} }
+func NewLRU() *LRU { return &LRU{order: list.New(), at: map[routing.ExpertKey]*list.Element{}} }
 
 // Inserted implements Policy.
-func (l *LRU) Inserted(k ExpertKey) { l.at[k] = l.order.PushFront(k) }
+func (l *LRU) Inserted(k routing.ExpertKey) { l.at[k] = l.order.PushFront(k) }
 
 // Touched implements Policy.
-func (l *LRU) Touched(k ExpertKey) {
+func (l *LRU) Touched(k routing.ExpertKey) {
 	if e, ok := l.at[k]; ok {
 		l.order.MoveToFront(e)
 	}
 }
 
 // Removed implements Policy.
-func (l *LRU) Removed(k ExpertKey) {
+func (l *LRU) Removed(k routing.ExpertKey) {
 	if e, ok := l.at[k]; ok {
 		l.order.Remove(e)
 		delete(l.at, k)
@@ -56,18 +52,18 @@ func (l *LRU) Removed(k ExpertKey) {
 }
 
 // Victim implements Policy.
-func (l *LRU) Victim(evictable func(ExpertKey) bool) (ExpertKey, bool) {
+func (l *LRU) Victim(evictable func(routing.ExpertKey) bool) (routing.ExpertKey, bool) {
 	for e := l.order.Back(); e != nil; e = e.Prev() {
-		if k := e.Value.(ExpertKey); evictable(k) {
+		if k := e.Value.(routing.ExpertKey); evictable(k) {
 			return k, true
 		}
 	}
-	return ExpertKey{}, false
+	return routing.ExpertKey{}, false
 }
 
 // cacheEntry is one expert in the cache: being fetched (ready open) or ready.
 type cacheEntry struct {
-	key    ExpertKey
+	key    routing.ExpertKey
 	size   int64
 	ticket uint64 // creation order: reservations are granted in this order
 	pins   int    // users: a fetch in flight, an Acquire, a hint that the expert is wanted soon
@@ -93,7 +89,7 @@ type Cache struct {
 	used    int64
 	peak    int64
 	tickets uint64
-	entries map[ExpertKey]*cacheEntry
+	entries map[routing.ExpertKey]*cacheEntry
 	waiting map[uint64]*cacheEntry // reservations not yet granted, by ticket
 	policy  Policy
 	changed chan struct{} // closed and replaced whenever space frees or a waiter leaves
@@ -105,7 +101,7 @@ func NewCache(budget int64, policy Policy) *Cache {
 	if policy == nil {
 		policy = NewLRU()
 	}
-	return &Cache{budget: budget, entries: map[ExpertKey]*cacheEntry{}, waiting: map[uint64]*cacheEntry{},
+	return &Cache{budget: budget, entries: map[routing.ExpertKey]*cacheEntry{}, waiting: map[uint64]*cacheEntry{},
 		policy: policy, changed: make(chan struct{})}
 }
 
@@ -132,7 +128,7 @@ func (c *Cache) ResetPeak() {
 
 // get returns k's entry pinned, or creates a pinned entry of size bytes for the caller to fill
 // (created true). A created entry has no space yet: the filler reserves it.
-func (c *Cache) get(k ExpertKey, size int64) (e *cacheEntry, created bool) {
+func (c *Cache) get(k routing.ExpertKey, size int64) (e *cacheEntry, created bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.entries[k]; ok && !e.abandoned {
@@ -265,7 +261,7 @@ func (c *Cache) first() uint64 {
 // makeRoom evicts until size more bytes fit; false if it cannot.
 func (c *Cache) makeRoom(size int64) bool {
 	for c.used+size > c.budget {
-		k, ok := c.policy.Victim(func(k ExpertKey) bool {
+		k, ok := c.policy.Victim(func(k routing.ExpertKey) bool {
 			e := c.entries[k]
 			if e == nil || e.pins > 0 || !e.reserved {
 				return false

@@ -6,9 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,31 +24,39 @@ import (
 	"github.com/pregate/pregate/routing"
 )
 
-// clusterView keeps what a worker needs of the cluster's state, fresh: the model's placements as an
-// immutable routing.Snapshot (swapped atomically: fetches read it without locks) and the stores'
-// addresses and health.
+// clusterView keeps what a worker needs of the cluster's state, fresh: the model's placements, with
+// the addresses and health of the stores they name, as one immutable routing.Snapshot (swapped
+// atomically: fetches read it without locks). A new snapshot is built per batch of placement watch
+// events and whenever the store records change.
 type clusterView struct {
-	ps    *placement.Store
-	model string
-	log   *slog.Logger
-	snap  atomic.Pointer[routing.Snapshot]
-	// stores maps a store name to its address and whether it is alive.
-	stores atomic.Pointer[map[string]storeAddr]
+	ps     *placement.Store
+	model  string
+	log    *slog.Logger
+	snap   atomic.Pointer[routing.Snapshot]
 	synced atomic.Bool // a first full read of placements and stores is in
+
+	mu      sync.Mutex // the inputs of the next snapshot
+	rev     int64
+	experts map[routing.ExpertKey]routing.Entry
+	dense   map[string]routing.Entry
+	stores  map[string]routing.StoreAddr
 }
 
-type storeAddr struct {
-	replica client.Replica
-	alive   bool
+func newClusterView(ps *placement.Store, model string, log *slog.Logger) *clusterView {
+	return &clusterView{ps: ps, model: model, log: log, experts: map[routing.ExpertKey]routing.Entry{},
+		dense: map[string]routing.Entry{}}
+}
+
+// publish builds and publishes a snapshot of the current inputs. Caller holds v.mu.
+func (v *clusterView) publish() {
+	v.snap.Store(routing.NewSnapshot(v.rev, routing.Placements{Experts: v.experts, Dense: v.dense}, v.stores))
 }
 
 // run keeps the view fresh until ctx ends: list, then watch placements (re-listing after a watch
 // breaks); store records are re-read every storeEvery.
 func (v *clusterView) run(ctx context.Context, storeEvery time.Duration) {
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	wg.Go(func() {
 		for {
 			if err := v.readStores(ctx); err != nil && ctx.Err() == nil {
 				v.log.Warn("reading store records", "err", err)
@@ -59,7 +67,7 @@ func (v *clusterView) run(ctx context.Context, storeEvery time.Duration) {
 			case <-time.After(storeEvery):
 			}
 		}
-	}()
+	})
 	for ctx.Err() == nil {
 		if err := v.syncPlacements(ctx); err != nil && ctx.Err() == nil {
 			v.log.Warn("placement watch", "err", err)
@@ -72,16 +80,23 @@ func (v *clusterView) run(ctx context.Context, storeEvery time.Duration) {
 	wg.Wait()
 }
 
+// readStores reads the store records and, when an address or a store's health changed, publishes
+// a snapshot with them.
 func (v *clusterView) readStores(ctx context.Context) error {
 	recs, err := v.ps.Stores(ctx)
 	if err != nil {
 		return err
 	}
-	m := make(map[string]storeAddr, len(recs))
+	m := make(map[string]routing.StoreAddr, len(recs))
 	for _, r := range recs {
-		m[r.Name] = storeAddr{replica: client.Replica{Name: r.Name, GRPCAddr: r.GRPCAddr, DataAddr: r.DataAddr}, alive: r.State == placement.StoreAlive}
+		m[r.Name] = routing.StoreAddr{GRPCAddr: r.GRPCAddr, DataAddr: r.DataAddr, Healthy: r.State == placement.StoreAlive}
 	}
-	v.stores.Store(&m)
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.stores == nil || !maps.Equal(v.stores, m) {
+		v.stores = m
+		v.publish()
+	}
 	return nil
 }
 
@@ -96,32 +111,40 @@ func (v *clusterView) syncPlacements(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	cur := map[string][]routing.Replica{}
+	if err := v.readStores(ctx); err != nil {
+		return err
+	}
+	v.mu.Lock()
+	clear(v.experts)
+	clear(v.dense)
 	for k, p := range exp {
-		cur[v.ps.ExpertKey(v.model, k)] = replicasOf(p)
+		v.experts[k] = entryOf(p)
 	}
 	for n, p := range dense {
-		cur[v.ps.DenseKey(v.model, n)] = replicasOf(p)
+		v.dense[n] = entryOf(p)
 	}
-	v.snap.Store(routing.NewSnapshot(rev, cur))
-	if v.stores.Load() == nil {
-		if err := v.readStores(ctx); err != nil {
-			return err
-		}
-	}
+	v.rev = rev
+	v.publish()
+	v.mu.Unlock()
 	v.synced.Store(true)
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	events := v.ps.WatchPlacements(wctx, v.model, rev+1)
 	for ev := range events {
 		// Apply every event already queued, then publish one snapshot.
+		v.mu.Lock()
 		for {
-			if ev.Placement == nil {
-				delete(cur, ev.Key)
-			} else {
-				cur[ev.Key] = replicasOf(*ev.Placement)
+			switch {
+			case ev.Dense != "" && ev.Placement == nil:
+				delete(v.dense, ev.Dense)
+			case ev.Dense != "":
+				v.dense[ev.Dense] = entryOf(*ev.Placement)
+			case ev.Placement == nil:
+				delete(v.experts, ev.Expert)
+			default:
+				v.experts[ev.Expert] = entryOf(*ev.Placement)
 			}
-			rev = ev.Revision
+			v.rev = ev.Revision
 			select {
 			case next, ok := <-events:
 				if ok {
@@ -132,103 +155,86 @@ func (v *clusterView) syncPlacements(ctx context.Context) error {
 			}
 			break
 		}
-		v.snap.Store(routing.NewSnapshot(rev, cur))
+		v.publish()
+		v.mu.Unlock()
 	}
 	return errors.New("placement watch ended")
 }
 
-func replicasOf(p placement.Placement) []routing.Replica {
-	out := make([]routing.Replica, len(p.Replicas))
-	for i, r := range p.Replicas {
-		out[i] = routing.Replica{Store: r.Store, Ready: r.State == placement.ReplicaReady}
-	}
-	return out
+func entryOf(p placement.Placement) routing.Entry {
+	return routing.Entry{Digest: p.Digest, Size: p.Size, Replicas: p.Replicas}
 }
 
 // holds reports whether the view's snapshot has a placement for every blob of man.
 func (v *clusterView) holds(man placement.Manifest) bool {
 	snap := v.snap.Load()
 	for _, e := range man.Experts {
-		if snap.Replicas(v.ps.ExpertKey(man.Name, e.Key())) == nil {
+		if snap.Expert(e.ExpertKey) == nil {
 			return false
 		}
 	}
 	for _, d := range man.Dense {
-		if snap.Replicas(v.ps.DenseKey(man.Name, d.Name)) == nil {
+		if snap.Dense(d.Name) == nil {
 			return false
 		}
 	}
 	return true
 }
 
-// replicas returns the stores to fetch key from, in the order to try them. A store that placement
-// names but the view has no address for yet (it joined since the last read of the store records)
-// makes it read them now.
-func (v *clusterView) replicas(ctx context.Context, key string, seed uint64) ([]client.Replica, error) {
-	for attempt := 0; ; attempt++ {
-		stores := v.stores.Load()
-		if stores == nil {
-			return nil, errors.New("worker: store addresses not known yet")
-		}
-		names := v.snap.Load().Choose(key, seed, func(s string) bool { return (*stores)[s].alive })
-		out := make([]client.Replica, 0, len(names))
-		unknown := false
-		for _, n := range names {
-			if a, ok := (*stores)[n]; ok {
-				out = append(out, a.replica)
-			} else {
-				unknown = true
-			}
-		}
-		if unknown && attempt == 0 {
-			if err := v.readStores(ctx); err == nil {
-				continue
-			}
-		}
-		if len(out) == 0 {
-			return nil, fmt.Errorf("worker: %s has no ready replica", strings.TrimPrefix(key, v.ps.Prefix()))
-		}
-		return out, nil
+// choose returns the replicas of the entry lookup finds in the current snapshot, in the order to
+// try them. When a ready replica's store has no known address yet (it joined since the store
+// records were read), the records are read again first.
+func (v *clusterView) choose(ctx context.Context, lookup func(*routing.Snapshot) *routing.Entry, seed uint64) (*routing.Entry, []routing.Replica) {
+	e := lookup(v.snap.Load())
+	if e != nil && e.Unresolved() && v.readStores(ctx) == nil {
+		e = lookup(v.snap.Load())
 	}
+	if e == nil {
+		return nil, nil
+	}
+	return e, e.Choose(seed)
 }
 
-// clusterFetcher fetches expert blobs from the stores placement names.
+// clusterFetcher fetches expert blobs from the stores placement names: per fetch, one snapshot
+// lookup (digest, size, replicas with addresses) and one client.Fetch.
 type clusterFetcher struct {
-	view  *clusterView
-	cl    *client.Client
-	man   placement.Manifest
-	seed  uint64
-	index map[ExpertKey]placement.ExpertEntry
+	view *clusterView
+	cl   *client.Client
+	name string
+	seed uint64
+	// The manifest's experts, [block][expert]: what the loaded model expects each blob to be.
+	want [][]placement.ExpertEntry
 }
 
 func newClusterFetcher(view *clusterView, cl *client.Client, man placement.Manifest, seed uint64) *clusterFetcher {
-	f := &clusterFetcher{view: view, cl: cl, man: man, seed: seed, index: map[ExpertKey]placement.ExpertEntry{}}
+	f := &clusterFetcher{view: view, cl: cl, name: man.Name, seed: seed, want: make([][]placement.ExpertEntry, man.Blocks)}
 	for _, e := range man.Experts {
-		f.index[ExpertKey{e.Block, e.Expert}] = e
+		f.want[e.Block] = append(f.want[e.Block], e)
 	}
 	return f
 }
 
+// entry returns the manifest's entry for k.
+func (f *clusterFetcher) entry(k routing.ExpertKey) (placement.ExpertEntry, bool) {
+	if k.Block < 0 || k.Block >= len(f.want) || k.Expert < 0 || k.Expert >= len(f.want[k.Block]) {
+		return placement.ExpertEntry{}, false
+	}
+	return f.want[k.Block][k.Expert], true
+}
+
 // Size implements Fetcher.
-func (f *clusterFetcher) Size(k ExpertKey) int64 { return f.index[k].Size }
+func (f *clusterFetcher) Size(k routing.ExpertKey) int64 {
+	e, _ := f.entry(k)
+	return e.Size
+}
 
 // Fetch implements Fetcher.
-func (f *clusterFetcher) Fetch(ctx context.Context, k ExpertKey, dst []byte) error {
-	e, ok := f.index[k]
-	if !ok {
-		return fmt.Errorf("worker: model %q has no expert %v", f.man.Name, k)
-	}
-	d, err := blob.ParseDigest(e.Digest)
-	if err != nil {
-		return err
-	}
-	key := f.view.ps.ExpertKey(f.man.Name, placement.Key{Block: k.Block, Expert: k.Expert})
+func (f *clusterFetcher) Fetch(ctx context.Context, k routing.ExpertKey, dst []byte) error {
 	snap := f.view.snap.Load()
-	reps, err := f.view.replicas(ctx, key, f.seed)
-	if err != nil {
-		return err
+	ref, reps, err := f.resolve(ctx, k)
+	if err == nil {
+		err = f.cl.Fetch(ctx, ref, reps, dst)
 	}
-	err = f.cl.Fetch(ctx, client.Ref{Digest: d, Size: e.Size}, reps, dst)
 	if err == nil || ctx.Err() != nil {
 		return err
 	}
@@ -246,10 +252,29 @@ func (f *clusterFetcher) Fetch(ctx context.Context, k ExpertKey, dst []byte) err
 	if f.view.snap.Load() == snap {
 		return err
 	}
-	if reps, rerr := f.view.replicas(ctx, key, f.seed); rerr == nil {
-		return f.cl.Fetch(ctx, client.Ref{Digest: d, Size: e.Size}, reps, dst)
+	if ref, reps, err = f.resolve(ctx, k); err != nil {
+		return err
 	}
-	return err
+	return f.cl.Fetch(ctx, ref, reps, dst)
+}
+
+// resolve looks expert k up in the current snapshot: the blob to fetch and the replicas to try.
+func (f *clusterFetcher) resolve(ctx context.Context, k routing.ExpertKey) (client.Ref, []routing.Replica, error) {
+	want, ok := f.entry(k)
+	if !ok {
+		return client.Ref{}, nil, fmt.Errorf("worker: model %q has no expert %v", f.name, k)
+	}
+	e, reps := f.view.choose(ctx, func(s *routing.Snapshot) *routing.Entry { return s.Expert(k) }, f.seed)
+	switch {
+	case e == nil:
+		return client.Ref{}, nil, fmt.Errorf("worker: expert %v of %q has no placement", k, f.name)
+	case e.Digest != want.Digest || e.Size != want.Size:
+		return client.Ref{}, nil, fmt.Errorf("worker: expert %v of %q is now blob %s (%d bytes), the loaded model has %s (%d bytes): re-imported? restart the worker",
+			k, f.name, e.Digest, e.Size, want.Digest, want.Size)
+	case len(reps) == 0:
+		return client.Ref{}, nil, fmt.Errorf("%w: expert %v of %q has no ready replica", storepb.ErrNotFound, k, f.name)
+	}
+	return client.Ref{Digest: e.Digest, Size: e.Size}, reps, nil
 }
 
 // denseMarker names the file that records which dense blobs a local checkpoint was built from.
@@ -264,7 +289,7 @@ func materializeDense(ctx context.Context, dir string, man placement.Manifest, v
 	}
 	var digests []string
 	for _, d := range man.Dense {
-		digests = append(digests, d.Digest)
+		digests = append(digests, d.Digest.String())
 	}
 	want, _ := json.Marshal(digests)
 	if have, err := os.ReadFile(filepath.Join(dir, denseMarker)); err == nil && string(have) == string(want) {
@@ -275,16 +300,9 @@ func materializeDense(ctx context.Context, dir string, man placement.Manifest, v
 	}
 	weightMap := map[string]string{}
 	for i, d := range man.Dense {
-		dig, err := blob.ParseDigest(d.Digest)
-		if err != nil {
-			return err
-		}
-		reps, err := view.replicas(ctx, view.ps.DenseKey(man.Name, d.Name), seed)
-		if err != nil {
-			return err
-		}
+		_, reps := view.choose(ctx, func(s *routing.Snapshot) *routing.Entry { return s.Dense(d.Name) }, seed)
 		buf := make([]byte, d.Size)
-		if err := cl.Fetch(ctx, client.Ref{Digest: dig, Size: d.Size}, reps, buf); err != nil {
+		if err := cl.Fetch(ctx, client.Ref{Digest: d.Digest, Size: d.Size}, reps, buf); err != nil {
 			return fmt.Errorf("worker: dense blob %s: %w", d.Name, err)
 		}
 		h, data, err := blob.Parse(buf)

@@ -16,6 +16,7 @@ import (
 	"github.com/pregate/pregate/engine"
 	"github.com/pregate/pregate/expertstore/blob"
 	"github.com/pregate/pregate/model"
+	"github.com/pregate/pregate/routing"
 )
 
 // Mode is what the pipeline fetches when (docs/ARCHITECTURE.md, "Modes").
@@ -59,8 +60,8 @@ func CheckMode(mode Mode, preGated bool) error {
 
 // Fetcher brings an expert's blob from wherever it lives into dst (len(dst) == Size(k)), verified.
 type Fetcher interface {
-	Size(k ExpertKey) int64
-	Fetch(ctx context.Context, k ExpertKey, dst []byte) error
+	Size(k routing.ExpertKey) int64
+	Fetch(ctx context.Context, k routing.ExpertKey, dst []byte) error
 }
 
 // ExpertLayout says how to read block b's expert blobs: the tensor names of W1, W3 ("" if none) and
@@ -117,9 +118,9 @@ type Pipeline struct {
 	wg      sync.WaitGroup
 
 	mu        sync.Mutex
-	wanted    map[ExpertKey]*want // experts a block will use (or was predicted to use)
-	predicted map[int][]int       // block → predicted experts, until the block's own Hint
-	resident  []*cacheEntry       // resident mode: pinned for good
+	wanted    map[routing.ExpertKey]*want // experts a block will use (or was predicted to use)
+	predicted map[int][]int               // block → predicted experts, until the block's own Hint
+	resident  []*cacheEntry               // resident mode: pinned for good
 
 	stats   []blockStats
 	metrics *pipelineMetrics
@@ -162,7 +163,7 @@ func NewPipeline(ctx context.Context, cfg PipelineConfig) (*Pipeline, error) {
 	if _, err := ParseMode(string(cfg.Mode)); err != nil {
 		return nil, err
 	}
-	p := &Pipeline{cfg: cfg, log: cfg.Logger, cache: NewCache(cfg.CacheBudget, nil), wanted: map[ExpertKey]*want{},
+	p := &Pipeline{cfg: cfg, log: cfg.Logger, cache: NewCache(cfg.CacheBudget, nil), wanted: map[routing.ExpertKey]*want{},
 		predicted: map[int][]int{}, stats: make([]blockStats, len(cfg.NumExperts)),
 		lastHint: -1, latencies: make([][]time.Duration, len(cfg.NumExperts))}
 	if p.log == nil {
@@ -171,7 +172,7 @@ func NewPipeline(ctx context.Context, cfg PipelineConfig) (*Pipeline, error) {
 	var largest, total int64
 	for b, n := range cfg.NumExperts {
 		for e := range n {
-			s := cfg.Fetcher.Size(ExpertKey{b, e})
+			s := cfg.Fetcher.Size(routing.ExpertKey{Block: b, Expert: e})
 			largest, total = max(largest, s), total+s
 		}
 	}
@@ -206,7 +207,7 @@ func NewPipeline(ctx context.Context, cfg PipelineConfig) (*Pipeline, error) {
 func (p *Pipeline) loadAll(ctx context.Context) error {
 	for b, n := range p.cfg.NumExperts {
 		for e := range n {
-			ent, created := p.cache.get(ExpertKey{b, e}, p.cfg.Fetcher.Size(ExpertKey{b, e}))
+			ent, created := p.cache.get(routing.ExpertKey{Block: b, Expert: e}, p.cfg.Fetcher.Size(routing.ExpertKey{Block: b, Expert: e}))
 			if created {
 				p.startFetch(ent)
 			}
@@ -259,7 +260,7 @@ type want struct {
 
 // want marks k as wanted, starting its fetch if it is not in the cache; it reports whether the
 // expert was already there (or on its way). Caller holds p.mu.
-func (p *Pipeline) want(k ExpertKey) bool {
+func (p *Pipeline) want(k routing.ExpertKey) bool {
 	if w, ok := p.wanted[k]; ok && !p.cache.gone(w.ent) {
 		p.cache.touch(w.ent)
 		return true
@@ -293,7 +294,7 @@ func (p *Pipeline) fetched(ent *cacheEntry) {
 }
 
 // unwant forgets k's want, unpinning (and so abandoning) a fetch still in flight. Caller holds p.mu.
-func (p *Pipeline) unwant(k ExpertKey) {
+func (p *Pipeline) unwant(k routing.ExpertKey) {
 	if w, ok := p.wanted[k]; ok {
 		delete(p.wanted, k)
 		if w.pinned {
@@ -317,7 +318,7 @@ func (p *Pipeline) Predict(block int, experts []int) {
 func (p *Pipeline) predictLocked(block int, experts []int) {
 	p.predicted[block] = slices.Clone(experts)
 	for _, e := range experts {
-		p.want(ExpertKey{block, e})
+		p.want(routing.ExpertKey{Block: block, Expert: e})
 	}
 }
 
@@ -348,12 +349,12 @@ func (p *Pipeline) Hint(block int, used []int) {
 		}
 		for _, e := range pred {
 			if !slices.Contains(used, e) {
-				p.unwant(ExpertKey{block, e})
+				p.unwant(routing.ExpertKey{Block: block, Expert: e})
 			}
 		}
 	}
 	for _, e := range used {
-		if p.want(ExpertKey{block, e}) {
+		if p.want(routing.ExpertKey{Block: block, Expert: e}) {
 			st.hits.Add(1)
 		} else {
 			st.misses.Add(1)
@@ -373,7 +374,7 @@ func (p *Pipeline) Acquire(ctx context.Context, block, expert int) (*engine.Expe
 	if !p.valid(block) || expert < 0 || expert >= p.cfg.NumExperts[block] {
 		return nil, fmt.Errorf("%w: no expert %d in MoE block %d", engine.ErrBadInput, expert, block)
 	}
-	k := ExpertKey{block, expert}
+	k := routing.ExpertKey{Block: block, Expert: expert}
 	var ent *cacheEntry
 	if p.cfg.Mode == ModeResident {
 		ent = p.resident[p.residentIndex(k)]
@@ -421,7 +422,7 @@ func (p *Pipeline) Acquire(ctx context.Context, block, expert int) (*engine.Expe
 	return ent.weights, nil
 }
 
-func (p *Pipeline) residentIndex(k ExpertKey) int {
+func (p *Pipeline) residentIndex(k routing.ExpertKey) int {
 	i := k.Expert
 	for b := range k.Block {
 		i += p.cfg.NumExperts[b]
@@ -436,7 +437,7 @@ func (p *Pipeline) Release(block, expert int) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	k := ExpertKey{block, expert}
+	k := routing.ExpertKey{Block: block, Expert: expert}
 	if w, ok := p.wanted[k]; ok {
 		p.cache.unpin(w.ent) // the Acquire's pin
 		p.unwant(k)
@@ -582,7 +583,7 @@ func (p *Pipeline) fetchInto(ctx context.Context, ent *cacheEntry) (*engine.Expe
 }
 
 // parse views an expert blob in device memory as the engine's weights.
-func (p *Pipeline) parse(k ExpertKey, b []byte) (*engine.ExpertWeights, error) {
+func (p *Pipeline) parse(k routing.ExpertKey, b []byte) (*engine.ExpertWeights, error) {
 	h, data, err := blob.Parse(b)
 	if err != nil {
 		return nil, err
@@ -700,7 +701,7 @@ type shapedFetcher struct {
 }
 
 // Fetch implements Fetcher.
-func (s *shapedFetcher) Fetch(ctx context.Context, k ExpertKey, dst []byte) error {
+func (s *shapedFetcher) Fetch(ctx context.Context, k routing.ExpertKey, dst []byte) error {
 	s.mu.Lock()
 	now := time.Now()
 	if s.free.Before(now) {

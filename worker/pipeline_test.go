@@ -26,7 +26,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // blobFetcher serves a checkpoint's expert blobs from memory, as a store would after import (the
 // same blobs modelblobs makes), optionally taking delay per fetch to act as a slow link.
 type blobFetcher struct {
-	blobs     map[ExpertKey][]byte
+	blobs     map[routing.ExpertKey][]byte
 	delay     time.Duration
 	fetches   atomic.Int64
 	cancelled atomic.Int64 // fetches whose context ended while they waited
@@ -34,10 +34,10 @@ type blobFetcher struct {
 
 func newBlobFetcher(t *testing.T, ckpt *model.Checkpoint) *blobFetcher {
 	t.Helper()
-	f := &blobFetcher{blobs: map[ExpertKey][]byte{}}
+	f := &blobFetcher{blobs: map[routing.ExpertKey][]byte{}}
 	err := modelblobs.Split(ckpt, "m", 0, func(b modelblobs.Blob) error {
 		if b.Header.Kind == blob.KindExpert {
-			f.blobs[ExpertKey{b.Header.Block, b.Header.Expert}] = b.Data
+			f.blobs[routing.ExpertKey{Block: b.Header.Block, Expert: b.Header.Expert}] = b.Data
 		}
 		return nil
 	})
@@ -47,9 +47,9 @@ func newBlobFetcher(t *testing.T, ckpt *model.Checkpoint) *blobFetcher {
 	return f
 }
 
-func (f *blobFetcher) Size(k ExpertKey) int64 { return int64(len(f.blobs[k])) }
+func (f *blobFetcher) Size(k routing.ExpertKey) int64 { return int64(len(f.blobs[k])) }
 
-func (f *blobFetcher) Fetch(ctx context.Context, k ExpertKey, dst []byte) error {
+func (f *blobFetcher) Fetch(ctx context.Context, k routing.ExpertKey, dst []byte) error {
 	f.fetches.Add(1)
 	if f.delay > 0 {
 		select {
@@ -220,7 +220,7 @@ func TestPregatedPeakIsTwoBlocksOfActiveExperts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	size := ref.fetch.Size(ExpertKey{0, 0})
+	size := ref.fetch.Size(routing.ExpertKey{Block: 0, Expert: 0})
 	info := ref.Info()
 	var need int64
 	for _, step := range tr.steps {
@@ -274,7 +274,7 @@ func TestBudgetTooSmall(t *testing.T) {
 	layout, n := LayoutOf(ckpt.Config())
 	dev := NewCPU()
 	defer dev.Close()
-	size := f.Size(ExpertKey{0, 0})
+	size := f.Size(routing.ExpertKey{Block: 0, Expert: 0})
 	for _, tt := range []struct {
 		mode   Mode
 		budget int64
@@ -306,7 +306,7 @@ func TestStagedCopyPathGivesTheGoldenTokens(t *testing.T) {
 	defer dev.Close()
 	// A budget of three experts: the copy path runs with evictions and buffer reuse.
 	p, err := NewPipeline(context.Background(), PipelineConfig{Mode: ModeSpeculative, Device: dev, Fetcher: f, Layout: layout,
-		NumExperts: n, CacheBudget: 3 * f.Size(ExpertKey{0, 0}), Staging: 2})
+		NumExperts: n, CacheBudget: 3 * f.Size(routing.ExpertKey{Block: 0, Expert: 0}), Staging: 2})
 	if err != nil {
 		t.Fatal(err)
 	}

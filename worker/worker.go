@@ -170,7 +170,7 @@ func New(cfg Config) (w *Worker, err error) {
 	ccfg.Logger = w.log
 	ccfg.Transport = client.NewDataTransport(client.DataTransportConfig{Compression: cfg.FetchCompression})
 	w.fetcher = client.New(ccfg)
-	w.view = &clusterView{ps: w.ps, model: cfg.Model, log: w.log}
+	w.view = newClusterView(w.ps, cfg.Model, w.log)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	w.cancel = cancel

@@ -12,10 +12,10 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/pregate/pregate/expertstore/client"
 	"github.com/pregate/pregate/internal/fetchbench"
 	"github.com/pregate/pregate/internal/modebench"
 	"github.com/pregate/pregate/model"
+	"github.com/pregate/pregate/routing"
 	"github.com/pregate/pregate/worker"
 )
 
@@ -153,14 +153,14 @@ func newBenchFetchCmd() *cobra.Command {
 
 // spawnStore starts `pregate store` as a child process on loopback (memory only, no gossip) and
 // waits for its ready file.
-func spawnStore(ctx context.Context, memory int64, chunk int) (client.Replica, func(), error) {
+func spawnStore(ctx context.Context, memory int64, chunk int) (routing.Replica, func(), error) {
 	exe, err := os.Executable()
 	if err != nil {
-		return client.Replica{}, nil, err
+		return routing.Replica{}, nil, err
 	}
 	dir, err := os.MkdirTemp("", "pregate-bench-")
 	if err != nil {
-		return client.Replica{}, nil, err
+		return routing.Replica{}, nil, err
 	}
 	ready := filepath.Join(dir, "ready.json")
 	child := exec.Command(exe, "store", "--no-gossip", "--node-name", "bench-store", "--listen", "127.0.0.1:0",
@@ -169,7 +169,7 @@ func spawnStore(ctx context.Context, memory int64, chunk int) (client.Replica, f
 	child.Stderr = os.Stderr
 	if err := child.Start(); err != nil {
 		os.RemoveAll(dir)
-		return client.Replica{}, nil, err
+		return routing.Replica{}, nil, err
 	}
 	stop := func() {
 		child.Process.Signal(os.Interrupt)
@@ -190,13 +190,13 @@ func spawnStore(ctx context.Context, memory int64, chunk int) (client.Replica, f
 			var addrs map[string]string
 			if err := json.Unmarshal(b, &addrs); err != nil {
 				stop()
-				return client.Replica{}, nil, fmt.Errorf("store ready file: %w", err)
+				return routing.Replica{}, nil, fmt.Errorf("store ready file: %w", err)
 			}
-			return client.Replica{Name: addrs["node"], GRPCAddr: addrs["grpc"], DataAddr: addrs["data"]}, stop, nil
+			return routing.Replica{Store: addrs["node"], GRPCAddr: addrs["grpc"], DataAddr: addrs["data"]}, stop, nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			stop()
-			return client.Replica{}, nil, fmt.Errorf("store process did not become ready within 15s")
+			return routing.Replica{}, nil, fmt.Errorf("store process did not become ready within 15s")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

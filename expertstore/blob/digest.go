@@ -28,6 +28,20 @@ func (d Digest) String() string {
 	return hex.EncodeToString(d[:])
 }
 
+// MarshalText writes the digest as String does, so that it is a hex string in JSON.
+func (d Digest) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// UnmarshalText parses the form String writes (ParseDigest): a record with a malformed digest fails
+// to decode, so a digest read from etcd or a file is checked once, where it enters.
+func (d *Digest) UnmarshalText(b []byte) error {
+	v, err := ParseDigest(string(b))
+	if err != nil {
+		return err
+	}
+	*d = v
+	return nil
+}
+
 // IsZero reports whether d is the zero Digest (no blob; not the digest of any input one would
 // expect).
 func (d Digest) IsZero() bool {

@@ -13,7 +13,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -24,14 +23,8 @@ import (
 
 	"github.com/pregate/pregate/api/storepb"
 	"github.com/pregate/pregate/expertstore/blob"
+	"github.com/pregate/pregate/routing"
 )
-
-// Replica is one store that holds a blob.
-type Replica struct {
-	Name     string
-	GRPCAddr string
-	DataAddr string
-}
 
 // Ref names a blob and its size.
 type Ref struct {
@@ -60,8 +53,8 @@ func DefaultConfig() Config {
 	return Config{AttemptTimeout: 10 * time.Second, HedgeFraction: 0.05, HedgeMinDelay: 2 * time.Millisecond}
 }
 
-// Stats counts what a client did.
-type Stats struct {
+// FetchStats counts what a client's fetches did.
+type FetchStats struct {
 	Fetches, Bytes, Failovers, Hedges, HedgeWins, Collapsed int64
 }
 
@@ -100,12 +93,9 @@ func (c *Client) Close() error {
 	return errors.Join(c.transport.Close(), c.conns.Close())
 }
 
-// Conns is the client's pool of gRPC connections (for Has, List, Delete, Stats and Put).
-func (c *Client) Conns() *Conns { return c.conns }
-
-// Stats reports the client's counters.
-func (c *Client) Stats() Stats {
-	return Stats{Fetches: c.fetches.Load(), Bytes: c.bytes.Load(), Failovers: c.failovers.Load(),
+// FetchStats reports the client's fetch counters.
+func (c *Client) FetchStats() FetchStats {
+	return FetchStats{Fetches: c.fetches.Load(), Bytes: c.bytes.Load(), Failovers: c.failovers.Load(),
 		Hedges: c.hedges.Load(), HedgeWins: c.hedgeWins.Load(), Collapsed: c.collapsed.Load()}
 }
 
@@ -123,7 +113,7 @@ type flight struct {
 
 // Fetch writes the blob ref into dst (len(dst) must equal ref.Size), trying replicas in order.
 // The bytes are CRC-checked per chunk and digest-checked as a whole before Fetch returns nil.
-func (c *Client) Fetch(ctx context.Context, ref Ref, replicas []Replica, dst []byte) error {
+func (c *Client) Fetch(ctx context.Context, ref Ref, replicas []routing.Replica, dst []byte) error {
 	if int64(len(dst)) != ref.Size {
 		return fmt.Errorf("%w: buffer of %d bytes for a %d-byte blob", storepb.ErrBadRequest, len(dst), ref.Size)
 	}
@@ -175,7 +165,7 @@ func (c *Client) follow(ctx context.Context, f *flight, dst []byte) error {
 }
 
 // fetch tries each replica in turn, hedging the next one when the current one is slow.
-func (c *Client) fetch(ctx context.Context, ref Ref, replicas []Replica, dst []byte) error {
+func (c *Client) fetch(ctx context.Context, ref Ref, replicas []routing.Replica, dst []byte) error {
 	if len(replicas) == 0 {
 		return fmt.Errorf("%w: no replica of %s", storepb.ErrNotFound, ref.Digest)
 	}
@@ -186,7 +176,7 @@ func (c *Client) fetch(ctx context.Context, ref Ref, replicas []Replica, dst []b
 		if i > 0 {
 			c.failovers.Add(1)
 		}
-		var hedge *Replica
+		var hedge *routing.Replica
 		if i+1 < len(replicas) {
 			hedge = &replicas[i+1]
 		}
@@ -197,7 +187,7 @@ func (c *Client) fetch(ctx context.Context, ref Ref, replicas []Replica, dst []b
 			return nil
 		}
 		errs = append(errs, err)
-		c.log.Debug("fetch attempt failed", "digest", ref.Digest, "replica", replicas[i].Name, "err", err)
+		c.log.Debug("fetch attempt failed", "digest", ref.Digest, "replica", replicas[i].Store, "err", err)
 		if ctx.Err() != nil {
 			break
 		}
@@ -214,7 +204,7 @@ func (c *Client) fetch(ctx context.Context, ref Ref, replicas []Replica, dst []b
 // attempt fetches from r into dst and verifies the digest; when hedge is set and the hedge budget
 // allows, it also starts hedge after the expected latency, into a scratch buffer, and the first
 // good copy wins. It reports whether the hedge ran.
-func (c *Client) attempt(ctx context.Context, ref Ref, r Replica, hedge *Replica, dst []byte) (bool, error) {
+func (c *Client) attempt(ctx context.Context, ref Ref, r routing.Replica, hedge *routing.Replica, dst []byte) (bool, error) {
 	type result struct {
 		hedge bool
 		err   error
@@ -222,7 +212,7 @@ func (c *Client) attempt(ctx context.Context, ref Ref, r Replica, hedge *Replica
 	actx, cancel := context.WithTimeout(ctx, c.cfg.AttemptTimeout)
 	defer cancel()
 	results := make(chan result, 2)
-	get := func(ctx context.Context, r Replica, buf []byte, isHedge bool) {
+	get := func(ctx context.Context, r routing.Replica, buf []byte, isHedge bool) {
 		// The transport checks the digest of a whole blob as its chunks land.
 		results <- result{isHedge, c.transport.Fetch(ctx, r, ref.Digest, 0, buf, true)}
 	}
@@ -285,41 +275,6 @@ func (c *Client) attempt(ctx context.Context, ref Ref, r Replica, hedge *Replica
 	return hedged, firstErr
 }
 
-// Put uploads data to replica r in CRC-checked chunks.
-func (c *Client) Put(ctx context.Context, r Replica, data []byte) (*storepb.PutResponse, error) {
-	api, err := c.conns.Store(r)
-	if err != nil {
-		return nil, err
-	}
-	d := blob.Sum(data)
-	stream, err := api.Put(ctx)
-	if err != nil {
-		return nil, storepb.FromStatus(err)
-	}
-	if err := stream.Send(&storepb.PutRequest{Msg: &storepb.PutRequest_Header{Header: &storepb.PutHeader{Digest: d.String(), Size: int64(len(data))}}}); err != nil && !errors.Is(err, io.EOF) {
-		return nil, storepb.FromStatus(err)
-	}
-	chunk := c.cfg.ChunkSize
-	if chunk == 0 {
-		chunk = blob.DefaultChunkSize
-	}
-	for off := 0; off < len(data); off += chunk {
-		p := data[off:min(off+chunk, len(data))]
-		err := stream.Send(&storepb.PutRequest{Msg: &storepb.PutRequest_Chunk{Chunk: &storepb.Chunk{Offset: int64(off), Data: p, Crc32C: blob.CRC32C(p)}}})
-		if errors.Is(err, io.EOF) {
-			break // the store answered early (it has the blob, or refused it): CloseAndRecv says which
-		}
-		if err != nil {
-			return nil, storepb.FromStatus(err)
-		}
-	}
-	resp, err := stream.CloseAndRecv()
-	if err != nil {
-		return nil, fmt.Errorf("expertstore/client: put %s to %s: %w", d, r.Name, storepb.FromStatus(err))
-	}
-	return resp, nil
-}
-
 // Conns pools one gRPC connection per store address.
 type Conns struct {
 	mu    sync.Mutex
@@ -329,8 +284,9 @@ type Conns struct {
 // NewConns returns an empty pool.
 func NewConns() *Conns { return &Conns{conns: map[string]*grpc.ClientConn{}} }
 
-// Store returns the API of replica r's store.
-func (p *Conns) Store(r Replica) (storepb.ExpertStoreClient, error) {
+// Store returns the raw gRPC API of replica r's store. Callers use the Client's typed methods
+// (Put, Has, List, Delete, Stats, Copy); this is for transports and for tests of the wire itself.
+func (p *Conns) Store(r routing.Replica) (storepb.ExpertStoreClient, error) {
 	cc, err := p.Conn(r.GRPCAddr)
 	if err != nil {
 		return nil, err

@@ -16,6 +16,7 @@ import (
 	"github.com/pregate/pregate/api/storepb"
 	"github.com/pregate/pregate/expertstore/blob"
 	"github.com/pregate/pregate/expertstore/dataplane"
+	"github.com/pregate/pregate/routing"
 )
 
 // Transport moves a blob's bytes from one replica into the caller's buffer: bytes [off,
@@ -25,7 +26,7 @@ import (
 // the fetch logic (failover, hedging, singleflight) and the wire: TCP now (DataTransport, or
 // GRPCTransport over the control plane), RDMA later, without touching the callers.
 type Transport interface {
-	Fetch(ctx context.Context, r Replica, d blob.Digest, off int64, dst []byte, whole bool) error
+	Fetch(ctx context.Context, r routing.Replica, d blob.Digest, off int64, dst []byte, whole bool) error
 	Close() error
 }
 
@@ -198,16 +199,16 @@ func (t *DataTransport) put(addr string, c *dataConn) {
 }
 
 // Fetch implements Transport.
-func (t *DataTransport) Fetch(ctx context.Context, r Replica, d blob.Digest, off int64, dst []byte, whole bool) (err error) {
+func (t *DataTransport) Fetch(ctx context.Context, r routing.Replica, d blob.Digest, off int64, dst []byte, whole bool) (err error) {
 	if len(dst) == 0 {
 		return nil
 	}
 	if r.DataAddr == "" {
-		return fmt.Errorf("%w: replica %s has no data-plane address", storepb.ErrBadRequest, r.Name)
+		return fmt.Errorf("%w: replica %s has no data-plane address", storepb.ErrBadRequest, r.Store)
 	}
 	c, err := t.get(ctx, r.DataAddr)
 	if err != nil {
-		return fmt.Errorf("expertstore/client: dial %s (%s): %w", r.Name, r.DataAddr, err)
+		return fmt.Errorf("expertstore/client: dial %s (%s): %w", r.Store, r.DataAddr, err)
 	}
 	// Deadlines and cancellation cut the connection; a broken or abandoned one is never reused.
 	if dl, ok := ctx.Deadline(); ok {
@@ -221,7 +222,7 @@ func (t *DataTransport) Fetch(ctx context.Context, r Replica, d blob.Digest, off
 		if err != nil || cut {
 			c.c.Close()
 			if ctx.Err() != nil {
-				err = fmt.Errorf("expertstore/client: fetch %s from %s: %w", d, r.Name, context.Cause(ctx))
+				err = fmt.Errorf("expertstore/client: fetch %s from %s: %w", d, r.Store, context.Cause(ctx))
 			}
 			return
 		}
@@ -264,7 +265,7 @@ const verifyPiece = 128 << 10
 
 // fetchData sends req and reads the answer into dst. With m set, req is for the whole blob: the
 // blob's digest is checked, and it may come compressed (then decoded into dst).
-func fetchData(c *dataConn, r Replica, req dataplane.Request, dst []byte, m *fetchMeasure) error {
+func fetchData(c *dataConn, r routing.Replica, req dataplane.Request, dst []byte, m *fetchMeasure) error {
 	d := blob.Digest(req.Digest)
 	if _, err := c.c.Write(req.Append(c.buf[:0])); err != nil {
 		return err
@@ -291,22 +292,22 @@ func fetchData(c *dataConn, r Replica, req dataplane.Request, dst []byte, m *fet
 		return checkDigest(sum, d, r)
 	}
 	if req.Flags&dataplane.FlagCompressed == 0 || resp.Wire <= 0 || resp.Wire > int64(len(dst)) {
-		return fmt.Errorf("%w: %s sent a %d-byte compressed frame for a %d-byte blob unasked", dataplane.ErrProtocol, r.Name, resp.Wire, len(dst))
+		return fmt.Errorf("%w: %s sent a %d-byte compressed frame for a %d-byte blob unasked", dataplane.ErrProtocol, r.Store, resp.Wire, len(dst))
 	}
 	frame := make([]byte, resp.Wire)
 	if err := readChunks(c, r, d, frame, 0, nil); err != nil {
 		return err
 	}
 	if n, err := blob.DecompressedSize(frame); err != nil || n != len(dst) {
-		return fmt.Errorf("%w: compressed %s from %s decodes to %d bytes, want %d (%v)", storepb.ErrCorrupt, d, r.Name, n, len(dst), err)
+		return fmt.Errorf("%w: compressed %s from %s decodes to %d bytes, want %d (%v)", storepb.ErrCorrupt, d, r.Store, n, len(dst), err)
 	}
 	start := time.Now()
 	if err := blob.Decompress(dst, frame); err != nil {
-		return fmt.Errorf("%w: compressed %s from %s: %v", storepb.ErrCorrupt, d, r.Name, err)
+		return fmt.Errorf("%w: compressed %s from %s: %v", storepb.ErrCorrupt, d, r.Store, err)
 	}
 	m.compressed, m.decode = true, time.Since(start)
 	if got := blob.Sum(dst); got != d {
-		return fmt.Errorf("%w: blob from %s has digest %s, want %s", storepb.ErrCorrupt, r.Name, got, d)
+		return fmt.Errorf("%w: blob from %s has digest %s, want %s", storepb.ErrCorrupt, r.Store, got, d)
 	}
 	return nil
 }
@@ -316,7 +317,7 @@ func fetchData(c *dataConn, r Replica, req dataplane.Request, dst []byte, m *fet
 // one reads the next piece from the socket, so the checks overlap the transfer on a second core
 // instead of following it (on this 2-core loopback: a median 0.91 of a plain TCP copy with 128 KiB
 // pieces, against 0.76–0.80 checking inline); pieces are small enough to still be in cache when checked.
-func readChunks(c *dataConn, r Replica, d blob.Digest, dst []byte, off int64, sum *blob.Hasher) error {
+func readChunks(c *dataConn, r routing.Replica, d blob.Digest, dst []byte, off int64, sum *blob.Hasher) error {
 	v := newVerifier(sum)
 	defer v.stop()
 	end := off + int64(len(dst))
@@ -326,7 +327,7 @@ func readChunks(c *dataConn, r Replica, d blob.Digest, dst []byte, off int64, su
 			return err
 		}
 		if h.Offset != pos || h.Length <= 0 || pos+int64(h.Length) > end {
-			return fmt.Errorf("%w: %s sent chunk [%d, +%d), expected offset %d of [%d, %d)", dataplane.ErrProtocol, r.Name, h.Offset, h.Length, pos, off, end)
+			return fmt.Errorf("%w: %s sent chunk [%d, +%d), expected offset %d of [%d, %d)", dataplane.ErrProtocol, r.Store, h.Offset, h.Length, pos, off, end)
 		}
 		p := dst[pos-off : pos-off+int64(h.Length)]
 		for len(p) > 0 {
@@ -340,7 +341,7 @@ func readChunks(c *dataConn, r Replica, d blob.Digest, dst []byte, off int64, su
 		pos += int64(h.Length)
 	}
 	if bad, ok := v.wait(); !ok {
-		return fmt.Errorf("%w: chunk at offset %d of %s from %s fails its CRC32C", storepb.ErrCorrupt, bad, d, r.Name)
+		return fmt.Errorf("%w: chunk at offset %d of %s from %s fails its CRC32C", storepb.ErrCorrupt, bad, d, r.Store)
 	}
 	return nil
 }
@@ -398,26 +399,26 @@ func (v *verifier) stop() {
 }
 
 // wholeBlob checks that [off, off+len(dst)) is the entire blob of total bytes.
-func wholeBlob(total, off int64, dst []byte, d blob.Digest, r Replica) error {
+func wholeBlob(total, off int64, dst []byte, d blob.Digest, r routing.Replica) error {
 	if off != 0 || total != int64(len(dst)) {
-		return fmt.Errorf("%w: %s on %s is %d bytes, asked for [%d, +%d) as the whole blob", storepb.ErrBadRequest, d, r.Name, total, off, len(dst))
+		return fmt.Errorf("%w: %s on %s is %d bytes, asked for [%d, +%d) as the whole blob", storepb.ErrBadRequest, d, r.Store, total, off, len(dst))
 	}
 	return nil
 }
 
 // checkDigest compares a whole blob's digest with the one asked for (nil: a partial range).
-func checkDigest(sum *blob.Hasher, d blob.Digest, r Replica) error {
+func checkDigest(sum *blob.Hasher, d blob.Digest, r routing.Replica) error {
 	if sum == nil {
 		return nil
 	}
 	if got := sum.Digest(); got != d {
-		return fmt.Errorf("%w: blob from %s has digest %s, want %s", storepb.ErrCorrupt, r.Name, got, d)
+		return fmt.Errorf("%w: blob from %s has digest %s, want %s", storepb.ErrCorrupt, r.Store, got, d)
 	}
 	return nil
 }
 
 // statusError maps a data-plane status to the store's error sentinels.
-func statusError(resp dataplane.Response, r Replica) error {
+func statusError(resp dataplane.Response, r routing.Replica) error {
 	var sentinel error
 	switch resp.Status {
 	case dataplane.StatusOK:
@@ -433,7 +434,7 @@ func statusError(resp dataplane.Response, r Replica) error {
 	default:
 		sentinel = errors.New("expertstore: internal error")
 	}
-	return fmt.Errorf("%w: %s: %s", sentinel, r.Name, resp.Msg)
+	return fmt.Errorf("%w: %s: %s", sentinel, r.Store, resp.Msg)
 }
 
 // Close closes the idle connections; later fetches fail.
@@ -463,7 +464,7 @@ func NewGRPCTransport(conns *Conns, chunkSize int) *GRPCTransport {
 }
 
 // Fetch implements Transport.
-func (t *GRPCTransport) Fetch(ctx context.Context, r Replica, d blob.Digest, off int64, dst []byte, whole bool) error {
+func (t *GRPCTransport) Fetch(ctx context.Context, r routing.Replica, d blob.Digest, off int64, dst []byte, whole bool) error {
 	if len(dst) == 0 {
 		return nil
 	}
@@ -481,15 +482,15 @@ func (t *GRPCTransport) Fetch(ctx context.Context, r Replica, d blob.Digest, off
 		c, err := stream.Recv()
 		if err != nil {
 			if errors.Is(err, io.EOF) {
-				err = fmt.Errorf("%w: %s ended the stream at %d of [%d, %d)", dataplane.ErrProtocol, r.Name, pos, off, end)
+				err = fmt.Errorf("%w: %s ended the stream at %d of [%d, %d)", dataplane.ErrProtocol, r.Store, pos, off, end)
 			}
 			return storepb.FromStatus(err)
 		}
 		if c.Offset != pos || pos+int64(len(c.Data)) > end || len(c.Data) == 0 {
-			return fmt.Errorf("%w: %s sent chunk [%d, +%d), expected offset %d", dataplane.ErrProtocol, r.Name, c.Offset, len(c.Data), pos)
+			return fmt.Errorf("%w: %s sent chunk [%d, +%d), expected offset %d", dataplane.ErrProtocol, r.Store, c.Offset, len(c.Data), pos)
 		}
 		if blob.CRC32C(c.Data) != c.Crc32C {
-			return fmt.Errorf("%w: chunk at offset %d of %s from %s fails its CRC32C", storepb.ErrCorrupt, pos, d, r.Name)
+			return fmt.Errorf("%w: chunk at offset %d of %s from %s fails its CRC32C", storepb.ErrCorrupt, pos, d, r.Store)
 		}
 		if whole && pos == off {
 			if err := wholeBlob(c.Total, off, dst, d, r); err != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/pregate/pregate/expertstore/blob"
 	"github.com/pregate/pregate/expertstore/client"
 	"github.com/pregate/pregate/expertstore/dataplane"
+	"github.com/pregate/pregate/routing"
 )
 
 // Options configures a run.
@@ -40,7 +41,7 @@ type Result struct {
 }
 
 // Run uploads Count random blobs of Size bytes to the store at replica and measures.
-func Run(ctx context.Context, r client.Replica, o Options) (Result, error) {
+func Run(ctx context.Context, r routing.Replica, o Options) (Result, error) {
 	if o.Size <= 0 || o.Count <= 0 {
 		return Result{}, fmt.Errorf("fetchbench: size %d, count %d", o.Size, o.Count)
 	}
@@ -56,16 +57,15 @@ func Run(ctx context.Context, r client.Replica, o Options) (Result, error) {
 	data := make([]byte, o.Size)
 	for i := range refs {
 		rng.Read(data)
-		resp, err := c.Put(ctx, r, data)
+		info, _, err := c.Put(ctx, r, data)
 		if err != nil {
 			return Result{}, err
 		}
-		d, _ := blob.ParseDigest(resp.Blob.Digest)
-		refs[i] = client.Ref{Digest: d, Size: o.Size}
+		refs[i] = client.Ref{Digest: info.Digest, Size: o.Size}
 	}
 	per := max(int64(o.Count), (o.MinBytes+o.Size-1)/o.Size)
 	dst := make([]byte, o.Size)
-	replicas := []client.Replica{r}
+	replicas := []routing.Replica{r}
 	raw, err := newRawConn(r.DataAddr)
 	if err != nil {
 		return Result{}, err

@@ -5,7 +5,7 @@ import (
 	"testing"
 
 	"github.com/pregate/pregate/expertstore"
-	"github.com/pregate/pregate/expertstore/client"
+	"github.com/pregate/pregate/routing"
 )
 
 func TestRunReportsBothRates(t *testing.T) {
@@ -16,7 +16,7 @@ func TestRunReportsBothRates(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	r := client.Replica{Name: "bench", GRPCAddr: s.Addr(), DataAddr: s.DataAddr()}
+	r := routing.Replica{Store: "bench", GRPCAddr: s.Addr(), DataAddr: s.DataAddr()}
 	res, err := Run(context.Background(), r, Options{Size: 2 << 20, Count: 2, Rounds: 2, MinBytes: 8 << 20})
 	if err != nil {
 		t.Fatal(err)

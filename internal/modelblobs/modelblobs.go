@@ -10,24 +10,30 @@ import (
 
 	"github.com/pregate/pregate/expertstore/blob"
 	"github.com/pregate/pregate/model"
+	"github.com/pregate/pregate/routing"
 )
 
 // DefaultMaxDense is the largest dense blob Split makes (a single larger tensor gets a blob alone).
 const DefaultMaxDense = 256 << 20
 
-// Blob is one blob of a model.
+// Blob is one blob of a model: an expert's (Dense empty; Expert says which, blocks numbered as
+// model.MoELayout does) or a dense one (Dense names it: "00000", "00001", … in the order Split
+// makes them).
 type Blob struct {
-	Key    string // placement key: ExpertKey or DenseKey
+	Expert routing.ExpertKey
+	Dense  string
 	Header blob.Header
 	Data   []byte
 	Digest blob.Digest
 }
 
-// ExpertKey is the placement key of an expert blob; blocks are numbered as model.MoELayout does.
-func ExpertKey(block, expert int) string { return fmt.Sprintf("expert/%05d/%05d", block, expert) }
-
-// DenseKey is the placement key of the i-th dense blob.
-func DenseKey(i int) string { return fmt.Sprintf("dense/%05d", i) }
+// String names the blob for messages: "expert 3/7" or "dense 00001".
+func (b Blob) String() string {
+	if b.Dense != "" {
+		return "dense " + b.Dense
+	}
+	return "expert " + b.Expert.String()
+}
 
 // Split calls emit for every blob of the checkpoint: the experts in (block, expert) order, then the
 // dense blobs. Blobs are built one at a time, so memory stays at one blob.
@@ -43,7 +49,7 @@ func Split(ckpt *model.Checkpoint, modelName string, maxDense int64, emit func(B
 	for b, layout := range model.MoELayout(cfg) {
 		for e, names := range layout.Experts {
 			h := blob.Header{Kind: blob.KindExpert, Model: modelName, Block: b, Expert: e}
-			if err := build(ckpt, ExpertKey(b, e), h, names, emit); err != nil {
+			if err := build(ckpt, Blob{Expert: routing.ExpertKey{Block: b, Expert: e}}, h, names, emit); err != nil {
 				return err
 			}
 			for _, n := range names {
@@ -59,7 +65,7 @@ func Split(ckpt *model.Checkpoint, modelName string, maxDense int64, emit func(B
 			return nil
 		}
 		h := blob.Header{Kind: blob.KindDense, Model: modelName, Block: -1, Expert: -1}
-		err := build(ckpt, DenseKey(n), h, group, emit)
+		err := build(ckpt, Blob{Dense: fmt.Sprintf("%05d", n)}, h, group, emit)
 		group, size, n = nil, 0, n+1
 		return err
 	}
@@ -83,7 +89,7 @@ func Split(ckpt *model.Checkpoint, modelName string, maxDense int64, emit func(B
 	return flush()
 }
 
-func build(ckpt *model.Checkpoint, key string, h blob.Header, names []string, emit func(Blob) error) error {
+func build(ckpt *model.Checkpoint, key Blob, h blob.Header, names []string, emit func(Blob) error) error {
 	tensors := make([]blob.Tensor, len(names))
 	for i, name := range names {
 		data, info, err := ckpt.Bytes(name)
@@ -100,5 +106,6 @@ func build(ckpt *model.Checkpoint, key string, h blob.Header, names []string, em
 	if err != nil {
 		return fmt.Errorf("modelblobs: %s: %w", key, err)
 	}
-	return emit(Blob{Key: key, Header: h, Data: data, Digest: blob.Sum(data)})
+	key.Header, key.Data, key.Digest = h, data, blob.Sum(data)
+	return emit(key)
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/pregate/pregate/expertstore/blob"
 	"github.com/pregate/pregate/model"
+	"github.com/pregate/pregate/routing"
 )
 
 func split(t *testing.T, dir string, maxDense int64) []Blob {
@@ -18,7 +19,7 @@ func split(t *testing.T, dir string, maxDense int64) []Blob {
 	t.Cleanup(func() { ckpt.Close() })
 	var out []Blob
 	if err := Split(ckpt, "m", maxDense, func(b Blob) error {
-		out = append(out, Blob{Key: b.Key, Header: b.Header, Data: bytes.Clone(b.Data), Digest: b.Digest})
+		out = append(out, Blob{Expert: b.Expert, Dense: b.Dense, Header: b.Header, Data: bytes.Clone(b.Data), Digest: b.Digest})
 		return nil
 	}); err != nil {
 		t.Fatal(err)
@@ -49,7 +50,7 @@ func TestSplitCoversEveryTensorOnce(t *testing.T) {
 		experts, dense := 0, 0
 		for _, b := range blobs {
 			if b.Digest != blob.Sum(b.Data) {
-				t.Fatalf("%s: %s digest mismatch", tt.fixture, b.Key)
+				t.Fatalf("%s: %s digest mismatch", tt.fixture, b)
 			}
 			h, data, err := blob.Parse(b.Data)
 			if err != nil {
@@ -58,8 +59,8 @@ func TestSplitCoversEveryTensorOnce(t *testing.T) {
 			switch h.Kind {
 			case blob.KindExpert:
 				experts++
-				if len(h.Tensors) != tt.perExpert || b.Key != ExpertKey(h.Block, h.Expert) {
-					t.Fatalf("%s: expert blob %s has %d tensors, header %d/%d", tt.fixture, b.Key, len(h.Tensors), h.Block, h.Expert)
+				if len(h.Tensors) != tt.perExpert || b.Dense != "" || b.Expert != (routing.ExpertKey{Block: h.Block, Expert: h.Expert}) {
+					t.Fatalf("%s: expert blob %s has %d tensors, header %d/%d", tt.fixture, b, len(h.Tensors), h.Block, h.Expert)
 				}
 			case blob.KindDense:
 				dense++
@@ -72,7 +73,7 @@ func TestSplitCoversEveryTensorOnce(t *testing.T) {
 				}
 				want, _, err := ckpt.Bytes(ti.Name)
 				if err != nil || !bytes.Equal(got, want) {
-					t.Fatalf("%s: %s in %s differs from the checkpoint (%v)", tt.fixture, ti.Name, b.Key, err)
+					t.Fatalf("%s: %s in %s differs from the checkpoint (%v)", tt.fixture, ti.Name, b, err)
 				}
 			}
 		}
@@ -95,8 +96,8 @@ func TestSplitIsDeterministic(t *testing.T) {
 		t.Fatalf("%d vs %d blobs", len(a), len(b))
 	}
 	for i := range a {
-		if a[i].Key != b[i].Key || a[i].Digest != b[i].Digest {
-			t.Fatalf("blob %d: %s %s vs %s %s", i, a[i].Key, a[i].Digest, b[i].Key, b[i].Digest)
+		if a[i].String() != b[i].String() || a[i].Digest != b[i].Digest {
+			t.Fatalf("blob %d: %s %s vs %s %s", i, a[i], a[i].Digest, b[i], b[i].Digest)
 		}
 	}
 }

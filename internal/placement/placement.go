@@ -27,6 +27,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
+
+	"github.com/pregate/pregate/routing"
 )
 
 // Sentinel errors.
@@ -92,7 +94,7 @@ func (s *Store) ManifestKey(model string) string { return s.modelPrefix(model) +
 
 // ExpertKey returns the key of an expert blob's placement. Block and expert must be within
 // 0…MaxIndex (Apply rejects keys outside).
-func (s *Store) ExpertKey(model string, k Key) string {
+func (s *Store) ExpertKey(model string, k routing.ExpertKey) string {
 	return fmt.Sprintf("%splacement/%05d/%05d", s.modelPrefix(model), k.Block, k.Expert)
 }
 
@@ -128,8 +130,8 @@ func LeaderGuard(e *concurrency.Election) clientv3.Cmp {
 // ParsedKey is what ParseKey finds in a placement key.
 type ParsedKey struct {
 	Model  string
-	Expert Key    // when Dense is ""
-	Dense  string // the dense blob's name, for a dense placement
+	Expert routing.ExpertKey // when Dense is ""
+	Dense  string            // the dense blob's name, for a dense placement
 }
 
 // ParseKey parses a key that ExpertKey or DenseKey made.
@@ -160,7 +162,7 @@ func (s *Store) ParseKey(key string) (ParsedKey, error) {
 		if !okb || !oke {
 			return ParsedKey{}, bad
 		}
-		return ParsedKey{Model: model, Expert: Key{Block: b, Expert: e}}, nil
+		return ParsedKey{Model: model, Expert: routing.ExpertKey{Block: b, Expert: e}}, nil
 	}
 	return ParsedKey{}, bad
 }

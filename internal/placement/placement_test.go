@@ -2,6 +2,7 @@ package placement
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"reflect"
@@ -12,14 +13,21 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/pregate/pregate/expertstore/blob"
+	"github.com/pregate/pregate/routing"
 )
 
-func digest(i int) string { return fmt.Sprintf("%032x", i+1) }
+func digest(i int) blob.Digest {
+	var d blob.Digest
+	binary.BigEndian.PutUint64(d[8:], uint64(int64(i)+1<<40))
+	return d
+}
 
 func testPlacement(i int, stores ...string) *Placement {
 	p := &Placement{Digest: digest(i), Size: int64(1000 + i), Epoch: 1}
 	for _, s := range stores {
-		p.Replicas = append(p.Replicas, Replica{Store: s, State: ReplicaReady})
+		p.Replicas = append(p.Replicas, routing.Replica{Store: s, State: routing.ReplicaReady})
 	}
 	return p
 }
@@ -31,7 +39,7 @@ func testManifest(name string, blocks, experts int) Manifest {
 	for b := range blocks {
 		m.ExpertsPerBlock = append(m.ExpertsPerBlock, experts)
 		for e := range experts {
-			m.Experts = append(m.Experts, ExpertEntry{Block: b, Expert: e, Digest: digest(b*1000 + e), Size: 4096})
+			m.Experts = append(m.Experts, ExpertEntry{ExpertKey: routing.ExpertKey{Block: b, Expert: e}, Digest: digest(b*1000 + e), Size: 4096})
 		}
 	}
 	m.Dense = []DenseEntry{{Name: "00000", Digest: digest(-1), Size: 1 << 20}, {Name: "00001", Digest: digest(-2), Size: 1 << 10}}
@@ -42,7 +50,7 @@ func testManifest(name string, blocks, experts int) Manifest {
 func publishChanges(s *Store, m Manifest) []Change {
 	var cs []Change
 	for i, e := range m.Experts {
-		cs = append(cs, Change{Key: s.ExpertKey(m.Name, e.Key()), Placement: testPlacement(i, "s1", "s2")})
+		cs = append(cs, Change{Key: s.ExpertKey(m.Name, e.ExpertKey), Placement: testPlacement(i, "s1", "s2")})
 	}
 	for i, d := range m.Dense {
 		cs = append(cs, Change{Key: s.DenseKey(m.Name, d.Name), Placement: testPlacement(100000+i, "s1")})
@@ -80,12 +88,12 @@ func TestManifestRoundTripAndModels(t *testing.T) {
 		if !reflect.DeepEqual(got, m) || rev <= 0 {
 			t.Fatalf("Manifest(%q) = %+v rev %d, want %+v", name, got, rev, m)
 		}
-		if e, ok := got.Expert(Key{1, 2}); !ok || e.Digest != digest(1002) {
+		if e, ok := got.Expert(routing.ExpertKey{Block: 1, Expert: 2}); !ok || e.Digest != digest(1002) {
 			t.Fatalf("Expert(1/2) = %+v, %v", e, ok)
 		}
 	}
 	// A model with placements but no manifest is not published.
-	if err := s.Apply(ctx, []Change{{Key: s.ExpertKey("unpublished", Key{0, 0}), Placement: testPlacement(0, "s1")}}); err != nil {
+	if err := s.Apply(ctx, []Change{{Key: s.ExpertKey("unpublished", routing.ExpertKey{Block: 0, Expert: 0}), Placement: testPlacement(0, "s1")}}); err != nil {
 		t.Fatal(err)
 	}
 	got, err := s.Models(ctx)
@@ -104,13 +112,13 @@ func TestManifestRoundTripAndModels(t *testing.T) {
 func TestPlacementsRoundTripInKeyOrder(t *testing.T) {
 	s, ctx := newStore(t)
 	const model = "m"
-	want := map[Key]Placement{}
+	want := map[routing.ExpertKey]Placement{}
 	var cs []Change
 	for i, b := range []int{100, 2, 0, 10} {
 		for j, e := range []int{9, 0, 10, 1} {
-			k := Key{b, e}
+			k := routing.ExpertKey{Block: b, Expert: e}
 			p := testPlacement(i*10+j, "s1", "s2")
-			p.Replicas[1].State = ReplicaCopying
+			p.Replicas[1].State = routing.ReplicaCopying
 			want[k] = *p
 			cs = append(cs, Change{Key: s.ExpertKey(model, k), Placement: p})
 		}
@@ -136,7 +144,7 @@ func TestPlacementsRoundTripInKeyOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var order []Key
+	var order []routing.ExpertKey
 	for _, kv := range resp.Kvs {
 		pk, err := s.ParseKey(string(kv.Key))
 		if err != nil {
@@ -147,7 +155,7 @@ func TestPlacementsRoundTripInKeyOrder(t *testing.T) {
 			t.Fatalf("%v: ModRevision %d, Placements said %d (read at %d)", pk.Expert, kv.ModRevision, revs[pk.Expert], rev)
 		}
 	}
-	if len(order) != len(want) || !slices.IsSortedFunc(order, Key.Compare) {
+	if len(order) != len(want) || !slices.IsSortedFunc(order, routing.ExpertKey.Compare) {
 		t.Fatalf("range order %v is not (block, expert) order", order)
 	}
 
@@ -169,7 +177,7 @@ func TestLargeBatchSplitsAndPages(t *testing.T) {
 	const n = 2*pageSize + 17
 	var cs []Change
 	for i := range n {
-		cs = append(cs, Change{Key: s.ExpertKey("big", Key{i / 256, i % 256}), Placement: testPlacement(i, "s1")})
+		cs = append(cs, Change{Key: s.ExpertKey("big", routing.ExpertKey{Block: i / 256, Expert: i % 256}), Placement: testPlacement(i, "s1")})
 	}
 	if err := s.Apply(ctx, cs); err != nil {
 		t.Fatal(err)
@@ -178,7 +186,7 @@ func TestLargeBatchSplitsAndPages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != n || len(revs) != n || got[Key{(n - 1) / 256, (n - 1) % 256}].Digest != digest(n-1) {
+	if len(got) != n || len(revs) != n || got[routing.ExpertKey{Block: (n - 1) / 256, Expert: (n - 1) % 256}].Digest != digest(n-1) {
 		t.Fatalf("read back %d placements, want %d", len(got), n)
 	}
 	// Guarded batches need room for the guard and its re-check: still within etcd's limit.
@@ -192,7 +200,7 @@ func TestLargeBatchSplitsAndPages(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range cs {
-		cs[i].ModRevision = revs[Key{i / 256, i % 256}]
+		cs[i].ModRevision = revs[routing.ExpertKey{Block: i / 256, Expert: i % 256}]
 		cs[i].Placement.Epoch = 2
 	}
 	if err := s.ApplyIf(ctx, LeaderGuard(e), cs[:3*DefaultMaxTxnOps]); err != nil {
@@ -202,7 +210,7 @@ func TestLargeBatchSplitsAndPages(t *testing.T) {
 
 func TestApplyConflictWritesNothing(t *testing.T) {
 	s, ctx := newStore(t)
-	ka, kb, kc := s.ExpertKey("m", Key{0, 0}), s.ExpertKey("m", Key{0, 1}), s.DenseKey("m", "d")
+	ka, kb, kc := s.ExpertKey("m", routing.ExpertKey{Block: 0, Expert: 0}), s.ExpertKey("m", routing.ExpertKey{Block: 0, Expert: 1}), s.DenseKey("m", "d")
 	if err := s.Apply(ctx, []Change{{Key: ka, Placement: testPlacement(0, "s1")}, {Key: kb, Placement: testPlacement(1, "s1")}}); err != nil {
 		t.Fatal(err)
 	}
@@ -232,9 +240,9 @@ func TestApplyConflictWritesNothing(t *testing.T) {
 		{"delete without a revision", []Change{{Key: kb}}, ErrInvalid},
 		{"same key twice", []Change{{Key: kc, Placement: testPlacement(2, "s9")}, {Key: kc, Placement: testPlacement(2, "s8")}}, ErrInvalid},
 		{"foreign key", []Change{{Key: "/elsewhere", Placement: testPlacement(2, "s9")}}, ErrInvalid},
-		{"another cluster's key", []Change{{Key: New(testClient, "other").ExpertKey("m", Key{0, 0}), Placement: testPlacement(2, "s9")}}, ErrInvalid},
-		{"block out of range", []Change{{Key: s.ExpertKey("m", Key{MaxIndex + 1, 0}), Placement: testPlacement(2, "s9")}}, ErrInvalid},
-		{"invalid placement", []Change{{Key: kc, Placement: &Placement{Digest: "x", Replicas: []Replica{{Store: "s1", State: "gone"}}}}}, ErrInvalid},
+		{"another cluster's key", []Change{{Key: New(testClient, "other").ExpertKey("m", routing.ExpertKey{Block: 0, Expert: 0}), Placement: testPlacement(2, "s9")}}, ErrInvalid},
+		{"block out of range", []Change{{Key: s.ExpertKey("m", routing.ExpertKey{Block: MaxIndex + 1, Expert: 0}), Placement: testPlacement(2, "s9")}}, ErrInvalid},
+		{"invalid placement", []Change{{Key: kc, Placement: &Placement{Digest: digest(5), Replicas: []routing.Replica{{Store: "s1", State: "gone"}}}}}, ErrInvalid},
 	}
 	for _, tt := range tests {
 		if err := s.Apply(ctx, tt.changes); !errors.Is(err, tt.want) {
@@ -262,7 +270,7 @@ func TestApplyConflictWritesNothing(t *testing.T) {
 
 func TestApplyIfDeposedLeaderWritesNothing(t *testing.T) {
 	s, ctx := newStore(t)
-	key := s.ExpertKey("m", Key{0, 0})
+	key := s.ExpertKey("m", routing.ExpertKey{Block: 0, Expert: 0})
 	s1, err := concurrency.NewSession(testClient, concurrency.WithTTL(5))
 	if err != nil {
 		t.Fatal(err)
@@ -309,7 +317,7 @@ func TestApplyIfDeposedLeaderWritesNothing(t *testing.T) {
 	}
 	// A plain value compare works as a guard too.
 	notThere := clientv3.Compare(clientv3.Value(s.Prefix()+"flag"), "=", "on")
-	if err := s.ApplyIf(ctx, notThere, []Change{{Key: s.ExpertKey("m", Key{0, 1}), Placement: testPlacement(1, "s1")}}); !errors.Is(err, ErrNotLeader) {
+	if err := s.ApplyIf(ctx, notThere, []Change{{Key: s.ExpertKey("m", routing.ExpertKey{Block: 0, Expert: 1}), Placement: testPlacement(1, "s1")}}); !errors.Is(err, ErrNotLeader) {
 		t.Fatalf("ApplyIf with a failing guard = %v, want ErrNotLeader", err)
 	}
 }
@@ -318,7 +326,7 @@ func TestApplyIfDeposedLeaderWritesNothing(t *testing.T) {
 func TestConcurrentReadModifyWrite(t *testing.T) {
 	s, ctx := newStore(t)
 	const writers, updates = 2, 20
-	key := Key{3, 7}
+	key := routing.ExpertKey{Block: 3, Expert: 7}
 	if err := s.Apply(ctx, []Change{{Key: s.ExpertKey("m", key), Placement: &Placement{Digest: digest(0), Size: 1}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -336,7 +344,7 @@ func TestConcurrentReadModifyWrite(t *testing.T) {
 					}
 					p := ps[key]
 					p.Epoch++
-					p.Replicas = append(p.Replicas, Replica{Store: fmt.Sprintf("w%d-%d", w, i), State: ReplicaCopying})
+					p.Replicas = append(p.Replicas, routing.Replica{Store: fmt.Sprintf("w%d-%d", w, i), State: routing.ReplicaCopying})
 					err = s.Apply(ctx, []Change{{Key: s.ExpertKey("m", key), Placement: &p, ModRevision: revs[key]}})
 					if err == nil {
 						break
@@ -365,7 +373,7 @@ func TestConcurrentReadModifyWrite(t *testing.T) {
 	}
 	for w := range writers {
 		for i := range updates {
-			if !slices.Contains(p.Replicas, Replica{Store: fmt.Sprintf("w%d-%d", w, i), State: ReplicaCopying}) {
+			if !slices.Contains(p.Replicas, routing.Replica{Store: fmt.Sprintf("w%d-%d", w, i), State: routing.ReplicaCopying}) {
 				t.Fatalf("update w%d-%d lost", w, i)
 			}
 		}
@@ -379,7 +387,7 @@ func TestPublishModel(t *testing.T) {
 	cs := publishChanges(s, m)
 
 	// Someone created one of the placements meanwhile: nothing is published.
-	taken := s.ExpertKey("m", Key{1, 3})
+	taken := s.ExpertKey("m", routing.ExpertKey{Block: 1, Expert: 3})
 	if err := s.Apply(ctx, []Change{{Key: taken, Placement: testPlacement(99, "s9")}}); err != nil {
 		t.Fatal(err)
 	}
@@ -403,7 +411,7 @@ func TestPublishModel(t *testing.T) {
 	}
 	for i := range cs {
 		if cs[i].Key == taken {
-			cs[i].ModRevision = revs[Key{1, 3}]
+			cs[i].ModRevision = revs[routing.ExpertKey{Block: 1, Expert: 3}]
 		}
 	}
 	if err := s.PublishModel(ctx, m, cs); err != nil {
@@ -447,7 +455,7 @@ func TestWatchPlacements(t *testing.T) {
 	defer cancel()
 	events := s.WatchPlacements(wctx, "m", rev+1)
 
-	ek, dk := s.ExpertKey("m", Key{1, 2}), s.DenseKey("m", "d0")
+	ek, dk := s.ExpertKey("m", routing.ExpertKey{Block: 1, Expert: 2}), s.DenseKey("m", "d0")
 	if err := s.Apply(ctx, []Change{{Key: ek, Placement: testPlacement(1, "s1")}}); err != nil {
 		t.Fatal(err)
 	}
@@ -457,7 +465,7 @@ func TestWatchPlacements(t *testing.T) {
 	if err := s.PutManifest(ctx, testManifest("m-other", 1, 1)); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Apply(ctx, []Change{{Key: s.ExpertKey("m-other", Key{1, 2}), Placement: testPlacement(1, "s1")}}); err != nil {
+	if err := s.Apply(ctx, []Change{{Key: s.ExpertKey("m-other", routing.ExpertKey{Block: 1, Expert: 2}), Placement: testPlacement(1, "s1")}}); err != nil {
 		t.Fatal(err)
 	}
 	_, er := get(t, ctx, ek)
@@ -479,7 +487,7 @@ func TestWatchPlacements(t *testing.T) {
 		return Event{}
 	}
 	e1, e2, e3 := next(), next(), next()
-	if e1.Key != ek || e1.Expert != (Key{1, 2}) || e1.Placement == nil || e1.Placement.Digest != digest(1) || e1.Revision != er {
+	if e1.Key != ek || e1.Expert != (routing.ExpertKey{Block: 1, Expert: 2}) || e1.Placement == nil || e1.Placement.Digest != digest(1) || e1.Revision != er {
 		t.Fatalf("first event %+v, want the put of %s at %d", e1, ek, er)
 	}
 	// One Txn: both at one revision, in the Txn's order.

@@ -11,6 +11,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/pregate/pregate/routing"
 )
 
 // pageSize is the number of keys one range request returns; larger reads are paged at one
@@ -94,11 +96,11 @@ func (s *Store) Models(ctx context.Context) ([]string, error) {
 
 // Placements returns model's expert placements with each key's ModRevision (what a Change
 // carries), read at one revision, which it returns too (watch from it + 1).
-func (s *Store) Placements(ctx context.Context, model string) (map[Key]Placement, map[Key]int64, int64, error) {
+func (s *Store) Placements(ctx context.Context, model string) (map[routing.ExpertKey]Placement, map[routing.ExpertKey]int64, int64, error) {
 	if model == "" {
 		return nil, nil, 0, fmt.Errorf("%w: empty model name", ErrInvalid)
 	}
-	ps, revs := map[Key]Placement{}, map[Key]int64{}
+	ps, revs := map[routing.ExpertKey]Placement{}, map[routing.ExpertKey]int64{}
 	rev, err := s.rangeAll(ctx, s.modelPrefix(model)+"placement/", func(kv *mvccpb.KeyValue) error {
 		pk, err := s.ParseKey(string(kv.Key))
 		if err != nil || pk.Dense != "" {

@@ -1,34 +1,18 @@
 package placement
 
 import (
-	"cmp"
 	"encoding/json"
 	"fmt"
 	"slices"
 	"time"
+
+	"github.com/pregate/pregate/expertstore/blob"
+	"github.com/pregate/pregate/routing"
 )
 
 // MaxIndex is the largest block or expert number a key can hold: keys spell them with five digits
 // so that a range read returns them in numeric order.
 const MaxIndex = 99999
-
-// Key names one expert of a model: its MoE block (in forward order, as model.MoELayout numbers
-// them) and its index within the block.
-type Key struct {
-	Block  int `json:"block"`
-	Expert int `json:"expert"`
-}
-
-// Compare orders keys by block, then expert (the order of range reads and of Manifest.Experts).
-func (k Key) Compare(o Key) int {
-	return cmp.Or(cmp.Compare(k.Block, o.Block), cmp.Compare(k.Expert, o.Expert))
-}
-
-func (k Key) String() string { return fmt.Sprintf("%d/%d", k.Block, k.Expert) }
-
-func (k Key) valid() bool {
-	return k.Block >= 0 && k.Block <= MaxIndex && k.Expert >= 0 && k.Expert <= MaxIndex
-}
 
 // Manifest describes a published model: what every blob is and how big. With the placements
 // (which say where each blob is) it is everything a worker needs to fetch the model, and with
@@ -63,20 +47,16 @@ type Manifest struct {
 
 // ExpertEntry is one expert blob of a manifest.
 type ExpertEntry struct {
-	Block  int    `json:"block"`
-	Expert int    `json:"expert"`
-	Digest string `json:"digest"` // blob.Digest.String(): 32 lowercase hex characters
-	Size   int64  `json:"size"`   // bytes of the blob
+	routing.ExpertKey
+	Digest blob.Digest `json:"digest"` // 32 lowercase hex characters in JSON
+	Size   int64       `json:"size"`   // bytes of the blob
 }
-
-// Key returns the entry's Key.
-func (e ExpertEntry) Key() Key { return Key{Block: e.Block, Expert: e.Expert} }
 
 // DenseEntry is one dense blob of a manifest.
 type DenseEntry struct {
-	Name   string `json:"name"` // as in the blob's placement key (DenseKey)
-	Digest string `json:"digest"`
-	Size   int64  `json:"size"`
+	Name   string      `json:"name"` // as in the blob's placement key (DenseKey)
+	Digest blob.Digest `json:"digest"`
+	Size   int64       `json:"size"`
 }
 
 // NumExperts returns the number of experts over all blocks.
@@ -89,8 +69,8 @@ func (m Manifest) NumExperts() int {
 }
 
 // Expert returns the entry for k.
-func (m Manifest) Expert(k Key) (ExpertEntry, bool) {
-	i, ok := slices.BinarySearchFunc(m.Experts, k, func(e ExpertEntry, k Key) int { return e.Key().Compare(k) })
+func (m Manifest) Expert(k routing.ExpertKey) (ExpertEntry, bool) {
+	i, ok := slices.BinarySearchFunc(m.Experts, k, func(e ExpertEntry, k routing.ExpertKey) int { return e.Compare(k) })
 	if !ok {
 		return ExpertEntry{}, false
 	}
@@ -122,11 +102,11 @@ func (m Manifest) Validate() error {
 				return bad("%d expert entries, want %d", len(m.Experts), m.NumExperts())
 			}
 			x := m.Experts[i]
-			if x.Key() != (Key{b, e}) {
-				return bad("expert entry %d is %v, want %v", i, x.Key(), Key{b, e})
+			if want := (routing.ExpertKey{Block: b, Expert: e}); x.ExpertKey != want {
+				return bad("expert entry %d is %v, want %v", i, x.ExpertKey, want)
 			}
-			if x.Digest == "" || x.Size < 0 {
-				return bad("expert %v: digest %q, size %d", x.Key(), x.Digest, x.Size)
+			if x.Digest.IsZero() || x.Size < 0 {
+				return bad("expert %v: digest %s, size %d", x.ExpertKey, x.Digest, x.Size)
 			}
 			i++
 		}
@@ -136,7 +116,7 @@ func (m Manifest) Validate() error {
 	}
 	seen := map[string]bool{}
 	for _, d := range m.Dense {
-		if d.Name == "" || d.Digest == "" || d.Size < 0 || seen[d.Name] {
+		if d.Name == "" || d.Digest.IsZero() || d.Size < 0 || seen[d.Name] {
 			return bad("dense entry %+v: empty or duplicate name, no digest or negative size", d)
 		}
 		seen[d.Name] = true
@@ -144,34 +124,22 @@ func (m Manifest) Validate() error {
 	return nil
 }
 
-// Replica states.
-const (
-	ReplicaReady   = "ready"   // the store holds the blob and serves it
-	ReplicaCopying = "copying" // the store is copying the blob from another replica; not served yet
-)
-
 // Placement says where one blob lives.
 type Placement struct {
-	Digest   string    `json:"digest"`
-	Size     int64     `json:"size"`
-	Replicas []Replica `json:"replicas"`
+	Digest   blob.Digest       `json:"digest"`
+	Size     int64             `json:"size"`
+	Replicas []routing.Replica `json:"replicas"` // Store and State only (addresses are never stored)
 	// Epoch counts the changes the coordinator made to this placement (its author increments it).
 	Epoch int64 `json:"epoch"`
 	// Writer names who wrote this version: a coordinator's name, or "import".
 	Writer string `json:"writer,omitempty"`
 }
 
-// Replica is one store holding (or receiving) a blob.
-type Replica struct {
-	Store string `json:"store"` // StoreRecord.Name
-	State string `json:"state"` // ReplicaReady or ReplicaCopying
-}
-
 // Ready returns the stores whose replica is ready, in placement order.
 func (p Placement) Ready() []string {
 	var out []string
 	for _, r := range p.Replicas {
-		if r.State == ReplicaReady {
+		if r.Ready() {
 			out = append(out, r.Store)
 		}
 	}
@@ -180,13 +148,13 @@ func (p Placement) Ready() []string {
 
 // Validate checks p, wrapping ErrInvalid.
 func (p Placement) Validate() error {
-	if p.Digest == "" || p.Size < 0 || p.Epoch < 0 {
-		return fmt.Errorf("%w: placement: digest %q, size %d, epoch %d", ErrInvalid, p.Digest, p.Size, p.Epoch)
+	if p.Digest.IsZero() || p.Size < 0 || p.Epoch < 0 {
+		return fmt.Errorf("%w: placement: digest %s, size %d, epoch %d", ErrInvalid, p.Digest, p.Size, p.Epoch)
 	}
 	seen := map[string]bool{}
 	for _, r := range p.Replicas {
-		if r.Store == "" || seen[r.Store] || r.State != ReplicaReady && r.State != ReplicaCopying {
-			return fmt.Errorf("%w: placement: replica %+v: empty or duplicate store, or unknown state", ErrInvalid, r)
+		if r.Store == "" || seen[r.Store] || r.State != routing.ReplicaReady && r.State != routing.ReplicaCopying || r.GRPCAddr != "" || r.DataAddr != "" {
+			return fmt.Errorf("%w: placement: replica %+v: empty or duplicate store, unknown state, or an address", ErrInvalid, r)
 		}
 		seen[r.Store] = true
 	}
@@ -197,7 +165,7 @@ func (p Placement) Validate() error {
 func UnderReplicated(p Placement, want int) bool {
 	n := 0
 	for _, r := range p.Replicas {
-		if r.State == ReplicaReady {
+		if r.Ready() {
 			n++
 		}
 	}

@@ -3,6 +3,9 @@ package placement
 import (
 	"errors"
 	"testing"
+
+	"github.com/pregate/pregate/expertstore/blob"
+	"github.com/pregate/pregate/routing"
 )
 
 func TestKeysRoundTrip(t *testing.T) {
@@ -10,15 +13,15 @@ func TestKeysRoundTrip(t *testing.T) {
 	if s.Prefix() != "/pregate/prod%2Feu/" {
 		t.Fatalf("Prefix() = %q", s.Prefix())
 	}
-	if got := s.ExpertKey("m", Key{12, 3}); got != "/pregate/prod%2Feu/models/m/placement/00012/00003" {
+	if got := s.ExpertKey("m", routing.ExpertKey{Block: 12, Expert: 3}); got != "/pregate/prod%2Feu/models/m/placement/00012/00003" {
 		t.Fatalf("ExpertKey = %q", got)
 	}
 	for _, tt := range []struct {
 		key  string
 		want ParsedKey
 	}{
-		{s.ExpertKey("org/model", Key{0, 0}), ParsedKey{Model: "org/model"}},
-		{s.ExpertKey("m", Key{MaxIndex, 7}), ParsedKey{Model: "m", Expert: Key{MaxIndex, 7}}},
+		{s.ExpertKey("org/model", routing.ExpertKey{Block: 0, Expert: 0}), ParsedKey{Model: "org/model"}},
+		{s.ExpertKey("m", routing.ExpertKey{Block: MaxIndex, Expert: 7}), ParsedKey{Model: "m", Expert: routing.ExpertKey{Block: MaxIndex, Expert: 7}}},
 		{s.DenseKey("org/model", "a/b c"), ParsedKey{Model: "org/model", Dense: "a/b c"}},
 	} {
 		got, err := s.ParseKey(tt.key)
@@ -28,13 +31,13 @@ func TestKeysRoundTrip(t *testing.T) {
 	}
 	for _, key := range []string{
 		s.ManifestKey("m"),
-		s.ExpertKey("m", Key{MaxIndex + 1, 0}),
-		s.ExpertKey("", Key{0, 0}),
+		s.ExpertKey("m", routing.ExpertKey{Block: MaxIndex + 1, Expert: 0}),
+		s.ExpertKey("", routing.ExpertKey{Block: 0, Expert: 0}),
 		s.DenseKey("m", ""),
 		s.Prefix() + "models/m/placement/+0001/00001",
 		s.Prefix() + "models/m/placement/00001",
 		s.StoreKey("a"),
-		New(nil, "").ExpertKey("m", Key{0, 0}),
+		New(nil, "").ExpertKey("m", routing.ExpertKey{Block: 0, Expert: 0}),
 	} {
 		if _, err := s.ParseKey(key); !errors.Is(err, ErrInvalid) {
 			t.Errorf("ParseKey(%q) = %v, want ErrInvalid", key, err)
@@ -55,7 +58,7 @@ func TestManifestValidate(t *testing.T) {
 		{"missing expert", func(m *Manifest) { m.Experts = m.Experts[:len(m.Experts)-1] }, false},
 		{"extra expert", func(m *Manifest) { m.Experts = append(m.Experts, m.Experts[0]) }, false},
 		{"out of order", func(m *Manifest) { m.Experts[0], m.Experts[1] = m.Experts[1], m.Experts[0] }, false},
-		{"no digest", func(m *Manifest) { m.Experts[2].Digest = "" }, false},
+		{"no digest", func(m *Manifest) { m.Experts[2].Digest = blob.Digest{} }, false},
 		{"empty block", func(m *Manifest) { m.ExpertsPerBlock[1] = 0 }, false},
 		{"duplicate dense", func(m *Manifest) { m.Dense[1].Name = m.Dense[0].Name }, false},
 		{"negative replicas", func(m *Manifest) { m.Replicas = -1 }, false},
@@ -81,8 +84,8 @@ func TestUnderReplicated(t *testing.T) {
 		{Placement{}, 0, false},
 		{Placement{}, 1, true},
 		{*testPlacement(0, "a", "b"), 2, false},
-		{Placement{Replicas: []Replica{{"a", ReplicaReady}, {"b", ReplicaCopying}}}, 2, true},
-		{Placement{Replicas: []Replica{{"a", ReplicaReady}, {"b", ReplicaCopying}}}, 1, false},
+		{Placement{Replicas: []routing.Replica{{Store: "a", State: routing.ReplicaReady}, {Store: "b", State: routing.ReplicaCopying}}}, 2, true},
+		{Placement{Replicas: []routing.Replica{{Store: "a", State: routing.ReplicaReady}, {Store: "b", State: routing.ReplicaCopying}}}, 1, false},
 	}
 	for _, tt := range tests {
 		if got := UnderReplicated(tt.give, tt.want); got != tt.ok {

@@ -4,15 +4,17 @@ import (
 	"context"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/pregate/pregate/routing"
 )
 
 // Event is one change to a placement of a watched model.
 type Event struct {
-	Key       string     // the full etcd key
-	Expert    Key        // the expert, when Dense is ""
-	Dense     string     // the dense blob's name, for a dense placement
-	Placement *Placement // the new value; nil when the key was deleted
-	Revision  int64      // the change's revision: after a put the key's ModRevision, for the next Change
+	Key       string            // the full etcd key
+	Expert    routing.ExpertKey // the expert, when Dense is ""
+	Dense     string            // the dense blob's name, for a dense placement
+	Placement *Placement        // the new value; nil when the key was deleted
+	Revision  int64             // the change's revision: after a put the key's ModRevision, for the next Change
 }
 
 // WatchPlacements streams the changes to model's placements (experts and dense blobs) from

@@ -329,7 +329,7 @@ func (g *generator) run(dir string, shards []shard, workers int, progress func(d
 	workers = max(workers, 1)
 	window := 2 * workers
 	elemSize := g.dt.Size()
-	pool := sync.Pool{New: func() any { return make([]byte, chunkElems*elemSize) }}
+	pool := sync.Pool{New: func() any { b := make([]byte, chunkElems*elemSize); return &b }}
 
 	quit := make(chan struct{})
 	work := make(chan *job)
@@ -351,7 +351,7 @@ func (g *generator) run(dir string, shards []shard, workers int, progress func(d
 				for c, start := uint64(0), 0; start < total; c, start = c+1, start+chunkElems {
 					n := min(chunkElems, total-start)
 					j := &job{file: fi, spec: spec, dist: dist, stream: base ^ (c+1)*0x9E3779B97F4A7C15, n: n,
-						buf: pool.Get().([]byte)[:n*elemSize], done: make(chan struct{})}
+						buf: (*pool.Get().(*[]byte))[:n*elemSize], done: make(chan struct{})}
 					select {
 					case ordered <- j:
 					case <-quit:
@@ -427,7 +427,8 @@ func (g *generator) consume(dir string, shards []shard, ordered <-chan *job, poo
 			return g.fail(w, err)
 		}
 		done += int64(len(j.buf))
-		pool.Put(j.buf[:cap(j.buf)])
+		b := j.buf[:cap(j.buf)]
+		pool.Put(&b)
 		progress(done)
 	}
 	if err := advance(len(shards) - 1); err != nil {
