@@ -35,8 +35,15 @@ func TestMain(m *testing.M) {
 
 func startCluster(t *testing.T, stores int, replicas int, capacity int64) *localcluster.Cluster {
 	t.Helper()
-	lc, err := localcluster.Start(localcluster.Config{Dir: t.TempDir(), Stores: stores, Replicas: replicas,
-		StoreCapacity: capacity, Fast: true})
+	return startClusterWith(t, localcluster.Config{Stores: stores, Replicas: replicas, StoreCapacity: capacity})
+}
+
+// startClusterWith starts cfg (Fast, in a temporary directory) and waits for its stores and leader.
+func startClusterWith(t *testing.T, cfg localcluster.Config) *localcluster.Cluster {
+	t.Helper()
+	cfg.Dir, cfg.Fast = t.TempDir(), true
+	stores := cfg.Stores
+	lc, err := localcluster.Start(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -144,6 +144,14 @@ func Import(ctx context.Context, ps *placement.Store, opts ImportOptions) (rep I
 	if err := man.Validate(); err != nil {
 		return rep, err
 	}
+	// Blobs go to the stores before the placements that name them: the record keeps the leader's
+	// collection of unreferenced blobs away from them until the model is published (or this
+	// process dies and the record expires).
+	end, err := ps.BeginImport(ctx, man, 30*time.Second)
+	if err != nil {
+		return rep, fmt.Errorf("%w: %w", ErrImport, err)
+	}
+	defer end()
 
 	cl := client.New(client.DefaultConfig())
 	defer cl.Close()

@@ -41,6 +41,15 @@ type PassReport struct {
 	UnderReplicated int    `json:"under_replicated"`
 	Unavailable     int    `json:"unavailable"`
 	PlaceError      string `json:"place_error,omitempty"`
+	// Anti-entropy: stores whose blobs were listed (0 when no inventory ran this pass), ready
+	// replicas removed because their store did not hold them, unreferenced blobs deleted.
+	Inventoried     int `json:"inventoried"`
+	MissingReplicas int `json:"missing_replicas"`
+	OrphansDeleted  int `json:"orphans_deleted"`
+	// CopiesDeferred counts blobs whose copy waits for its backoff after failing; NextRetry is the
+	// earliest such retry.
+	CopiesDeferred int       `json:"copies_deferred"`
+	NextRetry      time.Time `json:"next_retry,omitzero"`
 }
 
 // Pending reports whether the pass changed something, so that another pass should follow soon
@@ -120,6 +129,16 @@ func (c *Coordinator) reconcile(ctx context.Context, guard clientv3.Cmp) (rep Pa
 		return rep, err
 	}
 	rep.Blobs = len(blobs)
+	// Anti-entropy (antientropy.go): placements were read above, the inventories are taken now.
+	var inv inventory
+	if c.ae.due(time.Now(), c.cfg.AntiEntropyInterval, views) {
+		inv = c.takeInventory(ctx, views)
+		rep.Inventoried = len(inv)
+		if rep.MissingReplicas, err = c.dropMissing(ctx, guard, blobs, inv); err != nil {
+			return rep, err
+		}
+		rep.Writes += rep.MissingReplicas
+	}
 	items := make([]routing.Item, len(blobs))
 	sizes := make(map[string]int64, len(blobs))
 	current := make(routing.Assignment, len(blobs))
@@ -132,6 +151,13 @@ func (c *Coordinator) reconcile(ctx context.Context, guard clientv3.Cmp) (rep Pa
 		byItem[b.item.Key] = b
 		for _, r := range b.rec.Replicas {
 			refs[storeBlob{r.Store, b.rec.Digest}]++
+		}
+	}
+	// Unreferenced blobs go before any copy of this pass: a copy made after the collection never
+	// meets it, and one made before it is named by a record read above (marked copying first).
+	if inv != nil {
+		if rep.OrphansDeleted, err = c.collectOrphans(ctx, views, inv, refs); err != nil {
+			return rep, err
 		}
 	}
 	target, perr := routing.Place(items, targets, c.cfg.Replicas)
@@ -147,21 +173,31 @@ func (c *Coordinator) reconcile(ctx context.Context, guard clientv3.Cmp) (rep Pa
 		c.log.Error("blobs with no live replica", "count", len(lost), "first", lost[0])
 	}
 	copies, drops := map[string][]routing.Move{}, map[string][]string{}
+	deferred := map[string]bool{} // blobs with a copy waiting for its backoff: no move this pass
+	now := time.Now()
 	for _, m := range moves {
 		if m.Drop {
 			drops[m.Key] = append(drops[m.Key], m.To)
-		} else {
-			copies[m.Key] = append(copies[m.Key], m)
+			continue
+		}
+		copies[m.Key] = append(copies[m.Key], m)
+		if next, ok := c.ae.deferred(copyKey{m.Key, m.To}, now); ok {
+			deferred[m.Key] = true
+			if rep.NextRetry.IsZero() || next.Before(rep.NextRetry) {
+				rep.NextRetry = next
+			}
 		}
 	}
+	rep.CopiesDeferred = len(deferred)
 	want := min(c.cfg.Replicas, len(targets))
 
-	var mu sync.Mutex // guards rep from the key goroutines
+	var mu sync.Mutex // guards rep and copyErr from the key goroutines
+	var copyErr error // the first copy that failed (one warning per pass, not one per copy)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(c.cfg.CopyParallelism)
 	for _, b := range blobs {
 		key := b.item.Key
-		if len(copies[key]) == 0 && len(drops[key]) == 0 && !needsCleanup(b.rec, live, want) {
+		if deferred[key] || len(copies[key]) == 0 && len(drops[key]) == 0 && !needsCleanup(b.rec, live, want) {
 			ready := liveReady(b.rec, live)
 			mu.Lock()
 			rep.countHealth(ready, want)
@@ -174,6 +210,7 @@ func (c *Coordinator) reconcile(ctx context.Context, guard clientv3.Cmp) (rep Pa
 			defer mu.Unlock()
 			rep.Copies += res.copies
 			rep.CopyErrors += res.copyErrors
+			copyErr = cmp.Or(copyErr, res.copyErr)
 			rep.CopiedBytes += res.copiedBytes
 			rep.Drops += res.drops
 			rep.Writes += res.writes
@@ -188,6 +225,9 @@ func (c *Coordinator) reconcile(ctx context.Context, guard clientv3.Cmp) (rep Pa
 		})
 	}
 	err = g.Wait()
+	if copyErr != nil && ctx.Err() == nil {
+		c.log.Warn("copies failed; each is retried with backoff", "failed", rep.CopyErrors, "copied", rep.Copies, "first", copyErr)
+	}
 	if err == nil {
 		err = c.forgetStores(ctx, views, refs)
 	}
@@ -259,6 +299,7 @@ func (c *Coordinator) readBlobs(ctx context.Context) ([]*blobState, error) {
 type moveResult struct {
 	copies, copyErrors, drops, writes, liveReady int
 	copiedBytes                                  int64
+	copyErr                                      error // the first copy that failed
 }
 
 // moveBlob carries out one blob's moves: the copies (marked copying in etcd first, so that status
@@ -297,12 +338,20 @@ func (c *Coordinator) moveBlob(ctx context.Context, guard clientv3.Cmp, b *blobS
 		go func() {
 			defer wg.Done()
 			err := c.copyBlob(ctx, rec, m, views)
+			if err == nil {
+				err = c.verifyCopy(ctx, views[m.To].replica(), rec.Digest)
+			}
+			retryIn := c.ae.copied(copyKey{b.item.Key, m.To}, err, time.Now())
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
 				res.copyErrors++
 				c.metrics.copyErrors.Inc()
-				c.log.Warn("copy failed", "blob", b.item.Key, "to", m.To, "err", err)
+				c.metrics.copyErrorsN.Add(1)
+				if res.copyErr == nil {
+					res.copyErr = fmt.Errorf("copy of %s to %s: %w", b.item.Key, m.To, err)
+				}
+				c.log.Debug("copy failed", "blob", b.item.Key, "to", m.To, "retry_in", retryIn.Round(time.Millisecond), "err", err)
 				return
 			}
 			copied[m.To] = true

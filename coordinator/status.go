@@ -47,9 +47,19 @@ type Summary struct {
 	EtcdHealthy            bool         `json:"etcd_healthy"`
 	// Healthy: etcd healthy and every blob has a ready replica on a live store. `pregate status`
 	// exits non-zero when it is false.
-	Healthy bool      `json:"healthy"`
-	Time    time.Time `json:"time"`
+	Healthy bool `json:"healthy"`
+	// State says the same in one word: StateHealthy, StateDegraded (every blob served, some with
+	// fewer replicas than wanted) or StateUnavailable (Healthy is false).
+	State string    `json:"state"`
+	Time  time.Time `json:"time"`
 }
+
+// Cluster states, as Summary.State reports them.
+const (
+	StateHealthy     = "healthy"
+	StateDegraded    = "degraded"
+	StateUnavailable = "unavailable"
+)
 
 // EtcdMember is the health of one etcd endpoint.
 type EtcdMember struct {
@@ -245,6 +255,14 @@ func ReadStatus(ctx context.Context, cli *clientv3.Client, ps *placement.Store, 
 	}
 	sum.Workers = len(st.Workers)
 	sum.Healthy = sum.EtcdHealthy && sum.ExpertsUnavailable == 0 && sum.DenseUnavailable == 0
+	switch {
+	case !sum.Healthy:
+		sum.State = StateUnavailable
+	case sum.ExpertsUnderReplicated > 0 || sum.DenseUnderReplicated > 0:
+		sum.State = StateDegraded
+	default:
+		sum.State = StateHealthy
+	}
 	return st, nil
 }
 

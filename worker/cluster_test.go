@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -18,9 +19,11 @@ import (
 	"github.com/pregate/pregate/compute"
 	"github.com/pregate/pregate/coordinator"
 	"github.com/pregate/pregate/engine"
+	"github.com/pregate/pregate/expertstore/client"
 	"github.com/pregate/pregate/internal/golden"
 	"github.com/pregate/pregate/internal/localcluster"
 	"github.com/pregate/pregate/model"
+	"github.com/pregate/pregate/routing"
 	"github.com/pregate/pregate/worker"
 )
 
@@ -38,7 +41,17 @@ func goldenPrompts(t *testing.T, dir string) (prompts, want [][]int) {
 
 func startCluster(t *testing.T, fixtures ...string) *localcluster.Cluster {
 	t.Helper()
-	lc, err := localcluster.Start(localcluster.Config{Dir: t.TempDir(), Stores: 3, Replicas: 2, StoreCapacity: 256 << 20, Fast: true})
+	return startClusterWith(t, nil, fixtures...)
+}
+
+// startClusterWith is startCluster with adjust applied to the cluster's configuration.
+func startClusterWith(t *testing.T, adjust func(*localcluster.Config), fixtures ...string) *localcluster.Cluster {
+	t.Helper()
+	cfg := localcluster.Config{Dir: t.TempDir(), Stores: 3, Replicas: 2, StoreCapacity: 256 << 20, Fast: true}
+	if adjust != nil {
+		adjust(&cfg)
+	}
+	lc, err := localcluster.Start(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -324,6 +337,66 @@ func TestScaleOutDuringStreaming(t *testing.T) {
 	if moved == 0 || after == 0 {
 		t.Errorf("the test proved nothing: %d bytes moved, %d fetches after", moved, after)
 	}
+}
+
+// TestLostReplicasDuringStreaming deletes a replica of every expert behind the coordinator's back
+// (from one store's RAM and disk) and restarts another store with an empty data dir while 32
+// streaming generations run: fetches fail over to the replicas left, none of the generations
+// fails, and the coordinator puts every lost replica back.
+func TestLostReplicasDuringStreaming(t *testing.T) {
+	lc := startClusterWith(t, func(c *localcluster.Config) {
+		c.Persist = true
+		c.Coordinator = func(cc *coordinator.Config) {
+			cc.AntiEntropyInterval, cc.DeadGrace = time.Second, 30*time.Second
+		}
+	}, "mixtral-tiny")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cl := client.New(client.DefaultConfig())
+	defer cl.Close()
+	co := lc.Coordinator()
+	before, after := streamDuring(t, lc, func() {
+		exp, _, _, err := lc.Placement().Placements(ctx, "mixtral-tiny")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range exp {
+			if slices.Contains(p.Ready(), "store-1") {
+				continue // its replica there goes with the restart below; the other must stay
+			}
+			s := p.Ready()[0]
+			st := lc.Store(s)
+			if _, err := cl.Delete(ctx, routing.Replica{Store: s, GRPCAddr: st.Addr()}, p.Digest); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := lc.KillStore("store-1"); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.RemoveAll(filepath.Join(lc.StoreDir("store-1"), "blobs")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := lc.StartStore("store-1"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	for co.Counters().MissingReplicas == 0 || !converged(ctx, lc) {
+		if ctx.Err() != nil {
+			t.Fatalf("the lost replicas were not restored: %d found missing", co.Counters().MissingReplicas)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("expert fetches: %d before, %d after the losses; %d missing replicas restored", before, after, co.Counters().MissingReplicas)
+	if after == 0 {
+		t.Error("no expert was fetched after the losses: the test proved nothing")
+	}
+}
+
+// converged reports whether every blob has R ready replicas on alive stores and the stores hold
+// what placement says.
+func converged(ctx context.Context, lc *localcluster.Cluster) bool {
+	st, err := coordinator.ReadStatus(ctx, lc.Etcd(), lc.Placement(), 2)
+	return err == nil && st.Summary.State == coordinator.StateHealthy && st.Summary.CopiesInFlight == 0
 }
 
 // TestReadyWaitsForTheModel starts a worker before its model is imported: /health answers at once,

@@ -169,6 +169,8 @@ func newCoordinatorCmd() *cobra.Command {
 	f.StringVar(&cfg.HTTPAddr, "http", "0.0.0.0:7080", "HTTP address for /health, /v1/cluster, /v1/status, /metrics")
 	f.DurationVar(&cfg.DeadGrace, "dead-grace", cfg.DeadGrace, "how long a store is dead before its blobs are copied elsewhere")
 	f.DurationVar(&cfg.Interval, "interval", cfg.Interval, "longest time between reconcile passes")
+	f.DurationVar(&cfg.AntiEntropyInterval, "anti-entropy-interval", cfg.AntiEntropyInterval, "how often the leader checks what every store really holds against placement")
+	f.DurationVar(&cfg.OrphanGrace, "orphan-grace", cfg.OrphanGrace, "how long a blob no placement names may stay on a store before it is deleted")
 	f.IntVar(&cfg.SessionTTL, "leader-ttl", cfg.SessionTTL, "leader lease in seconds")
 	f.IntVar(&cfg.CopyParallelism, "copy-parallelism", cfg.CopyParallelism, "blobs copied between stores at once")
 	gossip.register(f, "0.0.0.0:7946")

@@ -108,9 +108,9 @@ func renderStatus(w io.Writer, st *coordinator.Status, output string) error {
 	}
 	wide := output == "wide"
 	s := st.Summary
-	health := "healthy"
+	health := s.State
 	if !s.Healthy {
-		health = "UNHEALTHY"
+		health = "UNHEALTHY (" + s.State + ")"
 	}
 	leader := s.Leader
 	if leader == "" {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/pregate/pregate/api/storepb"
@@ -306,6 +307,10 @@ func (p *Conns) Conn(addr string) (*grpc.ClientConn, error) {
 	}
 	cc, err := grpc.NewClient(addr,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// gRPC's default reconnect backoff grows to 2 minutes: a store that restarts would go
+		// unheard (probes, copies) for that long. Stores are probed every few seconds anyway.
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 100 * time.Millisecond,
+			Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second}, MinConnectTimeout: 5 * time.Second}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(9<<20), grpc.MaxCallSendMsgSize(9<<20)))
 	if err != nil {
 		return nil, fmt.Errorf("expertstore/client: %s: %w", addr, err)

@@ -10,9 +10,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -36,10 +38,13 @@ type Config struct {
 	// Replicas is the replication factor (default 2).
 	Replicas int
 	// Fast sets test timers: fast gossip failure detection, 100 ms reconcile interval, 2 s leader
-	// lease and no grace before a dead store's blobs are re-replicated.
+	// lease, no grace before a dead store's blobs are re-replicated, inventories every 300 ms and a
+	// 2 s grace for unreferenced blobs.
 	Fast bool
 	// Persist keeps store blobs on disk under Dir (otherwise in RAM only).
 	Persist bool
+	// Coordinator, when set, adjusts every coordinator's configuration last.
+	Coordinator func(*coordinator.Config)
 	// Logger receives every component's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -53,7 +58,8 @@ type Cluster struct {
 	mu     sync.Mutex
 	coords []*coordinator.Coordinator
 	stores map[string]*expertstore.Server
-	seeds  []string // gossip addresses to join
+	ports  map[string]storePorts // each store's ports, kept across restarts
+	seeds  []string              // gossip addresses to join
 	next   int      // the next store number
 }
 
@@ -65,7 +71,7 @@ func Start(cfg Config) (c *Cluster, err error) {
 	}
 	cfg.StoreCapacity = cmp.Or(cfg.StoreCapacity, 1<<30)
 	cfg.Replicas = cmp.Or(cfg.Replicas, 2)
-	c = &Cluster{cfg: cfg, stores: map[string]*expertstore.Server{}}
+	c = &Cluster{cfg: cfg, stores: map[string]*expertstore.Server{}, ports: map[string]storePorts{}}
 	defer func() {
 		if err != nil {
 			c.Close()
@@ -134,6 +140,11 @@ func (c *Cluster) StartCoordinatorWith(adjust func(*coordinator.Config)) (*coord
 		cc.SessionTTL = 2
 		cc.DeadGrace = 0
 		cc.CopyTimeout = 20 * time.Second
+		cc.AntiEntropyInterval = 300 * time.Millisecond
+		cc.OrphanGrace = 2 * time.Second
+	}
+	if c.cfg.Coordinator != nil {
+		c.cfg.Coordinator(&cc)
 	}
 	if adjust != nil {
 		adjust(&cc)
@@ -192,27 +203,58 @@ func (c *Cluster) AddStore() (*expertstore.Server, error) {
 	name := fmt.Sprintf("store-%d", c.next)
 	c.next++
 	c.mu.Unlock()
+	return c.StartStore(name)
+}
+
+// StoreDir returns the data dir of the store called name ("" without Persist).
+func (c *Cluster) StoreDir(name string) string {
+	if !c.cfg.Persist {
+		return ""
+	}
+	return filepath.Join(c.cfg.Dir, "stores", name)
+}
+
+// storePorts are a store's gRPC, data-plane and gossip ports.
+type storePorts struct{ grpc, data, gossip string }
+
+// StartStore starts the store called name, which joins the cluster's gossip: a store stopped
+// before comes back on the same ports with what its data dir holds (with Persist), as a restarted
+// process would.
+func (c *Cluster) StartStore(name string) (*expertstore.Server, error) {
+	if c.Store(name) != nil {
+		return nil, fmt.Errorf("localcluster: store %q is running", name)
+	}
+	c.mu.Lock()
+	ports, restart := c.ports[name]
+	c.mu.Unlock()
 	sc := expertstore.DefaultConfig()
 	sc.NodeName = name
 	sc.ListenAddr = "127.0.0.1:0"
-	if c.cfg.Persist {
-		sc.DataDir = filepath.Join(c.cfg.Dir, "stores", name)
+	sc.Gossip = c.gossip()
+	if restart {
+		sc.ListenAddr, sc.DataListenAddr = "127.0.0.1:"+ports.grpc, "127.0.0.1:"+ports.data
+		sc.Gossip.BindPort, _ = strconv.Atoi(ports.gossip)
+	}
+	if sc.DataDir = c.StoreDir(name); sc.DataDir != "" {
 		if err := os.MkdirAll(sc.DataDir, 0o755); err != nil {
 			return nil, err
 		}
 	}
 	sc.MemoryLimit = c.cfg.StoreCapacity
 	sc.MaxBlobBytes = min(sc.MaxBlobBytes, c.cfg.StoreCapacity)
-	sc.Gossip = c.gossip()
 	sc.Logger = c.cfg.Logger
 	s, err := expertstore.New(sc)
 	if err != nil {
 		return nil, err
 	}
-	c.addSeed(s.Member().Addr())
+	port := func(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
 	c.mu.Lock()
 	c.stores[name] = s
+	c.ports[name] = storePorts{grpc: port(s.Addr()), data: port(s.DataAddr()), gossip: port(s.Member().Addr())}
 	c.mu.Unlock()
+	if !restart {
+		c.addSeed(s.Member().Addr())
+	}
 	return s, nil
 }
 
