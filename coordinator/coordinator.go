@@ -39,6 +39,7 @@ import (
 
 	"github.com/pregate/pregate/expertstore/client"
 	"github.com/pregate/pregate/internal/embedetcd"
+	"github.com/pregate/pregate/internal/lifecycle"
 	"github.com/pregate/pregate/internal/membership"
 	"github.com/pregate/pregate/internal/placement"
 )
@@ -69,6 +70,10 @@ type Config struct {
 	Interval time.Duration
 	// SessionTTL is the leader lease in seconds: a leader that dies is replaced this long after.
 	SessionTTL int
+	// EtcdGiveUp is how long the coordinator keeps trying to reach etcd (for its election
+	// session) before it fails for good: Err reports it and `pregate coordinator` exits, to be
+	// restarted. An embedded etcd that stops fails it at once.
+	EtcdGiveUp time.Duration
 	// CopyParallelism bounds the blobs being copied at once.
 	CopyParallelism int
 	// CopyTimeout bounds one store-to-store copy.
@@ -92,6 +97,7 @@ func DefaultConfig() Config {
 		DeadGrace:       30 * time.Second,
 		Interval:        10 * time.Second,
 		SessionTTL:      10,
+		EtcdGiveUp:      time.Minute,
 		CopyParallelism: 8,
 		CopyTimeout:     5 * time.Minute,
 		// Listing 15 000 blobs costs a store ~2 ms of CPU and ~1.5 MB on the wire: every 30 s is
@@ -121,6 +127,8 @@ func (c Config) Validate() error {
 	case c.Interval <= 0 || c.SessionTTL < 1 || c.CopyParallelism < 1 || c.CopyTimeout <= 0 || c.DeadGrace < 0:
 		return fmt.Errorf("coordinator: config: interval %v, session TTL %ds, copy parallelism %d, copy timeout %v, dead grace %v",
 			c.Interval, c.SessionTTL, c.CopyParallelism, c.CopyTimeout, c.DeadGrace)
+	case c.EtcdGiveUp <= 0:
+		return fmt.Errorf("coordinator: config: etcd give-up %v", c.EtcdGiveUp)
 	case c.AntiEntropyInterval <= 0 || c.OrphanGrace < 0:
 		return fmt.Errorf("coordinator: config: anti-entropy interval %v, orphan grace %v", c.AntiEntropyInterval, c.OrphanGrace)
 	}
@@ -154,9 +162,8 @@ type Coordinator struct {
 	seen     map[string]seenStore // stores ever seen, for their records' Joined/Since
 	ae       *antiEntropy         // the leader's anti-entropy memory (reset when it starts leading)
 
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	once   sync.Once
+	g    *lifecycle.Group // every goroutine of the coordinator; its failure is the coordinator's
+	once sync.Once
 }
 
 // New starts a coordinator: the embedded etcd if no endpoints are given, the etcd client, gossip,
@@ -167,7 +174,7 @@ func New(cfg Config) (c *Coordinator, err error) {
 		return nil, err
 	}
 	c = &Coordinator{cfg: cfg, log: cfg.Logger, stores: client.New(client.DefaultConfig()), kick: make(chan struct{}, 1),
-		seen: map[string]seenStore{}, metrics: newMetrics()}
+		seen: map[string]seenStore{}, metrics: newMetrics(), g: lifecycle.NewGroup()}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
@@ -209,31 +216,46 @@ func New(cfg Config) (c *Coordinator, err error) {
 		}
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	c.cancel = cancel
 	if c.httpLis != nil {
 		c.http = &http.Server{Handler: c.handler(), ReadHeaderTimeout: 10 * time.Second}
-		c.goFunc(func() {
-			if err := c.http.Serve(c.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				c.log.Error("http", "err", err)
+		c.g.Go("http", func(context.Context) error {
+			if err := c.http.Serve(c.httpLis); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
+	if c.etcd != nil {
+		c.g.Go("embedded etcd", func(ctx context.Context) error {
+			select {
+			case err := <-c.etcd.Err():
+				if err == nil {
+					err = errors.New("stopped")
+				}
+				return err
+			case <-ctx.Done():
+				return nil
 			}
 		})
 	}
 	if c.member != nil {
-		c.goFunc(func() { c.pumpMembership(ctx) })
+		c.g.Go("gossip", func(ctx context.Context) error { c.pumpMembership(ctx); return nil })
 	}
-	c.goFunc(func() { c.watchCluster(ctx) })
-	c.goFunc(func() { c.campaignLoop(ctx) })
+	c.g.Go("cluster watch", func(ctx context.Context) error { c.watchCluster(ctx); return nil })
+	c.g.Go("election", c.campaignLoop)
 	return c, nil
 }
 
-func (c *Coordinator) goFunc(f func()) {
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		f()
-	}()
-}
+// Err reports the coordinator's fatal failure (its HTTP server died, its embedded etcd stopped, or
+// etcd stayed unreachable for EtcdGiveUp), nil while it runs and after Close.
+func (c *Coordinator) Err() error { return c.g.Err() }
+
+// Failed is closed when the coordinator fails (Err says why).
+func (c *Coordinator) Failed() <-chan struct{} { return c.g.Failed() }
+
+// Serve blocks until ctx ends (then it closes the coordinator and returns nil) or the coordinator
+// fails (it closes it and returns the failure).
+func (c *Coordinator) Serve(ctx context.Context) error { return lifecycle.Serve(ctx, c) }
 
 // Close stops the coordinator: it resigns leadership (another coordinator takes over at once),
 // leaves gossip and stops the embedded etcd.
@@ -243,9 +265,6 @@ func (c *Coordinator) Close() error {
 }
 
 func (c *Coordinator) closeAll() {
-	if c.cancel != nil {
-		c.cancel()
-	}
 	if c.http != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		c.http.Shutdown(ctx) //nolint:errcheck // best effort on the way out
@@ -253,7 +272,7 @@ func (c *Coordinator) closeAll() {
 	} else if c.httpLis != nil {
 		c.httpLis.Close()
 	}
-	c.wg.Wait()
+	c.g.Stop()
 	if c.member != nil {
 		c.member.Leave(time.Second) //nolint:errcheck // leaving fast matters more than confirmation
 		c.member.Close()
@@ -323,16 +342,27 @@ func (c *Coordinator) Counters() Counters {
 }
 
 // campaignLoop campaigns for leadership, leads until its session ends or ctx does, and campaigns
-// again.
-func (c *Coordinator) campaignLoop(ctx context.Context) {
+// again. It fails (returns an error) when no etcd session could be had for EtcdGiveUp.
+func (c *Coordinator) campaignLoop(ctx context.Context) error {
 	info, _ := json.Marshal(LeaderInfo{Name: c.cfg.Name, HTTPAddr: c.HTTPAddr()})
+	var unreachable time.Time // since when no session could be had; zero while etcd answers
 	for ctx.Err() == nil {
-		sess, err := concurrency.NewSession(c.cli, concurrency.WithTTL(c.cfg.SessionTTL), concurrency.WithContext(ctx))
+		sess, err := c.newSession(ctx)
 		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if unreachable.IsZero() {
+				unreachable = time.Now()
+			}
+			if time.Since(unreachable) >= c.cfg.EtcdGiveUp {
+				return fmt.Errorf("etcd unreachable for %v: %w", c.cfg.EtcdGiveUp, err)
+			}
 			c.log.Warn("etcd session", "err", err)
 			sleep(ctx, time.Second)
 			continue
 		}
+		unreachable = time.Time{}
 		el := c.ps.Election(sess)
 		if err := el.Campaign(ctx, string(info)); err != nil {
 			sess.Close()
@@ -354,6 +384,20 @@ func (c *Coordinator) campaignLoop(ctx context.Context) {
 		sess.Close()
 		c.log.Info("no longer leader")
 	}
+	return nil
+}
+
+// newSession grants the election's lease with a bounded wait (a session's own context must live
+// as long as the session, so the grant gets its own) and starts keeping it alive.
+func (c *Coordinator) newSession(ctx context.Context) (*concurrency.Session, error) {
+	// A grant that takes longer than the lease it asks for is no use anyway.
+	gctx, cancel := context.WithTimeout(ctx, min(5*time.Second, time.Duration(c.cfg.SessionTTL)*time.Second))
+	lease, err := c.cli.Grant(gctx, int64(c.cfg.SessionTTL))
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	return concurrency.NewSession(c.cli, concurrency.WithLease(lease.ID), concurrency.WithTTL(c.cfg.SessionTTL), concurrency.WithContext(ctx))
 }
 
 // lead runs reconcile passes while sess lives: on each kick (debounced) and at least every

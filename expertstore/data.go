@@ -2,29 +2,38 @@ package expertstore
 
 import (
 	"bufio"
+	"context"
 	"errors"
+	"fmt"
 	"net"
 
 	"github.com/pregate/pregate/expertstore/blob"
 	"github.com/pregate/pregate/expertstore/dataplane"
 )
 
-// serveData accepts data-plane connections until the listener closes.
-func (s *Server) serveData() {
+// serveData accepts data-plane connections until the listener closes: on shutdown it returns nil,
+// otherwise the error that stopped it (the store has failed).
+func (s *Server) serveData(context.Context) error {
 	for {
 		c, err := s.dataLis.Accept()
 		if err != nil {
-			return
+			select {
+			case <-s.closing:
+				return nil
+			default:
+				return fmt.Errorf("data plane: %w", err)
+			}
 		}
 		if !s.trackConn(c, true) {
 			c.Close()
-			return
+			return nil
 		}
-		s.goFunc(func() {
+		s.g.Go("data plane connection", func(context.Context) error {
 			defer s.trackConn(c, false)
 			defer c.Close()
 			err := s.serveDataConn(c) // it returns only when the connection ends
 			s.log.Debug("data plane connection ended", "remote", c.RemoteAddr(), "err", err)
+			return nil // one connection's end is not the store's
 		})
 	}
 }

@@ -11,6 +11,7 @@
 package expertstore
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -33,6 +34,7 @@ import (
 	"github.com/pregate/pregate/expertstore/client"
 	"github.com/pregate/pregate/expertstore/dataplane"
 	"github.com/pregate/pregate/internal/atomicfile"
+	"github.com/pregate/pregate/internal/lifecycle"
 	"github.com/pregate/pregate/internal/membership"
 )
 
@@ -153,8 +155,8 @@ type Server struct {
 	connMu sync.Mutex
 	conns  map[net.Conn]struct{}
 
-	wg        sync.WaitGroup
-	closing   chan struct{}
+	g         *lifecycle.Group // every goroutine of the store; its failure is the store's
+	closing   chan struct{}    // closed when shutdown begins
 	closeOnce sync.Once
 	closeErr  error
 	metaDirty chan struct{}
@@ -173,6 +175,7 @@ func New(cfg Config) (s *Server, err error) {
 		blobs:     map[blob.Digest]*entry{},
 		inflight:  semaphore.NewWeighted(cfg.MaxInflightBytes),
 		conns:     map[net.Conn]struct{}{},
+		g:         lifecycle.NewGroup(),
 		closing:   make(chan struct{}),
 		metaDirty: make(chan struct{}, 1),
 	}
@@ -212,30 +215,33 @@ func New(cfg Config) (s *Server, err error) {
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus(storepb.ExpertStore_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
-	s.goFunc(func() {
+	s.g.Go("grpc", func(context.Context) error {
 		if err := s.grpc.Serve(s.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			s.log.Error("grpc serve", "err", err)
+			return err // Serve returns nil after Stop or GracefulStop
 		}
+		return nil
 	})
-	s.goFunc(s.serveData)
+	s.g.Go("data plane", s.serveData)
 	if cfg.Gossip != nil {
 		if s.member, err = membership.New(cfg.Gossip.ForNode(cfg.NodeName, s.meta(), s.log)); err != nil {
 			return s, err
 		}
-		s.goFunc(s.publishMeta)
+		s.g.Go("gossip", s.publishMeta)
 	}
 	s.log.Info("store serving", "grpc", s.Addr(), "data", s.DataAddr(), "blobs", s.meta().Blobs, "quarantined", s.quarantined.Load())
 	return s, nil
 }
 
-// goFunc runs f on a goroutine owned by the server: Close waits for it.
-func (s *Server) goFunc(f func()) {
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		f()
-	}()
-}
+// Err reports the store's fatal failure (its gRPC server or data plane stopped serving), nil while
+// it serves and after Close.
+func (s *Server) Err() error { return s.g.Err() }
+
+// Failed is closed when the store fails (Err says why).
+func (s *Server) Failed() <-chan struct{} { return s.g.Failed() }
+
+// Serve blocks until ctx ends (then it closes the store gracefully and returns nil) or the store
+// fails (it stops it and returns the failure).
+func (s *Server) Serve(ctx context.Context) error { return lifecycle.Serve(ctx, s) }
 
 // Addr is the gRPC address the store listens on.
 func (s *Server) Addr() string { return s.lis.Addr().String() }
@@ -272,11 +278,11 @@ func (s *Server) markDirty() {
 }
 
 // publishMeta gossips usage changes at most every 200 ms.
-func (s *Server) publishMeta() {
+func (s *Server) publishMeta(context.Context) error {
 	for {
 		select {
 		case <-s.closing:
-			return
+			return nil
 		case <-s.metaDirty:
 		}
 		m := s.meta()
@@ -285,7 +291,7 @@ func (s *Server) publishMeta() {
 		}
 		select {
 		case <-s.closing:
-			return
+			return nil
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -337,7 +343,7 @@ func (s *Server) shutdown(graceful bool) {
 			s.lis.Close()
 		}
 		s.closeConns()
-		s.wg.Wait()
+		s.g.Stop()
 		if s.peers != nil {
 			s.peers.Close()
 		}

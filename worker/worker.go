@@ -35,6 +35,7 @@ import (
 	"github.com/pregate/pregate/compute"
 	"github.com/pregate/pregate/engine"
 	"github.com/pregate/pregate/expertstore/client"
+	"github.com/pregate/pregate/internal/lifecycle"
 	"github.com/pregate/pregate/internal/membership"
 	"github.com/pregate/pregate/internal/placement"
 	"github.com/pregate/pregate/model"
@@ -129,9 +130,8 @@ type Worker struct {
 	ckpt     *model.Checkpoint
 	srv      atomic.Pointer[serve.Server]
 
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	once   sync.Once
+	g    *lifecycle.Group // every goroutine of the worker; its failure is the worker's
+	once sync.Once
 }
 
 // New starts a worker: etcd, gossip, HTTP (answering /health at once and /ready once loaded), and
@@ -140,7 +140,7 @@ func New(cfg Config) (w *Worker, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	w = &Worker{cfg: cfg, log: cfg.Logger, reg: prometheus.NewRegistry(), loadDone: make(chan struct{})}
+	w = &Worker{cfg: cfg, log: cfg.Logger, reg: prometheus.NewRegistry(), loadDone: make(chan struct{}), g: lifecycle.NewGroup()}
 	if w.log == nil {
 		w.log = slog.New(slog.DiscardHandler)
 	}
@@ -172,38 +172,49 @@ func New(cfg Config) (w *Worker, err error) {
 	w.fetcher = client.New(ccfg)
 	w.view = newClusterView(w.ps, cfg.Model, w.log)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	w.cancel = cancel
 	w.http = &http.Server{Handler: w.handler(), ReadHeaderTimeout: 10 * time.Second}
-	w.goFunc(func() {
-		if err := w.http.Serve(w.lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			w.log.Error("http", "err", err)
+	w.g.Go("http", func(context.Context) error {
+		if err := w.http.Serve(w.lis); !errors.Is(err, http.ErrServerClosed) {
+			return err
 		}
+		return nil
 	})
-	w.goFunc(func() { w.view.run(ctx, time.Second) })
-	w.goFunc(func() {
-		defer close(w.loadDone)
+	w.g.Go("placement view", func(ctx context.Context) error { w.view.run(ctx, time.Second); return nil })
+	w.g.Go("load", func(ctx context.Context) error {
 		if err := w.load(ctx); err != nil {
 			if ctx.Err() == nil {
 				w.log.Error("loading the model failed", "model", cfg.Model, "err", err)
 			}
 			w.loadErr.Store(&err)
-			return
+			close(w.loadDone)
+			return fmt.Errorf("model %q: %w", cfg.Model, err) // a worker that cannot load has failed
 		}
 		w.loaded.Store(true)
+		close(w.loadDone)
 		w.log.Info("ready", "model", cfg.Model, "mode", cfg.Mode, "http", w.HTTPAddr())
+		srv := w.srv.Load()
+		select { // the scheduler's failure is the worker's
+		case <-srv.Failed():
+			return srv.Err()
+		case <-ctx.Done():
+			return nil
+		}
 	})
-	w.goFunc(func() { w.register(ctx) })
+	w.g.Go("registration", func(ctx context.Context) error { w.register(ctx); return nil })
 	return w, nil
 }
 
-func (w *Worker) goFunc(f func()) {
-	w.wg.Add(1)
-	go func() {
-		defer w.wg.Done()
-		f()
-	}()
-}
+// Err reports the worker's fatal failure (its model could not load, its HTTP server or scheduler
+// died), nil while it runs and after Close. etcd going away is not one: the worker serves from the
+// placement it has.
+func (w *Worker) Err() error { return w.g.Err() }
+
+// Failed is closed when the worker fails (Err says why).
+func (w *Worker) Failed() <-chan struct{} { return w.g.Failed() }
+
+// Serve blocks until ctx ends (then it closes the worker and returns nil) or the worker fails (it
+// closes it and returns the failure).
+func (w *Worker) Serve(ctx context.Context) error { return lifecycle.Serve(ctx, w) }
 
 // load waits for the manifest and the placement view, downloads the dense weights, loads the
 // engine and starts the pipeline and the HTTP API.
@@ -388,8 +399,8 @@ func (w *Worker) Close() error {
 func (w *Worker) closeAll() {
 	// Stop loading, then the scheduler (which fails the requests in flight, so their handlers
 	// return), then HTTP, then everything under them.
-	if w.cancel != nil {
-		w.cancel()
+	if w.http != nil {
+		w.g.Cancel() // the load, the placement view, the registration; HTTP is shut down below
 		<-w.loadDone
 	}
 	if srv := w.srv.Load(); srv != nil {
@@ -404,7 +415,7 @@ func (w *Worker) closeAll() {
 	} else if w.lis != nil {
 		w.lis.Close()
 	}
-	w.wg.Wait()
+	w.g.Stop()
 	w.mu.Lock()
 	if w.pipe != nil {
 		w.pipe.Close()

@@ -156,7 +156,7 @@ func newCoordinatorCmd() *cobra.Command {
 			}
 			ready := map[string]any{"node": cfg.Name, "http": co.HTTPAddr(), "gossip": co.GossipAddr(), "etcd_endpoints": co.EtcdEndpoints()}
 			fmt.Fprintf(cmd.ErrOrStderr(), "coordinator %s: http %s, gossip %s, etcd %s\n", cfg.Name, co.HTTPAddr(), co.GossipAddr(), strings.Join(co.EtcdEndpoints(), ","))
-			return serveUntilDone(cmd, readyFile, ready, co.Close, nil)
+			return serveUntilDone(cmd, readyFile, ready, co)
 		},
 	}
 	f := cmd.Flags()
@@ -169,6 +169,7 @@ func newCoordinatorCmd() *cobra.Command {
 	f.StringVar(&cfg.HTTPAddr, "http", "0.0.0.0:7080", "HTTP address for /health, /v1/cluster, /v1/status, /metrics")
 	f.DurationVar(&cfg.DeadGrace, "dead-grace", cfg.DeadGrace, "how long a store is dead before its blobs are copied elsewhere")
 	f.DurationVar(&cfg.Interval, "interval", cfg.Interval, "longest time between reconcile passes")
+	f.DurationVar(&cfg.EtcdGiveUp, "etcd-give-up", cfg.EtcdGiveUp, "how long etcd may stay unreachable before the coordinator exits (non-zero) to be restarted")
 	f.DurationVar(&cfg.AntiEntropyInterval, "anti-entropy-interval", cfg.AntiEntropyInterval, "how often the leader checks what every store really holds against placement")
 	f.DurationVar(&cfg.OrphanGrace, "orphan-grace", cfg.OrphanGrace, "how long a blob no placement names may stay on a store before it is deleted")
 	f.IntVar(&cfg.SessionTTL, "leader-ttl", cfg.SessionTTL, "leader lease in seconds")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -176,4 +177,27 @@ func TestWorkerExitsOnModeMismatch(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "pre-gate") || ctx.Err() != nil {
 		t.Fatalf("worker returned %v (ctx %v), want the mode mismatch", err, ctx.Err())
 	}
+}
+
+// TestCoordinatorExitsWhenEtcdIsUnreachable: `pregate coordinator` against an etcd nobody serves
+// exits non-zero once --etcd-give-up has passed, saying why.
+func TestCoordinatorExitsWhenEtcdIsUnreachable(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := "http://" + lis.Addr().String()
+	lis.Close() // nothing listens there now
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := newRootCmd()
+	cmd.SetArgs([]string{"coordinator", "--etcd-endpoints", dead, "--etcd-give-up", "1s", "--leader-ttl", "1",
+		"--http", "127.0.0.1:0", "--gossip-addr", "127.0.0.1:0", "--node-name", "c", "--log-level", "error"})
+	cmd.SetErr(new(nopWriter))
+	start := time.Now()
+	err = cmd.ExecuteContext(ctx)
+	if err == nil || !strings.Contains(err.Error(), "etcd unreachable for 1s") || ctx.Err() != nil {
+		t.Fatalf("coordinator returned %v (ctx %v), want etcd unreachable", err, ctx.Err())
+	}
+	t.Logf("exited after %v: %v", time.Since(start).Round(time.Millisecond), err)
 }

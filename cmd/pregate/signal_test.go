@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -76,11 +77,11 @@ func TestGenerateStopsOnSIGTERM(t *testing.T) {
 	for _, tt := range []struct {
 		name string
 		sigs []syscall.Signal
-		want int
+		want []int // two signals sent back to back may arrive in either order
 	}{
-		{"SIGTERM", []syscall.Signal{syscall.SIGTERM}, 143},
-		{"SIGINT", []syscall.Signal{syscall.SIGINT}, 130},
-		{"SIGINT,SIGTERM", []syscall.Signal{syscall.SIGINT, syscall.SIGTERM}, 143},
+		{"SIGTERM", []syscall.Signal{syscall.SIGTERM}, []int{143}},
+		{"SIGINT", []syscall.Signal{syscall.SIGINT}, []int{130}},
+		{"SIGINT,SIGTERM", []syscall.Signal{syscall.SIGINT, syscall.SIGTERM}, []int{130, 143}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			cmd := exec.Command(os.Args[0], "-test.run=^$", "--", "generate", "--model", dir,
@@ -114,7 +115,7 @@ func TestGenerateStopsOnSIGTERM(t *testing.T) {
 				t.Fatalf("still running 2 s after %v\n%s", tt.sigs, stderr.String())
 			}
 			var ee *exec.ExitError
-			if !errors.As(err, &ee) || ee.ExitCode() != tt.want {
+			if !errors.As(err, &ee) || !slices.Contains(tt.want, ee.ExitCode()) {
 				t.Fatalf("exit %v, want status %d\n%s", err, tt.want, stderr.String())
 			}
 			t.Logf("stopped %v after %v", tt.sigs, time.Since(start).Round(time.Millisecond))

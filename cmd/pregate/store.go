@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/pregate/pregate/expertstore"
+	"github.com/pregate/pregate/internal/lifecycle"
 	"github.com/pregate/pregate/internal/membership"
 )
 
@@ -68,23 +69,17 @@ func (g *gossipFlags) config(log *slog.Logger) (*membership.Config, error) {
 	return &c, nil
 }
 
-// serveUntilDone writes ready to readyFile (when set), then waits for the command's context (Ctrl-C,
-// SIGTERM) and stops the daemon with stop.
-// A daemon that fails on its own sends the error on failed (nil: it cannot).
-func serveUntilDone(cmd *cobra.Command, readyFile string, ready any, stop func() error, failed <-chan error) error {
+// serveUntilDone writes ready to readyFile (when set), then serves c until the command's context
+// ends (SIGINT or SIGTERM: c closes gracefully, exit 0) or c fails (c closes, and the command exits
+// non-zero with the reason).
+func serveUntilDone(cmd *cobra.Command, readyFile string, ready any, c lifecycle.Component) error {
 	if readyFile != "" {
 		if err := writeReadyFile(readyFile, ready); err != nil {
-			stop() //nolint:errcheck // the ready file's error is the one to report
+			c.Close() //nolint:errcheck // the ready file's error is the one to report
 			return fmt.Errorf("--ready-file: %w", err)
 		}
 	}
-	select {
-	case <-cmd.Context().Done():
-		return stop()
-	case err := <-failed:
-		stop() //nolint:errcheck // the failure is the error to report
-		return err
-	}
+	return lifecycle.Serve(cmd.Context(), c)
 }
 
 // writeReadyFile writes v as JSON to path (temp file + rename), telling scripts and tests where a
@@ -147,7 +142,7 @@ func newStoreCmd() *cobra.Command {
 				ready["gossip"] = m.Addr()
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "store %s: grpc %s, data plane %s\n", cfg.NodeName, s.Addr(), s.DataAddr())
-			return serveUntilDone(cmd, readyFile, ready, s.Close, nil)
+			return serveUntilDone(cmd, readyFile, ready, s)
 		},
 	}
 	f := cmd.Flags()

@@ -28,7 +28,6 @@ func newWorkerCmd() *cobra.Command {
 		gossip        gossipFlags
 		noGossip      bool
 		compression   string
-		loadErr       = make(chan error, 1)
 	)
 	cmd := &cobra.Command{
 		Use:   "worker --model NAME",
@@ -79,13 +78,8 @@ func newWorkerCmd() *cobra.Command {
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "worker %s: http %s, model %s, mode %s (loading)\n", cfg.Name, w.HTTPAddr(), cfg.Model, cfg.Mode)
 			// A load that fails (a mode that does not fit the model, a checkpoint the engine cannot
-			// run) ends the process: waiting would not fix it.
-			go func() {
-				if err := w.WaitReady(cmd.Context()); err != nil && cmd.Context().Err() == nil {
-					loadErr <- err
-				}
-			}()
-			return serveUntilDone(cmd, readyFile, map[string]string{"node": cfg.Name, "http": w.HTTPAddr()}, w.Close, loadErr)
+			// run) is the worker failing: the process exits with it, since waiting would not fix it.
+			return serveUntilDone(cmd, readyFile, map[string]string{"node": cfg.Name, "http": w.HTTPAddr()}, w)
 		},
 	}
 	f := cmd.Flags()

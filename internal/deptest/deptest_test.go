@@ -59,7 +59,8 @@ func TestDependencyRules(t *testing.T) {
 		// (for the digest type; pure code, no I/O) along.
 		{pkg: "engine", allowed: []string{"model", "compute", "routing", "expertstore/blob"}},
 		{pkg: "api", allowed: []string{"api"}},
-		{pkg: "expertstore", exact: true, allowed: []string{"api", "model", "routing", "expertstore/blob", "expertstore/dataplane", "expertstore/client", "internal/membership", "internal/atomicfile"}},
+		{pkg: "internal/lifecycle", allowed: []string{}},
+		{pkg: "expertstore", exact: true, allowed: []string{"api", "model", "routing", "internal/lifecycle", "expertstore/blob", "expertstore/dataplane", "expertstore/client", "internal/membership", "internal/atomicfile"}},
 		{pkg: "expertstore/blob", allowed: []string{"model"}},
 		{pkg: "expertstore/dataplane", allowed: []string{}},
 		{pkg: "expertstore/client", allowed: []string{"api", "model", "routing", "expertstore/blob", "expertstore/dataplane"}},
@@ -69,10 +70,10 @@ func TestDependencyRules(t *testing.T) {
 		{pkg: "internal/placement", allowed: []string{"routing", "model", "expertstore/blob"}},
 		{pkg: "internal/embedetcd", allowed: []string{}},
 		// The control plane never depends on the data plane's consumers, and the reverse.
-		{pkg: "coordinator", allowed: []string{"api", "model", "routing", "expertstore/blob", "expertstore/dataplane", "expertstore/client",
+		{pkg: "coordinator", allowed: []string{"api", "model", "routing", "internal/lifecycle", "expertstore/blob", "expertstore/dataplane", "expertstore/client",
 			"internal/placement", "internal/membership", "internal/modelblobs", "internal/embedetcd", "internal/atomicfile"}},
-		{pkg: "worker/serve", allowed: []string{"model", "compute", "routing", "engine", "expertstore/blob"}},
-		{pkg: "worker", exact: true, allowed: []string{"api", "model", "compute", "routing", "engine", "expertstore/blob", "expertstore/dataplane",
+		{pkg: "worker/serve", allowed: []string{"model", "compute", "routing", "engine", "expertstore/blob", "internal/lifecycle"}},
+		{pkg: "worker", exact: true, allowed: []string{"api", "model", "compute", "routing", "engine", "internal/lifecycle", "expertstore/blob", "expertstore/dataplane",
 			"expertstore/client", "internal/placement", "internal/membership", "internal/atomicfile", "worker/serve"}},
 	}
 	checked := 0

@@ -2,6 +2,8 @@ package serve
 
 import (
 	"context"
+	"fmt"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -121,11 +123,18 @@ func (s *Server) withdraw(c *call) {
 	}
 }
 
-// schedule is the scheduler goroutine: the only one that calls the model.
-func (s *Server) schedule() {
+// schedule is the scheduler goroutine: the only one that calls the model. A panic in the model is
+// the server's failure (Err): its requests fail and the worker exits with the reason, instead of
+// the process dying mid-response.
+func (s *Server) schedule(context.Context) (err error) {
 	var running []*sequence
 	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("the model panicked", "panic", r, "stack", string(debug.Stack()))
+			err = fmt.Errorf("model panicked: %v", r)
+		}
 		s.mu.Lock()
+		s.closed = true // nobody schedules from here on: later submissions get ErrClosed
 		waiting := s.waiting
 		s.waiting = nil
 		s.mu.Unlock()
@@ -140,7 +149,7 @@ func (s *Server) schedule() {
 		s.metrics.running.Set(float64(len(running)))
 		admitted, ok := s.admit(s.cfg.MaxRunning-len(running), len(running) == 0)
 		if !ok {
-			return
+			return nil
 		}
 		if len(admitted) > 0 {
 			running = append(running, s.start(admitted)...)

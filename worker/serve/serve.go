@@ -30,6 +30,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/pregate/pregate/engine"
+	"github.com/pregate/pregate/internal/lifecycle"
 )
 
 // Errors returned by Generate (and mapped to HTTP statuses by the handler).
@@ -132,10 +133,9 @@ type Server struct {
 	closed  bool
 	wake    chan struct{} // cap 1: something was submitted
 
-	ctx    context.Context // cancelled by Close: stops the scheduler and any Step in flight
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	once   sync.Once
+	g    *lifecycle.Group // the scheduler goroutine; its failure is the server's
+	ctx  context.Context  // g's: cancelled by Close, it stops the scheduler and any Step in flight
+	once sync.Once
 }
 
 // New checks cfg, registers the metrics and starts the scheduler goroutine.
@@ -162,18 +162,18 @@ func New(cfg Config) (*Server, error) {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	s.log = s.log.With("component", "serve", "model", cfg.ModelName)
-	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.goFunc(s.schedule)
+	s.g = lifecycle.NewGroup()
+	s.ctx = s.g.Context()
+	s.g.Go("scheduler", s.schedule)
 	return s, nil
 }
 
-func (s *Server) goFunc(f func()) {
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		f()
-	}()
-}
+// Err reports the server's fatal failure (the scheduler died: the model panicked), nil while it
+// serves and after Close.
+func (s *Server) Err() error { return s.g.Err() }
+
+// Failed is closed when the server fails (Err says why).
+func (s *Server) Failed() <-chan struct{} { return s.g.Failed() }
 
 // Close stops the scheduler: running and waiting requests fail with ErrClosed, later ones get it
 // at once. It waits for the scheduler to exit (so the model is no longer in use) and unregisters
@@ -183,8 +183,7 @@ func (s *Server) Close() error {
 		s.mu.Lock()
 		s.closed = true
 		s.mu.Unlock()
-		s.cancel()
-		s.wg.Wait()
+		s.g.Stop()
 		s.metrics.unregister(s.reg)
 	})
 	return nil

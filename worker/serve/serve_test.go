@@ -26,6 +26,7 @@ import (
 	"github.com/pregate/pregate/compute"
 	"github.com/pregate/pregate/engine"
 	"github.com/pregate/pregate/internal/golden"
+	"github.com/pregate/pregate/internal/lifecycle"
 	"github.com/pregate/pregate/model"
 )
 
@@ -827,9 +828,9 @@ func TestSamplerLongTail(t *testing.T) {
 
 // TestBatchContext: a batch's context ends when all its callers have gone, not before.
 func TestBatchContext(t *testing.T) {
-	s := &Server{}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
-	defer s.cancel()
+	s := &Server{g: lifecycle.NewGroup()}
+	s.ctx = s.g.Context()
+	defer s.g.Stop()
 	ctxA, cancelA := context.WithCancel(context.Background())
 	ctxB, cancelB := context.WithCancel(context.Background())
 	defer cancelB()
@@ -850,7 +851,7 @@ func TestBatchContext(t *testing.T) {
 
 	ctx, release = s.batchContext([]*sequence{{call: &call{ctx: context.Background()}}})
 	defer release()
-	s.cancel()
+	s.g.Stop()
 	if ctx.Err() == nil {
 		t.Fatal("not cancelled by Close")
 	}
@@ -937,4 +938,32 @@ func TestConfig(t *testing.T) {
 		t.Fatalf("after Close: %v", err)
 	}
 	s.Close()
+}
+
+// panickyModel is a real model whose Step panics, as a bug in the engine would.
+type panickyModel struct{ engine.Model }
+
+func (panickyModel) Step(context.Context, []*engine.Sequence, bool) ([][]float32, error) {
+	panic("index out of range in a kernel")
+}
+
+// TestModelPanicFailsTheServer: a panic in the model fails the request in flight and the server
+// (Err, Failed), instead of crashing the process mid-response.
+func TestModelPanicFailsTheServer(t *testing.T) {
+	s := newTestServer(t, "m", panickyModel{loadModel(t, "switch-tiny")}, nil)
+	_, err := s.Generate(context.Background(), Request{Prompt: []int{5, 6, 7}, MaxTokens: 3}, nil)
+	if !errors.Is(err, ErrClosed) {
+		t.Fatalf("Generate = %v, want ErrClosed", err)
+	}
+	select {
+	case <-s.Failed():
+	case <-time.After(5 * time.Second):
+		t.Fatal("Failed not closed")
+	}
+	if err := s.Err(); err == nil || !strings.Contains(err.Error(), "scheduler: model panicked: index out of range") {
+		t.Fatalf("Err() = %v", err)
+	}
+	if _, err := s.Generate(context.Background(), Request{Prompt: []int{5}, MaxTokens: 1}, nil); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Generate after the failure = %v, want ErrClosed", err)
+	}
 }
