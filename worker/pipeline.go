@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,45 +17,6 @@ import (
 	"github.com/pregate/pregate/model"
 	"github.com/pregate/pregate/routing"
 )
-
-// Mode is what the pipeline fetches when (docs/ARCHITECTURE.md, "Modes").
-type Mode string
-
-// The modes.
-const (
-	ModeResident    Mode = "resident"     // every expert loaded once at start
-	ModeOnDemand    Mode = "ondemand"     // a block's missing experts once it has routed, then compute
-	ModePrefetchAll Mode = "prefetch-all" // during block N, every expert of block N+1
-	ModePregated    Mode = "pregated"     // during block N, the experts block N's pre-gate chose for N+1
-	ModeSpeculative Mode = "speculative"  // during block N, what N+1's router picks from N's input; misses on demand
-)
-
-// Modes lists every mode.
-var Modes = []Mode{ModeResident, ModeOnDemand, ModePrefetchAll, ModePregated, ModeSpeculative}
-
-// ParseMode parses a --mode value.
-func ParseMode(s string) (Mode, error) {
-	for _, m := range Modes {
-		if string(m) == s {
-			return m, nil
-		}
-	}
-	return "", fmt.Errorf("worker: unknown mode %q (modes: %v)", s, Modes)
-}
-
-// ErrModeMismatch: the mode does not fit the checkpoint.
-var ErrModeMismatch = errors.New("worker: mode does not fit the checkpoint")
-
-// CheckMode reports whether mode can serve a model (pre-gated or not).
-func CheckMode(mode Mode, preGated bool) error {
-	switch {
-	case mode == ModePregated && !preGated:
-		return fmt.Errorf("%w: mode pregated needs a checkpoint with pre-gate tensors (…mlp.pre_gate.weight); this one has none: use speculative", ErrModeMismatch)
-	case mode == ModeSpeculative && preGated:
-		return fmt.Errorf("%w: mode speculative predicts with the next block's router, but this checkpoint routes by its pre-gates: use pregated", ErrModeMismatch)
-	}
-	return nil
-}
 
 // Fetcher brings an expert's blob from wherever it lives into dst (len(dst) == Size(k)), verified.
 type Fetcher interface {
@@ -110,6 +70,7 @@ type PipelineConfig struct {
 // fetches run on their own goroutines.
 type Pipeline struct {
 	cfg     PipelineConfig
+	mode    policy // what cfg.Mode does
 	log     *slog.Logger
 	cache   *Cache
 	staging chan HostBuffer
@@ -134,24 +95,6 @@ type Pipeline struct {
 	latencies [][]time.Duration // per block
 }
 
-// blockStats counts one MoE block's events (atomics: read by metrics and benchmarks).
-type blockStats struct {
-	stallNanos, fetchedBytes, fetches  atomic.Int64
-	hits, misses, predHits, predMisses atomic.Int64
-	acquires, refetches                atomic.Int64
-}
-
-// BlockStats is a snapshot of one block's counters.
-type BlockStats struct {
-	StallSeconds                     float64
-	FetchedBytes, Fetches, Acquires  int64
-	CacheHits, CacheMisses           int64
-	PredictionHits, PredictionMisses int64
-	// Refetches counts experts evicted after their block wanted them and before it acquired them
-	// (the budget was too tight for what was in flight), fetched again.
-	Refetches int64
-}
-
 // NewPipeline starts a pipeline. In resident mode it fetches every expert before returning.
 func NewPipeline(ctx context.Context, cfg PipelineConfig) (*Pipeline, error) {
 	if cfg.Staging <= 0 {
@@ -163,7 +106,7 @@ func NewPipeline(ctx context.Context, cfg PipelineConfig) (*Pipeline, error) {
 	if _, err := ParseMode(string(cfg.Mode)); err != nil {
 		return nil, err
 	}
-	p := &Pipeline{cfg: cfg, log: cfg.Logger, cache: NewCache(cfg.CacheBudget, nil), wanted: map[routing.ExpertKey]*want{},
+	p := &Pipeline{cfg: cfg, mode: cfg.Mode.policy(), log: cfg.Logger, cache: NewCache(cfg.CacheBudget, nil), wanted: map[routing.ExpertKey]*want{},
 		predicted: map[int][]int{}, stats: make([]blockStats, len(cfg.NumExperts)),
 		lastHint: -1, latencies: make([][]time.Duration, len(cfg.NumExperts))}
 	if p.log == nil {
@@ -179,7 +122,7 @@ func NewPipeline(ctx context.Context, cfg PipelineConfig) (*Pipeline, error) {
 	if largest > cfg.CacheBudget {
 		return nil, fmt.Errorf("%w: an expert is %d bytes, the budget %d", ErrCacheTooSmall, largest, cfg.CacheBudget)
 	}
-	if cfg.Mode == ModeResident && total > cfg.CacheBudget {
+	if p.mode.resident && total > cfg.CacheBudget {
 		return nil, fmt.Errorf("%w: resident mode holds every expert (%d bytes), the budget is %d", ErrCacheTooSmall, total, cfg.CacheBudget)
 	}
 	p.staging = make(chan HostBuffer, cfg.Staging)
@@ -194,7 +137,7 @@ func NewPipeline(ctx context.Context, cfg PipelineConfig) (*Pipeline, error) {
 	if cfg.Registry != nil {
 		p.metrics = newPipelineMetrics(cfg.Registry, p)
 	}
-	if cfg.Mode == ModeResident {
+	if p.mode.resident {
 		if err := p.loadAll(ctx); err != nil {
 			p.Close()
 			return nil, err
@@ -235,18 +178,6 @@ func (p *Pipeline) Close() {
 
 // Cache returns the expert cache.
 func (p *Pipeline) Cache() *Cache { return p.cache }
-
-// Stats returns each MoE block's counters.
-func (p *Pipeline) Stats() []BlockStats {
-	out := make([]BlockStats, len(p.stats))
-	for i := range p.stats {
-		s := &p.stats[i]
-		out[i] = BlockStats{StallSeconds: float64(s.stallNanos.Load()) / 1e9, FetchedBytes: s.fetchedBytes.Load(),
-			Fetches: s.fetches.Load(), Acquires: s.acquires.Load(), CacheHits: s.hits.Load(), CacheMisses: s.misses.Load(),
-			PredictionHits: s.predHits.Load(), PredictionMisses: s.predMisses.Load(), Refetches: s.refetches.Load()}
-	}
-	return out
-}
 
 // want is an expert a block will use (or was predicted to use). It pins its entry only while the
 // entry is being fetched, so that the fetch is not abandoned; once the expert is ready only an
@@ -307,7 +238,7 @@ func (p *Pipeline) valid(block int) bool { return block >= 0 && block < len(p.cf
 
 // Predict implements engine.Predictor: block's experts, known one block early.
 func (p *Pipeline) Predict(block int, experts []int) {
-	if !p.valid(block) || (p.cfg.Mode != ModePregated && p.cfg.Mode != ModeSpeculative) {
+	if !p.valid(block) || !p.mode.predicted {
 		return
 	}
 	p.mu.Lock()
@@ -329,7 +260,7 @@ func (p *Pipeline) Hint(block int, used []int) {
 		p.markBlock(block)
 		p.mu.Unlock()
 	}
-	if !p.valid(block) || p.cfg.Mode == ModeResident {
+	if !p.valid(block) || p.mode.resident {
 		if p.valid(block) {
 			p.stats[block].hits.Add(int64(len(used)))
 		}
@@ -360,7 +291,7 @@ func (p *Pipeline) Hint(block int, used []int) {
 			st.misses.Add(1)
 		}
 	}
-	if p.cfg.Mode == ModePrefetchAll && p.valid(block+1) {
+	if p.mode.nextBlockAll && p.valid(block+1) {
 		all := make([]int, p.cfg.NumExperts[block+1])
 		for i := range all {
 			all[i] = i
@@ -376,7 +307,7 @@ func (p *Pipeline) Acquire(ctx context.Context, block, expert int) (*engine.Expe
 	}
 	k := routing.ExpertKey{Block: block, Expert: expert}
 	var ent *cacheEntry
-	if p.cfg.Mode == ModeResident {
+	if p.mode.resident {
 		ent = p.resident[p.residentIndex(k)]
 	} else {
 		p.mu.Lock()
@@ -407,14 +338,14 @@ func (p *Pipeline) Acquire(ctx context.Context, block, expert int) (*engine.Expe
 			st.stallNanos.Add(int64(time.Since(t0)))
 		case <-ctx.Done():
 			st.stallNanos.Add(int64(time.Since(t0)))
-			if p.cfg.Mode != ModeResident {
+			if !p.mode.resident {
 				p.cache.unpin(ent)
 			}
 			return nil, ctx.Err()
 		}
 	}
 	if ent.err != nil {
-		if p.cfg.Mode != ModeResident {
+		if !p.mode.resident {
 			p.cache.unpin(ent)
 		}
 		return nil, fmt.Errorf("worker: expert %v: %w", k, ent.err)
@@ -432,7 +363,7 @@ func (p *Pipeline) residentIndex(k routing.ExpertKey) int {
 
 // Release implements engine.Experts.
 func (p *Pipeline) Release(block, expert int) {
-	if p.cfg.Mode == ModeResident {
+	if p.mode.resident {
 		return
 	}
 	p.mu.Lock()
@@ -535,7 +466,7 @@ func (p *Pipeline) startFetch(ent *cacheEntry) {
 			p.log.Warn("expert fetch failed", "expert", ent.key, "err", err)
 		}
 		p.cache.fill(ent, w, err)
-		if p.cfg.Mode != ModeResident {
+		if !p.mode.resident {
 			p.fetched(ent)
 		}
 	}()
@@ -615,51 +546,6 @@ func (p *Pipeline) parse(k routing.ExpertKey, b []byte) (*engine.ExpertWeights, 
 		}
 	}
 	return &ew, nil
-}
-
-// pipelineMetrics exports the per-block counters and the cache's bytes to Prometheus.
-type pipelineMetrics struct{ p *Pipeline }
-
-var (
-	descStall     = prometheus.NewDesc("pregate_moe_stall_seconds_total", "Time MoE blocks waited for their experts.", []string{"block"}, nil)
-	descFetched   = prometheus.NewDesc("pregate_moe_fetched_bytes_total", "Expert bytes fetched from stores.", []string{"block"}, nil)
-	descHits      = prometheus.NewDesc("pregate_expert_cache_hits_total", "Experts a block used that were in the cache or on their way when it routed.", []string{"block"}, nil)
-	descMisses    = prometheus.NewDesc("pregate_expert_cache_misses_total", "Experts a block used that had to be fetched when it routed.", []string{"block"}, nil)
-	descPredHits  = prometheus.NewDesc("pregate_prediction_hits_total", "Experts a block used that were predicted during the previous block.", []string{"block"}, nil)
-	descPredMiss  = prometheus.NewDesc("pregate_prediction_misses_total", "Experts a block used that were not predicted.", []string{"block"}, nil)
-	descCacheUsed = prometheus.NewDesc("pregate_expert_cache_bytes", "Expert bytes held on the device.", nil, nil)
-	descCachePeak = prometheus.NewDesc("pregate_expert_cache_peak_bytes", "Most expert bytes held on the device at once.", nil, nil)
-	descCacheCap  = prometheus.NewDesc("pregate_expert_cache_budget_bytes", "The expert cache's byte budget.", nil, nil)
-)
-
-func newPipelineMetrics(reg prometheus.Registerer, p *Pipeline) *pipelineMetrics {
-	m := &pipelineMetrics{p: p}
-	reg.MustRegister(m)
-	return m
-}
-
-// Describe implements prometheus.Collector.
-func (m *pipelineMetrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descStall, descFetched, descHits, descMisses, descPredHits, descPredMiss, descCacheUsed, descCachePeak, descCacheCap} {
-		ch <- d
-	}
-}
-
-// Collect implements prometheus.Collector.
-func (m *pipelineMetrics) Collect(ch chan<- prometheus.Metric) {
-	for b, s := range m.p.Stats() {
-		l := strconv.Itoa(b)
-		ch <- prometheus.MustNewConstMetric(descStall, prometheus.CounterValue, s.StallSeconds, l)
-		ch <- prometheus.MustNewConstMetric(descFetched, prometheus.CounterValue, float64(s.FetchedBytes), l)
-		ch <- prometheus.MustNewConstMetric(descHits, prometheus.CounterValue, float64(s.CacheHits), l)
-		ch <- prometheus.MustNewConstMetric(descMisses, prometheus.CounterValue, float64(s.CacheMisses), l)
-		ch <- prometheus.MustNewConstMetric(descPredHits, prometheus.CounterValue, float64(s.PredictionHits), l)
-		ch <- prometheus.MustNewConstMetric(descPredMiss, prometheus.CounterValue, float64(s.PredictionMisses), l)
-	}
-	cs := m.p.cache.Stats()
-	ch <- prometheus.MustNewConstMetric(descCacheUsed, prometheus.GaugeValue, float64(cs.Used))
-	ch <- prometheus.MustNewConstMetric(descCachePeak, prometheus.GaugeValue, float64(cs.Peak))
-	ch <- prometheus.MustNewConstMetric(descCacheCap, prometheus.GaugeValue, float64(cs.Budget))
 }
 
 // pipelinedModel wraps an engine.Model so that each Start and Step ends with EndStep.

@@ -104,7 +104,7 @@ func loadPipelined(t *testing.T, dir string, mode Mode, budget int64, delay time
 	t.Cleanup(p.Close)
 	cpu := compute.NewCPU(2)
 	t.Cleanup(cpu.Close)
-	m, err := engine.Load(ckpt, cpu, engine.Options{Experts: p, Speculate: mode == ModeSpeculative, Tracer: tracer})
+	m, err := engine.Load(ckpt, cpu, engine.Options{Experts: p, Speculate: mode.Speculates(), Tracer: tracer})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,18 +249,6 @@ func TestPregatedPeakIsTwoBlocksOfActiveExperts(t *testing.T) {
 	}
 	if cs.Evictions == 0 {
 		t.Error("a budget of two blocks never evicted")
-	}
-}
-
-func TestModeMismatchIsAnError(t *testing.T) {
-	if err := CheckMode(ModePregated, false); err == nil {
-		t.Error("pregated accepted a checkpoint without pre-gates")
-	}
-	if err := CheckMode(ModeSpeculative, true); err == nil {
-		t.Error("speculative accepted a pre-gated checkpoint")
-	}
-	if _, err := ParseMode("eager"); err == nil {
-		t.Error("unknown mode parsed")
 	}
 }
 

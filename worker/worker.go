@@ -8,8 +8,9 @@
 //	                     client.Fetch ──▶ staging buffer ──▶ Device copy stream ──▶ Cache ──▶ Acquire
 //	etcd: manifest, placements (watched), store records; gossip: role worker
 //
-// Read device.go (the CUDA-shaped seam), cache.go (budget, pins, eviction), pipeline.go (the modes),
-// cluster.go (placement view, dense download), then this file (wiring and HTTP).
+// Read device.go (the CUDA-shaped seam), cache.go (budget, pins, eviction), modes.go (what each mode
+// fetches when), pipeline.go (wants, pins and fetches into the cache), metrics.go (per-block counters,
+// Prometheus), cluster.go (placement view, dense download), then this file (wiring and HTTP).
 package worker
 
 import (
@@ -242,7 +243,7 @@ func (w *Worker) load(ctx context.Context) error {
 		return err
 	}
 	cpu := compute.NewCPU(w.cfg.Threads)
-	m, err := engine.Load(ckpt, cpu, engine.Options{Experts: pipe, Speculate: w.cfg.Mode == ModeSpeculative})
+	m, err := engine.Load(ckpt, cpu, engine.Options{Experts: pipe, Speculate: w.cfg.Mode.Speculates()})
 	if err == nil {
 		err = CheckMode(w.cfg.Mode, m.Info().PreGated)
 	}
