@@ -24,33 +24,13 @@ type Fetcher interface {
 	Fetch(ctx context.Context, k routing.ExpertKey, dst []byte) error
 }
 
-// ExpertLayout says how to read block b's expert blobs: the tensor names of W1, W3 ("" if none) and
-// W2 of expert e.
-type ExpertLayout func(block, expert int) (w1, w3, w2 string)
-
-// LayoutOf returns the ExpertLayout and the experts per block of a model config.
-func LayoutOf(cfg *model.Config) (ExpertLayout, []int) {
-	blocks := model.MoELayout(cfg)
-	n := make([]int, len(blocks))
-	for i, b := range blocks {
-		n[i] = len(b.Experts)
-	}
-	return func(block, expert int) (string, string, string) {
-		names := blocks[block].Experts[expert]
-		if len(names) == 3 { // Mixtral: w1 (gate), w3 (up), w2 (down)
-			return names[0], names[1], names[2]
-		}
-		return names[0], "", names[1] // Switch: wi, wo
-	}, n
-}
-
 // PipelineConfig configures a Pipeline.
 type PipelineConfig struct {
 	Mode        Mode
 	Device      Device
 	Fetcher     Fetcher
-	Layout      ExpertLayout
-	NumExperts  []int // per MoE block
+	Names       model.ExpertNamer // the tensors of an expert's blob
+	NumExperts  []int             // per MoE block
 	CacheBudget int64
 	// Staging is the number of pinned staging buffers (fetches in flight at once), default 4.
 	Staging  int
@@ -100,8 +80,8 @@ func NewPipeline(ctx context.Context, cfg PipelineConfig) (*Pipeline, error) {
 	if cfg.Staging <= 0 {
 		cfg.Staging = 4
 	}
-	if cfg.Device == nil || cfg.Fetcher == nil || cfg.Layout == nil {
-		return nil, errors.New("worker: pipeline needs a device, a fetcher and a layout")
+	if cfg.Device == nil || cfg.Fetcher == nil || cfg.Names == nil {
+		return nil, errors.New("worker: pipeline needs a device, a fetcher and expert names")
 	}
 	if _, err := ParseMode(string(cfg.Mode)); err != nil {
 		return nil, err
@@ -522,7 +502,7 @@ func (p *Pipeline) parse(k routing.ExpertKey, b []byte) (*engine.ExpertWeights, 
 	if h.Kind != blob.KindExpert || h.Block != k.Block || h.Expert != k.Expert {
 		return nil, fmt.Errorf("worker: blob for expert %v holds %s block %d expert %d", k, h.Kind, h.Block, h.Expert)
 	}
-	w1, w3, w2 := p.cfg.Layout(k.Block, k.Expert)
+	w1, w3, w2 := p.cfg.Names(k.Block, k.Expert)
 	weight := func(name string) (engine.Weight, error) {
 		raw, info, err := h.Tensor(data, name)
 		if err != nil {

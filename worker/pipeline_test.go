@@ -94,10 +94,10 @@ func loadPipelined(t *testing.T, dir string, mode Mode, budget int64, delay time
 	t.Cleanup(func() { ckpt.Close() })
 	f := newBlobFetcher(t, ckpt)
 	f.delay = delay
-	layout, n := LayoutOf(ckpt.Config())
+	names, n := model.ExpertNames(ckpt.Config()), model.ExpertsPerBlock(ckpt.Config())
 	dev := NewCPU()
 	t.Cleanup(func() { dev.Close() })
-	p, err := NewPipeline(context.Background(), PipelineConfig{Mode: mode, Device: dev, Fetcher: f, Layout: layout, NumExperts: n, CacheBudget: budget})
+	p, err := NewPipeline(context.Background(), PipelineConfig{Mode: mode, Device: dev, Fetcher: f, Names: names, NumExperts: n, CacheBudget: budget})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,7 +259,7 @@ func TestBudgetTooSmall(t *testing.T) {
 	}
 	defer ckpt.Close()
 	f := newBlobFetcher(t, ckpt)
-	layout, n := LayoutOf(ckpt.Config())
+	names, n := model.ExpertNames(ckpt.Config()), model.ExpertsPerBlock(ckpt.Config())
 	dev := NewCPU()
 	defer dev.Close()
 	size := f.Size(routing.ExpertKey{Block: 0, Expert: 0})
@@ -267,7 +267,7 @@ func TestBudgetTooSmall(t *testing.T) {
 		mode   Mode
 		budget int64
 	}{{ModeOnDemand, size - 1}, {ModeResident, size * 4}} {
-		_, err := NewPipeline(context.Background(), PipelineConfig{Mode: tt.mode, Device: dev, Fetcher: f, Layout: layout, NumExperts: n, CacheBudget: tt.budget})
+		_, err := NewPipeline(context.Background(), PipelineConfig{Mode: tt.mode, Device: dev, Fetcher: f, Names: names, NumExperts: n, CacheBudget: tt.budget})
 		if err == nil {
 			t.Errorf("%s with a %d-byte budget: no error", tt.mode, tt.budget)
 		}
@@ -289,11 +289,11 @@ func TestStagedCopyPathGivesTheGoldenTokens(t *testing.T) {
 	}
 	defer ckpt.Close()
 	f := newBlobFetcher(t, ckpt)
-	layout, n := LayoutOf(ckpt.Config())
+	names, n := model.ExpertNames(ckpt.Config()), model.ExpertsPerBlock(ckpt.Config())
 	dev := stagedCPU{NewCPU()}
 	defer dev.Close()
 	// A budget of three experts: the copy path runs with evictions and buffer reuse.
-	p, err := NewPipeline(context.Background(), PipelineConfig{Mode: ModeSpeculative, Device: dev, Fetcher: f, Layout: layout,
+	p, err := NewPipeline(context.Background(), PipelineConfig{Mode: ModeSpeculative, Device: dev, Fetcher: f, Names: names,
 		NumExperts: n, CacheBudget: 3 * f.Size(routing.ExpertKey{Block: 0, Expert: 0}), Staging: 2})
 	if err != nil {
 		t.Fatal(err)

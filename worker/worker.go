@@ -231,13 +231,12 @@ func (w *Worker) load(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	layout, numExperts := LayoutOf(ckpt.Config())
 	var fetcher Fetcher = newClusterFetcher(w.view, w.fetcher, man, seed)
 	if w.cfg.LinkBytesPerSecond > 0 {
 		fetcher = ShapeLink(fetcher, w.cfg.LinkBytesPerSecond)
 	}
 	pipe, err := NewPipeline(ctx, PipelineConfig{Mode: w.cfg.Mode, Device: w.dev, Fetcher: fetcher,
-		Layout: layout, NumExperts: numExperts, CacheBudget: w.cfg.ExpertCache, Staging: w.cfg.Staging, Registry: w.reg, Logger: w.log})
+		Names: model.ExpertNames(ckpt.Config()), NumExperts: model.ExpertsPerBlock(ckpt.Config()), CacheBudget: w.cfg.ExpertCache, Staging: w.cfg.Staging, Registry: w.reg, Logger: w.log})
 	if err != nil {
 		ckpt.Close()
 		return err
