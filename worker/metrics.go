@@ -37,6 +37,18 @@ func (p *Pipeline) Stats() []BlockStats {
 	return out
 }
 
+// ResetStats zeroes every block's counters and sets the cache's peak to what it holds now: a
+// benchmark measures from there (Prometheus sees the counters go back, as after a restart).
+func (p *Pipeline) ResetStats() {
+	for i := range p.stats {
+		s := &p.stats[i]
+		for _, c := range []*atomic.Int64{&s.stallNanos, &s.fetchedBytes, &s.fetches, &s.hits, &s.misses, &s.predHits, &s.predMisses, &s.acquires, &s.refetches} {
+			c.Store(0)
+		}
+	}
+	p.cache.ResetPeak()
+}
+
 // pipelineMetrics exports the per-block counters and the cache's bytes to Prometheus.
 type pipelineMetrics struct{ p *Pipeline }
 

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,6 +23,17 @@ type Fetcher interface {
 	Fetch(ctx context.Context, k routing.ExpertKey, dst []byte) error
 }
 
+// Tracer follows the pipeline's steps as the engine runs them: a benchmark measures each MoE block's
+// latency with it. The pipeline calls it from the goroutine running the engine's Start or Step, in
+// order, and holds none of its locks meanwhile (a Tracer may call Stats or ResetStats). It must not
+// block: the step waits for it. (engine.Tracer, by contrast, sees the routing decisions themselves.)
+type Tracer interface {
+	// Routed: MoE block routed, its experts about to be acquired (Hint, at its start).
+	Routed(block int, at time.Time)
+	// StepEnded: a Start or Step ended (EndStep, before its pins are dropped).
+	StepEnded(at time.Time)
+}
+
 // PipelineConfig configures a Pipeline.
 type PipelineConfig struct {
 	Mode        Mode
@@ -31,6 +41,7 @@ type PipelineConfig struct {
 	Fetcher     Fetcher
 	Names       model.ExpertNamer // the tensors of an expert's blob
 	NumExperts  []int             // per MoE block
+	Tracer      Tracer            // nil: none
 	CacheBudget int64
 	// Staging is the number of pinned staging buffers (fetches in flight at once), default 4.
 	Staging  int
@@ -65,14 +76,6 @@ type Pipeline struct {
 
 	stats   []blockStats
 	metrics *pipelineMetrics
-
-	// Block latency recording (benchmarks): the time from one MoE block's routing to the next's.
-	recording atomic.Bool
-	recordIn  int       // EndSteps to go before recording starts (RecordAfter)
-	recSince  time.Time // when recording started
-	lastHint  int       // block of the latest Hint in this step, -1 at a step's start
-	lastAt    time.Time
-	latencies [][]time.Duration // per block
 }
 
 // NewPipeline starts a pipeline. In resident mode it fetches every expert before returning.
@@ -87,8 +90,7 @@ func NewPipeline(ctx context.Context, cfg PipelineConfig) (*Pipeline, error) {
 		return nil, err
 	}
 	p := &Pipeline{cfg: cfg, mode: cfg.Mode.policy(), log: cfg.Logger, cache: NewCache(cfg.CacheBudget, nil), wanted: map[routing.ExpertKey]*want{},
-		predicted: map[int][]int{}, stats: make([]blockStats, len(cfg.NumExperts)),
-		lastHint: -1, latencies: make([][]time.Duration, len(cfg.NumExperts))}
+		predicted: map[int][]int{}, stats: make([]blockStats, len(cfg.NumExperts))}
 	if p.log == nil {
 		p.log = slog.New(slog.DiscardHandler)
 	}
@@ -235,15 +237,14 @@ func (p *Pipeline) predictLocked(block int, experts []int) {
 
 // Hint implements engine.Experts: block routed and will now use experts.
 func (p *Pipeline) Hint(block int, used []int) {
-	if p.recording.Load() && p.valid(block) {
-		p.mu.Lock()
-		p.markBlock(block)
-		p.mu.Unlock()
+	if !p.valid(block) {
+		return
 	}
-	if !p.valid(block) || p.mode.resident {
-		if p.valid(block) {
-			p.stats[block].hits.Add(int64(len(used)))
-		}
+	if p.cfg.Tracer != nil {
+		p.cfg.Tracer.Routed(block, time.Now())
+	}
+	if p.mode.resident {
+		p.stats[block].hits.Add(int64(len(used)))
 		return
 	}
 	p.mu.Lock()
@@ -359,77 +360,15 @@ func (p *Pipeline) Release(block, expert int) {
 // that failed or was cancelled, those of the experts it never reached), and abandons fetches
 // nobody waits for.
 func (p *Pipeline) EndStep() {
+	if p.cfg.Tracer != nil {
+		p.cfg.Tracer.StepEnded(time.Now())
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.recording.Load() {
-		p.markBlock(-1)
-	}
-	p.lastHint = -1
-	if p.recordIn > 0 {
-		if p.recordIn--; p.recordIn == 0 {
-			p.resetStatsLocked()
-			p.recSince = time.Now()
-			p.recording.Store(true)
-		}
-	}
 	for k := range p.wanted {
 		p.unwant(k)
 	}
 	clear(p.predicted)
-}
-
-// markBlock ends the latency sample of the previous block of this step (when block follows it, or
-// the step ends: block −1) and starts block's. Caller holds p.mu.
-func (p *Pipeline) markBlock(block int) {
-	now := time.Now()
-	if p.lastHint >= 0 && (block < 0 || block == p.lastHint+1) {
-		p.latencies[p.lastHint] = append(p.latencies[p.lastHint], now.Sub(p.lastAt))
-	}
-	p.lastHint, p.lastAt = block, now
-}
-
-// Record turns block latency recording on or off.
-func (p *Pipeline) Record(on bool) { p.recording.Store(on) }
-
-// RecordAfter resets the stats and turns recording on once n more Starts or Steps have ended (a
-// benchmark skips the prefill this way, in step with the engine rather than with its callers).
-func (p *Pipeline) RecordAfter(n int) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.recordIn = n
-}
-
-// RecordingSince returns when recording started (zero if it has not).
-func (p *Pipeline) RecordingSince() time.Time {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.recSince
-}
-
-// BlockLatencies returns the recorded latencies of each MoE block: the time from the block's routing
-// to the next MoE block's (the MoE block and the dense layers up to the next one), or to the end of
-// the step for the last.
-func (p *Pipeline) BlockLatencies() [][]time.Duration {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := make([][]time.Duration, len(p.latencies))
-	for i, l := range p.latencies {
-		out[i] = slices.Clone(l)
-	}
-	return out
-}
-
-// resetStatsLocked zeroes the counters and the recorded latencies and sets the cache's peak to what
-// it holds now (RecordAfter measures from there). Caller holds p.mu.
-func (p *Pipeline) resetStatsLocked() {
-	for i := range p.stats {
-		s := &p.stats[i]
-		for _, c := range []*atomic.Int64{&s.stallNanos, &s.fetchedBytes, &s.fetches, &s.hits, &s.misses, &s.predHits, &s.predMisses, &s.acquires, &s.refetches} {
-			c.Store(0)
-		}
-		p.latencies[i] = nil
-	}
-	p.cache.ResetPeak()
 }
 
 // startFetch runs ent's fetch on its own goroutine: reserve cache space, fetch into a staging
@@ -548,43 +487,3 @@ func (m pipelinedModel) Step(ctx context.Context, seqs []*engine.Sequence, all b
 
 // WrapModel returns m with p's step bookkeeping (EndStep after every Start and Step).
 func WrapModel(m engine.Model, p *Pipeline) engine.Model { return pipelinedModel{Model: m, p: p} }
-
-// ShapeLink returns f with its transfers paced at bytesPerSecond in all: one link shared by every
-// fetch, first come first served, as the worker's NIC or PCIe link is. A fetch of n bytes that finds
-// the link free at t ends at t + n/bytesPerSecond, or when the real transfer does if that is later.
-// Benchmarks use it to give the store → worker link a real system's speed relative to this machine's
-// compute. (x/time/rate's token bucket models a rate cap with bursts, not a FIFO link whose finish
-// times are known when a transfer starts; this is the ten lines the model needs.)
-func ShapeLink(f Fetcher, bytesPerSecond float64) Fetcher {
-	return &shapedFetcher{Fetcher: f, bps: bytesPerSecond}
-}
-
-type shapedFetcher struct {
-	Fetcher
-	bps  float64
-	mu   sync.Mutex
-	free time.Time // when the link has sent everything queued so far
-}
-
-// Fetch implements Fetcher.
-func (s *shapedFetcher) Fetch(ctx context.Context, k routing.ExpertKey, dst []byte) error {
-	s.mu.Lock()
-	now := time.Now()
-	if s.free.Before(now) {
-		s.free = now
-	}
-	s.free = s.free.Add(time.Duration(float64(len(dst)) / s.bps * float64(time.Second)))
-	done := s.free
-	s.mu.Unlock()
-	if err := s.Fetcher.Fetch(ctx, k, dst); err != nil {
-		return err
-	}
-	t := time.NewTimer(time.Until(done))
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
