@@ -42,15 +42,11 @@ type Predictor interface {
 	Predict(block int, experts []int)
 }
 
-// ExpertNamer gives the checkpoint tensor names of an expert: w3 is "" when the architecture has
-// no gated up projection.
-type ExpertNamer func(block, expert int) (w1, w3, w2 string)
-
 // LocalExperts serves experts straight from a checkpoint's mapping (F32 and BF16 weights are not
 // copied). It is the Experts of `pregate generate`.
 type LocalExperts struct {
 	ckpt        *model.Checkpoint
-	names       ExpertNamer
+	names       model.ExpertNamer
 	dModel, dFF int
 	mu          sync.Mutex
 	loaded      map[[2]int]*ExpertWeights
@@ -59,7 +55,7 @@ type LocalExperts struct {
 
 // NewLocalExperts serves the experts of blocks with numExperts[b] experts each, of shape
 // W1, W3 [dFF × dModel] and W2 [dModel × dFF].
-func NewLocalExperts(ckpt *model.Checkpoint, names ExpertNamer, numExperts []int, dModel, dFF int) *LocalExperts {
+func NewLocalExperts(ckpt *model.Checkpoint, names model.ExpertNamer, numExperts []int, dModel, dFF int) *LocalExperts {
 	return &LocalExperts{ckpt: ckpt, names: names, dModel: dModel, dFF: dFF, numExperts: numExperts, loaded: map[[2]int]*ExpertWeights{}}
 }
 
@@ -88,8 +84,8 @@ func (l *LocalExperts) Acquire(ctx context.Context, block, expert int) (*ExpertW
 	return w, nil
 }
 
-// LoadExpert reads one expert's weights from a checkpoint.
-func LoadExpert(ckpt *model.Checkpoint, names ExpertNamer, block, expert, dModel, dFF int) (*ExpertWeights, error) {
+// LoadExpert reads one expert's weights from a checkpoint, under the names that names gives it.
+func LoadExpert(ckpt *model.Checkpoint, names model.ExpertNamer, block, expert, dModel, dFF int) (*ExpertWeights, error) {
 	w1, w3, w2 := names(block, expert)
 	l := weightLoader{ckpt: ckpt}
 	e := &ExpertWeights{W1: l.matrix(w1, dFF, dModel), W2: l.matrix(w2, dModel, dFF)}

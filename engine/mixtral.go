@@ -67,12 +67,9 @@ func LoadMixtral(ckpt *model.Checkpoint, cpu *compute.CPU, opts Options) (*Mixtr
 	if l.err != nil {
 		return nil, l.err
 	}
-	names := func(block, e int) (string, string, string) {
-		return model.MixtralExpertName(block, e, "w1"), model.MixtralExpertName(block, e, "w3"), model.MixtralExpertName(block, e, "w2")
-	}
 	experts := opts.Experts
 	if experts == nil {
-		experts = NewLocalExperts(ckpt, names, numExperts, d, cfg.IntermediateSize)
+		experts = NewLocalExperts(ckpt, model.ExpertNames(ckpt.Config()), numExperts, d, cfg.IntermediateSize)
 	}
 	for i := 0; i+1 < len(m.layers); i++ {
 		m.layers[i].block.succ = &m.layers[i+1].block

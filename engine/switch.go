@@ -62,7 +62,6 @@ func LoadSwitch(ckpt *model.Checkpoint, cpu *compute.CPU, opts Options) (*Switch
 		return nil, fmt.Errorf("%w: %s: %v", ErrUnsupported, ckpt.Dir(), err)
 	}
 	var numExperts []int
-	var moeAt [][2]int // (decoder?1:0, block) of each MoE block
 	preGates := 0
 	loadStack := func(stack string, n int, decoder bool) switchStack {
 		s := switchStack{decoder: decoder}
@@ -94,7 +93,6 @@ func LoadSwitch(ckpt *model.Checkpoint, cpu *compute.CPU, opts Options) (*Switch
 				}
 				prev = b.moe
 				numExperts = append(numExperts, cfg.NumExperts)
-				moeAt = append(moeAt, [2]int{btoi(decoder), i})
 				m.info.MoEBlocks = append(m.info.MoEBlocks, MoEBlock{Name: fmt.Sprintf("%s.block.%d", stack, i), NumExperts: cfg.NumExperts, TopK: 1, PreGateFor: -1})
 			} else {
 				b.wi = l.matrix(model.SwitchDenseName(stack, i, "wi"), cfg.DFF, d)
@@ -127,16 +125,9 @@ func LoadSwitch(ckpt *model.Checkpoint, cpu *compute.CPU, opts Options) (*Switch
 		}
 	}
 	m.info.PreGated = preGates > 0
-	names := func(block, e int) (string, string, string) {
-		stack, i := model.StackEncoder, moeAt[block][1]
-		if moeAt[block][0] == 1 {
-			stack = model.StackDecoder
-		}
-		return model.SwitchExpertName(stack, i, e, "wi"), "", model.SwitchExpertName(stack, i, e, "wo")
-	}
 	experts := opts.Experts
 	if experts == nil {
-		experts = NewLocalExperts(ckpt, names, numExperts, d, cfg.DFF)
+		experts = NewLocalExperts(ckpt, model.ExpertNames(ckpt.Config()), numExperts, d, cfg.DFF)
 	}
 	m.moe = moeRunner{cpu: cpu, experts: experts, tracer: opts.Tracer, speculate: opts.Speculate, act: actReLU, d: d}
 	m.info.Arch = "switch_transformers"
@@ -358,11 +349,4 @@ func relativeBucket(relative int, bidirectional bool, numBuckets, maxDistance in
 	l := float32(math.Log(float64(float32(relative) / float32(maxExact))))
 	large := maxExact + int(l/float32(math.Log(float64(maxDistance)/float64(maxExact)))*float32(numBuckets-maxExact))
 	return bucket + min(large, numBuckets-1)
-}
-
-func btoi(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }

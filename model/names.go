@@ -327,6 +327,7 @@ type MoEBlockLayout struct {
 func MoELayout(cfg *Config) []MoEBlockLayout {
 	var out []MoEBlockLayout
 	switch {
+	case cfg == nil:
 	case cfg.Switch != nil:
 		c := cfg.Switch
 		for _, decoder := range []bool{false, true} {
@@ -350,4 +351,37 @@ func MoELayout(cfg *Config) []MoEBlockLayout {
 		}
 	}
 	return out
+}
+
+// ExpertNamer gives the tensor names of expert e of MoE block b (blocks numbered as MoELayout numbers
+// them), which are the same in a checkpoint and in the expert's blob: W1, W3 ("" where the
+// architecture has no gated up projection, as Switch) and W2. The engine reads an expert from a
+// checkpoint with it, the worker from a blob in its cache.
+type ExpertNamer func(block, expert int) (w1, w3, w2 string)
+
+// ExpertNames returns the ExpertNamer of cfg's model. An expert the model does not have gets ""
+// for every name, which no checkpoint or blob holds, so that reading it fails rather than panics.
+func ExpertNames(cfg *Config) ExpertNamer {
+	blocks := MoELayout(cfg)
+	return func(block, expert int) (string, string, string) {
+		if block < 0 || block >= len(blocks) || expert < 0 || expert >= len(blocks[block].Experts) {
+			return "", "", ""
+		}
+		names := blocks[block].Experts[expert]
+		if len(names) == 3 { // Mixtral: w1 (gate), w3 (up), w2 (down)
+			return names[0], names[1], names[2]
+		}
+		return names[0], "", names[1] // Switch: wi, wo
+	}
+}
+
+// ExpertsPerBlock returns the number of experts of each of cfg's MoE blocks, numbered as MoELayout
+// numbers them.
+func ExpertsPerBlock(cfg *Config) []int {
+	blocks := MoELayout(cfg)
+	n := make([]int, len(blocks))
+	for i, b := range blocks {
+		n[i] = len(b.Experts)
+	}
+	return n
 }

@@ -110,3 +110,68 @@ func TestSparseAndPreGateBlocks(t *testing.T) {
 		}
 	}
 }
+
+// Every expert's names are tensors of the checkpoint, of the shapes the engine reads (W1, W3
+// [d_ff × d_model], W2 [d_model × d_ff]), and an expert the model lacks has no names.
+func TestExpertNames(t *testing.T) {
+	tests := []struct {
+		give       string
+		wantBlocks int  // MoE blocks
+		gated      bool // W3 exists
+	}{
+		{"switch-tiny", 4, false},
+		{"switch-tiny-pregated", 4, false},
+		{"mixtral-tiny", 4, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.give, func(t *testing.T) {
+			c, err := OpenCheckpoint(fixtureDir(tt.give))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			cfg := c.Config()
+			names, perBlock := ExpertNames(cfg), ExpertsPerBlock(cfg)
+			if len(perBlock) != tt.wantBlocks {
+				t.Fatalf("%d MoE blocks, want %d", len(perBlock), tt.wantBlocks)
+			}
+			seen := map[string]bool{}
+			for b, n := range perBlock {
+				if n != len(MoELayout(cfg)[b].Experts) || n == 0 {
+					t.Errorf("block %d: %d experts, the layout has %d", b, n, len(MoELayout(cfg)[b].Experts))
+				}
+				for e := range n {
+					w1, w3, w2 := names(b, e)
+					if (w3 != "") != tt.gated {
+						t.Errorf("block %d expert %d: w3 %q, gated %v", b, e, w3, tt.gated)
+					}
+					for _, name := range []string{w1, w3, w2} {
+						if name == "" {
+							continue
+						}
+						if seen[name] {
+							t.Errorf("%s named twice", name)
+						}
+						seen[name] = true
+					}
+					i1, err1 := c.Info(w1)
+					i2, err2 := c.Info(w2)
+					if err1 != nil || err2 != nil {
+						t.Fatalf("block %d expert %d: %v, %v", b, e, err1, err2)
+					}
+					if len(i1.Shape) != 2 || !slices.Equal(i2.Shape, []int{i1.Shape[1], i1.Shape[0]}) {
+						t.Errorf("block %d expert %d: W1 %v, W2 %v: want transposes", b, e, i1.Shape, i2.Shape)
+					}
+				}
+			}
+			for _, k := range [][2]int{{-1, 0}, {len(perBlock), 0}, {0, -1}, {0, perBlock[0]}} {
+				if w1, w3, w2 := names(k[0], k[1]); w1 != "" || w3 != "" || w2 != "" {
+					t.Errorf("block %d expert %d: names %q %q %q, want none", k[0], k[1], w1, w3, w2)
+				}
+			}
+		})
+	}
+	if w1, _, _ := ExpertNames(nil)(0, 0); w1 != "" || len(ExpertsPerBlock(nil)) != 0 {
+		t.Errorf("a nil config has experts: %q, %v", w1, ExpertsPerBlock(nil))
+	}
+}

@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,69 +17,21 @@ import (
 	"github.com/pregate/pregate/routing"
 )
 
-// Mode is what the pipeline fetches when (docs/ARCHITECTURE.md, "Modes").
-type Mode string
-
-// The modes.
-const (
-	ModeResident    Mode = "resident"     // every expert loaded once at start
-	ModeOnDemand    Mode = "ondemand"     // a block's missing experts once it has routed, then compute
-	ModePrefetchAll Mode = "prefetch-all" // during block N, every expert of block N+1
-	ModePregated    Mode = "pregated"     // during block N, the experts block N's pre-gate chose for N+1
-	ModeSpeculative Mode = "speculative"  // during block N, what N+1's router picks from N's input; misses on demand
-)
-
-// Modes lists every mode.
-var Modes = []Mode{ModeResident, ModeOnDemand, ModePrefetchAll, ModePregated, ModeSpeculative}
-
-// ParseMode parses a --mode value.
-func ParseMode(s string) (Mode, error) {
-	for _, m := range Modes {
-		if string(m) == s {
-			return m, nil
-		}
-	}
-	return "", fmt.Errorf("worker: unknown mode %q (modes: %v)", s, Modes)
-}
-
-// ErrModeMismatch: the mode does not fit the checkpoint.
-var ErrModeMismatch = errors.New("worker: mode does not fit the checkpoint")
-
-// CheckMode reports whether mode can serve a model (pre-gated or not).
-func CheckMode(mode Mode, preGated bool) error {
-	switch {
-	case mode == ModePregated && !preGated:
-		return fmt.Errorf("%w: mode pregated needs a checkpoint with pre-gate tensors (…mlp.pre_gate.weight); this one has none: use speculative", ErrModeMismatch)
-	case mode == ModeSpeculative && preGated:
-		return fmt.Errorf("%w: mode speculative predicts with the next block's router, but this checkpoint routes by its pre-gates: use pregated", ErrModeMismatch)
-	}
-	return nil
-}
-
 // Fetcher brings an expert's blob from wherever it lives into dst (len(dst) == Size(k)), verified.
 type Fetcher interface {
 	Size(k routing.ExpertKey) int64
 	Fetch(ctx context.Context, k routing.ExpertKey, dst []byte) error
 }
 
-// ExpertLayout says how to read block b's expert blobs: the tensor names of W1, W3 ("" if none) and
-// W2 of expert e.
-type ExpertLayout func(block, expert int) (w1, w3, w2 string)
-
-// LayoutOf returns the ExpertLayout and the experts per block of a model config.
-func LayoutOf(cfg *model.Config) (ExpertLayout, []int) {
-	blocks := model.MoELayout(cfg)
-	n := make([]int, len(blocks))
-	for i, b := range blocks {
-		n[i] = len(b.Experts)
-	}
-	return func(block, expert int) (string, string, string) {
-		names := blocks[block].Experts[expert]
-		if len(names) == 3 { // Mixtral: w1 (gate), w3 (up), w2 (down)
-			return names[0], names[1], names[2]
-		}
-		return names[0], "", names[1] // Switch: wi, wo
-	}, n
+// Tracer follows the pipeline's steps as the engine runs them: a benchmark measures each MoE block's
+// latency with it. The pipeline calls it from the goroutine running the engine's Start or Step, in
+// order, and holds none of its locks meanwhile (a Tracer may call Stats or ResetStats). It must not
+// block: the step waits for it. (engine.Tracer, by contrast, sees the routing decisions themselves.)
+type Tracer interface {
+	// Routed: MoE block routed, its experts about to be acquired (Hint, at its start).
+	Routed(block int, at time.Time)
+	// StepEnded: a Start or Step ended (EndStep, before its pins are dropped).
+	StepEnded(at time.Time)
 }
 
 // PipelineConfig configures a Pipeline.
@@ -89,8 +39,9 @@ type PipelineConfig struct {
 	Mode        Mode
 	Device      Device
 	Fetcher     Fetcher
-	Layout      ExpertLayout
-	NumExperts  []int // per MoE block
+	Names       model.ExpertNamer // the tensors of an expert's blob
+	NumExperts  []int             // per MoE block
+	Tracer      Tracer            // nil: none
 	CacheBudget int64
 	// Staging is the number of pinned staging buffers (fetches in flight at once), default 4.
 	Staging  int
@@ -110,6 +61,7 @@ type PipelineConfig struct {
 // fetches run on their own goroutines.
 type Pipeline struct {
 	cfg     PipelineConfig
+	mode    policy // what cfg.Mode does
 	log     *slog.Logger
 	cache   *Cache
 	staging chan HostBuffer
@@ -124,32 +76,6 @@ type Pipeline struct {
 
 	stats   []blockStats
 	metrics *pipelineMetrics
-
-	// Block latency recording (benchmarks): the time from one MoE block's routing to the next's.
-	recording atomic.Bool
-	recordIn  int       // EndSteps to go before recording starts (RecordAfter)
-	recSince  time.Time // when recording started
-	lastHint  int       // block of the latest Hint in this step, -1 at a step's start
-	lastAt    time.Time
-	latencies [][]time.Duration // per block
-}
-
-// blockStats counts one MoE block's events (atomics: read by metrics and benchmarks).
-type blockStats struct {
-	stallNanos, fetchedBytes, fetches  atomic.Int64
-	hits, misses, predHits, predMisses atomic.Int64
-	acquires, refetches                atomic.Int64
-}
-
-// BlockStats is a snapshot of one block's counters.
-type BlockStats struct {
-	StallSeconds                     float64
-	FetchedBytes, Fetches, Acquires  int64
-	CacheHits, CacheMisses           int64
-	PredictionHits, PredictionMisses int64
-	// Refetches counts experts evicted after their block wanted them and before it acquired them
-	// (the budget was too tight for what was in flight), fetched again.
-	Refetches int64
 }
 
 // NewPipeline starts a pipeline. In resident mode it fetches every expert before returning.
@@ -157,15 +83,14 @@ func NewPipeline(ctx context.Context, cfg PipelineConfig) (*Pipeline, error) {
 	if cfg.Staging <= 0 {
 		cfg.Staging = 4
 	}
-	if cfg.Device == nil || cfg.Fetcher == nil || cfg.Layout == nil {
-		return nil, errors.New("worker: pipeline needs a device, a fetcher and a layout")
+	if cfg.Device == nil || cfg.Fetcher == nil || cfg.Names == nil {
+		return nil, errors.New("worker: pipeline needs a device, a fetcher and expert names")
 	}
 	if _, err := ParseMode(string(cfg.Mode)); err != nil {
 		return nil, err
 	}
-	p := &Pipeline{cfg: cfg, log: cfg.Logger, cache: NewCache(cfg.CacheBudget, nil), wanted: map[routing.ExpertKey]*want{},
-		predicted: map[int][]int{}, stats: make([]blockStats, len(cfg.NumExperts)),
-		lastHint: -1, latencies: make([][]time.Duration, len(cfg.NumExperts))}
+	p := &Pipeline{cfg: cfg, mode: cfg.Mode.policy(), log: cfg.Logger, cache: NewCache(cfg.CacheBudget, nil), wanted: map[routing.ExpertKey]*want{},
+		predicted: map[int][]int{}, stats: make([]blockStats, len(cfg.NumExperts))}
 	if p.log == nil {
 		p.log = slog.New(slog.DiscardHandler)
 	}
@@ -179,7 +104,7 @@ func NewPipeline(ctx context.Context, cfg PipelineConfig) (*Pipeline, error) {
 	if largest > cfg.CacheBudget {
 		return nil, fmt.Errorf("%w: an expert is %d bytes, the budget %d", ErrCacheTooSmall, largest, cfg.CacheBudget)
 	}
-	if cfg.Mode == ModeResident && total > cfg.CacheBudget {
+	if p.mode.resident && total > cfg.CacheBudget {
 		return nil, fmt.Errorf("%w: resident mode holds every expert (%d bytes), the budget is %d", ErrCacheTooSmall, total, cfg.CacheBudget)
 	}
 	p.staging = make(chan HostBuffer, cfg.Staging)
@@ -194,7 +119,7 @@ func NewPipeline(ctx context.Context, cfg PipelineConfig) (*Pipeline, error) {
 	if cfg.Registry != nil {
 		p.metrics = newPipelineMetrics(cfg.Registry, p)
 	}
-	if cfg.Mode == ModeResident {
+	if p.mode.resident {
 		if err := p.loadAll(ctx); err != nil {
 			p.Close()
 			return nil, err
@@ -235,18 +160,6 @@ func (p *Pipeline) Close() {
 
 // Cache returns the expert cache.
 func (p *Pipeline) Cache() *Cache { return p.cache }
-
-// Stats returns each MoE block's counters.
-func (p *Pipeline) Stats() []BlockStats {
-	out := make([]BlockStats, len(p.stats))
-	for i := range p.stats {
-		s := &p.stats[i]
-		out[i] = BlockStats{StallSeconds: float64(s.stallNanos.Load()) / 1e9, FetchedBytes: s.fetchedBytes.Load(),
-			Fetches: s.fetches.Load(), Acquires: s.acquires.Load(), CacheHits: s.hits.Load(), CacheMisses: s.misses.Load(),
-			PredictionHits: s.predHits.Load(), PredictionMisses: s.predMisses.Load(), Refetches: s.refetches.Load()}
-	}
-	return out
-}
 
 // want is an expert a block will use (or was predicted to use). It pins its entry only while the
 // entry is being fetched, so that the fetch is not abandoned; once the expert is ready only an
@@ -307,7 +220,7 @@ func (p *Pipeline) valid(block int) bool { return block >= 0 && block < len(p.cf
 
 // Predict implements engine.Predictor: block's experts, known one block early.
 func (p *Pipeline) Predict(block int, experts []int) {
-	if !p.valid(block) || (p.cfg.Mode != ModePregated && p.cfg.Mode != ModeSpeculative) {
+	if !p.valid(block) || !p.mode.predicted {
 		return
 	}
 	p.mu.Lock()
@@ -324,15 +237,14 @@ func (p *Pipeline) predictLocked(block int, experts []int) {
 
 // Hint implements engine.Experts: block routed and will now use experts.
 func (p *Pipeline) Hint(block int, used []int) {
-	if p.recording.Load() && p.valid(block) {
-		p.mu.Lock()
-		p.markBlock(block)
-		p.mu.Unlock()
+	if !p.valid(block) {
+		return
 	}
-	if !p.valid(block) || p.cfg.Mode == ModeResident {
-		if p.valid(block) {
-			p.stats[block].hits.Add(int64(len(used)))
-		}
+	if p.cfg.Tracer != nil {
+		p.cfg.Tracer.Routed(block, time.Now())
+	}
+	if p.mode.resident {
+		p.stats[block].hits.Add(int64(len(used)))
 		return
 	}
 	p.mu.Lock()
@@ -360,7 +272,7 @@ func (p *Pipeline) Hint(block int, used []int) {
 			st.misses.Add(1)
 		}
 	}
-	if p.cfg.Mode == ModePrefetchAll && p.valid(block+1) {
+	if p.mode.nextBlockAll && p.valid(block+1) {
 		all := make([]int, p.cfg.NumExperts[block+1])
 		for i := range all {
 			all[i] = i
@@ -376,7 +288,7 @@ func (p *Pipeline) Acquire(ctx context.Context, block, expert int) (*engine.Expe
 	}
 	k := routing.ExpertKey{Block: block, Expert: expert}
 	var ent *cacheEntry
-	if p.cfg.Mode == ModeResident {
+	if p.mode.resident {
 		ent = p.resident[p.residentIndex(k)]
 	} else {
 		p.mu.Lock()
@@ -407,14 +319,14 @@ func (p *Pipeline) Acquire(ctx context.Context, block, expert int) (*engine.Expe
 			st.stallNanos.Add(int64(time.Since(t0)))
 		case <-ctx.Done():
 			st.stallNanos.Add(int64(time.Since(t0)))
-			if p.cfg.Mode != ModeResident {
+			if !p.mode.resident {
 				p.cache.unpin(ent)
 			}
 			return nil, ctx.Err()
 		}
 	}
 	if ent.err != nil {
-		if p.cfg.Mode != ModeResident {
+		if !p.mode.resident {
 			p.cache.unpin(ent)
 		}
 		return nil, fmt.Errorf("worker: expert %v: %w", k, ent.err)
@@ -432,7 +344,7 @@ func (p *Pipeline) residentIndex(k routing.ExpertKey) int {
 
 // Release implements engine.Experts.
 func (p *Pipeline) Release(block, expert int) {
-	if p.cfg.Mode == ModeResident {
+	if p.mode.resident {
 		return
 	}
 	p.mu.Lock()
@@ -448,77 +360,15 @@ func (p *Pipeline) Release(block, expert int) {
 // that failed or was cancelled, those of the experts it never reached), and abandons fetches
 // nobody waits for.
 func (p *Pipeline) EndStep() {
+	if p.cfg.Tracer != nil {
+		p.cfg.Tracer.StepEnded(time.Now())
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.recording.Load() {
-		p.markBlock(-1)
-	}
-	p.lastHint = -1
-	if p.recordIn > 0 {
-		if p.recordIn--; p.recordIn == 0 {
-			p.resetStatsLocked()
-			p.recSince = time.Now()
-			p.recording.Store(true)
-		}
-	}
 	for k := range p.wanted {
 		p.unwant(k)
 	}
 	clear(p.predicted)
-}
-
-// markBlock ends the latency sample of the previous block of this step (when block follows it, or
-// the step ends: block −1) and starts block's. Caller holds p.mu.
-func (p *Pipeline) markBlock(block int) {
-	now := time.Now()
-	if p.lastHint >= 0 && (block < 0 || block == p.lastHint+1) {
-		p.latencies[p.lastHint] = append(p.latencies[p.lastHint], now.Sub(p.lastAt))
-	}
-	p.lastHint, p.lastAt = block, now
-}
-
-// Record turns block latency recording on or off.
-func (p *Pipeline) Record(on bool) { p.recording.Store(on) }
-
-// RecordAfter resets the stats and turns recording on once n more Starts or Steps have ended (a
-// benchmark skips the prefill this way, in step with the engine rather than with its callers).
-func (p *Pipeline) RecordAfter(n int) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.recordIn = n
-}
-
-// RecordingSince returns when recording started (zero if it has not).
-func (p *Pipeline) RecordingSince() time.Time {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.recSince
-}
-
-// BlockLatencies returns the recorded latencies of each MoE block: the time from the block's routing
-// to the next MoE block's (the MoE block and the dense layers up to the next one), or to the end of
-// the step for the last.
-func (p *Pipeline) BlockLatencies() [][]time.Duration {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := make([][]time.Duration, len(p.latencies))
-	for i, l := range p.latencies {
-		out[i] = slices.Clone(l)
-	}
-	return out
-}
-
-// resetStatsLocked zeroes the counters and the recorded latencies and sets the cache's peak to what
-// it holds now (RecordAfter measures from there). Caller holds p.mu.
-func (p *Pipeline) resetStatsLocked() {
-	for i := range p.stats {
-		s := &p.stats[i]
-		for _, c := range []*atomic.Int64{&s.stallNanos, &s.fetchedBytes, &s.fetches, &s.hits, &s.misses, &s.predHits, &s.predMisses, &s.acquires, &s.refetches} {
-			c.Store(0)
-		}
-		p.latencies[i] = nil
-	}
-	p.cache.ResetPeak()
 }
 
 // startFetch runs ent's fetch on its own goroutine: reserve cache space, fetch into a staging
@@ -535,7 +385,7 @@ func (p *Pipeline) startFetch(ent *cacheEntry) {
 			p.log.Warn("expert fetch failed", "expert", ent.key, "err", err)
 		}
 		p.cache.fill(ent, w, err)
-		if p.cfg.Mode != ModeResident {
+		if !p.mode.resident {
 			p.fetched(ent)
 		}
 	}()
@@ -591,7 +441,7 @@ func (p *Pipeline) parse(k routing.ExpertKey, b []byte) (*engine.ExpertWeights, 
 	if h.Kind != blob.KindExpert || h.Block != k.Block || h.Expert != k.Expert {
 		return nil, fmt.Errorf("worker: blob for expert %v holds %s block %d expert %d", k, h.Kind, h.Block, h.Expert)
 	}
-	w1, w3, w2 := p.cfg.Layout(k.Block, k.Expert)
+	w1, w3, w2 := p.cfg.Names(k.Block, k.Expert)
 	weight := func(name string) (engine.Weight, error) {
 		raw, info, err := h.Tensor(data, name)
 		if err != nil {
@@ -617,51 +467,6 @@ func (p *Pipeline) parse(k routing.ExpertKey, b []byte) (*engine.ExpertWeights, 
 	return &ew, nil
 }
 
-// pipelineMetrics exports the per-block counters and the cache's bytes to Prometheus.
-type pipelineMetrics struct{ p *Pipeline }
-
-var (
-	descStall     = prometheus.NewDesc("pregate_moe_stall_seconds_total", "Time MoE blocks waited for their experts.", []string{"block"}, nil)
-	descFetched   = prometheus.NewDesc("pregate_moe_fetched_bytes_total", "Expert bytes fetched from stores.", []string{"block"}, nil)
-	descHits      = prometheus.NewDesc("pregate_expert_cache_hits_total", "Experts a block used that were in the cache or on their way when it routed.", []string{"block"}, nil)
-	descMisses    = prometheus.NewDesc("pregate_expert_cache_misses_total", "Experts a block used that had to be fetched when it routed.", []string{"block"}, nil)
-	descPredHits  = prometheus.NewDesc("pregate_prediction_hits_total", "Experts a block used that were predicted during the previous block.", []string{"block"}, nil)
-	descPredMiss  = prometheus.NewDesc("pregate_prediction_misses_total", "Experts a block used that were not predicted.", []string{"block"}, nil)
-	descCacheUsed = prometheus.NewDesc("pregate_expert_cache_bytes", "Expert bytes held on the device.", nil, nil)
-	descCachePeak = prometheus.NewDesc("pregate_expert_cache_peak_bytes", "Most expert bytes held on the device at once.", nil, nil)
-	descCacheCap  = prometheus.NewDesc("pregate_expert_cache_budget_bytes", "The expert cache's byte budget.", nil, nil)
-)
-
-func newPipelineMetrics(reg prometheus.Registerer, p *Pipeline) *pipelineMetrics {
-	m := &pipelineMetrics{p: p}
-	reg.MustRegister(m)
-	return m
-}
-
-// Describe implements prometheus.Collector.
-func (m *pipelineMetrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descStall, descFetched, descHits, descMisses, descPredHits, descPredMiss, descCacheUsed, descCachePeak, descCacheCap} {
-		ch <- d
-	}
-}
-
-// Collect implements prometheus.Collector.
-func (m *pipelineMetrics) Collect(ch chan<- prometheus.Metric) {
-	for b, s := range m.p.Stats() {
-		l := strconv.Itoa(b)
-		ch <- prometheus.MustNewConstMetric(descStall, prometheus.CounterValue, s.StallSeconds, l)
-		ch <- prometheus.MustNewConstMetric(descFetched, prometheus.CounterValue, float64(s.FetchedBytes), l)
-		ch <- prometheus.MustNewConstMetric(descHits, prometheus.CounterValue, float64(s.CacheHits), l)
-		ch <- prometheus.MustNewConstMetric(descMisses, prometheus.CounterValue, float64(s.CacheMisses), l)
-		ch <- prometheus.MustNewConstMetric(descPredHits, prometheus.CounterValue, float64(s.PredictionHits), l)
-		ch <- prometheus.MustNewConstMetric(descPredMiss, prometheus.CounterValue, float64(s.PredictionMisses), l)
-	}
-	cs := m.p.cache.Stats()
-	ch <- prometheus.MustNewConstMetric(descCacheUsed, prometheus.GaugeValue, float64(cs.Used))
-	ch <- prometheus.MustNewConstMetric(descCachePeak, prometheus.GaugeValue, float64(cs.Peak))
-	ch <- prometheus.MustNewConstMetric(descCacheCap, prometheus.GaugeValue, float64(cs.Budget))
-}
-
 // pipelinedModel wraps an engine.Model so that each Start and Step ends with EndStep.
 type pipelinedModel struct {
 	engine.Model
@@ -682,43 +487,3 @@ func (m pipelinedModel) Step(ctx context.Context, seqs []*engine.Sequence, all b
 
 // WrapModel returns m with p's step bookkeeping (EndStep after every Start and Step).
 func WrapModel(m engine.Model, p *Pipeline) engine.Model { return pipelinedModel{Model: m, p: p} }
-
-// ShapeLink returns f with its transfers paced at bytesPerSecond in all: one link shared by every
-// fetch, first come first served, as the worker's NIC or PCIe link is. A fetch of n bytes that finds
-// the link free at t ends at t + n/bytesPerSecond, or when the real transfer does if that is later.
-// Benchmarks use it to give the store → worker link a real system's speed relative to this machine's
-// compute. (x/time/rate's token bucket models a rate cap with bursts, not a FIFO link whose finish
-// times are known when a transfer starts; this is the ten lines the model needs.)
-func ShapeLink(f Fetcher, bytesPerSecond float64) Fetcher {
-	return &shapedFetcher{Fetcher: f, bps: bytesPerSecond}
-}
-
-type shapedFetcher struct {
-	Fetcher
-	bps  float64
-	mu   sync.Mutex
-	free time.Time // when the link has sent everything queued so far
-}
-
-// Fetch implements Fetcher.
-func (s *shapedFetcher) Fetch(ctx context.Context, k routing.ExpertKey, dst []byte) error {
-	s.mu.Lock()
-	now := time.Now()
-	if s.free.Before(now) {
-		s.free = now
-	}
-	s.free = s.free.Add(time.Duration(float64(len(dst)) / s.bps * float64(time.Second)))
-	done := s.free
-	s.mu.Unlock()
-	if err := s.Fetcher.Fetch(ctx, k, dst); err != nil {
-		return err
-	}
-	t := time.NewTimer(time.Until(done))
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}

@@ -85,7 +85,9 @@ type pipelineModel struct {
 	fetch *blobFetcher
 }
 
-func loadPipelined(t *testing.T, dir string, mode Mode, budget int64, delay time.Duration, tracer engine.Tracer) pipelineModel {
+// loadPipelined loads dir's model on a pipeline in mode, whose expert fetches take delay each;
+// tracer sees the engine's routing decisions, steps the pipeline's steps (either may be nil).
+func loadPipelined(t *testing.T, dir string, mode Mode, budget int64, delay time.Duration, tracer engine.Tracer, steps Tracer) pipelineModel {
 	t.Helper()
 	ckpt, err := model.OpenCheckpoint(dir)
 	if err != nil {
@@ -94,17 +96,17 @@ func loadPipelined(t *testing.T, dir string, mode Mode, budget int64, delay time
 	t.Cleanup(func() { ckpt.Close() })
 	f := newBlobFetcher(t, ckpt)
 	f.delay = delay
-	layout, n := LayoutOf(ckpt.Config())
+	names, n := model.ExpertNames(ckpt.Config()), model.ExpertsPerBlock(ckpt.Config())
 	dev := NewCPU()
 	t.Cleanup(func() { dev.Close() })
-	p, err := NewPipeline(context.Background(), PipelineConfig{Mode: mode, Device: dev, Fetcher: f, Layout: layout, NumExperts: n, CacheBudget: budget})
+	p, err := NewPipeline(context.Background(), PipelineConfig{Mode: mode, Device: dev, Fetcher: f, Names: names, NumExperts: n, CacheBudget: budget, Tracer: steps})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(p.Close)
 	cpu := compute.NewCPU(2)
 	t.Cleanup(cpu.Close)
-	m, err := engine.Load(ckpt, cpu, engine.Options{Experts: p, Speculate: mode == ModeSpeculative, Tracer: tracer})
+	m, err := engine.Load(ckpt, cpu, engine.Options{Experts: p, Speculate: mode.Speculates(), Tracer: tracer})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +131,7 @@ func TestEveryModeGivesTheGoldenTokens(t *testing.T) {
 		prompts, want := goldenPrompts(t, fixture(fx))
 		for _, mode := range modesFor(fx == "switch-tiny-pregated") {
 			t.Run(fx+"/"+string(mode), func(t *testing.T) {
-				m := loadPipelined(t, fixture(fx), mode, 64<<20, 0, nil)
+				m := loadPipelined(t, fixture(fx), mode, 64<<20, 0, nil, nil)
 				res, _, err := engine.Generate(context.Background(), m, prompts, engine.GenerateOptions{MaxNewTokens: 10})
 				if err != nil {
 					t.Fatal(err)
@@ -215,7 +217,7 @@ func TestPregatedPeakIsTwoBlocksOfActiveExperts(t *testing.T) {
 	// A reference run finds what each block uses; the budget is then exactly the most that two
 	// consecutive blocks (one routed by the other's pre-gate) use together: no spare slot.
 	tr := &usedTracer{}
-	ref := loadPipelined(t, dir, ModeResident, 64<<20, 0, tr)
+	ref := loadPipelined(t, dir, ModeResident, 64<<20, 0, tr, nil)
 	want, _, err := engine.Generate(context.Background(), ref, prompt, engine.GenerateOptions{MaxNewTokens: 10, IgnoreEOS: true})
 	if err != nil {
 		t.Fatal(err)
@@ -234,7 +236,7 @@ func TestPregatedPeakIsTwoBlocksOfActiveExperts(t *testing.T) {
 		t.Fatal("no pre-gated block pair in the trace")
 	}
 
-	m := loadPipelined(t, dir, ModePregated, need, 2*time.Millisecond, nil)
+	m := loadPipelined(t, dir, ModePregated, need, 2*time.Millisecond, nil, nil)
 	got, _, err := engine.Generate(context.Background(), m, prompt, engine.GenerateOptions{MaxNewTokens: 10, IgnoreEOS: true})
 	if err != nil {
 		t.Fatal(err)
@@ -252,18 +254,6 @@ func TestPregatedPeakIsTwoBlocksOfActiveExperts(t *testing.T) {
 	}
 }
 
-func TestModeMismatchIsAnError(t *testing.T) {
-	if err := CheckMode(ModePregated, false); err == nil {
-		t.Error("pregated accepted a checkpoint without pre-gates")
-	}
-	if err := CheckMode(ModeSpeculative, true); err == nil {
-		t.Error("speculative accepted a pre-gated checkpoint")
-	}
-	if _, err := ParseMode("eager"); err == nil {
-		t.Error("unknown mode parsed")
-	}
-}
-
 func TestBudgetTooSmall(t *testing.T) {
 	ckpt, err := model.OpenCheckpoint(fixture("mixtral-tiny"))
 	if err != nil {
@@ -271,7 +261,7 @@ func TestBudgetTooSmall(t *testing.T) {
 	}
 	defer ckpt.Close()
 	f := newBlobFetcher(t, ckpt)
-	layout, n := LayoutOf(ckpt.Config())
+	names, n := model.ExpertNames(ckpt.Config()), model.ExpertsPerBlock(ckpt.Config())
 	dev := NewCPU()
 	defer dev.Close()
 	size := f.Size(routing.ExpertKey{Block: 0, Expert: 0})
@@ -279,7 +269,7 @@ func TestBudgetTooSmall(t *testing.T) {
 		mode   Mode
 		budget int64
 	}{{ModeOnDemand, size - 1}, {ModeResident, size * 4}} {
-		_, err := NewPipeline(context.Background(), PipelineConfig{Mode: tt.mode, Device: dev, Fetcher: f, Layout: layout, NumExperts: n, CacheBudget: tt.budget})
+		_, err := NewPipeline(context.Background(), PipelineConfig{Mode: tt.mode, Device: dev, Fetcher: f, Names: names, NumExperts: n, CacheBudget: tt.budget})
 		if err == nil {
 			t.Errorf("%s with a %d-byte budget: no error", tt.mode, tt.budget)
 		}
@@ -301,11 +291,11 @@ func TestStagedCopyPathGivesTheGoldenTokens(t *testing.T) {
 	}
 	defer ckpt.Close()
 	f := newBlobFetcher(t, ckpt)
-	layout, n := LayoutOf(ckpt.Config())
+	names, n := model.ExpertNames(ckpt.Config()), model.ExpertsPerBlock(ckpt.Config())
 	dev := stagedCPU{NewCPU()}
 	defer dev.Close()
 	// A budget of three experts: the copy path runs with evictions and buffer reuse.
-	p, err := NewPipeline(context.Background(), PipelineConfig{Mode: ModeSpeculative, Device: dev, Fetcher: f, Layout: layout,
+	p, err := NewPipeline(context.Background(), PipelineConfig{Mode: ModeSpeculative, Device: dev, Fetcher: f, Names: names,
 		NumExperts: n, CacheBudget: 3 * f.Size(routing.ExpertKey{Block: 0, Expert: 0}), Staging: 2})
 	if err != nil {
 		t.Fatal(err)
@@ -337,7 +327,7 @@ func TestStagedCopyPathGivesTheGoldenTokens(t *testing.T) {
 func TestCancelStopsFetches(t *testing.T) {
 	dir := fixture("mixtral-tiny")
 	prompts, _ := goldenPrompts(t, dir)
-	m := loadPipelined(t, dir, ModeSpeculative, 64<<20, 2*time.Second, nil)
+	m := loadPipelined(t, dir, ModeSpeculative, 64<<20, 2*time.Second, nil, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(100*time.Millisecond, cancel)
 	start := time.Now()
@@ -356,4 +346,97 @@ func TestCancelStopsFetches(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Logf("%d fetches started, %d cancelled", m.fetch.fetches.Load(), m.fetch.cancelled.Load())
+}
+
+// stepLog records what a Tracer sees: the blocks routed, with -1 for a step's end.
+type stepLog struct {
+	mu     sync.Mutex
+	blocks []int
+	times  []time.Time
+}
+
+func (l *stepLog) Routed(block int, at time.Time) { l.add(block, at) }
+func (l *stepLog) StepEnded(at time.Time)         { l.add(-1, at) }
+
+func (l *stepLog) add(block int, at time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.blocks, l.times = append(l.blocks, block), append(l.times, at)
+}
+
+// routeLog records the blocks the engine routed, in order.
+type routeLog struct {
+	mu     sync.Mutex
+	blocks []int
+}
+
+func (l *routeLog) Route(block int, _ []float32, _ []routing.Choice) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.blocks = append(l.blocks, block)
+}
+
+// stepCounter counts the Starts and Steps of a model.
+type stepCounter struct {
+	engine.Model
+	steps atomic.Int64
+}
+
+func (c *stepCounter) Start(ctx context.Context, prompts [][]int) ([]*engine.Sequence, error) {
+	c.steps.Add(1)
+	return c.Model.Start(ctx, prompts)
+}
+
+func (c *stepCounter) Step(ctx context.Context, seqs []*engine.Sequence, all bool) ([][]float32, error) {
+	c.steps.Add(1)
+	return c.Model.Step(ctx, seqs, all)
+}
+
+// TestTracerFollowsTheSteps: the pipeline's Tracer sees every block the engine routes, in the
+// engine's order, and the end of every Start and Step, with times that never go back.
+func TestTracerFollowsTheSteps(t *testing.T) {
+	tests := []struct {
+		fixture string
+		mode    Mode
+	}{
+		{"switch-tiny-pregated", ModePregated},
+		{"mixtral-tiny", ModeResident},
+		{"mixtral-tiny", ModeSpeculative},
+	}
+	for _, tt := range tests {
+		t.Run(tt.fixture+"/"+string(tt.mode), func(t *testing.T) {
+			prompts, _ := goldenPrompts(t, fixture(tt.fixture))
+			routes, steps := &routeLog{}, &stepLog{}
+			m := loadPipelined(t, fixture(tt.fixture), tt.mode, 64<<20, 0, routes, steps)
+			counted := &stepCounter{Model: m}
+			if _, _, err := engine.Generate(context.Background(), counted, prompts, engine.GenerateOptions{MaxNewTokens: 5}); err != nil {
+				t.Fatal(err)
+			}
+			var routed []int
+			ends := 0
+			for i, b := range steps.blocks {
+				if b < 0 {
+					ends++
+				} else {
+					routed = append(routed, b)
+				}
+				if i > 0 && steps.times[i].Before(steps.times[i-1]) {
+					t.Errorf("event %d at %v, before the previous one (%v)", i, steps.times[i], steps.times[i-1])
+				}
+			}
+			if !slices.Equal(routed, routes.blocks) {
+				t.Errorf("the tracer saw blocks %v routed, the engine routed %v", routed, routes.blocks)
+			}
+			if want := counted.steps.Load(); int64(ends) != want || want < 2 {
+				t.Errorf("%d step ends traced for %d Starts and Steps", ends, want)
+			}
+			// Hints of blocks the model does not have are not traced.
+			n := len(steps.blocks)
+			m.p.Hint(-1, nil)
+			m.p.Hint(len(m.Info().MoEBlocks), []int{0})
+			if len(steps.blocks) != n {
+				t.Errorf("bad Hints traced: %v", steps.blocks[n:])
+			}
+		})
+	}
 }

@@ -8,8 +8,9 @@
 //	                     client.Fetch ──▶ staging buffer ──▶ Device copy stream ──▶ Cache ──▶ Acquire
 //	etcd: manifest, placements (watched), store records; gossip: role worker
 //
-// Read device.go (the CUDA-shaped seam), cache.go (budget, pins, eviction), pipeline.go (the modes),
-// cluster.go (placement view, dense download), then this file (wiring and HTTP).
+// Read device.go (the CUDA-shaped seam), cache.go (budget, pins, eviction), modes.go (what each mode
+// fetches when), pipeline.go (wants, pins and fetches into the cache), metrics.go (per-block counters,
+// Prometheus), cluster.go (placement view, dense download), then this file (wiring and HTTP).
 package worker
 
 import (
@@ -69,9 +70,12 @@ type Config struct {
 	// for tens of milliseconds, and on fast links (and on loopback, under load) raw wins anyway.
 	// client.CompressAuto suits slow links with bf16 weights.
 	FetchCompression client.Compression
-	// LinkBytesPerSecond, when > 0, paces expert fetches as one link of that speed (ShapeLink):
-	// benchmarks set a real system's fetch/compute ratio with it.
-	LinkBytesPerSecond float64
+	// Link, when set, wraps the fetcher of expert blobs from the stores, as the store → worker link
+	// they cross: a benchmark paces it to give the fetches a real system's speed relative to this
+	// machine's compute. The Fetcher it returns is called from many goroutines at once.
+	Link func(Fetcher) Fetcher
+	// Tracer, when set, follows the expert pipeline's steps (PipelineConfig.Tracer).
+	Tracer Tracer
 	// Gossip, when set, joins the cluster's memberlist as a worker.
 	Gossip *membership.Config
 	Logger *slog.Logger
@@ -241,19 +245,19 @@ func (w *Worker) load(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	layout, numExperts := LayoutOf(ckpt.Config())
 	var fetcher Fetcher = newClusterFetcher(w.view, w.fetcher, man, seed)
-	if w.cfg.LinkBytesPerSecond > 0 {
-		fetcher = ShapeLink(fetcher, w.cfg.LinkBytesPerSecond)
+	if w.cfg.Link != nil {
+		fetcher = w.cfg.Link(fetcher)
 	}
 	pipe, err := NewPipeline(ctx, PipelineConfig{Mode: w.cfg.Mode, Device: w.dev, Fetcher: fetcher,
-		Layout: layout, NumExperts: numExperts, CacheBudget: w.cfg.ExpertCache, Staging: w.cfg.Staging, Registry: w.reg, Logger: w.log})
+		Names: model.ExpertNames(ckpt.Config()), NumExperts: model.ExpertsPerBlock(ckpt.Config()),
+		CacheBudget: w.cfg.ExpertCache, Staging: w.cfg.Staging, Tracer: w.cfg.Tracer, Registry: w.reg, Logger: w.log})
 	if err != nil {
 		ckpt.Close()
 		return err
 	}
 	cpu := compute.NewCPU(w.cfg.Threads)
-	m, err := engine.Load(ckpt, cpu, engine.Options{Experts: pipe, Speculate: w.cfg.Mode == ModeSpeculative})
+	m, err := engine.Load(ckpt, cpu, engine.Options{Experts: pipe, Speculate: w.cfg.Mode.Speculates()})
 	if err == nil {
 		err = CheckMode(w.cfg.Mode, m.Info().PreGated)
 	}

@@ -9,7 +9,8 @@
 //	─▶ Result (table, JSON) and the ideal overlap bound (c+f)/max(c,f)
 //
 // Every mode runs on a fresh worker whose expert cache is the least the mode needs (so that peak
-// expert bytes compare the modes' memory), and only decode steps are measured.
+// expert bytes compare the modes' memory), and only decode steps are measured. The worker has no
+// benchmark code: record.go is the Tracer it is given (block latency), link.go the Link (pacing).
 package modebench
 
 import (
@@ -402,7 +403,11 @@ func runMode(ctx context.Context, lc *localcluster.Cluster, o Options, name stri
 	wc := worker.DefaultConfig()
 	wc.Name, wc.EtcdEndpoints, wc.Model, wc.Mode = "bench-"+string(m), lc.EtcdEndpoints(), name, m
 	wc.ExpertCache, wc.HTTPAddr, wc.DataDir, wc.Threads = budget, "127.0.0.1:0", filepath.Join(o.Dir, "worker"), o.Threads
-	wc.LinkBytesPerSecond, wc.Logger = link, o.Logger
+	rec := newRecorder()
+	wc.Tracer, wc.Logger = rec, o.Logger
+	if link > 0 {
+		wc.Link = func(f worker.Fetcher) worker.Fetcher { return shapeLink(f, link) }
+	}
 	wc.MaxRunning = max(64, len(prompts))
 	w, err := worker.New(wc)
 	if err != nil {
@@ -414,8 +419,8 @@ func runMode(ctx context.Context, lc *localcluster.Cluster, o Options, name stri
 	}
 	pipe, srv := w.Pipeline(), w.Server()
 	// Measure decode steps only: from the end of the prefill (the Start and the first Step; the
-	// sequences are admitted together) to the last token.
-	pipe.RecordAfter(2)
+	// sequences are admitted together) to the last token, with the counters reset there.
+	rec.startAfter(2, pipe.ResetStats)
 	var wg sync.WaitGroup
 	errs := make([]error, len(prompts))
 	for i, p := range prompts {
@@ -426,13 +431,12 @@ func runMode(ctx context.Context, lc *localcluster.Cluster, o Options, name stri
 		}()
 	}
 	wg.Wait()
-	pipe.Record(false)
-	elapsed := time.Since(pipe.RecordingSince())
+	elapsed := time.Since(rec.stop())
 	if err := errors.Join(errs...); err != nil {
 		return ModeResult{}, nil, err
 	}
 	var lat []float64
-	for _, l := range pipe.BlockLatencies() {
+	for _, l := range rec.blockLatencies() {
 		for _, d := range l {
 			lat = append(lat, d.Seconds())
 		}
