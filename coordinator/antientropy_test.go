@@ -13,10 +13,10 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/pregate/pregate/cluster"
 	"github.com/pregate/pregate/coordinator"
 	"github.com/pregate/pregate/expertstore/blob"
 	"github.com/pregate/pregate/expertstore/client"
-	"github.com/pregate/pregate/internal/localcluster"
 	"github.com/pregate/pregate/internal/placement"
 	"github.com/pregate/pregate/routing"
 )
@@ -31,15 +31,15 @@ const (
 
 // startPersistentCluster starts stores that keep their blobs on disk and a coordinator whose dead
 // grace (30 s) outlasts a store's restart, so that a store that comes back keeps its placements.
-func startPersistentCluster(t *testing.T, stores int) *localcluster.Cluster {
+func startPersistentCluster(t *testing.T, stores int) *cluster.Local {
 	t.Helper()
-	return startClusterWith(t, localcluster.Config{Stores: stores, Replicas: 2, StoreCapacity: 64 << 20, Persist: true,
+	return startClusterWith(t, cluster.Config{Stores: stores, Replicas: 2, StoreCapacity: 64 << 20, Persist: true,
 		Coordinator: func(c *coordinator.Config) {
 			c.AntiEntropyInterval, c.OrphanGrace, c.DeadGrace = aePeriod, aeGrace, 30*time.Second
 		}})
 }
 
-func replicaOn(lc *localcluster.Cluster, store string) routing.Replica {
+func replicaOn(lc *cluster.Local, store string) routing.Replica {
 	s := lc.Store(store)
 	return routing.Replica{Store: store, GRPCAddr: s.Addr(), DataAddr: s.DataAddr()}
 }
@@ -54,7 +54,7 @@ type removalWatch struct {
 	}
 }
 
-func watchRemovals(t *testing.T, lc *localcluster.Cluster) *removalWatch {
+func watchRemovals(t *testing.T, lc *cluster.Local) *removalWatch {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	w := &removalWatch{cancel: cancel, seen: make(chan struct {
@@ -264,7 +264,7 @@ func TestAntiEntropy(t *testing.T) {
 // (it is full) until the orphans are collected: the failing copies are retried with backoff, not at
 // every pass, and succeed once the space is back.
 func TestCopyRetriesBackOff(t *testing.T) {
-	lc := startClusterWith(t, localcluster.Config{Stores: 3, Replicas: 2, StoreCapacity: 16 << 20,
+	lc := startClusterWith(t, cluster.Config{Stores: 3, Replicas: 2, StoreCapacity: 16 << 20,
 		Coordinator: func(c *coordinator.Config) {
 			c.AntiEntropyInterval, c.OrphanGrace = 500*time.Millisecond, 6*time.Second
 		}})

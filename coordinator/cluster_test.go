@@ -15,9 +15,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 
+	"github.com/pregate/pregate/cluster"
 	"github.com/pregate/pregate/coordinator"
 	"github.com/pregate/pregate/expertstore/client"
-	"github.com/pregate/pregate/internal/localcluster"
 	"github.com/pregate/pregate/internal/placement"
 	"github.com/pregate/pregate/model"
 	"github.com/pregate/pregate/model/synth"
@@ -33,17 +33,17 @@ func TestMain(m *testing.M) {
 	)
 }
 
-func startCluster(t *testing.T, stores int, replicas int, capacity int64) *localcluster.Cluster {
+func startCluster(t *testing.T, stores int, replicas int, capacity int64) *cluster.Local {
 	t.Helper()
-	return startClusterWith(t, localcluster.Config{Stores: stores, Replicas: replicas, StoreCapacity: capacity})
+	return startClusterWith(t, cluster.Config{Stores: stores, Replicas: replicas, StoreCapacity: capacity})
 }
 
 // startClusterWith starts cfg (Fast, in a temporary directory) and waits for its stores and leader.
-func startClusterWith(t *testing.T, cfg localcluster.Config) *localcluster.Cluster {
+func startClusterWith(t *testing.T, cfg cluster.Config) *cluster.Local {
 	t.Helper()
 	cfg.Dir, cfg.Fast = t.TempDir(), true
 	stores := cfg.Stores
-	lc, err := localcluster.Start(cfg)
+	lc, err := cluster.Start(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +60,7 @@ func ctxFor(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-func readStatus(t *testing.T, lc *localcluster.Cluster) *coordinator.Status {
+func readStatus(t *testing.T, lc *cluster.Local) *coordinator.Status {
 	t.Helper()
 	st, err := coordinator.ReadStatus(ctxFor(t, 10*time.Second), lc.Etcd(), lc.Placement(), 2)
 	if err != nil {
@@ -69,7 +69,7 @@ func readStatus(t *testing.T, lc *localcluster.Cluster) *coordinator.Status {
 	return st
 }
 
-func waitStatus(t *testing.T, lc *localcluster.Cluster, within time.Duration, what string, cond func(*coordinator.Status) bool) *coordinator.Status {
+func waitStatus(t *testing.T, lc *cluster.Local, within time.Duration, what string, cond func(*coordinator.Status) bool) *coordinator.Status {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
@@ -87,7 +87,7 @@ func waitStatus(t *testing.T, lc *localcluster.Cluster, within time.Duration, wh
 
 // waitConverged waits until every blob has min(R, targets) ready replicas, no copy is in flight,
 // draining stores hold nothing, and the leader's latest pass found nothing to do.
-func waitConverged(t *testing.T, lc *localcluster.Cluster, targets int) *coordinator.Status {
+func waitConverged(t *testing.T, lc *cluster.Local, targets int) *coordinator.Status {
 	t.Helper()
 	return waitStatus(t, lc, 30*time.Second, "convergence", func(st *coordinator.Status) bool {
 		if st.Summary.ExpertsUnderReplicated > 0 || st.Summary.DenseUnderReplicated > 0 || st.Summary.CopiesInFlight > 0 {
@@ -124,7 +124,7 @@ func synthModel(t *testing.T) string {
 	return dir
 }
 
-func importModel(t *testing.T, lc *localcluster.Cluster, dir, name string) coordinator.ImportReport {
+func importModel(t *testing.T, lc *cluster.Local, dir, name string) coordinator.ImportReport {
 	t.Helper()
 	rep, err := coordinator.Import(ctxFor(t, 60*time.Second), lc.Placement(), coordinator.ImportOptions{Dir: dir, Name: name})
 	if err != nil {
@@ -134,7 +134,7 @@ func importModel(t *testing.T, lc *localcluster.Cluster, dir, name string) coord
 }
 
 // bytesOn sums the sizes of the blobs whose ready replicas include store.
-func bytesOn(t *testing.T, lc *localcluster.Cluster, model, store string) int64 {
+func bytesOn(t *testing.T, lc *cluster.Local, model, store string) int64 {
 	t.Helper()
 	ctx := ctxFor(t, 10*time.Second)
 	ps := lc.Placement()
@@ -177,7 +177,7 @@ type invariant struct {
 	done       chan struct{}
 }
 
-func watchInvariant(t *testing.T, lc *localcluster.Cluster, r int, up []string) *invariant {
+func watchInvariant(t *testing.T, lc *cluster.Local, r int, up []string) *invariant {
 	inv := &invariant{up: map[string]bool{}, r: r, done: make(chan struct{})}
 	for _, s := range up {
 		inv.up[s] = true
@@ -256,7 +256,7 @@ func (inv *invariant) stop(t *testing.T) {
 }
 
 // verifyStoresHoldPlacement checks that every ready replica's store really has the blob.
-func verifyStoresHoldPlacement(t *testing.T, lc *localcluster.Cluster, model string) {
+func verifyStoresHoldPlacement(t *testing.T, lc *cluster.Local, model string) {
 	t.Helper()
 	ctx := ctxFor(t, 10*time.Second)
 	ps := lc.Placement()

@@ -513,11 +513,11 @@ type metrics struct {
 	copiedBytes atomic.Int64
 	// The Counters, also exported through the Prometheus counters above.
 	copyErrorsN, missingN, orphansN atomic.Int64
-	missing     prometheus.Counter
-	orphans     prometheus.Counter
-	under       prometheus.Gauge
-	lost        prometheus.Gauge
-	passSeconds prometheus.Histogram
+	missing                         prometheus.Counter
+	orphans                         prometheus.Counter
+	under                           prometheus.Gauge
+	lost                            prometheus.Gauge
+	passSeconds                     prometheus.Histogram
 }
 
 func newMetrics() *metrics {

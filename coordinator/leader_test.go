@@ -11,14 +11,14 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/pregate/pregate/cluster"
 	"github.com/pregate/pregate/coordinator"
-	"github.com/pregate/pregate/internal/localcluster"
 	"github.com/pregate/pregate/internal/placement"
 	"github.com/pregate/pregate/routing"
 )
 
 // leaderAt returns the name of the coordinator that led at revision rev.
-func leaderAt(ctx context.Context, lc *localcluster.Cluster, rev int64) (string, error) {
+func leaderAt(ctx context.Context, lc *cluster.Local, rev int64) (string, error) {
 	resp, err := lc.Etcd().Get(ctx, lc.Placement().LeaderPrefix()+"/", append(clientv3.WithFirstCreate(), clientv3.WithRev(rev))...)
 	if err != nil || len(resp.Kvs) == 0 {
 		return "", err
@@ -39,7 +39,7 @@ type writerAudit struct {
 	checked atomic.Int64
 }
 
-func auditWriters(lc *localcluster.Cluster) *writerAudit {
+func auditWriters(lc *cluster.Local) *writerAudit {
 	a := &writerAudit{writes: map[string]int{}, done: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel

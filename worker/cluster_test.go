@@ -16,12 +16,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pregate/pregate/cluster"
 	"github.com/pregate/pregate/compute"
 	"github.com/pregate/pregate/coordinator"
 	"github.com/pregate/pregate/engine"
 	"github.com/pregate/pregate/expertstore/client"
 	"github.com/pregate/pregate/internal/golden"
-	"github.com/pregate/pregate/internal/localcluster"
 	"github.com/pregate/pregate/model"
 	"github.com/pregate/pregate/routing"
 	"github.com/pregate/pregate/worker"
@@ -39,19 +39,19 @@ func goldenPrompts(t *testing.T, dir string) (prompts, want [][]int) {
 	return prompts, want
 }
 
-func startCluster(t *testing.T, fixtures ...string) *localcluster.Cluster {
+func startCluster(t *testing.T, fixtures ...string) *cluster.Local {
 	t.Helper()
 	return startClusterWith(t, nil, fixtures...)
 }
 
 // startClusterWith is startCluster with adjust applied to the cluster's configuration.
-func startClusterWith(t *testing.T, adjust func(*localcluster.Config), fixtures ...string) *localcluster.Cluster {
+func startClusterWith(t *testing.T, adjust func(*cluster.Config), fixtures ...string) *cluster.Local {
 	t.Helper()
-	cfg := localcluster.Config{Dir: t.TempDir(), Stores: 3, Replicas: 2, StoreCapacity: 256 << 20, Fast: true}
+	cfg := cluster.Config{Dir: t.TempDir(), Stores: 3, Replicas: 2, StoreCapacity: 256 << 20, Fast: true}
 	if adjust != nil {
 		adjust(&cfg)
 	}
-	lc, err := localcluster.Start(cfg)
+	lc, err := cluster.Start(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +69,7 @@ func startClusterWith(t *testing.T, adjust func(*localcluster.Config), fixtures 
 	return lc
 }
 
-func startWorker(t *testing.T, lc *localcluster.Cluster, name string, mode worker.Mode, cache int64, wait bool) *worker.Worker {
+func startWorker(t *testing.T, lc *cluster.Local, name string, mode worker.Mode, cache int64, wait bool) *worker.Worker {
 	t.Helper()
 	cfg := worker.DefaultConfig()
 	cfg.Name, cfg.EtcdEndpoints, cfg.Model, cfg.Mode = "w-"+name+"-"+string(mode), lc.EtcdEndpoints(), name, mode
@@ -218,7 +218,7 @@ func stream(ctx context.Context, addr string, body map[string]any, got func(n in
 // experts (so it fetches throughout), calls disturb once every stream has its first tokens, and
 // checks that none failed and every output equals the local engine's. It returns the expert
 // fetches made before and after disturb.
-func streamDuring(t *testing.T, lc *localcluster.Cluster, disturb func()) (before, after int64) {
+func streamDuring(t *testing.T, lc *cluster.Local, disturb func()) (before, after int64) {
 	t.Helper()
 	const fx, n, tokens = "mixtral-tiny", 32, 24
 	ckpt, err := model.OpenCheckpoint(fixture(fx))
@@ -344,7 +344,7 @@ func TestScaleOutDuringStreaming(t *testing.T) {
 // streaming generations run: fetches fail over to the replicas left, none of the generations
 // fails, and the coordinator puts every lost replica back.
 func TestLostReplicasDuringStreaming(t *testing.T) {
-	lc := startClusterWith(t, func(c *localcluster.Config) {
+	lc := startClusterWith(t, func(c *cluster.Config) {
 		c.Persist = true
 		c.Coordinator = func(cc *coordinator.Config) {
 			cc.AntiEntropyInterval, cc.DeadGrace = time.Second, 30*time.Second
@@ -394,7 +394,7 @@ func TestLostReplicasDuringStreaming(t *testing.T) {
 
 // converged reports whether every blob has R ready replicas on alive stores and the stores hold
 // what placement says.
-func converged(ctx context.Context, lc *localcluster.Cluster) bool {
+func converged(ctx context.Context, lc *cluster.Local) bool {
 	st, err := coordinator.ReadStatus(ctx, lc.Etcd(), lc.Placement(), 2)
 	return err == nil && st.Summary.State == coordinator.StateHealthy && st.Summary.CopiesInFlight == 0
 }

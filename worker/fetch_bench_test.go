@@ -8,10 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pregate/pregate/cluster"
 	"github.com/pregate/pregate/coordinator"
 	"github.com/pregate/pregate/expertstore/blob"
 	"github.com/pregate/pregate/expertstore/client"
-	"github.com/pregate/pregate/internal/localcluster"
 	"github.com/pregate/pregate/internal/modelblobs"
 	"github.com/pregate/pregate/model"
 	"github.com/pregate/pregate/routing"
@@ -34,7 +34,7 @@ func (memTransport) Close() error { return nil }
 // transport that copies from RAM (the path's own cost), "loopback" over a store's data plane on
 // 127.0.0.1.
 func BenchmarkClusterFetch(b *testing.B) {
-	lc, err := localcluster.Start(localcluster.Config{Dir: b.TempDir(), Stores: 2, Replicas: 2, StoreCapacity: 64 << 20, Fast: true})
+	lc, err := cluster.Start(cluster.Config{Dir: b.TempDir(), Stores: 2, Replicas: 2, StoreCapacity: 64 << 20, Fast: true})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -12,8 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/pregate/pregate/internal/fetchbench"
-	"github.com/pregate/pregate/internal/modebench"
+	"github.com/pregate/pregate/bench"
 	"github.com/pregate/pregate/model"
 	"github.com/pregate/pregate/routing"
 	"github.com/pregate/pregate/worker"
@@ -21,7 +20,7 @@ import (
 
 func newBenchCmd() *cobra.Command {
 	var (
-		o        modebench.Options
+		o        bench.ModesOptions
 		modes    string
 		dtype    string
 		output   string
@@ -62,12 +61,12 @@ func newBenchCmd() *cobra.Command {
 				defer os.RemoveAll(o.Dir)
 			}
 			o.Progress = cmd.ErrOrStderr()
-			res, err := modebench.Run(cmd.Context(), o)
+			res, err := bench.RunModes(cmd.Context(), o)
 			if err != nil {
 				return err
 			}
 			if plotFile != "" {
-				if err := modebench.Plot(res, plotFile); err != nil {
+				if err := bench.PlotModes(res, plotFile); err != nil {
 					return fmt.Errorf("--plot: %w", err)
 				}
 			}
@@ -76,7 +75,7 @@ func newBenchCmd() *cobra.Command {
 				enc.SetIndent("", "  ")
 				return enc.Encode(res)
 			}
-			return modebench.WriteTable(cmd.OutOrStdout(), res)
+			return bench.WriteModesTable(cmd.OutOrStdout(), res)
 		},
 	}
 	f := cmd.Flags()
@@ -127,7 +126,7 @@ func newBenchFetchCmd() *cobra.Command {
 				return err
 			}
 			defer stop()
-			res, err := fetchbench.Run(cmd.Context(), r, fetchbench.Options{Size: int64(size), Count: count, Rounds: rounds, MinBytes: 2 << 30})
+			res, err := bench.RunFetch(cmd.Context(), r, bench.FetchOptions{Size: int64(size), Count: count, Rounds: rounds, MinBytes: 2 << 30})
 			if err != nil {
 				return err
 			}

@@ -11,7 +11,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
-	"github.com/pregate/pregate/internal/localcluster"
+	"github.com/pregate/pregate/cluster"
 )
 
 // statusJSON runs `pregate status -o json` and decodes it generically, as a script would.
@@ -35,7 +35,7 @@ func summaryInt(t *testing.T, st map[string]any, key string) int {
 }
 
 func TestImportStatusDrainCommands(t *testing.T) {
-	lc, err := localcluster.Start(localcluster.Config{Dir: t.TempDir(), Stores: 2, Replicas: 1, StoreCapacity: 64 << 20, Fast: true})
+	lc, err := cluster.Start(cluster.Config{Dir: t.TempDir(), Stores: 2, Replicas: 1, StoreCapacity: 64 << 20, Fast: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +147,7 @@ func TestImportStatusDrainCommands(t *testing.T) {
 // TestWorkerExitsOnModeMismatch: a worker asked to run a checkpoint without pre-gates in pregated
 // mode exits with the reason instead of serving 503s forever.
 func TestWorkerExitsOnModeMismatch(t *testing.T) {
-	lc, err := localcluster.Start(localcluster.Config{Dir: t.TempDir(), Stores: 1, Replicas: 1, StoreCapacity: 64 << 20, Fast: true})
+	lc, err := cluster.Start(cluster.Config{Dir: t.TempDir(), Stores: 1, Replicas: 1, StoreCapacity: 64 << 20, Fast: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,9 +10,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/pregate/pregate/cluster"
 	"github.com/pregate/pregate/coordinator"
 	"github.com/pregate/pregate/expertstore/client"
-	"github.com/pregate/pregate/internal/localcluster"
 	"github.com/pregate/pregate/model"
 	"github.com/pregate/pregate/model/synth"
 	"github.com/pregate/pregate/worker"
@@ -155,7 +155,7 @@ func newUpCmd() *cobra.Command {
 			if name == "" {
 				name = filepath.Base(filepath.Clean(dir))
 			}
-			lc, err := localcluster.Start(localcluster.Config{Dir: dataDir, Stores: stores, Replicas: replicas,
+			lc, err := cluster.Start(cluster.Config{Dir: dataDir, Stores: stores, Replicas: replicas,
 				StoreCapacity: int64(capacity), Persist: true, Logger: log})
 			if err != nil {
 				return err

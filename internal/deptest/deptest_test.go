@@ -1,11 +1,18 @@
 // Package deptest enforces the dependency rules of docs/ARCHITECTURE.md over `go list -deps`, so a
 // stray import fails the build's tests instead of surfacing in a review.
+//
+// The packages stand on floors, and a package imports only from its own floor or below:
+//
+//	assemblies   cmd/pregate, bench, cluster          whole clusters in one process; nothing imports them
+//	daemons      coordinator, worker, expertstore     (+ worker/serve); they meet only in etcd
+//	libraries    expertstore/{client,blob,dataplane}, engine, compute, model, routing, api, internal/*
 package deptest
 
 import (
 	"encoding/json"
 	"io"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -15,10 +22,10 @@ const module = "github.com/pregate/pregate"
 type pkg struct {
 	ImportPath string
 	Deps       []string
-	Standard   bool
 }
 
-// deps lists the packages of the module with their transitive dependencies.
+// deps lists the packages of the module with their transitive dependencies (production code only:
+// go list without -test).
 func deps(t *testing.T) map[string][]string {
 	t.Helper()
 	cmd := exec.Command("go", "list", "-deps=false", "-json=ImportPath,Deps", module+"/...")
@@ -36,85 +43,159 @@ func deps(t *testing.T) map[string][]string {
 		} else if err != nil {
 			t.Fatal(err)
 		}
-		m[p.ImportPath] = p.Deps
+		m[strings.TrimPrefix(strings.TrimPrefix(p.ImportPath, module), "/")] = p.Deps
 	}
 	return m
 }
 
+// rule says what the packages under pkg (or pkg alone, with exact) may depend on.
+type rule struct {
+	pkg       string
+	exact     bool
+	forbidden []string // import path prefixes it must not depend on
+	allowed   []string // project packages (and their subpackages) it may depend on; nil: any
+}
+
+func (r rule) covers(rel string) bool {
+	return rel == r.pkg || !r.exact && strings.HasPrefix(rel, r.pkg+"/")
+}
+
+// assemblies and daemons are the upper floors: no library imports them.
+var (
+	assemblies = []string{"cmd/pregate", "bench", "cluster"}
+	daemons    = []string{"coordinator", "worker", "expertstore"} // expertstore itself, not its libraries
+)
+
+var rules = []rule{
+	// Libraries.
+	// routing holds the cluster's identities (ExpertKey, Replica, the snapshot's entries with their
+	// blob digests): it may import the blob format for the digest type, and nothing networked.
+	{pkg: "routing", allowed: []string{"expertstore/blob", "model"}, forbidden: []string{"google.golang.org/grpc", "go.etcd.io/", "github.com/hashicorp/memberlist"}},
+	{pkg: "model", exact: true, allowed: []string{}},
+	{pkg: "model/synth", allowed: []string{"model", "internal/atomicfile"}},
+	{pkg: "compute", allowed: []string{"model"}},
+	// The engine imports routing for the gate math; routing's snapshot types bring the blob format
+	// (for the digest type; pure code, no I/O) along.
+	{pkg: "engine", allowed: []string{"model", "compute", "routing", "expertstore/blob"}},
+	{pkg: "api", allowed: []string{"api"}},
+	{pkg: "expertstore/blob", allowed: []string{"model"}},
+	{pkg: "expertstore/dataplane", allowed: []string{}},
+	{pkg: "expertstore/client", allowed: []string{"api", "model", "routing", "expertstore/blob", "expertstore/dataplane"}},
+	{pkg: "internal/lifecycle", allowed: []string{}},
+	{pkg: "internal/membership", allowed: []string{}},
+	{pkg: "internal/atomicfile", allowed: []string{}},
+	{pkg: "internal/embedetcd", allowed: []string{}},
+	{pkg: "internal/golden", allowed: []string{"model"}},
+	{pkg: "internal/deptest", allowed: []string{}},
+	{pkg: "internal/modelblobs", allowed: []string{"model", "routing", "expertstore/blob"}},
+	{pkg: "internal/placement", allowed: []string{"routing", "model", "expertstore/blob"}},
+	// Daemons. The control plane never depends on the data plane's consumers, and the reverse: the
+	// coordinator and the worker meet in etcd (internal/placement).
+	{pkg: "expertstore", exact: true, allowed: []string{"api", "model", "routing", "internal/lifecycle", "expertstore/blob",
+		"expertstore/dataplane", "expertstore/client", "internal/membership", "internal/atomicfile"}},
+	{pkg: "coordinator", allowed: []string{"api", "model", "routing", "internal/lifecycle", "expertstore/blob", "expertstore/dataplane",
+		"expertstore/client", "internal/placement", "internal/membership", "internal/modelblobs", "internal/embedetcd", "internal/atomicfile"}},
+	{pkg: "worker/serve", allowed: []string{"model", "compute", "routing", "engine", "expertstore/blob", "internal/lifecycle"}},
+	{pkg: "worker", exact: true, allowed: []string{"api", "model", "compute", "routing", "engine", "internal/lifecycle", "expertstore/blob",
+		"expertstore/dataplane", "expertstore/client", "internal/placement", "internal/membership", "internal/atomicfile", "worker/serve"}},
+	// Assemblies. cluster is the control and storage planes in one process (a worker is added by
+	// whoever needs one); bench drives a cluster and workers.
+	{pkg: "cluster", forbidden: []string{module + "/worker", module + "/bench", module + "/cmd"}},
+	{pkg: "bench", forbidden: []string{module + "/cmd"}},
+}
+
 func TestDependencyRules(t *testing.T) {
 	all := deps(t)
-	rules := []struct {
-		pkg       string // package the rule covers, with its subpackages unless exact
-		exact     bool
-		forbidden []string // import path prefixes it must not depend on
-		allowed   []string // project packages it may depend on (nil: any)
-	}{
-		// routing holds the cluster's identities (ExpertKey, Replica, the snapshot's entries with their
-		// blob digests): it may import the blob format for the digest type, and nothing networked.
-		{pkg: "routing", allowed: []string{"expertstore/blob", "model"}, forbidden: []string{"google.golang.org/grpc", "go.etcd.io/", "github.com/hashicorp/memberlist"}},
-		{pkg: "model", exact: true, allowed: []string{}},
-		{pkg: "model/synth", allowed: []string{"model", "internal/atomicfile"}},
-		{pkg: "compute", allowed: []string{"model"}},
-		// The engine imports routing for the gate math; routing's snapshot types bring the blob format
-		// (for the digest type; pure code, no I/O) along.
-		{pkg: "engine", allowed: []string{"model", "compute", "routing", "expertstore/blob"}},
-		{pkg: "api", allowed: []string{"api"}},
-		{pkg: "internal/lifecycle", allowed: []string{}},
-		{pkg: "expertstore", exact: true, allowed: []string{"api", "model", "routing", "internal/lifecycle", "expertstore/blob", "expertstore/dataplane", "expertstore/client", "internal/membership", "internal/atomicfile"}},
-		{pkg: "expertstore/blob", allowed: []string{"model"}},
-		{pkg: "expertstore/dataplane", allowed: []string{}},
-		{pkg: "expertstore/client", allowed: []string{"api", "model", "routing", "expertstore/blob", "expertstore/dataplane"}},
-		{pkg: "internal/membership", allowed: []string{}},
-		{pkg: "internal/atomicfile", allowed: []string{}},
-		{pkg: "internal/modelblobs", allowed: []string{"model", "routing", "expertstore/blob"}},
-		{pkg: "internal/placement", allowed: []string{"routing", "model", "expertstore/blob"}},
-		{pkg: "internal/embedetcd", allowed: []string{}},
-		// The control plane never depends on the data plane's consumers, and the reverse.
-		{pkg: "coordinator", allowed: []string{"api", "model", "routing", "internal/lifecycle", "expertstore/blob", "expertstore/dataplane", "expertstore/client",
-			"internal/placement", "internal/membership", "internal/modelblobs", "internal/embedetcd", "internal/atomicfile"}},
-		{pkg: "worker/serve", allowed: []string{"model", "compute", "routing", "engine", "expertstore/blob", "internal/lifecycle"}},
-		{pkg: "worker", exact: true, allowed: []string{"api", "model", "compute", "routing", "engine", "internal/lifecycle", "expertstore/blob", "expertstore/dataplane",
-			"expertstore/client", "internal/placement", "internal/membership", "internal/atomicfile", "worker/serve"}},
+	if len(all) < 20 {
+		t.Fatalf("go list saw %d packages: is it seeing the module?", len(all))
 	}
-	checked := 0
-	for path, ds := range all {
-		rel := strings.TrimPrefix(strings.TrimPrefix(path, module), "/")
-		for _, d := range ds {
-			// Only the cuda package may pull in gorgonia.org/cu (its init exits without a driver),
-			// and no production package may depend on testing.
-			if strings.HasPrefix(d, "gorgonia.org/cu") && !strings.HasPrefix(rel, "cuda") {
-				t.Errorf("%s depends on %s", path, d)
-			}
-			if d == "testing" && !strings.Contains(rel, "test") {
-				t.Errorf("%s depends on testing", path)
-			}
-		}
+	for rel, ds := range all {
+		covered := false
 		for _, r := range rules {
-			if rel != r.pkg && (r.exact || !strings.HasPrefix(rel, r.pkg+"/")) {
+			if !r.covers(rel) {
 				continue
 			}
-			checked++
+			covered = true
 			for _, d := range ds {
 				for _, f := range r.forbidden {
 					if strings.HasPrefix(d, f) {
-						t.Errorf("%s must not depend on %s", path, d)
+						t.Errorf("%s must not depend on %s", rel, d)
 					}
 				}
-				if r.allowed == nil || !strings.HasPrefix(d, module+"/") {
+				dep, ours := strings.CutPrefix(d, module+"/")
+				if r.allowed == nil || !ours {
 					continue
 				}
-				dep := strings.TrimPrefix(d, module+"/")
-				ok := false
-				for _, a := range r.allowed {
-					ok = ok || dep == a || strings.HasPrefix(dep, a+"/")
-				}
-				if !ok {
-					t.Errorf("%s must not depend on %s", path, d)
+				if !slices.ContainsFunc(r.allowed, func(a string) bool { return dep == a || strings.HasPrefix(dep, a+"/") }) {
+					t.Errorf("%s must not depend on %s", rel, dep)
 				}
 			}
 		}
+		if !covered && !slices.Contains(assemblies, rel) {
+			t.Errorf("%s has no dependency rule: give it one (docs/ARCHITECTURE.md, the package map)", rel)
+		}
+		for _, d := range ds {
+			dep, ours := strings.CutPrefix(d, module+"/")
+			// Nothing below the assemblies imports one; no library imports a daemon.
+			if ours && slices.Contains(assemblies, dep) && !slices.Contains(assemblies, rel) {
+				t.Errorf("%s depends on the assembly %s", rel, dep)
+			}
+			if ours && slices.Contains(daemons, dep) && !slices.Contains(assemblies, rel) && !isDaemon(rel) {
+				t.Errorf("library %s depends on the daemon %s", rel, dep)
+			}
+			// Only the cuda package may pull in gorgonia.org/cu (its init exits without a driver),
+			// and no production package depends on testing (test helpers live in _test files, or
+			// take a testing.TB-shaped interface of their own).
+			if strings.HasPrefix(d, "gorgonia.org/cu") && !strings.HasPrefix(rel, "cuda") {
+				t.Errorf("%s depends on %s", rel, d)
+			}
+			if d == "testing" {
+				t.Errorf("%s depends on testing", rel)
+			}
+		}
 	}
-	if checked < 10 {
-		t.Fatalf("only %d packages matched a rule: is go list seeing the module?", checked)
+}
+
+func isDaemon(rel string) bool {
+	return slices.Contains(daemons, rel) || strings.HasPrefix(rel, "worker/") || strings.HasPrefix(rel, "coordinator/")
+}
+
+// TestRulesCatchViolations feeds the checks a made-up graph: they must fail where a rule is broken.
+func TestRulesCatchViolations(t *testing.T) {
+	violates := func(rel string, dep string) bool {
+		for _, r := range rules {
+			if !r.covers(rel) {
+				continue
+			}
+			for _, f := range r.forbidden {
+				if strings.HasPrefix(dep, f) {
+					return true
+				}
+			}
+			d, ours := strings.CutPrefix(dep, module+"/")
+			if r.allowed != nil && ours && !slices.ContainsFunc(r.allowed, func(a string) bool { return d == a || strings.HasPrefix(d, a+"/") }) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, tt := range []struct {
+		rel, dep string
+		want     bool
+	}{
+		{"worker", module + "/coordinator", true},
+		{"coordinator", module + "/worker", true},
+		{"routing", "google.golang.org/grpc", true},
+		{"engine", module + "/expertstore/client", true},
+		{"internal/placement", module + "/coordinator", true},
+		{"cluster", module + "/worker", true},
+		{"bench", module + "/cmd/pregate", true},
+		{"worker", module + "/expertstore/client", false},
+		{"bench", module + "/worker", false},
+		{"routing", module + "/expertstore/blob", false},
+	} {
+		if got := violates(tt.rel, tt.dep); got != tt.want {
+			t.Errorf("%s → %s: violation %v, want %v", tt.rel, tt.dep, got, tt.want)
+		}
 	}
 }

@@ -1,4 +1,4 @@
-package modebench
+package bench
 
 import (
 	"bytes"
@@ -23,7 +23,7 @@ func TestRunTinyPreset(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	res, err := Run(ctx, Options{Preset: "switch-tiny", Tokens: 8, PromptTokens: 6, Stores: 2, Threads: 1, Dir: t.TempDir()})
+	res, err := RunModes(ctx, ModesOptions{Preset: "switch-tiny", Tokens: 8, PromptTokens: 6, Stores: 2, Threads: 1, Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,11 +81,11 @@ func TestRunTinyPreset(t *testing.T) {
 	}
 
 	var table bytes.Buffer
-	if err := WriteTable(&table, res); err != nil || !strings.Contains(table.String(), "pregated / resident") {
+	if err := WriteModesTable(&table, res); err != nil || !strings.Contains(table.String(), "pregated / resident") {
 		t.Errorf("table: %v\n%s", err, table.String())
 	}
 	png := filepath.Join(t.TempDir(), "chart.png")
-	if err := Plot(res, png); err != nil {
+	if err := PlotModes(res, png); err != nil {
 		t.Fatal(err)
 	}
 	head, err := os.ReadFile(png)
@@ -95,8 +95,8 @@ func TestRunTinyPreset(t *testing.T) {
 }
 
 func TestOptionsErrors(t *testing.T) {
-	for _, o := range []Options{{}, {Preset: "switch-tiny", Regime: "carrier-pigeon"}} {
-		if _, err := Run(context.Background(), Options{Preset: o.Preset, Regime: o.Regime, Dir: t.TempDir()}); err == nil {
+	for _, o := range []ModesOptions{{}, {Preset: "switch-tiny", Regime: "carrier-pigeon"}} {
+		if _, err := RunModes(context.Background(), ModesOptions{Preset: o.Preset, Regime: o.Regime, Dir: t.TempDir()}); err == nil {
 			t.Errorf("%+v: no error", o)
 		}
 	}

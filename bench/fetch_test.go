@@ -1,4 +1,4 @@
-package fetchbench
+package bench
 
 import (
 	"context"
@@ -17,7 +17,7 @@ func TestRunReportsBothRates(t *testing.T) {
 	}
 	defer s.Close()
 	r := routing.Replica{Store: "bench", GRPCAddr: s.Addr(), DataAddr: s.DataAddr()}
-	res, err := Run(context.Background(), r, Options{Size: 2 << 20, Count: 2, Rounds: 2, MinBytes: 8 << 20})
+	res, err := RunFetch(context.Background(), r, FetchOptions{Size: 2 << 20, Count: 2, Rounds: 2, MinBytes: 8 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}

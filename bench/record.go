@@ -1,4 +1,4 @@
-package modebench
+package bench
 
 import (
 	"slices"

@@ -1,7 +1,4 @@
-// Package fetchbench measures what the store → worker data path delivers on a link: blob Fetch
-// throughput (data plane, with per-chunk CRC32C and the whole-blob digest check) against a plain
-// TCP copy of the same bytes between the same two processes, and the gRPC fallback beside them.
-package fetchbench
+package bench
 
 import (
 	"bufio"
@@ -18,8 +15,8 @@ import (
 	"github.com/pregate/pregate/routing"
 )
 
-// Options configures a run.
-type Options struct {
+// FetchOptions configures a run.
+type FetchOptions struct {
 	Size   int64 // bytes per blob
 	Count  int   // blobs
 	Rounds int   // alternating rounds; the best of each method is reported
@@ -27,8 +24,8 @@ type Options struct {
 	MinBytes int64
 }
 
-// Result is the benchmark's output (its JSON is a stable interface).
-type Result struct {
+// FetchResult is the benchmark's output (its JSON is a stable interface).
+type FetchResult struct {
 	Size                int64   `json:"size"`
 	Count               int     `json:"count"`
 	FetchBytesPerSecond float64 `json:"fetch_bytes_per_second"`
@@ -41,9 +38,9 @@ type Result struct {
 }
 
 // Run uploads Count random blobs of Size bytes to the store at replica and measures.
-func Run(ctx context.Context, r routing.Replica, o Options) (Result, error) {
+func RunFetch(ctx context.Context, r routing.Replica, o FetchOptions) (FetchResult, error) {
 	if o.Size <= 0 || o.Count <= 0 {
-		return Result{}, fmt.Errorf("fetchbench: size %d, count %d", o.Size, o.Count)
+		return FetchResult{}, fmt.Errorf("bench: fetch: size %d, count %d", o.Size, o.Count)
 	}
 	o.Rounds = max(o.Rounds, 1)
 	// Raw bytes on both paths: this measures the transport, not the codec.
@@ -59,7 +56,7 @@ func Run(ctx context.Context, r routing.Replica, o Options) (Result, error) {
 		rng.Read(data)
 		info, _, err := c.Put(ctx, r, data)
 		if err != nil {
-			return Result{}, err
+			return FetchResult{}, err
 		}
 		refs[i] = client.Ref{Digest: info.Digest, Size: o.Size}
 	}
@@ -68,7 +65,7 @@ func Run(ctx context.Context, r routing.Replica, o Options) (Result, error) {
 	replicas := []routing.Replica{r}
 	raw, err := newRawConn(r.DataAddr)
 	if err != nil {
-		return Result{}, err
+		return FetchResult{}, err
 	}
 	defer raw.Close()
 	methods := []func(client.Ref) error{
@@ -81,10 +78,10 @@ func Run(ctx context.Context, r routing.Replica, o Options) (Result, error) {
 	// its summed time, and the best round of each is reported.
 	for _, m := range methods {
 		if err := m(refs[0]); err != nil {
-			return Result{}, err
+			return FetchResult{}, err
 		}
 	}
-	res := Result{Size: o.Size, Count: o.Count, BytesPerMethodRound: per * o.Size, Rounds: o.Rounds}
+	res := FetchResult{Size: o.Size, Count: o.Count, BytesPerMethodRound: per * o.Size, Rounds: o.Rounds}
 	best := make([]float64, len(methods))
 	for range o.Rounds {
 		spent := make([]time.Duration, len(methods))
@@ -133,7 +130,7 @@ func (c *rawConn) copy(d blob.Digest, dst []byte) error {
 		return err
 	}
 	if resp.Status != dataplane.StatusOK {
-		return fmt.Errorf("fetchbench: raw copy: status %d: %s", resp.Status, resp.Msg)
+		return fmt.Errorf("bench: fetch: raw copy: status %d: %s", resp.Status, resp.Msg)
 	}
 	_, err = io.ReadFull(c.rd, dst)
 	return err

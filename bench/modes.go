@@ -1,17 +1,4 @@
-// Package modebench is `pregate bench`: the Pre-gated MoE paper's comparison of fetch policies, run
-// on a real cluster in this process (stores on gRPC over loopback, a worker running the fetch
-// pipeline), once per mode on the same prompts.
-//
-//	checkpoint (or preset → synth; + random pre-gates for pregated) ─▶ local cluster, import
-//	resident run ─▶ c (per-block compute) and the active expert bytes per block
-//	link rate: --link-gbps, or a regime (paper: f ≈ 0.5c; pcie4/rdma100/tcp25 scaled by this CPU vs an A100)
-//	ondemand run ─▶ f (per-block fetch: its stall)   other modes ─▶ block latency p50/p90, tokens/s, …
-//	─▶ Result (table, JSON) and the ideal overlap bound (c+f)/max(c,f)
-//
-// Every mode runs on a fresh worker whose expert cache is the least the mode needs (so that peak
-// expert bytes compare the modes' memory), and only decode steps are measured. The worker has no
-// benchmark code: record.go is the Tracer it is given (block latency), link.go the Link (pacing).
-package modebench
+package bench
 
 import (
 	"cmp"
@@ -28,8 +15,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pregate/pregate/cluster"
 	"github.com/pregate/pregate/coordinator"
-	"github.com/pregate/pregate/internal/localcluster"
 	"github.com/pregate/pregate/model"
 	"github.com/pregate/pregate/model/synth"
 	"github.com/pregate/pregate/worker"
@@ -51,8 +38,8 @@ const (
 	paperRatio    = 0.5      // f/c in the paper's Switch-Base on A100 + PCIe 4 regime
 )
 
-// Options configures a run.
-type Options struct {
+// ModesOptions configures a run.
+type ModesOptions struct {
 	ModelDir string // a checkpoint; or Preset
 	Preset   string // synth preset (switch-base-8, …)
 	// Overrides for the preset (0: keep), to scale a preset down to this machine.
@@ -71,8 +58,8 @@ type Options struct {
 	Logger                       *slog.Logger
 }
 
-// Result is a run's outcome; its JSON form is documented in docs/BENCHMARKS.md.
-type Result struct {
+// ModesResult is a run's outcome; its JSON form is documented in docs/BENCHMARKS.md.
+type ModesResult struct {
 	Model                     string       `json:"model"`
 	Arch                      string       `json:"arch"`
 	ComputeSecondsPerBlock    float64      `json:"compute_seconds_per_block"`
@@ -117,9 +104,9 @@ type Ratios struct {
 	PregatedPeakOverResident float64 `json:"pregated_peak_over_resident"`
 }
 
-func (o *Options) defaults() error {
+func (o *ModesOptions) defaults() error {
 	if o.ModelDir == "" && o.Preset == "" {
-		return errors.New("modebench: give a model directory or a preset")
+		return errors.New("bench: give a model directory or a preset")
 	}
 	if len(o.Modes) == 0 {
 		o.Modes = slices.Clone(worker.Modes)
@@ -132,7 +119,7 @@ func (o *Options) defaults() error {
 		o.Regime = "paper"
 	}
 	if _, ok := regimes[o.Regime]; o.Regime != "" && !ok {
-		return fmt.Errorf("modebench: unknown regime %q (paper, pcie4, rdma100, tcp25)", o.Regime)
+		return fmt.Errorf("bench: unknown regime %q (paper, pcie4, rdma100, tcp25)", o.Regime)
 	}
 	if o.DType == "" {
 		o.DType = model.F32
@@ -147,14 +134,14 @@ func (o *Options) defaults() error {
 }
 
 // Run runs the benchmark.
-func Run(ctx context.Context, o Options) (*Result, error) {
+func RunModes(ctx context.Context, o ModesOptions) (*ModesResult, error) {
 	if err := o.defaults(); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
 		return nil, err
 	}
-	res := &Result{Batch: o.Batch, Tokens: o.Tokens, PromptTokens: o.PromptTokens}
+	res := &ModesResult{Batch: o.Batch, Tokens: o.Tokens, PromptTokens: o.PromptTokens}
 	base, pregated, err := prepareModels(o, res)
 	if err != nil {
 		return nil, err
@@ -164,7 +151,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if err := os.RemoveAll(filepath.Join(o.Dir, "cluster")); err != nil {
 		return nil, err
 	}
-	lc, err := localcluster.Start(localcluster.Config{Dir: filepath.Join(o.Dir, "cluster"), Stores: o.Stores, Replicas: 1,
+	lc, err := cluster.Start(cluster.Config{Dir: filepath.Join(o.Dir, "cluster"), Stores: o.Stores, Replicas: 1,
 		StoreCapacity: 64 << 30, Logger: o.Logger}) // production timers: test timers gossip and reconcile every few ms, taking CPU from the run
 	if err != nil {
 		return nil, err
@@ -327,7 +314,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 
 // prepareModels returns the checkpoint for the modes without pre-gates and the one for pregated
 // (either may be ""), synthesising a preset (and its pre-gated twin) when no directory is given.
-func prepareModels(o Options, res *Result) (base, pregated string, err error) {
+func prepareModels(o ModesOptions, res *ModesResult) (base, pregated string, err error) {
 	if o.ModelDir != "" {
 		ckpt, err := model.OpenCheckpoint(o.ModelDir)
 		if err != nil {
@@ -399,7 +386,7 @@ type runStats struct {
 
 // runMode serves model on a fresh worker in mode m and decodes the prompts, measuring the decode
 // steps only.
-func runMode(ctx context.Context, lc *localcluster.Cluster, o Options, name string, m worker.Mode, budget int64, link float64, prompts [][]int) (ModeResult, *runStats, error) {
+func runMode(ctx context.Context, lc *cluster.Local, o ModesOptions, name string, m worker.Mode, budget int64, link float64, prompts [][]int) (ModeResult, *runStats, error) {
 	wc := worker.DefaultConfig()
 	wc.Name, wc.EtcdEndpoints, wc.Model, wc.Mode = "bench-"+string(m), lc.EtcdEndpoints(), name, m
 	wc.ExpertCache, wc.HTTPAddr, wc.DataDir, wc.Threads = budget, "127.0.0.1:0", filepath.Join(o.Dir, "worker"), o.Threads
@@ -442,7 +429,7 @@ func runMode(ctx context.Context, lc *localcluster.Cluster, o Options, name stri
 		}
 	}
 	if len(lat) == 0 {
-		return ModeResult{}, nil, fmt.Errorf("modebench: %s: no decode step measured (need --tokens ≥ 2)", m)
+		return ModeResult{}, nil, fmt.Errorf("bench: %s: no decode step measured (need --tokens ≥ 2)", m)
 	}
 	slices.Sort(lat)
 	mr := ModeResult{Mode: string(m), BlockLatencyP50: quantile(lat, 0.5), BlockLatencyP90: quantile(lat, 0.9),

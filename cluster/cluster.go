@@ -1,8 +1,10 @@
-// Package localcluster runs a whole pregate cluster inside one process on 127.0.0.1: an embedded
-// etcd, a coordinator and N stores, each on its own free ports with real gRPC, real memberlist and
-// real files. `pregate up` serves from one; the cluster tests drive one (adding, draining, killing
-// stores and restarting the coordinator).
-package localcluster
+// Package cluster embeds a whole pregate cluster in one process, as etcd's embed package embeds an
+// etcd: an etcd, coordinators and N stores on 127.0.0.1, each on its own free ports with real gRPC,
+// real memberlist and real files. `pregate up` serves from one (adding a worker), `pregate bench`
+// measures on one, and the cluster tests drive one: adding, draining, killing and restarting
+// stores, restarting coordinators. It is an assembly of the daemons, above them all; no daemon
+// imports it.
+package cluster
 
 import (
 	"cmp"
@@ -49,8 +51,8 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Cluster is a running local cluster.
-type Cluster struct {
+// Local is a running local cluster.
+type Local struct {
 	cfg    Config
 	etcd   *embedetcd.Server
 	cli    *clientv3.Client // the cluster's own, outliving any coordinator
@@ -60,18 +62,18 @@ type Cluster struct {
 	stores map[string]*expertstore.Server
 	ports  map[string]storePorts // each store's ports, kept across restarts
 	seeds  []string              // gossip addresses to join
-	next   int      // the next store number
+	next   int                   // the next store number
 }
 
 // Start starts etcd, the coordinator and cfg.Stores stores. On an error everything started is
 // stopped.
-func Start(cfg Config) (c *Cluster, err error) {
+func Start(cfg Config) (c *Local, err error) {
 	if cfg.Dir == "" {
-		return nil, errors.New("localcluster: no directory")
+		return nil, errors.New("cluster: no directory")
 	}
 	cfg.StoreCapacity = cmp.Or(cfg.StoreCapacity, 1<<30)
 	cfg.Replicas = cmp.Or(cfg.Replicas, 2)
-	c = &Cluster{cfg: cfg, stores: map[string]*expertstore.Server{}, ports: map[string]storePorts{}}
+	c = &Local{cfg: cfg, stores: map[string]*expertstore.Server{}, ports: map[string]storePorts{}}
 	defer func() {
 		if err != nil {
 			c.Close()
@@ -100,7 +102,7 @@ func Start(cfg Config) (c *Cluster, err error) {
 	return c, nil
 }
 
-func (c *Cluster) gossip() *membership.Config {
+func (c *Local) gossip() *membership.Config {
 	g := membership.DefaultConfig()
 	g.BindAddr, g.BindPort = "127.0.0.1", 0
 	if c.cfg.Fast {
@@ -113,19 +115,19 @@ func (c *Cluster) gossip() *membership.Config {
 	return &g
 }
 
-func (c *Cluster) addSeed(addr string) {
+func (c *Local) addSeed(addr string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.seeds = append(c.seeds, addr)
 }
 
 // StartCoordinator starts another coordinator (named coord-<n>) on the cluster's etcd.
-func (c *Cluster) StartCoordinator() (*coordinator.Coordinator, error) {
+func (c *Local) StartCoordinator() (*coordinator.Coordinator, error) {
 	return c.StartCoordinatorWith(nil)
 }
 
 // StartCoordinatorWith is StartCoordinator with adjust applied to the configuration last.
-func (c *Cluster) StartCoordinatorWith(adjust func(*coordinator.Config)) (*coordinator.Coordinator, error) {
+func (c *Local) StartCoordinatorWith(adjust func(*coordinator.Config)) (*coordinator.Coordinator, error) {
 	cc := coordinator.DefaultConfig()
 	c.mu.Lock()
 	cc.Name = fmt.Sprintf("coord-%d", len(c.coords))
@@ -161,7 +163,7 @@ func (c *Cluster) StartCoordinatorWith(adjust func(*coordinator.Config)) (*coord
 }
 
 // Coordinator returns the newest running coordinator (nil if none).
-func (c *Cluster) Coordinator() *coordinator.Coordinator {
+func (c *Local) Coordinator() *coordinator.Coordinator {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for i := len(c.coords) - 1; i >= 0; i-- {
@@ -173,7 +175,7 @@ func (c *Cluster) Coordinator() *coordinator.Coordinator {
 }
 
 // Coordinators returns the running coordinators, oldest first.
-func (c *Cluster) Coordinators() []*coordinator.Coordinator {
+func (c *Local) Coordinators() []*coordinator.Coordinator {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var out []*coordinator.Coordinator
@@ -186,7 +188,7 @@ func (c *Cluster) Coordinators() []*coordinator.Coordinator {
 }
 
 // StopCoordinator closes co (it resigns; another running coordinator takes over).
-func (c *Cluster) StopCoordinator(co *coordinator.Coordinator) {
+func (c *Local) StopCoordinator(co *coordinator.Coordinator) {
 	c.mu.Lock()
 	for i := range c.coords {
 		if c.coords[i] == co {
@@ -198,7 +200,7 @@ func (c *Cluster) StopCoordinator(co *coordinator.Coordinator) {
 }
 
 // AddStore starts a new store (store-<n>) that joins the cluster's gossip.
-func (c *Cluster) AddStore() (*expertstore.Server, error) {
+func (c *Local) AddStore() (*expertstore.Server, error) {
 	c.mu.Lock()
 	name := fmt.Sprintf("store-%d", c.next)
 	c.next++
@@ -207,7 +209,7 @@ func (c *Cluster) AddStore() (*expertstore.Server, error) {
 }
 
 // StoreDir returns the data dir of the store called name ("" without Persist).
-func (c *Cluster) StoreDir(name string) string {
+func (c *Local) StoreDir(name string) string {
 	if !c.cfg.Persist {
 		return ""
 	}
@@ -220,9 +222,9 @@ type storePorts struct{ grpc, data, gossip string }
 // StartStore starts the store called name, which joins the cluster's gossip: a store stopped
 // before comes back on the same ports with what its data dir holds (with Persist), as a restarted
 // process would.
-func (c *Cluster) StartStore(name string) (*expertstore.Server, error) {
+func (c *Local) StartStore(name string) (*expertstore.Server, error) {
 	if c.Store(name) != nil {
-		return nil, fmt.Errorf("localcluster: store %q is running", name)
+		return nil, fmt.Errorf("cluster: store %q is running", name)
 	}
 	c.mu.Lock()
 	ports, restart := c.ports[name]
@@ -259,14 +261,14 @@ func (c *Cluster) StartStore(name string) (*expertstore.Server, error) {
 }
 
 // Store returns the running store called name, or nil.
-func (c *Cluster) Store(name string) *expertstore.Server {
+func (c *Local) Store(name string) *expertstore.Server {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.stores[name]
 }
 
 // StoreNames returns the running stores' names, sorted.
-func (c *Cluster) StoreNames() []string {
+func (c *Local) StoreNames() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var out []string
@@ -278,7 +280,7 @@ func (c *Cluster) StoreNames() []string {
 }
 
 // StoreAddrs returns the running stores' gRPC addresses, in StoreNames order.
-func (c *Cluster) StoreAddrs() []string {
+func (c *Local) StoreAddrs() []string {
 	var out []string
 	for _, n := range c.StoreNames() {
 		if s := c.Store(n); s != nil {
@@ -289,18 +291,18 @@ func (c *Cluster) StoreAddrs() []string {
 }
 
 // StopStore stops a store gracefully (it leaves the gossip cluster).
-func (c *Cluster) StopStore(name string) error { return c.removeStore(name, true) }
+func (c *Local) StopStore(name string) error { return c.removeStore(name, true) }
 
 // KillStore stops a store as a crash would: no leave, connections cut; gossip declares it dead.
-func (c *Cluster) KillStore(name string) error { return c.removeStore(name, false) }
+func (c *Local) KillStore(name string) error { return c.removeStore(name, false) }
 
-func (c *Cluster) removeStore(name string, graceful bool) error {
+func (c *Local) removeStore(name string, graceful bool) error {
 	c.mu.Lock()
 	s := c.stores[name]
 	delete(c.stores, name)
 	c.mu.Unlock()
 	if s == nil {
-		return fmt.Errorf("localcluster: no running store %q", name)
+		return fmt.Errorf("cluster: no running store %q", name)
 	}
 	if graceful {
 		return s.Close()
@@ -310,19 +312,19 @@ func (c *Cluster) removeStore(name string, graceful bool) error {
 }
 
 // EtcdEndpoints returns the embedded etcd's client URLs.
-func (c *Cluster) EtcdEndpoints() []string { return c.etcd.Endpoints() }
+func (c *Local) EtcdEndpoints() []string { return c.etcd.Endpoints() }
 
 // Placement returns the cluster's state in etcd, over the cluster's own client.
-func (c *Cluster) Placement() *placement.Store { return c.ps }
+func (c *Local) Placement() *placement.Store { return c.ps }
 
 // Etcd returns the cluster's own etcd client.
-func (c *Cluster) Etcd() *clientv3.Client { return c.cli }
+func (c *Local) Etcd() *clientv3.Client { return c.cli }
 
 // Close stops everything: coordinators (so that nothing reacts to the stores going), stores,
 // etcd. The stores stop without a gossip leave: with the whole cluster going there is no one to
 // tell, and the last member to leave would wait seconds for an acknowledgement. Their blobs are
 // already on disk.
-func (c *Cluster) Close() error {
+func (c *Local) Close() error {
 	for _, co := range c.Coordinators() {
 		c.StopCoordinator(co)
 	}
@@ -340,7 +342,7 @@ func (c *Cluster) Close() error {
 
 // WaitStores waits until the coordinator has published n alive stores: the importer places blobs
 // over the stores the records name, so an import must wait for them.
-func (c *Cluster) WaitStores(ctx context.Context, n int) error {
+func (c *Local) WaitStores(ctx context.Context, n int) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	for {
@@ -350,7 +352,7 @@ func (c *Cluster) WaitStores(ctx context.Context, n int) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("localcluster: %d stores did not come up: %w", n, ctx.Err())
+			return fmt.Errorf("cluster: %d stores did not come up: %w", n, ctx.Err())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}

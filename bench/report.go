@@ -1,4 +1,4 @@
-package modebench
+package bench
 
 import (
 	"fmt"
@@ -14,7 +14,7 @@ import (
 
 // WriteTable prints r as the paper's comparison: one row per mode, then c, f, the ideal bound and
 // the headline ratios with their targets.
-func WriteTable(w io.Writer, r *Result) error {
+func WriteModesTable(w io.Writer, r *ModesResult) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "MODE\tBLOCK P50 (ms)\tBLOCK P90 (ms)\tDECODE TOK/S\tSTALL\tFETCHED\tPEAK EXPERT BYTES\tCACHE BUDGET\tRECALL\t")
 	for _, m := range r.Modes {
@@ -64,7 +64,7 @@ func WriteTable(w io.Writer, r *Result) error {
 
 // Plot writes a bar chart of each mode's block latency (p50, with p90 as a thin bar beside it), as
 // the paper's figure shows, to a PNG file.
-func Plot(r *Result, path string) error {
+func PlotModes(r *ModesResult, path string) error {
 	p := plot.New()
 	link := "loopback"
 	if r.LinkBytesPerSecond > 0 {
