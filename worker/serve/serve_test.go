@@ -708,7 +708,7 @@ func TestProbes(t *testing.T) {
 		t.Errorf("/v1/models/other: %d %s", code, body)
 	}
 
-	ts.complete(t, map[string]any{"prompt": []int{5, 6}, "max_tokens": 3})
+	ts.complete(t, map[string]any{"prompt": []int{5, 6}, "max_tokens": 3, "ignore_eos": true}) // sampled (temperature 1): EOS could end it early
 	code, body = get("/metrics")
 	for _, name := range []string{"pregate_requests_running", "pregate_requests_waiting", "pregate_time_to_first_token_seconds",
 		"pregate_inter_token_latency_seconds", "pregate_request_duration_seconds", `pregate_requests_total{code="200"} 1`,
