@@ -1,11 +1,3 @@
-// Package routing owns the gate math of MoE blocks: turning router (or pre-gate) logits into expert
-// choices. It is pure arithmetic on float32 slices and depends on nothing else in the project, so the
-// engine, the worker's fetch pipeline and the benchmarks all route tokens the same way.
-//
-// Data flow: a MoE block computes router logits [tokens × experts] (engine), calls Route to pick each
-// token's experts and weights, optionally applies the per-sequence expert capacity, and hands the
-// choices to its experts. A pre-gated checkpoint computes the same thing one block early with the
-// previous block's pre-gate matrix, so the next block's experts are known before they are needed.
 package routing
 
 import (

@@ -3,10 +3,11 @@
 // stores into a byte-bounded device cache while it computes, ahead of use as its mode allows.
 //
 //	HTTP (serve) ──▶ scheduler ──▶ engine Step ──▶ Pipeline (engine.Experts)
-//	                                                 │ Predict / Hint: choose replicas (routing.Snapshot)
+//	                                                 │ Predict / Hint (routing.ExpertKey)
 //	                                                 ▼
-//	                     client.Fetch ──▶ staging buffer ──▶ Device copy stream ──▶ Cache ──▶ Acquire
-//	etcd: manifest, placements (watched), store records; gossip: role worker
+//	snap.Expert(k): digest, size, replicas with addresses ──▶ client.Fetch ──▶ staging buffer
+//	    ──▶ Device copy stream ──▶ Cache ──▶ Acquire
+//	etcd: manifest, placements (watched) + store records ──▶ routing.Snapshot; gossip: role worker
 //
 // Read device.go (the CUDA-shaped seam), cache.go (budget, pins, eviction), modes.go (what each mode
 // fetches when), pipeline.go (wants, pins and fetches into the cache), metrics.go (per-block counters,
