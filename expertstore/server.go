@@ -38,6 +38,9 @@ import (
 	"github.com/pregate/pregate/internal/membership"
 )
 
+// maxListBytes bounds a List response (about 100 bytes per blob).
+const maxListBytes = 64 << 20
+
 // Config configures a store.
 type Config struct {
 	// NodeName names the store in the cluster (and in its gossip membership).
@@ -208,7 +211,8 @@ func New(cfg Config) (s *Server, err error) {
 	}
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(dataplane.MaxChunk+(64<<10)), // Put chunks up to 4 MiB
-		grpc.MaxSendMsgSize(dataplane.MaxChunk+(64<<10)),
+		// Fetch chunks are at most 4 MiB, but a List of a store holding 100 000 blobs is ~10 MB.
+		grpc.MaxSendMsgSize(maxListBytes),
 	)
 	storepb.RegisterExpertStoreServer(s.grpc, &service{s: s})
 	s.health = health.NewServer()

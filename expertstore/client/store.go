@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 
+	"google.golang.org/grpc"
+
 	"github.com/pregate/pregate/api/storepb"
 	"github.com/pregate/pregate/expertstore/blob"
 	"github.com/pregate/pregate/routing"
@@ -110,7 +112,9 @@ func (c *Client) List(ctx context.Context, r routing.Replica, model string) ([]B
 	if err != nil {
 		return nil, err
 	}
-	resp, err := a.ExpertStoreClient.List(ctx, &storepb.ListRequest{Model: model})
+	// About 100 bytes per blob: a store with 100 000 blobs answers ~10 MB, more than the 9 MiB the
+	// connection allows its other calls.
+	resp, err := a.ExpertStoreClient.List(ctx, &storepb.ListRequest{Model: model}, grpc.MaxCallRecvMsgSize(64<<20))
 	if err != nil {
 		return nil, a.wrap("list", err)
 	}
