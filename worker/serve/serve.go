@@ -175,6 +175,10 @@ func (s *Server) Err() error { return s.g.Err() }
 // Failed is closed when the server fails (Err says why).
 func (s *Server) Failed() <-chan struct{} { return s.g.Failed() }
 
+// Serve blocks until ctx ends (then it closes the server and returns nil) or the server fails (it
+// closes it and returns the failure). A worker serves its Server through its own Serve instead.
+func (s *Server) Serve(ctx context.Context) error { return lifecycle.Serve(ctx, s) }
+
 // Close stops the scheduler: running and waiting requests fail with ErrClosed, later ones get it
 // at once. It waits for the scheduler to exit (so the model is no longer in use) and unregisters
 // the server's metrics. It does not close the model. Close is idempotent.

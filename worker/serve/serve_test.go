@@ -967,3 +967,21 @@ func TestModelPanicFailsTheServer(t *testing.T) {
 		t.Fatalf("Generate after the failure = %v, want ErrClosed", err)
 	}
 }
+
+// TestServeUntilCancelled: Serve returns nil once its context ends, and the server is closed.
+func TestServeUntilCancelled(t *testing.T) {
+	s := newTestServer(t, "m", loadModel(t, "switch-tiny"), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx) }()
+	if _, err := s.Generate(context.Background(), Request{Prompt: []int{5, 6}, MaxTokens: 2, IgnoreEOS: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if err := <-done; err != nil || s.Err() != nil {
+		t.Fatalf("Serve = %v, Err = %v after a normal stop", err, s.Err())
+	}
+	if _, err := s.Generate(context.Background(), Request{Prompt: []int{5}, MaxTokens: 1}, nil); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Generate after Serve returned = %v, want ErrClosed", err)
+	}
+}
