@@ -46,6 +46,11 @@ func (w slogWriter) Write(p []byte) (int, error) {
 			break
 		}
 	}
+	// memberlist's gossip goroutine can still send for a moment after Shutdown closed its transport;
+	// that is the node stopping, not a failure worth an error line.
+	if level == slog.LevelError && bytes.Contains(line, []byte("use of closed network connection")) {
+		level = slog.LevelDebug
+	}
 	ctx := context.Background()
 	if w.logger.Enabled(ctx, level) {
 		// "memberlist: " and "memberlist.net: " name the source; keep it as an attribute.

@@ -490,6 +490,7 @@ func TestMemberlistLogBridge(t *testing.T) {
 	l.Printf("[WARN] memberlist: Refuting a suspect message (from: x)")
 	l.Printf("[ERR] memberlist.net: failed: boom")
 	l.Printf("Err: Could not set the deadline: x")
+	l.Printf("[ERR] memberlist: Failed to send gossip to 127.0.0.1:1: write udp 127.0.0.1:2->127.0.0.1:1: use of closed network connection")
 	want := []struct {
 		level     slog.Level
 		msg, comp string
@@ -498,6 +499,7 @@ func TestMemberlistLogBridge(t *testing.T) {
 		{slog.LevelWarn, "Refuting a suspect message (from: x)", "memberlist"},
 		{slog.LevelError, "failed: boom", "memberlist.net"},
 		{slog.LevelInfo, "Err: Could not set the deadline: x", "memberlist"},
+		{slog.LevelDebug, "Failed to send gossip to 127.0.0.1:1: write udp 127.0.0.1:2->127.0.0.1:1: use of closed network connection", "memberlist"},
 	}
 	if len(h.recs) != len(want) {
 		t.Fatalf("got %d records", len(h.recs))
