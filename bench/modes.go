@@ -15,6 +15,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dustin/go-humanize"
+
 	"github.com/pregate/pregate/cluster"
 	"github.com/pregate/pregate/coordinator"
 	"github.com/pregate/pregate/model"
@@ -206,7 +208,14 @@ func RunModes(ctx context.Context, o ModesOptions) (*ModesResult, error) {
 		if !ok {
 			return ModeResult{}, nil, fmt.Errorf("mode %s does not fit %s", m, res.Model)
 		}
-		fmt.Fprintf(o.Progress, "running %s (cache %d bytes, link %.3g B/s)\n", m, budget, link)
+		cache, pace := humanize.IBytes(uint64(budget)), "not paced"
+		if budget >= 1<<62 {
+			cache = "unbounded"
+		}
+		if link > 0 {
+			pace = humanize.SIWithDigits(link, 3, "B") + "/s"
+		}
+		fmt.Fprintf(o.Progress, "running %s (expert cache %s, link %s)\n", m, cache, pace)
 		return runMode(ctx, lc, o, name, m, budget, link, prompts)
 	}
 	resident, rs, err := run(worker.ModeResident, 1<<62, 0)
