@@ -10,6 +10,17 @@ import (
 
 func fixtureDir(name string) string { return filepath.Join("..", "testdata", name) }
 
+// openFixture opens a fixture's checkpoint, closed when the test ends.
+func openFixture(t *testing.T, name string) *Checkpoint {
+	t.Helper()
+	c, err := OpenCheckpoint(fixtureDir(name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 func TestFixturesOpenAndValidate(t *testing.T) {
 	tests := []struct {
 		give         string
@@ -48,11 +59,7 @@ func TestFixturesOpenAndValidate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.give, func(t *testing.T) {
-			c, err := OpenCheckpoint(fixtureDir(tt.give))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
+			c := openFixture(t, tt.give)
 			if err := c.Validate(); err != nil {
 				t.Fatalf("Validate: %v", err)
 			}

@@ -17,11 +17,7 @@ func TestExpectedTensorsMatchFixtures(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.give, func(t *testing.T) {
-			c, err := OpenCheckpoint(fixtureDir(tt.give))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
+			c := openFixture(t, tt.give)
 			specs, err := ExpectedTensors(c.Config(), tt.preGates)
 			if err != nil {
 				t.Fatal(err)
@@ -125,11 +121,7 @@ func TestExpertNames(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.give, func(t *testing.T) {
-			c, err := OpenCheckpoint(fixtureDir(tt.give))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
+			c := openFixture(t, tt.give)
 			cfg := c.Config()
 			names, perBlock := ExpertNames(cfg), ExpertsPerBlock(cfg)
 			if len(perBlock) != tt.wantBlocks {
