@@ -381,7 +381,10 @@ func TestScaleOutScaleInAndKill(t *testing.T) {
 }
 
 func TestImportFixturesIdempotent(t *testing.T) {
-	lc := startCluster(t, 3, 2, 256<<20)
+	// The importer's own repair of a lost blob is under test: the coordinator's (anti-entropy, which
+	// would copy it back first when another model shares its bytes) is kept out of the way.
+	lc := startClusterWith(t, cluster.Config{Stores: 3, Replicas: 2, StoreCapacity: 256 << 20,
+		Coordinator: func(c *coordinator.Config) { c.AntiEntropyInterval = time.Hour }})
 	for _, fx := range []string{"switch-tiny", "mixtral-tiny"} {
 		dir := filepath.Join("..", "testdata", fx)
 		rep := importModel(t, lc, dir, fx)
