@@ -263,6 +263,8 @@ type proxy struct {
 	throttle time.Duration
 	wg       sync.WaitGroup
 	flipped  atomic.Bool
+	mu       sync.Mutex
+	conns    []net.Conn // closed at cleanup: a client may keep an idle connection open
 }
 
 func newProxy(t *testing.T, target string, flipAt int64, throttle time.Duration) *proxy {
@@ -284,12 +286,23 @@ func newProxy(t *testing.T, target string, flipAt int64, throttle time.Duration)
 				in.Close()
 				continue
 			}
+			p.mu.Lock()
+			p.conns = append(p.conns, in, out)
+			p.mu.Unlock()
 			p.wg.Add(2)
 			go func() { defer p.wg.Done(); io.Copy(out, in); out.Close() }()
 			go func() { defer p.wg.Done(); p.pipe(in, out); in.Close() }()
 		}
 	}()
-	t.Cleanup(func() { lis.Close(); p.wg.Wait() })
+	t.Cleanup(func() {
+		lis.Close()
+		p.mu.Lock()
+		for _, c := range p.conns {
+			c.Close()
+		}
+		p.mu.Unlock()
+		p.wg.Wait()
+	})
 	return p
 }
 
@@ -539,7 +552,10 @@ func waitFor(t *testing.T, d time.Duration, cond func() bool) {
 
 func TestHedgeSlowReplica(t *testing.T) {
 	c := newCluster(t, 2)
-	cl := newClient(t, client.Config{AttemptTimeout: 20 * time.Second, HedgeFraction: 0.05, HedgeMinDelay: time.Millisecond})
+	// A 20% hedge budget: warm-up fetches slower than the p95 so far hedge too (about 5% of them, more
+	// on a loaded machine or under -race), and at the default 5% they could use up the budget the
+	// slow fetch below needs.
+	cl := newClient(t, client.Config{AttemptTimeout: 20 * time.Second, HedgeFraction: 0.2, HedgeMinDelay: time.Millisecond})
 	ctx := context.Background()
 	data := expertBlob(t, "F32", 4, 256, 256, 11) // 512 KiB
 	for i := range 2 {
