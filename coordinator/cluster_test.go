@@ -319,7 +319,8 @@ func TestScaleOutScaleInAndKill(t *testing.T) {
 	waitConverged(t, lc, 5)
 	moved := lc.Coordinator().BytesCopied() - before
 	minimum := float64(total) * 2 / 5 // equal capacities: the new stores' share of every replica
-	t.Logf("scale 3→5: moved %d bytes, theoretical minimum %.0f: ratio %.3f", moved, minimum, float64(moved)/minimum)
+	t.Logf("scale 3→5: moved %d bytes, theoretical minimum %.0f: ratio %.3f; coordinator %+v", moved, minimum, float64(moved)/minimum,
+		lc.Coordinator().Counters())
 	if ratio := float64(moved) / minimum; ratio > 1.1 || ratio < 0.9 {
 		t.Errorf("scale 3→5 moved %.3fx the theoretical minimum, want within [0.9, 1.1]", ratio)
 	}
@@ -336,14 +337,15 @@ func TestScaleOutScaleInAndKill(t *testing.T) {
 		held += bytesOn(t, lc, "moe", s)
 	}
 	before = lc.Coordinator().BytesCopied()
-	for _, s := range drained {
-		if err := lc.Placement().SetDrain(ctxFor(t, 5*time.Second), s, true); err != nil {
-			t.Fatal(err)
-		}
+	// Both marks in one Txn: marked one by one, a pass between them would move store-0's blobs
+	// partly onto store-3, which then moves them again (1.115× the minimum in 1 run of 6).
+	if err := lc.Placement().SetDrain(ctxFor(t, 5*time.Second), true, drained...); err != nil {
+		t.Fatal(err)
 	}
 	waitConverged(t, lc, 3)
 	moved = lc.Coordinator().BytesCopied() - before
-	t.Logf("scale 5→3 (drain): moved %d bytes, theoretical minimum %d (the drained stores' bytes): ratio %.3f", moved, held, float64(moved)/float64(held))
+	t.Logf("scale 5→3 (drain): moved %d bytes, theoretical minimum %d (the drained stores' bytes): ratio %.3f; coordinator %+v",
+		moved, held, float64(moved)/float64(held), lc.Coordinator().Counters())
 	if ratio := float64(moved) / float64(held); ratio > 1.1 || ratio < 1 {
 		t.Errorf("scale 5→3 moved %.3fx the theoretical minimum, want within [1, 1.1]", ratio)
 	}

@@ -337,7 +337,7 @@ func (c *Coordinator) moveBlob(ctx context.Context, guard clientv3.Cmp, b *blobS
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := c.copyBlob(ctx, rec, m, views)
+			existed, err := c.copyBlob(ctx, rec, m, views)
 			if err == nil {
 				err = c.verifyCopy(ctx, views[m.To].replica(), rec.Digest)
 			}
@@ -356,8 +356,11 @@ func (c *Coordinator) moveBlob(ctx context.Context, guard clientv3.Cmp, b *blobS
 			}
 			copied[m.To] = true
 			res.copies++
-			res.copiedBytes += rec.Size
 			c.metrics.copies.Inc()
+			if existed {
+				return // the store had the bytes (a copy an interrupted pass made, an orphan): none moved
+			}
+			res.copiedBytes += rec.Size
 			c.metrics.copied.Add(float64(rec.Size))
 			c.metrics.copiedBytes.Add(rec.Size)
 		}()
@@ -417,11 +420,12 @@ func (c *Coordinator) moveBlob(ctx context.Context, guard clientv3.Cmp, b *blobS
 	return res, nil
 }
 
-// copyBlob has store m.To copy rec's blob from the live stores in m.From.
-func (c *Coordinator) copyBlob(ctx context.Context, rec placement.Placement, m routing.Move, views map[string]storeView) error {
+// copyBlob has store m.To copy rec's blob from the live stores in m.From. It reports whether the
+// store had the blob already (then no bytes moved).
+func (c *Coordinator) copyBlob(ctx context.Context, rec placement.Placement, m routing.Move, views map[string]storeView) (bool, error) {
 	to, ok := views[m.To]
 	if !ok {
-		return fmt.Errorf("no address for store %q", m.To)
+		return false, fmt.Errorf("no address for store %q", m.To)
 	}
 	var sources []routing.Replica
 	for _, s := range m.From {
@@ -430,12 +434,11 @@ func (c *Coordinator) copyBlob(ctx context.Context, rec placement.Placement, m r
 		}
 	}
 	if len(sources) == 0 {
-		return fmt.Errorf("no live source for %s", rec.Digest)
+		return false, fmt.Errorf("no live source for %s", rec.Digest)
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.CopyTimeout)
 	defer cancel()
-	_, err := c.stores.Copy(ctx, to.replica(), client.Ref{Digest: rec.Digest, Size: rec.Size}, sources)
-	return err
+	return c.stores.Copy(ctx, to.replica(), client.Ref{Digest: rec.Digest, Size: rec.Size}, sources)
 }
 
 func (c *Coordinator) deleteBlob(ctx context.Context, v storeView, d blob.Digest) error {

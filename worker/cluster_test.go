@@ -450,7 +450,7 @@ func TestDrainDuringStreaming(t *testing.T) {
 	before, after := streamDuring(t, lc, func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if err := lc.Placement().SetDrain(ctx, "store-0", true); err != nil {
+		if err := lc.Placement().SetDrain(ctx, true, "store-0"); err != nil {
 			t.Fatal(err)
 		}
 		deadline := time.Now().Add(10 * time.Second)

@@ -287,10 +287,8 @@ func newDrainCmd() *cobra.Command {
 				return err
 			}
 			defer cli.Close()
-			for _, s := range args {
-				if err := ps.SetDrain(cmd.Context(), s, !undo); err != nil {
-					return err
-				}
+			if err := ps.SetDrain(cmd.Context(), !undo, args...); err != nil {
+				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "draining %s: %v (watch `pregate status` until their BLOBS are 0)\n", strings.Join(args, ", "), !undo)
 			return nil

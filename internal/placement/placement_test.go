@@ -559,3 +559,32 @@ func TestRecordsAndLeases(t *testing.T) {
 		t.Fatalf("Workers() after the lease was revoked = %+v, %v", gotW, err)
 	}
 }
+
+func TestSetDrainMarksStoresTogether(t *testing.T) {
+	s := New(testClient, t.Name())
+	ctx := context.Background()
+	if err := s.SetDrain(ctx, true, "a", "b/c"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Drains(ctx)
+	if err != nil || !reflect.DeepEqual(got, map[string]bool{"a": true, "b/c": true}) {
+		t.Fatalf("Drains = %v, %v; want a and b/c", got, err)
+	}
+	// Both marks were written by one Txn: they share a ModRevision.
+	ra, _ := testClient.Get(ctx, s.DrainKey("a"))
+	rb, _ := testClient.Get(ctx, s.DrainKey("b/c"))
+	if ra.Kvs[0].ModRevision != rb.Kvs[0].ModRevision {
+		t.Fatalf("marks written at revisions %d and %d, want one Txn", ra.Kvs[0].ModRevision, rb.Kvs[0].ModRevision)
+	}
+	if err := s.SetDrain(ctx, false, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Drains(ctx); !reflect.DeepEqual(got, map[string]bool{"b/c": true}) {
+		t.Fatalf("after undoing a: %v", got)
+	}
+	for _, names := range [][]string{nil, {"x", ""}} {
+		if err := s.SetDrain(ctx, true, names...); !errors.Is(err, ErrInvalid) {
+			t.Errorf("SetDrain(%q) = %v, want ErrInvalid", names, err)
+		}
+	}
+}

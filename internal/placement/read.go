@@ -249,21 +249,29 @@ func (s *Store) DeleteStore(ctx context.Context, name string) error {
 // DrainKey returns the key that marks a store as draining.
 func (s *Store) DrainKey(name string) string { return s.prefix + "drain/" + escape(name) }
 
-// SetDrain marks store name as draining (on) or not. The coordinator moves every replica off a
-// draining store, which may then be stopped without any blob losing a replica: the way to scale
-// stores down. The mark outlives the store; clear it if the store is to take blobs again.
-func (s *Store) SetDrain(ctx context.Context, name string, on bool) error {
-	if name == "" {
-		return fmt.Errorf("%w: drain of an empty store name", ErrInvalid)
+// SetDrain marks the named stores as draining (on) or not, all in one Txn: the coordinator never
+// sees some of them marked and the rest not, which would move blobs onto a store about to be
+// drained too. The coordinator moves every replica off a draining store, which may then be stopped
+// without any blob losing a replica: the way to scale stores down. The mark outlives the store;
+// clear it if the store is to take blobs again.
+func (s *Store) SetDrain(ctx context.Context, on bool, names ...string) error {
+	if len(names) == 0 || len(names) > s.maxTxnOps {
+		return fmt.Errorf("%w: drain of %d stores at once (1 to %d)", ErrInvalid, len(names), s.maxTxnOps)
 	}
-	var err error
-	if on {
-		_, err = s.cli.Put(ctx, s.DrainKey(name), time.Now().UTC().Format(time.RFC3339))
-	} else {
-		_, err = s.cli.Delete(ctx, s.DrainKey(name))
+	now := time.Now().UTC().Format(time.RFC3339)
+	ops := make([]clientv3.Op, len(names))
+	for i, name := range names {
+		if name == "" {
+			return fmt.Errorf("%w: drain of an empty store name", ErrInvalid)
+		}
+		if on {
+			ops[i] = clientv3.OpPut(s.DrainKey(name), now)
+		} else {
+			ops[i] = clientv3.OpDelete(s.DrainKey(name))
+		}
 	}
-	if err != nil {
-		return fmt.Errorf("placement: drain %q: %w", name, err)
+	if _, err := s.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+		return fmt.Errorf("placement: drain %q: %w", names, err)
 	}
 	return nil
 }
