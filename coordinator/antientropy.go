@@ -35,15 +35,10 @@ import (
 // antiEntropy is what the leader remembers between passes. It is reset when leadership begins.
 type antiEntropy struct {
 	mu      sync.Mutex
-	last    time.Time            // the last inventory
-	epochs  map[string]uint64    // each store's incarnation at the last inventory
-	orphans map[storeBlob]orphan // unnamed blobs: since when
-	retries map[copyKey]*retry   // failed copies: when to try again
-}
-
-type orphan struct {
-	since time.Time
-	size  int64
+	last    time.Time               // the last inventory
+	epochs  map[string]uint64       // each store's incarnation at the last inventory
+	orphans map[storeBlob]time.Time // unnamed blobs: since when
+	retries map[copyKey]*retry      // failed copies: when to try again
 }
 
 // copyKey is one planned copy: a blob (its item key) to a store.
@@ -55,7 +50,7 @@ type retry struct {
 }
 
 func newAntiEntropy() *antiEntropy {
-	return &antiEntropy{epochs: map[string]uint64{}, orphans: map[storeBlob]orphan{}, retries: map[copyKey]*retry{}}
+	return &antiEntropy{epochs: map[string]uint64{}, orphans: map[storeBlob]time.Time{}, retries: map[copyKey]*retry{}}
 }
 
 // due reports whether an inventory should run now: the interval has passed, or a live store's
@@ -108,8 +103,8 @@ func (a *antiEntropy) copied(k copyKey, err error, now time.Time) time.Duration 
 	return d
 }
 
-// inventory is what the reachable stores hold: store → digest → size.
-type inventory map[string]map[blob.Digest]int64
+// inventory is what the reachable stores hold: store → the digests it holds.
+type inventory map[string]map[blob.Digest]bool
 
 // takeInventory lists the blobs of every live store that answers.
 func (c *Coordinator) takeInventory(ctx context.Context, views map[string]storeView) inventory {
@@ -142,9 +137,9 @@ func (c *Coordinator) takeInventory(ctx context.Context, views map[string]storeV
 			c.log.Warn("inventory: store did not answer List", "store", l.store, "err", l.err)
 			continue
 		}
-		held := make(map[blob.Digest]int64, len(l.blobs))
+		held := make(map[blob.Digest]bool, len(l.blobs))
 		for _, b := range l.blobs {
-			held[b.Digest] = b.Size
+			held[b.Digest] = true
 		}
 		inv[l.store] = held
 		c.ae.epochs[l.store] = views[l.store].rec.Epoch
@@ -161,8 +156,7 @@ func (c *Coordinator) dropMissing(ctx context.Context, guard clientv3.Cmp, blobs
 	for _, b := range blobs {
 		missing := func(r routing.Replica) bool {
 			held, listed := inv[r.Store]
-			_, has := held[b.rec.Digest]
-			return r.Ready() && listed && !has
+			return r.Ready() && listed && !held[b.rec.Digest]
 		}
 		if !slices.ContainsFunc(b.rec.Replicas, missing) {
 			continue
@@ -177,8 +171,7 @@ func (c *Coordinator) dropMissing(ctx context.Context, guard clientv3.Cmp, blobs
 		}
 		n := len(b.rec.Replicas) - len(next.Replicas)
 		removed += n
-		c.metrics.missing.Add(float64(n))
-		c.metrics.missingN.Add(int64(n))
+		c.metrics.missing.Add(int64(n))
 		c.log.Warn("replicas missing from their stores: removed from placement, to be copied back",
 			"blob", b.item.Key, "digest", b.rec.Digest, "removed", n, "left", len(next.Replicas))
 		b.rec, b.rev = next, rev
@@ -198,18 +191,18 @@ func (c *Coordinator) collectOrphans(ctx context.Context, views map[string]store
 	c.ae.mu.Lock()
 	seen := map[storeBlob]bool{}
 	for store, held := range inv {
-		for d, size := range held {
+		for d := range held {
 			k := storeBlob{store, d}
 			if refs[k] > 0 || importing[d] {
 				continue
 			}
 			seen[k] = true
-			o, ok := c.ae.orphans[k]
+			since, ok := c.ae.orphans[k]
 			if !ok {
-				c.ae.orphans[k] = orphan{since: now, size: size}
+				c.ae.orphans[k] = now
 				continue
 			}
-			if now.Sub(o.since) >= c.cfg.OrphanGrace {
+			if now.Sub(since) >= c.cfg.OrphanGrace {
 				expired = append(expired, k)
 			}
 		}
@@ -230,8 +223,7 @@ func (c *Coordinator) collectOrphans(ctx context.Context, views map[string]store
 		delete(c.ae.orphans, k)
 		c.ae.mu.Unlock()
 		deleted++
-		c.metrics.orphans.Inc()
-		c.metrics.orphansN.Add(1)
+		c.metrics.orphans.Add(1)
 		c.log.Info("deleted a blob no placement names", "store", k.store, "digest", k.digest, "grace", c.cfg.OrphanGrace)
 	}
 	return deleted, nil

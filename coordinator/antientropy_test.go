@@ -3,7 +3,10 @@ package coordinator_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
 	"maps"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -148,6 +151,16 @@ func TestAntiEntropy(t *testing.T) {
 		verifyStoresHoldPlacement(t, lc, "moe")
 		if n := lc.Coordinator().Counters().MissingReplicas; n < int64(len(lost)) {
 			t.Errorf("coordinator counted %d missing replicas, want ≥ %d", n, len(lost))
+		}
+		resp, err := http.Get("http://" + lc.Coordinator().HTTPAddr() + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		want := fmt.Sprintf("pregate_coordinator_missing_replicas_total %d", lc.Coordinator().Counters().MissingReplicas)
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
 		}
 	})
 

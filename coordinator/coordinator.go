@@ -338,7 +338,7 @@ type Counters struct {
 
 // Counters returns the coordinator's totals.
 func (c *Coordinator) Counters() Counters {
-	return Counters{CopyErrors: c.metrics.copyErrorsN.Load(), MissingReplicas: c.metrics.missingN.Load(), OrphansDeleted: c.metrics.orphansN.Load()}
+	return Counters{CopyErrors: c.metrics.copyErrors.Load(), MissingReplicas: c.metrics.missing.Load(), OrphansDeleted: c.metrics.orphans.Load()}
 }
 
 // campaignLoop campaigns for leadership, leads until its session ends or ctx does, and campaigns
@@ -504,37 +504,35 @@ func sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
+// metrics are the coordinator's counters. The totals are atomics (Counters and BytesCopied read
+// them) that the Prometheus registry reads too, so each is counted once.
 type metrics struct {
-	reg         *prometheus.Registry
-	leader      prometheus.Gauge
-	copies      prometheus.Counter
-	copyErrors  prometheus.Counter
-	copied      prometheus.Counter
-	copiedBytes atomic.Int64
-	// The Counters, also exported through the Prometheus counters above.
-	copyErrorsN, missingN, orphansN atomic.Int64
-	missing                         prometheus.Counter
-	orphans                         prometheus.Counter
-	under                           prometheus.Gauge
-	lost                            prometheus.Gauge
+	reg                             *prometheus.Registry
+	leader                          prometheus.Gauge
+	copies, copyErrors, copiedBytes atomic.Int64
+	missing, orphans                atomic.Int64
+	under, lost                     prometheus.Gauge
 	passSeconds                     prometheus.Histogram
 }
 
 func newMetrics() *metrics {
 	m := &metrics{
-		reg:        prometheus.NewRegistry(),
-		leader:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "pregate_coordinator_leader", Help: "1 while this coordinator is the leader."}),
-		copies:     prometheus.NewCounter(prometheus.CounterOpts{Name: "pregate_coordinator_copies_total", Help: "Store-to-store blob copies completed."}),
-		copyErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "pregate_coordinator_copy_errors_total", Help: "Store-to-store blob copies that failed."}),
-		copied:     prometheus.NewCounter(prometheus.CounterOpts{Name: "pregate_coordinator_copied_bytes_total", Help: "Bytes copied between stores."}),
-		missing:    prometheus.NewCounter(prometheus.CounterOpts{Name: "pregate_coordinator_missing_replicas_total", Help: "Ready replicas removed from placement because their store did not hold the blob."}),
-		orphans:    prometheus.NewCounter(prometheus.CounterOpts{Name: "pregate_coordinator_orphans_deleted_total", Help: "Blobs deleted from stores because no placement named them for the orphan grace."}),
-		under:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "pregate_blobs_under_replicated", Help: "Blobs with fewer ready replicas on live stores than wanted, at the last pass."}),
-		lost:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "pregate_blobs_unavailable", Help: "Blobs with no ready replica on a live store, at the last pass."}),
+		reg:    prometheus.NewRegistry(),
+		leader: prometheus.NewGauge(prometheus.GaugeOpts{Name: "pregate_coordinator_leader", Help: "1 while this coordinator is the leader."}),
+		under:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "pregate_blobs_under_replicated", Help: "Blobs with fewer ready replicas on live stores than wanted, at the last pass."}),
+		lost:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "pregate_blobs_unavailable", Help: "Blobs with no ready replica on a live store, at the last pass."}),
 		passSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "pregate_coordinator_reconcile_seconds",
 			Help: "Duration of reconcile passes.", Buckets: prometheus.ExponentialBuckets(0.001, 4, 10)}),
 	}
-	m.reg.MustRegister(m.leader, m.copies, m.copyErrors, m.copied, m.missing, m.orphans, m.under, m.lost, m.passSeconds,
+	counter := func(name, help string, v *atomic.Int64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v.Load()) })
+	}
+	m.reg.MustRegister(m.leader, m.under, m.lost, m.passSeconds,
+		counter("pregate_coordinator_copies_total", "Store-to-store blob copies completed.", &m.copies),
+		counter("pregate_coordinator_copy_errors_total", "Store-to-store blob copies that failed.", &m.copyErrors),
+		counter("pregate_coordinator_copied_bytes_total", "Bytes copied between stores.", &m.copiedBytes),
+		counter("pregate_coordinator_missing_replicas_total", "Ready replicas removed from placement because their store did not hold the blob.", &m.missing),
+		counter("pregate_coordinator_orphans_deleted_total", "Blobs deleted from stores because no placement named them for the orphan grace.", &m.orphans),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

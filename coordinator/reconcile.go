@@ -142,13 +142,11 @@ func (c *Coordinator) reconcile(ctx context.Context, guard clientv3.Cmp) (rep Pa
 	items := make([]routing.Item, len(blobs))
 	sizes := make(map[string]int64, len(blobs))
 	current := make(routing.Assignment, len(blobs))
-	byItem := make(map[string]*blobState, len(blobs))
 	refs := map[storeBlob]int{} // placement records naming a blob on a store
 	for i, b := range blobs {
 		items[i] = b.item
 		sizes[b.item.Key] = b.item.Size
 		current[b.item.Key] = b.rec.Ready()
-		byItem[b.item.Key] = b
 		for _, r := range b.rec.Replicas {
 			refs[storeBlob{r.Store, b.rec.Digest}]++
 		}
@@ -346,8 +344,7 @@ func (c *Coordinator) moveBlob(ctx context.Context, guard clientv3.Cmp, b *blobS
 			defer mu.Unlock()
 			if err != nil {
 				res.copyErrors++
-				c.metrics.copyErrors.Inc()
-				c.metrics.copyErrorsN.Add(1)
+				c.metrics.copyErrors.Add(1)
 				if res.copyErr == nil {
 					res.copyErr = fmt.Errorf("copy of %s to %s: %w", b.item.Key, m.To, err)
 				}
@@ -356,12 +353,11 @@ func (c *Coordinator) moveBlob(ctx context.Context, guard clientv3.Cmp, b *blobS
 			}
 			copied[m.To] = true
 			res.copies++
-			c.metrics.copies.Inc()
+			c.metrics.copies.Add(1)
 			if existed {
 				return // the store had the bytes (a copy an interrupted pass made, an orphan): none moved
 			}
 			res.copiedBytes += rec.Size
-			c.metrics.copied.Add(float64(rec.Size))
 			c.metrics.copiedBytes.Add(rec.Size)
 		}()
 	}
