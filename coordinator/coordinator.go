@@ -247,7 +247,7 @@ func New(cfg Config) (c *Coordinator, err error) {
 }
 
 // Err reports the coordinator's fatal failure (its HTTP server died, its embedded etcd stopped, or
-// etcd stayed unreachable for EtcdGiveUp), nil while it runs and after Close.
+// etcd stayed unreachable for EtcdGiveUp), nil while it runs (and after a Close that no failure caused).
 func (c *Coordinator) Err() error { return c.g.Err() }
 
 // Failed is closed when the coordinator fails (Err says why).

@@ -237,7 +237,7 @@ func New(cfg Config) (s *Server, err error) {
 }
 
 // Err reports the store's fatal failure (its gRPC server or data plane stopped serving), nil while
-// it serves and after Close.
+// it serves (and after a Close that no failure caused).
 func (s *Server) Err() error { return s.g.Err() }
 
 // Failed is closed when the store fails (Err says why).

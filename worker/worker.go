@@ -210,7 +210,7 @@ func New(cfg Config) (w *Worker, err error) {
 }
 
 // Err reports the worker's fatal failure (its model could not load, its HTTP server or scheduler
-// died), nil while it runs and after Close. etcd going away is not one: the worker serves from the
+// died), nil while it runs (and after a Close that no failure caused). etcd going away is not one: the worker serves from the
 // placement it has.
 func (w *Worker) Err() error { return w.g.Err() }
 

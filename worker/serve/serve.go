@@ -169,7 +169,7 @@ func New(cfg Config) (*Server, error) {
 }
 
 // Err reports the server's fatal failure (the scheduler died: the model panicked), nil while it
-// serves and after Close.
+// serves (and after a Close that no failure caused).
 func (s *Server) Err() error { return s.g.Err() }
 
 // Failed is closed when the server fails (Err says why).
