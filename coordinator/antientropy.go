@@ -116,7 +116,7 @@ func (c *Coordinator) takeInventory(ctx context.Context, views map[string]storeV
 	results := make(chan listing, len(views))
 	n := 0
 	for name, v := range views {
-		if !v.live || v.rec.GRPCAddr == "" || v.rec.State == placement.StoreDead {
+		if !v.live || v.rec.GRPCAddr == "" || v.rec.State == placement.StoreDead || v.rec.State == placement.StoreStopped {
 			continue
 		}
 		n++

@@ -41,6 +41,7 @@ import (
 	"github.com/pregate/pregate/internal/embedetcd"
 	"github.com/pregate/pregate/internal/lifecycle"
 	"github.com/pregate/pregate/internal/membership"
+	"github.com/pregate/pregate/internal/netaddr"
 	"github.com/pregate/pregate/internal/placement"
 )
 
@@ -52,8 +53,17 @@ type Config struct {
 	Cluster string
 	// EtcdEndpoints are the etcd client URLs. Empty: start an embedded etcd in DataDir/etcd.
 	EtcdEndpoints []string
-	// EtcdClientURL is where the embedded etcd serves clients ("" picks 127.0.0.1 and a free port).
-	EtcdClientURL string
+	// EtcdClientURL is where the embedded etcd listens for clients ("" picks 127.0.0.1 and a free
+	// port); EtcdPeerURL where it listens for its peers (same rule).
+	EtcdClientURL, EtcdPeerURL string
+	// EtcdInitialCluster makes the embedded etcd one member of several (name=http://host:2380,…,
+	// this coordinator's Name among them; see embedetcd.Config.InitialCluster); "" a cluster of one.
+	// EtcdClusterState is "new" (default) or "existing".
+	EtcdInitialCluster, EtcdClusterState string
+	// AdvertiseHost is the host other nodes reach this coordinator at (HTTP, gossip, etcd URLs);
+	// "" follows package netaddr's rule (the listen address, or the first non-loopback address for
+	// a wildcard one).
+	AdvertiseHost string
 	// DataDir holds the embedded etcd's data.
 	DataDir string
 	// Replicas is the replication factor R (default 2): every blob on min(R, live stores) stores.
@@ -66,6 +76,9 @@ type Config struct {
 	// DeadGrace is how long a store must be dead before its blobs are copied elsewhere: a store
 	// that restarts within it keeps its blobs and nothing moves. 0 re-replicates at once.
 	DeadGrace time.Duration
+	// RestartGrace is DeadGrace for a store that stopped gracefully (SIGTERM: a restart, a rolling
+	// update, a pod rescheduled): longer, since the store said it would be back.
+	RestartGrace time.Duration
 	// Interval is the longest time between two reconcile passes (events start one sooner).
 	Interval time.Duration
 	// SessionTTL is the leader lease in seconds: a leader that dies is replaced this long after.
@@ -95,6 +108,7 @@ func DefaultConfig() Config {
 		Name:            hostname(),
 		Replicas:        2,
 		DeadGrace:       30 * time.Second,
+		RestartGrace:    5 * time.Minute,
 		Interval:        10 * time.Second,
 		SessionTTL:      10,
 		EtcdGiveUp:      time.Minute,
@@ -124,9 +138,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("coordinator: config: replicas %d, want ≥ 1", c.Replicas)
 	case len(c.EtcdEndpoints) == 0 && c.DataDir == "":
 		return errors.New("coordinator: config: no etcd endpoints and no data dir for the embedded etcd")
-	case c.Interval <= 0 || c.SessionTTL < 1 || c.CopyParallelism < 1 || c.CopyTimeout <= 0 || c.DeadGrace < 0:
-		return fmt.Errorf("coordinator: config: interval %v, session TTL %ds, copy parallelism %d, copy timeout %v, dead grace %v",
-			c.Interval, c.SessionTTL, c.CopyParallelism, c.CopyTimeout, c.DeadGrace)
+	case c.Interval <= 0 || c.SessionTTL < 1 || c.CopyParallelism < 1 || c.CopyTimeout <= 0 || c.DeadGrace < 0 || c.RestartGrace < 0:
+		return fmt.Errorf("coordinator: config: interval %v, session TTL %ds, copy parallelism %d, copy timeout %v, dead grace %v, restart grace %v",
+			c.Interval, c.SessionTTL, c.CopyParallelism, c.CopyTimeout, c.DeadGrace, c.RestartGrace)
 	case c.EtcdGiveUp <= 0:
 		return fmt.Errorf("coordinator: config: etcd give-up %v", c.EtcdGiveUp)
 	case c.AntiEntropyInterval <= 0 || c.OrphanGrace < 0:
@@ -152,6 +166,7 @@ type Coordinator struct {
 	stores  *client.Client // the store API (probes, copies, deletes)
 	http    *http.Server
 	httpLis net.Listener
+	pubHTTP string // httpLis's address as published
 	metrics *metrics
 
 	kick     chan struct{} // starts a reconcile pass soon
@@ -190,8 +205,8 @@ func New(cfg Config) (c *Coordinator, err error) {
 		ec := embedetcd.DefaultConfig()
 		ec.Name = cfg.Name
 		ec.Dir = filepath.Join(cfg.DataDir, "etcd")
-		ec.ClientURL = cfg.EtcdClientURL
-		ec.PeerURL = ""
+		ec.ClientURL, ec.PeerURL, ec.AdvertiseHost = cfg.EtcdClientURL, cfg.EtcdPeerURL, cfg.AdvertiseHost
+		ec.InitialCluster, ec.ClusterState = cfg.EtcdInitialCluster, cfg.EtcdClusterState
 		ec.Logger = cfg.Logger
 		if c.etcd, err = embedetcd.Start(ec); err != nil {
 			return nil, err
@@ -208,10 +223,16 @@ func New(cfg Config) (c *Coordinator, err error) {
 		if c.httpLis, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
 			return nil, fmt.Errorf("coordinator: http: %w", err)
 		}
+		if c.pubHTTP, err = netaddr.Publish(c.httpLis.Addr().String(), cfg.AdvertiseHost); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.Gossip != nil {
-		meta := membership.Meta{Role: membership.RoleCoordinator, HTTPAddr: c.HTTPAddr()}
-		if c.member, err = membership.New(cfg.Gossip.ForNode(cfg.Name, meta, cfg.Logger)); err != nil {
+		gc := cfg.Gossip.ForNode(cfg.Name, membership.Meta{Role: membership.RoleCoordinator, HTTPAddr: c.HTTPAddr()}, cfg.Logger)
+		if err := gc.Advertise(cfg.AdvertiseHost); err != nil {
+			return nil, err
+		}
+		if c.member, err = membership.New(gc); err != nil {
 			return nil, err
 		}
 	}
@@ -240,6 +261,7 @@ func New(cfg Config) (c *Coordinator, err error) {
 	}
 	if c.member != nil {
 		c.g.Go("gossip", func(ctx context.Context) error { c.pumpMembership(ctx); return nil })
+		c.g.Go("gossip rejoin", func(ctx context.Context) error { c.rejoinFromRecords(ctx); return nil })
 	}
 	c.g.Go("cluster watch", func(ctx context.Context) error { c.watchCluster(ctx); return nil })
 	c.g.Go("election", c.campaignLoop)
@@ -289,13 +311,8 @@ func (c *Coordinator) closeAll() {
 // EtcdEndpoints returns the endpoints the coordinator talks to (the embedded etcd's, if any).
 func (c *Coordinator) EtcdEndpoints() []string { return c.cli.Endpoints() }
 
-// HTTPAddr returns the address of the HTTP endpoint, "" when disabled.
-func (c *Coordinator) HTTPAddr() string {
-	if c.httpLis == nil {
-		return ""
-	}
-	return c.httpLis.Addr().String()
-}
+// HTTPAddr returns the address of the HTTP endpoint as published, "" when disabled.
+func (c *Coordinator) HTTPAddr() string { return c.pubHTTP }
 
 // GossipAddr returns the coordinator's gossip address, "" without gossip.
 func (c *Coordinator) GossipAddr() string {
@@ -547,12 +564,10 @@ type ClusterInfo struct {
 
 func (c *Coordinator) handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {
-		w.Write([]byte("ok\n")) //nolint:errcheck // the client went away
-	})
-	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, _ *http.Request) {
+	c.healthHandlers(mux)
+	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, ClusterInfo{Cluster: cmp.Or(c.cfg.Cluster, "default"), Name: c.cfg.Name,
-			EtcdEndpoints: c.EtcdEndpoints(), Leader: c.IsLeader()})
+			EtcdEndpoints: c.EtcdMembers(r.Context()), Leader: c.IsLeader()})
 	})
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		st, err := ReadStatus(r.Context(), c.cli, c.ps, c.cfg.Replicas)

@@ -452,7 +452,8 @@ func (c *Coordinator) deleteBlob(ctx context.Context, v storeView, d blob.Digest
 //
 // A store is live when gossip says alive or it answers the probe (a coordinator that has just
 // started may not have heard every store's gossip yet; the probe keeps it from mistaking them for
-// dead), or it has been dead for less than DeadGrace.
+// dead), or it has been dead for less than DeadGrace, or stopped (a restart) for less than
+// RestartGrace.
 func (c *Coordinator) observeStores(ctx context.Context) (map[string]storeView, error) {
 	recs, err := c.ps.Stores(ctx)
 	if err != nil {
@@ -476,7 +477,7 @@ func (c *Coordinator) observeStores(ctx context.Context) (map[string]storeView, 
 			}
 			gossip[n.Name] = n.State
 			r := cands[n.Name]
-			r.Name = n.Name
+			r.Name, r.GossipAddr = n.Name, n.Addr
 			if n.Meta.GRPCAddr != "" {
 				r.GRPCAddr, r.DataAddr, r.Capacity, r.Epoch = n.Meta.GRPCAddr, n.Meta.DataAddr, n.Meta.Capacity, n.Meta.Epoch
 				r.Used, r.Blobs = n.Meta.Used, n.Meta.Blobs
@@ -493,7 +494,7 @@ func (c *Coordinator) observeStores(ctx context.Context) (map[string]storeView, 
 	results := make(chan probe, len(cands))
 	for name, r := range cands {
 		go func() {
-			if r.GRPCAddr == "" || gossip[name] == membership.StateLeft {
+			if r.GRPCAddr == "" || gossip[name] == membership.StateLeft || gossip[name] == membership.StateStopped {
 				results <- probe{name: name}
 				return
 			}
@@ -528,8 +529,10 @@ func (c *Coordinator) observeStores(ctx context.Context) (map[string]storeView, 
 			state = placement.StoreSuspect
 		case inGossip && gs == membership.StateLeft:
 			state = placement.StoreLeft
-		case !inGossip && old[name].State == placement.StoreLeft:
-			state = placement.StoreLeft
+		case inGossip && gs == membership.StateStopped:
+			state = placement.StoreStopped
+		case !inGossip && (old[name].State == placement.StoreLeft || old[name].State == placement.StoreStopped):
+			state = old[name].State // a coordinator that started since: the record knows
 		}
 		if answered {
 			r.Capacity, r.Used, r.Blobs, r.Epoch = st.CapacityBytes, st.UsedBytes, st.Blobs, st.Epoch
@@ -551,7 +554,8 @@ func (c *Coordinator) observeStores(ctx context.Context) (map[string]storeView, 
 		c.seen[name] = s
 		r.State, r.Joined, r.Since = state, s.joined, s.since
 		live := state == placement.StoreAlive || state == placement.StoreSuspect ||
-			state == placement.StoreDead && now.Sub(s.since) < c.cfg.DeadGrace
+			state == placement.StoreDead && now.Sub(s.since) < c.cfg.DeadGrace ||
+			state == placement.StoreStopped && now.Sub(s.since) < c.cfg.RestartGrace
 		// A store dead for less than the grace stays a target: placement is computed over the same
 		// stores as before it went, so nothing moves unless it stays away (a restarting cluster,
 		// whose stores rejoin one by one while the records still hold their old addresses, must not
@@ -577,15 +581,16 @@ func recordChanged(a, b placement.StoreRecord) bool {
 	return a != b
 }
 
-// forgetStores deletes the records of stores that left (or that gossip forgot) and that no
-// placement names any more.
+// forgetStores deletes the records of stores that left, or stopped after a drain (a removal), or
+// stopped and stayed away past the restart grace, and that no placement names any more.
 func (c *Coordinator) forgetStores(ctx context.Context, views map[string]storeView, refs map[storeBlob]int) error {
 	named := map[string]bool{}
 	for k := range refs {
 		named[k.store] = true
 	}
 	for name, v := range views {
-		if v.rec.State == placement.StoreLeft && !named[name] {
+		gone := v.rec.State == placement.StoreLeft || v.rec.State == placement.StoreStopped && (!v.live || v.draining)
+		if gone && !named[name] {
 			if err := c.ps.DeleteStore(ctx, name); err != nil {
 				return err
 			}

@@ -34,6 +34,7 @@ type Summary struct {
 	StoresSuspect  int    `json:"stores_suspect"`
 	StoresDead     int    `json:"stores_dead"`
 	StoresLeft     int    `json:"stores_left"`
+	StoresStopped  int    `json:"stores_stopped"`
 	StoresDraining int    `json:"stores_draining"`
 	Workers        int    `json:"workers"`
 	// Experts (expert blobs, over all models) with fewer ready replicas on alive stores than
@@ -76,7 +77,7 @@ type StoreStatus struct {
 	Name     string    `json:"name"`
 	Address  string    `json:"address"` // gRPC
 	DataAddr string    `json:"data_address"`
-	State    string    `json:"state"` // alive, suspect, dead, left
+	State    string    `json:"state"` // alive, suspect, dead, stopped, left
 	Draining bool      `json:"draining"`
 	Blobs    int       `json:"blobs"`    // ready replicas placement puts here
 	Copying  int       `json:"copying"`  // replicas being copied here
@@ -161,6 +162,8 @@ func ReadStatus(ctx context.Context, cli *clientv3.Client, ps *placement.Store, 
 			sum.StoresDead++
 		case placement.StoreLeft:
 			sum.StoresLeft++
+		case placement.StoreStopped:
+			sum.StoresStopped++
 		}
 		if s.Draining {
 			sum.StoresDraining++

@@ -492,11 +492,11 @@ func TestMembersSeeStoreLeave(t *testing.T) {
 			t.Fatalf("store meta %+v", n.Meta)
 		}
 	}
-	c.stores[2].Close()
+	c.stores[2].Close() // a graceful stop is a restart: stopped, not left
 	waitFor(t, 5*time.Second, func() bool {
 		for _, n := range c.stores[0].Member().Members() {
 			if n.Name == "store-2" {
-				return n.State == membership.StateLeft
+				return n.State == membership.StateStopped
 			}
 		}
 		return false

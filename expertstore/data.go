@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"time"
 
 	"github.com/pregate/pregate/expertstore/blob"
 	"github.com/pregate/pregate/expertstore/dataplane"
@@ -51,7 +52,12 @@ func (s *Server) serveDataConn(c net.Conn) error {
 			}
 			return err
 		}
-		if err := s.serveDataRequest(c, req, hdr); err != nil {
+		start := time.Now()
+		s.inflightReqs.Add(1)
+		err = s.serveDataRequest(c, req, hdr)
+		s.inflightReqs.Add(-1)
+		s.metrics.observeData(opName(req.Op), start, err)
+		if err != nil {
 			return err
 		}
 	}
@@ -121,4 +127,12 @@ func (s *Server) sendChunks(c net.Conn, resp, payload []byte, crcs []uint32, off
 		}
 	}
 	return nil
+}
+
+// opName labels a data-plane op in metrics.
+func opName(op byte) string {
+	if op == dataplane.OpRaw {
+		return "raw"
+	}
+	return "fetch"
 }

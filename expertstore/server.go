@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -36,6 +37,7 @@ import (
 	"github.com/pregate/pregate/internal/atomicfile"
 	"github.com/pregate/pregate/internal/lifecycle"
 	"github.com/pregate/pregate/internal/membership"
+	"github.com/pregate/pregate/internal/netaddr"
 )
 
 // maxListBytes bounds a List response (about 100 bytes per blob).
@@ -49,6 +51,12 @@ type Config struct {
 	ListenAddr string
 	// DataListenAddr is the data plane's address; empty: ListenAddr's host with a free port.
 	DataListenAddr string
+	// HTTPAddr serves /health, /ready and /metrics ("" disables it).
+	HTTPAddr string
+	// AdvertiseHost is the host other nodes are told to dial (gossip, gRPC, data plane); empty:
+	// the listen address itself when it names one, the host's first non-loopback address when it
+	// is a wildcard (package netaddr).
+	AdvertiseHost string
 	// DataDir persists blobs; empty keeps them in memory only.
 	DataDir string
 	// MemoryLimit is the most blob bytes the store holds (its capacity); Puts beyond it are refused
@@ -70,7 +78,7 @@ type Config struct {
 // DefaultConfig returns a store configuration with the defaults of `pregate store`.
 func DefaultConfig() Config {
 	return Config{
-		ListenAddr:       "0.0.0.0:7070",
+		ListenAddr:       netaddr.Any(netaddr.StoreGRPCPort),
 		MemoryLimit:      8 << 30,
 		MaxBlobBytes:     2 << 30,
 		MaxInflightBytes: 1 << 30,
@@ -152,8 +160,16 @@ type Server struct {
 	health  *health.Server
 	lis     net.Listener
 	dataLis net.Listener
-	member  *membership.Member
-	peers   *client.Client // fetches blobs from other stores (Copy)
+	httpLis net.Listener
+	http    *http.Server
+	metrics *metrics
+	// The addresses published (gossip meta, Stats): the listeners' with the advertise host.
+	pubGRPC, pubData, pubHTTP string
+	serving                   atomic.Bool // blobs loaded, listening and joined: Ready
+	inflightReqs              atomic.Int64
+	received                  atomic.Int64
+	member                    *membership.Member
+	peers                     *client.Client // fetches blobs from other stores (Copy)
 
 	connMu sync.Mutex
 	conns  map[net.Conn]struct{}
@@ -193,6 +209,18 @@ func New(cfg Config) (s *Server, err error) {
 			s = nil
 		}
 	}()
+	s.metrics = newMetrics(s)
+	// /health answers while the data dir loads (a big one takes minutes); /ready waits for it.
+	if cfg.HTTPAddr != "" {
+		if s.httpLis, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+			return s, fmt.Errorf("expertstore: listen http %s: %w", cfg.HTTPAddr, err)
+		}
+		if s.pubHTTP, err = netaddr.Publish(s.httpLis.Addr().String(), cfg.AdvertiseHost); err != nil {
+			return s, err
+		}
+		s.http = &http.Server{Handler: s.handler(), ReadHeaderTimeout: 10 * time.Second}
+		s.g.Go("http", s.serveHTTP)
+	}
 	if cfg.DataDir != "" {
 		if err := s.load(); err != nil {
 			return s, err
@@ -209,16 +237,25 @@ func New(cfg Config) (s *Server, err error) {
 	if s.dataLis, err = net.Listen("tcp", dataAddr); err != nil {
 		return s, fmt.Errorf("expertstore: listen data plane %s: %w", dataAddr, err)
 	}
+	if s.pubGRPC, err = netaddr.Publish(s.lis.Addr().String(), cfg.AdvertiseHost); err != nil {
+		return s, err
+	}
+	if s.pubData, err = netaddr.Publish(s.dataLis.Addr().String(), cfg.AdvertiseHost); err != nil {
+		return s, err
+	}
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(dataplane.MaxChunk+(64<<10)), // Put chunks up to 4 MiB
 		// Fetch chunks are at most 4 MiB, but a List of a store holding 100 000 blobs is ~10 MB.
 		grpc.MaxSendMsgSize(maxListBytes),
+		grpc.ChainUnaryInterceptor(s.metrics.grpc.UnaryServerInterceptor()),
+		grpc.ChainStreamInterceptor(s.metrics.grpc.StreamServerInterceptor()),
 	)
 	storepb.RegisterExpertStoreServer(s.grpc, &service{s: s})
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus(storepb.ExpertStore_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	s.metrics.grpc.InitializeMetrics(s.grpc)
 	s.g.Go("grpc", func(context.Context) error {
 		if err := s.grpc.Serve(s.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return err // Serve returns nil after Stop or GracefulStop
@@ -227,12 +264,17 @@ func New(cfg Config) (s *Server, err error) {
 	})
 	s.g.Go("data plane", s.serveData)
 	if cfg.Gossip != nil {
-		if s.member, err = membership.New(cfg.Gossip.ForNode(cfg.NodeName, s.meta(), s.log)); err != nil {
+		gc := cfg.Gossip.ForNode(cfg.NodeName, s.meta(), s.log)
+		if err := gc.Advertise(cfg.AdvertiseHost); err != nil {
+			return s, err
+		}
+		if s.member, err = membership.New(gc); err != nil {
 			return s, err
 		}
 		s.g.Go("gossip", s.publishMeta)
 	}
-	s.log.Info("store serving", "grpc", s.Addr(), "data", s.DataAddr(), "blobs", s.meta().Blobs, "quarantined", s.quarantined.Load())
+	s.serving.Store(true)
+	s.log.Info("store serving", "grpc", s.Addr(), "data", s.DataAddr(), "http", s.HTTPAddr(), "blobs", s.meta().Blobs, "quarantined", s.quarantined.Load())
 	return s, nil
 }
 
@@ -247,11 +289,11 @@ func (s *Server) Failed() <-chan struct{} { return s.g.Failed() }
 // fails (it stops it and returns the failure).
 func (s *Server) Serve(ctx context.Context) error { return lifecycle.Serve(ctx, s) }
 
-// Addr is the gRPC address the store listens on.
-func (s *Server) Addr() string { return s.lis.Addr().String() }
+// Addr is the store's gRPC address as published (what other nodes dial).
+func (s *Server) Addr() string { return s.pubGRPC }
 
-// DataAddr is the data plane's address.
-func (s *Server) DataAddr() string { return s.dataLis.Addr().String() }
+// DataAddr is the data plane's address as published.
+func (s *Server) DataAddr() string { return s.pubData }
 
 // Member is the store's gossip membership (nil without gossip).
 func (s *Server) Member() *membership.Member { return s.member }
@@ -264,12 +306,7 @@ func (s *Server) meta() membership.Meta {
 	defer s.mu.RUnlock()
 	m := membership.Meta{Role: membership.RoleStore, Capacity: s.cfg.MemoryLimit, Used: s.used,
 		Blobs: int64(len(s.blobs)), Epoch: s.epoch}
-	if s.lis != nil {
-		m.GRPCAddr = s.lis.Addr().String()
-	}
-	if s.dataLis != nil {
-		m.DataAddr = s.dataLis.Addr().String()
-	}
+	m.GRPCAddr, m.DataAddr = s.pubGRPC, s.pubData
 	return m
 }
 
@@ -301,8 +338,10 @@ func (s *Server) publishMeta(context.Context) error {
 	}
 }
 
-// Close stops the store gracefully: it leaves the cluster, stops accepting requests, lets
-// in-progress ones finish (up to 5 s) and waits for its goroutines. Idempotent.
+// Close stops the store gracefully, as for a restart: it tells the cluster it stopped (gossip
+// StateStopped: its blobs stay placed on it while it comes back, within the coordinator's restart
+// grace), stops accepting requests, lets in-progress ones finish (up to 5 s) and waits for its
+// goroutines. Removing a store for good is `pregate drain`, then Close. Idempotent.
 func (s *Server) Close() error {
 	s.shutdown(true)
 	return s.closeErr
@@ -316,13 +355,20 @@ func (s *Server) shutdown(graceful bool) {
 		close(s.closing)
 		if s.member != nil {
 			if graceful {
-				s.closeErr = s.member.Close()
+				s.closeErr = s.member.Stop()
 			} else {
 				s.closeErr = s.member.Kill()
 			}
 		}
 		if s.health != nil {
 			s.health.Shutdown()
+		}
+		if s.http != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			s.http.Shutdown(ctx) //nolint:errcheck // best effort on the way out
+			cancel()
+		} else if s.httpLis != nil {
+			s.httpLis.Close()
 		}
 		if s.dataLis != nil {
 			s.dataLis.Close()
@@ -408,6 +454,7 @@ func (s *Server) add(d blob.Digest, data []byte) (*entry, error) {
 	s.mu.Lock()
 	s.blobs[d] = e
 	s.mu.Unlock()
+	s.received.Add(int64(len(data)))
 	s.markDirty()
 	return e, nil
 }
@@ -457,6 +504,13 @@ func (s *Server) list(model string) []*storepb.BlobInfo {
 	return out
 }
 
+// usage returns the blobs held and the bytes used.
+func (s *Server) usage() (blobs, used int64) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return int64(len(s.blobs)), s.used
+}
+
 // Stats reports the store's counters.
 func (s *Server) Stats() *storepb.StatsResponse {
 	s.mu.RLock()
@@ -464,7 +518,7 @@ func (s *Server) Stats() *storepb.StatsResponse {
 	return &storepb.StatsResponse{
 		Node: s.cfg.NodeName, Blobs: int64(len(s.blobs)), UsedBytes: s.used, CapacityBytes: s.cfg.MemoryLimit,
 		Quarantined: s.quarantined.Load(), InflightBytes: s.inflightN.Load(), Fetches: s.fetches.Load(),
-		FetchedBytes: s.fetched.Load(), Rejected: s.rejected.Load(), DataAddr: s.dataLis.Addr().String(), Epoch: s.epoch,
+		FetchedBytes: s.fetched.Load(), Rejected: s.rejected.Load(), DataAddr: s.pubData, Epoch: s.epoch,
 		CompressedBytes: s.compressedBytes.Load(),
 	}
 }

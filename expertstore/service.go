@@ -29,6 +29,8 @@ func parseDigest(s string) (blob.Digest, error) {
 // Put receives a blob: header, then chunks in order, each CRC-checked; the whole blob must match
 // its digest. Nothing is kept unless all of it checks out.
 func (v *service) Put(stream storepb.ExpertStore_PutServer) error {
+	v.s.inflightReqs.Add(1)
+	defer v.s.inflightReqs.Add(-1)
 	info, existed, err := v.put(stream)
 	if err != nil {
 		return storepb.ToStatus(err)
@@ -131,6 +133,8 @@ func blobRange(total, off, length int64) (int64, error) {
 
 // Fetch streams a blob's bytes in chunks with their CRC32C.
 func (v *service) Fetch(req *storepb.FetchRequest, stream storepb.ExpertStore_FetchServer) error {
+	v.s.inflightReqs.Add(1)
+	defer v.s.inflightReqs.Add(-1)
 	return storepb.ToStatus(v.fetch(req, stream))
 }
 

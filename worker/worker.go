@@ -39,6 +39,7 @@ import (
 	"github.com/pregate/pregate/expertstore/client"
 	"github.com/pregate/pregate/internal/lifecycle"
 	"github.com/pregate/pregate/internal/membership"
+	"github.com/pregate/pregate/internal/netaddr"
 	"github.com/pregate/pregate/internal/placement"
 	"github.com/pregate/pregate/model"
 	"github.com/pregate/pregate/worker/serve"
@@ -58,6 +59,13 @@ type Config struct {
 	Staging int
 	// HTTPAddr serves the OpenAI API, /health, /ready and /metrics.
 	HTTPAddr string
+	// AdvertiseHost is the host other nodes reach this worker at (its record in etcd, gossip); ""
+	// follows package netaddr's rule.
+	AdvertiseHost string
+	// ShutdownTimeout bounds Close's drain: from the moment Close begins, /ready answers 503 and new
+	// completions are refused (503, Retry-After), while those in flight run to their end for up to
+	// this long; then they are cut. 0 cuts them at once.
+	ShutdownTimeout time.Duration
 	// DataDir holds the dense weights downloaded from the stores (reused across restarts).
 	DataDir string
 	// Threads bounds the compute threads (0: all cores).
@@ -85,7 +93,8 @@ type Config struct {
 // DefaultConfig returns the defaults of `pregate worker`.
 func DefaultConfig() Config {
 	h, _ := os.Hostname()
-	return Config{Name: h, Mode: ModeSpeculative, Device: "cpu", ExpertCache: 4 << 30, Staging: 4, HTTPAddr: "0.0.0.0:8000",
+	return Config{Name: h, Mode: ModeSpeculative, Device: "cpu", ExpertCache: 4 << 30, Staging: 4,
+		HTTPAddr: netaddr.Any(netaddr.WorkerHTTPPort), ShutdownTimeout: 30 * time.Second,
 		DataDir: "pregate-worker", MaxRunning: 64, MaxWaiting: 256, FetchAttemptTimeout: 5 * time.Second,
 		FetchCompression: client.CompressNever}
 }
@@ -118,7 +127,9 @@ type Worker struct {
 	ps      *placement.Store
 	member  *membership.Member
 	lis     net.Listener
+	pubHTTP string // lis's address as published
 	http    *http.Server
+	drain   drainer // refuses new completions once Close begins, waits for those in flight
 	reg     *prometheus.Registry
 	dev     Device
 	fetcher *client.Client
@@ -163,9 +174,15 @@ func New(cfg Config) (w *Worker, err error) {
 	if w.lis, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
 		return nil, fmt.Errorf("worker: http: %w", err)
 	}
+	if w.pubHTTP, err = netaddr.Publish(w.lis.Addr().String(), cfg.AdvertiseHost); err != nil {
+		return nil, err
+	}
 	if cfg.Gossip != nil {
-		meta := membership.Meta{Role: membership.RoleWorker, HTTPAddr: w.HTTPAddr()}
-		if w.member, err = membership.New(cfg.Gossip.ForNode(cfg.Name, meta, cfg.Logger)); err != nil {
+		gc := cfg.Gossip.ForNode(cfg.Name, membership.Meta{Role: membership.RoleWorker, HTTPAddr: w.HTTPAddr()}, cfg.Logger)
+		if err := gc.Advertise(cfg.AdvertiseHost); err != nil {
+			return nil, err
+		}
+		if w.member, err = membership.New(gc); err != nil {
 			return nil, err
 		}
 	}
@@ -322,8 +339,11 @@ func sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
-// readyErr is nil once the model is loaded and placement is synced.
+// readyErr is nil once the model is loaded and placement is synced, until shutdown begins.
 func (w *Worker) readyErr() error {
+	if w.drain.draining() {
+		return errShuttingDown
+	}
 	if p := w.loadErr.Load(); p != nil {
 		return fmt.Errorf("loading model %q failed: %w", w.cfg.Model, *p)
 	}
@@ -358,6 +378,16 @@ func (w *Worker) handler() http.Handler {
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(w.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/v1/", func(rw http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost { // a completion: counted, and refused once shutdown begins
+			if !w.drain.enter() {
+				rw.Header().Set("Retry-After", "1")
+				rw.Header().Set("Content-Type", "application/json")
+				rw.WriteHeader(http.StatusServiceUnavailable)
+				rw.Write([]byte(`{"error":{"message":"the worker is shutting down","type":"server_error","param":null,"code":"shutting_down"}}`)) //nolint:errcheck
+				return
+			}
+			defer w.drain.leave()
+		}
 		srv := w.srv.Load()
 		if srv == nil {
 			rw.Header().Set("Retry-After", "1")
@@ -375,8 +405,8 @@ func (w *Worker) handler() http.Handler {
 	return mux
 }
 
-// HTTPAddr returns the address the HTTP API listens on.
-func (w *Worker) HTTPAddr() string { return w.lis.Addr().String() }
+// HTTPAddr returns the address of the HTTP API as published.
+func (w *Worker) HTTPAddr() string { return w.pubHTTP }
 
 // Pipeline returns the expert pipeline (nil until loaded).
 func (w *Worker) Pipeline() *Pipeline {
@@ -395,9 +425,16 @@ func (w *Worker) Model() engine.Model {
 // Server returns the HTTP API's server (nil until loaded).
 func (w *Worker) Server() *serve.Server { return w.srv.Load() }
 
-// Close stops the worker: HTTP, scheduler, fetches, gossip, etcd.
+// Close stops the worker gracefully: /ready answers 503 at once and new completions are refused,
+// those in flight finish (for up to ShutdownTimeout), then HTTP, scheduler, fetches, gossip and
+// etcd stop.
 func (w *Worker) Close() error {
-	w.once.Do(w.closeAll)
+	w.once.Do(func() {
+		if n := w.drain.wait(w.cfg.ShutdownTimeout); n > 0 {
+			w.log.Warn("shutdown timeout: cutting requests in flight", "requests", n, "timeout", w.cfg.ShutdownTimeout)
+		}
+		w.closeAll()
+	})
 	return nil
 }
 

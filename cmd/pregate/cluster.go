@@ -19,6 +19,7 @@ import (
 
 	"github.com/pregate/pregate/coordinator"
 	"github.com/pregate/pregate/internal/modelblobs"
+	"github.com/pregate/pregate/internal/netaddr"
 	"github.com/pregate/pregate/internal/placement"
 )
 
@@ -42,7 +43,7 @@ type clusterFlags struct {
 
 func (c *clusterFlags) register(f *pflag.FlagSet) {
 	f.StringVar(&c.endpoints, "etcd-endpoints", "", "comma-separated etcd client URLs (env PREGATE_ETCD_ENDPOINTS)")
-	f.StringVar(&c.coordinator, "coordinator", "", "a coordinator's HTTP address, asked for the etcd endpoints (env PREGATE_COORDINATOR)")
+	f.StringVar(&c.coordinator, "coordinator", "", "coordinators' HTTP addresses, comma-separated, asked for the etcd endpoints (env PREGATE_COORDINATOR)")
 	f.StringVar(&c.cluster, "cluster", "default", "cluster name (the etcd prefix /pregate/<cluster>/)")
 	f.StringVar(&c.file, "cluster-file", "", "a cluster.json written by `pregate up`, read for the etcd endpoints")
 }
@@ -88,7 +89,24 @@ func (c *clusterFlags) connect(ctx context.Context) (*clientv3.Client, *placemen
 	return cli, placement.New(cli, c.cluster), nil
 }
 
-func fetchClusterInfo(ctx context.Context, addr string) (coordinator.ClusterInfo, error) {
+// fetchClusterInfo asks the coordinators in addrs (comma-separated HTTP addresses), one after
+// another, for /v1/cluster; the first answer wins.
+func fetchClusterInfo(ctx context.Context, addrs string) (coordinator.ClusterInfo, error) {
+	var errs []error
+	for _, a := range splitList(addrs) {
+		info, err := fetchClusterInfoFrom(ctx, a)
+		if err == nil {
+			return info, nil
+		}
+		errs = append(errs, err)
+	}
+	if len(errs) == 0 {
+		return coordinator.ClusterInfo{}, fmt.Errorf("--coordinator %q: no address", addrs)
+	}
+	return coordinator.ClusterInfo{}, errors.Join(errs...)
+}
+
+func fetchClusterInfoFrom(ctx context.Context, addr string) (coordinator.ClusterInfo, error) {
 	var info coordinator.ClusterInfo
 	url := addr
 	if !strings.Contains(url, "://") {
@@ -133,9 +151,10 @@ func newCoordinatorCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "coordinator",
 		Short: "Run a coordinator: replicated expert placement in etcd, rebalancing as stores come and go",
-		Long: "Run a coordinator. With no --etcd-endpoints it starts an embedded etcd with its data in\n" +
-			"--data-dir. Several coordinators may run against one etcd; the elected leader alone writes.\n" +
-			"Every flag falls back to the environment variable PREGATE_<FLAG>.",
+		Long: "Run a coordinator. With no --etcd-endpoints it starts an embedded etcd member with its data in\n" +
+			"--data-dir: a cluster of one, or with --etcd-initial-cluster one of several coordinators' members\n" +
+			"(three survive the loss of one). Coordinators elect a leader; the leader alone writes placement.\n" +
+			"SIGTERM resigns leadership at once. Every flag falls back to the environment variable PREGATE_<FLAG>.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := envFallback(cmd.Flags()); err != nil {
@@ -145,7 +164,7 @@ func newCoordinatorCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cfg.Logger = log
+			cfg.Logger, cfg.AdvertiseHost = log, gossip.advertise
 			cfg.EtcdEndpoints = splitList(endpoints)
 			if cfg.Gossip, err = gossip.config(log); err != nil {
 				return err
@@ -163,18 +182,22 @@ func newCoordinatorCmd() *cobra.Command {
 	f.StringVar(&cfg.Name, "node-name", cfg.Name, "node name in the cluster")
 	f.StringVar(&cfg.Cluster, "cluster", "default", "cluster name (the etcd prefix /pregate/<cluster>/)")
 	f.StringVar(&endpoints, "etcd-endpoints", "", "comma-separated etcd client URLs (empty: an embedded etcd in --data-dir)")
-	f.StringVar(&cfg.EtcdClientURL, "etcd-listen", "http://127.0.0.1:2379", "client URL of the embedded etcd")
+	f.StringVar(&cfg.EtcdClientURL, "etcd-listen", "http://0.0.0.0:2379", "where the embedded etcd listens for clients (advertised with --advertise-host)")
+	f.StringVar(&cfg.EtcdPeerURL, "etcd-peer-listen", "http://0.0.0.0:2380", "where the embedded etcd listens for its peers (advertised with --advertise-host)")
+	f.StringVar(&cfg.EtcdInitialCluster, "etcd-initial-cluster", "", "every coordinator's embedded etcd member, name=http://host:2380,… (names are --node-name; empty: a cluster of one)")
+	f.StringVar(&cfg.EtcdClusterState, "etcd-initial-cluster-state", "new", "new (the members bootstrap together) or existing (a member added with etcdctl member add)")
 	f.StringVar(&cfg.DataDir, "data-dir", "pregate-coordinator", "directory of the embedded etcd's data")
 	f.IntVar(&cfg.Replicas, "replicas", cfg.Replicas, "replication factor R: every blob on min(R, live stores) stores")
-	f.StringVar(&cfg.HTTPAddr, "http", "0.0.0.0:7080", "HTTP address for /health, /v1/cluster, /v1/status, /metrics")
-	f.DurationVar(&cfg.DeadGrace, "dead-grace", cfg.DeadGrace, "how long a store is dead before its blobs are copied elsewhere")
+	f.StringVar(&cfg.HTTPAddr, "http", netaddr.Any(netaddr.CoordinatorHTTPPort), "HTTP address for /health, /ready, /v1/cluster, /v1/status, /metrics")
+	f.DurationVar(&cfg.DeadGrace, "dead-grace", cfg.DeadGrace, "how long a store is dead (failed) before its blobs are copied elsewhere")
+	f.DurationVar(&cfg.RestartGrace, "restart-grace", cfg.RestartGrace, "how long a store stopped gracefully (a restart) may stay away before its blobs are copied elsewhere")
 	f.DurationVar(&cfg.Interval, "interval", cfg.Interval, "longest time between reconcile passes")
 	f.DurationVar(&cfg.EtcdGiveUp, "etcd-give-up", cfg.EtcdGiveUp, "how long etcd may stay unreachable before the coordinator exits (non-zero) to be restarted")
 	f.DurationVar(&cfg.AntiEntropyInterval, "anti-entropy-interval", cfg.AntiEntropyInterval, "how often the leader checks what every store really holds against placement")
 	f.DurationVar(&cfg.OrphanGrace, "orphan-grace", cfg.OrphanGrace, "how long a blob no placement names may stay on a store before it is deleted")
 	f.IntVar(&cfg.SessionTTL, "leader-ttl", cfg.SessionTTL, "leader lease in seconds")
 	f.IntVar(&cfg.CopyParallelism, "copy-parallelism", cfg.CopyParallelism, "blobs copied between stores at once")
-	gossip.register(f, "0.0.0.0:7946")
+	gossip.register(f)
 	f.StringVar(&readyFile, "ready-file", "", "write {\"http\":…,\"gossip\":…,\"etcd_endpoints\":[…]} here once up")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"time"
 
 	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
@@ -15,6 +16,7 @@ import (
 	"github.com/pregate/pregate/expertstore"
 	"github.com/pregate/pregate/internal/lifecycle"
 	"github.com/pregate/pregate/internal/membership"
+	"github.com/pregate/pregate/internal/netaddr"
 )
 
 // byteSize is a flag holding a byte count written as 8GiB, 512MB or 1073741824.
@@ -39,12 +41,18 @@ func newLogger(level string) (*slog.Logger, error) {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
 }
 
-// gossipFlags are the memberlist flags every daemon has: --gossip-addr, --join, --gossip-key-file.
-type gossipFlags struct{ addr, join, keyFile string }
+// gossipFlags are the address and memberlist flags every daemon has: --advertise-host,
+// --gossip-addr, --join, --join-retry, --gossip-key-file.
+type gossipFlags struct {
+	advertise, addr, join, keyFile string
+	joinRetry                      time.Duration
+}
 
-func (g *gossipFlags) register(f *pflag.FlagSet, defaultAddr string) {
-	f.StringVar(&g.addr, "gossip-addr", defaultAddr, "memberlist bind address")
-	f.StringVar(&g.join, "join", "", "comma-separated gossip addresses of cluster members to join")
+func (g *gossipFlags) register(f *pflag.FlagSet) {
+	f.StringVar(&g.advertise, "advertise-host", "", "host (IP or DNS name) other nodes reach this one at, in every address it publishes (default: the first non-loopback address; in Kubernetes, the pod IP)")
+	f.StringVar(&g.addr, "gossip-addr", netaddr.Any(netaddr.GossipPort), "memberlist bind address (TCP and UDP)")
+	f.StringVar(&g.join, "join", "", "comma-separated gossip addresses (host:port, DNS names allowed) of cluster members to join")
+	f.DurationVar(&g.joinRetry, "join-retry", 5*time.Minute, "how long to keep trying --join while no member answers (names are resolved again at every try)")
 	f.StringVar(&g.keyFile, "gossip-key-file", "", "file with the gossip encryption key (16, 24 or 32 bytes, raw or base64)")
 }
 
@@ -59,7 +67,10 @@ func (g *gossipFlags) config(log *slog.Logger) (*membership.Config, error) {
 	if c.BindPort, err = strconv.Atoi(port); err != nil {
 		return nil, fmt.Errorf("--gossip-addr %q: bad port", g.addr)
 	}
-	c.Join = splitList(g.join)
+	c.Join, c.JoinRetry = splitList(g.join), g.joinRetry
+	if err := c.Advertise(g.advertise); err != nil {
+		return nil, fmt.Errorf("--advertise-host: %w", err)
+	}
 	if g.keyFile != "" {
 		if c.SecretKey, err = membership.LoadKey(g.keyFile); err != nil {
 			return nil, err
@@ -111,7 +122,9 @@ func newStoreCmd() *cobra.Command {
 		Use:   "store",
 		Short: "Run an expert store: blobs in RAM, persisted on disk, served over gRPC and the data plane",
 		Long: "Run an expert store. Every flag falls back to the environment variable PREGATE_<FLAG>\n" +
-			"(e.g. --data-dir ← PREGATE_DATA_DIR). SIGTERM or Ctrl-C leaves the cluster gracefully.",
+			"(e.g. --data-dir ← PREGATE_DATA_DIR). SIGTERM or Ctrl-C stops it as for a restart: its blobs\n" +
+			"stay placed on it while it comes back with the same name and data dir (nothing is copied).\n" +
+			"To remove a store for good: `pregate drain NAME`, wait for its BLOBS to reach 0, then stop it.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := envFallback(cmd.Flags()); err != nil {
@@ -127,7 +140,7 @@ func newStoreCmd() *cobra.Command {
 				}
 			}
 			cfg.MemoryLimit, cfg.MaxBlobBytes, cfg.MaxInflightBytes = int64(memLimit), int64(maxBlob), int64(maxInflight)
-			cfg.Logger = log
+			cfg.Logger, cfg.AdvertiseHost = log, gossip.advertise
 			if !noGossip {
 				if cfg.Gossip, err = gossip.config(log); err != nil {
 					return err
@@ -137,26 +150,27 @@ func newStoreCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ready := map[string]string{"node": cfg.NodeName, "grpc": s.Addr(), "data": s.DataAddr()}
+			ready := map[string]string{"node": cfg.NodeName, "grpc": s.Addr(), "data": s.DataAddr(), "http": s.HTTPAddr()}
 			if m := s.Member(); m != nil {
 				ready["gossip"] = m.Addr()
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "store %s: grpc %s, data plane %s\n", cfg.NodeName, s.Addr(), s.DataAddr())
+			fmt.Fprintf(cmd.ErrOrStderr(), "store %s: grpc %s, data plane %s, http %s\n", cfg.NodeName, s.Addr(), s.DataAddr(), s.HTTPAddr())
 			return serveUntilDone(cmd, readyFile, ready, s)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.NodeName, "node-name", "", "node name in the cluster (default: hostname)")
 	f.StringVar(&cfg.ListenAddr, "listen", cfg.ListenAddr, "gRPC listen address")
-	f.StringVar(&cfg.DataListenAddr, "data-listen", "", "data-plane listen address (default: the gRPC host, any port)")
+	f.StringVar(&cfg.DataListenAddr, "data-listen", netaddr.Any(netaddr.StoreDataPort), "data-plane listen address")
+	f.StringVar(&cfg.HTTPAddr, "http", netaddr.Any(netaddr.StoreHTTPPort), "HTTP address for /health, /ready and /metrics (empty: none)")
 	f.StringVar(&cfg.DataDir, "data-dir", "", "directory persisting the blobs (empty: memory only)")
 	f.Var(&memLimit, "memory-limit", "blob bytes this store holds at most (its capacity)")
 	f.Var(&maxBlob, "max-blob", "largest blob a Put may carry")
 	f.IntVar(&cfg.ChunkSize, "chunk-size", cfg.ChunkSize, "default chunk size of fetches, 64 KiB to 4 MiB (chunk CRCs are precomputed at this size)")
 	f.Var(&maxInflight, "max-inflight", "bytes being sent and received at once; beyond, RESOURCE_EXHAUSTED")
-	gossip.register(f, "0.0.0.0:7946")
+	gossip.register(f)
 	f.BoolVar(&noGossip, "no-gossip", false, "do not join a cluster (a standalone store)")
-	f.StringVar(&readyFile, "ready-file", "", "write {\"grpc\":…,\"data\":…,\"gossip\":…} here once listening")
+	f.StringVar(&readyFile, "ready-file", "", "write {\"grpc\":…,\"data\":…,\"http\":…,\"gossip\":…} here once listening")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }

@@ -34,7 +34,8 @@ func newWorkerCmd() *cobra.Command {
 		Short: "Serve a model from the cluster: dense layers here, experts streamed from the stores (OpenAI HTTP API)",
 		Long: "Run a worker. It downloads the model's dense weights from the stores, streams experts into its\n" +
 			"expert cache as --mode says, and serves /v1/completions, /v1/models, /health, /ready, /metrics.\n" +
-			"Every flag falls back to the environment variable PREGATE_<FLAG>.",
+			"SIGTERM drains it: /ready answers 503, new requests are refused, those in flight finish (up to\n" +
+			"--shutdown-timeout), then it exits 0. Every flag falls back to the environment variable PREGATE_<FLAG>.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := envFallback(cmd.Flags()); err != nil {
@@ -49,6 +50,7 @@ func newWorkerCmd() *cobra.Command {
 				return err
 			}
 			cfg.Mode, cfg.ExpertCache, cfg.Logger, cfg.Cluster = m, int64(cache), log, cf.cluster
+			cfg.AdvertiseHost = gossip.advertise
 			switch compression {
 			case "never":
 				cfg.FetchCompression = client.CompressNever
@@ -96,7 +98,8 @@ func newWorkerCmd() *cobra.Command {
 	f.IntVar(&cfg.Threads, "threads", 0, "compute threads (0: all cores)")
 	f.IntVar(&cfg.MaxRunning, "max-running", cfg.MaxRunning, "sequences decoded together")
 	f.IntVar(&cfg.MaxWaiting, "max-waiting", cfg.MaxWaiting, "requests queued before answering 429")
-	gossip.register(f, "0.0.0.0:7948")
+	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "on SIGTERM, how long requests in flight may run to their end (/ready answers 503 and new ones are refused meanwhile)")
+	gossip.register(f)
 	f.BoolVar(&noGossip, "no-gossip", false, "do not join the gossip cluster (etcd alone)")
 	f.StringVar(&readyFile, "ready-file", "", "write {\"http\":…} here once listening")
 	f.StringVar(&lv, "log-level", "info", "debug, info, warn or error")

@@ -82,9 +82,10 @@ var rules = []rule{
 	{pkg: "expertstore/dataplane", allowed: []string{}},
 	{pkg: "expertstore/client", allowed: []string{"api", "model", "routing", "expertstore/blob", "expertstore/dataplane"}},
 	{pkg: "internal/lifecycle", allowed: []string{}},
-	{pkg: "internal/membership", allowed: []string{}},
+	{pkg: "internal/netaddr", allowed: []string{}},
+	{pkg: "internal/membership", allowed: []string{"internal/netaddr"}},
 	{pkg: "internal/atomicfile", allowed: []string{}},
-	{pkg: "internal/embedetcd", allowed: []string{}},
+	{pkg: "internal/embedetcd", allowed: []string{"internal/netaddr"}},
 	{pkg: "internal/golden", allowed: []string{"model"}},
 	{pkg: "internal/deptest", allowed: []string{}},
 	{pkg: "internal/modelblobs", allowed: []string{"model", "routing", "expertstore/blob"}},
@@ -92,12 +93,12 @@ var rules = []rule{
 	// Daemons. The control plane never depends on the data plane's consumers, and the reverse: the
 	// coordinator and the worker meet in etcd (internal/placement).
 	{pkg: "expertstore", exact: true, allowed: []string{"api", "model", "routing", "internal/lifecycle", "expertstore/blob",
-		"expertstore/dataplane", "expertstore/client", "internal/membership", "internal/atomicfile"}},
+		"expertstore/dataplane", "expertstore/client", "internal/membership", "internal/atomicfile", "internal/netaddr"}},
 	{pkg: "coordinator", allowed: []string{"api", "model", "routing", "internal/lifecycle", "expertstore/blob", "expertstore/dataplane",
-		"expertstore/client", "internal/placement", "internal/membership", "internal/modelblobs", "internal/embedetcd", "internal/atomicfile"}},
+		"expertstore/client", "internal/placement", "internal/membership", "internal/modelblobs", "internal/embedetcd", "internal/atomicfile", "internal/netaddr"}},
 	{pkg: "worker/serve", allowed: []string{"model", "compute", "routing", "engine", "expertstore/blob", "internal/lifecycle"}},
 	{pkg: "worker", exact: true, allowed: []string{"api", "model", "compute", "routing", "engine", "internal/lifecycle", "expertstore/blob",
-		"expertstore/dataplane", "expertstore/client", "internal/placement", "internal/membership", "internal/atomicfile", "worker/serve"}},
+		"expertstore/dataplane", "expertstore/client", "internal/placement", "internal/membership", "internal/atomicfile", "internal/netaddr", "worker/serve"}},
 	// Assemblies. cluster is the control and storage planes in one process (a worker is added by
 	// whoever needs one); bench drives a cluster and workers.
 	{pkg: "cluster", forbidden: []string{module + "/worker", module + "/bench", module + "/cmd"}},

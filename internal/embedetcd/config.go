@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -18,8 +19,9 @@ var (
 	ErrStart = errors.New("embedetcd: start failed")
 )
 
-// Config configures an embedded single-member etcd. Start from DefaultConfig; a zero field means
-// the default below.
+// Config configures an embedded etcd member: a cluster of one by default, or one member of a
+// cluster of several (InitialCluster). Start from DefaultConfig; a zero field means the default
+// below.
 type Config struct {
 	// Name is the member's name. Default "pregate".
 	Name string
@@ -28,13 +30,27 @@ type Config struct {
 	// that already holds a member restarts it with its data; otherwise a new cluster is created.
 	Dir string
 
-	// ClientURL is where clients connect, http://host:port with host an IP address. "" or port 0
-	// picks a free port on 127.0.0.1 (Server.Endpoints reports it).
+	// ClientURL is where the member listens for clients, http://host:port with host an IP address.
+	// "" or port 0 picks a free port on 127.0.0.1 (Server.Endpoints reports it).
 	ClientURL string
 
-	// PeerURL is where raft peers would connect; same rule as ClientURL. A single-member cluster
-	// sends nothing over it, but etcd requires one.
+	// PeerURL is where the member listens for raft peers; same rule as ClientURL. A single-member
+	// cluster sends nothing over it, but etcd requires one.
 	PeerURL string
+
+	// AdvertiseHost replaces the host of ClientURL and PeerURL in the URLs the member advertises
+	// (to clients, in the member list, to its peers): an IP or a DNS name. "" advertises the listen
+	// URLs, with a wildcard host replaced by the host's first non-loopback address.
+	AdvertiseHost string
+
+	// InitialCluster lists every member of a new cluster as name=peerURL, comma-separated (etcd's
+	// --initial-cluster), this one included under Name. "" is a cluster of this member alone.
+	// Ignored when Dir already holds the member's data (a restart).
+	InitialCluster string
+
+	// ClusterState is "new" (the members of InitialCluster bootstrap together; default) or
+	// "existing" (a member added to a running cluster with etcdctl member add first).
+	ClusterState string
 
 	// Logger receives etcd's own error-level log lines (its info and warn lines are very noisy and
 	// are dropped), with component=etcd. nil discards them.
@@ -89,6 +105,16 @@ func (c Config) Validate() error {
 			return bad("%s: %v", u.name, err)
 		}
 	}
+	switch c.ClusterState {
+	case "", "new", "existing":
+	default:
+		return bad("ClusterState %q: want new or existing", c.ClusterState)
+	}
+	if c.InitialCluster != "" {
+		if _, err := ParseInitialCluster(c.InitialCluster); err != nil {
+			return bad("InitialCluster: %v", err)
+		}
+	}
 	if c.StartTimeout < 0 {
 		return bad("StartTimeout %v is negative", c.StartTimeout)
 	}
@@ -127,4 +153,26 @@ func or[T comparable](v, def T) T {
 		return def
 	}
 	return v
+}
+
+// ParseInitialCluster parses name=http://host:port,… (etcd's --initial-cluster) into name → URL,
+// naming what is wrong.
+func ParseInitialCluster(s string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		name, raw, ok := strings.Cut(part, "=")
+		if !ok || name == "" || raw == "" {
+			return nil, fmt.Errorf("%q: want name=http://host:port", part)
+		}
+		u, err := url.Parse(raw)
+		if err != nil || u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
+			return nil, fmt.Errorf("%q: want name=http://host:port", part)
+		}
+		if _, dup := out[name]; dup {
+			return nil, fmt.Errorf("member %q named twice", name)
+		}
+		out[name] = raw
+	}
+	return out, nil
 }

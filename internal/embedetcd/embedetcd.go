@@ -1,6 +1,7 @@
-// Package embedetcd runs a single-member etcd inside the process: the coordinator's default when it
-// is given no etcd endpoints (its data in the coordinator's data dir), and the real etcd that cluster
-// tests run against.
+// Package embedetcd runs an etcd member inside the process: the coordinator's default when it is
+// given no etcd endpoints (its data in the coordinator's data dir), alone or as one of several
+// coordinators' members of one etcd cluster (Config.InitialCluster), and the real etcd that
+// cluster tests run against.
 //
 //	Start(cfg) ──▶ embed.StartEtcd ──▶ wait until ready (or its error, or StartTimeout)
 //	Endpoints() ──▶ clientv3.New(...)           Close() ──▶ stop serving, stop raft, wait
@@ -21,6 +22,8 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
+
+	"github.com/pregate/pregate/internal/netaddr"
 )
 
 // startAttempts bounds the retries when a free port picked for a URL is taken before etcd binds it.
@@ -75,13 +78,29 @@ func start(cfg Config, client, peer *url.URL, logger *slog.Logger) (*Server, err
 	ec := embed.NewConfig()
 	ec.Name = cfg.Name
 	ec.Dir = cfg.Dir
+	advClient, err := advertised(client, cfg.AdvertiseHost)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrStart, err)
+	}
+	advPeer, err := advertised(peer, cfg.AdvertiseHost)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrStart, err)
+	}
 	ec.ListenClientUrls = []url.URL{*client}
-	ec.AdvertiseClientUrls = []url.URL{*client}
+	ec.AdvertiseClientUrls = []url.URL{*advClient}
 	ec.ListenPeerUrls = []url.URL{*peer}
-	ec.AdvertisePeerUrls = []url.URL{*peer}
-	ec.InitialCluster = ec.InitialClusterFromName(cfg.Name) // single member; ignored on restart
+	ec.AdvertisePeerUrls = []url.URL{*advPeer}
+	ec.InitialCluster = ec.InitialClusterFromName(cfg.Name) // a cluster of one; ignored on restart
+	if cfg.InitialCluster != "" {
+		ec.InitialCluster = cfg.InitialCluster
+	}
 	ec.ClusterState = embed.ClusterStateFlagNew
+	if cfg.ClusterState == "existing" {
+		ec.ClusterState = embed.ClusterStateFlagExisting
+	}
 	ec.InitialClusterToken = "pregate"
+	// A member of several: a peer that is down is the normal case while they start one by one.
+	ec.StrictReconfigCheck = true
 	ec.UnsafeNoFsync = cfg.UnsafeNoFsync
 	if cfg.CompactionRetention > 0 {
 		ec.AutoCompactionMode = embed.CompactorModePeriodic
@@ -108,10 +127,7 @@ func start(cfg Config, client, peer *url.URL, logger *slog.Logger) (*Server, err
 		e.Close()
 		return nil, fmt.Errorf("%w: not ready after %v", ErrStart, cfg.StartTimeout)
 	}
-	s := &Server{etcd: e, closing: closing}
-	for _, l := range e.Clients {
-		s.endpoints = append(s.endpoints, "http://"+l.Addr().String())
-	}
+	s := &Server{etcd: e, closing: closing, endpoints: []string{advClient.String()}}
 	logger.Info("embedded etcd ready", "endpoints", s.endpoints, "dir", cfg.Dir)
 	return s, nil
 }
@@ -139,7 +155,17 @@ func resolveURL(raw string) (*url.URL, bool, error) {
 	return u, true, nil
 }
 
-// Endpoints returns the client URLs the member listens on, for clientv3.Config.Endpoints.
+// advertised returns the URL to advertise for listen URL u: its host replaced by host, or, when
+// host is "" and u's host is a wildcard, by the host's first non-loopback address.
+func advertised(u *url.URL, host string) (*url.URL, error) {
+	pub, err := netaddr.Publish(u.Host, host)
+	if err != nil {
+		return nil, err
+	}
+	return &url.URL{Scheme: u.Scheme, Host: pub}, nil
+}
+
+// Endpoints returns the client URL this member advertises, for clientv3.Config.Endpoints.
 func (s *Server) Endpoints() []string { return append([]string(nil), s.endpoints...) }
 
 // Err reports errors from etcd's serving goroutines while it runs; it is closed once Close has

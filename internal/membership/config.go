@@ -1,12 +1,15 @@
 package membership
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net"
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/pregate/pregate/internal/netaddr"
 )
 
 // Config configures a Member. Start from DefaultConfig; a zero timer or EventBuffer means the
@@ -20,15 +23,20 @@ type Config struct {
 	BindAddr string
 	BindPort int
 
-	// AdvertiseAddr and AdvertisePort are what other nodes are told to dial, for NAT. Both optional:
-	// memberlist picks a private interface address when BindAddr is 0.0.0.0, and AdvertisePort 0
-	// means BindPort.
+	// AdvertiseAddr and AdvertisePort are what other nodes are told to dial. Both optional:
+	// AdvertiseAddr "" with BindAddr 0.0.0.0 means the host's first non-loopback address
+	// (netaddr.DefaultHost), and AdvertisePort 0 means BindPort.
 	AdvertiseAddr string
 	AdvertisePort int
 
-	// Join lists seed nodes, host:port. Empty is fine (the first node of a cluster); otherwise New
-	// fails unless at least one seed answers.
+	// Join lists seed nodes, host:port (DNS names are resolved at every attempt). Empty is fine
+	// (the first node of a cluster); otherwise New fails unless at least one seed answers within
+	// JoinRetry.
 	Join []string
+
+	// JoinRetry is how long New keeps trying Join (every second) while no seed answers; 0 tries
+	// once. Daemons use minutes: the nodes of a cluster being deployed start in any order.
+	JoinRetry time.Duration
 
 	// SecretKey turns on gossip encryption (AES-GCM) when set: 16, 24 or 32 bytes. Every node needs
 	// the same key; see LoadKey.
@@ -141,6 +149,9 @@ func (c Config) Validate() error {
 			return bad("%s %v is negative", d.name, d.v)
 		}
 	}
+	if c.JoinRetry < 0 {
+		return bad("JoinRetry %v is negative", c.JoinRetry)
+	}
 	if c.SuspicionMult < 0 {
 		return bad("SuspicionMult %d is negative", c.SuspicionMult)
 	}
@@ -169,6 +180,13 @@ func (c Config) memberlistConfig(d *delegate, logger *slog.Logger) *memberlist.C
 	mc.BindAddr = or(c.BindAddr, defaultBindAddr)
 	mc.BindPort = c.BindPort
 	mc.AdvertiseAddr = c.AdvertiseAddr
+	if mc.AdvertiseAddr == "" && net.ParseIP(mc.BindAddr).IsUnspecified() {
+		// memberlist would pick an RFC 1918 address and fail without one (a host on public or
+		// benchmark-range addresses): the daemons' one rule instead.
+		if h, err := netaddr.DefaultHost(); err == nil {
+			mc.AdvertiseAddr = h
+		}
+	}
 	mc.AdvertisePort = or(c.AdvertisePort, c.BindPort) // memberlist overwrites it when BindPort is 0
 	if len(c.SecretKey) > 0 {
 		mc.SecretKey = append([]byte(nil), c.SecretKey...)
@@ -194,4 +212,18 @@ func (c Config) ForNode(name string, meta Meta, logger *slog.Logger) Config {
 		c.Logger = logger
 	}
 	return c
+}
+
+// Advertise sets AdvertiseAddr to host (an IP, or a DNS name resolved now: memberlist gossips IPs)
+// unless AdvertiseAddr is set already or host is "".
+func (c *Config) Advertise(host string) error {
+	if c.AdvertiseAddr != "" || host == "" {
+		return nil
+	}
+	ip, err := netaddr.ResolveIP(context.Background(), host)
+	if err != nil {
+		return fmt.Errorf("membership: advertise host: %w", err)
+	}
+	c.AdvertiseAddr = ip
+	return nil
 }

@@ -23,10 +23,10 @@ import (
 type delegate struct {
 	logger *slog.Logger
 
-	metaMu  sync.Mutex
-	meta    Meta   // local meta
-	leaving bool   // gossip the leaving flag (set by Leave)
-	wire    []byte // encodeWire(meta, leaving), ≤ MetaMaxSize
+	metaMu sync.Mutex
+	meta   Meta      // local meta
+	depart departure // gossip the leaving or stopping flag (set by Leave, Stop)
+	wire   []byte    // encodeWire(meta, depart), ≤ MetaMaxSize
 
 	view  view
 	queue eventQueue
@@ -43,14 +43,14 @@ func (d *delegate) localMeta() Meta {
 	return d.meta
 }
 
-// setMeta makes m (and the leaving flag) what NodeMeta returns, or changes nothing on error.
-func (d *delegate) setMeta(m Meta, leaving bool) error {
-	b, err := encodeWire(m, leaving)
+// setMeta makes m (and the departure's flag) what NodeMeta returns, or changes nothing on error.
+func (d *delegate) setMeta(m Meta, dep departure) error {
+	b, err := encodeWire(m, dep)
 	if err != nil {
 		return err
 	}
 	d.metaMu.Lock()
-	d.meta, d.leaving, d.wire = m, leaving, b
+	d.meta, d.depart, d.wire = m, dep, b
 	d.metaMu.Unlock()
 	return nil
 }
@@ -80,7 +80,8 @@ func (d *delegate) NotifyUpdate(n *memberlist.Node)   { d.notify(EventUpdate, n)
 //
 // n.State is no help: memberlist v0.7.0 keeps a node's state in a field that shadows Node.State,
 // which stays StateAlive. A leave is StateLeft when the node's last meta carried the leaving flag
-// (Member.Leave gossips it, and waits, before memberlist's leave), StateDead otherwise.
+// (Member.Leave gossips it, and waits, before memberlist's leave), StateStopped when it carried the
+// stopping flag (Member.Stop), StateDead otherwise.
 func (d *delegate) notify(t EventType, n *memberlist.Node) {
 	node := Node{Name: n.Name, Addr: n.Address(), State: StateAlive}
 	prev, known := d.view.get(n.Name)
@@ -92,13 +93,16 @@ func (d *delegate) notify(t EventType, n *memberlist.Node) {
 	node.Meta = w.Meta
 	if t == EventLeave {
 		node.State = StateDead
-		if w.Leaving {
+		switch {
+		case w.Leaving:
 			node.State = StateLeft
+		case w.Stopping:
+			node.State = StateStopped
 		}
 	}
 	d.view.set(node, time.Now())
 	if t == EventUpdate && known && prev == node {
-		return // only the leaving flag changed; the leave itself follows
+		return // only the departure flag changed; the leave itself follows
 	}
 	if t == EventUpdate {
 		d.logger.Debug("node updated", "peer", node.Name, "meta", node.Meta)
@@ -144,7 +148,7 @@ func (v *view) set(n Node, now time.Time) {
 }
 
 func (e viewEntry) expired(now time.Time) bool {
-	return (e.node.State == StateDead || e.node.State == StateLeft) && now.Sub(e.since) > forgetAfter
+	return e.node.State != StateAlive && now.Sub(e.since) > forgetAfter
 }
 
 func (v *view) get(name string) (Node, bool) {

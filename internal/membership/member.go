@@ -19,6 +19,8 @@ const (
 	// closeLeaveTimeout bounds Close's graceful leave; past it the others detect the node as dead
 	// instead of left, which is harmless.
 	closeLeaveTimeout = 2 * time.Second
+	// joinRetryInterval is the wait between two join attempts (Config.JoinRetry).
+	joinRetryInterval = time.Second
 )
 
 // Member is this node's membership in the cluster. Its methods are safe for concurrent use.
@@ -68,7 +70,7 @@ func New(cfg Config) (*Member, error) {
 		events: make(chan Event, or(cfg.EventBuffer, defaultEventBuffer)),
 		d:      &delegate{logger: logger},
 	}
-	if err := m.d.setMeta(meta, false); err != nil {
+	if err := m.d.setMeta(meta, staying); err != nil {
 		return nil, err
 	}
 	m.d.queue.wake = make(chan struct{}, 1)
@@ -91,8 +93,8 @@ func New(cfg Config) (*Member, error) {
 	go m.pump()
 
 	if len(cfg.Join) > 0 {
-		if _, err := m.Join(cfg.Join); err != nil {
-			_ = m.shutdown(false) // memberlist's Shutdown never fails; the join error is the news
+		if err := m.joinRetrying(cfg.Join, cfg.JoinRetry); err != nil {
+			_ = m.shutdown(staying) // memberlist's Shutdown never fails; the join error is the news
 			return nil, err
 		}
 	}
@@ -154,6 +156,26 @@ func (m *Member) Join(addrs []string) (int, error) {
 	return n, nil
 }
 
+// joinRetrying joins seeds, trying again every joinRetryInterval for up to retry while none
+// answers: the seeds of a cluster being deployed start in any order. memberlist resolves DNS
+// names at every Join, so a name whose address changes (a pod rescheduled) is followed.
+func (m *Member) joinRetrying(seeds []string, retry time.Duration) error {
+	deadline := time.Now().Add(retry)
+	for attempt := 1; ; attempt++ {
+		_, err := m.Join(seeds)
+		if err == nil || !errors.Is(err, ErrJoin) || !time.Now().Add(joinRetryInterval).Before(deadline) {
+			if err != nil && attempt > 1 {
+				return fmt.Errorf("%w (gave up after %d attempts in %v)", err, attempt, retry)
+			}
+			return err
+		}
+		if attempt == 1 {
+			m.logger.Warn("no gossip seed answers yet; retrying", "seeds", seeds, "for", retry, "err", err)
+		}
+		time.Sleep(joinRetryInterval)
+	}
+}
+
 // Events returns the channel of membership changes, including the local node's own (its join
 // comes first). Slow readers lose the oldest events (see Dropped); Members is always current. The
 // channel is closed by Close.
@@ -208,7 +230,7 @@ func (m *Member) UpdateMeta(fn func(*Meta)) error {
 	if !meta.Role.valid() {
 		return fmt.Errorf("%w: update sets role %q", ErrBadMeta, meta.Role)
 	}
-	if err := m.d.setMeta(meta, false); err != nil {
+	if err := m.d.setMeta(meta, staying); err != nil {
 		return err
 	}
 	if err := m.ml.UpdateNode(updateTimeout); err != nil {
@@ -233,10 +255,10 @@ func (m *Member) Leave(timeout time.Duration) error {
 	if m.closed {
 		return ErrClosed
 	}
-	return m.leaveLocked(timeout)
+	return m.leaveLocked(timeout, leaving)
 }
 
-func (m *Member) leaveLocked(timeout time.Duration) error {
+func (m *Member) leaveLocked(timeout time.Duration, dep departure) error {
 	if m.left {
 		return nil
 	}
@@ -248,9 +270,9 @@ func (m *Member) leaveLocked(timeout time.Duration) error {
 	// timeout as "wait forever", so neither may reach zero.
 	start := time.Now()
 	var errs []error
-	if err := m.d.setMeta(m.d.localMeta(), true); err == nil { // cannot fail: the meta encoded before
+	if err := m.d.setMeta(m.d.localMeta(), dep); err == nil { // cannot fail: the meta encoded before
 		if err := m.ml.UpdateNode(timeout / 2); err != nil {
-			errs = append(errs, fmt.Errorf("leaving flag: %v", err))
+			errs = append(errs, fmt.Errorf("departure flag: %v", err))
 		}
 	}
 	// memberlist counts the node as left even if this broadcast times out.
@@ -260,7 +282,11 @@ func (m *Member) leaveLocked(timeout time.Duration) error {
 	if len(errs) > 0 {
 		return fmt.Errorf("%w: within %v: %v", ErrTimeout, timeout, errors.Join(errs...))
 	}
-	m.logger.Info("left the cluster")
+	if dep == stopping {
+		m.logger.Info("stopped (others expect this node back)")
+	} else {
+		m.logger.Info("left the cluster")
+	}
 	return nil
 }
 
@@ -268,16 +294,23 @@ func (m *Member) leaveLocked(timeout time.Duration) error {
 // down, and waits for the event pump, which closes the Events channel. It waits for a Join or
 // UpdateMeta in progress. Safe to call more than once; every call returns the first one's result.
 func (m *Member) Close() error {
-	return m.shutdown(true)
+	return m.shutdown(leaving)
 }
 
-// shutdown is Close; with leave false it skips the graceful leave, so that the others detect the
-// node as failed (tests use it to kill a node).
-func (m *Member) shutdown(leave bool) error {
+// Stop is Close for a node that will be back (a restart): the others see it StateStopped, not
+// StateLeft, and keep what it holds placed on it for their restart grace. If Leave was called
+// before, the node has left, and stays so.
+func (m *Member) Stop() error {
+	return m.shutdown(stopping)
+}
+
+// shutdown is Close or Stop; with staying it skips the graceful leave, so that the others detect
+// the node as failed (Kill).
+func (m *Member) shutdown(dep departure) error {
 	m.closeOnce.Do(func() {
 		m.lifeMu.Lock()
-		if leave {
-			if err := m.leaveLocked(closeLeaveTimeout); err != nil {
+		if dep != staying {
+			if err := m.leaveLocked(closeLeaveTimeout, dep); err != nil {
 				m.logger.Warn("graceful leave incomplete; others will see this node fail instead", "err", err)
 			}
 		}
@@ -297,7 +330,7 @@ func (m *Member) shutdown(leave bool) error {
 }
 
 // Kill stops the node without leaving, as a crash would: others see it dead, not left.
-func (m *Member) Kill() error { return m.shutdown(false) }
+func (m *Member) Kill() error { return m.shutdown(staying) }
 
 // flatten renders memberlist's join error, a go-multierror listing each seed and why ("failed to
 // join 127.0.0.1:7946: …") over several lines, as one line.

@@ -85,23 +85,34 @@ func (m Meta) Encode() ([]byte, error) {
 	return b, nil
 }
 
-// wireMeta is what is actually gossiped: Meta plus flags of this package's own. Leaving is set just
-// before a graceful leave, so that the others can report the node as left rather than dead
-// (memberlist v0.7.0 does not tell its EventDelegate which: the Node it passes always has State
-// alive). DecodeMeta ignores the extra key, so Meta's own keys must never use "l".
+// wireMeta is what is actually gossiped: Meta plus flags of this package's own. Leaving (or
+// Stopping) is set just before a graceful leave, so that the others can report the node as left
+// (or stopped, and expected back) rather than dead (memberlist v0.7.0 does not tell its
+// EventDelegate which: the Node it passes always has State alive). DecodeMeta ignores the extra
+// keys, so Meta's own keys must never use "l" or "s".
 type wireMeta struct {
 	Meta
-	Leaving bool `json:"l,omitempty"`
+	Leaving  bool `json:"l,omitempty"`
+	Stopping bool `json:"s,omitempty"`
 }
 
-// encodeWire encodes m with the leaving flag, dropping the flag if it would not fit (the node is
-// then reported dead instead of left: harmless).
-func encodeWire(m Meta, leaving bool) ([]byte, error) {
+// departure is how a node goes: not at all, for good (Leave) or for a restart (Stop).
+type departure int
+
+const (
+	staying departure = iota
+	leaving
+	stopping
+)
+
+// encodeWire encodes m with the departure's flag, dropping the flag if it would not fit (the node
+// is then reported dead instead: harmless).
+func encodeWire(m Meta, dep departure) ([]byte, error) {
 	b, err := m.Encode()
-	if err != nil || !leaving {
+	if err != nil || dep == staying {
 		return b, err
 	}
-	if w, err := json.Marshal(wireMeta{Meta: m, Leaving: true}); err == nil && len(w) <= MetaMaxSize {
+	if w, err := json.Marshal(wireMeta{Meta: m, Leaving: dep == leaving, Stopping: dep == stopping}); err == nil && len(w) <= MetaMaxSize {
 		return w, nil
 	}
 	return b, nil
@@ -133,7 +144,8 @@ const (
 	StateAlive   State = iota
 	StateSuspect       // not reported by memberlist v0.7.0; see Member.Members
 	StateDead          // failed: stopped answering probes
-	StateLeft          // left gracefully (Leave)
+	StateLeft          // left gracefully, for good (Leave)
+	StateStopped       // stopped gracefully, expected back (Stop): a restart
 )
 
 func (s State) String() string {
@@ -146,6 +158,8 @@ func (s State) String() string {
 		return "dead"
 	case StateLeft:
 		return "left"
+	case StateStopped:
+		return "stopped"
 	}
 	return "State(" + strconv.Itoa(int(s)) + ")"
 }

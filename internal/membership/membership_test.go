@@ -210,6 +210,68 @@ func TestLeaveIsSeenAsLeft(t *testing.T) {
 	}
 }
 
+func TestStopIsSeenAsStopped(t *testing.T) {
+	store, worker, coord := cluster(t)
+	if err := coord.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []*Member{store, worker} {
+		ev := waitEvent(t, m, 3*time.Second, m.name+": stop of c1", func(ev Event) bool {
+			return ev.Type == EventLeave && ev.Node.Name == "c1"
+		})
+		if ev.Node.State != StateStopped {
+			t.Errorf("%s: leave event %+v, want state stopped", m.name, ev)
+		}
+		if n, ok := find(m.Members(), "c1"); !ok || n.State != StateStopped || n.State.String() != "stopped" {
+			t.Errorf("%s: Members has c1 as %+v (found %v)", m.name, n, ok)
+		}
+	}
+}
+
+// TestJoinRetryWaitsForSeed starts a node whose seed, given by DNS name, comes up only later: New
+// keeps trying and joins it; with no retry, or a seed that never comes, it fails naming the seed.
+func TestJoinRetryWaitsForSeed(t *testing.T) {
+	l, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.LocalAddr().(*net.UDPAddr).Port
+	l.Close()
+	seed := fmt.Sprintf("localhost:%d", port)
+
+	once := testConfig("w1", Meta{Role: RoleWorker}, seed)
+	if _, err := New(once); !errors.Is(err, ErrJoin) || !strings.Contains(err.Error(), seed) {
+		t.Fatalf("no retry, seed down: %v", err)
+	}
+
+	joined := make(chan *Member, 1)
+	errc := make(chan error, 1)
+	go func() {
+		cfg := testConfig("w2", Meta{Role: RoleWorker}, seed)
+		cfg.JoinRetry = 20 * time.Second
+		m, err := New(cfg)
+		if err != nil {
+			errc <- err
+			return
+		}
+		joined <- m
+	}()
+	time.Sleep(1500 * time.Millisecond) // the first attempts fail
+	scfg := testConfig("s1", Meta{Role: RoleStore})
+	scfg.BindPort = port
+	s := start(t, scfg)
+	select {
+	case m := <-joined:
+		defer m.Close()
+		eventually(t, 3*time.Second, "w2 sees s1", func() bool { return len(m.Alive(RoleStore)) == 1 })
+		eventually(t, 3*time.Second, "s1 sees w2", func() bool { return len(s.Alive(RoleWorker)) == 1 })
+	case err := <-errc:
+		t.Fatalf("retrying join: %v", err)
+	case <-time.After(25 * time.Second):
+		t.Fatal("retrying join did not return")
+	}
+}
+
 func TestKilledNodeIsSeenDead(t *testing.T) {
 	store, worker, coord := cluster(t)
 	killed := time.Now()

@@ -177,7 +177,8 @@ const (
 	StoreAlive   = "alive"   // gossip says alive and the store answers
 	StoreSuspect = "suspect" // gossip says alive but the store did not answer the coordinator's probe
 	StoreDead    = "dead"    // gossip declared it failed
-	StoreLeft    = "left"    // it left the cluster gracefully
+	StoreLeft    = "left"    // it left the cluster gracefully, for good
+	StoreStopped = "stopped" // it stopped gracefully to restart (SIGTERM): expected back
 )
 
 // StoreRecord is what the coordinator publishes about a store: gossip's view of it, its address and
@@ -187,11 +188,14 @@ type StoreRecord struct {
 	Name     string `json:"name"`
 	GRPCAddr string `json:"grpc_addr"`
 	DataAddr string `json:"data_addr"`
-	State    string `json:"state"`    // StoreAlive, StoreSuspect, StoreDead or StoreLeft
-	Capacity int64  `json:"capacity"` // bytes it may hold
-	Used     int64  `json:"used"`     // bytes it holds
-	Blobs    int64  `json:"blobs"`
-	Epoch    uint64 `json:"epoch"` // the store's incarnation (as gossiped)
+	// GossipAddr is where the store gossips: a coordinator restarted without --join finds the
+	// cluster's gossip again through it.
+	GossipAddr string `json:"gossip_addr,omitempty"`
+	State      string `json:"state"`    // StoreAlive, StoreSuspect, StoreDead, StoreStopped or StoreLeft
+	Capacity   int64  `json:"capacity"` // bytes it may hold
+	Used       int64  `json:"used"`     // bytes it holds
+	Blobs      int64  `json:"blobs"`
+	Epoch      uint64 `json:"epoch"` // the store's incarnation (as gossiped)
 	// Joined is when a coordinator first saw the store; Since when State last changed.
 	Joined  time.Time `json:"joined"`
 	Since   time.Time `json:"since"`
