@@ -1,0 +1,220 @@
+package coordinator_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/pregate/pregate/cluster"
+	"github.com/pregate/pregate/coordinator"
+	"github.com/pregate/pregate/internal/membership"
+	"github.com/pregate/pregate/internal/placement"
+)
+
+// TestStoreRestartMovesNothing stops a store gracefully (SIGTERM's path) and starts it again on its
+// data dir: while it is away it is "stopped", its replicas stay placed (even with no dead grace at
+// all), and when it is back nothing has been copied.
+func TestStoreRestartMovesNothing(t *testing.T) {
+	lc := startClusterWith(t, cluster.Config{Stores: 3, Replicas: 2, StoreCapacity: 256 << 20, Persist: true,
+		Coordinator: func(c *coordinator.Config) { c.RestartGrace = time.Minute }})
+	importModel(t, lc, "../testdata/mixtral-tiny", "m")
+	waitConverged(t, lc, 3)
+	ctx := ctxFor(t, 30*time.Second)
+	before, _, _, err := lc.Placement().Placements(ctx, "m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	co := lc.Coordinator()
+	copied := co.BytesCopied()
+	if err := lc.StopStore("store-1"); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, lc, 10*time.Second, "store-1 stopped", func(st *coordinator.Status) bool {
+		return st.Summary.StoresStopped == 1
+	})
+	for start := co.Passes(); co.Passes() < start+5; time.Sleep(20 * time.Millisecond) {
+		if ctx.Err() != nil {
+			t.Fatal("no passes while store-1 was stopped")
+		}
+	}
+	if _, err := lc.StartStore("store-1"); err != nil {
+		t.Fatal(err)
+	}
+	waitConverged(t, lc, 3)
+	after, _, _, err := lc.Placement().Placements(ctx, "m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, p := range before {
+		if !slices.Equal(p.Ready(), after[k].Ready()) {
+			t.Errorf("expert %v moved across a restart: %v → %v", k, p.Ready(), after[k].Ready())
+		}
+	}
+	if n := co.BytesCopied() - copied; n != 0 {
+		t.Errorf("%d bytes copied across a restart, want 0", n)
+	}
+}
+
+// haCoordinators starts three coordinators, each with its own member of one embedded etcd cluster
+// (as three `pregate coordinator --etcd-initial-cluster …` do), and joins them in gossip.
+func haCoordinators(t *testing.T) []*coordinator.Coordinator {
+	t.Helper()
+	port := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		_, p, _ := net.SplitHostPort(l.Addr().String())
+		return p
+	}
+	dir := t.TempDir()
+	cfgs := make([]coordinator.Config, 3)
+	var initial []string
+	for i := range cfgs {
+		c := coordinator.DefaultConfig()
+		c.Name = fmt.Sprintf("coord-%d", i)
+		c.DataDir = filepath.Join(dir, c.Name)
+		c.EtcdClientURL, c.EtcdPeerURL = "http://127.0.0.1:"+port(), "http://127.0.0.1:"+port()
+		c.HTTPAddr = "127.0.0.1:0"
+		c.Interval, c.SessionTTL, c.DeadGrace, c.AntiEntropyInterval = 100*time.Millisecond, 2, 0, 300*time.Millisecond
+		g := membership.DefaultConfig()
+		g.BindAddr, g.BindPort = "127.0.0.1", 0
+		g.FastTimers()
+		c.Gossip = &g
+		cfgs[i] = c
+		initial = append(initial, c.Name+"="+c.EtcdPeerURL)
+	}
+	cos := make([]*coordinator.Coordinator, 3)
+	errs := make([]error, 3)
+	var wg sync.WaitGroup
+	for i := range cfgs {
+		cfgs[i].EtcdInitialCluster = strings.Join(initial, ",")
+		wg.Add(1)
+		go func() { // the members bootstrap together
+			defer wg.Done()
+			cos[i], errs[i] = coordinator.New(cfgs[i])
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("coordinator %d: %v", i, err)
+		}
+		t.Cleanup(func() { cos[i].Close() })
+	}
+	return cos
+}
+
+func leaderOf(cos []*coordinator.Coordinator, skip ...*coordinator.Coordinator) *coordinator.Coordinator {
+	for _, c := range cos {
+		if c.IsLeader() && !slices.Contains(skip, c) {
+			return c
+		}
+	}
+	return nil
+}
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	var b strings.Builder
+	buf := make([]byte, 4096)
+	n, _ := resp.Body.Read(buf)
+	b.Write(buf[:n])
+	return resp.StatusCode, b.String()
+}
+
+// TestThreeCoordinatorsSurviveOne runs the control plane with no external service: three
+// coordinators on their own etcd cluster elect one leader and tell clients every member; when the
+// leader stops another takes over within the lease TTL; with two of three gone, /ready says the
+// quorum is lost.
+func TestThreeCoordinatorsSurviveOne(t *testing.T) {
+	cos := haCoordinators(t)
+	deadline := time.Now().Add(15 * time.Second)
+	for leaderOf(cos) == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("no leader elected")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	first := leaderOf(cos)
+	for _, c := range cos {
+		if c != first && c.IsLeader() {
+			t.Fatalf("two leaders: %s and another", first.HTTPAddr())
+		}
+		if eps := c.EtcdMembers(context.Background()); len(eps) != 3 {
+			t.Errorf("%s: etcd members %v, want 3", c.HTTPAddr(), eps)
+		}
+		if code, body := httpGet(t, "http://"+c.HTTPAddr()+"/ready"); code != http.StatusOK {
+			t.Errorf("%s /ready: %d %s", c.HTTPAddr(), code, body)
+		}
+	}
+
+	stopped := time.Now()
+	first.Close()
+	var next *coordinator.Coordinator
+	for next = leaderOf(cos, first); next == nil; next = leaderOf(cos, first) {
+		if time.Since(stopped) > 10*time.Second {
+			t.Fatal("no new leader 10 s after the leader stopped")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Close resigns: the next leader does not wait for the lease (2 s) to expire.
+	t.Logf("new leader %s after %v", next.HTTPAddr(), time.Since(stopped))
+	if took := time.Since(stopped); took > 2*time.Second {
+		t.Errorf("a resigned leader was replaced after %v, want < the 2 s lease", took)
+	}
+	// Placement writes work: the new leader's passes run against the two members left.
+	ctx := ctxFor(t, 10*time.Second)
+	for start := next.Passes(); next.Passes() < start+3; time.Sleep(20 * time.Millisecond) {
+		if ctx.Err() != nil {
+			t.Fatal("the new leader runs no passes")
+		}
+	}
+	if err := next.Ready(ctx); err != nil {
+		t.Errorf("two of three members: %v", err)
+	}
+	ps := placement.New(mustDial(t, next.EtcdMembers(ctx)), "")
+	if err := ps.SetDrain(ctx, true, "no-such-store"); err != nil {
+		t.Errorf("a placement write with two of three members: %v", err)
+	}
+
+	var other *coordinator.Coordinator
+	for _, c := range cos {
+		if c != first && c != next {
+			other = c
+		}
+	}
+	other.Close()
+	code, body := httpGet(t, "http://"+next.HTTPAddr()+"/ready")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "quorum") {
+		t.Errorf("one of three members: /ready %d %q, want 503 naming the quorum", code, body)
+	}
+	if code, _ := httpGet(t, "http://"+next.HTTPAddr()+"/health"); code != http.StatusOK {
+		t.Errorf("/health %d: the process itself still works", code)
+	}
+}
+
+func mustDial(t *testing.T, eps []string) *clientv3.Client {
+	t.Helper()
+	cli, err := placement.Dial(eps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
