@@ -204,6 +204,9 @@ type clusterFetcher struct {
 	seed uint64
 	// The manifest's experts, [block][expert]: what the loaded model expects each blob to be.
 	want [][]placement.ExpertEntry
+	// observe, when set, records each fetch's outcome and duration (failovers and retries
+	// included).
+	observe func(d time.Duration, err error)
 }
 
 func newClusterFetcher(view *clusterView, cl *client.Client, man placement.Manifest, seed uint64) *clusterFetcher {
@@ -230,6 +233,18 @@ func (f *clusterFetcher) Size(k routing.ExpertKey) int64 {
 
 // Fetch implements Fetcher.
 func (f *clusterFetcher) Fetch(ctx context.Context, k routing.ExpertKey, dst []byte) error {
+	if f.observe == nil {
+		return f.fetch(ctx, k, dst)
+	}
+	start := time.Now()
+	err := f.fetch(ctx, k, dst)
+	if ctx.Err() == nil { // a fetch cancelled (a speculation dropped, a step ended) is neither
+		f.observe(time.Since(start), err)
+	}
+	return err
+}
+
+func (f *clusterFetcher) fetch(ctx context.Context, k routing.ExpertKey, dst []byte) error {
 	snap := f.view.snap.Load()
 	ref, reps, err := f.resolve(ctx, k)
 	if err == nil {

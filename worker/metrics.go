@@ -3,8 +3,11 @@ package worker
 import (
 	"strconv"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pregate/pregate/expertstore/client"
 )
 
 // blockStats counts one MoE block's events (atomics: read by metrics and benchmarks).
@@ -92,4 +95,39 @@ func (m *pipelineMetrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descCacheUsed, prometheus.GaugeValue, float64(cs.Used))
 	ch <- prometheus.MustNewConstMetric(descCachePeak, prometheus.GaugeValue, float64(cs.Peak))
 	ch <- prometheus.MustNewConstMetric(descCacheCap, prometheus.GaugeValue, float64(cs.Budget))
+}
+
+// fetchMetrics are the expert fetches' own: their latency as the pipeline sees it (failovers,
+// hedges and a retry after a rebalance included), their failures, and the store client's totals.
+type fetchMetrics struct {
+	seconds prometheus.Histogram
+	errors  prometheus.Counter
+}
+
+func newFetchMetrics(reg prometheus.Registerer, cl *client.Client) *fetchMetrics {
+	m := &fetchMetrics{
+		seconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "pregate_expert_fetch_seconds",
+			Help:    "Time to fetch one expert from the stores into a staging buffer, failovers and hedges included.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+		errors: prometheus.NewCounter(prometheus.CounterOpts{Name: "pregate_expert_fetch_errors_total",
+			Help: "Expert fetches that failed on every replica."}),
+	}
+	stat := func(name, help string, f func(client.FetchStats) int64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(f(cl.FetchStats())) })
+	}
+	reg.MustRegister(m.seconds, m.errors,
+		stat("pregate_fetch_blobs_total", "Blob fetches this worker made from the stores (collapsed ones counted once).", func(s client.FetchStats) int64 { return s.Fetches }),
+		stat("pregate_fetch_failovers_total", "Fetch attempts that failed on one replica and moved on to the next.", func(s client.FetchStats) int64 { return s.Failovers }),
+		stat("pregate_fetch_hedges_total", "Second replicas asked because the first was slower than usual.", func(s client.FetchStats) int64 { return s.Hedges }),
+		stat("pregate_fetch_hedge_wins_total", "Hedged fetches the second replica answered first.", func(s client.FetchStats) int64 { return s.HedgeWins }),
+		stat("pregate_fetch_collapsed_total", "Fetches that joined one already in flight for the same blob.", func(s client.FetchStats) int64 { return s.Collapsed }))
+	return m
+}
+
+func (m *fetchMetrics) observe(d time.Duration, err error) {
+	if err != nil {
+		m.errors.Inc()
+		return
+	}
+	m.seconds.Observe(d.Seconds())
 }

@@ -135,6 +135,8 @@ type Worker struct {
 	fetcher *client.Client
 	view    *clusterView
 
+	fetchMetrics *fetchMetrics
+
 	// Set once loaded.
 	loaded   atomic.Bool
 	loadErr  atomic.Pointer[error]
@@ -192,6 +194,7 @@ func New(cfg Config) (w *Worker, err error) {
 	ccfg.Logger = w.log
 	ccfg.Transport = client.NewDataTransport(client.DataTransportConfig{Compression: cfg.FetchCompression})
 	w.fetcher = client.New(ccfg)
+	w.fetchMetrics = newFetchMetrics(w.reg, w.fetcher)
 	w.view = newClusterView(w.ps, cfg.Model, w.log)
 
 	w.http = &http.Server{Handler: w.handler(), ReadHeaderTimeout: 10 * time.Second}
@@ -263,7 +266,9 @@ func (w *Worker) load(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var fetcher Fetcher = newClusterFetcher(w.view, w.fetcher, man, seed)
+	cf := newClusterFetcher(w.view, w.fetcher, man, seed)
+	cf.observe = w.fetchMetrics.observe
+	var fetcher Fetcher = cf
 	if w.cfg.Link != nil {
 		fetcher = w.cfg.Link(fetcher)
 	}

@@ -58,6 +58,10 @@ type Config struct {
 	TCPTimeout       time.Duration
 	SuspicionMult    int
 
+	// ReconnectInterval is how often the Member tries to join one node it holds dead (a partition
+	// that healed; see Member.reconnect). 0 means the default; negative never tries.
+	ReconnectInterval time.Duration
+
 	// EventBuffer is the capacity of the Events channel. When it is full the oldest event is
 	// dropped and counted (Member.Dropped); memberlist is never blocked.
 	EventBuffer int
@@ -75,21 +79,23 @@ const (
 	defaultTCPTimeout       = 10 * time.Second       // stream connect/read/write (joins, push/pull)
 	defaultSuspicionMult    = 4                      // suspect a node for 4 * log(N+1) * ProbeInterval
 	defaultEventBuffer      = 256
+	defaultReconnect        = 10 * time.Second // a healed partition merges within seconds of it
 )
 
 // DefaultConfig returns a Config with every default filled in except NodeName, Join, SecretKey,
 // Meta and Logger, which are the caller's.
 func DefaultConfig() Config {
 	return Config{
-		BindAddr:         defaultBindAddr, // all interfaces
-		BindPort:         defaultBindPort, // memberlist's usual port
-		ProbeInterval:    defaultProbeInterval,
-		ProbeTimeout:     defaultProbeTimeout,
-		GossipInterval:   defaultGossipInterval,
-		PushPullInterval: defaultPushPullInterval,
-		TCPTimeout:       defaultTCPTimeout,
-		SuspicionMult:    defaultSuspicionMult,
-		EventBuffer:      defaultEventBuffer, // events are small; a burst of a few hundred is absorbed
+		BindAddr:          defaultBindAddr, // all interfaces
+		BindPort:          defaultBindPort, // memberlist's usual port
+		ProbeInterval:     defaultProbeInterval,
+		ProbeTimeout:      defaultProbeTimeout,
+		GossipInterval:    defaultGossipInterval,
+		PushPullInterval:  defaultPushPullInterval,
+		TCPTimeout:        defaultTCPTimeout,
+		SuspicionMult:     defaultSuspicionMult,
+		EventBuffer:       defaultEventBuffer, // events are small; a burst of a few hundred is absorbed
+		ReconnectInterval: defaultReconnect,
 	}
 }
 
@@ -102,6 +108,9 @@ func (c *Config) FastTimers() {
 	c.PushPullInterval = 1 * time.Second     // anti-entropy still runs during a test
 	c.TCPTimeout = 1 * time.Second           // loopback streams connect at once or are refused
 	c.SuspicionMult = 2                      // suspicion lasts 2 probe intervals (no confirmations wanted)
+	// No reconnecting: on loopback a dead node's ephemeral port may be reused by a node of another
+	// test's cluster, which a reconnect would merge into this one.
+	c.ReconnectInterval = -1
 }
 
 // Validate reports the first problem with c, wrapping ErrInvalidConfig.

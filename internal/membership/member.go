@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,6 +34,9 @@ type Member struct {
 	events  chan Event
 	dropped atomic.Uint64
 	pumpWG  sync.WaitGroup
+
+	reconnectStop chan struct{} // closed by shutdown: ends the reconnect loop
+	reconnectWG   sync.WaitGroup
 
 	updateMu sync.Mutex // serialises UpdateMeta so metas are gossiped in call order
 
@@ -97,6 +101,11 @@ func New(cfg Config) (*Member, error) {
 			_ = m.shutdown(staying) // memberlist's Shutdown never fails; the join error is the news
 			return nil, err
 		}
+	}
+	if every := or(cfg.ReconnectInterval, defaultReconnect); every > 0 {
+		m.reconnectStop = make(chan struct{})
+		m.reconnectWG.Add(1)
+		go m.reconnect(every)
 	}
 	logger.Info("membership started", "addr", m.addr, "role", meta.Role, "seeds", cfg.Join, "encrypted", len(cfg.SecretKey) > 0)
 	return m, nil
@@ -173,6 +182,36 @@ func (m *Member) joinRetrying(seeds []string, retry time.Duration) error {
 			m.logger.Warn("no gossip seed answers yet; retrying", "seeds", seeds, "for", retry, "err", err)
 		}
 		time.Sleep(joinRetryInterval)
+	}
+}
+
+// reconnect tries, every interval, to join one node this Member holds dead, picked at random, as
+// Serf's reconnector does: after a partition heals, each side holds the other dead and memberlist
+// stops gossiping to dead nodes after GossipToTheDeadTime, so without this the two halves would
+// never merge again. A node that answers refutes its death, and push/pull merges both views.
+func (m *Member) reconnect(interval time.Duration) {
+	defer m.reconnectWG.Done()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.reconnectStop:
+			return
+		case <-t.C:
+		}
+		var dead []Node
+		for _, n := range m.Members() {
+			if n.State == StateDead && n.Name != m.name {
+				dead = append(dead, n)
+			}
+		}
+		if len(dead) == 0 {
+			continue
+		}
+		n := dead[rand.IntN(len(dead))]
+		if _, err := m.Join([]string{n.Addr}); err == nil {
+			m.logger.Info("reconnected to a node held dead", "peer", n.Name, "addr", n.Addr)
+		}
 	}
 }
 
@@ -308,6 +347,10 @@ func (m *Member) Stop() error {
 // the node as failed (Kill).
 func (m *Member) shutdown(dep departure) error {
 	m.closeOnce.Do(func() {
+		if m.reconnectStop != nil {
+			close(m.reconnectStop)
+			m.reconnectWG.Wait() // an attempt in progress ends within TCPTimeout
+		}
 		m.lifeMu.Lock()
 		if dep != staying {
 			if err := m.leaveLocked(closeLeaveTimeout, dep); err != nil {
