@@ -83,9 +83,10 @@ type Config struct {
 	Interval time.Duration
 	// SessionTTL is the leader lease in seconds: a leader that dies is replaced this long after.
 	SessionTTL int
-	// EtcdGiveUp is how long the coordinator keeps trying to reach etcd (for its election
-	// session) before it fails for good: Err reports it and `pregate coordinator` exits, to be
-	// restarted. An embedded etcd that stops fails it at once.
+	// EtcdGiveUp is how long the coordinator keeps trying to reach an external etcd (for its
+	// election session) before it fails for good: Err reports it and `pregate coordinator` exits,
+	// to be restarted. An embedded etcd that stops fails it at once; one that has lost its quorum
+	// (other coordinators down) is waited for.
 	EtcdGiveUp time.Duration
 	// CopyParallelism bounds the blobs being copied at once.
 	CopyParallelism int
@@ -372,7 +373,11 @@ func (c *Coordinator) campaignLoop(ctx context.Context) error {
 			if unreachable.IsZero() {
 				unreachable = time.Now()
 			}
-			if time.Since(unreachable) >= c.cfg.EtcdGiveUp {
+			// An external etcd gone for EtcdGiveUp fails the coordinator (to be restarted). Its own
+			// embedded member is different: while it runs (its stopping is fatal anyway), a lost
+			// quorum comes back when the other coordinators do, and exiting would take this member
+			// away from that quorum.
+			if c.etcd == nil && time.Since(unreachable) >= c.cfg.EtcdGiveUp {
 				return fmt.Errorf("etcd unreachable for %v: %w", c.cfg.EtcdGiveUp, err)
 			}
 			c.log.Warn("etcd session", "err", err)

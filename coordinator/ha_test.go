@@ -207,6 +207,27 @@ func TestThreeCoordinatorsSurviveOne(t *testing.T) {
 	if code, _ := httpGet(t, "http://"+next.HTTPAddr()+"/health"); code != http.StatusOK {
 		t.Errorf("/health %d: the process itself still works", code)
 	}
+	// Status says why rather than timing out, and a write that requires a leader fails fast.
+	cli := mustDial(t, []string{"http://" + strings.TrimPrefix(next.EtcdEndpoints()[0], "http://")})
+	began := time.Now()
+	st, err := coordinator.ReadStatus(context.Background(), cli, placement.New(cli, ""), 2)
+	if err != nil || st.Summary.State != coordinator.StateUnavailable || !strings.Contains(st.Summary.Reason, "no quorum") {
+		t.Errorf("status without a quorum: %+v, %v", st, err)
+	}
+	wctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.Background()), 10*time.Second)
+	defer cancel()
+	deadline = time.Now().Add(5 * time.Second)
+	for {
+		err = placement.New(cli, "").SetDrain(wctx, true, "no-such-store")
+		if err != nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond) // the member has not noticed it lost the quorum yet
+	}
+	if err == nil || !strings.Contains(err.Error(), "no leader") {
+		t.Errorf("a write without a quorum: %v, want etcd's no leader", err)
+	}
+	t.Logf("status and a write without a quorum answered in %v", time.Since(began))
 }
 
 func mustDial(t *testing.T, eps []string) *clientv3.Client {

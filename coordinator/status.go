@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -51,8 +52,11 @@ type Summary struct {
 	Healthy bool `json:"healthy"`
 	// State says the same in one word: StateHealthy, StateDegraded (every blob served, some with
 	// fewer replicas than wanted) or StateUnavailable (Healthy is false).
-	State string    `json:"state"`
-	Time  time.Time `json:"time"`
+	State string `json:"state"`
+	// Reason says why the cluster is unavailable when status could not even read it (etcd has no
+	// quorum); "" otherwise.
+	Reason string    `json:"reason,omitempty"`
+	Time   time.Time `json:"time"`
 }
 
 // Cluster states, as Summary.State reports them.
@@ -123,6 +127,12 @@ func ReadStatus(ctx context.Context, cli *clientv3.Client, ps *placement.Store, 
 	sum.Time = time.Now().UTC()
 	sum.Cluster = clusterName(ps)
 	sum.Etcd, sum.EtcdHealthy = etcdHealth(ctx, cli)
+	if !sum.EtcdHealthy {
+		// Without a quorum every read below would wait for its deadline and then fail: say why
+		// instead. Workers keep serving from the placement they hold meanwhile.
+		sum.State, sum.Reason = StateUnavailable, noQuorumReason(sum.Etcd)
+		return st, nil
+	}
 
 	sum.Replicas = defaultReplicas
 	if cc, err := ps.ClusterConfig(ctx); err == nil {
@@ -267,6 +277,21 @@ func ReadStatus(ctx context.Context, cli *clientv3.Client, ps *placement.Store, 
 		sum.State = StateHealthy
 	}
 	return st, nil
+}
+
+// noQuorumReason says how many etcd members answer with a leader, and what the others said.
+func noQuorumReason(ms []EtcdMember) string {
+	ok := 0
+	var bad []string
+	for _, m := range ms {
+		if m.Healthy {
+			ok++
+		} else {
+			bad = append(bad, m.Endpoint+": "+m.Error)
+		}
+	}
+	return fmt.Sprintf("etcd has no quorum: %d of %d endpoints answer with a leader (%s); placement cannot be read or changed, workers serve from the placement they hold",
+		ok, len(ms), strings.Join(bad, "; "))
 }
 
 func clusterName(ps *placement.Store) string {

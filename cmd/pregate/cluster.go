@@ -15,6 +15,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/pregate/pregate/coordinator"
@@ -79,14 +80,28 @@ func (c *clusterFlags) connect(ctx context.Context) (*clientv3.Client, *placemen
 	if err != nil {
 		return nil, nil, err
 	}
-	// clientv3.New does not dial; fail fast and clearly when etcd is not there.
+	// clientv3.New does not dial; fail fast and clearly when etcd is not there. A serializable read
+	// needs one member, not a quorum: status then tells a lost quorum from an unreachable etcd.
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if _, err := cli.Get(sctx, "/pregate/", clientv3.WithCountOnly()); err != nil {
+	if _, err := cli.Get(sctx, "/pregate/", clientv3.WithCountOnly(), clientv3.WithSerializable()); err != nil {
 		cli.Close()
 		return nil, nil, fmt.Errorf("etcd at %v: %w", eps, err)
 	}
 	return cli, placement.New(cli, c.cluster), nil
+}
+
+// writeContext is the context of a command's placement writes: they fail at once, with a clear
+// error (writeError), when the etcd member asked has no leader (the cluster lost its quorum),
+// instead of waiting for a quorum that may not come back.
+func writeContext(ctx context.Context) context.Context { return clientv3.WithRequireLeader(ctx) }
+
+// writeError names a lost quorum in err.
+func writeError(err error) error {
+	if err != nil && (errors.Is(err, rpctypes.ErrNoLeader) || strings.Contains(err.Error(), rpctypes.ErrNoLeader.Error())) {
+		return fmt.Errorf("etcd has no quorum (its members have no leader): placement writes are refused until a majority of members is back: %w", err)
+	}
+	return err
 }
 
 // fetchClusterInfo asks the coordinators in addrs (comma-separated HTTP addresses), one after
@@ -192,7 +207,7 @@ func newCoordinatorCmd() *cobra.Command {
 	f.DurationVar(&cfg.DeadGrace, "dead-grace", cfg.DeadGrace, "how long a store is dead (failed) before its blobs are copied elsewhere")
 	f.DurationVar(&cfg.RestartGrace, "restart-grace", cfg.RestartGrace, "how long a store stopped gracefully (a restart) may stay away before its blobs are copied elsewhere")
 	f.DurationVar(&cfg.Interval, "interval", cfg.Interval, "longest time between reconcile passes")
-	f.DurationVar(&cfg.EtcdGiveUp, "etcd-give-up", cfg.EtcdGiveUp, "how long etcd may stay unreachable before the coordinator exits (non-zero) to be restarted")
+	f.DurationVar(&cfg.EtcdGiveUp, "etcd-give-up", cfg.EtcdGiveUp, "how long an external etcd (--etcd-endpoints) may stay unreachable before the coordinator exits (non-zero) to be restarted")
 	f.DurationVar(&cfg.AntiEntropyInterval, "anti-entropy-interval", cfg.AntiEntropyInterval, "how often the leader checks what every store really holds against placement")
 	f.DurationVar(&cfg.OrphanGrace, "orphan-grace", cfg.OrphanGrace, "how long a blob no placement names may stay on a store before it is deleted")
 	f.IntVar(&cfg.SessionTTL, "leader-ttl", cfg.SessionTTL, "leader lease in seconds")
@@ -246,13 +261,13 @@ func newImportCmd() *cobra.Command {
 			} else {
 				opts.Progress = plainProgress(stderr, opts.Name)
 			}
-			rep, err := coordinator.Import(cmd.Context(), ps, opts)
+			rep, err := coordinator.Import(writeContext(cmd.Context()), ps, opts)
 			if bar != nil {
 				bar.Finish() //nolint:errcheck // a progress bar
 				fmt.Fprintln(stderr)
 			}
 			if err != nil {
-				return err
+				return writeError(err)
 			}
 			if output == "json" {
 				return json.NewEncoder(cmd.OutOrStdout()).Encode(rep)
@@ -310,8 +325,8 @@ func newDrainCmd() *cobra.Command {
 				return err
 			}
 			defer cli.Close()
-			if err := ps.SetDrain(cmd.Context(), !undo, args...); err != nil {
-				return err
+			if err := ps.SetDrain(writeContext(cmd.Context()), !undo, args...); err != nil {
+				return writeError(err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "draining %s: %v (watch `pregate status` until their BLOBS are 0)\n", strings.Join(args, ", "), !undo)
 			return nil

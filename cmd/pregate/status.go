@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -63,6 +64,9 @@ func newStatusCmd() *cobra.Command {
 					return err
 				}
 				if !watch {
+					if st.Summary.Reason != "" {
+						return &exitError{code: exitUnhealthy, err: errors.New("cluster unavailable: " + st.Summary.Reason)}
+					}
 					if !st.Summary.Healthy {
 						return &exitError{code: exitUnhealthy, err: fmt.Errorf("cluster unhealthy: %d experts and %d dense blobs have no ready replica; etcd healthy: %v",
 							st.Summary.ExpertsUnavailable, st.Summary.DenseUnavailable, st.Summary.EtcdHealthy)}
@@ -121,8 +125,12 @@ func renderStatus(w io.Writer, st *coordinator.Status, output string) error {
 		etcd = "UNHEALTHY"
 	}
 	fmt.Fprintf(w, "cluster %s: %s   leader %s   R=%d   etcd %s (%d endpoints)\n", s.Cluster, health, leader, s.Replicas, etcd, len(s.Etcd))
-	fmt.Fprintf(w, "stores: %d alive, %d suspect, %d dead, %d left, %d draining   models: %d   workers: %d\n",
-		s.StoresAlive, s.StoresSuspect, s.StoresDead, s.StoresLeft, s.StoresDraining, s.Models, s.Workers)
+	if s.Reason != "" {
+		fmt.Fprintf(w, "reason: %s\n", s.Reason)
+		return nil
+	}
+	fmt.Fprintf(w, "stores: %d alive, %d suspect, %d dead, %d stopped, %d left, %d draining   models: %d   workers: %d\n",
+		s.StoresAlive, s.StoresSuspect, s.StoresDead, s.StoresStopped, s.StoresLeft, s.StoresDraining, s.Models, s.Workers)
 	fmt.Fprintf(w, "experts: %d under-replicated, %d unavailable   dense blobs: %d under-replicated, %d unavailable   copies in flight: %d\n",
 		s.ExpertsUnderReplicated, s.ExpertsUnavailable, s.DenseUnderReplicated, s.DenseUnavailable, s.CopiesInFlight)
 	if wide {
