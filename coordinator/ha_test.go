@@ -239,3 +239,34 @@ func mustDial(t *testing.T, eps []string) *clientv3.Client {
 	t.Cleanup(func() { cli.Close() })
 	return cli
 }
+
+// TestRestartedCoordinatorFindsGossip restarts the coordinator with no --join: it finds the
+// stores' gossip through their records in etcd, so it sees them alive (not merely answering
+// probes: suspect), and status reports no false outage.
+func TestRestartedCoordinatorFindsGossip(t *testing.T) {
+	lc := startCluster(t, 3, 2, 256<<20)
+	recs, err := lc.Placement().Stores(ctxFor(t, 5*time.Second))
+	if err != nil || len(recs) != 3 {
+		t.Fatalf("store records %+v, %v", recs, err)
+	}
+	for _, rec := range recs {
+		if rec.GossipAddr == "" {
+			t.Fatalf("store record %+v has no gossip address", rec)
+		}
+	}
+	lc.StopCoordinator(lc.Coordinator())
+	co, err := lc.StartCoordinatorWith(func(c *coordinator.Config) {
+		g := *c.Gossip
+		g.Join = nil // as `pregate coordinator` restarted without --join
+		c.Gossip = &g
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, lc, 15*time.Second, "stores alive through the new coordinator's gossip", func(st *coordinator.Status) bool {
+		return st.Summary.Leader == "coord-1" && st.Summary.StoresAlive == 3 && st.Summary.StoresSuspect == 0
+	})
+	if n := co.GossipStores(); n != 3 {
+		t.Errorf("the restarted coordinator's gossip sees %d stores, want 3", n)
+	}
+}

@@ -68,6 +68,14 @@ func (c *Coordinator) healthHandlers(mux *http.ServeMux) {
 	})
 }
 
+// GossipStores returns how many stores this coordinator's gossip holds alive (0 without gossip).
+func (c *Coordinator) GossipStores() int {
+	if c.member == nil {
+		return 0
+	}
+	return len(c.member.Alive(membership.RoleStore))
+}
+
 // rejoinInterval is how often a coordinator that sees no store in its gossip tries the stores'
 // recorded gossip addresses.
 const rejoinInterval = 10 * time.Second
