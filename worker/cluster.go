@@ -354,16 +354,33 @@ func materializeDense(ctx context.Context, dir string, man placement.Manifest, v
 
 // waitManifest reads model's manifest, waiting (watching its key) until it is published.
 // It returns the manifest's revision: placements are published with or before it.
-func waitManifest(ctx context.Context, cli *clientv3.Client, ps *placement.Store, name string, log *slog.Logger) (placement.Manifest, int64, error) {
+func waitManifest(ctx context.Context, cli *clientv3.Client, ps *placement.Store, name string, giveUp time.Duration, log *slog.Logger) (placement.Manifest, int64, error) {
 	logged := false
+	var unreachable time.Time // since when etcd has not answered; zero while it does
 	for {
-		m, rev, err := ps.Manifest(ctx, name)
+		gctx, cancel := context.WithTimeout(ctx, min(5*time.Second, giveUp))
+		m, rev, err := ps.Manifest(gctx, name)
+		cancel()
 		if err == nil {
 			return m, rev, nil
 		}
-		if !errors.Is(err, placement.ErrNotFound) {
-			return m, 0, err
+		if ctx.Err() != nil {
+			return m, 0, ctx.Err()
 		}
+		if !errors.Is(err, placement.ErrNotFound) {
+			// etcd does not answer: a worker cannot load without it (once loaded, it serves from
+			// the placement it holds). Keep trying for giveUp, then fail, naming it.
+			if unreachable.IsZero() {
+				unreachable = time.Now()
+				log.Warn("etcd does not answer; retrying", "endpoints", cli.Endpoints(), "for", giveUp, "err", err)
+			}
+			if time.Since(unreachable) >= giveUp {
+				return m, 0, fmt.Errorf("etcd at %v unreachable for %v while loading: %w", cli.Endpoints(), giveUp, err)
+			}
+			sleep(ctx, time.Second)
+			continue
+		}
+		unreachable = time.Time{}
 		if !logged {
 			log.Info("waiting for the model to be imported", "model", name)
 			logged = true

@@ -3,6 +3,7 @@ package worker_test
 import (
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -88,5 +89,32 @@ func TestShutdownDrains(t *testing.T) {
 		if err != nil || lens[i] != tokens {
 			t.Errorf("stream %d: %d tokens, %v (want %d, no error)", i, lens[i], err, tokens)
 		}
+	}
+}
+
+// TestFailsWithoutEtcdWhileLoading starts a worker whose etcd never answers: it keeps trying for
+// EtcdGiveUp, then fails, naming etcd (`pregate worker` exits non-zero with it).
+func TestFailsWithoutEtcdWhileLoading(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := "http://" + l.Addr().String()
+	l.Close()
+	cfg := worker.DefaultConfig()
+	cfg.Name, cfg.EtcdEndpoints, cfg.Model, cfg.Mode = "w-noetcd", []string{dead}, "m", worker.ModeOnDemand
+	cfg.HTTPAddr, cfg.DataDir, cfg.EtcdGiveUp = "127.0.0.1:0", t.TempDir(), 2*time.Second
+	w, err := worker.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	select {
+	case <-w.Failed():
+	case <-time.After(20 * time.Second):
+		t.Fatal("the worker did not give up on an etcd that never answers")
+	}
+	if err := w.Err(); err == nil || !strings.Contains(err.Error(), "etcd") || !strings.Contains(err.Error(), dead) {
+		t.Errorf("failure %v, want it to name etcd at %s", err, dead)
 	}
 }

@@ -72,6 +72,9 @@ type Config struct {
 	Threads int
 	// MaxRunning and MaxWaiting bound the scheduler (sequences batched together, requests queued).
 	MaxRunning, MaxWaiting int
+	// EtcdGiveUp is how long a worker that is loading keeps trying to reach etcd before it fails
+	// (a loaded worker does not need etcd: it serves from the placement it holds).
+	EtcdGiveUp time.Duration
 	// FetchAttemptTimeout bounds one replica's attempt at a fetch before the next replica is tried.
 	FetchAttemptTimeout time.Duration
 	// FetchCompression says when expert fetches ask stores for compressed blobs. The default is
@@ -94,7 +97,7 @@ type Config struct {
 func DefaultConfig() Config {
 	h, _ := os.Hostname()
 	return Config{Name: h, Mode: ModeSpeculative, Device: "cpu", ExpertCache: 4 << 30, Staging: 4,
-		HTTPAddr: netaddr.Any(netaddr.WorkerHTTPPort), ShutdownTimeout: 30 * time.Second,
+		HTTPAddr: netaddr.Any(netaddr.WorkerHTTPPort), ShutdownTimeout: 30 * time.Second, EtcdGiveUp: time.Minute,
 		DataDir: "pregate-worker", MaxRunning: 64, MaxWaiting: 256, FetchAttemptTimeout: 5 * time.Second,
 		FetchCompression: client.CompressNever}
 }
@@ -113,6 +116,8 @@ func (c Config) Validate() error {
 		return errors.New("worker: config: no model")
 	case c.Device != "cpu":
 		return fmt.Errorf("worker: config: device %q: this build has only the cpu device (build with -tags cuda for GPUs)", c.Device)
+	case c.EtcdGiveUp <= 0:
+		return fmt.Errorf("worker: config: etcd give-up %v", c.EtcdGiveUp)
 	case c.ExpertCache <= 0 || c.DataDir == "":
 		return fmt.Errorf("worker: config: expert cache %d bytes, data dir %q", c.ExpertCache, c.DataDir)
 	}
@@ -244,7 +249,7 @@ func (w *Worker) Serve(ctx context.Context) error { return lifecycle.Serve(ctx, 
 // load waits for the manifest and the placement view, downloads the dense weights, loads the
 // engine and starts the pipeline and the HTTP API.
 func (w *Worker) load(ctx context.Context) error {
-	man, manRev, err := waitManifest(ctx, w.cli, w.ps, w.cfg.Model, w.log)
+	man, manRev, err := waitManifest(ctx, w.cli, w.ps, w.cfg.Model, w.cfg.EtcdGiveUp, w.log)
 	if err != nil {
 		return err
 	}

@@ -98,6 +98,7 @@ func newWorkerCmd() *cobra.Command {
 	f.IntVar(&cfg.Threads, "threads", 0, "compute threads (0: all cores)")
 	f.IntVar(&cfg.MaxRunning, "max-running", cfg.MaxRunning, "sequences decoded together")
 	f.IntVar(&cfg.MaxWaiting, "max-waiting", cfg.MaxWaiting, "requests queued before answering 429")
+	f.DurationVar(&cfg.EtcdGiveUp, "etcd-give-up", cfg.EtcdGiveUp, "while loading, how long etcd may stay unreachable before the worker exits (non-zero); a loaded worker serves without it")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "on SIGTERM, how long requests in flight may run to their end (/ready answers 503 and new ones are refused meanwhile)")
 	gossip.register(f)
 	f.BoolVar(&noGossip, "no-gossip", false, "do not join the gossip cluster (etcd alone)")
