@@ -47,14 +47,14 @@ func TestMain(m *testing.M) {
 		go func() {
 			s := <-sig
 			fmt.Printf("e2e: %v: removing every network\n", s)
-			sweepLive()
+			sweepLive(true)
 			os.RemoveAll(tmp)
 			os.Exit(2)
 		}()
 	}
 
 	code := m.Run()
-	sweepLive() // normally empty: every test's cleanup removed its network
+	sweepLive(false) // normally empty: every test's cleanup removed its network
 	if tmp != "" {
 		os.RemoveAll(tmp)
 	}
@@ -141,6 +141,6 @@ func guardTimeout() {
 	}
 	time.AfterFunc(d-20*time.Second, func() {
 		fmt.Println("e2e: the test timeout is near: removing every network")
-		sweepLive()
+		sweepLive(false) // the tests still running fail, and their cleanups remove their dirs
 	})
 }

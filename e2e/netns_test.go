@@ -211,7 +211,9 @@ func killNamespace(ns string) {
 }
 
 // sweepLive removes every open network at once, without t: on a signal or a near test timeout.
-func sweepLive() {
+// With removeDirs it also removes their directories (logs included): the process is about to exit
+// without running the tests' cleanups.
+func sweepLive(removeDirs bool) {
 	live.Range(func(k, _ any) bool {
 		n := k.(*Network)
 		n.mu.Lock()
@@ -224,6 +226,9 @@ func sweepLive() {
 			}
 		}
 		n.remove(nodes)
+		if removeDirs {
+			_ = os.RemoveAll(filepath.Dir(n.dir)) // the test's temporary root (t.TempDir's parent)
+		}
 		live.Delete(n)
 		return true
 	})
