@@ -228,14 +228,22 @@ type ClusterStatus struct {
 	Summary struct {
 		Leader                 string `json:"leader"`
 		StoresAlive            int    `json:"stores_alive"`
+		StoresSuspect          int    `json:"stores_suspect"`
 		StoresDead             int    `json:"stores_dead"`
+		StoresStopped          int    `json:"stores_stopped"`
 		ExpertsUnderReplicated int    `json:"experts_under_replicated"`
 		ExpertsUnavailable     int    `json:"experts_unavailable"`
+		DenseUnderReplicated   int    `json:"dense_under_replicated"`
+		CopiesInFlight         int    `json:"copies_in_flight"`
+		State                  string `json:"state"`
+		Reason                 string `json:"reason"`
 	} `json:"summary"`
 	Stores []struct {
-		Name  string `json:"name"`
-		State string `json:"state"` // alive, suspect, dead, left
-		Blobs int    `json:"blobs"`
+		Name     string `json:"name"`
+		State    string `json:"state"` // alive, suspect, dead, stopped, left
+		Blobs    int    `json:"blobs"`
+		Held     int    `json:"held"`
+		Draining bool   `json:"draining"`
 	} `json:"stores"`
 }
 

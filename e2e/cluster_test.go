@@ -21,44 +21,77 @@ import (
 // that a loaded 2-core machine does not flap.
 var testCoordinator = CoordinatorOptions{Replicas: 2, DeadGrace: 5 * time.Second, Interval: 2 * time.Second}
 
-// Cluster is a coordinator (with its etcd), stores and a client host for the CLI, each a node of
-// one network. Workers are added by the scenarios (StartWorker).
+// Cluster is coordinators (each with its etcd member), stores and a client host for the CLI, each a
+// node of one network. Workers are added by the scenarios (StartWorker).
 type Cluster struct {
 	Net    *Network
-	Coord  *Node
-	Client *Node // runs pregate import and pregate status, as a Job would
-	Stores []*Node
+	Coords []*Node
+	// CoordProcs are the coordinators' processes, by index of Coords (the latest started).
+	CoordProcs []*Proc
+	Client     *Node // runs pregate import and pregate status, as a Job would
+	Stores     []*Node
 	// StoreProcs are the stores' processes, by index of Stores (the latest started).
 	StoreProcs []*Proc
+	coordOpts  CoordinatorOptions
+}
+
+// ClusterOptions shape a cluster: its stores and coordinators (1, or 3 on one etcd cluster).
+type ClusterOptions struct {
+	Stores, Coordinators int
+	Coordinator          CoordinatorOptions // testCoordinator when zero
 }
 
 // StartCluster starts a coordinator and n stores (1 GiB each), waits until the leader sees every
 // store alive, and imports the fixtures (testdata/<name>, imported under that name).
 func StartCluster(t testing.TB, n int, fixtures ...string) *Cluster {
 	t.Helper()
+	return StartClusterWith(t, ClusterOptions{Stores: n, Coordinators: 1}, fixtures...)
+}
+
+// StartClusterWith is StartCluster with o's coordinators.
+func StartClusterWith(t testing.TB, o ClusterOptions, fixtures ...string) *Cluster {
+	t.Helper()
 	start := time.Now()
 	net := NewNetwork(t)
-	c := &Cluster{Net: net, Coord: net.Node("coord-0"), Client: net.Node("client")}
-	c.Coord.StartReady(t, Coordinator(c.Coord.Host, testCoordinator), 30*time.Second)
-	for i := range n {
-		nd := net.Node(fmt.Sprintf("store-%d", i))
-		c.Stores = append(c.Stores, nd)
-		c.StoreProcs = append(c.StoreProcs, nd.Start(t, Store(nd.Host, c.Coord.IP, "1GiB")))
+	c := &Cluster{Net: net, Client: net.Node("client"), coordOpts: o.Coordinator}
+	if c.coordOpts.Replicas == 0 {
+		c.coordOpts = testCoordinator
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	var peers []Host
+	for i := range max(o.Coordinators, 1) {
+		nd := net.Node(fmt.Sprintf("coord-%d", i))
+		c.Coords = append(c.Coords, nd)
+		peers = append(peers, nd.Host)
+	}
+	if len(peers) > 1 {
+		c.coordOpts.Peers = peers
+	}
+	for _, nd := range c.Coords { // several members bootstrap together: start them all, then wait
+		c.CoordProcs = append(c.CoordProcs, nd.Start(t, Coordinator(nd.Host, c.coordOpts)))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
+	for _, p := range c.CoordProcs {
+		if err := p.WaitReady(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range o.Stores {
+		c.AddStore(t, fmt.Sprintf("store-%d", i))
+	}
 	for _, p := range c.StoreProcs {
 		if err := p.WaitReady(ctx); err != nil {
 			t.Fatal(err)
 		}
 	}
+	n := o.Stores
 	c.WaitStatus(t, 30*time.Second, fmt.Sprintf("a leader and %d stores alive", n), func(s ClusterStatus) bool {
 		return s.Summary.Leader != "" && s.Summary.StoresAlive == n
 	})
 	var wg sync.WaitGroup
 	errs := make([]error, len(fixtures))
 	for i, fx := range fixtures {
-		wg.Go(func() { _, errs[i] = c.Client.Run(ctx, Import(c.Coord.IP, fixtureDir(fx), fx)) })
+		wg.Go(func() { _, errs[i] = c.Client.Run(ctx, Import(c.CoordIPs(), fixtureDir(fx), fx)) })
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
@@ -68,10 +101,38 @@ func StartCluster(t testing.TB, n int, fixtures ...string) *Cluster {
 	return c
 }
 
+// CoordIPs are the coordinators' addresses.
+func (c *Cluster) CoordIPs() []string {
+	var ips []string
+	for _, nd := range c.Coords {
+		ips = append(ips, nd.IP)
+	}
+	return ips
+}
+
+// AddStore starts a store on a new node named name (1 GiB), without waiting for it.
+func (c *Cluster) AddStore(t testing.TB, name string) *Proc {
+	t.Helper()
+	nd := c.Net.Node(name)
+	p := nd.Start(t, Store(nd.Host, c.CoordIPs(), "1GiB"))
+	c.Stores = append(c.Stores, nd)
+	c.StoreProcs = append(c.StoreProcs, p)
+	return p
+}
+
+// RestartStore starts store i's daemon again on its node (same name and data dir) and waits until
+// it is ready.
+func (c *Cluster) RestartStore(t testing.TB, i int) *Proc {
+	t.Helper()
+	nd := c.Stores[i]
+	c.StoreProcs[i] = nd.StartReady(t, Store(nd.Host, c.CoordIPs(), "1GiB"), 60*time.Second)
+	return c.StoreProcs[i]
+}
+
 // Status runs `pregate status` on the client host.
 func (c *Cluster) Status(ctx context.Context) (ClusterStatus, error) {
 	var s ClusterStatus
-	out, err := c.Client.Run(ctx, Status(c.Coord.IP))
+	out, err := c.Client.Run(ctx, Status(c.CoordIPs()))
 	var exit *exec.ExitError
 	if err != nil && !(errors.As(err, &exit) && exit.ExitCode() == 2) { // 2: something unavailable
 		return s, err
@@ -118,7 +179,7 @@ func (c *Cluster) PollStatus(timeout time.Duration, ok func(ClusterStatus) bool)
 // StartWorker starts a worker on nd and waits until it is ready (its model loaded).
 func (c *Cluster) StartWorker(t testing.TB, nd *Node, o WorkerOptions) *Proc {
 	t.Helper()
-	return nd.StartReady(t, Worker(nd.Host, c.Coord.IP, o), 60*time.Second)
+	return nd.StartReady(t, Worker(nd.Host, c.CoordIPs(), o), 60*time.Second)
 }
 
 func fixtureDir(name string) string { return filepath.Join(repoRoot, "testdata", name) }

@@ -188,11 +188,9 @@ func TestPartitionStore(t *testing.T) {
 
 // TestSlowStore: one store's link is slowed (netem delay 200 ms and 10 Mbit/s; where the kernel
 // has no netem, a 10 Mbit/s token bucket alone) under a steady load. Requests still succeed with
-// the same ids; latencies healthy and slowed are recorded.
-//
-// TODO: assert p99 fetch ≤ healthy p95 + hedge delay once the worker exports a fetch-latency
-// histogram (today /metrics has only stall seconds and fetched bytes); the hedge delay is the
-// client's observed p95 per byte × size, at least 2 ms, and hedges are capped at 5% of fetches.
+// the same ids, and the expert fetches' p99 while it is slow stays within the healthy p95 plus the
+// hedge delay (the client's p95 per byte × size, which for same-size experts is about the healthy
+// p95 itself): the worker tries that store's replicas last once it has seen it slow.
 func TestSlowStore(t *testing.T) {
 	row := Record(t, "d. one store slowed (netem 200 ms, 10 Mbit/s) under load")
 	c, w := faultCluster(t)
@@ -201,7 +199,7 @@ func TestSlowStore(t *testing.T) {
 	want := Reference(t, base, "mixtral-tiny", prompts)
 	slow := c.Stores[2]
 
-	phase := func(name string) {
+	phase := func(name string) (fetchP95, fetchP99 float64) {
 		t.Helper()
 		ctx := context.Background()
 		m0, err := Scrape(ctx, base+"/metrics")
@@ -223,8 +221,14 @@ func TestSlowStore(t *testing.T) {
 		row.Set(name+" latency p50/p99", "%s/%s", ms(p50), ms(p99))
 		row.Set(name+" ITL p99", "%s", seconds(d.Quantile("pregate_inter_token_latency_seconds", 0.99)))
 		row.Set(name+" stall/MiB fetched", "%.0fms (%.1f MiB)", 1000*stall/max(mib, 1e-9), mib)
+		fetchP95, fetchP99 = d.Quantile("pregate_expert_fetch_seconds", 0.95), d.Quantile("pregate_expert_fetch_seconds", 0.99)
+		row.Set(name+" fetch p95/p99", "%s/%s (%.0f fetches)", micros(fetchP95), micros(fetchP99), d.Sum("pregate_expert_fetch_seconds_count"))
+		if failed > 0 {
+			t.Errorf("%s: %d requests failed", name, failed)
+		}
+		return fetchP95, fetchP99
 	}
-	phase("healthy")
+	healthyP95, _ := phase("healthy")
 	err := slow.Netem("delay 200ms rate 10mbit")
 	if errors.Is(err, ErrNoNetem) {
 		t.Log("e2e: no netem in this kernel: shaping the store's link to 10 Mbit/s without delay")
@@ -237,7 +241,20 @@ func TestSlowStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer slow.ClearNetem()
-	phase("slowed")
+	_, slowedP99 := phase("slowed")
+	bound := 2 * healthyP95 // healthy p95 + a hedge delay of about the healthy p95
+	row.Set("bound (healthy p95 + hedge delay)", "%s", micros(bound))
+	if math.IsNaN(slowedP99) || slowedP99 > bound {
+		t.Errorf("fetch p99 with a slow store %s > healthy p95 + hedge delay %s", micros(slowedP99), micros(bound))
+	}
+}
+
+// micros formats seconds to the microsecond.
+func micros(s float64) string {
+	if math.IsNaN(s) {
+		return "n/a"
+	}
+	return time.Duration(s * float64(time.Second)).Round(time.Microsecond).String()
 }
 
 func seconds(s float64) string {

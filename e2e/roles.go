@@ -19,17 +19,20 @@ import (
 	"net"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 )
 
-// The ports every role listens on. One daemon runs per host (namespace), as in a pod, so every
-// daemon may use the same fixed ports.
+// The ports every role listens on: the daemons' defaults (docs/ARCHITECTURE.md, "Across hosts").
+// One daemon runs per host (namespace), as in a pod, so every daemon keeps its default ports and
+// binds 0.0.0.0; the roles below pass none of them.
 const (
 	CoordinatorHTTPPort = 7080
-	EtcdClientPort      = 2379
+	EtcdPeerPort        = 2380
 	GossipPort          = 7946
 	StoreGRPCPort       = 7070
 	StoreDataPort       = 7071
+	StoreHTTPPort       = 7072
 	WorkerHTTPPort      = 8000
 )
 
@@ -59,75 +62,99 @@ func CoordinatorURL(ip string) string { return "http://" + hostPort(ip, Coordina
 // WorkerURL is the base URL of the worker's HTTP API on host ip.
 func WorkerURL(ip string) string { return "http://" + hostPort(ip, WorkerHTTPPort) }
 
+// StoreURL is the base URL of the store's HTTP endpoint (/health, /ready, /metrics) on host ip.
+func StoreURL(ip string) string { return "http://" + hostPort(ip, StoreHTTPPort) }
+
 // StoreAddrs are a store's gRPC and data-plane addresses on host ip.
 func StoreAddrs(ip string) (grpc, data string) {
 	return hostPort(ip, StoreGRPCPort), hostPort(ip, StoreDataPort)
 }
 
-// gossipFlags are the memberlist flags of a daemon on h that joins the coordinator at coordIP
-// ("" for none). memberlist advertises its bind address, so it binds h.IP, never 0.0.0.0 (which
-// would make it guess an address, and it finds no private one in 198.18.0.0/15).
-//
-// When the daemons take --advertise-host (PREGATE_ADVERTISE_HOST) and default to the fixed ports
-// above, the per-role listen flags below shrink to that one variable; this function and the three
-// role functions are the only places to change.
-func gossipFlags(h Host, coordIP string) []string {
-	args := []string{"--gossip-addr", hostPort(h.IP, GossipPort)}
-	if coordIP != "" {
-		args = append(args, "--join", hostPort(coordIP, GossipPort))
+// nodeEnv is what every daemon on h is told through its environment, as a pod spec would: its
+// name, its data dir, and the address it advertises (the pod IP).
+func nodeEnv(h Host, dir string) []string {
+	return []string{"PREGATE_NODE_NAME=" + h.Name, "PREGATE_DATA_DIR=" + filepath.Join(h.Dir, dir),
+		"PREGATE_ADVERTISE_HOST=" + h.IP}
+}
+
+// joinList is the gossip seeds at ips, comma-separated.
+func joinList(ips []string) string {
+	var out []string
+	for _, ip := range ips {
+		out = append(out, hostPort(ip, GossipPort))
 	}
-	return args
+	return strings.Join(out, ",")
 }
 
-// CoordinatorOptions are the coordinator's timers and replication, short enough for tests.
+// coordinatorList is the coordinators' HTTP addresses at ips, comma-separated (PREGATE_COORDINATOR).
+func coordinatorList(ips []string) string {
+	var out []string
+	for _, ip := range ips {
+		out = append(out, hostPort(ip, CoordinatorHTTPPort))
+	}
+	return strings.Join(out, ",")
+}
+
+// CoordinatorOptions are the coordinator's timers and replication, short enough for tests, and its
+// place among several.
 type CoordinatorOptions struct {
-	Replicas  int
-	DeadGrace time.Duration // how long a store is dead before its blobs are copied elsewhere
-	Interval  time.Duration // longest time between reconcile passes
+	Replicas     int
+	DeadGrace    time.Duration // how long a store is dead before its blobs are copied elsewhere
+	RestartGrace time.Duration // how long a stopped store may stay away (0: the default)
+	Interval     time.Duration // longest time between reconcile passes
+	LeaderTTL    time.Duration // the leader lease (0: the default)
+	// Peers are every coordinator of a highly available control plane (names and IPs, this one
+	// included): their embedded etcd members form one cluster. Empty: a coordinator alone.
+	Peers []Host
 }
 
-// Coordinator is a coordinator with an embedded etcd in h.Dir. The embedded etcd advertises the
-// client URL it listens on, so it listens on h.IP.
+// Coordinator is a coordinator with an embedded etcd member in h.Dir.
 func Coordinator(h Host, o CoordinatorOptions) Daemon {
+	args := []string{"coordinator", "--replicas", strconv.Itoa(o.Replicas), "--dead-grace", o.DeadGrace.String(),
+		"--interval", o.Interval.String()}
+	if o.RestartGrace > 0 {
+		args = append(args, "--restart-grace", o.RestartGrace.String())
+	}
+	if o.LeaderTTL > 0 {
+		args = append(args, "--leader-ttl", strconv.Itoa(int(o.LeaderTTL.Seconds())))
+	}
+	if len(o.Peers) > 0 {
+		var members, seeds []string
+		for _, p := range o.Peers {
+			members = append(members, p.Name+"=http://"+hostPort(p.IP, EtcdPeerPort))
+			if p.IP != h.IP {
+				seeds = append(seeds, p.IP)
+			}
+		}
+		args = append(args, "--etcd-initial-cluster", strings.Join(members, ","), "--join", joinList(seeds))
+	}
 	return Daemon{
 		Role: "coordinator",
-		Args: append([]string{"coordinator",
-			"--http", hostPort(h.IP, CoordinatorHTTPPort),
-			"--etcd-listen", "http://" + hostPort(h.IP, EtcdClientPort),
-			"--replicas", strconv.Itoa(o.Replicas),
-			"--dead-grace", o.DeadGrace.String(),
-			"--interval", o.Interval.String(),
-		}, gossipFlags(h, "")...),
-		Env:      []string{"PREGATE_NODE_NAME=" + h.Name, "PREGATE_DATA_DIR=" + filepath.Join(h.Dir, "coordinator")},
-		ReadyURL: CoordinatorURL(h.IP) + "/health",
+		Args: args,
+		Env:  nodeEnv(h, "coordinator"),
+		// /ready needs the etcd quorum: with several coordinators, wait for it once all run.
+		ReadyURL: CoordinatorURL(h.IP) + "/ready",
 	}
 }
 
-// Store is an expert store on h that persists its blobs in h.Dir and joins the coordinator's gossip.
-func Store(h Host, coordIP, memory string) Daemon {
-	grpc, data := StoreAddrs(h.IP)
-	ready := filepath.Join(h.Dir, "store-ready.json")
+// Store is an expert store on h that persists its blobs in h.Dir and joins the coordinators' gossip.
+func Store(h Host, coordIPs []string, memory string) Daemon {
 	return Daemon{
-		Role: "store",
-		Args: append([]string{"store", "--listen", grpc, "--data-listen", data, "--ready-file", ready},
-			gossipFlags(h, coordIP)...),
-		Env: []string{"PREGATE_NODE_NAME=" + h.Name, "PREGATE_DATA_DIR=" + filepath.Join(h.Dir, "store"),
-			"PREGATE_MEMORY_LIMIT=" + memory},
-		// TODO(advertise-host): the store's HTTP port 7072 will answer /ready; use ReadyURL then.
-		ReadyFile: ready,
+		Role:     "store",
+		Args:     []string{"store", "--join", joinList(coordIPs)},
+		Env:      append(nodeEnv(h, "store"), "PREGATE_MEMORY_LIMIT="+memory),
+		ReadyURL: StoreURL(h.IP) + "/ready",
 	}
 }
 
 // StandaloneStore is a store that joins no cluster (for the data-path measurement), holding memory bytes.
 func StandaloneStore(h Host, memory string) Daemon {
-	grpc, data := StoreAddrs(h.IP)
-	ready := filepath.Join(h.Dir, "store-ready.json")
 	return Daemon{
 		Role: "store",
-		Args: []string{"store", "--no-gossip", "--listen", grpc, "--data-listen", data, "--ready-file", ready,
-			"--memory-limit", memory, "--max-blob", memory, "--max-inflight", memory, "--log-level", "warn"},
-		Env:       []string{"PREGATE_NODE_NAME=" + h.Name},
-		ReadyFile: ready,
+		Args: []string{"store", "--no-gossip", "--memory-limit", memory, "--max-blob", memory, "--max-inflight", memory,
+			"--log-level", "warn"},
+		Env:      nodeEnv(h, "store"),
+		ReadyURL: StoreURL(h.IP) + "/ready",
 	}
 }
 
@@ -141,32 +168,40 @@ type WorkerOptions struct {
 	DataDir string
 }
 
-// Worker is a worker on h that finds etcd through the coordinator at coordIP and serves HTTP.
-func Worker(h Host, coordIP string, o WorkerOptions) Daemon {
+// Worker is a worker on h that finds etcd through the coordinators at coordIPs and serves HTTP.
+func Worker(h Host, coordIPs []string, o WorkerOptions) Daemon {
 	dir := o.DataDir
 	if dir == "" {
 		dir = "worker"
 	}
 	return Daemon{
 		Role: "worker",
-		Args: append([]string{"worker", "--http", hostPort(h.IP, WorkerHTTPPort), "--model", o.Model, "--mode", o.Mode,
-			"--expert-cache", o.Cache}, gossipFlags(h, coordIP)...),
-		Env: []string{"PREGATE_NODE_NAME=" + h.Name, "PREGATE_DATA_DIR=" + filepath.Join(h.Dir, dir),
-			"PREGATE_COORDINATOR=" + hostPort(coordIP, CoordinatorHTTPPort)},
+		Args: []string{"worker", "--model", o.Model, "--mode", o.Mode, "--expert-cache", o.Cache, "--join", joinList(coordIPs)},
+		Env:  append(nodeEnv(h, dir), "PREGATE_COORDINATOR="+coordinatorList(coordIPs)),
+		// The worker's /ready turns 503 once it begins to drain.
 		ReadyURL: WorkerURL(h.IP) + "/ready",
 	}
 }
 
-// Import imports the checkpoint in dir as name, through the coordinator at coordIP.
-func Import(coordIP, dir, name string) Daemon {
+// Import imports the checkpoint in dir as name, through the coordinators at coordIPs.
+func Import(coordIPs []string, dir, name string) Daemon {
 	return Daemon{Role: "import", Args: []string{"import", "--model", dir, "--name", name},
-		Env: []string{"PREGATE_COORDINATOR=" + hostPort(coordIP, CoordinatorHTTPPort)}}
+		Env: []string{"PREGATE_COORDINATOR=" + coordinatorList(coordIPs)}}
 }
 
 // Status prints the cluster's state as JSON (exit status 2 when something is unavailable).
-func Status(coordIP string) Daemon {
+func Status(coordIPs []string) Daemon {
 	return Daemon{Role: "status", Args: []string{"status", "-o", "json"},
-		Env: []string{"PREGATE_COORDINATOR=" + hostPort(coordIP, CoordinatorHTTPPort)}}
+		Env: []string{"PREGATE_COORDINATOR=" + coordinatorList(coordIPs)}}
+}
+
+// Drain marks stores to be emptied before they are stopped (undo clears the mark).
+func Drain(coordIPs []string, undo bool, stores ...string) Daemon {
+	args := append([]string{"drain"}, stores...)
+	if undo {
+		args = append(args, "--undo")
+	}
+	return Daemon{Role: "drain", Args: args, Env: []string{"PREGATE_COORDINATOR=" + coordinatorList(coordIPs)}}
 }
 
 // String is the command line, for logs.

@@ -753,3 +753,49 @@ func TestFollowerOutlivesCanceledLeader(t *testing.T) {
 		t.Fatalf("stats %+v: the follower did not join the leader's flight", st)
 	}
 }
+
+// TestSlowReplicaTriedLast: once a store has been seen slow, the client tries its other replicas
+// first, so fetches that list it first stop waiting for it (hedging alone is capped).
+func TestSlowReplicaTriedLast(t *testing.T) {
+	c := newCluster(t, 2)
+	cl := newClient(t, client.Config{AttemptTimeout: 20 * time.Second, HedgeFraction: 0.05, HedgeMinDelay: time.Millisecond})
+	ctx := context.Background()
+	data := expertBlob(t, "F32", 4, 256, 256, 12) // 512 KiB
+	for i := range 2 {
+		if _, _, err := cl.Put(ctx, replicaOf(c.stores[i]), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ref := client.Ref{Digest: blob.Sum(data), Size: int64(len(data))}
+	dst := make([]byte, len(data))
+	fast := replicaOf(c.stores[1])
+	for range 5 { // the fast store's speed is known
+		if err := cl.Fetch(ctx, ref, []routing.Replica{fast}, dst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := newProxy(t, c.stores[0].DataAddr(), -1, 10*time.Millisecond) // ~0.3 s for the blob
+	slow := replicaOf(c.stores[0])
+	slow.DataAddr = p.addr()
+	var took []time.Duration
+	for range 20 {
+		start := time.Now()
+		if err := cl.Fetch(ctx, ref, []routing.Replica{slow, fast}, dst); err != nil {
+			t.Fatal(err)
+		}
+		took = append(took, time.Since(start))
+	}
+	if !slices.Equal(dst, data) {
+		t.Fatal("fetched bytes differ")
+	}
+	// The first fetch learns the slow store (by waiting for it, or by a hedge that beat it); the
+	// others go to the fast one first.
+	var later time.Duration
+	for _, d := range took[1:] {
+		later = max(later, d)
+	}
+	t.Logf("first fetch %v, slowest of the next 19 %v", took[0], later)
+	if later > 150*time.Millisecond {
+		t.Errorf("a fetch after the slow store was seen took %v: it was tried first again", later)
+	}
+}

@@ -66,6 +66,7 @@ type Client struct {
 	conns     *Conns
 	transport Transport
 	lat       latency
+	speeds    storeSpeeds
 
 	mu      sync.Mutex
 	flights map[flightKey]*flight
@@ -173,6 +174,7 @@ func (c *Client) fetch(ctx context.Context, ref Ref, replicas []routing.Replica,
 	c.fetches.Add(1)
 	var errs []error
 	start := time.Now()
+	replicas = c.speeds.order(replicas, start)
 	for i := 0; i < len(replicas); i++ {
 		if i > 0 {
 			c.failovers.Add(1)
@@ -215,8 +217,14 @@ func (c *Client) attempt(ctx context.Context, ref Ref, r routing.Replica, hedge 
 	results := make(chan result, 2)
 	get := func(ctx context.Context, r routing.Replica, buf []byte, isHedge bool) {
 		// The transport checks the digest of a whole blob as its chunks land.
-		results <- result{isHedge, c.transport.Fetch(ctx, r, ref.Digest, 0, buf, true)}
+		began := time.Now()
+		err := c.transport.Fetch(ctx, r, ref.Digest, 0, buf, true)
+		if err == nil {
+			c.speeds.observe(r.Store, time.Since(began), ref.Size, false, time.Now())
+		}
+		results <- result{isHedge, err}
 	}
+	start := time.Now()
 	pctx, pcancel := context.WithCancel(actx)
 	defer pcancel()
 	go get(pctx, r, dst, false)
@@ -255,7 +263,9 @@ func (c *Client) attempt(ctx context.Context, ref Ref, r routing.Replica, hedge 
 				continue
 			}
 			if res.hedge {
-				// The hedge won: stop the primary, wait until it no longer writes dst, then copy.
+				// The hedge won: the primary was at least this slow. Stop it, wait until it no
+				// longer writes dst, then copy.
+				c.speeds.observe(r.Store, time.Since(start), ref.Size, true, time.Now())
 				pcancel()
 				for running > 0 {
 					<-results

@@ -3,6 +3,8 @@ package client
 import (
 	"testing"
 	"time"
+
+	"github.com/pregate/pregate/routing"
 )
 
 func TestHedgeDelayFollowsObservedLatency(t *testing.T) {
@@ -28,5 +30,47 @@ func TestHedgeDelayFollowsObservedLatency(t *testing.T) {
 	}
 	if got, _ := l.hedgeDelay(1, 5*time.Millisecond); got != 5*time.Millisecond {
 		t.Fatalf("floor not applied: %v", got)
+	}
+}
+
+func TestStoreSpeedsOrder(t *testing.T) {
+	reps := []routing.Replica{{Store: "a"}, {Store: "b"}, {Store: "c"}}
+	names := func(rs []routing.Replica) string {
+		var s string
+		for _, r := range rs {
+			s += r.Store
+		}
+		return s
+	}
+	var s storeSpeeds
+	now := time.Unix(1000, 0)
+	if got := names(s.order(reps, now)); got != "abc" {
+		t.Fatalf("nothing known: %s", got)
+	}
+	s.observe("a", 100*time.Millisecond, 1<<20, false, now) // 10× slower than b
+	s.observe("b", 10*time.Millisecond, 1<<20, false, now)
+	s.observe("c", 20*time.Millisecond, 1<<20, false, now) // 2×: not slow
+	if got := names(s.order(reps, now)); got != "bca" {
+		t.Errorf("a slow: %s, want bca", got)
+	}
+	if names(reps) != "abc" {
+		t.Error("order changed its argument")
+	}
+	// The slow store's estimate ages: it is tried first again, once, to refresh it.
+	if got := names(s.order(reps, now.Add(probeAfter+time.Second))); got != "abc" {
+		t.Errorf("after %v: %s, want abc (a probed again)", probeAfter, got)
+	}
+	// It recovered: fast samples bring its EWMA down.
+	later := now.Add(probeAfter + time.Second)
+	for range 10 {
+		s.observe("a", 10*time.Millisecond, 1<<20, false, later)
+	}
+	if got := names(s.order(reps, later)); got != "abc" {
+		t.Errorf("a recovered: %s, want abc", got)
+	}
+	// A hedge that beat a replica is a lower bound: it can only make the estimate slower.
+	s.observe("b", time.Second, 1<<20, true, later)
+	if got := names(s.order(reps, later)); got != "acb" {
+		t.Errorf("b beaten by a hedge: %s, want acb", got)
 	}
 }
