@@ -323,6 +323,9 @@ func (c *Coordinator) GossipAddr() string {
 	return c.member.Addr()
 }
 
+// Name is the coordinator's node name.
+func (c *Coordinator) Name() string { return c.cfg.Name }
+
 // IsLeader reports whether this coordinator is the elected leader now.
 func (c *Coordinator) IsLeader() bool { return c.leading.Load() }
 
@@ -442,6 +445,9 @@ func (c *Coordinator) lead(ctx context.Context, sess *concurrency.Session, el *c
 		case <-sctx.Done():
 		}
 	}()
+	handOff := make(chan struct{})
+	defer func() { sdone(); <-handOff }()
+	go func() { defer close(handOff); c.keepRaftLeadershipAway(sctx) }()
 	for {
 		rep, err := c.reconcile(sctx, guard)
 		c.mu.Lock()

@@ -164,6 +164,31 @@ func TestThreeCoordinatorsSurviveOne(t *testing.T) {
 		}
 	}
 
+	// The leading coordinator hands etcd's raft leadership to another member, so that losing the
+	// leader's process never costs etcd an election too.
+	cli := mustDial(t, first.EtcdMembers(context.Background()))
+	deadline = time.Now().Add(15 * time.Second)
+	for {
+		raftLeader := ""
+		ml, err := cli.MemberList(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range ml.Members {
+			st, err := cli.Status(context.Background(), m.ClientURLs[0])
+			if err == nil && st.Leader == m.ID {
+				raftLeader = m.Name
+			}
+		}
+		if raftLeader != "" && raftLeader != first.Name() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("etcd's raft leader is still %q, the leading coordinator's own member", raftLeader)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
 	stopped := time.Now()
 	first.Close()
 	var next *coordinator.Coordinator
@@ -208,7 +233,7 @@ func TestThreeCoordinatorsSurviveOne(t *testing.T) {
 		t.Errorf("/health %d: the process itself still works", code)
 	}
 	// Status says why rather than timing out, and a write that requires a leader fails fast.
-	cli := mustDial(t, []string{"http://" + strings.TrimPrefix(next.EtcdEndpoints()[0], "http://")})
+	cli = mustDial(t, []string{"http://" + strings.TrimPrefix(next.EtcdEndpoints()[0], "http://")})
 	began := time.Now()
 	st, err := coordinator.ReadStatus(context.Background(), cli, placement.New(cli, ""), 2)
 	if err != nil || st.Summary.State != coordinator.StateUnavailable || !strings.Contains(st.Summary.Reason, "no quorum") {

@@ -119,3 +119,61 @@ func (c *Coordinator) rejoinFromRecords(ctx context.Context) {
 		}
 	}
 }
+
+// raftHandOffInterval is how often a leading coordinator checks that its own etcd member does not
+// lead etcd's raft too.
+const raftHandOffInterval = 5 * time.Second
+
+// keepRaftLeadershipAway runs while this coordinator leads, with an embedded etcd member among
+// several: whenever its own member is etcd's raft leader, it moves the raft leadership to a healthy
+// peer. Killing the leading coordinator then kills a raft follower only. Killing both leaders at
+// once costs etcd an election first, and its new raft leader re-grants every lease in full (the
+// election lease included), so the next coordinator would wait about the lease TTL plus etcd's
+// election after the kill instead of the TTL alone.
+func (c *Coordinator) keepRaftLeadershipAway(ctx context.Context) {
+	if c.etcd == nil {
+		return
+	}
+	for ctx.Err() == nil {
+		if err := c.handOffRaftLeadership(ctx); err != nil && ctx.Err() == nil {
+			c.log.Debug("raft leadership hand-off", "err", err)
+		}
+		sleep(ctx, raftHandOffInterval)
+	}
+}
+
+func (c *Coordinator) handOffRaftLeadership(ctx context.Context) error {
+	own := c.etcd.Endpoints()[0]
+	sctx, cancel := context.WithTimeout(ctx, time.Second)
+	st, err := c.cli.Status(sctx, own)
+	cancel()
+	if err != nil || st.Leader != st.Header.MemberId {
+		return err // not the raft leader (or etcd busy): nothing to do
+	}
+	mctx, cancel := context.WithTimeout(ctx, time.Second)
+	ml, err := c.cli.MemberList(mctx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	for _, m := range ml.Members {
+		if m.ID == st.Header.MemberId || m.IsLearner || len(m.ClientURLs) == 0 {
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		peer, err := c.cli.Status(pctx, m.ClientURLs[0])
+		cancel()
+		if err != nil || st.RaftIndex-min(st.RaftIndex, peer.RaftIndex) > 1000 {
+			continue // down, or too far behind to take over at once
+		}
+		tctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		_, err = c.cli.MoveLeader(tctx, m.ID)
+		cancel()
+		if err == nil {
+			c.log.Info("moved etcd's raft leadership away from this coordinator's member", "to", m.Name)
+			return nil
+		}
+		c.log.Debug("move raft leadership", "to", m.Name, "err", err)
+	}
+	return errors.New("no healthy peer member to take etcd's raft leadership")
+}

@@ -243,8 +243,25 @@ type ClusterStatus struct {
 		State    string `json:"state"` // alive, suspect, dead, stopped, left
 		Blobs    int    `json:"blobs"`
 		Held     int    `json:"held"`
+		Used     int64  `json:"used"`
 		Draining bool   `json:"draining"`
 	} `json:"stores"`
+}
+
+// StoreUsed is the bytes status says the store name holds (0 when it lists none).
+func (s ClusterStatus) StoreUsed(name string) int64 {
+	for _, st := range s.Stores {
+		if st.Name == name {
+			return st.Used
+		}
+	}
+	return 0
+}
+
+// Converged says every blob has its replicas and nothing is being copied.
+func (s ClusterStatus) Converged() bool {
+	return s.Summary.Leader != "" && s.Summary.ExpertsUnderReplicated == 0 && s.Summary.ExpertsUnavailable == 0 &&
+		s.Summary.DenseUnderReplicated == 0 && s.Summary.CopiesInFlight == 0
 }
 
 // StoreState is the state status gives the store name, "" when it lists none.
