@@ -163,7 +163,7 @@ func spawnStore(ctx context.Context, memory int64, chunk int) (routing.Replica, 
 	}
 	ready := filepath.Join(dir, "ready.json")
 	child := exec.Command(exe, "store", "--no-gossip", "--node-name", "bench-store", "--listen", "127.0.0.1:0",
-		"--memory-limit", fmt.Sprint(memory), "--max-blob", fmt.Sprint(memory), "--max-inflight", fmt.Sprint(memory),
+		"--data-listen", "127.0.0.1:0", "--http", "", "--memory-limit", fmt.Sprint(memory), "--max-blob", fmt.Sprint(memory), "--max-inflight", fmt.Sprint(memory),
 		"--chunk-size", fmt.Sprint(chunk), "--ready-file", ready, "--log-level", "warn")
 	child.Stderr = os.Stderr
 	if err := child.Start(); err != nil {
