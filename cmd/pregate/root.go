@@ -17,8 +17,9 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newGenerateCmd(), newSynthCmd(), newStoreCmd(), newBenchCmd(),
-		newCoordinatorCmd(), newImportCmd(), newStatusCmd(), newDrainCmd(), newWorkerCmd(), newUpCmd())
+	root.AddCommand(newGenerateCmd(), newSynthCmd(), withEnv(newStoreCmd()), newBenchCmd(),
+		withEnv(newCoordinatorCmd()), withEnv(newImportCmd()), withEnv(newStatusCmd()), withEnv(newDrainCmd()),
+		withEnv(newWorkerCmd()), newUpCmd(), newFlagsCmd())
 	return root
 }
 

@@ -58,3 +58,38 @@ func TestStoreCommandWithEnvFallbacks(t *testing.T) {
 type nopWriter struct{}
 
 func (*nopWriter) Write(p []byte) (int, error) { return len(p), nil }
+
+// TestFlagsListsEveryFlagAndVariable checks `pregate flags`, what the chart's tests check the
+// chart's command lines against: daemons' flags with their PREGATE_* variables, and none for
+// commands that do not read the environment.
+func TestFlagsListsEveryFlagAndVariable(t *testing.T) {
+	out, _, err := runCmd(t, "flags")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string][]flagInfo
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatal(err)
+	}
+	find := func(cmd, name string) (flagInfo, bool) {
+		for _, f := range got[cmd] {
+			if f.Name == name {
+				return f, true
+			}
+		}
+		return flagInfo{}, false
+	}
+	for _, c := range []struct{ cmd, flag, env string }{
+		{"store", "advertise-host", "PREGATE_ADVERTISE_HOST"}, {"store", "data-listen", "PREGATE_DATA_LISTEN"},
+		{"coordinator", "etcd-initial-cluster", "PREGATE_ETCD_INITIAL_CLUSTER"}, {"worker", "shutdown-timeout", "PREGATE_SHUTDOWN_TIMEOUT"},
+		{"import", "coordinator", "PREGATE_COORDINATOR"}, {"generate", "model", ""}, {"bench fetch", "size", ""},
+	} {
+		f, ok := find(c.cmd, c.flag)
+		if !ok || f.Env != c.env {
+			t.Errorf("%s --%s: %+v (found %v), want env %q", c.cmd, c.flag, f, ok, c.env)
+		}
+	}
+	if f, _ := find("store", "listen"); f.Default != "0.0.0.0:7070" {
+		t.Errorf("store --listen default %q", f.Default)
+	}
+}
