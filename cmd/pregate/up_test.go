@@ -64,7 +64,15 @@ func TestUpDemoServes(t *testing.T) {
 	if resp.StatusCode != 200 || json.Unmarshal(raw, &c) != nil || len(c.Choices) != 1 || len(c.Choices[0].TokenIDs) != 8 {
 		t.Fatalf("completion: %s %s", resp.Status, raw)
 	}
-	out, _, err := runCmd(t, "status", "--cluster-file", filepath.Join(dir, "cluster.json"), "-o", "json")
+	// `pregate complete`, the smoke test `helm test` runs, against the same worker.
+	out, stderrOut, err := runCmd(t, "complete", "--url", cf.WorkerHTTP, "--model", cf.Model, "--prompt-ids", "1 2 3", "--max-tokens", "4")
+	if fields := strings.Fields(strings.SplitN(out, "\t", 2)[0]); err != nil || len(fields) != 4 || !strings.Contains(out, "(length)") {
+		t.Fatalf("complete: %v %q %s", err, out, stderrOut)
+	}
+	if _, _, err := runCmd(t, "complete", "--url", cf.WorkerHTTP, "--model", "no-such-model", "--max-tokens", "1"); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Errorf("complete with an unknown model: %v, want the worker's 404", err)
+	}
+	out, _, err = runCmd(t, "status", "--cluster-file", filepath.Join(dir, "cluster.json"), "-o", "json")
 	var st map[string]any
 	if err != nil || json.Unmarshal([]byte(out), &st) != nil {
 		t.Fatalf("status: %v\n%s", err, out)
