@@ -55,30 +55,59 @@ type ModesOptions struct {
 	LinkGbps                     float64
 	Regime                       string
 	Threads                      int
-	Dir                          string    // work directory (models, cluster data)
-	Progress                     io.Writer // progress lines; nil: none
-	Logger                       *slog.Logger
+	// Rounds is how many times the modes run, interleaved (resident, ondemand, …, then again);
+	// the result reports medians and spreads over rounds. Default 3.
+	Rounds   int
+	Dir      string    // work directory (models, cluster data)
+	Progress io.Writer // progress lines; nil: none
+	Logger   *slog.Logger
 }
 
 // ModesResult is a run's outcome; its JSON form is documented in docs/BENCHMARKS.md.
 type ModesResult struct {
-	Model                     string       `json:"model"`
-	Arch                      string       `json:"arch"`
-	ComputeSecondsPerBlock    float64      `json:"compute_seconds_per_block"`
-	FetchSecondsPerBlock      float64      `json:"fetch_seconds_per_block"`
-	IdealOndemandOverPregated float64      `json:"ideal_ondemand_over_pregated"`
-	LinkBytesPerSecond        float64      `json:"link_bytes_per_second"` // 0: not paced (loopback as is)
-	Regime                    string       `json:"regime,omitempty"`
-	LinkScale                 float64      `json:"link_scale,omitempty"` // CPU vs A100 factor applied to a named link
-	ActiveExpertBytesPerBlock float64      `json:"active_expert_bytes_per_block"`
-	ExpertBytes               int64        `json:"expert_bytes"` // one expert
-	RandomPreGates            bool         `json:"random_pre_gates"`
-	Batch                     int          `json:"batch"`
-	Tokens                    int          `json:"tokens"`
-	PromptTokens              int          `json:"prompt_tokens"`
-	Modes                     []ModeResult `json:"modes"`
-	Ratios                    Ratios       `json:"ratios"`
-	Notes                     []string     `json:"notes,omitempty"`
+	Model                     string  `json:"model"`
+	Arch                      string  `json:"arch"`
+	ComputeSecondsPerBlock    float64 `json:"compute_seconds_per_block"`
+	FetchSecondsPerBlock      float64 `json:"fetch_seconds_per_block"`
+	IdealOndemandOverPregated float64 `json:"ideal_ondemand_over_pregated"`
+	LinkBytesPerSecond        float64 `json:"link_bytes_per_second"` // 0: not paced (loopback as is)
+	Regime                    string  `json:"regime,omitempty"`
+	LinkScale                 float64 `json:"link_scale,omitempty"` // CPU vs A100 factor applied to a named link
+	ActiveExpertBytesPerBlock float64 `json:"active_expert_bytes_per_block"`
+	ExpertBytes               int64   `json:"expert_bytes"` // one expert
+	RandomPreGates            bool    `json:"random_pre_gates"`
+	Batch                     int     `json:"batch"`
+	Tokens                    int     `json:"tokens"`
+	PromptTokens              int     `json:"prompt_tokens"`
+	// Modes are each mode's median round (by block p50).
+	Modes []ModeResult `json:"modes"`
+	// Ratios are the medians over rounds of each round's ratios; RatioSpread their spread and how
+	// many rounds met each target; RoundRatios every round's.
+	Ratios      Ratios      `json:"ratios"`
+	RatioSpread RatioSpread `json:"ratio_spread"`
+	Rounds      int         `json:"rounds"`
+	RoundRatios []Ratios    `json:"round_ratios"`
+	Notes       []string    `json:"notes,omitempty"`
+}
+
+// Spread is a ratio over rounds: its median, range, the rounds that had it, and how many of them
+// met the ratio's target (for the ratios that have one).
+type Spread struct {
+	Median float64 `json:"median"`
+	Min    float64 `json:"min"`
+	Max    float64 `json:"max"`
+	Rounds int     `json:"rounds"`
+	Met    int     `json:"met_target"`
+}
+
+// RatioSpread is Ratios' spread, field by field (nil when the ratio was not measured).
+type RatioSpread struct {
+	PregatedOverResident     *Spread `json:"pregated_over_resident,omitempty"`
+	OndemandOverPregated     *Spread `json:"ondemand_over_pregated,omitempty"`
+	OndemandOverIdealBound   *Spread `json:"ondemand_over_pregated_vs_ideal,omitempty"`
+	PrefetchAllOverPregated  *Spread `json:"prefetch_all_over_pregated,omitempty"`
+	SpeculativeOverPregated  *Spread `json:"speculative_over_pregated,omitempty"`
+	PregatedPeakOverResident *Spread `json:"pregated_peak_over_resident,omitempty"`
 }
 
 // ModeResult is one mode's measurements (decode steps only).
@@ -117,6 +146,10 @@ func (o *ModesOptions) defaults() error {
 	o.Tokens = cmp.Or(o.Tokens, 32)
 	o.PromptTokens = cmp.Or(o.PromptTokens, 16)
 	o.Batch = cmp.Or(o.Batch, 1)
+	o.Rounds = cmp.Or(o.Rounds, 3)
+	if o.Rounds < 1 {
+		return fmt.Errorf("bench: %d rounds", o.Rounds)
+	}
 	if o.LinkGbps == 0 && o.Regime == "" {
 		o.Regime = "paper"
 	}
@@ -268,37 +301,49 @@ func RunModes(ctx context.Context, o ModesOptions) (*ModesResult, error) {
 		worker.ModePrefetchAll: (int64(numExperts) + activeSlots) * es,
 	}
 	resident.CacheBudgetBytes = rs.totalExpertBytes
-	byMode := map[worker.Mode]ModeResult{worker.ModeResident: resident}
-	for _, m := range o.Modes {
-		if m == worker.ModeResident {
-			continue
+	// The modes run interleaved, in rounds (resident, ondemand, …, then again): the machine's drift
+	// over a run lands in every mode alike instead of in the ratios, and the rounds' spread shows
+	// how far one run can be trusted.
+	rounds := make([]map[worker.Mode]ModeResult, o.Rounds)
+	for r := range rounds {
+		byMode := map[worker.Mode]ModeResult{worker.ModeResident: resident}
+		if r > 0 {
+			fmt.Fprintf(o.Progress, "round %d of %d\n", r+1, o.Rounds)
+			mr, _, err := run(worker.ModeResident, 1<<62, 0)
+			if err != nil {
+				return nil, err
+			}
+			mr.CacheBudgetBytes = rs.totalExpertBytes
+			byMode[worker.ModeResident] = mr
 		}
-		if _, ok := modelFor(m); !ok {
-			res.Notes = append(res.Notes, fmt.Sprintf("mode %s skipped: the checkpoint does not fit it", m))
-			continue
+		for _, m := range o.Modes {
+			if m == worker.ModeResident {
+				continue
+			}
+			if _, ok := modelFor(m); !ok {
+				if r == 0 {
+					res.Notes = append(res.Notes, fmt.Sprintf("mode %s skipped: the checkpoint does not fit it", m))
+				}
+				continue
+			}
+			if m == worker.ModeOnDemand && unpacedOnDemand != nil && r == 0 {
+				byMode[m] = *unpacedOnDemand
+				continue
+			}
+			mr, _, err := run(m, budgets[m], res.LinkBytesPerSecond)
+			if err != nil {
+				return nil, err
+			}
+			byMode[m] = mr
 		}
-		if m == worker.ModeOnDemand && unpacedOnDemand != nil {
-			byMode[m] = *unpacedOnDemand
-			continue
-		}
-		mr, _, err := run(m, budgets[m], res.LinkBytesPerSecond)
-		if err != nil {
-			return nil, err
-		}
-		byMode[m] = mr
+		rounds[r] = byMode
 	}
-	if od, ok := byMode[worker.ModeOnDemand]; ok {
-		res.FetchSecondsPerBlock = od.StallSecondsPerBlock
-	} else {
-		res.FetchSecondsPerBlock = res.ActiveExpertBytesPerBlock / res.LinkBytesPerSecond
-	}
-	f := res.FetchSecondsPerBlock
-	res.IdealOndemandOverPregated = (c + f) / math.Max(c, f)
-	for _, m := range worker.Modes {
-		if mr, ok := byMode[m]; ok && (m == worker.ModeResident || slices.Contains(o.Modes, m)) {
-			res.Modes = append(res.Modes, mr)
-		}
-	}
+	aggregateRounds(res, rounds, o.Modes)
+	return res, nil
+}
+
+// roundRatios are one round's ratios, with that round's c and f.
+func roundRatios(byMode map[worker.Mode]ModeResult, res *ModesResult) Ratios {
 	ratio := func(a, b worker.Mode, get func(ModeResult) float64) float64 {
 		x, okx := byMode[a]
 		y, oky := byMode[b]
@@ -308,17 +353,112 @@ func RunModes(ctx context.Context, o ModesOptions) (*ModesResult, error) {
 		return get(x) / get(y)
 	}
 	p50 := func(m ModeResult) float64 { return m.BlockLatencyP50 }
-	res.Ratios = Ratios{
+	rt := Ratios{
 		PregatedOverResident:     ratio(worker.ModePregated, worker.ModeResident, p50),
 		OndemandOverPregated:     ratio(worker.ModeOnDemand, worker.ModePregated, p50),
 		PrefetchAllOverPregated:  ratio(worker.ModePrefetchAll, worker.ModePregated, p50),
 		SpeculativeOverPregated:  ratio(worker.ModeSpeculative, worker.ModePregated, p50),
 		PregatedPeakOverResident: ratio(worker.ModePregated, worker.ModeResident, func(m ModeResult) float64 { return float64(m.PeakExpertBytes) }),
 	}
-	if res.Ratios.OndemandOverPregated > 0 {
-		res.Ratios.OndemandOverIdealBound = res.Ratios.OndemandOverPregated / res.IdealOndemandOverPregated
+	c := byMode[worker.ModeResident].BlockLatencyP50
+	f := res.ActiveExpertBytesPerBlock / res.LinkBytesPerSecond
+	if od, ok := byMode[worker.ModeOnDemand]; ok {
+		f = od.StallSecondsPerBlock
 	}
-	return res, nil
+	if ideal := (c + f) / math.Max(c, f); rt.OndemandOverPregated > 0 && ideal > 0 {
+		rt.OndemandOverIdealBound = rt.OndemandOverPregated / ideal
+	}
+	return rt
+}
+
+// Targets of the headline ratios (the issue's goals; the paper reports 1.19–1.27 and 1.56–1.89).
+const (
+	targetPregatedOverResident = 1.10 // at most
+	targetOndemandOverIdeal    = 0.95 // at least
+)
+
+// aggregateRounds fills res from the rounds: each mode's row is its median round (by block p50, the
+// lower one of an even count, so the row's numbers belong together), c and f are the medians over rounds, each ratio is the
+// median of the rounds' ratios, with its spread and how many rounds met the target.
+func aggregateRounds(res *ModesResult, rounds []map[worker.Mode]ModeResult, modes []worker.Mode) {
+	median := func(xs []float64) float64 {
+		s := slices.Clone(xs)
+		slices.Sort(s)
+		if n := len(s); n%2 == 0 {
+			return (s[n/2-1] + s[n/2]) / 2
+		}
+		return s[len(s)/2]
+	}
+	for _, m := range worker.Modes {
+		if m != worker.ModeResident && !slices.Contains(modes, m) {
+			continue
+		}
+		var rows []ModeResult
+		for _, by := range rounds {
+			if mr, ok := by[m]; ok {
+				rows = append(rows, mr)
+			}
+		}
+		if len(rows) == 0 {
+			continue
+		}
+		slices.SortStableFunc(rows, func(a, b ModeResult) int { return cmp.Compare(a.BlockLatencyP50, b.BlockLatencyP50) })
+		res.Modes = append(res.Modes, rows[(len(rows)-1)/2])
+	}
+	var cs, fs []float64
+	for _, by := range rounds {
+		cs = append(cs, by[worker.ModeResident].BlockLatencyP50)
+		if od, ok := by[worker.ModeOnDemand]; ok {
+			fs = append(fs, od.StallSecondsPerBlock)
+		}
+		res.RoundRatios = append(res.RoundRatios, roundRatios(by, res))
+	}
+	res.Rounds = len(rounds)
+	res.ComputeSecondsPerBlock = median(cs)
+	if len(fs) > 0 {
+		res.FetchSecondsPerBlock = median(fs)
+	} else {
+		res.FetchSecondsPerBlock = res.ActiveExpertBytesPerBlock / res.LinkBytesPerSecond
+	}
+	c, f := res.ComputeSecondsPerBlock, res.FetchSecondsPerBlock
+	res.IdealOndemandOverPregated = (c + f) / math.Max(c, f)
+
+	field := func(get func(Ratios) float64) (Spread, bool) {
+		var xs []float64
+		for _, rt := range res.RoundRatios {
+			if v := get(rt); v > 0 {
+				xs = append(xs, v)
+			}
+		}
+		if len(xs) == 0 {
+			return Spread{}, false
+		}
+		return Spread{Median: median(xs), Min: slices.Min(xs), Max: slices.Max(xs), Rounds: len(xs)}, true
+	}
+	set := func(dst *float64, spread **Spread, get func(Ratios) float64, met func(float64) bool) {
+		s, ok := field(get)
+		if !ok {
+			return
+		}
+		*dst = s.Median
+		if met != nil {
+			for _, rt := range res.RoundRatios {
+				if v := get(rt); v > 0 && met(v) {
+					s.Met++
+				}
+			}
+		}
+		*spread = &s
+	}
+	sp := &res.RatioSpread
+	set(&res.Ratios.PregatedOverResident, &sp.PregatedOverResident, func(r Ratios) float64 { return r.PregatedOverResident },
+		func(v float64) bool { return v <= targetPregatedOverResident })
+	set(&res.Ratios.OndemandOverPregated, &sp.OndemandOverPregated, func(r Ratios) float64 { return r.OndemandOverPregated }, nil)
+	set(&res.Ratios.OndemandOverIdealBound, &sp.OndemandOverIdealBound, func(r Ratios) float64 { return r.OndemandOverIdealBound },
+		func(v float64) bool { return v >= targetOndemandOverIdeal })
+	set(&res.Ratios.PrefetchAllOverPregated, &sp.PrefetchAllOverPregated, func(r Ratios) float64 { return r.PrefetchAllOverPregated }, nil)
+	set(&res.Ratios.SpeculativeOverPregated, &sp.SpeculativeOverPregated, func(r Ratios) float64 { return r.SpeculativeOverPregated }, nil)
+	set(&res.Ratios.PregatedPeakOverResident, &sp.PregatedPeakOverResident, func(r Ratios) float64 { return r.PregatedPeakOverResident }, nil)
 }
 
 // prepareModels returns the checkpoint for the modes without pre-gates and the one for pregated

@@ -23,7 +23,7 @@ func TestRunTinyPreset(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	res, err := RunModes(ctx, ModesOptions{Preset: "switch-tiny", Tokens: 8, PromptTokens: 6, Stores: 2, Threads: 1, Dir: t.TempDir()})
+	res, err := RunModes(ctx, ModesOptions{Preset: "switch-tiny", Tokens: 8, PromptTokens: 6, Stores: 2, Threads: 1, Rounds: 2, Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,6 +59,15 @@ func TestRunTinyPreset(t *testing.T) {
 		t.Errorf("ratios %+v, random pre-gates %v", res.Ratios, res.RandomPreGates)
 	}
 
+	if res.Rounds != 2 || len(res.RoundRatios) != 2 {
+		t.Errorf("%d rounds, %d rounds' ratios, want 2", res.Rounds, len(res.RoundRatios))
+	}
+	for name, sp := range map[string]*Spread{"pregated/resident": res.RatioSpread.PregatedOverResident, "ondemand/ideal": res.RatioSpread.OndemandOverIdealBound} {
+		if sp == nil || sp.Rounds != 2 || sp.Min > sp.Median || sp.Median > sp.Max || sp.Met > sp.Rounds {
+			t.Errorf("%s spread %+v", name, sp)
+		}
+	}
+
 	b, err := json.Marshal(res)
 	if err != nil {
 		t.Fatal(err)
@@ -67,7 +76,8 @@ func TestRunTinyPreset(t *testing.T) {
 	if err := json.Unmarshal(b, &generic); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{"compute_seconds_per_block", "fetch_seconds_per_block", "ideal_ondemand_over_pregated", "modes"} {
+	for _, k := range []string{"compute_seconds_per_block", "fetch_seconds_per_block", "ideal_ondemand_over_pregated", "modes",
+		"rounds", "round_ratios", "ratio_spread"} {
 		if _, ok := generic[k]; !ok {
 			t.Errorf("JSON lacks %q", k)
 		}
@@ -81,7 +91,8 @@ func TestRunTinyPreset(t *testing.T) {
 	}
 
 	var table bytes.Buffer
-	if err := WriteModesTable(&table, res); err != nil || !strings.Contains(table.String(), "pregated / resident") {
+	if err := WriteModesTable(&table, res); err != nil || !strings.Contains(table.String(), "pregated / resident") ||
+		!strings.Contains(table.String(), "over 2 rounds") {
 		t.Errorf("table: %v\n%s", err, table.String())
 	}
 	png := filepath.Join(t.TempDir(), "chart.png")
@@ -98,6 +109,45 @@ func TestOptionsErrors(t *testing.T) {
 	for _, o := range []ModesOptions{{}, {Preset: "switch-tiny", Regime: "carrier-pigeon"}} {
 		if _, err := RunModes(context.Background(), ModesOptions{Preset: o.Preset, Regime: o.Regime, Dir: t.TempDir()}); err == nil {
 			t.Errorf("%+v: no error", o)
+		}
+	}
+}
+
+// TestAggregateRounds checks the medians, spreads and target counts over rounds on known numbers:
+// each mode's row is its median round, each ratio the median of the rounds' ratios.
+func TestAggregateRounds(t *testing.T) {
+	row := func(m worker.Mode, p50, stall float64) ModeResult {
+		return ModeResult{Mode: string(m), BlockLatencyP50: p50, StallSecondsPerBlock: stall, PeakExpertBytes: 10}
+	}
+	// c, pregated, ondemand (its stall is f) per round: pregated/resident 1.05, 1.20, 1.08.
+	var rounds []map[worker.Mode]ModeResult
+	for _, r := range [][3]float64{{1.0, 1.05, 1.5}, {1.0, 1.20, 1.6}, {2.0, 2.16, 3.0}} {
+		rounds = append(rounds, map[worker.Mode]ModeResult{
+			worker.ModeResident: row(worker.ModeResident, r[0], 0),
+			worker.ModePregated: row(worker.ModePregated, r[1], 0),
+			worker.ModeOnDemand: row(worker.ModeOnDemand, r[2], r[0]/2), // f = c/2: ideal bound 1.5
+		})
+	}
+	res := &ModesResult{}
+	aggregateRounds(res, rounds, []worker.Mode{worker.ModeOnDemand, worker.ModePregated})
+	if res.Rounds != 3 || len(res.Modes) != 3 {
+		t.Fatalf("%d rounds, %d rows", res.Rounds, len(res.Modes))
+	}
+	sp := res.RatioSpread.PregatedOverResident
+	if got := res.Ratios.PregatedOverResident; got < 1.0799 || got > 1.0801 || sp.Min < 1.0499 || sp.Max < 1.1999 || sp.Met != 2 {
+		t.Errorf("pregated/resident %v, spread %+v: want median 1.08, range 1.05–1.20, 2 rounds ≤ 1.10", got, sp)
+	}
+	// ondemand/pregated: 1.5/1.05, 1.6/1.2, 3.0/2.16; over the ideal 1.5: 0.952, 0.889, 0.926.
+	od := res.RatioSpread.OndemandOverIdealBound
+	if got := res.Ratios.OndemandOverIdealBound; got < 0.925 || got > 0.927 || od.Met != 1 {
+		t.Errorf("ondemand/ideal %v, spread %+v: want median 0.926, 1 round ≥ 0.95", got, od)
+	}
+	if res.ComputeSecondsPerBlock != 1.0 || res.FetchSecondsPerBlock != 0.5 || res.IdealOndemandOverPregated != 1.5 {
+		t.Errorf("c %v f %v ideal %v", res.ComputeSecondsPerBlock, res.FetchSecondsPerBlock, res.IdealOndemandOverPregated)
+	}
+	for _, m := range res.Modes {
+		if m.Mode == string(worker.ModePregated) && m.BlockLatencyP50 != 1.20 {
+			t.Errorf("pregated's row is the round with p50 %v, want the median round's 1.20", m.BlockLatencyP50)
 		}
 	}
 }

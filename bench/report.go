@@ -40,21 +40,36 @@ func WriteModesTable(w io.Writer, r *ModesResult) error {
 	fmt.Fprintf(w, "c = %.3f ms per block (resident), f = %.3f ms per block (ondemand stall; %s of active experts per block), f/c = %.2f\n",
 		r.ComputeSecondsPerBlock*1e3, r.FetchSecondsPerBlock*1e3, humanize.IBytes(uint64(r.ActiveExpertBytesPerBlock)), r.FetchSecondsPerBlock/r.ComputeSecondsPerBlock)
 	fmt.Fprintf(w, "ideal ondemand/pregated = (c+f)/max(c,f) = %.3f\n", r.IdealOndemandOverPregated)
+	sp := r.RatioSpread
+	spread := func(s *Spread, target string) string {
+		if s == nil {
+			return ""
+		}
+		out := fmt.Sprintf("  [%.3f–%.3f over %d rounds", s.Min, s.Max, s.Rounds)
+		if target != "" {
+			out += fmt.Sprintf(", %d met %s", s.Met, target)
+		}
+		return out + "]"
+	}
 	rt := r.Ratios
+	fmt.Fprintf(w, "%d rounds, modes interleaved; ratios are medians over rounds [range]\n", r.Rounds)
 	if rt.PregatedOverResident > 0 {
-		fmt.Fprintf(w, "pregated / resident block latency   = %.3f   (target ≤ 1.10; paper 1.19–1.27)\n", rt.PregatedOverResident)
+		fmt.Fprintf(w, "pregated / resident block latency   = %.3f%s   (target ≤ 1.10; paper 1.19–1.27)\n", rt.PregatedOverResident,
+			spread(sp.PregatedOverResident, "≤ 1.10"))
 	}
 	if rt.OndemandOverPregated > 0 {
-		fmt.Fprintf(w, "ondemand / pregated block latency   = %.3f   = %.3f × the ideal bound (target ≥ 0.95; paper 1.56–1.89)\n", rt.OndemandOverPregated, rt.OndemandOverIdealBound)
+		fmt.Fprintf(w, "ondemand / pregated block latency   = %.3f%s   (paper 1.56–1.89)\n", rt.OndemandOverPregated, spread(sp.OndemandOverPregated, ""))
+		fmt.Fprintf(w, "  of the ideal bound (c+f)/max(c,f) = %.3f%s   (target ≥ 0.95)\n", rt.OndemandOverIdealBound,
+			spread(sp.OndemandOverIdealBound, "≥ 0.95"))
 	}
 	if rt.PrefetchAllOverPregated > 0 {
-		fmt.Fprintf(w, "prefetch-all / pregated block latency = %.3f\n", rt.PrefetchAllOverPregated)
+		fmt.Fprintf(w, "prefetch-all / pregated block latency = %.3f%s\n", rt.PrefetchAllOverPregated, spread(sp.PrefetchAllOverPregated, ""))
 	}
 	if rt.SpeculativeOverPregated > 0 {
-		fmt.Fprintf(w, "speculative / pregated block latency  = %.3f\n", rt.SpeculativeOverPregated)
+		fmt.Fprintf(w, "speculative / pregated block latency  = %.3f%s\n", rt.SpeculativeOverPregated, spread(sp.SpeculativeOverPregated, ""))
 	}
 	if rt.PregatedPeakOverResident > 0 {
-		fmt.Fprintf(w, "pregated / resident peak expert bytes = %.3f\n", rt.PregatedPeakOverResident)
+		fmt.Fprintf(w, "pregated / resident peak expert bytes = %.3f%s\n", rt.PregatedPeakOverResident, spread(sp.PregatedPeakOverResident, ""))
 	}
 	for _, n := range r.Notes {
 		fmt.Fprintln(w, "note:", n)

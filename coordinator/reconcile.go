@@ -581,7 +581,7 @@ func recordChanged(a, b placement.StoreRecord) bool {
 	return a != b
 }
 
-// forgetStores deletes the records of stores that left, or stopped after a drain (a removal), or
+// forgetStores deletes the records of stores that left, or went down after a drain (a removal), or
 // stopped and stayed away past the restart grace, and that no placement names any more.
 func (c *Coordinator) forgetStores(ctx context.Context, views map[string]storeView, refs map[storeBlob]int) error {
 	named := map[string]bool{}
@@ -589,7 +589,13 @@ func (c *Coordinator) forgetStores(ctx context.Context, views map[string]storeVi
 		named[k.store] = true
 	}
 	for name, v := range views {
-		gone := v.rec.State == placement.StoreLeft || v.rec.State == placement.StoreStopped && (!v.live || v.draining)
+		// Left: gone for good. Stopped or dead after a drain: removed as the operator meant (the
+		// stopping flag may not have reached this coordinator before the store went). Stopped
+		// past the restart grace: not coming back. A store that died otherwise keeps its record
+		// (status shows it dead) until it returns or is drained.
+		down := v.rec.State == placement.StoreStopped || v.rec.State == placement.StoreDead
+		gone := v.rec.State == placement.StoreLeft || down && v.draining ||
+			v.rec.State == placement.StoreStopped && !v.live
 		if gone && !named[name] {
 			if err := c.ps.DeleteStore(ctx, name); err != nil {
 				return err

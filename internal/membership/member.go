@@ -26,6 +26,7 @@ const (
 
 // Member is this node's membership in the cluster. Its methods are safe for concurrent use.
 type Member struct {
+	spread  time.Duration // gossip rounds for an update to reach every node (leaveLocked)
 	name    string
 	addr    string
 	logger  *slog.Logger
@@ -69,6 +70,7 @@ func New(cfg Config) (*Member, error) {
 		meta.Epoch = uint64(time.Now().UnixMilli())
 	}
 	m := &Member{
+		spread: 5 * or(cfg.GossipInterval, defaultGossipInterval),
 		name:   cfg.NodeName,
 		logger: logger,
 		events: make(chan Event, or(cfg.EventBuffer, defaultEventBuffer)),
@@ -313,6 +315,11 @@ func (m *Member) leaveLocked(timeout time.Duration, dep departure) error {
 		if err := m.ml.UpdateNode(timeout / 2); err != nil {
 			errs = append(errs, fmt.Errorf("departure flag: %v", err))
 		}
+		// UpdateNode returns once the flag was sent to a few nodes, not once every node has it;
+		// a leave that overtook it would be read as a failure (dead, not stopped: a restart then
+		// re-replicates after the dead grace instead of the restart grace). Give it a few gossip
+		// rounds to spread first.
+		time.Sleep(min(m.spread, max(timeout/2-time.Since(start), 0)))
 	}
 	// memberlist counts the node as left even if this broadcast times out.
 	if err := m.ml.Leave(max(timeout-time.Since(start), timeout/2)); err != nil {
