@@ -48,8 +48,9 @@ func (l *latency) hedgeDelay(size int64, floor time.Duration) (time.Duration, bo
 // disk, a noisy neighbour) from stretching the fetches that start there: hedges are capped at a
 // fraction of fetches, and the hedge delay is a high percentile that the slow store's own samples
 // inflate. So the client also keeps a speed per store and, among a fetch's replicas, tries the
-// ones much slower than the fastest last. A slow store is tried again first once its estimate is
-// probeAfter old, so a store that recovers is used again.
+// ones much slower than the fastest last. Once a slow store's estimate is probeAfter old, one fetch
+// tries it first again (one: every fetch that lists it first would otherwise wait for it until the
+// first of them reports), so a store that recovers is used again.
 const (
 	speedAlpha  = 0.3             // EWMA weight of a new sample
 	slowFactor  = 4.0             // slower than this × the fastest replica's speed: tried last
@@ -60,6 +61,7 @@ const (
 type speedSample struct {
 	secPerByte float64
 	at         time.Time
+	probed     time.Time // when a fetch was last let through to refresh a stale slow estimate
 }
 
 // storeSpeeds is the EWMA of each store's seconds per byte, from fetches it answered.
@@ -107,11 +109,30 @@ func (s *storeSpeeds) order(reps []routing.Replica, now time.Time) []routing.Rep
 	if fastest == 0 {
 		return reps
 	}
+	// A slow store whose estimate is stale gets one fetch (this one) to refresh it; the others
+	// keep trying it last until that fetch reports, or for another probeAfter if it never does.
+	probing := ""
 	slow := func(r routing.Replica) bool {
 		v, ok := s.m[r.Store]
-		return ok && now.Sub(v.at) <= probeAfter && v.secPerByte > slowFactor*fastest
+		if !ok || v.secPerByte <= slowFactor*fastest {
+			return false
+		}
+		if now.Sub(v.at) <= probeAfter || now.Sub(v.probed) <= probeAfter {
+			return true
+		}
+		if probing == "" || probing == r.Store {
+			probing = r.Store
+			return false
+		}
+		return true
 	}
-	if !slices.ContainsFunc(reps, slow) {
+	anySlow := slices.ContainsFunc(reps, slow)
+	if probing != "" {
+		v := s.m[probing]
+		v.probed = now
+		s.m[probing] = v
+	}
+	if !anySlow {
 		return reps
 	}
 	out := make([]routing.Replica, 0, len(reps))

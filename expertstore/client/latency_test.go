@@ -56,12 +56,16 @@ func TestStoreSpeedsOrder(t *testing.T) {
 	if names(reps) != "abc" {
 		t.Error("order changed its argument")
 	}
-	// The slow store's estimate ages: it is tried first again, once, to refresh it.
-	if got := names(s.order(reps, now.Add(probeAfter+time.Second))); got != "abc" {
+	// The slow store's estimate ages: one fetch tries it first again to refresh it, the next ones
+	// still try it last until that fetch reports.
+	later := now.Add(probeAfter + time.Second)
+	if got := names(s.order(reps, later)); got != "abc" {
 		t.Errorf("after %v: %s, want abc (a probed again)", probeAfter, got)
 	}
+	if got := names(s.order(reps, later)); got != "bca" {
+		t.Errorf("a second fetch during the probe: %s, want bca", got)
+	}
 	// It recovered: fast samples bring its EWMA down.
-	later := now.Add(probeAfter + time.Second)
 	for range 10 {
 		s.observe("a", 10*time.Millisecond, 1<<20, false, later)
 	}
