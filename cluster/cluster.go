@@ -141,6 +141,7 @@ func (c *Local) StartCoordinatorWith(adjust func(*coordinator.Config)) (*coordin
 		cc.Interval = 100 * time.Millisecond
 		cc.SessionTTL = 2
 		cc.DeadGrace = 0
+		cc.JoinSettle = 0
 		cc.CopyTimeout = 20 * time.Second
 		cc.AntiEntropyInterval = 300 * time.Millisecond
 		cc.OrphanGrace = 2 * time.Second

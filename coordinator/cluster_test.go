@@ -105,7 +105,7 @@ func waitConverged(t *testing.T, lc *cluster.Local, targets int) *coordinator.St
 		for _, co := range lc.Coordinators() {
 			if co.IsLeader() {
 				p := co.LastPass()
-				return n == targets && !p.Pending() && p.CopyErrors == 0 && p.TargetStores == targets
+				return n == targets && !p.Pending() && p.CopyErrors == 0 && p.CopiesDeferred == 0 && p.TargetStores == targets
 			}
 		}
 		return false

@@ -76,6 +76,9 @@ type Config struct {
 	// DeadGrace is how long a store must be dead before its blobs are copied elsewhere: a store
 	// that restarts within it keeps its blobs and nothing moves. 0 re-replicates at once.
 	DeadGrace time.Duration
+	// JoinSettle is how long after a store joins the moves that only rebalance wait (for the next
+	// stores of a scale-out, so that blobs move once); blobs short of replicas are repaired at once.
+	JoinSettle time.Duration
 	// RestartGrace is DeadGrace for a store that stopped gracefully (SIGTERM: a restart, a rolling
 	// update, a pod rescheduled): longer, since the store said it would be back.
 	RestartGrace time.Duration
@@ -110,6 +113,7 @@ func DefaultConfig() Config {
 		Replicas:        2,
 		DeadGrace:       30 * time.Second,
 		RestartGrace:    5 * time.Minute,
+		JoinSettle:      10 * time.Second,
 		Interval:        10 * time.Second,
 		SessionTTL:      10,
 		EtcdGiveUp:      time.Minute,

@@ -295,3 +295,32 @@ func TestRestartedCoordinatorFindsGossip(t *testing.T) {
 		t.Errorf("the restarted coordinator's gossip sees %d stores, want 3", n)
 	}
 }
+
+// TestScaleOutWaitsForTheNextStore adds two stores 400 ms apart, as a StatefulSet scaled from 3
+// to 5 starts its pods one by one: with a join settle, nothing moves until the second has joined,
+// and then blobs move once: exactly what the new stores end up holding.
+func TestScaleOutWaitsForTheNextStore(t *testing.T) {
+	lc := startClusterWith(t, cluster.Config{Stores: 3, Replicas: 2, StoreCapacity: 256 << 20,
+		Coordinator: func(c *coordinator.Config) { c.JoinSettle = 1500 * time.Millisecond }})
+	importModel(t, lc, synthModel(t), "moe")
+	waitConverged(t, lc, 3)
+	co := lc.Coordinator()
+	before := co.BytesCopied()
+	if _, err := lc.AddStore(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(400 * time.Millisecond) // passes run every 100 ms: without the settle, copies would have begun
+	if n := co.BytesCopied() - before; n != 0 {
+		t.Errorf("%d bytes copied while the first new store was settling", n)
+	}
+	if _, err := lc.AddStore(); err != nil {
+		t.Fatal(err)
+	}
+	waitConverged(t, lc, 5)
+	moved := co.BytesCopied() - before
+	onNew := bytesOn(t, lc, "moe", "store-3") + bytesOn(t, lc, "moe", "store-4")
+	t.Logf("moved %d bytes, the new stores hold %d", moved, onNew)
+	if onNew == 0 || moved != onNew {
+		t.Errorf("moved %d bytes for %d now on the new stores: want them equal (each blob moved once)", moved, onNew)
+	}
+}

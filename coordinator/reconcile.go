@@ -50,6 +50,8 @@ type PassReport struct {
 	// earliest such retry.
 	CopiesDeferred int       `json:"copies_deferred"`
 	NextRetry      time.Time `json:"next_retry,omitzero"`
+	// Settling: a store joined less than JoinSettle ago, so moves that only rebalance wait.
+	Settling bool `json:"settling,omitempty"`
 }
 
 // Pending reports whether the pass changed something, so that another pass should follow soon
@@ -186,8 +188,23 @@ func (c *Coordinator) reconcile(ctx context.Context, guard clientv3.Cmp) (rep Pa
 			}
 		}
 	}
-	rep.CopiesDeferred = len(deferred)
 	want := min(c.cfg.Replicas, len(targets))
+	// Stores that joined moments ago may be the first of several (a StatefulSet scaled from 3 to
+	// 5 starts its pods one by one): moving blobs that lack nothing onto the first, then again
+	// onto the next, would copy much more than the minimum. Those moves wait until no store has
+	// joined for JoinSettle; repairs of blobs short of replicas do not wait.
+	if settle := c.settlingUntil(views, now); !settle.IsZero() {
+		rep.Settling = true
+		for _, b := range blobs {
+			if len(copies[b.item.Key]) > 0 && liveReady(b.rec, live) >= want {
+				deferred[b.item.Key] = true
+			}
+		}
+		if rep.NextRetry.IsZero() || settle.Before(rep.NextRetry) {
+			rep.NextRetry = settle
+		}
+	}
+	rep.CopiesDeferred = len(deferred)
 
 	var mu sync.Mutex // guards rep and copyErr from the key goroutines
 	var copyErr error // the first copy that failed (one warning per pass, not one per copy)
@@ -230,6 +247,27 @@ func (c *Coordinator) reconcile(ctx context.Context, guard clientv3.Cmp) (rep Pa
 		err = c.forgetStores(ctx, views, refs)
 	}
 	return rep, err
+}
+
+// settlingUntil returns when the newest target store's JoinSettle ends, zero when none is
+// settling.
+func (c *Coordinator) settlingUntil(views map[string]storeView, now time.Time) time.Time {
+	if c.cfg.JoinSettle <= 0 {
+		return time.Time{}
+	}
+	var until time.Time
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for name, v := range views {
+		s, ok := c.seen[name]
+		if !v.target || !ok {
+			continue
+		}
+		if end := s.joined.Add(c.cfg.JoinSettle); end.After(now) && end.After(until) {
+			until = end
+		}
+	}
+	return until
 }
 
 func (r *PassReport) countHealth(liveReady, want int) {

@@ -205,6 +205,7 @@ func newCoordinatorCmd() *cobra.Command {
 	f.IntVar(&cfg.Replicas, "replicas", cfg.Replicas, "replication factor R: every blob on min(R, live stores) stores")
 	f.StringVar(&cfg.HTTPAddr, "http", netaddr.Any(netaddr.CoordinatorHTTPPort), "HTTP address for /health, /ready, /v1/cluster, /v1/status, /metrics")
 	f.DurationVar(&cfg.DeadGrace, "dead-grace", cfg.DeadGrace, "how long a store is dead (failed) before its blobs are copied elsewhere")
+	f.DurationVar(&cfg.JoinSettle, "join-settle", cfg.JoinSettle, "after a store joins, how long rebalancing waits for more to join (blobs short of replicas are repaired at once)")
 	f.DurationVar(&cfg.RestartGrace, "restart-grace", cfg.RestartGrace, "how long a store stopped gracefully (a restart) may stay away before its blobs are copied elsewhere")
 	f.DurationVar(&cfg.Interval, "interval", cfg.Interval, "longest time between reconcile passes")
 	f.DurationVar(&cfg.EtcdGiveUp, "etcd-give-up", cfg.EtcdGiveUp, "how long an external etcd (--etcd-endpoints) may stay unreachable before the coordinator exits (non-zero) to be restarted")
