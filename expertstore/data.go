@@ -25,11 +25,18 @@ func (s *Server) serveData(context.Context) error {
 				return fmt.Errorf("data plane: %w", err)
 			}
 		}
+		if !s.dataConns.admit(c) {
+			s.refusedConns.Add(1)
+			c.Close() // over the cap: the client tries another replica
+			continue
+		}
 		if !s.trackConn(c, true) {
+			s.dataConns.release(c)
 			c.Close()
 			return nil
 		}
 		s.g.Go("data plane connection", func(context.Context) error {
+			defer s.dataConns.release(c)
 			defer s.trackConn(c, false)
 			defer c.Close()
 			err := s.serveDataConn(c) // it returns only when the connection ends
@@ -45,6 +52,8 @@ func (s *Server) serveDataConn(c net.Conn) error {
 	reqBuf := make([]byte, dataplane.RequestSize)
 	hdr := make([]byte, 0, 64)
 	for {
+		// A connection that sends no request for IdleTimeout is closed (clients redial).
+		c.SetReadDeadline(time.Now().Add(s.cfg.IdleTimeout)) //nolint:errcheck // a closed conn fails the read below
 		req, err := dataplane.ReadRequest(rd, reqBuf)
 		if err != nil {
 			if errors.Is(err, dataplane.ErrProtocol) {
@@ -97,6 +106,8 @@ func (s *Server) serveDataRequest(c net.Conn, req dataplane.Request, hdr []byte)
 	}
 	resp := dataplane.Response{Status: dataplane.StatusOK, Total: total, Wire: length}.Append(hdr[:0])
 	if req.Op == dataplane.OpRaw {
+		// One write for the whole range: its deadline allows WriteTimeout per 4 MiB.
+		c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout * time.Duration(1+length/(4<<20)))) //nolint:errcheck
 		bufs := net.Buffers{resp, e.data[req.Offset : req.Offset+length]}
 		_, err := bufs.WriteTo(c)
 		s.fetched.Add(length)
@@ -111,6 +122,7 @@ func (s *Server) serveDataRequest(c net.Conn, req dataplane.Request, hdr []byte)
 // from RAM; crcs are the payload's CRC32C per store chunk, used when a chunk is one of them.
 func (s *Server) sendChunks(c net.Conn, resp, payload []byte, crcs []uint32, off, end, chunk int64) error {
 	if off == end {
+		c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout)) //nolint:errcheck // a closed conn fails the write
 		_, err := c.Write(resp)
 		return err
 	}
@@ -122,6 +134,9 @@ func (s *Server) sendChunks(c net.Conn, resp, payload []byte, crcs []uint32, off
 		if pos == off {
 			bufs = net.Buffers{resp, h, payload[pos:stop]}
 		}
+		// A peer that stops reading is cut after WriteTimeout for one chunk: it would otherwise
+		// hold this goroutine and the request's in-flight bytes as long as it likes.
+		c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout)) //nolint:errcheck // a closed conn fails the write
 		if _, err := bufs.WriteTo(c); err != nil {
 			return err
 		}

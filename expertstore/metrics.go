@@ -55,6 +55,7 @@ func newMetrics(s *Server) *metrics {
 		counter("pregate_store_served_bytes_total", "Blob bytes served to fetches.", stat(s.fetched.Load)),
 		counter("pregate_store_received_bytes_total", "Blob bytes received by Puts and Copies that were kept.", stat(s.received.Load)),
 		counter("pregate_store_rejected_total", "Requests refused because the in-flight bound was reached.", stat(s.rejected.Load)),
+		counter("pregate_store_refused_connections_total", "Connections closed at once because a connection cap was reached.", stat(s.refusedConns.Load)),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -28,6 +28,7 @@ import (
 	"golang.org/x/sync/semaphore"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
+	"google.golang.org/grpc/keepalive"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/pregate/pregate/api/storepb"
@@ -68,6 +69,14 @@ type Config struct {
 	MaxInflightBytes int64
 	// ChunkSize is the default chunk size of Fetch streams.
 	ChunkSize int
+	// PutIdleTimeout ends a Put stream that sends nothing for this long; IdleTimeout closes a
+	// data-plane or gRPC connection with no request for this long; WriteTimeout cuts a data-plane
+	// peer that reads none of a chunk for this long.
+	PutIdleTimeout, IdleTimeout, WriteTimeout time.Duration
+	// MaxConns and MaxConnsPerPeer cap the connections each of gRPC and the data plane keeps open,
+	// in all and from one address (0: no cap); MaxStreams caps concurrent gRPC streams per
+	// connection.
+	MaxConns, MaxConnsPerPeer, MaxStreams int
 	// Gossip, when set, joins the cluster's memberlist with this configuration (its Meta is filled
 	// in by the store).
 	Gossip *membership.Config
@@ -83,6 +92,14 @@ func DefaultConfig() Config {
 		MaxBlobBytes:     2 << 30,
 		MaxInflightBytes: 1 << 30,
 		ChunkSize:        blob.DefaultChunkSize,
+		PutIdleTimeout:   30 * time.Second,
+		IdleTimeout:      2 * time.Minute,
+		WriteTimeout:     30 * time.Second,
+		// A worker keeps one data-plane connection per fetch in flight (its staging buffers) and
+		// a gRPC one; a coordinator a few: 256 per peer is far above either.
+		MaxConns:        4096,
+		MaxConnsPerPeer: 256,
+		MaxStreams:      256,
 	}
 }
 
@@ -101,6 +118,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("expertstore: config: max in-flight bytes %d", c.MaxInflightBytes)
 	case c.ChunkSize < 64<<10 || c.ChunkSize > 4<<20:
 		return fmt.Errorf("expertstore: config: chunk size %d outside [64 KiB, 4 MiB]", c.ChunkSize)
+	case c.PutIdleTimeout <= 0 || c.IdleTimeout <= 0 || c.WriteTimeout <= 0:
+		return fmt.Errorf("expertstore: config: put idle %v, idle %v, write %v: want positive", c.PutIdleTimeout, c.IdleTimeout, c.WriteTimeout)
+	case c.MaxConns < 0 || c.MaxConnsPerPeer < 0 || c.MaxStreams < 0:
+		return fmt.Errorf("expertstore: config: connection caps %d, %d per peer, %d streams: want ≥ 0", c.MaxConns, c.MaxConnsPerPeer, c.MaxStreams)
 	}
 	return nil
 }
@@ -168,6 +189,8 @@ type Server struct {
 	serving                   atomic.Bool // blobs loaded, listening and joined: Ready
 	inflightReqs              atomic.Int64
 	received                  atomic.Int64
+	dataConns, grpcConns      *connLimiter
+	refusedConns              atomic.Int64
 	member                    *membership.Member
 	peers                     *client.Client // fetches blobs from other stores (Copy)
 
@@ -229,6 +252,7 @@ func New(cfg Config) (s *Server, err error) {
 	if s.lis, err = net.Listen("tcp", cfg.ListenAddr); err != nil {
 		return s, fmt.Errorf("expertstore: listen %s: %w", cfg.ListenAddr, err)
 	}
+	s.dataConns, s.grpcConns = newConnLimiter(cfg.MaxConns, cfg.MaxConnsPerPeer), newConnLimiter(cfg.MaxConns, cfg.MaxConnsPerPeer)
 	dataAddr := cfg.DataListenAddr
 	if dataAddr == "" {
 		host, _, _ := net.SplitHostPort(s.lis.Addr().String())
@@ -243,13 +267,20 @@ func New(cfg Config) (s *Server, err error) {
 	if s.pubData, err = netaddr.Publish(s.dataLis.Addr().String(), cfg.AdvertiseHost); err != nil {
 		return s, err
 	}
-	s.grpc = grpc.NewServer(
-		grpc.MaxRecvMsgSize(dataplane.MaxChunk+(64<<10)), // Put chunks up to 4 MiB
+	opts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(dataplane.MaxChunk + (64 << 10)), // Put chunks up to 4 MiB
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: cfg.IdleTimeout}),
+		// Peers may ping to keep their connections warm, but not more than every 10 s.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		// Fetch chunks are at most 4 MiB, but a List of a store holding 100 000 blobs is ~10 MB.
 		grpc.MaxSendMsgSize(maxListBytes),
 		grpc.ChainUnaryInterceptor(s.metrics.grpc.UnaryServerInterceptor()),
 		grpc.ChainStreamInterceptor(s.metrics.grpc.StreamServerInterceptor()),
-	)
+	}
+	if cfg.MaxStreams > 0 {
+		opts = append(opts, grpc.MaxConcurrentStreams(uint32(cfg.MaxStreams)))
+	}
+	s.grpc = grpc.NewServer(opts...)
 	storepb.RegisterExpertStoreServer(s.grpc, &service{s: s})
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
@@ -257,7 +288,8 @@ func New(cfg Config) (s *Server, err error) {
 	s.health.SetServingStatus(storepb.ExpertStore_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	s.metrics.grpc.InitializeMetrics(s.grpc)
 	s.g.Go("grpc", func(context.Context) error {
-		if err := s.grpc.Serve(s.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		lis := &limitListener{Listener: s.lis, l: s.grpcConns, refused: func() { s.refusedConns.Add(1) }}
+		if err := s.grpc.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return err // Serve returns nil after Stop or GracefulStop
 		}
 		return nil

@@ -61,23 +61,28 @@ func (v *service) put(stream storepb.ExpertStore_PutServer) (*storepb.BlobInfo, 
 	if e, err := s.get(d); err == nil {
 		return e.info, true, nil
 	}
-	if err := s.acquire(h.Size); err != nil {
+	// Bytes are reserved (memory limit) and taken from the in-flight budget as they arrive, not
+	// as the header declares them: a stream that sends a header and stalls holds nothing. And a
+	// stream idle for PutIdleTimeout is ended.
+	var (
+		buf      = make([]byte, 0, min(h.Size, putInitialBuffer))
+		n        int64
+		reserved int64
+	)
+	defer func() { s.release(n) }()
+	fail := func(err error) (*storepb.BlobInfo, bool, error) {
+		s.unreserve(reserved)
 		return nil, false, err
 	}
-	defer s.release(h.Size)
-	if err := s.reserve(h.Size); err != nil {
-		return nil, false, err
-	}
-	buf := make([]byte, h.Size)
-	var n int64
+	msgs := recvIdle(stream, s.cfg.PutIdleTimeout)
+	defer msgs.stop()
 	for {
-		msg, err := stream.Recv()
+		msg, err := msgs.next()
 		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
-			s.unreserve(h.Size)
-			return nil, false, err
+			return fail(err)
 		}
 		c := msg.GetChunk()
 		switch {
@@ -91,30 +96,39 @@ func (v *service) put(stream storepb.ExpertStore_PutServer) (*storepb.BlobInfo, 
 			err = fmt.Errorf("%w: chunk at offset %d fails its CRC32C", storepb.ErrCorrupt, c.Offset)
 		}
 		if err != nil {
-			s.unreserve(h.Size)
-			return nil, false, err
+			return fail(err)
 		}
-		n += int64(copy(buf[n:], c.Data))
+		k := int64(len(c.Data))
+		if err := s.acquire(k); err != nil {
+			return fail(err)
+		}
+		if err := s.reserve(k); err != nil {
+			s.release(k)
+			return fail(err)
+		}
+		reserved += k
+		buf = append(buf, c.Data...)
+		n += k
 	}
 	if n != h.Size {
-		s.unreserve(h.Size)
-		return nil, false, fmt.Errorf("%w: stream ended after %d of %d bytes", storepb.ErrBadRequest, n, h.Size)
+		return fail(fmt.Errorf("%w: stream ended after %d of %d bytes", storepb.ErrBadRequest, n, h.Size))
+	}
+	if cap(buf) > len(buf)+len(buf)/8 { // grown by doubling: keep only what the blob needs
+		buf = append([]byte(nil), buf...)
 	}
 	if got := blob.Sum(buf); got != d {
-		s.unreserve(h.Size)
-		return nil, false, fmt.Errorf("%w: blob digest is %s, header says %s", storepb.ErrCorrupt, got, d)
+		return fail(fmt.Errorf("%w: blob digest is %s, header says %s", storepb.ErrCorrupt, got, d))
 	}
 	s.mu.RLock()
 	e, dup := s.blobs[d] // a concurrent Put of the same blob won
 	s.mu.RUnlock()
 	if dup {
-		s.unreserve(h.Size)
+		s.unreserve(reserved)
 		return e.info, true, nil
 	}
 	e, err = s.add(d, buf)
 	if err != nil {
-		s.unreserve(h.Size)
-		return nil, false, err
+		return fail(err)
 	}
 	s.log.Debug("put", "digest", d, "bytes", h.Size)
 	return e.info, false, nil

@@ -22,6 +22,7 @@ var (
 	ErrBadRange   = errors.New("expertstore: byte range out of bounds")
 	ErrBadRequest = errors.New("expertstore: bad request")
 	ErrClosed     = errors.New("expertstore: store is closed")
+	ErrTimeout    = errors.New("expertstore: peer idle too long")
 )
 
 var codeOf = []struct {
@@ -36,6 +37,7 @@ var codeOf = []struct {
 	{ErrBadRange, codes.OutOfRange},
 	{ErrBadRequest, codes.InvalidArgument},
 	{ErrClosed, codes.Unavailable},
+	{ErrTimeout, codes.DeadlineExceeded},
 }
 
 // ToStatus turns an error into a gRPC status error carrying the sentinel's code and the error's
@@ -86,8 +88,9 @@ func FromStatus(err error) error {
 	return err
 }
 
-// ambiguous codes are shared by several sentinels; the message decides.
-func ambiguous(c codes.Code) bool { return c == codes.ResourceExhausted }
+// ambiguous codes are shared by several sentinels (or with context.DeadlineExceeded); the message
+// decides.
+func ambiguous(c codes.Code) bool { return c == codes.ResourceExhausted || c == codes.DeadlineExceeded }
 
 // wireError is an error that came over the wire: it matches its sentinel and keeps its code.
 type wireError struct {
