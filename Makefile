@@ -11,7 +11,7 @@ PROTOC_GEN_GO_VERSION      ?= v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION ?= v1.6.2
 TOOLS := $(CURDIR)/bin/tools
 
-.PHONY: build demo demo-generate proto test test-short test-race test-race-ci test-e2e bench bench-decode lint verify deps clean
+.PHONY: build demo demo-generate proto test test-short test-race test-race-ci test-e2e bench bench-decode lint verify deps clean docker helm-lint helm-test
 
 build: deps
 	$(GO) build -o $(BIN) ./cmd/pregate
@@ -29,6 +29,7 @@ demo-generate: build
 
 test: deps
 	$(GO) test -count=1 $(PKGS)
+	cd deploy/charttest && $(GO) test -count=1 ./...
 
 test-short:
 	$(GO) test -short -count=1 $(PKGS)
@@ -62,9 +63,23 @@ lint:
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) $(PKGS)
 	$(GO) vet -tags e2e ./e2e/
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) -tags e2e ./e2e/
+	cd deploy/charttest && $(GO) vet ./...
 
 verify: lint test
 	CGO_ENABLED=0 $(GO) test -short -count=1 ./compute/ ./model/... ./routing/ ./engine/
+
+# The Helm chart (helm/pregate), checked by the nested module deploy/charttest (Helm's Go SDK; its
+# dependencies stay out of pregate's module): helm-lint runs `helm lint --strict` on every values
+# file, helm-test every chart test (rendering, wiring against `pregate flags`, schema, lint).
+helm-lint:
+	cd deploy/charttest && $(GO) test -count=1 -run 'TestLint' .
+
+helm-test:
+	cd deploy/charttest && $(GO) test -count=1 ./...
+
+# The image (deploy/Dockerfile); --build-arg TAGS=cuda for the CUDA build once it exists.
+docker:
+	docker build -f deploy/Dockerfile -t pregate:dev .
 
 # System packages the default (cgo + OpenBLAS) build needs.
 deps:
