@@ -33,6 +33,17 @@ type Cluster struct {
 	// StoreProcs are the stores' processes, by index of Stores (the latest started).
 	StoreProcs []*Proc
 	coordOpts  CoordinatorOptions
+	// storeDaemon is what a store node runs (nil: roles.go's Store); the chart mode sets the
+	// rendered StatefulSet's pod instead.
+	storeDaemon func(nd *Node) Daemon
+}
+
+// storeFor is what the store on nd runs.
+func (c *Cluster) storeFor(nd *Node) Daemon {
+	if c.storeDaemon != nil {
+		return c.storeDaemon(nd)
+	}
+	return Store(nd.Host, c.CoordIPs(), "1GiB")
 }
 
 // ClusterOptions shape a cluster: its stores and coordinators (1, or 3 on one etcd cluster).
@@ -114,7 +125,7 @@ func (c *Cluster) CoordIPs() []string {
 func (c *Cluster) AddStore(t testing.TB, name string) *Proc {
 	t.Helper()
 	nd := c.Net.Node(name)
-	p := nd.Start(t, Store(nd.Host, c.CoordIPs(), "1GiB"))
+	p := nd.Start(t, c.storeFor(nd))
 	c.Stores = append(c.Stores, nd)
 	c.StoreProcs = append(c.StoreProcs, p)
 	return p
@@ -125,7 +136,7 @@ func (c *Cluster) AddStore(t testing.TB, name string) *Proc {
 func (c *Cluster) RestartStore(t testing.TB, i int) *Proc {
 	t.Helper()
 	nd := c.Stores[i]
-	c.StoreProcs[i] = nd.StartReady(t, Store(nd.Host, c.CoordIPs(), "1GiB"), 60*time.Second)
+	c.StoreProcs[i] = nd.StartReady(t, c.storeFor(nd), 60*time.Second)
 	return c.StoreProcs[i]
 }
 

@@ -28,6 +28,10 @@ func faultCluster(t *testing.T) (c *Cluster, worker *Node) {
 func TestKillStoreDuringStreams(t *testing.T) {
 	row := Record(t, "b. SIGKILL a store during 32 concurrent streams (R=2)")
 	c, w := faultCluster(t)
+	killStoreDuringStreams(t, row, c, w)
+}
+
+func killStoreDuringStreams(t *testing.T, row *Row, c *Cluster, w *Node) {
 	base := WorkerURL(w.IP)
 	prompts := distinctPrompts(t, "mixtral-tiny", 32)
 

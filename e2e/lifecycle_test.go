@@ -51,6 +51,10 @@ func loadPhase(t *testing.T, base string, f func()) []Request {
 func TestRollingRestart(t *testing.T) {
 	row := Record(t, "e. rolling restart of every store (SIGTERM, same data dir) under load")
 	c, w := faultCluster(t)
+	rollingRestart(t, row, c, w)
+}
+
+func rollingRestart(t *testing.T, row *Row, c *Cluster, w *Node) {
 	c.WaitStatus(t, 30*time.Second, "convergence", ClusterStatus.Converged)
 	copied := copiedBytes(t, c)
 	var longest time.Duration
@@ -86,8 +90,12 @@ func TestRollingRestart(t *testing.T) {
 func TestScaleOutAndDrain(t *testing.T) {
 	row := Record(t, "f. scale stores 3→5, then drain 5→3, under load")
 	c, w := faultCluster(t)
+	scaleOutAndDrain(t, row, c, w, []string{"store-3", "store-4"})
+}
+
+// scaleOutAndDrain adds the stores named newStores to c, then drains and stops them, under load.
+func scaleOutAndDrain(t *testing.T, row *Row, c *Cluster, w *Node, newStores []string) {
 	c.WaitStatus(t, 30*time.Second, "convergence", ClusterStatus.Converged)
-	newStores := []string{"store-3", "store-4"}
 	var outRatio, inRatio float64
 	rs := loadPhase(t, WorkerURL(w.IP), func() {
 		copied := copiedBytes(t, c)
@@ -102,20 +110,20 @@ func TestScaleOutAndDrain(t *testing.T) {
 			}
 		}
 		s := c.WaitStatus(t, 60*time.Second, "scale-out converged", func(s ClusterStatus) bool {
-			return s.Summary.StoresAlive == 5 && s.Converged() && s.StoreUsed("store-3") > 0 && s.StoreUsed("store-4") > 0
+			return s.Summary.StoresAlive == 5 && s.Converged() && s.StoreUsed(newStores[0]) > 0 && s.StoreUsed(newStores[1]) > 0
 		})
-		minimum := float64(s.StoreUsed("store-3") + s.StoreUsed("store-4"))
+		minimum := float64(s.StoreUsed(newStores[0]) + s.StoreUsed(newStores[1]))
 		moved := copiedBytes(t, c) - copied
 		outRatio = moved / minimum
 		row.Set("3→5 moved/minimum", "%.0f/%.0f B (%.3f×)", moved, minimum, outRatio)
 
 		copied = copiedBytes(t, c)
-		minimum = float64(s.StoreUsed("store-3") + s.StoreUsed("store-4"))
+		minimum = float64(s.StoreUsed(newStores[0]) + s.StoreUsed(newStores[1]))
 		if out, err := c.Client.Run(ctx, Drain(c.CoordIPs(), false, newStores...)); err != nil {
 			t.Fatalf("drain: %v: %s", err, out)
 		}
 		c.WaitStatus(t, 60*time.Second, "drained", func(s ClusterStatus) bool {
-			return s.Converged() && s.StoreUsed("store-3") == 0 && s.StoreUsed("store-4") == 0
+			return s.Converged() && s.StoreUsed(newStores[0]) == 0 && s.StoreUsed(newStores[1]) == 0
 		})
 		moved = copiedBytes(t, c) - copied
 		inRatio = moved / minimum
@@ -127,7 +135,7 @@ func TestScaleOutAndDrain(t *testing.T) {
 		}
 		// A drained store that stopped is removed from the cluster, not waited for.
 		c.WaitStatus(t, 30*time.Second, "drained stores forgotten", func(s ClusterStatus) bool {
-			return s.StoreState("store-3") == "" && s.StoreState("store-4") == "" && s.Summary.StoresAlive == 3 && s.Converged()
+			return s.StoreState(newStores[0]) == "" && s.StoreState(newStores[1]) == "" && s.Summary.StoresAlive == 3 && s.Converged()
 		})
 	})
 	failed, p50, p99, _ := Summary(t, "scale out and in", rs)

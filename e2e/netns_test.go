@@ -192,6 +192,7 @@ func (n *Network) remove(nodes []*Node) {
 	for _, nd := range nodes {
 		killNamespace(nd.ns)
 		_ = ip("link", "del", nd.veth) // normally gone with the namespace
+		_ = os.RemoveAll(filepath.Join(netnsEtc, nd.ns))
 	}
 	if n.bridge != "" {
 		_ = ip("link", "del", n.bridge)
@@ -268,6 +269,13 @@ func sweepStale() []string {
 			removed = append(removed, name)
 		}
 	}
+	etcDirs, _ := os.ReadDir(netnsEtc)
+	for _, e := range etcDirs {
+		if m := staleName.FindStringSubmatch(e.Name()); m != nil && !owned(m[1]) {
+			_ = os.RemoveAll(filepath.Join(netnsEtc, e.Name()))
+			removed = append(removed, filepath.Join(netnsEtc, e.Name()))
+		}
+	}
 	for id, ok := range alive {
 		if !ok {
 			_ = os.Remove(filepath.Join(ownerDir, id))
@@ -282,6 +290,20 @@ func sweepStale() []string {
 		}
 	}
 	return removed
+}
+
+// netnsEtc is where `ip netns exec` finds per-namespace files it bind-mounts over /etc (hosts).
+const netnsEtc = "/etc/netns"
+
+// SetHosts gives the node's processes an /etc/hosts of their own (`ip netns exec` mounts
+// /etc/netns/<ns>/hosts over it): how names a cluster DNS would serve resolve here. Processes
+// started later see it; Go's resolver rereads a changed hosts file within seconds.
+func (nd *Node) SetHosts(content string) error {
+	dir := filepath.Join(netnsEtc, nd.ns)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "hosts"), []byte(content), 0o644)
 }
 
 // LinkDown cuts the node off the bridge (a partition from every other host and from the test).
