@@ -62,6 +62,12 @@ type Config struct {
 	// AdvertiseHost is the host other nodes reach this worker at (its record in etcd, gossip); ""
 	// follows package netaddr's rule.
 	AdvertiseHost string
+	// APIKeys, when set, are the keys the OpenAI API (/v1/…) requires (Authorization: Bearer);
+	// /health, /ready and /metrics stay open to probes and scrapers.
+	APIKeys []string
+	// MetricsAddr, when set, serves /metrics on a listen address of its own instead of HTTPAddr
+	// (a port scrapers reach and clients do not).
+	MetricsAddr string
 	// ShutdownTimeout bounds Close's drain: from the moment Close begins, /ready answers 503 and new
 	// completions are refused (503, Retry-After), while those in flight run to their end for up to
 	// this long; then they are cut. 0 cuts them at once.
@@ -134,6 +140,9 @@ type Worker struct {
 	lis     net.Listener
 	pubHTTP string // lis's address as published
 	http    *http.Server
+	metLis  net.Listener // MetricsAddr's, nil without
+	metHTTP *http.Server
+	keys    *apiKeys
 	drain   drainer // refuses new completions once Close begins, waits for those in flight
 	reg     *prometheus.Registry
 	dev     Device
@@ -202,7 +211,23 @@ func New(cfg Config) (w *Worker, err error) {
 	w.fetchMetrics = newFetchMetrics(w.reg, w.fetcher)
 	w.view = newClusterView(w.ps, cfg.Model, w.log)
 
-	w.http = &http.Server{Handler: w.handler(), ReadHeaderTimeout: 10 * time.Second}
+	w.keys = newAPIKeys(cfg.APIKeys)
+	if cfg.MetricsAddr != "" {
+		if w.metLis, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
+			return nil, fmt.Errorf("worker: metrics: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", promhttp.HandlerFor(w.reg, promhttp.HandlerOpts{}))
+		w.metHTTP = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		w.g.Go("metrics http", func(context.Context) error {
+			if err := w.metHTTP.Serve(w.metLis); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
+	w.http = &http.Server{Handler: w.handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		MaxHeaderBytes: 64 << 10}
 	w.g.Go("http", func(context.Context) error {
 		if err := w.http.Serve(w.lis); !errors.Is(err, http.ErrServerClosed) {
 			return err
@@ -386,8 +411,10 @@ func (w *Worker) handler() http.Handler {
 		}
 		rw.Write([]byte("ready\n")) //nolint:errcheck
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(w.reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/v1/", func(rw http.ResponseWriter, r *http.Request) {
+	if w.metLis == nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(w.reg, promhttp.HandlerOpts{}))
+	}
+	mux.HandleFunc("/v1/", w.keys.require(func(rw http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodPost { // a completion: counted, and refused once shutdown begins
 			if !w.drain.enter() {
 				rw.Header().Set("Retry-After", "1")
@@ -411,8 +438,16 @@ func (w *Worker) handler() http.Handler {
 			return
 		}
 		srv.Handler().ServeHTTP(rw, r)
-	})
+	}))
 	return mux
+}
+
+// MetricsAddr returns the address of the separate /metrics listener, "" without one.
+func (w *Worker) MetricsAddr() string {
+	if w.metLis == nil {
+		return ""
+	}
+	return w.metLis.Addr().String()
 }
 
 // HTTPAddr returns the address of the HTTP API as published.
@@ -466,6 +501,11 @@ func (w *Worker) closeAll() {
 		cancel()
 	} else if w.lis != nil {
 		w.lis.Close()
+	}
+	if w.metHTTP != nil {
+		w.metHTTP.Close()
+	} else if w.metLis != nil {
+		w.metLis.Close()
 	}
 	w.g.Stop()
 	w.mu.Lock()

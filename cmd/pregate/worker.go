@@ -28,6 +28,7 @@ func newWorkerCmd() *cobra.Command {
 		gossip        gossipFlags
 		noGossip      bool
 		compression   string
+		apiKeyFile    string
 	)
 	cmd := &cobra.Command{
 		Use:   "worker --model NAME",
@@ -51,6 +52,11 @@ func newWorkerCmd() *cobra.Command {
 			}
 			cfg.Mode, cfg.ExpertCache, cfg.Logger, cfg.Cluster = m, int64(cache), log, cf.cluster
 			cfg.AdvertiseHost = gossip.advertise
+			if apiKeyFile != "" {
+				if cfg.APIKeys, err = worker.LoadAPIKeys(apiKeyFile); err != nil {
+					return fmt.Errorf("--api-key-file: %w", err)
+				}
+			}
 			switch compression {
 			case "never":
 				cfg.FetchCompression = client.CompressNever
@@ -98,6 +104,8 @@ func newWorkerCmd() *cobra.Command {
 	f.IntVar(&cfg.Threads, "threads", 0, "compute threads (0: all cores)")
 	f.IntVar(&cfg.MaxRunning, "max-running", cfg.MaxRunning, "sequences decoded together")
 	f.IntVar(&cfg.MaxWaiting, "max-waiting", cfg.MaxWaiting, "requests queued before answering 429")
+	f.StringVar(&apiKeyFile, "api-key-file", "", "file of API keys, one per line: the OpenAI API then requires Authorization: Bearer <key> (401 without)")
+	f.StringVar(&cfg.MetricsAddr, "metrics-listen", "", "serve /metrics on this address instead of --http (a port scrapers reach and clients do not)")
 	f.DurationVar(&cfg.EtcdGiveUp, "etcd-give-up", cfg.EtcdGiveUp, "while loading, how long etcd may stay unreachable before the worker exits (non-zero); a loaded worker serves without it")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "on SIGTERM, how long requests in flight may run to their end (/ready answers 503 and new ones are refused meanwhile)")
 	gossip.register(f)

@@ -49,9 +49,17 @@ type Error struct {
 	Code    *string `json:"code"`
 }
 
-// errorOf returns the HTTP status and the error object for err.
-func errorOf(err error) (int, Error) {
-	status, e := http.StatusInternalServerError, Error{Message: err.Error(), Type: "server_error"}
+// errorOf returns the HTTP status and the error object for err. A server error's own text names
+// digests, stores and their addresses: clients get an id instead, and the log the whole error.
+func (s *Server) errorOf(err error) (status int, e Error) {
+	status, e = http.StatusInternalServerError, Error{Message: err.Error(), Type: "server_error"}
+	defer func() {
+		if status >= 500 && !errors.Is(err, ErrClosed) {
+			id := rand.Text()[:16]
+			s.log.Error("request failed", "error_id", id, "status", status, "err", err)
+			e.Message = "the worker failed this request (error id " + id + "; its log has the details)"
+		}
+	}()
 	for _, k := range errorKinds {
 		if errors.Is(err, k.err) {
 			status, e.Type = k.status, k.typ
@@ -71,8 +79,8 @@ func errorOf(err error) (int, Error) {
 }
 
 // writeError answers err and returns the status written.
-func writeError(w http.ResponseWriter, err error) int {
-	status, e := errorOf(err)
+func (s *Server) writeError(w http.ResponseWriter, err error) int {
+	status, e := s.errorOf(err)
 	if status == http.StatusTooManyRequests {
 		w.Header().Set("Retry-After", "1")
 	}
@@ -105,7 +113,7 @@ func (s *Server) Handler() http.Handler {
 	})
 	mux.HandleFunc("GET /v1/models/{id...}", func(w http.ResponseWriter, r *http.Request) {
 		if r.PathValue("id") != s.cfg.ModelName {
-			writeError(w, fmt.Errorf("%w: the model `%s` does not exist", errModelNotFound, r.PathValue("id")))
+			s.writeError(w, fmt.Errorf("%w: the model `%s` does not exist", errModelNotFound, r.PathValue("id")))
 			return
 		}
 		writeJSON(w, http.StatusOK, s.card())
@@ -226,21 +234,21 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 func (s *Server) complete(w http.ResponseWriter, r *http.Request) int {
 	body, err := readBody(w, r, s.cfg.MaxBodyBytes)
 	if err != nil {
-		return writeError(w, err)
+		return s.writeError(w, err)
 	}
 	var req CompletionRequest
 	if err := json.Unmarshal(body, &req); err != nil {
-		return writeError(w, jsonError(err))
+		return s.writeError(w, jsonError(err))
 	}
 	reqs, err := s.parse(&req)
 	if err != nil {
-		return writeError(w, err)
+		return s.writeError(w, err)
 	}
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel() // a failed choice stops its siblings
 	c, err := s.submit(ctx, reqs)
 	if err != nil {
-		return writeError(w, err)
+		return s.writeError(w, err)
 	}
 	defer s.withdraw(c)
 	resp := &Completion{ID: "cmpl-" + rand.Text(), Object: "text_completion", Created: time.Now().Unix(), Model: s.cfg.ModelName}
@@ -262,13 +270,13 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) int {
 	var evs []event
 	for left := len(reqs); left > 0; {
 		if evs, err = c.next(evs); err != nil {
-			return writeError(w, err)
+			return s.writeError(w, err)
 		}
 		for _, ev := range evs {
 			ch := &resp.Choices[ev.index]
 			switch {
 			case ev.err != nil:
-				return writeError(w, ev.err)
+				return s.writeError(w, ev.err)
 			case ev.finish != "":
 				ch.FinishReason = &ev.finish
 				left--
@@ -328,7 +336,7 @@ func (s *Server) stream(w http.ResponseWriter, c *call, reqs []Request, req *Com
 			ch := Choice{Index: ev.index}
 			switch {
 			case ev.err != nil:
-				status, e := errorOf(ev.err)
+				status, e := s.errorOf(ev.err)
 				send(struct {
 					Error Error `json:"error"`
 				}{e})
