@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/pregate/pregate/worker"
 )
 
 // newCompleteCmd sends one completion to a worker: a smoke test for deployments (`helm test`),
@@ -19,6 +21,7 @@ import (
 func newCompleteCmd() *cobra.Command {
 	var (
 		url, model, prompt, output string
+		apiKeyFile                 string
 		maxTokens                  int
 		timeout                    time.Duration
 	)
@@ -52,6 +55,13 @@ func newCompleteCmd() *cobra.Command {
 				return fmt.Errorf("--url %q: %w", url, err)
 			}
 			req.Header.Set("Content-Type", "application/json")
+			if apiKeyFile != "" {
+				keys, err := worker.LoadAPIKeys(apiKeyFile)
+				if err != nil {
+					return fmt.Errorf("--api-key-file: %w", err)
+				}
+				req.Header.Set("Authorization", "Bearer "+keys[0])
+			}
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
 				return fmt.Errorf("worker at %s: %w", url, err)
@@ -90,5 +100,6 @@ func newCompleteCmd() *cobra.Command {
 	f.IntVar(&maxTokens, "max-tokens", 8, "tokens to generate")
 	f.DurationVar(&timeout, "timeout", time.Minute, "give up after this long")
 	f.StringVarP(&output, "output", "o", "text", "text or json (the API's answer)")
+	f.StringVar(&apiKeyFile, "api-key-file", "", "file whose first key is sent as Authorization: Bearer (a worker with --api-key-file)")
 	return cmd
 }

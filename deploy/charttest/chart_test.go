@@ -323,6 +323,18 @@ func checkEverything(t *testing.T, r *Rendered) {
 			t.Errorf("%s mounts %v, want the gossip key and /etc/pregate/tls", d.name, mounts)
 		}
 	}
+	// API keys: the worker requires them, and helm test's completion sends one; both from the Secret.
+	for _, d := range []struct{ kind, name, container string }{{"Deployment", "pregate-worker", "worker"}, {"Pod", "pregate-test", "complete"}} {
+		c := mustContainer(t, r, d.kind, d.name, d.container)
+		wantFlag(t, c, "api-key-file", "/etc/pregate/api-keys/keys")
+		mounted := false
+		for _, m := range c.VolumeMounts {
+			mounted = mounted || m.MountPath == "/etc/pregate/api-keys" && m.Name == "api-keys" && m.ReadOnly
+		}
+		if !mounted {
+			t.Errorf("%s: the API keys are not mounted read-only at /etc/pregate/api-keys: %+v", d.name, c.VolumeMounts)
+		}
+	}
 	sts, err := statefulSet(r, "pregate-store")
 	if err != nil {
 		t.Fatal(err)

@@ -275,8 +275,9 @@ func volumeErrors(r *Rendered, w Workload) []string {
 	return errs
 }
 
-// externalSecrets are the Secrets the test values name as existing (tls.existingSecret, …).
-var externalSecrets = []string{"pregate-tls", "pregate-gossip-existing"}
+// externalSecrets are the Secrets the test values name as existing (tls.existingSecret,
+// worker.apiKeys.existingSecret, …).
+var externalSecrets = []string{"pregate-tls", "pregate-gossip-existing", "pregate-api-keys"}
 
 var varRef = regexp.MustCompile(`\$\(([A-Za-z_][A-Za-z0-9_]*)\)`)
 

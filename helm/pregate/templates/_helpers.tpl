@@ -207,6 +207,33 @@ so 8Gi of blobs with 1Gi in flight ask for 11776Mi. Request = limit: a store is 
 {{- end }}
 {{- end }}
 
+{{/* The worker's API keys (worker.apiKeys.existingSecret): the flag, the mount, the volume. */}}
+{{- define "pregate.apiKeys.args" -}}
+{{- if .Values.worker.apiKeys.existingSecret }}
+- --api-key-file=/etc/pregate/api-keys/keys
+{{- end }}
+{{- end }}
+
+{{- define "pregate.apiKeys.mounts" -}}
+{{- if .Values.worker.apiKeys.existingSecret }}
+- name: api-keys
+  mountPath: /etc/pregate/api-keys
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "pregate.apiKeys.volumes" -}}
+{{- if .Values.worker.apiKeys.existingSecret }}
+- name: api-keys
+  secret:
+    secretName: {{ .Values.worker.apiKeys.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ .Values.worker.apiKeys.existingSecretKey }}
+        path: keys
+{{- end }}
+{{- end }}
+
 {{/* Pod-level settings every pod shares. */}}
 {{- define "pregate.podCommon" -}}
 {{- with .Values.imagePullSecrets }}
