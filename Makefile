@@ -11,7 +11,7 @@ PROTOC_GEN_GO_VERSION      ?= v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION ?= v1.6.2
 TOOLS := $(CURDIR)/bin/tools
 
-.PHONY: build demo demo-generate proto test test-short test-race test-race-ci test-e2e bench bench-decode lint verify deps clean docker helm-lint helm-test
+.PHONY: build demo demo-generate proto test test-short test-race test-race-ci test-e2e fuzz bench bench-decode lint verify deps clean docker helm-lint helm-test
 
 build: deps
 	$(GO) build -o $(BIN) ./cmd/pregate
@@ -48,6 +48,25 @@ test-race-ci:
 test-e2e: deps
 	mkdir -p bin
 	PREGATE_E2E_RESULTS=$(CURDIR)/bin/e2e-results.md $(GO) test -tags e2e -count=1 -v -timeout 20m ./e2e/
+
+# Every fuzz target, a bounded run each (CI runs this): by default a number of inputs per target
+# sized to a few seconds here (a count, not a duration: Go's fuzzer can fail a timed run with
+# "context deadline exceeded" when a worker is slow to stop on a loaded machine); FUZZTIME=60s runs
+# each for that long instead. A crasher lands in the package's testdata/fuzz/ and `make test` then
+# runs it as a regression test.
+FUZZTIME ?=
+FUZZ_TARGETS := ./model:FuzzParseHeader:200000 ./model:FuzzParseConfig:200000 ./expertstore/blob:FuzzParse:300000 \
+	./expertstore/blob:FuzzDecompress:300000 ./expertstore/blob:FuzzCompress:100000 \
+	./expertstore/dataplane:FuzzReadRequest:200000 ./expertstore/dataplane:FuzzReadResponse:200000 \
+	./expertstore/client:FuzzFetchData:50000 ./internal/membership:FuzzDecodeMeta:100000 \
+	./worker/serve:FuzzParseCompletion:100000
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; rest=$${t#*:}; fn=$${rest%%:*}; n=$${rest#*:}; \
+		budget=$${n}x; if [ -n "$(FUZZTIME)" ]; then budget=$(FUZZTIME); fi; \
+		echo "fuzz $$fn in $$pkg ($$budget)"; \
+		$(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $$budget $$pkg; \
+	done
 
 # Go benchmarks (GEMM GFLOP/s table). Decode tokens/s: see docs/BENCHMARKS.md and scripts/bench-decode.sh.
 bench:
