@@ -385,3 +385,18 @@ func ExpertsPerBlock(cfg *Config) []int {
 	}
 	return n
 }
+
+// ExpertShapes returns the [rows, cols] every expert's tensors must have under cfg, in the order
+// ExpertNames names them: w1 (Switch's wi), w3 (zero for Switch) and w2 (Switch's wo), as HF stores
+// a Linear's weight ([out, in]).
+func ExpertShapes(cfg *Config) (w1, w3, w2 [2]int) {
+	switch {
+	case cfg.Switch != nil:
+		c := cfg.Switch
+		return [2]int{c.DFF, c.DModel}, [2]int{}, [2]int{c.DModel, c.DFF}
+	case cfg.Mixtral != nil:
+		c := cfg.Mixtral
+		return [2]int{c.IntermediateSize, c.HiddenSize}, [2]int{c.IntermediateSize, c.HiddenSize}, [2]int{c.HiddenSize, c.IntermediateSize}
+	}
+	return
+}

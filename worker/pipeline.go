@@ -40,6 +40,9 @@ type PipelineConfig struct {
 	Device      Device
 	Fetcher     Fetcher
 	Names       model.ExpertNamer // the tensors of an expert's blob
+	// Shapes are the [rows, cols] of an expert's w1, w3 and w2 under the model's config
+	// (model.ExpertShapes); a blob whose tensors differ is refused. A zero shape is not checked.
+	Shapes [3][2]int
 	NumExperts  []int             // per MoE block
 	Tracer      Tracer            // nil: none
 	CacheBudget int64
@@ -442,7 +445,7 @@ func (p *Pipeline) parse(k routing.ExpertKey, b []byte) (*engine.ExpertWeights, 
 		return nil, fmt.Errorf("worker: blob for expert %v holds %s block %d expert %d", k, h.Kind, h.Block, h.Expert)
 	}
 	w1, w3, w2 := p.cfg.Names(k.Block, k.Expert)
-	weight := func(name string) (engine.Weight, error) {
+	weight := func(name string, want [2]int) (engine.Weight, error) {
 		raw, info, err := h.Tensor(data, name)
 		if err != nil {
 			return engine.Weight{}, err
@@ -450,17 +453,22 @@ func (p *Pipeline) parse(k routing.ExpertKey, b []byte) (*engine.ExpertWeights, 
 		if len(info.Shape) != 2 {
 			return engine.Weight{}, fmt.Errorf("worker: expert %v tensor %s has shape %v", k, name, info.Shape)
 		}
+		if want != ([2]int{}) && (info.Shape[0] != want[0] || info.Shape[1] != want[1]) {
+			// A blob can be whole and match its digest and still not be this model's (a manifest
+			// written by someone else): computing with it would read past its end.
+			return engine.Weight{}, fmt.Errorf("worker: expert %v tensor %s has shape %v, the model's config wants %v", k, name, info.Shape, want)
+		}
 		return engine.WeightFromBytes(model.DType(info.DType), info.Shape[0], info.Shape[1], raw)
 	}
 	var ew engine.ExpertWeights
-	if ew.W1, err = weight(w1); err != nil {
+	if ew.W1, err = weight(w1, p.cfg.Shapes[0]); err != nil {
 		return nil, err
 	}
-	if ew.W2, err = weight(w2); err != nil {
+	if ew.W2, err = weight(w2, p.cfg.Shapes[2]); err != nil {
 		return nil, err
 	}
 	if w3 != "" {
-		if ew.W3, err = weight(w3); err != nil {
+		if ew.W3, err = weight(w3, p.cfg.Shapes[1]); err != nil {
 			return nil, err
 		}
 	}

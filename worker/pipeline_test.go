@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -439,4 +440,46 @@ func TestTracerFollowsTheSteps(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestForeignBlobIsRefused serves, for one expert, a blob that is whole and well formed but not
+// this model's (its w1 transposed, as a forged or mismatched manifest would name): Acquire refuses
+// it naming the shapes, where computing with it would read past its end; the other experts load.
+func TestForeignBlobIsRefused(t *testing.T) {
+	ckpt, err := model.OpenCheckpoint(fixture("mixtral-tiny"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ckpt.Close()
+	cfg := ckpt.Config()
+	f := newBlobFetcher(t, ckpt)
+	names := model.ExpertNames(cfg)
+	w1, w3, w2 := model.ExpertShapes(cfg)
+	n1, n3, n2 := names(0, 0)
+	mk := func(name string, shape [2]int) blob.Tensor {
+		return blob.Tensor{Name: name, DType: "F32", Shape: []int{shape[0], shape[1]}, Data: make([]byte, 4*shape[0]*shape[1])}
+	}
+	forged, err := blob.Build(blob.Header{Kind: blob.KindExpert, Model: "m", Block: 0, Expert: 0},
+		[]blob.Tensor{mk(n1, [2]int{w1[1], w1[0]}), mk(n3, w3), mk(n2, w2)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.blobs[routing.ExpertKey{Block: 0, Expert: 0}] = forged
+	dev := NewCPU()
+	defer dev.Close()
+	p, err := NewPipeline(context.Background(), PipelineConfig{Mode: ModeOnDemand, Device: dev, Fetcher: f, Names: names,
+		NumExperts: model.ExpertsPerBlock(cfg), CacheBudget: 64 << 20, Shapes: [3][2]int{w1, w3, w2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ctx := context.Background()
+	if _, err := p.Acquire(ctx, 0, 0); err == nil || !strings.Contains(err.Error(), "the model's config wants") {
+		t.Errorf("a transposed w1: %v, want a refusal naming the shapes", err)
+	}
+	w, err := p.Acquire(ctx, 0, 1)
+	if err != nil || w.W1.Rows != w1[0] || w.W1.Cols != w1[1] {
+		t.Fatalf("expert (0, 1): %+v, %v", w, err)
+	}
+	p.Release(0, 1)
 }

@@ -303,7 +303,7 @@ func (w *Worker) load(ctx context.Context) error {
 		fetcher = w.cfg.Link(fetcher)
 	}
 	pipe, err := NewPipeline(ctx, PipelineConfig{Mode: w.cfg.Mode, Device: w.dev, Fetcher: fetcher,
-		Names: model.ExpertNames(ckpt.Config()), NumExperts: model.ExpertsPerBlock(ckpt.Config()),
+		Names: model.ExpertNames(ckpt.Config()), NumExperts: model.ExpertsPerBlock(ckpt.Config()), Shapes: expertShapes(ckpt.Config()),
 		CacheBudget: w.cfg.ExpertCache, Staging: w.cfg.Staging, Tracer: w.cfg.Tracer, Registry: w.reg, Logger: w.log})
 	if err != nil {
 		ckpt.Close()
@@ -340,6 +340,12 @@ func (w *Worker) load(ctx context.Context) error {
 	w.mu.Unlock()
 	w.srv.Store(srv)
 	return nil
+}
+
+// expertShapes is what every expert blob's tensors must be under cfg.
+func expertShapes(cfg *model.Config) [3][2]int {
+	w1, w3, w2 := model.ExpertShapes(cfg)
+	return [3][2]int{w1, w3, w2}
 }
 
 // register keeps the worker's record in etcd under a lease while it runs.
