@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -40,6 +41,8 @@ func runHelper(name string) int {
 			return 1
 		}
 		return 0
+	case "put-flood":
+		return putFlood(strings.Split(os.Getenv(helperStoreGRPC), ","))
 	default:
 		fmt.Fprintf(os.Stderr, "%s=%q: no such helper\n", helperEnv, name)
 		return 2

@@ -360,6 +360,16 @@ func (nd *Node) Start(t testing.TB, d Daemon) *Proc {
 	return p
 }
 
+// StartExec is Start with another binary than pregate (the test binary, re-executed as a helper).
+func (nd *Node) StartExec(t testing.TB, bin string, d Daemon) *Proc {
+	t.Helper()
+	p, err := nd.start(bin, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // StartReady is Start, then WaitReady within timeout; t fails if the daemon is not ready.
 func (nd *Node) StartReady(t testing.TB, d Daemon, timeout time.Duration) *Proc {
 	t.Helper()
