@@ -19,13 +19,15 @@ import (
 // putFloodStreams is how many header-only Puts the rogue keeps open on each store.
 const putFloodStreams = 8
 
+// heldStreams keeps the rogue's streams referenced while it waits to be killed.
+var heldStreams []storepb.ExpertStore_PutClient
+
 // putFlood is the rogue host's helper: on every store at addrs it opens putFloodStreams Puts that
 // each declare a 900 MiB blob and then send nothing, and holds them until killed. It prints
 // "open" once every stream's header is sent.
 func putFlood(addrs []string) int {
 	conns := client.NewConns()
 	ctx := context.Background()
-	var streams []storepb.ExpertStore_PutClient
 	for i, addr := range addrs {
 		raw, err := conns.Store(routing.Replica{Store: fmt.Sprint("store-", i), GRPCAddr: addr})
 		if err != nil {
@@ -42,7 +44,7 @@ func putFlood(addrs []string) int {
 				fmt.Fprintln(os.Stderr, "put-flood:", err)
 				return 1
 			}
-			streams = append(streams, st)
+			heldStreams = append(heldStreams, st)
 		}
 	}
 	fmt.Println("open")
