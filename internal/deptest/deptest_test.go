@@ -83,6 +83,7 @@ var rules = []rule{
 	{pkg: "expertstore/client", allowed: []string{"api", "model", "routing", "expertstore/blob", "expertstore/dataplane"}},
 	{pkg: "internal/lifecycle", allowed: []string{}},
 	{pkg: "internal/netaddr", allowed: []string{}},
+	{pkg: "internal/tlsutil", allowed: []string{}},
 	{pkg: "internal/membership", allowed: []string{"internal/netaddr"}},
 	{pkg: "internal/atomicfile", allowed: []string{}},
 	{pkg: "internal/embedetcd", allowed: []string{"internal/netaddr"}},
