@@ -312,7 +312,7 @@ func (g grpcCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInf
 }
 
 func (g grpcCreds) Info() credentials.ProtocolInfo {
-	return credentials.ProtocolInfo{SecurityProtocol: "tls", SecurityVersion: "1.3"}
+	return credentials.ProtocolInfo{SecurityProtocol: "tls"}
 }
 
 func (g grpcCreds) Clone() credentials.TransportCredentials { return g }
