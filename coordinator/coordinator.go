@@ -43,6 +43,7 @@ import (
 	"github.com/pregate/pregate/internal/membership"
 	"github.com/pregate/pregate/internal/netaddr"
 	"github.com/pregate/pregate/internal/placement"
+	"github.com/pregate/pregate/internal/tlsutil"
 )
 
 // Config configures a coordinator.
@@ -102,6 +103,8 @@ type Config struct {
 	// OrphanGrace is how long a blob that no placement names may stay on a store before the leader
 	// deletes it (imports in progress are exempt).
 	OrphanGrace time.Duration
+	// TLS, when set, is the coordinator's mutual TLS towards the stores (probes, copies, deletes).
+	TLS *tlsutil.Reloader
 	// Logger receives the coordinator's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -124,6 +127,12 @@ func DefaultConfig() Config {
 		AntiEntropyInterval: 30 * time.Second,
 		OrphanGrace:         10 * time.Minute,
 	}
+}
+
+// withTLS is c with TLS set.
+func withTLS(c client.Config, r *tlsutil.Reloader) client.Config {
+	c.TLS = r
+	return c
 }
 
 func hostname() string {
@@ -193,7 +202,7 @@ func New(cfg Config) (c *Coordinator, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	c = &Coordinator{cfg: cfg, log: cfg.Logger, stores: client.New(client.DefaultConfig()), kick: make(chan struct{}, 1),
+	c = &Coordinator{cfg: cfg, log: cfg.Logger, stores: client.New(withTLS(client.DefaultConfig(), cfg.TLS)), kick: make(chan struct{}, 1),
 		seen: map[string]seenStore{}, metrics: newMetrics(), g: lifecycle.NewGroup()}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)

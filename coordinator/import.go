@@ -19,6 +19,7 @@ import (
 	"github.com/pregate/pregate/expertstore/client"
 	"github.com/pregate/pregate/internal/modelblobs"
 	"github.com/pregate/pregate/internal/placement"
+	"github.com/pregate/pregate/internal/tlsutil"
 	"github.com/pregate/pregate/model"
 	"github.com/pregate/pregate/routing"
 )
@@ -41,6 +42,8 @@ type ImportOptions struct {
 	// Progress, when set, is called with the bytes handled (uploaded or found already in place)
 	// and the total, from one goroutine at a time.
 	Progress func(done, total int64)
+	// TLS, when set, is the importer's mutual TLS towards the stores.
+	TLS *tlsutil.Reloader
 	// Logger receives progress lines; nil discards them.
 	Logger *slog.Logger
 }
@@ -153,7 +156,7 @@ func Import(ctx context.Context, ps *placement.Store, opts ImportOptions) (rep I
 	}
 	defer end()
 
-	cl := client.New(client.DefaultConfig())
+	cl := client.New(withTLS(client.DefaultConfig(), opts.TLS))
 	defer cl.Close()
 	for attempt := 1; ; attempt++ {
 		var stores map[string]placement.StoreRecord

@@ -3,6 +3,7 @@ package expertstore
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -46,8 +47,18 @@ func (s *Server) serveData(context.Context) error {
 	}
 }
 
-// serveDataConn answers the requests of one connection, one after another.
+// serveDataConn answers the requests of one connection, one after another (after its TLS
+// handshake, with TLS: a peer without a certificate of the cluster's CA gets nothing).
 func (s *Server) serveDataConn(c net.Conn) error {
+	if s.cfg.TLS != nil {
+		tc := tls.Server(c, s.cfg.TLS.ServerConfig())
+		tc.SetDeadline(time.Now().Add(s.cfg.WriteTimeout)) //nolint:errcheck // a closed conn fails the handshake
+		if err := tc.Handshake(); err != nil {
+			return fmt.Errorf("TLS handshake: %w", err)
+		}
+		tc.SetDeadline(time.Time{}) //nolint:errcheck
+		c = tc
+	}
 	rd := bufio.NewReaderSize(c, 4<<10)
 	reqBuf := make([]byte, dataplane.RequestSize)
 	hdr := make([]byte, 0, 64)

@@ -39,6 +39,7 @@ import (
 	"github.com/pregate/pregate/internal/lifecycle"
 	"github.com/pregate/pregate/internal/membership"
 	"github.com/pregate/pregate/internal/netaddr"
+	"github.com/pregate/pregate/internal/tlsutil"
 )
 
 // maxListBytes bounds a List response (about 100 bytes per blob).
@@ -77,6 +78,9 @@ type Config struct {
 	// in all and from one address (0: no cap); MaxStreams caps concurrent gRPC streams per
 	// connection.
 	MaxConns, MaxConnsPerPeer, MaxStreams int
+	// TLS, when set, is the store's mutual TLS: gRPC and the data plane accept only clients with a
+	// certificate of the cluster's CA, and the store's own copies from other stores use it.
+	TLS *tlsutil.Reloader
 	// Gossip, when set, joins the cluster's memberlist with this configuration (its Meta is filled
 	// in by the store).
 	Gossip *membership.Config
@@ -225,7 +229,7 @@ func New(cfg Config) (s *Server, err error) {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	s.log = s.log.With("node", cfg.NodeName, "role", "store")
-	s.peers = client.New(client.Config{Logger: s.log, ChunkSize: cfg.ChunkSize})
+	s.peers = client.New(client.Config{Logger: s.log, ChunkSize: cfg.ChunkSize, TLS: cfg.TLS})
 	defer func() {
 		if err != nil {
 			s.Stop()
@@ -279,6 +283,9 @@ func New(cfg Config) (s *Server, err error) {
 	}
 	if cfg.MaxStreams > 0 {
 		opts = append(opts, grpc.MaxConcurrentStreams(uint32(cfg.MaxStreams)))
+	}
+	if cfg.TLS != nil {
+		opts = append(opts, grpc.Creds(cfg.TLS.Credentials()))
 	}
 	s.grpc = grpc.NewServer(opts...)
 	storepb.RegisterExpertStoreServer(s.grpc, &service{s: s})

@@ -41,6 +41,7 @@ import (
 	"github.com/pregate/pregate/internal/membership"
 	"github.com/pregate/pregate/internal/netaddr"
 	"github.com/pregate/pregate/internal/placement"
+	"github.com/pregate/pregate/internal/tlsutil"
 	"github.com/pregate/pregate/model"
 	"github.com/pregate/pregate/worker/serve"
 )
@@ -62,6 +63,8 @@ type Config struct {
 	// AdvertiseHost is the host other nodes reach this worker at (its record in etcd, gossip); ""
 	// follows package netaddr's rule.
 	AdvertiseHost string
+	// TLS, when set, is the worker's mutual TLS towards the stores (every fetch).
+	TLS *tlsutil.Reloader
 	// APIKeys, when set, are the keys the OpenAI API (/v1/…) requires (Authorization: Bearer);
 	// /health, /ready and /metrics stay open to probes and scrapers.
 	APIKeys []string
@@ -206,7 +209,8 @@ func New(cfg Config) (w *Worker, err error) {
 	ccfg := client.DefaultConfig()
 	ccfg.AttemptTimeout = cfg.FetchAttemptTimeout
 	ccfg.Logger = w.log
-	ccfg.Transport = client.NewDataTransport(client.DataTransportConfig{Compression: cfg.FetchCompression})
+	ccfg.TLS = cfg.TLS
+	ccfg.Transport = client.NewDataTransport(client.DataTransportConfig{Compression: cfg.FetchCompression, TLS: cfg.TLS})
 	w.fetcher = client.New(ccfg)
 	w.fetchMetrics = newFetchMetrics(w.reg, w.fetcher)
 	w.view = newClusterView(w.ps, cfg.Model, w.log)

@@ -162,6 +162,7 @@ func newCoordinatorCmd() *cobra.Command {
 	var (
 		endpoints, readyFile, logLevel string
 		gossip                         gossipFlags
+		tlsf                           tlsFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "coordinator",
@@ -181,6 +182,9 @@ func newCoordinatorCmd() *cobra.Command {
 			}
 			cfg.Logger, cfg.AdvertiseHost = log, gossip.advertise
 			cfg.EtcdEndpoints = splitList(endpoints)
+			if cfg.TLS, err = tlsf.load(); err != nil {
+				return err
+			}
 			if cfg.Gossip, err = gossip.config(log); err != nil {
 				return err
 			}
@@ -214,6 +218,7 @@ func newCoordinatorCmd() *cobra.Command {
 	f.IntVar(&cfg.SessionTTL, "leader-ttl", cfg.SessionTTL, "leader lease in seconds")
 	f.IntVar(&cfg.CopyParallelism, "copy-parallelism", cfg.CopyParallelism, "blobs copied between stores at once")
 	gossip.register(f)
+	tlsf.register(f)
 	f.StringVar(&readyFile, "ready-file", "", "write {\"http\":…,\"gossip\":…,\"etcd_endpoints\":[…]} here once up")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
@@ -225,6 +230,7 @@ func newImportCmd() *cobra.Command {
 		opts     coordinator.ImportOptions
 		maxDense byteSize = modelblobs.DefaultMaxDense
 		output   string
+		tlsf     tlsFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "import --model DIR --name NAME",
@@ -248,6 +254,9 @@ func newImportCmd() *cobra.Command {
 			}
 			defer cli.Close()
 			opts.MaxDense = int64(maxDense)
+			if opts.TLS, err = tlsf.load(); err != nil {
+				return err
+			}
 			stderr := cmd.ErrOrStderr()
 			var bar *progressbar.ProgressBar
 			if isTerminal(stderr) {
@@ -290,6 +299,7 @@ func newImportCmd() *cobra.Command {
 	f.IntVar(&opts.Parallel, "parallel", 4, "blobs uploaded at once")
 	f.Var(&maxDense, "max-dense-blob", "largest dense blob")
 	f.StringVarP(&output, "output", "o", "text", "text or json")
+	tlsf.register(f)
 	return cmd
 }
 

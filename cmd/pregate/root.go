@@ -19,7 +19,7 @@ func newRootCmd() *cobra.Command {
 	}
 	root.AddCommand(newGenerateCmd(), newSynthCmd(), withEnv(newStoreCmd()), newBenchCmd(),
 		withEnv(newCoordinatorCmd()), withEnv(newImportCmd()), withEnv(newStatusCmd()), withEnv(newDrainCmd()),
-		withEnv(newWorkerCmd()), newUpCmd(), withEnv(newCompleteCmd()), newFlagsCmd())
+		withEnv(newWorkerCmd()), newUpCmd(), withEnv(newCompleteCmd()), newCertsCmd(), newFlagsCmd())
 	return root
 }
 

@@ -114,6 +114,7 @@ func newStoreCmd() *cobra.Command {
 		maxBlob     = byteSize(cfg.MaxBlobBytes)
 		maxInflight = byteSize(cfg.MaxInflightBytes)
 		gossip      gossipFlags
+		tlsf        tlsFlags
 		readyFile   string
 		logLevel    string
 		noGossip    bool
@@ -141,6 +142,9 @@ func newStoreCmd() *cobra.Command {
 			}
 			cfg.MemoryLimit, cfg.MaxBlobBytes, cfg.MaxInflightBytes = int64(memLimit), int64(maxBlob), int64(maxInflight)
 			cfg.Logger, cfg.AdvertiseHost = log, gossip.advertise
+			if cfg.TLS, err = tlsf.load(); err != nil {
+				return err
+			}
 			if !noGossip {
 				if cfg.Gossip, err = gossip.config(log); err != nil {
 					return err
@@ -175,6 +179,7 @@ func newStoreCmd() *cobra.Command {
 	f.IntVar(&cfg.MaxConnsPerPeer, "max-conns-per-peer", cfg.MaxConnsPerPeer, "connections from one address each of gRPC and the data plane keeps open (0: no cap)")
 	f.IntVar(&cfg.MaxStreams, "max-streams", cfg.MaxStreams, "concurrent gRPC streams per connection (0: gRPC's default)")
 	gossip.register(f)
+	tlsf.register(f)
 	f.BoolVar(&noGossip, "no-gossip", false, "do not join a cluster (a standalone store)")
 	f.StringVar(&readyFile, "ready-file", "", "write {\"grpc\":…,\"data\":…,\"http\":…,\"gossip\":…} here once listening")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/pregate/pregate/internal/tlsutil"
 )
 
 func TestStoreCommandWithEnvFallbacks(t *testing.T) {
@@ -91,5 +94,38 @@ func TestFlagsListsEveryFlagAndVariable(t *testing.T) {
 	}
 	if f, _ := find("store", "listen"); f.Default != "0.0.0.0:7070" {
 		t.Errorf("store --listen default %q", f.Default)
+	}
+}
+
+// TestCertsCommands creates a CA and a store certificate with `pregate certs`, checks the
+// identity it carries, that a CA is never overwritten, and that a store given half the TLS files
+// says which are missing.
+func TestCertsCommands(t *testing.T) {
+	dir := t.TempDir()
+	if _, stderr, err := runCmd(t, "certs", "ca", "--dir", dir); err != nil {
+		t.Fatalf("certs ca: %v %s", err, stderr)
+	}
+	if _, _, err := runCmd(t, "certs", "ca", "--dir", dir); err == nil || !strings.Contains(err.Error(), "keeps its CA") {
+		t.Errorf("a second certs ca: %v", err)
+	}
+	if _, stderr, err := runCmd(t, "certs", "issue", "--dir", dir, "--role", "store", "--name", "store-0", "--host", "10.0.0.5,store-0.pregate-store"); err != nil {
+		t.Fatalf("certs issue: %v %s", err, stderr)
+	}
+	if _, _, err := runCmd(t, "certs", "issue", "--dir", dir, "--role", "emperor", "--name", "x"); err == nil {
+		t.Error("a certificate for an unknown role was issued")
+	}
+	r, err := tlsutil.Load(tlsutil.Files{CA: filepath.Join(dir, "ca.crt"), Cert: filepath.Join(dir, "store-0.crt"), Key: filepath.Join(dir, "store-0.key")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id := r.Identity(); id != (tlsutil.Identity{Role: "store", Name: "store-0"}) {
+		t.Errorf("identity %v", id)
+	}
+	if st, err := os.Stat(filepath.Join(dir, "store-0.key")); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("the key file's mode: %v %v", st.Mode(), err)
+	}
+	if _, _, err := runCmd(t, "store", "--no-gossip", "--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0", "--http", "",
+		"--tls-ca", filepath.Join(dir, "ca.crt")); err == nil || !strings.Contains(err.Error(), "--tls-cert") {
+		t.Errorf("a store with a CA and no certificate: %v", err)
 	}
 }

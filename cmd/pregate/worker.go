@@ -29,6 +29,7 @@ func newWorkerCmd() *cobra.Command {
 		noGossip      bool
 		compression   string
 		apiKeyFile    string
+		tlsf          tlsFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "worker --model NAME",
@@ -52,6 +53,9 @@ func newWorkerCmd() *cobra.Command {
 			}
 			cfg.Mode, cfg.ExpertCache, cfg.Logger, cfg.Cluster = m, int64(cache), log, cf.cluster
 			cfg.AdvertiseHost = gossip.advertise
+			if cfg.TLS, err = tlsf.load(); err != nil {
+				return err
+			}
 			if apiKeyFile != "" {
 				if cfg.APIKeys, err = worker.LoadAPIKeys(apiKeyFile); err != nil {
 					return fmt.Errorf("--api-key-file: %w", err)
@@ -109,6 +113,7 @@ func newWorkerCmd() *cobra.Command {
 	f.DurationVar(&cfg.EtcdGiveUp, "etcd-give-up", cfg.EtcdGiveUp, "while loading, how long etcd may stay unreachable before the worker exits (non-zero); a loaded worker serves without it")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "on SIGTERM, how long requests in flight may run to their end (/ready answers 503 and new ones are refused meanwhile)")
 	gossip.register(f)
+	tlsf.register(f)
 	f.BoolVar(&noGossip, "no-gossip", false, "do not join the gossip cluster (etcd alone)")
 	f.StringVar(&readyFile, "ready-file", "", "write {\"http\":…} here once listening")
 	f.StringVar(&lv, "log-level", "info", "debug, info, warn or error")

@@ -20,10 +20,12 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/pregate/pregate/api/storepb"
 	"github.com/pregate/pregate/expertstore/blob"
+	"github.com/pregate/pregate/internal/tlsutil"
 	"github.com/pregate/pregate/routing"
 )
 
@@ -43,8 +45,11 @@ type Config struct {
 	HedgeMinDelay time.Duration
 	// ChunkSize asked of the stores (0: theirs).
 	ChunkSize int
-	// Transport moves the bytes; nil: the data plane.
+	// Transport moves the bytes; nil: the data plane (over TLS when TLS is set).
 	Transport Transport
+	// TLS, when set, is this node's mutual TLS: gRPC and the default data plane use it, and
+	// plaintext stores are not reached.
+	TLS *tlsutil.Reloader
 	// Logger receives the client's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -79,13 +84,13 @@ func New(cfg Config) *Client {
 	if cfg.AttemptTimeout <= 0 {
 		cfg.AttemptTimeout = DefaultConfig().AttemptTimeout
 	}
-	c := &Client{cfg: cfg, log: cfg.Logger, conns: NewConns(), flights: map[flightKey]*flight{}}
+	c := &Client{cfg: cfg, log: cfg.Logger, conns: NewTLSConns(cfg.TLS), flights: map[flightKey]*flight{}}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
 	c.transport = cfg.Transport
 	if c.transport == nil {
-		c.transport = NewDataTransport(DataTransportConfig{ChunkSize: cfg.ChunkSize})
+		c.transport = NewDataTransport(DataTransportConfig{ChunkSize: cfg.ChunkSize, TLS: cfg.TLS})
 	}
 	return c
 }
@@ -290,10 +295,20 @@ func (c *Client) attempt(ctx context.Context, ref Ref, r routing.Replica, hedge 
 type Conns struct {
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
+	creds credentials.TransportCredentials
 }
 
-// NewConns returns an empty pool.
-func NewConns() *Conns { return &Conns{conns: map[string]*grpc.ClientConn{}} }
+// NewConns returns an empty pool of plaintext connections.
+func NewConns() *Conns { return NewTLSConns(nil) }
+
+// NewTLSConns returns an empty pool whose connections use r's mutual TLS (plaintext when r is nil).
+func NewTLSConns(r *tlsutil.Reloader) *Conns {
+	p := &Conns{conns: map[string]*grpc.ClientConn{}, creds: insecure.NewCredentials()}
+	if r != nil {
+		p.creds = r.Credentials()
+	}
+	return p
+}
 
 // Store returns the raw gRPC API of replica r's store. Callers use the Client's typed methods
 // (Put, Has, List, Delete, Stats, Copy); this is for transports and for tests of the wire itself.
@@ -316,7 +331,7 @@ func (p *Conns) Conn(addr string) (*grpc.ClientConn, error) {
 		return cc, nil
 	}
 	cc, err := grpc.NewClient(addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(p.creds),
 		// gRPC's default reconnect backoff grows to 2 minutes: a store that restarts would go
 		// unheard (probes, copies) for that long. Stores are probed every few seconds anyway.
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 100 * time.Millisecond,

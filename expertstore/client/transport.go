@@ -3,6 +3,7 @@ package client
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"github.com/pregate/pregate/api/storepb"
 	"github.com/pregate/pregate/expertstore/blob"
 	"github.com/pregate/pregate/expertstore/dataplane"
+	"github.com/pregate/pregate/internal/tlsutil"
 	"github.com/pregate/pregate/routing"
 )
 
@@ -49,6 +51,8 @@ type DataTransportConfig struct {
 	ChunkSize       int // asked of the stores; 0: theirs
 	MaxIdlePerStore int // idle connections kept per store (default 4)
 	Compression     Compression
+	// TLS, when set, wraps every connection in this node's mutual TLS.
+	TLS *tlsutil.Reloader
 }
 
 // DataTransport fetches over the stores' data plane (package dataplane), keeping a few idle
@@ -181,6 +185,14 @@ func (t *DataTransport) get(ctx context.Context, addr string) (*dataConn, error)
 	c, err := t.dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
+	}
+	if t.cfg.TLS != nil {
+		tc := tls.Client(c, t.cfg.TLS.DialConfig(addr))
+		if err := tc.HandshakeContext(ctx); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("TLS with %s: %w", addr, err)
+		}
+		c = tc
 	}
 	// The reader buffers only a frame header's worth, so chunk data goes from the socket straight
 	// into the caller's buffer (bufio reads directly when its buffer is empty and the read is

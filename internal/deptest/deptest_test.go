@@ -80,7 +80,7 @@ var rules = []rule{
 	{pkg: "api", allowed: []string{"api"}},
 	{pkg: "expertstore/blob", allowed: []string{"model"}},
 	{pkg: "expertstore/dataplane", allowed: []string{}},
-	{pkg: "expertstore/client", allowed: []string{"api", "model", "routing", "expertstore/blob", "expertstore/dataplane"}},
+	{pkg: "expertstore/client", allowed: []string{"api", "model", "routing", "expertstore/blob", "expertstore/dataplane", "internal/tlsutil"}},
 	{pkg: "internal/lifecycle", allowed: []string{}},
 	{pkg: "internal/netaddr", allowed: []string{}},
 	{pkg: "internal/tlsutil", allowed: []string{}},
@@ -94,12 +94,12 @@ var rules = []rule{
 	// Daemons. The control plane never depends on the data plane's consumers, and the reverse: the
 	// coordinator and the worker meet in etcd (internal/placement).
 	{pkg: "expertstore", exact: true, allowed: []string{"api", "model", "routing", "internal/lifecycle", "expertstore/blob",
-		"expertstore/dataplane", "expertstore/client", "internal/membership", "internal/atomicfile", "internal/netaddr"}},
+		"expertstore/dataplane", "expertstore/client", "internal/membership", "internal/atomicfile", "internal/netaddr", "internal/tlsutil"}},
 	{pkg: "coordinator", allowed: []string{"api", "model", "routing", "internal/lifecycle", "expertstore/blob", "expertstore/dataplane",
-		"expertstore/client", "internal/placement", "internal/membership", "internal/modelblobs", "internal/embedetcd", "internal/atomicfile", "internal/netaddr"}},
+		"expertstore/client", "internal/placement", "internal/membership", "internal/modelblobs", "internal/embedetcd", "internal/atomicfile", "internal/netaddr", "internal/tlsutil"}},
 	{pkg: "worker/serve", allowed: []string{"model", "compute", "routing", "engine", "expertstore/blob", "internal/lifecycle"}},
 	{pkg: "worker", exact: true, allowed: []string{"api", "model", "compute", "routing", "engine", "internal/lifecycle", "expertstore/blob",
-		"expertstore/dataplane", "expertstore/client", "internal/placement", "internal/membership", "internal/atomicfile", "internal/netaddr", "worker/serve"}},
+		"expertstore/dataplane", "expertstore/client", "internal/placement", "internal/membership", "internal/atomicfile", "internal/netaddr", "internal/tlsutil", "worker/serve"}},
 	// Assemblies. cluster is the control and storage planes in one process (a worker is added by
 	// whoever needs one); bench drives a cluster and workers.
 	{pkg: "cluster", forbidden: []string{module + "/worker", module + "/bench", module + "/cmd"}},

@@ -1,0 +1,125 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/pregate/pregate/internal/tlsutil"
+)
+
+// newCertsCmd makes a cluster's CA and node certificates, for development, tests and small
+// installs (a production cluster may issue them from its own PKI with the same identity scheme:
+// docs/ARCHITECTURE.md).
+func newCertsCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "certs",
+		Short: "Create a cluster CA and issue node certificates (mutual TLS)",
+	}
+	var (
+		dir, cluster string
+		days         int
+	)
+	ca := &cobra.Command{
+		Use:   "ca --dir DIR",
+		Short: "Create the cluster's CA: DIR/ca.crt and DIR/ca.key (never overwritten)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			crt, key := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")
+			for _, p := range []string{crt, key} {
+				if _, err := os.Stat(p); err == nil {
+					return fmt.Errorf("%s exists: a cluster keeps its CA (remove it to start over)", p)
+				}
+			}
+			c, k, err := tlsutil.NewCA(cluster, time.Duration(days)*24*time.Hour)
+			if err != nil {
+				return err
+			}
+			if err := writeSecretFiles(dir, map[string][]byte{"ca.crt": c, "ca.key": k}); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s\n%s\n", crt, key)
+			return nil
+		},
+	}
+	ca.Flags().StringVar(&cluster, "cluster", "default", "cluster name (in the CA's subject)")
+	var (
+		role, name string
+		hosts      []string
+	)
+	issue := &cobra.Command{
+		Use:   "issue --dir DIR --role ROLE --name NAME [--host H]...",
+		Short: "Issue a node certificate from DIR's CA: DIR/NAME.crt and DIR/NAME.key",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if name == "" {
+				return errors.New("--name is required")
+			}
+			caCert, err := os.ReadFile(filepath.Join(dir, "ca.crt"))
+			if err != nil {
+				return fmt.Errorf("the CA: %w (create it with `pregate certs ca`)", err)
+			}
+			caKey, err := os.ReadFile(filepath.Join(dir, "ca.key"))
+			if err != nil {
+				return fmt.Errorf("the CA: %w", err)
+			}
+			c, k, err := tlsutil.Issue(caCert, caKey, tlsutil.Identity{Role: role, Name: name}, hosts, time.Duration(days)*24*time.Hour)
+			if err != nil {
+				return err
+			}
+			if err := writeSecretFiles(dir, map[string][]byte{name + ".crt": c, name + ".key": k}); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s\n%s\n", filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key"))
+			return nil
+		},
+	}
+	issue.Flags().StringVar(&role, "role", "", "coordinator, store, worker, importer or admin")
+	issue.Flags().StringVar(&name, "name", "", "the node's name (its --node-name)")
+	issue.Flags().StringSliceVar(&hosts, "host", []string{"localhost", "127.0.0.1"}, "DNS names and IPs the node serves on (its --advertise-host); repeat or comma-separate")
+	for _, c := range []*cobra.Command{ca, issue} {
+		c.Flags().StringVar(&dir, "dir", "pregate-certs", "directory of the CA and the certificates")
+		c.Flags().IntVar(&days, "days", map[*cobra.Command]int{ca: 3650, issue: 365}[c], "validity in days")
+	}
+	cmd.AddCommand(ca, issue)
+	return cmd
+}
+
+// writeSecretFiles writes files (name → bytes) into dir, readable by the owner only.
+func writeSecretFiles(dir string, files map[string][]byte) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// tlsFlags are a daemon's or a client's mutual TLS files: --tls-ca, --tls-cert, --tls-key.
+type tlsFlags struct{ files tlsutil.Files }
+
+func (f *tlsFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.files.CA, "tls-ca", "", "the cluster CA's certificate (mutual TLS with the stores; with --tls-cert and --tls-key)")
+	fs.StringVar(&f.files.Cert, "tls-cert", "", "this node's certificate, from `pregate certs issue` (reloaded when it changes)")
+	fs.StringVar(&f.files.Key, "tls-key", "", "this node's private key")
+}
+
+// load returns the Reloader the flags name, nil when none is set.
+func (f *tlsFlags) load() (*tlsutil.Reloader, error) {
+	if !f.files.Set() {
+		return nil, nil
+	}
+	r, err := tlsutil.Load(f.files)
+	if err != nil {
+		return nil, fmt.Errorf("--tls-ca/--tls-cert/--tls-key: %w", err)
+	}
+	return r, nil
+}
