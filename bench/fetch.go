@@ -12,6 +12,7 @@ import (
 	"github.com/pregate/pregate/expertstore/blob"
 	"github.com/pregate/pregate/expertstore/client"
 	"github.com/pregate/pregate/expertstore/dataplane"
+	"github.com/pregate/pregate/internal/tlsutil"
 	"github.com/pregate/pregate/routing"
 )
 
@@ -22,6 +23,10 @@ type FetchOptions struct {
 	Rounds int   // alternating rounds; the best of each method is reported
 	// MinBytes is the least data moved per method per round (the blobs are fetched repeatedly).
 	MinBytes int64
+	// TLS and TLSStore, when set, add the fetch path over mutual TLS, from TLSStore (a store
+	// started with TLS: the others' plaintext paths cannot reach it), to the comparison.
+	TLS      *tlsutil.Reloader
+	TLSStore routing.Replica
 }
 
 // FetchResult is the benchmark's output (its JSON is a stable interface).
@@ -35,6 +40,11 @@ type FetchResult struct {
 	GRPCRatio           float64 `json:"grpc_ratio"`
 	BytesPerMethodRound int64   `json:"bytes_per_method_round"`
 	Rounds              int     `json:"rounds"`
+	// With FetchOptions.TLS: the fetch path over mutual TLS, against raw TCP and against the
+	// plaintext fetch path.
+	TLSBytesPerSecond float64 `json:"tls_fetch_bytes_per_second,omitempty"`
+	TLSRatio          float64 `json:"tls_ratio,omitempty"`
+	TLSOverPlaintext  float64 `json:"tls_over_plaintext,omitempty"`
 }
 
 // Run uploads Count random blobs of Size bytes to the store at replica and measures.
@@ -49,6 +59,13 @@ func RunFetch(ctx context.Context, r routing.Replica, o FetchOptions) (FetchResu
 	g := client.New(client.Config{HedgeFraction: 0, Transport: client.NewGRPCTransport(client.NewConns(), 0)})
 	defer g.Close()
 
+	var ct *client.Client
+	if o.TLS != nil {
+		ct = client.New(client.Config{HedgeFraction: 0, TLS: o.TLS,
+			Transport: client.NewDataTransport(client.DataTransportConfig{Compression: client.CompressNever, TLS: o.TLS})})
+		defer ct.Close()
+	}
+
 	rng := rand.NewChaCha8([32]byte{1})
 	refs := make([]client.Ref, o.Count)
 	data := make([]byte, o.Size)
@@ -57,6 +74,11 @@ func RunFetch(ctx context.Context, r routing.Replica, o FetchOptions) (FetchResu
 		info, _, err := c.Put(ctx, r, data)
 		if err != nil {
 			return FetchResult{}, err
+		}
+		if ct != nil {
+			if _, _, err := ct.Put(ctx, o.TLSStore, data); err != nil {
+				return FetchResult{}, err
+			}
 		}
 		refs[i] = client.Ref{Digest: info.Digest, Size: o.Size}
 	}
@@ -72,6 +94,10 @@ func RunFetch(ctx context.Context, r routing.Replica, o FetchOptions) (FetchResu
 		func(ref client.Ref) error { return c.Fetch(ctx, ref, replicas, dst) },
 		func(ref client.Ref) error { return raw.copy(ref.Digest, dst) },
 		func(ref client.Ref) error { return g.Fetch(ctx, ref, replicas, dst) },
+	}
+	if ct != nil {
+		tlsReplicas := []routing.Replica{o.TLSStore}
+		methods = append(methods, func(ref client.Ref) error { return ct.Fetch(ctx, ref, tlsReplicas, dst) })
 	}
 	// Warm every path up, then interleave the methods blob by blob, so that the VM's and the
 	// link's ups and downs fall on all of them alike; each round's rate per method is its bytes over
@@ -102,6 +128,11 @@ func RunFetch(ctx context.Context, r routing.Replica, o FetchOptions) (FetchResu
 	res.FetchBytesPerSecond, res.TCPBytesPerSecond, res.GRPCBytesPerSecond = best[0], best[1], best[2]
 	res.Ratio = res.FetchBytesPerSecond / res.TCPBytesPerSecond
 	res.GRPCRatio = res.GRPCBytesPerSecond / res.TCPBytesPerSecond
+	if ct != nil {
+		res.TLSBytesPerSecond = best[3]
+		res.TLSRatio = res.TLSBytesPerSecond / res.TCPBytesPerSecond
+		res.TLSOverPlaintext = res.TLSBytesPerSecond / res.FetchBytesPerSecond
+	}
 	return res, nil
 }
 

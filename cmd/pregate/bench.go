@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pregate/pregate/bench"
+	"github.com/pregate/pregate/internal/tlsutil"
 	"github.com/pregate/pregate/model"
 	"github.com/pregate/pregate/routing"
 	"github.com/pregate/pregate/worker"
@@ -108,8 +109,9 @@ func newBenchFetchCmd() *cobra.Command {
 		size   = byteSize(16 << 20)
 		count  int
 		rounds int
-		chunk  = byteSize(1 << 20)
-		output string
+		chunk   = byteSize(1 << 20)
+		output  string
+		withTLS bool
 	)
 	cmd := &cobra.Command{
 		Use:   "fetch [--size BYTES] [--count N] -o json",
@@ -122,12 +124,34 @@ func newBenchFetchCmd() *cobra.Command {
 			if count <= 0 || size <= 0 {
 				return fmt.Errorf("--count %d, --size %d: want positive", count, size)
 			}
-			r, stop, err := spawnStore(cmd.Context(), int64(size)*int64(count)*2, int(chunk))
+			r, stop, err := spawnStore(cmd.Context(), int64(size)*int64(count)*2, int(chunk), nil)
 			if err != nil {
 				return err
 			}
 			defer stop()
-			res, err := bench.RunFetch(cmd.Context(), r, bench.FetchOptions{Size: int64(size), Count: count, Rounds: rounds, MinBytes: 2 << 30})
+			opts := bench.FetchOptions{Size: int64(size), Count: count, Rounds: rounds, MinBytes: 2 << 30}
+			if withTLS {
+				// A throwaway CA: a second store with mutual TLS, and a client certificate.
+				dir, err := os.MkdirTemp("", "pregate-bench-tls-")
+				if err != nil {
+					return err
+				}
+				defer os.RemoveAll(dir)
+				storeFiles, clientFiles, err := benchCerts(dir)
+				if err != nil {
+					return err
+				}
+				tr, tstop, err := spawnStore(cmd.Context(), int64(size)*int64(count)*2, int(chunk), &storeFiles)
+				if err != nil {
+					return err
+				}
+				defer tstop()
+				if opts.TLS, err = tlsutil.Load(clientFiles); err != nil {
+					return err
+				}
+				opts.TLSStore = tr
+			}
+			res, err := bench.RunFetch(cmd.Context(), r, opts)
 			if err != nil {
 				return err
 			}
@@ -139,6 +163,9 @@ func newBenchFetchCmd() *cobra.Command {
 			fmt.Fprintf(w, "tcp (raw)   %6.2f   1.00\n", res.TCPBytesPerSecond/1e9)
 			fmt.Fprintf(w, "fetch       %6.2f   %.2f\n", res.FetchBytesPerSecond/1e9, res.Ratio)
 			fmt.Fprintf(w, "fetch grpc  %6.2f   %.2f\n", res.GRPCBytesPerSecond/1e9, res.GRPCRatio)
+			if res.TLSBytesPerSecond > 0 {
+				fmt.Fprintf(w, "fetch tls   %6.2f   %.2f   (%.2f of the plaintext fetch)\n", res.TLSBytesPerSecond/1e9, res.TLSRatio, res.TLSOverPlaintext)
+			}
 			return nil
 		},
 	}
@@ -147,13 +174,36 @@ func newBenchFetchCmd() *cobra.Command {
 	f.IntVar(&count, "count", 8, "blobs")
 	f.Var(&chunk, "chunk", "the store's chunk size")
 	f.IntVar(&rounds, "rounds", 3, "alternating measurement rounds (best of each is reported)")
+	f.BoolVar(&withTLS, "tls", false, "also fetch over mutual TLS, from a second store started with TLS")
 	f.StringVarP(&output, "output", "o", "table", "table or json")
 	return cmd
 }
 
-// spawnStore starts `pregate store` as a child process on loopback (memory only, no gossip) and
-// waits for its ready file.
-func spawnStore(ctx context.Context, memory int64, chunk int) (routing.Replica, func(), error) {
+// benchCerts makes a CA in dir and issues a store certificate for 127.0.0.1 and an admin one for
+// the benchmark's client.
+func benchCerts(dir string) (store, client tlsutil.Files, err error) {
+	caCert, caKey, err := tlsutil.NewCA("bench", time.Hour)
+	if err != nil {
+		return store, client, err
+	}
+	write := func(role, name string) (tlsutil.Files, error) {
+		c, k, err := tlsutil.Issue(caCert, caKey, tlsutil.Identity{Role: role, Name: name}, []string{"127.0.0.1", "localhost"}, time.Hour)
+		if err != nil {
+			return tlsutil.Files{}, err
+		}
+		f := tlsutil.Files{CA: filepath.Join(dir, "ca.crt"), Cert: filepath.Join(dir, name+".crt"), Key: filepath.Join(dir, name+".key")}
+		return f, writeSecretFiles(dir, map[string][]byte{"ca.crt": caCert, name + ".crt": c, name + ".key": k})
+	}
+	if store, err = write(tlsutil.RoleStore, "bench-store"); err != nil {
+		return store, client, err
+	}
+	client, err = write(tlsutil.RoleAdmin, "bench")
+	return store, client, err
+}
+
+// spawnStore starts `pregate store` as a child process on loopback (memory only, no gossip, with
+// mutual TLS when tlsFiles is set) and waits for its ready file.
+func spawnStore(ctx context.Context, memory int64, chunk int, tlsFiles *tlsutil.Files) (routing.Replica, func(), error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return routing.Replica{}, nil, err
@@ -166,6 +216,9 @@ func spawnStore(ctx context.Context, memory int64, chunk int) (routing.Replica, 
 	child := exec.Command(exe, "store", "--no-gossip", "--node-name", "bench-store", "--listen", "127.0.0.1:0",
 		"--data-listen", "127.0.0.1:0", "--http", "", "--memory-limit", fmt.Sprint(memory), "--max-blob", fmt.Sprint(memory), "--max-inflight", fmt.Sprint(memory),
 		"--chunk-size", fmt.Sprint(chunk), "--ready-file", ready, "--log-level", "warn")
+	if tlsFiles != nil {
+		child.Args = append(child.Args, "--tls-ca", tlsFiles.CA, "--tls-cert", tlsFiles.Cert, "--tls-key", tlsFiles.Key)
+	}
 	child.Stderr = os.Stderr
 	if err := child.Start(); err != nil {
 		os.RemoveAll(dir)
