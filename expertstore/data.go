@@ -11,6 +11,7 @@ import (
 
 	"github.com/pregate/pregate/expertstore/blob"
 	"github.com/pregate/pregate/expertstore/dataplane"
+	"github.com/pregate/pregate/internal/tlsutil"
 )
 
 // serveData accepts data-plane connections until the listener closes: on shutdown it returns nil,
@@ -50,8 +51,10 @@ func (s *Server) serveData(context.Context) error {
 // serveDataConn answers the requests of one connection, one after another (after its TLS
 // handshake, with TLS: a peer without a certificate of the cluster's CA gets nothing).
 func (s *Server) serveDataConn(c net.Conn) error {
+	var bulk *tlsutil.Bulk
 	if s.cfg.TLS != nil {
-		tc := tls.Server(c, s.cfg.TLS.ServerConfig())
+		bulk = tlsutil.NewBulk(c)
+		tc := tls.Server(bulk, s.cfg.TLS.ServerConfig())
 		tc.SetDeadline(time.Now().Add(s.cfg.WriteTimeout)) //nolint:errcheck // a closed conn fails the handshake
 		if err := tc.Handshake(); err != nil {
 			return fmt.Errorf("TLS handshake: %w", err)
@@ -74,7 +77,15 @@ func (s *Server) serveDataConn(c net.Conn) error {
 		}
 		start := time.Now()
 		s.inflightReqs.Add(1)
+		if bulk != nil {
+			bulk.Cork() // the answer's records leave in large writes, the last with Flush
+		}
 		err = s.serveDataRequest(c, req, hdr)
+		if bulk != nil {
+			if ferr := bulk.Flush(); err == nil {
+				err = ferr
+			}
+		}
 		s.inflightReqs.Add(-1)
 		s.metrics.observeData(opName(req.Op), start, err)
 		if err != nil {

@@ -9,6 +9,7 @@
 package tlsutil
 
 import (
+	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -322,3 +323,41 @@ func (g grpcCreds) Clone() credentials.TransportCredentials { return g }
 
 //nolint:staticcheck // part of the interface, deprecated upstream
 func (g grpcCreds) OverrideServerName(string) error { return nil }
+
+// Bulk wraps a connection for bulk transfers under TLS: crypto/tls writes each 16 KiB record with
+// a system call of its own and reads a record at a time, which caps a store's data plane near
+// 1.2 GB/s on a machine that seals 6.6 GB/s. Reads go through a large buffer (many records per
+// system call); writes are coalesced while corked (Cork, then Flush after the last record of a
+// burst) and go straight out otherwise, so the handshake and small answers are not delayed.
+type Bulk struct {
+	net.Conn
+	rd     *bufio.Reader
+	wr     *bufio.Writer
+	corked bool
+}
+
+// bulkBuffer is how much Bulk reads and writes per system call.
+const bulkBuffer = 256 << 10
+
+// NewBulk wraps c.
+func NewBulk(c net.Conn) *Bulk {
+	return &Bulk{Conn: c, rd: bufio.NewReaderSize(c, bulkBuffer), wr: bufio.NewWriterSize(c, bulkBuffer)}
+}
+
+func (b *Bulk) Read(p []byte) (int, error) { return b.rd.Read(p) }
+
+func (b *Bulk) Write(p []byte) (int, error) {
+	if !b.corked {
+		return b.Conn.Write(p)
+	}
+	return b.wr.Write(p)
+}
+
+// Cork starts coalescing writes.
+func (b *Bulk) Cork() { b.corked = true }
+
+// Flush sends what was coalesced and stops coalescing.
+func (b *Bulk) Flush() error {
+	b.corked = false
+	return b.wr.Flush()
+}
