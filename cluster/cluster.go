@@ -27,6 +27,7 @@ import (
 	"github.com/pregate/pregate/internal/embedetcd"
 	"github.com/pregate/pregate/internal/membership"
 	"github.com/pregate/pregate/internal/placement"
+	"github.com/pregate/pregate/internal/tlsutil"
 )
 
 // Config configures a local cluster.
@@ -45,6 +46,9 @@ type Config struct {
 	Fast bool
 	// Persist keeps store blobs on disk under Dir (otherwise in RAM only).
 	Persist bool
+	// TLS turns on mutual TLS between the stores and their clients: a CA in Dir/certs, a
+	// certificate per node (Local.TLS gives one to a worker or an importer).
+	TLS bool
 	// Coordinator, when set, adjusts every coordinator's configuration last.
 	Coordinator func(*coordinator.Config)
 	// Logger receives every component's logs; nil discards them.
@@ -63,6 +67,8 @@ type Local struct {
 	ports  map[string]storePorts // each store's ports, kept across restarts
 	seeds  []string              // gossip addresses to join
 	next   int                   // the next store number
+
+	caCert, caKey []byte // with Config.TLS
 }
 
 // Start starts etcd, the coordinator and cfg.Stores stores. On an error everything started is
@@ -79,6 +85,11 @@ func Start(cfg Config) (c *Local, err error) {
 			c.Close()
 		}
 	}()
+	if cfg.TLS {
+		if c.caCert, c.caKey, err = tlsutil.NewCA("local", 10*365*24*time.Hour); err != nil {
+			return nil, err
+		}
+	}
 	ec := embedetcd.DefaultConfig()
 	ec.Dir = filepath.Join(cfg.Dir, "etcd")
 	ec.ClientURL, ec.PeerURL = "", ""
@@ -100,6 +111,29 @@ func Start(cfg Config) (c *Local, err error) {
 		}
 	}
 	return c, nil
+}
+
+// TLS returns the mutual TLS of a node named name with role (a certificate issued now, in
+// Dir/certs), nil without Config.TLS.
+func (c *Local) TLS(role, name string) (*tlsutil.Reloader, error) {
+	if c.caCert == nil {
+		return nil, nil
+	}
+	cert, key, err := tlsutil.Issue(c.caCert, c.caKey, tlsutil.Identity{Role: role, Name: name}, []string{"127.0.0.1", "localhost"}, 365*24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(c.cfg.Dir, "certs")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	f := tlsutil.Files{CA: filepath.Join(dir, "ca.crt"), Cert: filepath.Join(dir, name+".crt"), Key: filepath.Join(dir, name+".key")}
+	for path, b := range map[string][]byte{f.CA: c.caCert, f.Cert: cert, f.Key: key} {
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			return nil, err
+		}
+	}
+	return tlsutil.Load(f)
 }
 
 func (c *Local) gossip() *membership.Config {
@@ -151,6 +185,12 @@ func (c *Local) StartCoordinatorWith(adjust func(*coordinator.Config)) (*coordin
 	}
 	if adjust != nil {
 		adjust(&cc)
+	}
+	if cc.TLS == nil {
+		var err error
+		if cc.TLS, err = c.TLS(tlsutil.RoleCoordinator, cc.Name); err != nil {
+			return nil, err
+		}
 	}
 	co, err := coordinator.New(cc)
 	if err != nil {
@@ -246,6 +286,10 @@ func (c *Local) StartStore(name string) (*expertstore.Server, error) {
 	sc.MemoryLimit = c.cfg.StoreCapacity
 	sc.MaxBlobBytes = min(sc.MaxBlobBytes, c.cfg.StoreCapacity)
 	sc.Logger = c.cfg.Logger
+	var err error
+	if sc.TLS, err = c.TLS(tlsutil.RoleStore, name); err != nil {
+		return nil, err
+	}
 	s, err := expertstore.New(sc)
 	if err != nil {
 		return nil, err

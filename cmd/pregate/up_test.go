@@ -11,6 +11,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pregate/pregate/expertstore/client"
+	"github.com/pregate/pregate/routing"
 )
 
 // TestUpDemoServes runs `pregate up --demo` as the README does, waits for cluster.json, and sends
@@ -63,6 +66,18 @@ func TestUpDemoServes(t *testing.T) {
 	}
 	if resp.StatusCode != 200 || json.Unmarshal(raw, &c) != nil || len(c.Choices) != 1 || len(c.Choices[0].TokenIDs) != 8 {
 		t.Fatalf("completion: %s %s", resp.Status, raw)
+	}
+	// Mutual TLS is on by default: the certificates are in the data dir, and a plaintext client
+	// gets nothing from a store (the worker's completion above went over TLS).
+	if _, err := os.Stat(filepath.Join(dir, "certs", "ca.crt")); err != nil {
+		t.Errorf("no CA in the data dir: %v", err)
+	}
+	plain := client.New(client.Config{AttemptTimeout: 2 * time.Second})
+	defer plain.Close()
+	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer scancel()
+	if _, err := plain.Stats(sctx, routing.Replica{Store: "store-0", GRPCAddr: cf.Stores[0]}); err == nil {
+		t.Error("a plaintext client was answered by a store of `pregate up`")
 	}
 	// `pregate complete`, the smoke test `helm test` runs, against the same worker.
 	out, stderrOut, err := runCmd(t, "complete", "--url", cf.WorkerHTTP, "--model", cf.Model, "--prompt-ids", "1 2 3", "--max-tokens", "4")

@@ -13,6 +13,7 @@ import (
 	"github.com/pregate/pregate/cluster"
 	"github.com/pregate/pregate/coordinator"
 	"github.com/pregate/pregate/expertstore/client"
+	"github.com/pregate/pregate/internal/tlsutil"
 	"github.com/pregate/pregate/model"
 	"github.com/pregate/pregate/model/synth"
 	"github.com/pregate/pregate/worker"
@@ -133,7 +134,7 @@ type clusterFile struct {
 func newUpCmd() *cobra.Command {
 	var (
 		dir, name, mode, httpAddr, dataDir, lv string
-		demo                                   bool
+		demo, noTLS                            bool
 		stores, replicas                       int
 		cache                                  = byteSize(1 << 30)
 		capacity                               = byteSize(4 << 30)
@@ -141,7 +142,8 @@ func newUpCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "up [--model DIR | --demo]",
 		Short: "Run a whole cluster in this process (embedded etcd, coordinator, stores, worker) and serve a model",
-		Long: "Run everything on 127.0.0.1: an embedded etcd, a coordinator, --stores stores and a worker; import\n" +
+		Long: "Run everything on 127.0.0.1: an embedded etcd, a coordinator, --stores stores and a worker (the\n" +
+			"stores and their clients under mutual TLS, unless --no-tls); import\n" +
 			"the model and serve the OpenAI API on --http until interrupted. --demo synthesises a small\n" +
 			"random-weight model. Where each part listens is printed and written to <data-dir>/cluster.json.",
 		Args: cobra.NoArgs,
@@ -173,7 +175,7 @@ func newUpCmd() *cobra.Command {
 				name = filepath.Base(filepath.Clean(dir))
 			}
 			lc, err := cluster.Start(cluster.Config{Dir: dataDir, Stores: stores, Replicas: replicas,
-				StoreCapacity: int64(capacity), Persist: true, Logger: log})
+				StoreCapacity: int64(capacity), Persist: true, TLS: !noTLS, Logger: log})
 			if err != nil {
 				return err
 			}
@@ -181,7 +183,11 @@ func newUpCmd() *cobra.Command {
 			if err := lc.WaitStores(ctx, stores); err != nil {
 				return err
 			}
-			rep, err := coordinator.Import(ctx, lc.Placement(), coordinator.ImportOptions{Dir: dir, Name: name, Progress: plainProgress(out, name)})
+			importTLS, err := lc.TLS(tlsutil.RoleImporter, "import")
+			if err != nil {
+				return err
+			}
+			rep, err := coordinator.Import(ctx, lc.Placement(), coordinator.ImportOptions{Dir: dir, Name: name, Progress: plainProgress(out, name), TLS: importTLS})
 			if err != nil {
 				return err
 			}
@@ -189,6 +195,9 @@ func newUpCmd() *cobra.Command {
 			wc := worker.DefaultConfig()
 			wc.Name, wc.EtcdEndpoints, wc.Model, wc.Mode = "worker-0", lc.EtcdEndpoints(), name, m
 			wc.ExpertCache, wc.HTTPAddr, wc.DataDir, wc.Logger = int64(cache), httpAddr, filepath.Join(dataDir, "worker"), log
+			if wc.TLS, err = lc.TLS(tlsutil.RoleWorker, wc.Name); err != nil {
+				return err
+			}
 			w, err := worker.New(wc)
 			if err != nil {
 				return err
@@ -223,6 +232,7 @@ func newUpCmd() *cobra.Command {
 	f.Var(&cache, "expert-cache", "the worker's expert cache")
 	f.Var(&capacity, "store-capacity", "each store's memory limit")
 	f.StringVar(&lv, "log-level", "warn", "debug, info, warn or error")
+	f.BoolVar(&noTLS, "no-tls", false, "plaintext between the stores and their clients (mutual TLS is on by default, certificates in <data-dir>/certs)")
 	return cmd
 }
 
