@@ -16,8 +16,10 @@ import (
 
 	"github.com/pregate/pregate/cluster"
 	"github.com/pregate/pregate/coordinator"
+	"github.com/pregate/pregate/expertstore"
 	"github.com/pregate/pregate/internal/membership"
 	"github.com/pregate/pregate/internal/placement"
+	"github.com/pregate/pregate/internal/tlsutil"
 )
 
 // TestStoreRestartMovesNothing stops a store gracefully (SIGTERM's path) and starts it again on its
@@ -322,5 +324,55 @@ func TestScaleOutWaitsForTheNextStore(t *testing.T) {
 	t.Logf("moved %d bytes, the new stores hold %d", moved, onNew)
 	if onNew == 0 || moved != onNew {
 		t.Errorf("moved %d bytes for %d now on the new stores: want them equal (each blob moved once)", moved, onNew)
+	}
+}
+
+// TestImpostorStoreGetsNothing is the attack that took the whole model: a node joins the gossip
+// as a store with a huge capacity. With TLS, it holds a real certificate of the cluster — but a
+// worker's, not a store's of its name — so it never answers a probe as that store, is never
+// verified, and no blob is placed on it; the real stores keep every replica.
+func TestImpostorStoreGetsNothing(t *testing.T) {
+	lc := startClusterWith(t, cluster.Config{Stores: 3, Replicas: 2, StoreCapacity: 256 << 20, TLS: true})
+	importer, err := lc.TLS(tlsutil.RoleImporter, "import")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := coordinator.Import(ctxFor(t, 60*time.Second), lc.Placement(), coordinator.ImportOptions{Dir: "../testdata/mixtral-tiny", Name: "m", TLS: importer}); err != nil {
+		t.Fatal(err)
+	}
+	waitConverged(t, lc, 3)
+	stolen, err := lc.TLS(tlsutil.RoleWorker, "worker-7") // a certificate of the cluster, another role's
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := expertstore.DefaultConfig()
+	cfg.NodeName, cfg.ListenAddr, cfg.MemoryLimit, cfg.MaxBlobBytes = "store-rogue", "127.0.0.1:0", 1<<40, 1<<30
+	cfg.TLS = stolen
+	g := membership.DefaultConfig()
+	g.BindAddr, g.BindPort, g.Join = "127.0.0.1", 0, []string{lc.Coordinator().GossipAddr()}
+	g.FastTimers()
+	cfg.Gossip = &g
+	rogue, err := expertstore.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rogue.Close()
+	co := lc.Coordinator()
+	for start := co.Passes(); co.Passes() < start+10; time.Sleep(20 * time.Millisecond) {
+	}
+	st := readStatus(t, lc)
+	for _, s := range st.Stores {
+		if s.Name == "store-rogue" && (s.State == "alive" || s.Blobs > 0) {
+			t.Errorf("the impostor: %+v", s)
+		}
+	}
+	if n := rogue.Stats().Blobs; n != 0 {
+		t.Errorf("the impostor holds %d blobs", n)
+	}
+	if st.Summary.ExpertsUnderReplicated != 0 || st.Summary.ExpertsUnavailable != 0 || st.Summary.StoresAlive != 3 {
+		t.Errorf("status with the impostor: %+v", st.Summary)
+	}
+	if n := co.BytesCopied(); n != 0 {
+		t.Errorf("%d bytes copied: placement moved with the impostor in the gossip", n)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/pregate/pregate/expertstore/client"
 	"github.com/pregate/pregate/internal/membership"
 	"github.com/pregate/pregate/internal/placement"
+	"github.com/pregate/pregate/internal/tlsutil"
 	"github.com/pregate/pregate/routing"
 )
 
@@ -543,6 +544,13 @@ func (c *Coordinator) observeStores(ctx context.Context) (map[string]storeView, 
 				results <- probe{name: name}
 				return
 			}
+			// With TLS, a store is who its certificate says, not who it gossips it is: a node
+			// whose certificate is not the store's of that name is never taken as answering.
+			if c.cfg.TLS != nil && st.Identity != (tlsutil.Identity{Role: tlsutil.RoleStore, Name: name}) {
+				c.log.Warn("a store's certificate does not name it: not a placement target", "store", name, "certificate", st.Identity)
+				results <- probe{name: name}
+				return
+			}
 			results <- probe{name: name, stats: &st}
 		}()
 	}
@@ -573,6 +581,7 @@ func (c *Coordinator) observeStores(ctx context.Context) (map[string]storeView, 
 			state = old[name].State // a coordinator that started since: the record knows
 		}
 		if answered {
+			r.Verified = true
 			r.Capacity, r.Used, r.Blobs, r.Epoch = st.CapacityBytes, st.UsedBytes, st.Blobs, st.Epoch
 			if st.DataAddr != "" {
 				r.DataAddr = st.DataAddr
@@ -599,7 +608,7 @@ func (c *Coordinator) observeStores(ctx context.Context) (map[string]storeView, 
 		// whose stores rejoin one by one while the records still hold their old addresses, must not
 		// shrink every blob onto the first store back).
 		views[name] = storeView{rec: r, draining: drains[name], live: live,
-			target: live && !drains[name] && r.Capacity > 0}
+			target: live && !drains[name] && r.Capacity > 0 && (c.cfg.TLS == nil || r.Verified)}
 		if o, had := old[name]; !had || recordChanged(o, r) {
 			r.Updated = now
 			writes = append(writes, r)

@@ -7,9 +7,12 @@ import (
 	"io"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 
 	"github.com/pregate/pregate/api/storepb"
 	"github.com/pregate/pregate/expertstore/blob"
+	"github.com/pregate/pregate/internal/tlsutil"
 	"github.com/pregate/pregate/routing"
 )
 
@@ -37,7 +40,9 @@ func blobInfo(b *storepb.BlobInfo) (BlobInfo, error) {
 
 // StoreStats are a store's counters.
 type StoreStats struct {
-	Node                  string
+	Node string
+	// Identity is what the store's certificate says it is (zero over plaintext).
+	Identity              tlsutil.Identity
 	Blobs                 int64
 	UsedBytes             int64
 	CapacityBytes         int64
@@ -77,11 +82,16 @@ func (c *Client) Stats(ctx context.Context, r routing.Replica) (StoreStats, erro
 	if err != nil {
 		return StoreStats{}, err
 	}
-	st, err := a.ExpertStoreClient.Stats(ctx, &storepb.StatsRequest{})
+	var p peer.Peer
+	st, err := a.ExpertStoreClient.Stats(ctx, &storepb.StatsRequest{}, grpc.Peer(&p))
 	if err != nil {
 		return StoreStats{}, a.wrap("stats", err)
 	}
-	return StoreStats{Node: st.Node, Blobs: st.Blobs, UsedBytes: st.UsedBytes, CapacityBytes: st.CapacityBytes,
+	var id tlsutil.Identity
+	if info, ok := p.AuthInfo.(credentials.TLSInfo); ok {
+		id, _ = tlsutil.PeerIdentity(info.State)
+	}
+	return StoreStats{Node: st.Node, Identity: id, Blobs: st.Blobs, UsedBytes: st.UsedBytes, CapacityBytes: st.CapacityBytes,
 		Quarantined: st.Quarantined, InflightBytes: st.InflightBytes, Fetches: st.Fetches, FetchedBytes: st.FetchedBytes,
 		Rejected: st.Rejected, CompressedBytes: st.CompressedBytes, DataAddr: st.DataAddr, Epoch: st.Epoch}, nil
 }

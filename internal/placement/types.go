@@ -196,6 +196,10 @@ type StoreRecord struct {
 	Used       int64  `json:"used"`     // bytes it holds
 	Blobs      int64  `json:"blobs"`
 	Epoch      uint64 `json:"epoch"` // the store's incarnation (as gossiped)
+	// Verified: the store has answered a coordinator's probe as itself (with TLS, over a
+	// certificate naming it). With TLS only a verified store is given blobs: a node that merely
+	// gossips that it is a store, or holds another role's certificate, never is.
+	Verified bool `json:"verified,omitempty"`
 	// Joined is when a coordinator first saw the store; Since when State last changed.
 	Joined  time.Time `json:"joined"`
 	Since   time.Time `json:"since"`
