@@ -77,6 +77,7 @@ bench-decode: build
 	BENCH_DIR=$(DATA)/bench ./scripts/bench-decode.sh
 
 lint:
+	@unformatted=$$(gofmt -l . | grep -v '^bin/'); if [ -n "$$unformatted" ]; then echo "gofmt would change: $$unformatted"; exit 1; fi
 	$(GO) vet $(PKGS)
 	CGO_ENABLED=0 $(GO) vet $(PKGS)
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) $(PKGS)

@@ -36,15 +36,15 @@ type Tracer interface {
 
 // PipelineConfig configures a Pipeline.
 type PipelineConfig struct {
-	Mode        Mode
-	Device      Device
-	Fetcher     Fetcher
-	Names       model.ExpertNamer // the tensors of an expert's blob
+	Mode    Mode
+	Device  Device
+	Fetcher Fetcher
+	Names   model.ExpertNamer // the tensors of an expert's blob
 	// Shapes are the [rows, cols] of an expert's w1, w3 and w2 under the model's config
 	// (model.ExpertShapes); a blob whose tensors differ is refused. A zero shape is not checked.
-	Shapes [3][2]int
-	NumExperts  []int             // per MoE block
-	Tracer      Tracer            // nil: none
+	Shapes      [3][2]int
+	NumExperts  []int  // per MoE block
+	Tracer      Tracer // nil: none
 	CacheBudget int64
 	// Staging is the number of pinned staging buffers (fetches in flight at once), default 4.
 	Staging  int

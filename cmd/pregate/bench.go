@@ -106,9 +106,9 @@ func newBenchCmd() *cobra.Command {
 
 func newBenchFetchCmd() *cobra.Command {
 	var (
-		size   = byteSize(16 << 20)
-		count  int
-		rounds int
+		size    = byteSize(16 << 20)
+		count   int
+		rounds  int
 		chunk   = byteSize(1 << 20)
 		output  string
 		withTLS bool
