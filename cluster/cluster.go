@@ -119,19 +119,10 @@ func (c *Local) TLS(role, name string) (*tlsutil.Reloader, error) {
 	if c.caCert == nil {
 		return nil, nil
 	}
-	cert, key, err := tlsutil.Issue(c.caCert, c.caKey, tlsutil.Identity{Role: role, Name: name}, []string{"127.0.0.1", "localhost"}, 365*24*time.Hour)
+	f, err := tlsutil.IssueFiles(filepath.Join(c.cfg.Dir, "certs"), c.caCert, c.caKey, tlsutil.Identity{Role: role, Name: name},
+		[]string{"127.0.0.1", "localhost"}, 365*24*time.Hour)
 	if err != nil {
 		return nil, err
-	}
-	dir := filepath.Join(c.cfg.Dir, "certs")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
-	f := tlsutil.Files{CA: filepath.Join(dir, "ca.crt"), Cert: filepath.Join(dir, name+".crt"), Key: filepath.Join(dir, name+".key")}
-	for path, b := range map[string][]byte{f.CA: c.caCert, f.Cert: cert, f.Key: key} {
-		if err := os.WriteFile(path, b, 0o600); err != nil {
-			return nil, err
-		}
 	}
 	return tlsutil.Load(f)
 }

@@ -21,19 +21,21 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/pregate/pregate/internal/netaddr"
 )
 
-// The ports every role listens on: the daemons' defaults (docs/ARCHITECTURE.md, "Across hosts").
-// One daemon runs per host (namespace), as in a pod, so every daemon keeps its default ports and
-// binds 0.0.0.0; the roles below pass none of them.
+// The ports every role listens on: the daemons' defaults (internal/netaddr's table). One daemon
+// runs per host (namespace), as in a pod, so every daemon keeps its default ports and binds
+// 0.0.0.0; the roles below pass none of them.
 const (
-	CoordinatorHTTPPort = 7080
-	EtcdPeerPort        = 2380
-	GossipPort          = 7946
-	StoreGRPCPort       = 7070
-	StoreDataPort       = 7071
-	StoreHTTPPort       = 7072
-	WorkerHTTPPort      = 8000
+	CoordinatorHTTPPort = netaddr.CoordinatorHTTPPort
+	EtcdPeerPort        = netaddr.EtcdPeerPort
+	GossipPort          = netaddr.GossipPort
+	StoreGRPCPort       = netaddr.StoreGRPCPort
+	StoreDataPort       = netaddr.StoreDataPort
+	StoreHTTPPort       = netaddr.StoreHTTPPort
+	WorkerHTTPPort      = netaddr.WorkerHTTPPort
 )
 
 // Host is what a role needs to know about the node it runs on.

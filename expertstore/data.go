@@ -53,7 +53,7 @@ func (s *Server) serveData(context.Context) error {
 func (s *Server) serveDataConn(c net.Conn) error {
 	var bulk *tlsutil.Bulk
 	if s.cfg.TLS != nil {
-		bulk = tlsutil.NewBulk(c)
+		bulk = tlsutil.NewBulkWriter(c)
 		tc := tls.Server(bulk, s.cfg.TLS.ServerConfig())
 		tc.SetDeadline(time.Now().Add(s.cfg.WriteTimeout)) //nolint:errcheck // a closed conn fails the handshake
 		if err := tc.Handshake(); err != nil {

@@ -3,8 +3,6 @@ package expertstore_test
 import (
 	"context"
 	"net"
-	"os"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -34,15 +32,9 @@ func newPKI(t *testing.T) *testPKI {
 
 func (p *testPKI) node(t *testing.T, role, name string) *tlsutil.Reloader {
 	t.Helper()
-	c, k, err := tlsutil.Issue(p.caCert, p.caKey, tlsutil.Identity{Role: role, Name: name}, []string{"127.0.0.1"}, time.Hour)
+	f, err := tlsutil.IssueFiles(p.dir, p.caCert, p.caKey, tlsutil.Identity{Role: role, Name: name}, []string{"127.0.0.1"}, time.Hour)
 	if err != nil {
 		t.Fatal(err)
-	}
-	f := tlsutil.Files{CA: filepath.Join(p.dir, "ca.crt"), Cert: filepath.Join(p.dir, name+".crt"), Key: filepath.Join(p.dir, name+".key")}
-	for path, b := range map[string][]byte{f.CA: p.caCert, f.Cert: c, f.Key: k} {
-		if err := os.WriteFile(path, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
 	}
 	r, err := tlsutil.Load(f)
 	if err != nil {

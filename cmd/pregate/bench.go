@@ -187,12 +187,7 @@ func benchCerts(dir string) (store, client tlsutil.Files, err error) {
 		return store, client, err
 	}
 	write := func(role, name string) (tlsutil.Files, error) {
-		c, k, err := tlsutil.Issue(caCert, caKey, tlsutil.Identity{Role: role, Name: name}, []string{"127.0.0.1", "localhost"}, time.Hour)
-		if err != nil {
-			return tlsutil.Files{}, err
-		}
-		f := tlsutil.Files{CA: filepath.Join(dir, "ca.crt"), Cert: filepath.Join(dir, name+".crt"), Key: filepath.Join(dir, name+".key")}
-		return f, writeSecretFiles(dir, map[string][]byte{"ca.crt": caCert, name + ".crt": c, name + ".key": k})
+		return tlsutil.IssueFiles(dir, caCert, caKey, tlsutil.Identity{Role: role, Name: name}, []string{"127.0.0.1", "localhost"}, time.Hour)
 	}
 	if store, err = write(tlsutil.RoleStore, "bench-store"); err != nil {
 		return store, client, err

@@ -68,23 +68,20 @@ func newCertsCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("the CA: %w", err)
 			}
-			c, k, err := tlsutil.Issue(caCert, caKey, tlsutil.Identity{Role: role, Name: name}, hosts, time.Duration(days)*24*time.Hour)
+			f, err := tlsutil.IssueFiles(dir, caCert, caKey, tlsutil.Identity{Role: role, Name: name}, hosts, time.Duration(days)*24*time.Hour)
 			if err != nil {
 				return err
 			}
-			if err := writeSecretFiles(dir, map[string][]byte{name + ".crt": c, name + ".key": k}); err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s\n%s\n", filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key"))
+			fmt.Fprintf(cmd.OutOrStdout(), "%s\n%s\n", f.Cert, f.Key)
 			return nil
 		},
 	}
 	issue.Flags().StringVar(&role, "role", "", "coordinator, store, worker, importer or admin")
 	issue.Flags().StringVar(&name, "name", "", "the node's name (its --node-name)")
 	issue.Flags().StringSliceVar(&hosts, "host", []string{"localhost", "127.0.0.1"}, "DNS names and IPs the node serves on (its --advertise-host); repeat or comma-separate")
-	for _, c := range []*cobra.Command{ca, issue} {
+	for c, validity := range map[*cobra.Command]int{ca: 3650, issue: 365} {
 		c.Flags().StringVar(&dir, "dir", "pregate-certs", "directory of the CA and the certificates")
-		c.Flags().IntVar(&days, "days", map[*cobra.Command]int{ca: 3650, issue: 365}[c], "validity in days")
+		c.Flags().IntVar(&days, "days", validity, "validity in days")
 	}
 	cmd.AddCommand(ca, issue)
 	return cmd

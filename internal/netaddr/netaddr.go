@@ -89,24 +89,6 @@ func Publish(bound, advertise string) (string, error) {
 	return net.JoinHostPort(h, port), nil
 }
 
-// MustPublish is Publish for addresses known to be well formed (a listener's own); on an error it
-// returns bound unchanged.
-func MustPublish(bound, advertise string) string {
-	p, err := Publish(bound, advertise)
-	if err != nil {
-		return bound
-	}
-	return p
-}
-
-// Host returns the host part to advertise: advertise when set, else DefaultHost.
-func Host(advertise string) (string, error) {
-	if advertise != "" {
-		return advertise, nil
-	}
-	return DefaultHost()
-}
-
 // ResolveIP returns host as an IP address, resolving a DNS name (the first address, IPv4 first):
 // gossip advertises IPs only.
 func ResolveIP(ctx context.Context, host string) (string, error) {

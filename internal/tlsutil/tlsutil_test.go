@@ -6,23 +6,19 @@ import (
 	"io"
 
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 )
 
-// writeNode issues a certificate for id from the CA and writes ca.crt, <name>.crt and <name>.key.
+// writeNode issues a certificate for id from the CA into dir (IssueFiles).
 func writeNode(t *testing.T, dir string, caCert, caKey []byte, id Identity, hosts ...string) Files {
 	t.Helper()
-	cert, key, err := Issue(caCert, caKey, id, hosts, time.Hour)
+	f, err := IssueFiles(dir, caCert, caKey, id, hosts, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := Files{CA: filepath.Join(dir, "ca.crt"), Cert: filepath.Join(dir, id.Name+".crt"), Key: filepath.Join(dir, id.Name+".key")}
-	for p, b := range map[string][]byte{f.CA: caCert, f.Cert: cert, f.Key: key} {
-		if err := os.WriteFile(p, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
+	if st, err := os.Stat(f.Key); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file %s: %v %v", f.Key, st, err)
 	}
 	return f
 }
