@@ -19,7 +19,6 @@ type idleRecv struct {
 	msgs    chan recvResult
 	done    chan struct{}
 	timeout time.Duration
-	wg      sync.WaitGroup
 }
 
 type recvResult struct {
@@ -29,9 +28,7 @@ type recvResult struct {
 
 func recvIdle(stream storepb.ExpertStore_PutServer, timeout time.Duration) *idleRecv {
 	r := &idleRecv{msgs: make(chan recvResult), done: make(chan struct{}), timeout: timeout}
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
+	go func() { // ends with the stream: gRPC cancels it once the handler returns
 		for {
 			msg, err := stream.Recv()
 			select {
