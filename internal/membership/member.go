@@ -187,10 +187,14 @@ func (m *Member) joinRetrying(seeds []string, retry time.Duration) error {
 	}
 }
 
-// reconnect tries, every interval, to join one node this Member holds dead, picked at random, as
-// Serf's reconnector does: after a partition heals, each side holds the other dead and memberlist
-// stops gossiping to dead nodes after GossipToTheDeadTime, so without this the two halves would
-// never merge again. A node that answers refutes its death, and push/pull merges both views.
+// reconnect tries, every interval, to join one node this Member holds dead or stopped, picked at
+// random, as Serf's reconnector does: after a partition heals, each side holds the other dead and
+// memberlist stops gossiping to dead nodes after GossipToTheDeadTime, so without this the two
+// halves would never merge again. A node that answers refutes its death, and push/pull merges both
+// views. Stopped nodes too: a store restarted after a graceful stop comes back with an incarnation
+// below the one it left with, so its own alive messages are ignored until its refutation reaches
+// every node — gossip, with few retransmissions, can miss one (the fault suite saw a coordinator
+// hold a restarted store "stopped" for 30 s, until the next full push/pull).
 func (m *Member) reconnect(interval time.Duration) {
 	defer m.reconnectWG.Done()
 	t := time.NewTicker(interval)
@@ -203,7 +207,7 @@ func (m *Member) reconnect(interval time.Duration) {
 		}
 		var dead []Node
 		for _, n := range m.Members() {
-			if n.State == StateDead && n.Name != m.name {
+			if (n.State == StateDead || n.State == StateStopped) && n.Name != m.name {
 				dead = append(dead, n)
 			}
 		}
