@@ -9,6 +9,7 @@ package cluster
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -69,6 +70,7 @@ type Local struct {
 	next   int                   // the next store number
 
 	caCert, caKey []byte // with Config.TLS
+	gossipKey     []byte // with Config.TLS
 }
 
 // Start starts etcd, the coordinator and cfg.Stores stores. On an error everything started is
@@ -87,6 +89,10 @@ func Start(cfg Config) (c *Local, err error) {
 	}()
 	if cfg.TLS {
 		if c.caCert, c.caKey, err = tlsutil.NewCA("local", 10*365*24*time.Hour); err != nil {
+			return nil, err
+		}
+		c.gossipKey = make([]byte, 32) // with TLS, gossip is encrypted too (docs/SECURITY.md)
+		if _, err = rand.Read(c.gossipKey); err != nil {
 			return nil, err
 		}
 	}
@@ -127,6 +133,10 @@ func (c *Local) TLS(role, name string) (*tlsutil.Reloader, error) {
 	return tlsutil.Load(f)
 }
 
+// GossipConfig is the gossip configuration of a new node of the cluster (loopback, the cluster's
+// seeds and, with TLS, its gossip key).
+func (c *Local) GossipConfig() *membership.Config { return c.gossip() }
+
 func (c *Local) gossip() *membership.Config {
 	g := membership.DefaultConfig()
 	g.BindAddr, g.BindPort = "127.0.0.1", 0
@@ -137,6 +147,7 @@ func (c *Local) gossip() *membership.Config {
 	g.Join = slices.Clone(c.seeds)
 	c.mu.Unlock()
 	g.Logger = c.cfg.Logger
+	g.SecretKey = c.gossipKey
 	return &g
 }
 

@@ -103,6 +103,11 @@ type Config struct {
 	// OrphanGrace is how long a blob that no placement names may stay on a store before the leader
 	// deletes it (imports in progress are exempt).
 	OrphanGrace time.Duration
+	// MaxStoreCapacity caps the capacity any store is taken to have (0: what each reports). A
+	// store's capacity is what it answers over mutual TLS, not what it gossips, but a store's
+	// certificate in the wrong hands could still claim a terabyte and draw every blob to itself;
+	// the operator's cap (the chart sets it to the stores' memory limit) bounds that.
+	MaxStoreCapacity int64
 	// TLS, when set, is the coordinator's mutual TLS towards the stores (probes, copies, deletes).
 	TLS *tlsutil.Reloader
 	// Logger receives the coordinator's logs; nil discards them.
@@ -157,6 +162,8 @@ func (c Config) Validate() error {
 			c.Interval, c.SessionTTL, c.CopyParallelism, c.CopyTimeout, c.DeadGrace, c.RestartGrace)
 	case c.EtcdGiveUp <= 0:
 		return fmt.Errorf("coordinator: config: etcd give-up %v", c.EtcdGiveUp)
+	case c.MaxStoreCapacity < 0:
+		return fmt.Errorf("coordinator: config: max store capacity %d", c.MaxStoreCapacity)
 	case c.AntiEntropyInterval <= 0 || c.OrphanGrace < 0:
 		return fmt.Errorf("coordinator: config: anti-entropy interval %v, orphan grace %v", c.AntiEntropyInterval, c.OrphanGrace)
 	}

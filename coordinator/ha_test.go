@@ -348,10 +348,18 @@ func TestImpostorStoreGetsNothing(t *testing.T) {
 	cfg := expertstore.DefaultConfig()
 	cfg.NodeName, cfg.ListenAddr, cfg.MemoryLimit, cfg.MaxBlobBytes = "store-rogue", "127.0.0.1:0", 1<<40, 1<<30
 	cfg.TLS = stolen
+	// Without the cluster's gossip key it cannot even join.
 	g := membership.DefaultConfig()
 	g.BindAddr, g.BindPort, g.Join = "127.0.0.1", 0, []string{lc.Coordinator().GossipAddr()}
 	g.FastTimers()
 	cfg.Gossip = &g
+	if rogue, err := expertstore.New(cfg); err == nil {
+		rogue.Close()
+		t.Fatal("a node without the gossip key joined")
+	}
+	// With the key (an insider), it is in the gossip, but its certificate is a worker's.
+	cfg.Gossip = lc.GossipConfig()
+	cfg.Gossip.FastTimers()
 	rogue, err := expertstore.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -374,5 +382,47 @@ func TestImpostorStoreGetsNothing(t *testing.T) {
 	}
 	if n := co.BytesCopied(); n != 0 {
 		t.Errorf("%d bytes copied: placement moved with the impostor in the gossip", n)
+	}
+}
+
+// TestStoreCapacityCapped: a store with a genuine store certificate (stolen, or a store gone bad)
+// that reports a terabyte is taken to have at most the coordinator's --max-store-capacity, so it
+// draws no more blobs than an honest store would.
+func TestStoreCapacityCapped(t *testing.T) {
+	const capped = 256 << 20
+	lc := startClusterWith(t, cluster.Config{Stores: 2, Replicas: 2, StoreCapacity: capped, TLS: true,
+		Coordinator: func(c *coordinator.Config) { c.MaxStoreCapacity = capped }})
+	big, err := lc.TLS(tlsutil.RoleStore, "store-big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := expertstore.DefaultConfig()
+	cfg.NodeName, cfg.ListenAddr, cfg.MemoryLimit, cfg.MaxBlobBytes = "store-big", "127.0.0.1:0", 1<<40, 1<<30
+	cfg.TLS, cfg.Gossip = big, lc.GossipConfig()
+	cfg.Gossip.FastTimers()
+	s, err := expertstore.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var rec placement.StoreRecord
+		recs, err := lc.Placement().Stores(ctxFor(t, 5*time.Second))
+		for _, r := range recs {
+			if r.Name == "store-big" {
+				rec = r
+			}
+		}
+		if err == nil && rec.Verified {
+			if rec.Capacity != capped {
+				t.Fatalf("store-big is taken to hold %d bytes, want the cap %d", rec.Capacity, capped)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("store-big never verified: %+v, %v", rec, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

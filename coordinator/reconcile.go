@@ -587,6 +587,9 @@ func (c *Coordinator) observeStores(ctx context.Context) (map[string]storeView, 
 				r.DataAddr = st.DataAddr
 			}
 		}
+		if capped := c.cfg.MaxStoreCapacity; capped > 0 && r.Capacity > capped {
+			r.Capacity = capped
+		}
 		s, ok := c.seen[name]
 		if !ok {
 			s = seenStore{joined: cmp.Or(old[name].Joined, now), since: now, state: state}

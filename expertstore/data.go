@@ -61,6 +61,11 @@ func (s *Server) serveDataConn(c net.Conn) error {
 		}
 		tc.SetDeadline(time.Time{}) //nolint:errcheck
 		c = tc
+		if _, err := policy.AllowConn(tc.ConnectionState(), dataFetch); err != nil {
+			s.deniedConns.Add(1)
+			c.Write(dataplane.Response{Status: dataplane.StatusDenied, Msg: err.Error()}.Append(nil)) //nolint:errcheck // closing anyway
+			return err
+		}
 	}
 	rd := bufio.NewReaderSize(c, 4<<10)
 	reqBuf := make([]byte, dataplane.RequestSize)

@@ -56,6 +56,7 @@ func newMetrics(s *Server) *metrics {
 		counter("pregate_store_received_bytes_total", "Blob bytes received by Puts and Copies that were kept.", stat(s.received.Load)),
 		counter("pregate_store_rejected_total", "Requests refused because the in-flight bound was reached.", stat(s.rejected.Load)),
 		counter("pregate_store_refused_connections_total", "Connections closed at once because a connection cap was reached.", stat(s.refusedConns.Load)),
+		counter("pregate_store_denied_connections_total", "Data-plane connections closed after their TLS handshake because the peer's role may not read.", stat(s.deniedConns.Load)),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -195,6 +195,7 @@ type Server struct {
 	received                  atomic.Int64
 	dataConns, grpcConns      *connLimiter
 	refusedConns              atomic.Int64
+	deniedConns               atomic.Int64 // data-plane peers whose certificate may not read
 	member                    *membership.Member
 	peers                     *client.Client // fetches blobs from other stores (Copy)
 
@@ -285,7 +286,9 @@ func New(cfg Config) (s *Server, err error) {
 		opts = append(opts, grpc.MaxConcurrentStreams(uint32(cfg.MaxStreams)))
 	}
 	if cfg.TLS != nil {
-		opts = append(opts, grpc.Creds(cfg.TLS.Credentials()))
+		// Every call is authorized from the caller's certificate (authz.go), after its metrics.
+		opts = append(opts, grpc.Creds(cfg.TLS.Credentials()),
+			grpc.ChainUnaryInterceptor(policy.UnaryInterceptor()), grpc.ChainStreamInterceptor(policy.StreamInterceptor()))
 	}
 	s.grpc = grpc.NewServer(opts...)
 	storepb.RegisterExpertStoreServer(s.grpc, &service{s: s})

@@ -23,6 +23,7 @@ var (
 	ErrBadRequest = errors.New("expertstore: bad request")
 	ErrClosed     = errors.New("expertstore: store is closed")
 	ErrTimeout    = errors.New("expertstore: peer idle too long")
+	ErrDenied     = errors.New("expertstore: permission denied")
 )
 
 var codeOf = []struct {
@@ -38,6 +39,7 @@ var codeOf = []struct {
 	{ErrBadRequest, codes.InvalidArgument},
 	{ErrClosed, codes.Unavailable},
 	{ErrTimeout, codes.DeadlineExceeded},
+	{ErrDenied, codes.PermissionDenied},
 }
 
 // ToStatus turns an error into a gRPC status error carrying the sentinel's code and the error's

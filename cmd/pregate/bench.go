@@ -179,7 +179,7 @@ func newBenchFetchCmd() *cobra.Command {
 	return cmd
 }
 
-// benchCerts makes a CA in dir and issues a store certificate for 127.0.0.1 and an admin one for
+// benchCerts makes a CA in dir and issues a store certificate for 127.0.0.1 and an importer one for
 // the benchmark's client.
 func benchCerts(dir string) (store, client tlsutil.Files, err error) {
 	caCert, caKey, err := tlsutil.NewCA("bench", time.Hour)
@@ -192,7 +192,7 @@ func benchCerts(dir string) (store, client tlsutil.Files, err error) {
 	if store, err = write(tlsutil.RoleStore, "bench-store"); err != nil {
 		return store, client, err
 	}
-	client, err = write(tlsutil.RoleAdmin, "bench")
+	client, err = write(tlsutil.RoleImporter, "bench") // it Puts the blobs it then fetches
 	return store, client, err
 }
 

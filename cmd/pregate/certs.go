@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"os"
@@ -83,7 +85,40 @@ func newCertsCmd() *cobra.Command {
 		c.Flags().StringVar(&dir, "dir", "pregate-certs", "directory of the CA and the certificates")
 		c.Flags().IntVar(&days, "days", validity, "validity in days")
 	}
-	cmd.AddCommand(ca, issue)
+	var keyOut string
+	gossipKey := &cobra.Command{
+		Use:   "gossip-key --out FILE",
+		Short: "Write a new gossip encryption key (32 random bytes, base64) to FILE (never overwritten)",
+		Long: "Write a new gossip encryption key to FILE, for --gossip-key-file (required with TLS).\n" +
+			"To rotate a running cluster's key, append the new key as a second line to every node's\n" +
+			"file, then move it first, then remove the old line, waiting a few seconds between steps\n" +
+			"(docs/SECURITY.md).",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if keyOut == "" {
+				return errors.New("--out is required")
+			}
+			key := make([]byte, 32)
+			if _, err := rand.Read(key); err != nil {
+				return err
+			}
+			f, err := os.OpenFile(keyOut, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+			if err != nil {
+				return fmt.Errorf("--out: %w (a key file is never overwritten)", err)
+			}
+			if _, err := fmt.Fprintln(f, base64.StdEncoding.EncodeToString(key)); err != nil {
+				f.Close()
+				return err
+			}
+			if err := f.Close(); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), keyOut)
+			return nil
+		},
+	}
+	gossipKey.Flags().StringVar(&keyOut, "out", "", "the key file to create")
+	cmd.AddCommand(ca, issue, gossipKey)
 	return cmd
 }
 

@@ -163,6 +163,7 @@ func newCoordinatorCmd() *cobra.Command {
 		endpoints, readyFile, logLevel string
 		gossip                         gossipFlags
 		tlsf                           tlsFlags
+		maxCapacity                    byteSize
 	)
 	cmd := &cobra.Command{
 		Use:   "coordinator",
@@ -182,10 +183,11 @@ func newCoordinatorCmd() *cobra.Command {
 			}
 			cfg.Logger, cfg.AdvertiseHost = log, gossip.advertise
 			cfg.EtcdEndpoints = splitList(endpoints)
+			cfg.MaxStoreCapacity = int64(maxCapacity)
 			if cfg.TLS, err = tlsf.load(); err != nil {
 				return err
 			}
-			if cfg.Gossip, err = gossip.config(log); err != nil {
+			if cfg.Gossip, err = gossip.config(log, cfg.TLS != nil); err != nil {
 				return err
 			}
 			co, err := coordinator.New(cfg)
@@ -207,6 +209,7 @@ func newCoordinatorCmd() *cobra.Command {
 	f.StringVar(&cfg.EtcdClusterState, "etcd-initial-cluster-state", "new", "new (the members bootstrap together) or existing (a member added with etcdctl member add)")
 	f.StringVar(&cfg.DataDir, "data-dir", "pregate-coordinator", "directory of the embedded etcd's data")
 	f.IntVar(&cfg.Replicas, "replicas", cfg.Replicas, "replication factor R: every blob on min(R, live stores) stores")
+	f.Var(&maxCapacity, "max-store-capacity", "the most capacity any store is taken to have, whatever it reports (e.g. 64GiB; 0: what each reports)")
 	f.StringVar(&cfg.HTTPAddr, "http", netaddr.Any(netaddr.CoordinatorHTTPPort), "HTTP address for /health, /ready, /v1/cluster, /v1/status, /metrics")
 	f.DurationVar(&cfg.DeadGrace, "dead-grace", cfg.DeadGrace, "how long a store is dead (failed) before its blobs are copied elsewhere")
 	f.DurationVar(&cfg.JoinSettle, "join-settle", cfg.JoinSettle, "after a store joins, how long rebalancing waits for more to join (blobs short of replicas are repaired at once)")

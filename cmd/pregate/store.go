@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -53,11 +54,16 @@ func (g *gossipFlags) register(f *pflag.FlagSet) {
 	f.StringVar(&g.addr, "gossip-addr", netaddr.Any(netaddr.GossipPort), "memberlist bind address (TCP and UDP)")
 	f.StringVar(&g.join, "join", "", "comma-separated gossip addresses (host:port, DNS names allowed) of cluster members to join")
 	f.DurationVar(&g.joinRetry, "join-retry", 5*time.Minute, "how long to keep trying --join while no member answers (names are resolved again at every try)")
-	f.StringVar(&g.keyFile, "gossip-key-file", "", "file with the gossip encryption key (16, 24 or 32 bytes, raw or base64)")
+	f.StringVar(&g.keyFile, "gossip-key-file", "", "file with the gossip encryption keys (one base64 key of 16, 24 or 32 bytes per line, the first used to encrypt; reloaded when it changes; required with TLS)")
 }
 
-// config builds the membership configuration the flags describe.
-func (g *gossipFlags) config(log *slog.Logger) (*membership.Config, error) {
+// config builds the membership configuration the flags describe. With TLS the gossip key is
+// required: gossip is how nodes are found, and unencrypted it lets any host on the network join
+// the cluster's view and say what it is.
+func (g *gossipFlags) config(log *slog.Logger, tlsOn bool) (*membership.Config, error) {
+	if tlsOn && g.keyFile == "" {
+		return nil, errors.New("--gossip-key-file is required with TLS (make one with `pregate certs gossip-key`)")
+	}
 	c := membership.DefaultConfig()
 	host, port, err := net.SplitHostPort(g.addr)
 	if err != nil {
@@ -72,9 +78,10 @@ func (g *gossipFlags) config(log *slog.Logger) (*membership.Config, error) {
 		return nil, fmt.Errorf("--advertise-host: %w", err)
 	}
 	if g.keyFile != "" {
-		if c.SecretKey, err = membership.LoadKey(g.keyFile); err != nil {
+		if _, err := membership.LoadKeys(g.keyFile); err != nil { // a bad file fails at once, named
 			return nil, err
 		}
+		c.KeyFile = g.keyFile // read again while it runs: keys rotate without a restart
 	}
 	c.Logger = log
 	return &c, nil
@@ -146,7 +153,7 @@ func newStoreCmd() *cobra.Command {
 				return err
 			}
 			if !noGossip {
-				if cfg.Gossip, err = gossip.config(log); err != nil {
+				if cfg.Gossip, err = gossip.config(log, cfg.TLS != nil); err != nil {
 					return err
 				}
 			}

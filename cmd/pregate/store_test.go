@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pregate/pregate/internal/membership"
 	"github.com/pregate/pregate/internal/tlsutil"
 )
 
@@ -127,5 +128,21 @@ func TestCertsCommands(t *testing.T) {
 	if _, _, err := runCmd(t, "store", "--no-gossip", "--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0", "--http", "",
 		"--tls-ca", filepath.Join(dir, "ca.crt")); err == nil || !strings.Contains(err.Error(), "--tls-cert") {
 		t.Errorf("a store with a CA and no certificate: %v", err)
+	}
+	// With TLS, gossip needs its key; `certs gossip-key` makes one (and never overwrites it).
+	tlsArgs := []string{"--tls-ca", filepath.Join(dir, "ca.crt"), "--tls-cert", filepath.Join(dir, "store-0.crt"), "--tls-key", filepath.Join(dir, "store-0.key")}
+	if _, _, err := runCmd(t, append([]string{"store", "--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0", "--http", "",
+		"--gossip-addr", "127.0.0.1:0"}, tlsArgs...)...); err == nil || !strings.Contains(err.Error(), "--gossip-key-file is required with TLS") {
+		t.Errorf("a store with TLS and no gossip key: %v", err)
+	}
+	key := filepath.Join(dir, "gossip.key")
+	if _, stderr, err := runCmd(t, "certs", "gossip-key", "--out", key); err != nil {
+		t.Fatalf("certs gossip-key: %v %s", err, stderr)
+	}
+	if keys, err := membership.LoadKeys(key); err != nil || len(keys) != 1 || len(keys[0]) != 32 {
+		t.Errorf("the gossip key file: %d keys, %v", len(keys), err)
+	}
+	if _, _, err := runCmd(t, "certs", "gossip-key", "--out", key); err == nil {
+		t.Error("certs gossip-key overwrote a key file")
 	}
 }

@@ -81,7 +81,7 @@ func newWorkerCmd() *cobra.Command {
 				cfg.EtcdEndpoints = info.EtcdEndpoints
 			}
 			if !noGossip {
-				if cfg.Gossip, err = gossip.config(log); err != nil {
+				if cfg.Gossip, err = gossip.config(log, cfg.TLS != nil); err != nil {
 					return err
 				}
 			}

@@ -305,7 +305,7 @@ func NewConns() *Conns { return NewTLSConns(nil) }
 func NewTLSConns(r *tlsutil.Reloader) *Conns {
 	p := &Conns{conns: map[string]*grpc.ClientConn{}, creds: insecure.NewCredentials()}
 	if r != nil {
-		p.creds = r.Credentials()
+		p.creds = r.CredentialsAs(tlsutil.RoleStore) // whatever this dials must be a store
 	}
 	return p
 }

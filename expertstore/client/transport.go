@@ -187,7 +187,7 @@ func (t *DataTransport) get(ctx context.Context, addr string) (*dataConn, error)
 		return nil, err
 	}
 	if t.cfg.TLS != nil {
-		tc := tls.Client(tlsutil.NewBulkReader(c), t.cfg.TLS.DialConfig(addr)) // reads many records per system call
+		tc := tls.Client(tlsutil.NewBulkReader(c), t.cfg.TLS.DialConfigAs(addr, tlsutil.RoleStore)) // reads many records per system call
 		if err := tc.HandshakeContext(ctx); err != nil {
 			c.Close()
 			return nil, fmt.Errorf("TLS with %s: %w", addr, err)
@@ -443,6 +443,8 @@ func statusError(resp dataplane.Response, r routing.Replica) error {
 		sentinel = storepb.ErrOverloaded
 	case dataplane.StatusBadReq:
 		sentinel = storepb.ErrBadRequest
+	case dataplane.StatusDenied:
+		sentinel = storepb.ErrDenied
 	default:
 		sentinel = errors.New("expertstore: internal error")
 	}

@@ -35,6 +35,7 @@ const (
 	StatusExhausted byte = 3
 	StatusInternal  byte = 4
 	StatusBadReq    byte = 5
+	StatusDenied    byte = 6 // the peer's certificate may not read from this store
 )
 
 // Request flags.

@@ -42,6 +42,13 @@ type Config struct {
 	// the same key; see LoadKey.
 	SecretKey []byte
 
+	// KeyFile, when set, turns on gossip encryption with the keys in that file instead of
+	// SecretKey (LoadKeys: one per line, the first encrypts, every one decrypts), and the file is
+	// read again every KeyReload (0: 5 s), so keys rotate without a restart (docs/SECURITY.md).
+	KeyFile   string
+	KeyReload time.Duration
+	keyring   *memberlist.Keyring // KeyFile's keys, made by New
+
 	// Meta is what this node gossips about itself. Its Role is required.
 	Meta Meta
 
@@ -80,6 +87,7 @@ const (
 	defaultSuspicionMult    = 4                      // suspect a node for 4 * log(N+1) * ProbeInterval
 	defaultEventBuffer      = 256
 	defaultReconnect        = 10 * time.Second // a healed partition merges within seconds of it
+	defaultKeyReload        = 5 * time.Second
 )
 
 // DefaultConfig returns a Config with every default filled in except NodeName, Join, SecretKey,
@@ -197,7 +205,9 @@ func (c Config) memberlistConfig(d *delegate, logger *slog.Logger) *memberlist.C
 		}
 	}
 	mc.AdvertisePort = or(c.AdvertisePort, c.BindPort) // memberlist overwrites it when BindPort is 0
-	if len(c.SecretKey) > 0 {
+	if c.keyring != nil {
+		mc.Keyring = c.keyring
+	} else if len(c.SecretKey) > 0 {
 		mc.SecretKey = append([]byte(nil), c.SecretKey...)
 	}
 	mc.ProbeInterval = or(c.ProbeInterval, defaultProbeInterval)

@@ -36,8 +36,8 @@ type Member struct {
 	dropped atomic.Uint64
 	pumpWG  sync.WaitGroup
 
-	reconnectStop chan struct{} // closed by shutdown: ends the reconnect loop
-	reconnectWG   sync.WaitGroup
+	stop chan struct{}  // closed by shutdown: ends the reconnect and key-reload loops
+	bg   sync.WaitGroup // those loops
 
 	updateMu sync.Mutex // serialises UpdateMeta so metas are gossiped in call order
 
@@ -59,6 +59,15 @@ type Member struct {
 func New(cfg Config) (*Member, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.KeyFile != "" {
+		keys, err := LoadKeys(cfg.KeyFile)
+		if err != nil {
+			return nil, err
+		}
+		if cfg.keyring, err = memberlist.NewKeyring(keys, keys[0]); err != nil {
+			return nil, fmt.Errorf("%w: %s: %w", ErrBadKey, cfg.KeyFile, err)
+		}
 	}
 	logger := cfg.Logger
 	if logger == nil {
@@ -97,6 +106,7 @@ func New(cfg Config) (*Member, error) {
 
 	m.pumpWG.Add(1)
 	go m.pump()
+	m.stop = make(chan struct{})
 
 	if len(cfg.Join) > 0 {
 		if err := m.joinRetrying(cfg.Join, cfg.JoinRetry); err != nil {
@@ -105,11 +115,14 @@ func New(cfg Config) (*Member, error) {
 		}
 	}
 	if every := or(cfg.ReconnectInterval, defaultReconnect); every > 0 {
-		m.reconnectStop = make(chan struct{})
-		m.reconnectWG.Add(1)
+		m.bg.Add(1)
 		go m.reconnect(every)
 	}
-	logger.Info("membership started", "addr", m.addr, "role", meta.Role, "seeds", cfg.Join, "encrypted", len(cfg.SecretKey) > 0)
+	if cfg.KeyFile != "" {
+		m.bg.Add(1)
+		go m.reloadKeys(cfg.KeyFile, or(cfg.KeyReload, defaultKeyReload), cfg.keyring)
+	}
+	logger.Info("membership started", "addr", m.addr, "role", meta.Role, "seeds", cfg.Join, "encrypted", len(cfg.SecretKey) > 0 || cfg.KeyFile != "")
 	return m, nil
 }
 
@@ -196,28 +209,38 @@ func (m *Member) joinRetrying(seeds []string, retry time.Duration) error {
 // every node — gossip, with few retransmissions, can miss one (the fault suite saw a coordinator
 // hold a restarted store "stopped" for 30 s, until the next full push/pull).
 func (m *Member) reconnect(interval time.Duration) {
-	defer m.reconnectWG.Done()
+	m.every(interval, m.reconnectOnce)
+}
+
+// every calls f every interval until the Member shuts down (then it marks m.bg done).
+func (m *Member) every(interval time.Duration, f func()) {
+	defer m.bg.Done()
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
-		case <-m.reconnectStop:
+		case <-m.stop:
 			return
 		case <-t.C:
+			f()
 		}
-		var dead []Node
-		for _, n := range m.Members() {
-			if (n.State == StateDead || n.State == StateStopped) && n.Name != m.name {
-				dead = append(dead, n)
-			}
+	}
+}
+
+// reconnectOnce is one attempt of reconnect.
+func (m *Member) reconnectOnce() {
+	var dead []Node
+	for _, n := range m.Members() {
+		if (n.State == StateDead || n.State == StateStopped) && n.Name != m.name {
+			dead = append(dead, n)
 		}
-		if len(dead) == 0 {
-			continue
-		}
-		n := dead[rand.IntN(len(dead))]
-		if _, err := m.Join([]string{n.Addr}); err == nil {
-			m.logger.Info("reconnected to a node held dead", "peer", n.Name, "addr", n.Addr)
-		}
+	}
+	if len(dead) == 0 {
+		return
+	}
+	n := dead[rand.IntN(len(dead))]
+	if _, err := m.Join([]string{n.Addr}); err == nil {
+		m.logger.Info("reconnected to a node held dead", "peer", n.Name, "addr", n.Addr)
 	}
 }
 
@@ -358,10 +381,8 @@ func (m *Member) Stop() error {
 // the node as failed (Kill).
 func (m *Member) shutdown(dep departure) error {
 	m.closeOnce.Do(func() {
-		if m.reconnectStop != nil {
-			close(m.reconnectStop)
-			m.reconnectWG.Wait() // an attempt in progress ends within TCPTimeout
-		}
+		close(m.stop)
+		m.bg.Wait() // a reconnect in progress ends within TCPTimeout
 		m.lifeMu.Lock()
 		if dep != staying {
 			if err := m.leaveLocked(closeLeaveTimeout, dep); err != nil {

@@ -627,3 +627,74 @@ func TestLogsCarryNodeName(t *testing.T) {
 		}
 	}
 }
+
+// TestKeyRotation rotates the gossip key of a running cluster through its key files, the three
+// steps docs/SECURITY.md gives (add the new key second, make it first, drop the old), and checks
+// that no node is lost on the way, that a node with only the new key joins after it, and that one
+// with only the old key no longer can.
+func TestKeyRotation(t *testing.T) {
+	oldKey, newKey := bytes.Repeat([]byte{7}, 32), bytes.Repeat([]byte{9}, 32)
+	b64 := base64.StdEncoding.EncodeToString
+	dir := t.TempDir()
+	write := func(path string, keys ...[]byte) {
+		t.Helper()
+		var text string
+		for _, k := range keys {
+			text += b64(k) + "\n"
+		}
+		tmp := path + ".tmp"
+		if err := os.WriteFile(tmp, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var members []*Member
+	var files []string
+	for i, name := range []string{"s1", "s2", "s3"} {
+		f := filepath.Join(dir, name+".key")
+		write(f, oldKey)
+		var seeds []string
+		if i > 0 {
+			seeds = []string{members[0].Addr()}
+		}
+		cfg := testConfig(name, Meta{Role: RoleStore}, seeds...)
+		cfg.KeyFile, cfg.KeyReload = f, 50*time.Millisecond
+		members, files = append(members, start(t, cfg)), append(files, f)
+	}
+	allAlive := func(n int) func() bool {
+		return func() bool {
+			for _, m := range members {
+				if len(m.Alive(RoleStore)) != n {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	eventually(t, 5*time.Second, "3 stores see each other", allAlive(3))
+	for step, keys := range [][][]byte{{oldKey, newKey}, {newKey, oldKey}, {newKey}} {
+		for _, f := range files {
+			write(f, keys...)
+		}
+		time.Sleep(300 * time.Millisecond) // several reloads and probe rounds
+		eventually(t, 5*time.Second, fmt.Sprintf("step %d: still 3 stores, all alive", step+1), allAlive(3))
+	}
+	joiner := testConfig("s4", Meta{Role: RoleStore}, members[0].Addr())
+	joiner.SecretKey = newKey
+	start(t, joiner)
+	eventually(t, 5*time.Second, "a node with only the new key joined", allAlive(4))
+	stale := testConfig("s5", Meta{Role: RoleStore}, members[0].Addr())
+	stale.SecretKey = oldKey
+	if m, err := New(stale); err == nil {
+		m.Close()
+		t.Fatal("a node with only the retired key joined")
+	}
+	// A broken file keeps the keyring: the cluster stays whole.
+	if err := os.WriteFile(files[0], []byte("not a key\nnor this\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	eventually(t, 5*time.Second, "still 4 stores after a broken key file", allAlive(4))
+}

@@ -290,7 +290,12 @@ func (r *Reloader) ServerConfig() *tls.Config {
 // CA (the current one, hence the custom verification: tls.Config's RootCAs is fixed) and against
 // host, the host dialled (a DNS name or an IP; TLS sends no server name for an IP, so the
 // connection state cannot tell it).
-func (r *Reloader) ClientConfig(host string) *tls.Config {
+func (r *Reloader) ClientConfig(host string) *tls.Config { return r.ClientConfigAs(host, "") }
+
+// ClientConfigAs is ClientConfig that also requires the server's certificate to name role (any
+// role when role is ""): a store's clients talk to stores only, so a Copy cannot be pointed at a
+// node of another role, even one of the cluster.
+func (r *Reloader) ClientConfigAs(host, role string) *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		ServerName: host,
@@ -308,30 +313,54 @@ func (r *Reloader) ClientConfig(host string) *tls.Config {
 			for _, c := range cs.PeerCertificates[1:] {
 				inter.AddCert(c)
 			}
-			_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{DNSName: host, Roots: roots,
-				Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
-			return err
+			leaf := cs.PeerCertificates[0]
+			if _, err := leaf.Verify(x509.VerifyOptions{DNSName: host, Roots: roots,
+				Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+				return err
+			}
+			if role == "" {
+				return nil
+			}
+			id, err := IdentityOf(leaf)
+			if err != nil {
+				return err
+			}
+			if id.Role != role {
+				return fmt.Errorf("tlsutil: %s at %s is not a %s", id, host, role)
+			}
+			return nil
 		},
 	}
 }
 
 // DialConfig is ClientConfig for the host of addr (host:port).
-func (r *Reloader) DialConfig(addr string) *tls.Config {
+func (r *Reloader) DialConfig(addr string) *tls.Config { return r.DialConfigAs(addr, "") }
+
+// DialConfigAs is ClientConfigAs for the host of addr (host:port).
+func (r *Reloader) DialConfigAs(addr, role string) *tls.Config {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		host = addr
 	}
-	return r.ClientConfig(host)
+	return r.ClientConfigAs(host, role)
 }
 
 // Credentials are gRPC transport credentials over r: servers require and verify client
 // certificates, clients verify the server against the authority they dial.
 func (r *Reloader) Credentials() credentials.TransportCredentials { return grpcCreds{r: r} }
 
-type grpcCreds struct{ r *Reloader }
+// CredentialsAs are Credentials whose clients also require the server's certificate to name role.
+func (r *Reloader) CredentialsAs(role string) credentials.TransportCredentials {
+	return grpcCreds{r: r, role: role}
+}
+
+type grpcCreds struct {
+	r    *Reloader
+	role string // the role a server must have ("": any)
+}
 
 func (g grpcCreds) ClientHandshake(ctx context.Context, authority string, conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	return credentials.NewTLS(g.r.DialConfig(authority)).ClientHandshake(ctx, authority, conn)
+	return credentials.NewTLS(g.r.DialConfigAs(authority, g.role)).ClientHandshake(ctx, authority, conn)
 }
 
 func (g grpcCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
