@@ -69,8 +69,8 @@ type Local struct {
 	seeds  []string              // gossip addresses to join
 	next   int                   // the next store number
 
-	caCert, caKey []byte // with Config.TLS
-	gossipKey     []byte // with Config.TLS
+	ca        *tlsutil.Authority // with Config.TLS
+	gossipKey []byte             // with Config.TLS
 }
 
 // Start starts etcd, the coordinator and cfg.Stores stores. On an error everything started is
@@ -88,7 +88,7 @@ func Start(cfg Config) (c *Local, err error) {
 		}
 	}()
 	if cfg.TLS {
-		if c.caCert, c.caKey, err = tlsutil.NewCA("local", 10*365*24*time.Hour); err != nil {
+		if c.ca, err = tlsutil.NewAuthority(filepath.Join(cfg.Dir, "certs"), "local", 10*365*24*time.Hour); err != nil {
 			return nil, err
 		}
 		c.gossipKey = make([]byte, 32) // with TLS, gossip is encrypted too (docs/SECURITY.md)
@@ -101,10 +101,21 @@ func Start(cfg Config) (c *Local, err error) {
 	ec.ClientURL, ec.PeerURL = "", ""
 	ec.Logger = cfg.Logger
 	ec.UnsafeNoFsync = cfg.Fast
+	var own *tlsutil.Reloader // the cluster's own etcd client: root, like a coordinator
+	if cfg.TLS {
+		etcdTLS, err := c.TLS(tlsutil.RoleCoordinator, "etcd")
+		if err != nil {
+			return nil, err
+		}
+		ec.TLS = etcdTLS.Files()
+		if own, err = c.TLS(tlsutil.RoleCoordinator, "local"); err != nil {
+			return nil, err
+		}
+	}
 	if c.etcd, err = embedetcd.Start(ec); err != nil {
 		return nil, err
 	}
-	if c.cli, err = placement.Dial(c.etcd.Endpoints()); err != nil {
+	if c.cli, err = placement.Dial(c.etcd.Endpoints(), own); err != nil {
 		return nil, err
 	}
 	c.ps = placement.New(c.cli, "")
@@ -122,15 +133,10 @@ func Start(cfg Config) (c *Local, err error) {
 // TLS returns the mutual TLS of a node named name with role (a certificate issued now, in
 // Dir/certs), nil without Config.TLS.
 func (c *Local) TLS(role, name string) (*tlsutil.Reloader, error) {
-	if c.caCert == nil {
+	if c.ca == nil {
 		return nil, nil
 	}
-	f, err := tlsutil.IssueFiles(filepath.Join(c.cfg.Dir, "certs"), c.caCert, c.caKey, tlsutil.Identity{Role: role, Name: name},
-		[]string{"127.0.0.1", "localhost"}, 365*24*time.Hour)
-	if err != nil {
-		return nil, err
-	}
-	return tlsutil.Load(f)
+	return c.ca.Node(tlsutil.Identity{Role: role, Name: name}, []string{"127.0.0.1", "localhost"}, 365*24*time.Hour)
 }
 
 // GossipConfig is the gossip configuration of a new node of the cluster (loopback, the cluster's

@@ -24,13 +24,16 @@ import (
 	"github.com/pregate/pregate/routing"
 )
 
+// leakOptions are the goroutines the package's tests may leave: etcd's client keeps a resolver
+// goroutine per process and zap's sink buffers for a while.
+var leakOptions = []goleak.Option{
+	goleak.IgnoreTopFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
+	goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
+	goleak.IgnoreAnyFunction("github.com/hashicorp/memberlist.(*Memberlist).probeNode"),
+}
+
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// etcd's client keeps a resolver goroutine per process and zap's sink buffers for a while.
-		goleak.IgnoreTopFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
-		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
-		goleak.IgnoreAnyFunction("github.com/hashicorp/memberlist.(*Memberlist).probeNode"),
-	)
+	goleak.VerifyTestMain(m, leakOptions...)
 }
 
 func startCluster(t *testing.T, stores int, replicas int, capacity int64) *cluster.Local {

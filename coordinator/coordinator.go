@@ -27,6 +27,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -229,16 +230,22 @@ func New(cfg Config) (c *Coordinator, err error) {
 		ec.ClientURL, ec.PeerURL, ec.AdvertiseHost = cfg.EtcdClientURL, cfg.EtcdPeerURL, cfg.AdvertiseHost
 		ec.InitialCluster, ec.ClusterState = cfg.EtcdInitialCluster, cfg.EtcdClusterState
 		ec.Logger = cfg.Logger
+		if cfg.TLS != nil {
+			ec.TLS = cfg.TLS.Files()
+		}
 		if c.etcd, err = embedetcd.Start(ec); err != nil {
 			return nil, err
 		}
 		endpoints = c.etcd.Endpoints()
 		c.log.Info("embedded etcd", "endpoints", endpoints, "dir", ec.Dir)
 	}
-	if c.cli, err = placement.Dial(endpoints); err != nil {
+	if c.cli, err = placement.Dial(endpoints, cfg.TLS); err != nil {
 		return nil, err
 	}
 	c.ps = placement.New(c.cli, cfg.Cluster)
+	if cfg.TLS != nil && allHTTPS(endpoints) {
+		c.g.Go("etcd auth", c.enableEtcdAuth)
+	}
 
 	if cfg.HTTPAddr != "" {
 		if c.httpLis, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
@@ -616,4 +623,36 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	json.NewEncoder(w).Encode(v) //nolint:errcheck // the client went away
+}
+
+// enableEtcdAuth turns etcd's authentication on, with the users and roles of docs/SECURITY.md,
+// retrying until it succeeds: a member of several may have no quorum yet when the coordinator
+// starts. Until then, only certificates of the cluster's CA reach etcd at all.
+func (c *Coordinator) enableEtcdAuth(ctx context.Context) error {
+	for delay := 500 * time.Millisecond; ; delay = min(2*delay, 10*time.Second) {
+		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := c.ps.EnableAuth(actx)
+		cancel()
+		if err == nil {
+			c.log.Info("etcd authentication on")
+			return nil
+		}
+		c.log.Warn("etcd authentication not on yet; retrying", "err", err, "in", delay)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(delay):
+		}
+	}
+}
+
+// allHTTPS reports whether every endpoint is an https URL: etcd over TLS, whose clients are
+// known by their certificates (over plaintext, authentication would lock everyone out).
+func allHTTPS(endpoints []string) bool {
+	for _, e := range endpoints {
+		if !strings.HasPrefix(e, "https://") {
+			return false
+		}
+	}
+	return len(endpoints) > 0
 }

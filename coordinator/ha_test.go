@@ -1,7 +1,9 @@
 package coordinator_test
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -12,7 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/goleak"
 
 	"github.com/pregate/pregate/cluster"
 	"github.com/pregate/pregate/coordinator"
@@ -70,6 +74,37 @@ func TestStoreRestartMovesNothing(t *testing.T) {
 // (as three `pregate coordinator --etcd-initial-cluster …` do), and joins them in gossip.
 func haCoordinators(t *testing.T) []*coordinator.Coordinator {
 	t.Helper()
+	return haCoordinatorsWith(t, nil)
+}
+
+// haPKI is a CA and a gossip key for haCoordinatorsWith.
+type haPKI struct {
+	a         *tlsutil.Authority
+	gossipKey []byte
+}
+
+func newHAPKI(t *testing.T) *haPKI {
+	t.Helper()
+	a, err := tlsutil.NewAuthority(t.TempDir(), "ha", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &haPKI{a: a, gossipKey: bytes.Repeat([]byte{5}, 32)}
+}
+
+func (p *haPKI) node(t *testing.T, role, name string) *tlsutil.Reloader {
+	t.Helper()
+	r, err := p.a.Node(tlsutil.Identity{Role: role, Name: name}, []string{"127.0.0.1"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// haCoordinatorsWith is haCoordinators, over mutual TLS (etcd's client and peer traffic, an
+// encrypted gossip) when pki is set.
+func haCoordinatorsWith(t *testing.T, pki *haPKI) []*coordinator.Coordinator {
+	t.Helper()
 	port := func() string {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -93,6 +128,10 @@ func haCoordinators(t *testing.T) []*coordinator.Coordinator {
 		g.BindAddr, g.BindPort = "127.0.0.1", 0
 		g.FastTimers()
 		c.Gossip = &g
+		if pki != nil {
+			c.TLS = pki.node(t, tlsutil.RoleCoordinator, c.Name)
+			g.SecretKey = pki.gossipKey
+		}
 		cfgs[i] = c
 		initial = append(initial, c.Name+"="+c.EtcdPeerURL)
 	}
@@ -115,6 +154,21 @@ func haCoordinators(t *testing.T) []*coordinator.Coordinator {
 		t.Cleanup(func() { cos[i].Close() })
 	}
 	return cos
+}
+
+// waitLeader waits up to within for a leader among cos, other than those in skip.
+func waitLeader(t *testing.T, cos []*coordinator.Coordinator, within time.Duration, skip ...*coordinator.Coordinator) *coordinator.Coordinator {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		if l := leaderOf(cos, skip...); l != nil {
+			return l
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no leader within %v", within)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func leaderOf(cos []*coordinator.Coordinator, skip ...*coordinator.Coordinator) *coordinator.Coordinator {
@@ -146,14 +200,7 @@ func httpGet(t *testing.T, url string) (int, string) {
 // quorum is lost.
 func TestThreeCoordinatorsSurviveOne(t *testing.T) {
 	cos := haCoordinators(t)
-	deadline := time.Now().Add(15 * time.Second)
-	for leaderOf(cos) == nil {
-		if time.Now().After(deadline) {
-			t.Fatal("no leader elected")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	first := leaderOf(cos)
+	first := waitLeader(t, cos, 15*time.Second)
 	for _, c := range cos {
 		if c != first && c.IsLeader() {
 			t.Fatalf("two leaders: %s and another", first.HTTPAddr())
@@ -169,19 +216,9 @@ func TestThreeCoordinatorsSurviveOne(t *testing.T) {
 	// The leading coordinator hands etcd's raft leadership to another member, so that losing the
 	// leader's process never costs etcd an election too.
 	cli := mustDial(t, first.EtcdMembers(context.Background()))
-	deadline = time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(15 * time.Second)
 	for {
-		raftLeader := ""
-		ml, err := cli.MemberList(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range ml.Members {
-			st, err := cli.Status(context.Background(), m.ClientURLs[0])
-			if err == nil && st.Leader == m.ID {
-				raftLeader = m.Name
-			}
-		}
+		raftLeader := raftLeaderOf(cli)
 		if raftLeader != "" && raftLeader != first.Name() {
 			break
 		}
@@ -257,9 +294,23 @@ func TestThreeCoordinatorsSurviveOne(t *testing.T) {
 	t.Logf("status and a write without a quorum answered in %v", time.Since(began))
 }
 
+// raftLeaderOf is the name of the etcd member that leads raft, "" when none answers as leader.
+func raftLeaderOf(cli *clientv3.Client) string {
+	ml, err := cli.MemberList(context.Background())
+	if err != nil {
+		return ""
+	}
+	for _, m := range ml.Members {
+		if st, err := cli.Status(context.Background(), m.ClientURLs[0]); err == nil && st.Leader == m.ID {
+			return m.Name
+		}
+	}
+	return ""
+}
+
 func mustDial(t *testing.T, eps []string) *clientv3.Client {
 	t.Helper()
-	cli, err := placement.Dial(eps)
+	cli, err := placement.Dial(eps, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -424,5 +475,63 @@ func TestStoreCapacityCapped(t *testing.T) {
 			t.Fatalf("store-big never verified: %+v, %v", rec, err)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestThreeCoordinatorsOverTLS: three coordinators whose etcd members talk mutual TLS to each
+// other and to their clients elect a leader, turn etcd's authentication on, hand etcd's raft
+// leadership away (a root operation: the coordinator's user is root), and survive their leader.
+// A worker's certificate then reads placement but cannot write a drain mark.
+func TestThreeCoordinatorsOverTLS(t *testing.T) {
+	// Last, after the coordinators have closed: etcd's peer connections over TLS end only when
+	// its peer read timeout (5 s) passes, since its timeoutConn renews the deadline that aborts a
+	// pending read; wait for them rather than report them as leaks.
+	t.Cleanup(func() {
+		for deadline := time.Now().Add(10 * time.Second); goleak.Find(leakOptions...) != nil && time.Now().Before(deadline); {
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
+	pki := newHAPKI(t)
+	cos := haCoordinatorsWith(t, pki)
+	first := waitLeader(t, cos, 20*time.Second)
+	eps := first.EtcdMembers(context.Background())
+	if len(eps) != 3 || !strings.HasPrefix(eps[0], "https://") {
+		t.Fatalf("etcd members %v, want 3 https URLs", eps)
+	}
+	root, err := placement.Dial(eps, pki.node(t, tlsutil.RoleCoordinator, "ops"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	worker, err := placement.Dial(eps, pki.node(t, tlsutil.RoleWorker, "worker-0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer worker.Close()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		raftLeader := raftLeaderOf(root)
+		err := placement.New(worker, "").SetDrain(ctxFor(t, 5*time.Second), true, "store-0")
+		authOn := errors.Is(err, rpctypes.ErrPermissionDenied)
+		if raftLeader != "" && raftLeader != first.Name() && authOn {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("raft leader %q (the leading coordinator is %s), a worker's drain write: %v", raftLeader, first.Name(), err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if _, err := placement.New(worker, "").Drains(ctxFor(t, 5*time.Second)); err != nil {
+		t.Errorf("a worker cannot read placement: %v", err)
+	}
+	first.Close()
+	next := waitLeader(t, cos, 10*time.Second, first)
+	admin, err := placement.Dial(next.EtcdMembers(ctxFor(t, 5*time.Second)), pki.node(t, tlsutil.RoleAdmin, "admin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	if err := placement.New(admin, "").SetDrain(ctxFor(t, 10*time.Second), true, "no-such-store"); err != nil {
+		t.Errorf("an admin's drain with two of three members: %v", err)
 	}
 }

@@ -16,27 +16,20 @@ import (
 )
 
 // testPKI is a cluster CA in a directory, issuing node certificates on 127.0.0.1.
-type testPKI struct {
-	dir           string
-	caCert, caKey []byte
-}
+type testPKI struct{ a *tlsutil.Authority }
 
 func newPKI(t *testing.T) *testPKI {
 	t.Helper()
-	c, k, err := tlsutil.NewCA("test", time.Hour)
+	a, err := tlsutil.NewAuthority(t.TempDir(), "test", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &testPKI{dir: t.TempDir(), caCert: c, caKey: k}
+	return &testPKI{a: a}
 }
 
 func (p *testPKI) node(t *testing.T, role, name string) *tlsutil.Reloader {
 	t.Helper()
-	f, err := tlsutil.IssueFiles(p.dir, p.caCert, p.caKey, tlsutil.Identity{Role: role, Name: name}, []string{"127.0.0.1"}, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := tlsutil.Load(f)
+	r, err := p.a.Node(tlsutil.Identity{Role: role, Name: name}, []string{"127.0.0.1"}, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}

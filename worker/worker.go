@@ -186,7 +186,7 @@ func New(cfg Config) (w *Worker, err error) {
 		}
 	}()
 	w.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	if w.cli, err = placement.Dial(cfg.EtcdEndpoints); err != nil {
+	if w.cli, err = placement.Dial(cfg.EtcdEndpoints, cfg.TLS); err != nil {
 		return nil, err
 	}
 	w.ps = placement.New(w.cli, cfg.Cluster)

@@ -40,6 +40,14 @@ type clusterFlags struct {
 	coordinator string
 	cluster     string
 	file        string
+	tls         tlsFlags // registered by withTLS: the client's certificate, for etcd over mutual TLS
+}
+
+// registerWithTLS is register plus --tls-ca/--tls-cert/--tls-key, for commands that only read or
+// write etcd (with TLS, etcd knows them by their certificate's role: docs/SECURITY.md).
+func (c *clusterFlags) registerWithTLS(f *pflag.FlagSet) {
+	c.register(f)
+	c.tls.register(f)
 }
 
 func (c *clusterFlags) register(f *pflag.FlagSet) {
@@ -62,6 +70,9 @@ func (c *clusterFlags) connect(ctx context.Context) (*clientv3.Client, *placemen
 			return nil, nil, fmt.Errorf("--cluster-file %s: %w", c.file, err)
 		}
 		eps = cf.EtcdEndpoints
+		if cf.TLS != nil && !c.tls.files.Set() {
+			c.tls.files = *cf.TLS
+		}
 	}
 	if len(eps) == 0 && c.coordinator != "" {
 		info, err := fetchClusterInfo(ctx, c.coordinator)
@@ -76,19 +87,24 @@ func (c *clusterFlags) connect(ctx context.Context) (*clientv3.Client, *placemen
 	if len(eps) == 0 {
 		return nil, nil, errors.New("no cluster given: set --etcd-endpoints (PREGATE_ETCD_ENDPOINTS) or --coordinator (PREGATE_COORDINATOR)")
 	}
-	cli, err := placement.Dial(eps)
+	r, err := c.tls.load()
 	if err != nil {
 		return nil, nil, err
 	}
+	cli, err := placement.Dial(eps, r)
+	if err != nil {
+		return nil, nil, err
+	}
+	ps := placement.New(cli, c.cluster)
 	// clientv3.New does not dial; fail fast and clearly when etcd is not there. A serializable read
 	// needs one member, not a quorum: status then tells a lost quorum from an unreachable etcd.
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if _, err := cli.Get(sctx, "/pregate/", clientv3.WithCountOnly(), clientv3.WithSerializable()); err != nil {
+	if _, err := cli.Get(sctx, ps.Prefix(), clientv3.WithCountOnly(), clientv3.WithSerializable()); err != nil {
 		cli.Close()
 		return nil, nil, fmt.Errorf("etcd at %v: %w", eps, err)
 	}
-	return cli, placement.New(cli, c.cluster), nil
+	return cli, ps, nil
 }
 
 // writeContext is the context of a command's placement writes: they fail at once, with a clear
@@ -233,7 +249,6 @@ func newImportCmd() *cobra.Command {
 		opts     coordinator.ImportOptions
 		maxDense byteSize = modelblobs.DefaultMaxDense
 		output   string
-		tlsf     tlsFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "import --model DIR --name NAME",
@@ -257,7 +272,7 @@ func newImportCmd() *cobra.Command {
 			}
 			defer cli.Close()
 			opts.MaxDense = int64(maxDense)
-			if opts.TLS, err = tlsf.load(); err != nil {
+			if opts.TLS, err = cf.tls.load(); err != nil {
 				return err
 			}
 			stderr := cmd.ErrOrStderr()
@@ -296,13 +311,12 @@ func newImportCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	cf.register(f)
+	cf.registerWithTLS(f)
 	f.StringVar(&opts.Dir, "model", "", "checkpoint directory (config.json + safetensors)")
 	f.StringVar(&opts.Name, "name", "", "the model's name in the cluster")
 	f.IntVar(&opts.Parallel, "parallel", 4, "blobs uploaded at once")
 	f.Var(&maxDense, "max-dense-blob", "largest dense blob")
 	f.StringVarP(&output, "output", "o", "text", "text or json")
-	tlsf.register(f)
 	return cmd
 }
 
@@ -346,7 +360,7 @@ func newDrainCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cf.register(cmd.Flags())
+	cf.registerWithTLS(cmd.Flags())
 	cmd.Flags().BoolVar(&undo, "undo", false, "clear the drain mark")
 	return cmd
 }

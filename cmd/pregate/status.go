@@ -85,7 +85,7 @@ func newStatusCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	cf.register(f)
+	cf.registerWithTLS(f)
 	f.StringVarP(&output, "output", "o", "table", "table, wide, json or yaml")
 	f.BoolVarP(&watch, "watch", "w", false, "redraw until interrupted")
 	f.DurationVar(&interval, "interval", 2*time.Second, "redraw interval with --watch")

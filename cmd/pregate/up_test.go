@@ -95,6 +95,11 @@ func TestUpDemoServes(t *testing.T) {
 	if summaryInt(t, st, "stores_alive") != 3 || summaryInt(t, st, "workers") != 1 || summaryInt(t, st, "models") != 1 {
 		t.Fatalf("status summary %v", st["summary"])
 	}
+	// Its etcd speaks mutual TLS: `pregate drain` given only the etcd URL (the attack that once
+	// emptied a store) gets nothing.
+	if _, _, err := runCmd(t, "drain", "--etcd-endpoints", strings.Join(cf.EtcdEndpoints, ","), "store-0"); err == nil {
+		t.Error("pregate drain without a certificate was accepted by `pregate up`'s etcd")
+	}
 	cancel()
 	select {
 	case err := <-done:

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -129,6 +128,9 @@ type clusterFile struct {
 	WorkerHTTP    string   `json:"worker_http"`
 	Model         string   `json:"model"`
 	Mode          string   `json:"mode"`
+	// TLS is an admin certificate for the operator's tools (status, drain), when the cluster
+	// runs with TLS: --cluster-file uses it unless --tls-* are given.
+	TLS *tlsutil.Files `json:"tls,omitempty"`
 }
 
 func newUpCmd() *cobra.Command {
@@ -208,13 +210,19 @@ func newUpCmd() *cobra.Command {
 			}
 			cf := clusterFile{EtcdEndpoints: lc.EtcdEndpoints(), Coordinator: lc.Coordinator().HTTPAddr(), Stores: lc.StoreAddrs(),
 				WorkerHTTP: w.HTTPAddr(), Model: name, Mode: string(m)}
+			if admin, err := lc.TLS(tlsutil.RoleAdmin, "admin"); err != nil {
+				return err
+			} else if admin != nil {
+				files := admin.Files()
+				cf.TLS = &files
+			}
 			if err := writeReadyFile(filepath.Join(dataDir, "cluster.json"), cf); err != nil {
 				return err
 			}
 			b, _ := json.MarshalIndent(cf, "", "  ")
 			fmt.Fprintf(out, "pregate up: serving %q (%s mode)\n%s\n", name, m, b)
 			fmt.Fprintf(out, "try: curl -s http://%s/v1/completions -H 'Content-Type: application/json' -d '{\"model\":%q,\"prompt\":[1,2,3],\"max_tokens\":8,\"return_token_ids\":true}'\n", w.HTTPAddr(), name)
-			fmt.Fprintf(out, "     pregate status --etcd-endpoints %s\n", strings.Join(lc.EtcdEndpoints(), ","))
+			fmt.Fprintf(out, "     pregate status --cluster-file %s\n", filepath.Join(dataDir, "cluster.json"))
 			<-ctx.Done()
 			fmt.Fprintln(out, "pregate up: shutting down")
 			return nil

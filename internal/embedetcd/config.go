@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/pregate/pregate/internal/tlsutil"
 )
 
 // Sentinel errors.
@@ -62,6 +64,13 @@ type Config struct {
 	// CompactionRetention is how much key history etcd keeps (periodic auto-compaction); watches
 	// cannot start further back than this. Default 1 h; negative never compacts.
 	CompactionRetention time.Duration
+
+	// TLS, when set, serves clients and peers over mutual TLS with these files (the cluster's CA
+	// and this coordinator's certificate, read again at each handshake): the URLs become https,
+	// clients must present a certificate of the CA, and peers a coordinator's (CommonName
+	// "coordinator", package tlsutil's scheme). The etcd users are the certificates' CommonNames:
+	// see EnableAuth.
+	TLS tlsutil.Files
 
 	// UnsafeNoFsync turns off fsync: a crash can lose or corrupt data. For tests only, where it
 	// saves most of a write's latency.
@@ -128,7 +137,7 @@ func parseURL(s string) (*url.URL, error) {
 		return nil, err
 	}
 	if u.Scheme != "http" {
-		return nil, fmt.Errorf("%q: scheme must be http", s)
+		return nil, fmt.Errorf("%q: scheme must be http (with TLS the member serves https on it)", s)
 	}
 	if u.Path != "" && u.Path != "/" || u.RawQuery != "" || u.User != nil {
 		return nil, fmt.Errorf("%q: want http://ip:port only", s)

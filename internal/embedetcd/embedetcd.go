@@ -10,20 +10,24 @@
 package embedetcd
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 
 	"github.com/pregate/pregate/internal/netaddr"
+	"github.com/pregate/pregate/internal/tlsutil"
 )
 
 // startAttempts bounds the retries when a free port picked for a URL is taken before etcd binds it.
@@ -85,6 +89,16 @@ func start(cfg Config, client, peer *url.URL, logger *slog.Logger) (*Server, err
 	advPeer, err := advertised(peer, cfg.AdvertiseHost)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrStart, err)
+	}
+	if cfg.TLS.Set() {
+		for _, u := range []*url.URL{client, peer, advClient, advPeer} {
+			u.Scheme = "https"
+		}
+		ec.ClientTLSInfo = transport.TLSInfo{CertFile: cfg.TLS.Cert, KeyFile: cfg.TLS.Key, TrustedCAFile: cfg.TLS.CA,
+			ClientCertAuth: true, MinVersion: tls.VersionTLS13}
+		ec.PeerTLSInfo = ec.ClientTLSInfo
+		ec.PeerTLSInfo.AllowedCNs = []string{tlsutil.RoleCoordinator} // raft traffic from coordinators only
+		cfg.InitialCluster = strings.ReplaceAll(cfg.InitialCluster, "=http://", "=https://")
 	}
 	ec.ListenClientUrls = []url.URL{*client}
 	ec.AdvertiseClientUrls = []url.URL{*advClient}

@@ -17,6 +17,7 @@
 package placement
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/url"
@@ -28,6 +29,7 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
 
+	"github.com/pregate/pregate/internal/tlsutil"
 	"github.com/pregate/pregate/routing"
 )
 
@@ -41,9 +43,15 @@ var (
 )
 
 // Dial returns an etcd client for endpoints with pregate's settings: etcd's own logging off (its
-// client logs every retry), a bounded dial, keepalives that notice a dead member.
-func Dial(endpoints []string) (*clientv3.Client, error) {
+// client logs every retry), a bounded dial, keepalives that notice a dead member. With r, it
+// speaks mutual TLS (https endpoints; etcd takes the certificate's role as its user).
+func Dial(endpoints []string, r *tlsutil.Reloader) (*clientv3.Client, error) {
+	var tc *tls.Config
+	if r != nil {
+		tc = r.EtcdClientConfig()
+	}
 	cli, err := clientv3.New(clientv3.Config{
+		TLS:                  tc,
 		Endpoints:            endpoints,
 		DialTimeout:          5 * time.Second,
 		DialKeepAliveTime:    10 * time.Second,

@@ -2,14 +2,17 @@
 // its role, and tls.Configs that reload the files when they change (rotation without a restart).
 //
 // Identity scheme: a node certificate carries its role and name twice — the subject
-// (OrganizationalUnit = role, CommonName = name) for humans and tools, and a URI SAN
-// pregate://<role>/<name> that authorization reads (PeerIdentity). Roles: coordinator, store,
+// (CommonName = role, OrganizationalUnit = name) for humans and tools, and a URI SAN
+// pregate://<role>/<name> that authorization reads (PeerIdentity). The CommonName is the role
+// because etcd, with client-certificate authentication, takes a certificate's CommonName as its
+// etcd user: the etcd users are the roles (docs/SECURITY.md). Roles: coordinator, store,
 // worker, importer, admin. Its DNS and IP SANs are the hosts it serves on. Every certificate is
 // good for both server and client authentication: daemons are both.
 package tlsutil
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -30,6 +33,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc/credentials"
+
+	"github.com/pregate/pregate/internal/atomicfile"
 )
 
 // Roles a certificate may name.
@@ -128,7 +133,7 @@ func Issue(caCertPEM, caKeyPEM []byte, id Identity, hosts []string, validity tim
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
-		Subject:      pkix.Name{Organization: []string{"pregate"}, OrganizationalUnit: []string{id.Role}, CommonName: id.Name},
+		Subject:      pkix.Name{Organization: []string{"pregate"}, OrganizationalUnit: []string{id.Name}, CommonName: id.Role},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(validity),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
@@ -164,7 +169,11 @@ func IssueFiles(dir string, caCertPEM, caKeyPEM []byte, id Identity, hosts []str
 		path string
 		b    []byte
 	}{{f.CA, caCertPEM}, {f.Cert, cert}, {f.Key, key}} {
-		if err := os.WriteFile(w.path, w.b, 0o600); err != nil {
+		if old, err := os.ReadFile(w.path); err == nil && bytes.Equal(old, w.b) {
+			continue // the CA, written for an earlier node: leave its readers' copy alone
+		}
+		// Atomically: a node (or etcd) reading these files must never see them half-written.
+		if err := atomicfile.WriteFileMode(w.path, w.b, 0o600); err != nil {
 			return Files{}, err
 		}
 	}
@@ -264,6 +273,9 @@ func (r *Reloader) current() (*tls.Certificate, *x509.CertPool) {
 	return r.cert, r.roots
 }
 
+// Files are the files r reads.
+func (r *Reloader) Files() Files { return r.files }
+
 // Identity is this node's own identity.
 func (r *Reloader) Identity() Identity {
 	c, _ := r.current()
@@ -294,7 +306,7 @@ func (r *Reloader) ClientConfig(host string) *tls.Config { return r.ClientConfig
 
 // ClientConfigAs is ClientConfig that also requires the server's certificate to name role (any
 // role when role is ""): a store's clients talk to stores only, so a Copy cannot be pointed at a
-// node of another role, even one of the cluster.
+// node of another role, even one of the cluster. A host of "" is not checked.
 func (r *Reloader) ClientConfigAs(host, role string) *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
@@ -439,4 +451,37 @@ func (b *Bulk) Flush() error {
 	bulkWriters.Put(b.wr)
 	b.wr = nil
 	return err
+}
+
+// EtcdClientConfig is the client side of mutual TLS with the cluster's etcd: this node's
+// certificate, and a server that must hold a coordinator's certificate of the cluster's CA (the
+// etcd members are the coordinators' embedded ones). The host is not checked: etcd's client
+// dials several endpoints through one tls.Config, and TLS keeps no server name for an IP; a
+// certificate naming the coordinator role is what a server must show.
+func (r *Reloader) EtcdClientConfig() *tls.Config { return r.ClientConfigAs("", RoleCoordinator) }
+
+// Authority is a cluster CA held in memory that issues node certificates into a directory, for
+// `pregate up`, benchmarks and tests (a production cluster keeps its CA key off the nodes and uses
+// `pregate certs`).
+type Authority struct {
+	dir           string
+	caCert, caKey []byte
+}
+
+// NewAuthority makes a new CA for cluster, issuing into dir.
+func NewAuthority(dir, cluster string, validity time.Duration) (*Authority, error) {
+	c, k, err := NewCA(cluster, validity)
+	if err != nil {
+		return nil, err
+	}
+	return &Authority{dir: dir, caCert: c, caKey: k}, nil
+}
+
+// Node issues id a certificate for hosts, valid for validity, and loads it.
+func (a *Authority) Node(id Identity, hosts []string, validity time.Duration) (*Reloader, error) {
+	f, err := IssueFiles(a.dir, a.caCert, a.caKey, id, hosts, validity)
+	if err != nil {
+		return nil, err
+	}
+	return Load(f)
 }
