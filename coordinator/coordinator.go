@@ -19,6 +19,7 @@ package coordinator
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -267,8 +268,13 @@ func New(cfg Config) (c *Coordinator, err error) {
 
 	if c.httpLis != nil {
 		c.http = &http.Server{Handler: c.handler(), ReadHeaderTimeout: 10 * time.Second}
+		lis := c.httpLis
+		if cfg.TLS != nil {
+			// HTTPS; /v1/* need a client certificate of the cluster, the probes and /metrics not.
+			lis = tls.NewListener(lis, cfg.TLS.HTTPServerConfig())
+		}
 		c.g.Go("http", func(context.Context) error {
-			if err := c.http.Serve(c.httpLis); !errors.Is(err, http.ErrServerClosed) {
+			if err := c.http.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
 				return err
 			}
 			return nil
@@ -603,11 +609,18 @@ type ClusterInfo struct {
 func (c *Coordinator) handler() http.Handler {
 	mux := http.NewServeMux()
 	c.healthHandlers(mux)
-	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {
+	v1 := func(pattern string, h http.HandlerFunc) {
+		if c.cfg.TLS != nil {
+			mux.Handle(pattern, tlsutil.RequireIdentity(h))
+			return
+		}
+		mux.Handle(pattern, h)
+	}
+	v1("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, ClusterInfo{Cluster: cmp.Or(c.cfg.Cluster, "default"), Name: c.cfg.Name,
 			EtcdEndpoints: c.EtcdMembers(r.Context()), Leader: c.IsLeader()})
 	})
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+	v1("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		st, err := ReadStatus(r.Context(), c.cli, c.ps, c.cfg.Replicas)
 		if err != nil {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})

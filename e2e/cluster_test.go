@@ -36,6 +36,9 @@ type Cluster struct {
 	// storeDaemon is what a store node runs (nil: roles.go's Store); the chart mode sets the
 	// rendered StatefulSet's pod instead.
 	storeDaemon func(nd *Node) Daemon
+	// pki, when set, is the cluster's mutual TLS and gossip key (tls_test.go).
+	pki *clusterPKI
+	t   testing.TB
 }
 
 // storeFor is what the store on nd runs.
@@ -43,13 +46,15 @@ func (c *Cluster) storeFor(nd *Node) Daemon {
 	if c.storeDaemon != nil {
 		return c.storeDaemon(nd)
 	}
-	return Store(nd.Host, c.CoordIPs(), "1GiB")
+	return c.secure(c.t, Store(nd.Host, c.CoordIPs(), "1GiB"), "store", nd.Name, nd.IP)
 }
 
 // ClusterOptions shape a cluster: its stores and coordinators (1, or 3 on one etcd cluster).
 type ClusterOptions struct {
 	Stores, Coordinators int
 	Coordinator          CoordinatorOptions // testCoordinator when zero
+	// Plaintext runs it without TLS even when clusterTLS is on.
+	Plaintext bool
 }
 
 // StartCluster starts a coordinator and n stores (1 GiB each), waits until the leader sees every
@@ -64,9 +69,12 @@ func StartClusterWith(t testing.TB, o ClusterOptions, fixtures ...string) *Clust
 	t.Helper()
 	start := time.Now()
 	net := NewNetwork(t)
-	c := &Cluster{Net: net, Client: net.Node("client"), coordOpts: o.Coordinator}
+	c := &Cluster{Net: net, Client: net.Node("client"), coordOpts: o.Coordinator, t: t}
 	if c.coordOpts.Replicas == 0 {
 		c.coordOpts = testCoordinator
+	}
+	if clusterTLS && !o.Plaintext {
+		c.pki = newClusterPKI(t, c.Client.Dir)
 	}
 	var peers []Host
 	for i := range max(o.Coordinators, 1) {
@@ -78,7 +86,7 @@ func StartClusterWith(t testing.TB, o ClusterOptions, fixtures ...string) *Clust
 		c.coordOpts.Peers = peers
 	}
 	for _, nd := range c.Coords { // several members bootstrap together: start them all, then wait
-		c.CoordProcs = append(c.CoordProcs, nd.Start(t, Coordinator(nd.Host, c.coordOpts)))
+		c.CoordProcs = append(c.CoordProcs, nd.Start(t, c.coordinator(nd)))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -102,13 +110,13 @@ func StartClusterWith(t testing.TB, o ClusterOptions, fixtures ...string) *Clust
 	var wg sync.WaitGroup
 	errs := make([]error, len(fixtures))
 	for i, fx := range fixtures {
-		wg.Go(func() { _, errs[i] = c.Client.Run(ctx, Import(c.CoordIPs(), fixtureDir(fx), fx)) })
+		wg.Go(func() { _, errs[i] = c.Client.Run(ctx, c.tool(Import(c.CoordIPs(), fixtureDir(fx), fx), "importer")) })
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("e2e: cluster of %d stores up, %v imported, in %v", n, fixtures, time.Since(start).Round(time.Millisecond))
+	t.Logf("e2e: cluster of %d stores up (TLS %v), %v imported, in %v", n, c.pki != nil, fixtures, time.Since(start).Round(time.Millisecond))
 	return c
 }
 
@@ -143,7 +151,7 @@ func (c *Cluster) RestartStore(t testing.TB, i int) *Proc {
 // Status runs `pregate status` on the client host.
 func (c *Cluster) Status(ctx context.Context) (ClusterStatus, error) {
 	var s ClusterStatus
-	out, err := c.Client.Run(ctx, Status(c.CoordIPs()))
+	out, err := c.Client.Run(ctx, c.tool(Status(c.CoordIPs()), "admin"))
 	var exit *exec.ExitError
 	if err != nil && !(errors.As(err, &exit) && exit.ExitCode() == 2) { // 2: something unavailable
 		return s, err
@@ -190,7 +198,17 @@ func (c *Cluster) PollStatus(timeout time.Duration, ok func(ClusterStatus) bool)
 // StartWorker starts a worker on nd and waits until it is ready (its model loaded).
 func (c *Cluster) StartWorker(t testing.TB, nd *Node, o WorkerOptions) *Proc {
 	t.Helper()
-	return nd.StartReady(t, Worker(nd.Host, c.CoordIPs(), o), 60*time.Second)
+	return nd.StartReady(t, c.secure(t, Worker(nd.Host, c.CoordIPs(), o), "worker", nd.Name, nd.IP), 60*time.Second)
+}
+
+// coordinator is what the coordinator on nd runs.
+func (c *Cluster) coordinator(nd *Node) Daemon {
+	return c.secure(c.t, Coordinator(nd.Host, c.coordOpts), "coordinator", nd.Name, nd.IP)
+}
+
+// tool is d (a CLI command run on the client host) with the certificate of role.
+func (c *Cluster) tool(d Daemon, role string) Daemon {
+	return c.secure(c.t, d, role, role, c.Client.IP)
 }
 
 func fixtureDir(name string) string { return filepath.Join(repoRoot, "testdata", name) }

@@ -24,7 +24,7 @@ func copiedBytes(t testing.TB, c *Cluster) float64 {
 		if c.CoordProcs[i].Exited() {
 			continue
 		}
-		m, err := Scrape(context.Background(), CoordinatorURL(nd.IP)+"/metrics")
+		m, err := Scrape(context.Background(), c.CoordURL(nd)+"/metrics")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -119,7 +119,7 @@ func scaleOutAndDrain(t *testing.T, row *Row, c *Cluster, w *Node, newStores []s
 
 		copied = copiedBytes(t, c)
 		minimum = float64(s.StoreUsed(newStores[0]) + s.StoreUsed(newStores[1]))
-		if out, err := c.Client.Run(ctx, Drain(c.CoordIPs(), false, newStores...)); err != nil {
+		if out, err := c.Client.Run(ctx, c.tool(Drain(c.CoordIPs(), false, newStores...), "admin")); err != nil {
 			t.Fatalf("drain: %v: %s", err, out)
 		}
 		c.WaitStatus(t, 60*time.Second, "drained", func(s ClusterStatus) bool {
@@ -178,7 +178,7 @@ func leaderNow(c *Cluster) string {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		m, err := Scrape(ctx, CoordinatorURL(nd.IP)+"/metrics")
+		m, err := Scrape(ctx, c.CoordURL(nd)+"/metrics")
 		cancel()
 		if err == nil && m.Sum("pregate_coordinator_leader") == 1 {
 			return nd.Name
@@ -243,7 +243,7 @@ func TestLoseEtcdQuorum(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		began := time.Now()
-		_, err := c.Client.Run(ctx, Drain(c.CoordIPs(), false, "store-0"))
+		_, err := c.Client.Run(ctx, c.tool(Drain(c.CoordIPs(), false, "store-0"), "admin"))
 		took := time.Since(began)
 		if err == nil || !strings.Contains(err.Error(), "no quorum") {
 			t.Errorf("a drain without a quorum: %v (want a failure naming the quorum)", err)
@@ -271,7 +271,7 @@ func TestLoseEtcdQuorum(t *testing.T) {
 		for _, i := range []int{0, 1} {
 			wg.Go(func() {
 				nd := c.Coords[i]
-				c.CoordProcs[i] = nd.Start(t, Coordinator(nd.Host, c.coordOpts))
+				c.CoordProcs[i] = nd.Start(t, c.coordinator(nd))
 			})
 		}
 		wg.Wait()

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"cmp"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -51,26 +53,40 @@ func newCertsCmd() *cobra.Command {
 	}
 	ca.Flags().StringVar(&cluster, "cluster", "default", "cluster name (in the CA's subject)")
 	var (
-		role, name string
-		hosts      []string
+		role, name, caDir, file string
+		hosts                   []string
 	)
 	issue := &cobra.Command{
 		Use:   "issue --dir DIR --role ROLE --name NAME [--host H]...",
 		Short: "Issue a node certificate from DIR's CA: DIR/NAME.crt and DIR/NAME.key",
-		Args:  cobra.NoArgs,
+		Long: "Issue a node certificate. The CA is read from --ca-dir (default --dir), the certificate, its\n" +
+			"key and the CA's certificate are written to --dir as FILE.crt, FILE.key and ca.crt (FILE: --file,\n" +
+			"default the name). The chart's init containers run it with the CA in a Secret of their own.",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if name == "" {
 				return errors.New("--name is required")
 			}
-			caCert, err := os.ReadFile(filepath.Join(dir, "ca.crt"))
+			from := cmp.Or(caDir, dir)
+			caCert, err := os.ReadFile(filepath.Join(from, "ca.crt"))
 			if err != nil {
 				return fmt.Errorf("the CA: %w (create it with `pregate certs ca`)", err)
 			}
-			caKey, err := os.ReadFile(filepath.Join(dir, "ca.key"))
+			caKey, err := os.ReadFile(filepath.Join(from, "ca.key"))
 			if err != nil {
 				return fmt.Errorf("the CA: %w", err)
 			}
-			f, err := tlsutil.IssueFiles(dir, caCert, caKey, tlsutil.Identity{Role: role, Name: name}, hosts, time.Duration(days)*24*time.Hour)
+			var hostList []string
+			for _, h := range hosts { // unset variables in a pod spec expand to nothing
+				if h = strings.TrimSpace(h); h != "" {
+					hostList = append(hostList, h)
+				}
+			}
+			f, err := tlsutil.IssueFiles(dir, caCert, caKey, tlsutil.Identity{Role: role, Name: name}, hostList, time.Duration(days)*24*time.Hour)
+			if err == nil && file != "" && file != name {
+				err = renameIssued(f, dir, file)
+				f.Cert, f.Key = filepath.Join(dir, file+".crt"), filepath.Join(dir, file+".key")
+			}
 			if err != nil {
 				return err
 			}
@@ -80,6 +96,8 @@ func newCertsCmd() *cobra.Command {
 	}
 	issue.Flags().StringVar(&role, "role", "", "coordinator, store, worker, importer or admin")
 	issue.Flags().StringVar(&name, "name", "", "the node's name (its --node-name)")
+	issue.Flags().StringVar(&caDir, "ca-dir", "", "directory of the CA (default --dir)")
+	issue.Flags().StringVar(&file, "file", "", "base name of the certificate and key files (default --name)")
 	issue.Flags().StringSliceVar(&hosts, "host", []string{"localhost", "127.0.0.1"}, "DNS names and IPs the node serves on (its --advertise-host); repeat or comma-separate")
 	for c, validity := range map[*cobra.Command]int{ca: 3650, issue: 365} {
 		c.Flags().StringVar(&dir, "dir", "pregate-certs", "directory of the CA and the certificates")
@@ -120,6 +138,15 @@ func newCertsCmd() *cobra.Command {
 	gossipKey.Flags().StringVar(&keyOut, "out", "", "the key file to create")
 	cmd.AddCommand(ca, issue, gossipKey)
 	return cmd
+}
+
+// renameIssued moves the certificate and key IssueFiles wrote (named after the node) to file.crt
+// and file.key in dir.
+func renameIssued(f tlsutil.Files, dir, file string) error {
+	if err := os.Rename(f.Cert, filepath.Join(dir, file+".crt")); err != nil {
+		return err
+	}
+	return os.Rename(f.Key, filepath.Join(dir, file+".key"))
 }
 
 // writeSecretFiles writes files (name → bytes) into dir, readable by the owner only.

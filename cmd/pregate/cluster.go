@@ -22,6 +22,7 @@ import (
 	"github.com/pregate/pregate/internal/modelblobs"
 	"github.com/pregate/pregate/internal/netaddr"
 	"github.com/pregate/pregate/internal/placement"
+	"github.com/pregate/pregate/internal/tlsutil"
 )
 
 // exitError carries a process exit status other than 1 (main prints err unless it is nil).
@@ -74,8 +75,12 @@ func (c *clusterFlags) connect(ctx context.Context) (*clientv3.Client, *placemen
 			c.tls.files = *cf.TLS
 		}
 	}
+	r, err := c.tls.load()
+	if err != nil {
+		return nil, nil, err
+	}
 	if len(eps) == 0 && c.coordinator != "" {
-		info, err := fetchClusterInfo(ctx, c.coordinator)
+		info, err := fetchClusterInfo(ctx, c.coordinator, r)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -86,10 +91,6 @@ func (c *clusterFlags) connect(ctx context.Context) (*clientv3.Client, *placemen
 	}
 	if len(eps) == 0 {
 		return nil, nil, errors.New("no cluster given: set --etcd-endpoints (PREGATE_ETCD_ENDPOINTS) or --coordinator (PREGATE_COORDINATOR)")
-	}
-	r, err := c.tls.load()
-	if err != nil {
-		return nil, nil, err
 	}
 	cli, err := placement.Dial(eps, r)
 	if err != nil {
@@ -122,10 +123,12 @@ func writeError(err error) error {
 
 // fetchClusterInfo asks the coordinators in addrs (comma-separated HTTP addresses), one after
 // another, for /v1/cluster; the first answer wins.
-func fetchClusterInfo(ctx context.Context, addrs string) (coordinator.ClusterInfo, error) {
+// fetchClusterInfo asks the coordinators at addrs (the first that answers) for the cluster's etcd
+// endpoints: over HTTPS with r's certificate when r is set.
+func fetchClusterInfo(ctx context.Context, addrs string, r *tlsutil.Reloader) (coordinator.ClusterInfo, error) {
 	var errs []error
 	for _, a := range splitList(addrs) {
-		info, err := fetchClusterInfoFrom(ctx, a)
+		info, err := fetchClusterInfoFrom(ctx, a, r)
 		if err == nil {
 			return info, nil
 		}
@@ -137,11 +140,14 @@ func fetchClusterInfo(ctx context.Context, addrs string) (coordinator.ClusterInf
 	return coordinator.ClusterInfo{}, errors.Join(errs...)
 }
 
-func fetchClusterInfoFrom(ctx context.Context, addr string) (coordinator.ClusterInfo, error) {
+func fetchClusterInfoFrom(ctx context.Context, addr string, r *tlsutil.Reloader) (coordinator.ClusterInfo, error) {
 	var info coordinator.ClusterInfo
-	url := addr
+	url, client := addr, http.DefaultClient
+	if r != nil {
+		client = r.HTTPClient(tlsutil.RoleCoordinator)
+	}
 	if !strings.Contains(url, "://") {
-		url = "http://" + url
+		url = map[bool]string{false: "http://", true: "https://"}[r != nil] + url
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -149,7 +155,7 @@ func fetchClusterInfoFrom(ctx context.Context, addr string) (coordinator.Cluster
 	if err != nil {
 		return info, fmt.Errorf("--coordinator %q: %w", addr, err)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return info, fmt.Errorf("coordinator at %s: %w", addr, err)
 	}

@@ -73,7 +73,7 @@ func newWorkerCmd() *cobra.Command {
 			}
 			cfg.EtcdEndpoints = splitList(cf.endpoints)
 			if len(cfg.EtcdEndpoints) == 0 && cf.coordinator != "" {
-				info, err := fetchClusterInfo(cmd.Context(), cf.coordinator)
+				info, err := fetchClusterInfo(cmd.Context(), cf.coordinator, cfg.TLS)
 				if err != nil {
 					return err
 				}

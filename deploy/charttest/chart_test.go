@@ -323,6 +323,41 @@ func checkEverything(t *testing.T, r *Rendered) {
 			t.Errorf("%s mounts %v, want the gossip key and /etc/pregate/tls", d.name, mounts)
 		}
 	}
+	// Mutual TLS: each pod's "certs" init container issues it a certificate of its role from the
+	// CA Secret, which no other container mounts; the pod's containers take that certificate.
+	for _, d := range []struct{ kind, name, container, role string }{
+		{"StatefulSet", "pregate-coordinator", "coordinator", "coordinator"}, {"StatefulSet", "pregate-store", "store", "store"},
+		{"Deployment", "pregate-worker", "worker", "worker"}, {"Job", "pregate-import", "import", "importer"},
+		{"Pod", "pregate-test", "status", "admin"},
+	} {
+		i := slices.IndexFunc(r.Workloads(), func(w Workload) bool { return w.Kind == d.kind && w.Name == d.name })
+		if i < 0 {
+			t.Fatalf("no %s %s", d.kind, d.name)
+		}
+		w := r.Workloads()[i]
+		if len(w.Spec.InitContainers) == 0 || w.Spec.InitContainers[0].Name != "certs" {
+			t.Errorf("%s: no certs init container first", d.name)
+			continue
+		}
+		certs := w.Spec.InitContainers[0]
+		wantFlag(t, certs, "role", d.role)
+		wantFlag(t, certs, "ca-dir", "/etc/pregate/ca")
+		wantFlag(t, certs, "dir", "/etc/pregate/tls")
+		for _, c := range slices.Concat(w.Spec.InitContainers, w.Spec.Containers) {
+			for _, m := range c.VolumeMounts {
+				if m.Name == "tls-ca" && c.Name != "certs" {
+					t.Errorf("%s: container %s mounts the CA key", d.name, c.Name)
+				}
+			}
+		}
+		c := mustContainer(t, r, d.kind, d.name, d.container)
+		wantFlag(t, c, "tls-ca", "/etc/pregate/tls/ca.crt")
+		wantFlag(t, c, "tls-cert", "/etc/pregate/tls/node.crt")
+		wantFlag(t, c, "tls-key", "/etc/pregate/tls/node.key")
+	}
+	if c := mustContainer(t, r, "StatefulSet", "pregate-coordinator", "coordinator"); c.ReadinessProbe.HTTPGet.Scheme != corev1.URISchemeHTTPS {
+		t.Errorf("the coordinator's readiness probe is %s, want HTTPS (it serves HTTPS with TLS)", c.ReadinessProbe.HTTPGet.Scheme)
+	}
 	// API keys: the worker requires them, and helm test's completion sends one; both from the Secret.
 	for _, d := range []struct{ kind, name, container string }{{"Deployment", "pregate-worker", "worker"}, {"Pod", "pregate-test", "complete"}} {
 		c := mustContainer(t, r, d.kind, d.name, d.container)
@@ -524,6 +559,7 @@ func TestValuesRejected(t *testing.T) {
 		{"short gossip key", "gossip: {key: tooshort}", []string{"gossip.key must be 16, 24 or 32 bytes", "it is 8 bytes"}},
 		{"gossip key given twice", "gossip: {key: 0123456789abcdef, existingSecret: mine}", []string{"gossip.key and gossip.existingSecret are both set"}},
 		{"TLS without its Secret", "tls: {enabled: true}", []string{"tls.enabled needs tls.existingSecret"}},
+		{"TLS without the gossip key", "tls: {enabled: true, existingSecret: ca}", []string{"tls.enabled needs the gossip key"}},
 		{"import without a PVC", "import: {enabled: true}", []string{"import.enabled needs import.existingClaim"}},
 	}
 	base, err := ReadValues(filepath.Join("testdata", "minimal.yaml"))

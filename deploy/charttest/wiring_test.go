@@ -177,13 +177,16 @@ func containerErrors(w Workload) []string {
 			add(c, "no subcommand")
 			continue
 		}
-		cmd := c.Args[0]
+		cmd, args := c.Args[0], c.Args[1:]
+		if len(c.Args) > 1 && !strings.HasPrefix(c.Args[1], "-") { // a command of a group: certs issue
+			cmd, args = c.Args[0]+" "+c.Args[1], c.Args[2:]
+		}
 		flags, ok := flagSpec[cmd]
 		if !ok {
 			add(c, "pregate has no subcommand %q", cmd)
 			continue
 		}
-		for _, a := range c.Args[1:] {
+		for _, a := range args {
 			name, _, _ := strings.Cut(strings.TrimPrefix(a, "--"), "=")
 			if !strings.HasPrefix(a, "--") {
 				add(c, "argument %q is not a --flag=value", a)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"net"
+	"net/http"
 	"slices"
 	"strings"
 
@@ -80,4 +82,32 @@ func (p Policy) StreamInterceptor() grpc.StreamServerInterceptor {
 		}
 		return h(srv, ss)
 	}
+}
+
+// RequireIdentity wraps h so that only requests over TLS with a verified certificate of the
+// cluster's CA reach it (any role); others get 403, naming why.
+func RequireIdentity(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS == nil {
+			http.Error(w, "a client certificate of the cluster is required (this server speaks TLS)", http.StatusForbidden)
+			return
+		}
+		if _, err := PeerIdentity(*r.TLS); err != nil {
+			http.Error(w, "a client certificate of the cluster is required: "+err.Error(), http.StatusForbidden)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// HTTPClient is an HTTP client that presents r's certificate and requires the server's to name
+// role (any role for "").
+func (r *Reloader) HTTPClient(role string) *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			d := tls.Dialer{Config: r.DialConfigAs(addr, role)}
+			return d.DialContext(ctx, network, addr)
+		},
+		ForceAttemptHTTP2: true,
+	}}
 }

@@ -284,13 +284,20 @@ func (r *Reloader) Identity() Identity {
 }
 
 // ServerConfig requires and verifies a client certificate from the cluster's CA.
-func (r *Reloader) ServerConfig() *tls.Config {
+func (r *Reloader) ServerConfig() *tls.Config { return r.serverConfig(tls.RequireAndVerifyClientCert) }
+
+// HTTPServerConfig verifies a client certificate from the cluster's CA when one is given: an HTTP
+// server whose probes (kubelet's) and scrapes present none, and whose handlers require one where
+// it matters (RequireIdentity).
+func (r *Reloader) HTTPServerConfig() *tls.Config { return r.serverConfig(tls.VerifyClientCertIfGiven) }
+
+func (r *Reloader) serverConfig(auth tls.ClientAuthType) *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
 			cert, roots := r.current()
 			return &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{*cert},
-				ClientCAs: roots, ClientAuth: tls.RequireAndVerifyClientCert,
+				ClientCAs: roots, ClientAuth: auth, NextProtos: []string{"h2", "http/1.1"},
 				// Full-size records from the first byte: expert blobs are bulk transfers, and the
 				// small records TLS starts with (for a web page's latency) cost throughput here.
 				DynamicRecordSizingDisabled: true}, nil

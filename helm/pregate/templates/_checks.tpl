@@ -26,7 +26,10 @@ Included by templates/checks.yaml, so that every render (install, upgrade, templ
 {{- end }}
 {{- end }}
 {{- if and $v.tls.enabled (not $v.tls.existingSecret) }}
-{{- fail "tls.enabled needs tls.existingSecret: the name of a kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt) to mount at /etc/pregate/tls" }}
+{{- fail "tls.enabled needs tls.existingSecret: the name of a Secret holding the cluster CA as ca.crt and ca.key (pregate certs ca)" }}
+{{- end }}
+{{- if and $v.tls.enabled (not (include "pregate.gossip.enabled" .)) }}
+{{- fail "tls.enabled needs the gossip key (gossip.key or gossip.existingSecret): with TLS, gossip must be encrypted too" }}
 {{- end }}
 {{- if and $v.import.enabled (not $v.import.existingClaim) }}
 {{- fail "import.enabled needs import.existingClaim: the PVC holding the checkpoint directory import.modelDir" }}

@@ -187,6 +187,61 @@ so 8Gi of blobs with 1Gi in flight ask for 11776Mi. Request = limit: a store is 
 {{- end }}
 {{- end }}
 
+{{/*
+Mutual TLS (tls.enabled): each pod's init container "certs" issues the pod a certificate of its
+role, named after the pod, on its IP and the hosts given, from the CA in tls.existingSecret (ca.crt,
+ca.key), into the pod's "tls" emptyDir; the CA key is mounted in that init container alone. Call
+with (list . role hosts), hosts a comma-separated list that may use the container's variables.
+*/}}
+{{- define "pregate.tls.init" -}}
+{{- $ := index . 0 }}
+{{- if $.Values.tls.enabled }}
+- name: certs
+  {{- include "pregate.image" $ | nindent 2 }}
+  command: ["/usr/local/bin/pregate"]
+  args:
+    - certs
+    - issue
+    - --ca-dir=/etc/pregate/ca
+    - --dir=/etc/pregate/tls
+    - --file=node
+    - --role={{ index . 1 }}
+    - --name=$(POD_NAME)
+    - --host=$(POD_IP){{ with index . 2 }},{{ . }}{{ end }}
+    - --days={{ $.Values.tls.days }}
+  env:
+    - name: POD_NAME
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.name
+    - name: POD_NAMESPACE
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.namespace
+    - name: POD_IP
+      valueFrom:
+        fieldRef:
+          fieldPath: status.podIP
+  securityContext:
+    {{- toYaml $.Values.securityContext | nindent 4 }}
+  volumeMounts:
+    - name: tls-ca
+      mountPath: /etc/pregate/ca
+      readOnly: true
+    - name: tls
+      mountPath: /etc/pregate/tls
+{{- end }}
+{{- end }}
+
+{{/* The TLS flags of a container whose pod has the "certs" init container. */}}
+{{- define "pregate.tls.args" -}}
+{{- if .Values.tls.enabled }}
+- --tls-ca=/etc/pregate/tls/ca.crt
+- --tls-cert=/etc/pregate/tls/node.crt
+- --tls-key=/etc/pregate/tls/node.key
+{{- end }}
+{{- end }}
+
 {{- define "pregate.volumes" -}}
 - name: tmp
   emptyDir: {}
@@ -199,11 +254,26 @@ so 8Gi of blobs with 1Gi in flight ask for 11776Mi. Request = limit: a store is 
       - key: {{ include "pregate.gossip.secretKey" . }}
         path: key
 {{- end }}
+{{- with include "pregate.tls.volumes" . }}
+{{ . }}
+{{- end }}
+{{- end }}
+
+{{/* The CA Secret (for the "certs" init container) and the pod's certificate (an emptyDir). */}}
+{{- define "pregate.tls.volumes" -}}
 {{- if .Values.tls.enabled }}
-- name: tls
+- name: tls-ca
   secret:
     secretName: {{ .Values.tls.existingSecret }}
     defaultMode: 0440
+    items:
+      - key: ca.crt
+        path: ca.crt
+      - key: ca.key
+        path: ca.key
+- name: tls
+  emptyDir:
+    medium: Memory
 {{- end }}
 {{- end }}
 
@@ -245,17 +315,22 @@ securityContext:
 {{- end }}
 
 {{/* Probes on a daemon's HTTP port (named http): startup and liveness /health, readiness /ready. */}}
+{{/* Probes on the "http" port; call with (list . scheme) for HTTPS (the coordinator with TLS). */}}
 {{- define "pregate.probes" -}}
+{{- $scheme := "HTTP" }}
+{{- if kindIs "slice" . }}{{ $scheme = index . 1 }}{{ end }}
 startupProbe:
   httpGet:
     path: /health
     port: http
+    scheme: {{ $scheme }}
   periodSeconds: 5
   failureThreshold: 120
 livenessProbe:
   httpGet:
     path: /health
     port: http
+    scheme: {{ $scheme }}
   periodSeconds: 10
   timeoutSeconds: 5
   failureThreshold: 6
@@ -263,6 +338,7 @@ readinessProbe:
   httpGet:
     path: /ready
     port: http
+    scheme: {{ $scheme }}
   periodSeconds: 5
   timeoutSeconds: 3
   failureThreshold: 3
