@@ -177,7 +177,8 @@ func (t *Tokenizer) nextAdded(text string) (int, *addedToken) {
 }
 
 // Decode returns the text of ids. With skipSpecial, special tokens are dropped (as HF's
-// skip_special_tokens); otherwise they appear as their content, "<s>". Ids out of range are dropped.
+// skip_special_tokens); otherwise they appear as their content, "<s>", as HF's tokenizers write
+// them. Ids out of range are dropped.
 func (t *Tokenizer) Decode(ids []int, skipSpecial bool) string {
 	var b strings.Builder
 	run := make([]int, 0, len(ids))
@@ -189,7 +190,7 @@ func (t *Tokenizer) Decode(ids []int, skipSpecial bool) string {
 		switch {
 		case id < 0 || id >= len(t.vocab):
 		case t.special[id] && skipSpecial:
-		case t.special[id] && t.isAdded(id):
+		case t.special[id]:
 			flush()
 			b.WriteString(t.vocab[id])
 		default:
@@ -198,15 +199,6 @@ func (t *Tokenizer) Decode(ids []int, skipSpecial bool) string {
 	}
 	flush()
 	return b.String()
-}
-
-func (t *Tokenizer) isAdded(id int) bool {
-	for _, a := range t.added {
-		if a.id == id {
-			return true
-		}
-	}
-	return false
 }
 
 // addAdded registers an added token: it gets an id (its own, or the next free one) and is matched

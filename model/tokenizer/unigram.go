@@ -12,6 +12,7 @@ type unigramLattice struct {
 	unkID    int
 	unkScore float64
 	fuseUnk  bool // merge consecutive unknowns into one piece (SentencePiece and HF both do)
+	score64  bool // keep path scores in float64 as HF does; SentencePiece keeps float32
 }
 
 // piece is one token of a segmentation: the byte range of the normalized text and its id.
@@ -22,7 +23,7 @@ type piece struct {
 // segment returns the best segmentation of s.
 func (u *unigramLattice) segment(s string) []piece {
 	type node struct {
-		score float32 // float32 as SentencePiece keeps it: ties and rounding follow the reference
+		score float64
 		start int
 		id    int
 	}
@@ -32,13 +33,13 @@ func (u *unigramLattice) segment(s string) []piece {
 	}
 	for start := 0; start < len(s); {
 		_, charLen := utf8.DecodeRuneInString(s[start:])
-		here := float64(best[start].score)
+		here := best[start].score
 		single := false
 		u.trie.prefixes(s[start:], func(id, length int) {
 			cand := u.score(id) + here
 			t := &best[start+length]
-			if t.start < 0 || cand > float64(t.score) {
-				*t = node{score: float32(cand), start: start, id: id}
+			if t.start < 0 || cand > t.score {
+				*t = node{score: u.round(cand), start: start, id: id}
 			}
 			if length == charLen {
 				single = true
@@ -47,8 +48,8 @@ func (u *unigramLattice) segment(s string) []piece {
 		if !single {
 			cand := u.unkScore + here
 			t := &best[start+charLen]
-			if t.start < 0 || cand > float64(t.score) {
-				*t = node{score: float32(cand), start: start, id: u.unkID}
+			if t.start < 0 || cand > t.score {
+				*t = node{score: u.round(cand), start: start, id: u.unkID}
 			}
 		}
 		start += charLen
@@ -66,6 +67,15 @@ func (u *unigramLattice) segment(s string) []piece {
 		rev[i], rev[j] = rev[j], rev[i]
 	}
 	return rev
+}
+
+// round stores a path score as the reference does: SentencePiece in a float32, so that ties and
+// rounding follow it exactly.
+func (u *unigramLattice) round(x float64) float64 {
+	if u.score64 {
+		return x
+	}
+	return float64(float32(x))
 }
 
 // pieceTrie is a byte trie over vocabulary pieces, for enumerating the pieces that prefix a string.
