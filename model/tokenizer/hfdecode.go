@@ -10,16 +10,16 @@ import (
 // hfDecoder is tokenizer.json's decoder: a chain of steps over the token strings, joined at the end
 // (tokenizers/src/decoders).
 type hfDecoder struct {
-	steps []func([]string) []string
+	steps []func(toks []string, atStart bool) []string
 }
 
-func (d *hfDecoder) decode(t *Tokenizer, ids []int) string {
+func (d *hfDecoder) decode(t *Tokenizer, ids []int, atStart bool) string {
 	toks := make([]string, len(ids))
 	for i, id := range ids {
 		toks[i] = t.vocab[id]
 	}
 	for _, step := range d.steps {
-		toks = step(toks)
+		toks = step(toks, atStart)
 	}
 	return strings.Join(toks, "")
 }
@@ -51,24 +51,25 @@ func (d *hfDecoder) add(raw json.RawMessage) error {
 		if err != nil {
 			return err
 		}
-		d.steps = append(d.steps, func(toks []string) []string {
+		d.steps = append(d.steps, func(toks []string, _ bool) []string {
 			for i := range toks {
 				toks[i] = rep(toks[i])
 			}
 			return toks
 		})
 	case "ByteFallback":
-		d.steps = append(d.steps, byteFallback)
+		d.steps = append(d.steps, func(toks []string, _ bool) []string { return byteFallback(toks) })
 	case "Fuse":
-		d.steps = append(d.steps, func(toks []string) []string { return []string{strings.Join(toks, "")} })
+		d.steps = append(d.steps, func(toks []string, _ bool) []string { return []string{strings.Join(toks, "")} })
 	case "Strip":
 		if c.Content == nil || utf8.RuneCountInString(*c.Content) != 1 {
 			return fmt.Errorf("Strip content must be one character")
 		}
 		ch, start, stop := *c.Content, c.Start, c.Stop
-		d.steps = append(d.steps, func(toks []string) []string {
+		// Strip drops the prepended space: only where the sequence starts.
+		d.steps = append(d.steps, func(toks []string, atStart bool) []string {
 			for i, tok := range toks {
-				for n := 0; n < start && strings.HasPrefix(tok, ch); n++ {
+				for n := 0; n < start && atStart && strings.HasPrefix(tok, ch); n++ {
 					tok = tok[len(ch):]
 				}
 				for n := 0; n < stop && strings.HasSuffix(tok, ch); n++ {
@@ -83,10 +84,10 @@ func (d *hfDecoder) add(raw json.RawMessage) error {
 		if err != nil {
 			return err
 		}
-		d.steps = append(d.steps, func(toks []string) []string {
+		d.steps = append(d.steps, func(toks []string, atStart bool) []string {
 			for i := range toks {
 				toks[i] = strings.ReplaceAll(toks[i], m.repl, " ")
-				if i == 0 && m.prepend {
+				if i == 0 && atStart && m.prepend {
 					toks[i] = strings.TrimPrefix(toks[i], " ")
 				}
 			}

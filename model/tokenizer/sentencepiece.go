@@ -82,6 +82,16 @@ func newSentencePiece(b []byte) (*Tokenizer, error) {
 	}
 	t.seg = sp
 	t.dec = &spDecoder{m: m}
+	// HF's tokenizers match the control and unknown pieces in text ("<s>" in a rendered chat
+	// template is BOS); SentencePiece alone would split them into characters. The unknown piece
+	// stays visible to Decode (" ⁇ "), as SentencePiece decodes it.
+	for id, typ := range m.types {
+		if typ == pieceControl || typ == pieceUnknown {
+			if err := t.addAdded(m.pieces[id], id, typ == pieceControl); err != nil {
+				return nil, err
+			}
+		}
+	}
 	return t, nil
 }
 
@@ -187,11 +197,11 @@ type spDecoder struct {
 	m *spModel
 }
 
-func (d *spDecoder) decode(t *Tokenizer, ids []int) string {
+func (d *spDecoder) decode(t *Tokenizer, ids []int, atStart bool) string {
 	var (
 		b         strings.Builder
 		bytes     []byte
-		isBOSWS   = true
+		isBOSWS   = atStart
 		bosWSSeen bool
 	)
 	flushBytes := func() {

@@ -41,9 +41,10 @@ type segmenter interface {
 	encode(text string) []int
 }
 
-// decoder turns the pieces of ids (special ones already dropped) into text.
+// decoder turns the pieces of ids (special ones already dropped) into text. atStart says the ids
+// begin the sequence, where the space a normalizer prepended is dropped.
 type decoder interface {
-	decode(t *Tokenizer, ids []int) string
+	decode(t *Tokenizer, ids []int, atStart bool) string
 }
 
 // addedToken is a token matched verbatim in the text before the model sees it (HF's added tokens:
@@ -180,11 +181,18 @@ func (t *Tokenizer) nextAdded(text string) (int, *addedToken) {
 // skip_special_tokens); otherwise they appear as their content, "<s>", as HF's tokenizers write
 // them. Ids out of range are dropped.
 func (t *Tokenizer) Decode(ids []int, skipSpecial bool) string {
+	return t.decode(ids, skipSpecial, true)
+}
+
+// decode is Decode of ids that start the sequence (atStart) or continue it.
+func (t *Tokenizer) decode(ids []int, skipSpecial, atStart bool) string {
 	var b strings.Builder
 	run := make([]int, 0, len(ids))
 	flush := func() {
-		b.WriteString(t.dec.decode(t, run))
-		run = run[:0]
+		if len(run) > 0 {
+			b.WriteString(t.dec.decode(t, run, atStart && b.Len() == 0))
+			run = run[:0]
+		}
 	}
 	for _, id := range ids {
 		switch {
