@@ -103,7 +103,7 @@ func TestMalformedTokenizerJSON(t *testing.T) {
 		{"charsmap", `{"normalizer": {"type": "Precompiled", "precompiled_charsmap": "!!"}, "model": {"type": "Unigram", "vocab": [["a", -1]], "unk_id": 0}}`, "base64"},
 		{"pre-tokenizer", `{"pre_tokenizer": {"type": "ByteLevel"}, "model": {"type": "Unigram", "vocab": [["a", -1]], "unk_id": 0}}`, `pre_tokenizer: type "ByteLevel"`},
 		{"decoder", `{"decoder": {"type": "WordPiece"}, "model": {"type": "Unigram", "vocab": [["a", -1]], "unk_id": 0}}`, `decoder: type "WordPiece"`},
-		{"regex", `{"normalizer": {"type": "Replace", "pattern": {"Regex": "("}, "content": ""}, "model": {"type": "Unigram", "vocab": [["a", -1]], "unk_id": 0}}`, "Replace"},
+		{"regex", `{"normalizer": {"type": "Replace", "pattern": {"Regex": "("}, "content": ""}, "model": {"type": "Unigram", "vocab": [["a", -1]], "unk_id": 0}}`, "Replace pattern"},
 		{"template", `{"post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>"}}], "special_tokens": {}}, "model": {"type": "Unigram", "vocab": [["a", -1]], "unk_id": 0}}`, "<s>"},
 	}
 	for _, tt := range tests {

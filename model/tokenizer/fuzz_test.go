@@ -64,7 +64,7 @@ func FuzzParseTokenizerJSON(f *testing.F) {
 		tok, err := newHFJSON(b)
 		if err != nil {
 			if errors.Is(err, ErrTokenizer) {
-				t.Fatalf("newHFJSON wraps ErrTokenizer itself: %v", err) // loadHFJSON adds the file name
+				t.Fatalf("newHFJSON wraps ErrTokenizer itself: %v", err) // loadFile adds the file name
 			}
 			return
 		}

@@ -63,7 +63,7 @@ func (d *hfDecoder) add(raw json.RawMessage) error {
 		d.steps = append(d.steps, func(toks []string, _ bool) []string { return []string{strings.Join(toks, "")} })
 	case "Strip":
 		if c.Content == nil || utf8.RuneCountInString(*c.Content) != 1 {
-			return fmt.Errorf("Strip content must be one character")
+			return fmt.Errorf("a Strip content must be one character")
 		}
 		ch, start, stop := *c.Content, c.Start, c.Stop
 		// Strip drops the prepended space: only where the sequence starts.

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
-	"os"
 	"regexp"
 	"strings"
 	"unicode"
@@ -87,20 +86,6 @@ type hfModel struct {
 	Prefix       *string         `json:"continuing_subword_prefix"`
 	Suffix       *string         `json:"end_of_word_suffix"`
 	Dropout      *float64        `json:"dropout"`
-}
-
-// loadHFJSON reads an HF tokenizer.json.
-func loadHFJSON(path string) (*Tokenizer, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("tokenizer: %w", err)
-	}
-	t, err := newHFJSON(b)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrTokenizer, path, err)
-	}
-	t.source = path
-	return t, nil
 }
 
 // newHFJSON builds a Tokenizer from the bytes of a tokenizer.json.
@@ -438,7 +423,7 @@ func parseHFNormalizer(raw json.RawMessage) (func(string) string, error) {
 	case "Precompiled":
 		b, err := base64.StdEncoding.DecodeString(c.Charsmap)
 		if err != nil {
-			return nil, fmt.Errorf("Precompiled: charsmap is not base64: %v", err)
+			return nil, fmt.Errorf("precompiled_charsmap is not base64: %v", err)
 		}
 		cm, err := parseCharsmap(b)
 		if err != nil {
@@ -473,24 +458,24 @@ func parseHFNormalizer(raw json.RawMessage) (func(string) string, error) {
 // parseReplace reads a Replace normalizer or decoder: a literal or a regular expression.
 func parseReplace(c *hfComponent) (func(string) string, error) {
 	if c.Pattern == nil || c.Content == nil {
-		return nil, fmt.Errorf("Replace without pattern or content")
+		return nil, fmt.Errorf("a Replace without pattern or content")
 	}
 	with := *c.Content
 	switch {
 	case c.Pattern.String != nil:
 		from := *c.Pattern.String
 		if from == "" {
-			return nil, fmt.Errorf("Replace of an empty string")
+			return nil, fmt.Errorf("a Replace of the empty string")
 		}
 		return func(s string) string { return strings.ReplaceAll(s, from, with) }, nil
 	case c.Pattern.Regex != nil:
 		re, err := regexp.Compile(*c.Pattern.Regex)
 		if err != nil {
-			return nil, fmt.Errorf("Replace: %v", err)
+			return nil, fmt.Errorf("a Replace pattern: %v", err)
 		}
 		return func(s string) string { return re.ReplaceAllLiteralString(s, with) }, nil
 	}
-	return nil, fmt.Errorf("Replace pattern is neither String nor Regex")
+	return nil, fmt.Errorf("a Replace pattern is neither String nor Regex")
 }
 
 // parseHFPreTokenizer builds the pre-tokenizer: none, Sequence, Metaspace, WhitespaceSplit.
@@ -555,7 +540,7 @@ func newMetaspace(c *hfComponent) (*metaspace, error) {
 	case "":
 		m.prepend = c.AddPrefix == nil || *c.AddPrefix
 	default:
-		return nil, fmt.Errorf("Metaspace prepend_scheme %q", c.PrependScheme)
+		return nil, fmt.Errorf("unknown Metaspace prepend_scheme %q", c.PrependScheme)
 	}
 	return m, nil
 }

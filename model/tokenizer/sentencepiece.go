@@ -1,26 +1,10 @@
 package tokenizer
 
 import (
-	"fmt"
 	"math"
-	"os"
 	"strings"
 	"unicode/utf8"
 )
-
-// loadSentencePiece reads a SentencePiece model file (tokenizer.model, spiece.model).
-func loadSentencePiece(path string) (*Tokenizer, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("tokenizer: %w", err)
-	}
-	t, err := newSentencePiece(b)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrTokenizer, path, err)
-	}
-	t.source = path
-	return t, nil
-}
 
 // newSentencePiece builds a Tokenizer from a serialized ModelProto.
 func newSentencePiece(b []byte) (*Tokenizer, error) {

@@ -65,11 +65,11 @@ func Load(dir string) (*Tokenizer, error) {
 	)
 	switch {
 	case exists(filepath.Join(dir, "tokenizer.json")):
-		t, err = loadHFJSON(filepath.Join(dir, "tokenizer.json"))
+		t, err = LoadJSON(filepath.Join(dir, "tokenizer.json"))
 	case exists(filepath.Join(dir, "tokenizer.model")):
-		t, err = loadSentencePiece(filepath.Join(dir, "tokenizer.model"))
+		t, err = LoadSentencePiece(filepath.Join(dir, "tokenizer.model"))
 	case exists(filepath.Join(dir, "spiece.model")):
-		t, err = loadSentencePiece(filepath.Join(dir, "spiece.model"))
+		t, err = LoadSentencePiece(filepath.Join(dir, "spiece.model"))
 	default:
 		return nil, fmt.Errorf("%w in %s (want tokenizer.json, tokenizer.model or spiece.model)", ErrNoTokenizer, dir)
 	}
@@ -88,10 +88,27 @@ func exists(path string) bool {
 }
 
 // LoadSentencePiece reads a SentencePiece model file alone (no tokenizer_config.json).
-func LoadSentencePiece(path string) (*Tokenizer, error) { return loadSentencePiece(path) }
+func LoadSentencePiece(path string) (*Tokenizer, error) { return loadFile(path, newSentencePiece) }
 
 // LoadJSON reads an HF tokenizer.json alone (no tokenizer_config.json).
-func LoadJSON(path string) (*Tokenizer, error) { return loadHFJSON(path) }
+func LoadJSON(path string) (*Tokenizer, error) { return loadFile(path, newHFJSON) }
+
+// loadFile reads path and builds a Tokenizer from its bytes; a build error names the file.
+func loadFile(path string, build func([]byte) (*Tokenizer, error)) (*Tokenizer, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("tokenizer: %w", err)
+	}
+	t, err := build(b)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrTokenizer, path, err)
+	}
+	t.source = path
+	return t, nil
+}
+
+// Source is the tokenizer file it was loaded from (tokenizer.json, tokenizer.model, spiece.model).
+func (t *Tokenizer) Source() string { return t.source }
 
 // VocabSize is the number of ids, added tokens included.
 func (t *Tokenizer) VocabSize() int { return len(t.vocab) }
