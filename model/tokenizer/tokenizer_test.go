@@ -2,6 +2,7 @@ package tokenizer
 
 import (
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -219,5 +220,38 @@ func TestStreamHoldsIncompleteBytes(t *testing.T) {
 	s.Next(ids[len(ids)-4])
 	if got := s.Flush(); got != "\uFFFD" {
 		t.Errorf("Flush of a lone lead byte = %q", got)
+	}
+}
+
+func TestFiles(t *testing.T) {
+	dir := mistralDir(t)
+	writeFile(t, dir, "config.json", "{}")
+	files, err := Files(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) != 2 || files["tokenizer.model"] == nil || files["tokenizer_config.json"] == nil {
+		t.Fatalf("files %v", slices.Collect(maps.Keys(files)))
+	}
+	// The files alone make the same tokenizer.
+	copyDir := t.TempDir()
+	for name, b := range files {
+		writeFile(t, copyDir, name, string(b))
+	}
+	a, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Load(copyDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, _ := a.Encode("<s>Bonjour 🤖", true)
+	y, _ := b.Encode("<s>Bonjour 🤖", true)
+	if !slices.Equal(x, y) || a.ChatTemplate() != b.ChatTemplate() {
+		t.Errorf("copied tokenizer differs: %v vs %v", x, y)
+	}
+	if _, err := Files(t.TempDir()); !errors.Is(err, ErrNoTokenizer) {
+		t.Errorf("empty dir: %v", err)
 	}
 }
