@@ -12,6 +12,21 @@ import (
 // looks for the model (tokenizer.json, then the SentencePiece models) and then its configuration.
 var FileNames = []string{"tokenizer.json", "tokenizer.model", "spiece.model", "special_tokens_map.json", "tokenizer_config.json"}
 
+// BlobPrefix names the tensors that carry tokenizer files in a model's dense blobs (pregate
+// import; workers write them back as files): "tokenizer/tokenizer.json" holds that file's bytes as
+// a U8 vector.
+const BlobPrefix = "tokenizer/"
+
+// IsFileName reports whether name is one of FileNames.
+func IsFileName(name string) bool {
+	for _, n := range FileNames {
+		if n == name {
+			return true
+		}
+	}
+	return false
+}
+
 // maxFileBytes bounds one tokenizer file (large vocabularies' tokenizer.json are ~20 MB).
 const maxFileBytes = 64 << 20
 
