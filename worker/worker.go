@@ -336,6 +336,7 @@ func (w *Worker) load(ctx context.Context) error {
 	wrapped := WrapModel(m, pipe)
 	sc := serve.DefaultConfig()
 	sc.ModelName, sc.Model, sc.Registry, sc.Logger = man.Name, wrapped, w.reg, w.log
+	sc.Tokenizer = w.tok.Load()
 	sc.MaxRunning, sc.MaxWaiting = w.cfg.MaxRunning, w.cfg.MaxWaiting
 	sc.Ready = w.readyErr
 	if mc := ckpt.Config().Mixtral; mc != nil {
