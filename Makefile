@@ -19,7 +19,7 @@ build: deps
 # The main job: a whole cluster in one process (embedded etcd, coordinator, 3 stores, a worker in
 # speculative mode) serving a synthesised model on http://127.0.0.1:8000 until Ctrl-C.
 demo: build
-	$(BIN) up --demo --data-dir $(DATA)/up
+	$(BIN) up --demo --tokenizer model/tokenizer/testdata/mistral --data-dir $(DATA)/up
 
 # Greedy decoding of the Switch fixture and of a synthetic Mixtral straight from local checkpoints.
 demo-generate: build
