@@ -13,22 +13,16 @@ import (
 
 // hfConfig is what this package reads from tokenizer_config.json and special_tokens_map.json.
 type hfConfig struct {
-	BOS, EOS, UNK, Pad *hfToken             `json:"-"` // from the *Token fields
-	AddBOS             *bool                `json:"add_bos_token"`
-	AddEOS             *bool                `json:"add_eos_token"`
-	ExtraIDs           int                  `json:"extra_ids"`
-	AdditionalSpecial  []hfToken            `json:"additional_special_tokens"`
-	AddedTokensDecoder map[string]hfAddedTk `json:"added_tokens_decoder"`
-	ChatTemplate       json.RawMessage      `json:"chat_template"`
-	BOSToken           json.RawMessage      `json:"bos_token"`
-	EOSToken           json.RawMessage      `json:"eos_token"`
-	UNKToken           json.RawMessage      `json:"unk_token"`
-	PadToken           json.RawMessage      `json:"pad_token"`
-}
-
-type hfAddedTk struct {
-	Content string `json:"content"`
-	Special bool   `json:"special"`
+	BOS                *hfToken                `json:"bos_token"` // null or absent: nil
+	EOS                *hfToken                `json:"eos_token"`
+	UNK                *hfToken                `json:"unk_token"`
+	Pad                *hfToken                `json:"pad_token"`
+	AddBOS             *bool                   `json:"add_bos_token"`
+	AddEOS             *bool                   `json:"add_eos_token"`
+	ExtraIDs           int                     `json:"extra_ids"`
+	AdditionalSpecial  []hfToken               `json:"additional_special_tokens"`
+	AddedTokensDecoder map[string]hfAddedToken `json:"added_tokens_decoder"` // id → token
+	ChatTemplate       json.RawMessage         `json:"chat_template"`
 }
 
 // hfToken is a token named in a config: a string, or an object with "content" (AddedToken).
@@ -50,18 +44,6 @@ func (t *hfToken) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// parseToken reads an optional token field (absent or null: nil).
-func parseToken(raw json.RawMessage) (*hfToken, error) {
-	if isNull(raw) {
-		return nil, nil
-	}
-	var t hfToken
-	if err := json.Unmarshal(raw, &t); err != nil {
-		return nil, err
-	}
-	return &t, nil
-}
-
 // readConfig reads one JSON config of dir; a missing file is an empty config.
 func readConfig(dir, name string) (*hfConfig, error) {
 	path := filepath.Join(dir, name)
@@ -75,14 +57,6 @@ func readConfig(dir, name string) (*hfConfig, error) {
 	var c hfConfig
 	if err := json.Unmarshal(b, &c); err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrTokenizer, path, err)
-	}
-	for _, f := range []struct {
-		raw json.RawMessage
-		dst **hfToken
-	}{{c.BOSToken, &c.BOS}, {c.EOSToken, &c.EOS}, {c.UNKToken, &c.UNK}, {c.PadToken, &c.Pad}} {
-		if *f.dst, err = parseToken(f.raw); err != nil {
-			return nil, fmt.Errorf("%w: %s: %v", ErrTokenizer, path, err)
-		}
 	}
 	return &c, nil
 }

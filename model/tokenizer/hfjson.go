@@ -143,8 +143,8 @@ func (t *Tokenizer) parseHFModel(raw json.RawMessage) (func(string) []int, error
 	return nil, fmt.Errorf("type %q is not supported (BPE and Unigram are)", m.Type)
 }
 
-// setVocab installs id → piece, checking that ids are dense.
-func (t *Tokenizer) setVocab(pieces []string) error {
+// setVocab installs id → piece, and the byte pieces among them.
+func (t *Tokenizer) setVocab(pieces []string) {
 	t.vocab, t.ids = pieces, make(map[string]int, len(pieces))
 	t.special, t.byteOf = make([]bool, len(pieces)), make([]int16, len(pieces))
 	for id, p := range pieces {
@@ -156,7 +156,6 @@ func (t *Tokenizer) setVocab(pieces []string) error {
 			t.ids[p] = id
 		}
 	}
-	return nil
 }
 
 func (t *Tokenizer) parseHFBPE(m *hfModel) (func(string) []int, error) {
@@ -178,9 +177,7 @@ func (t *Tokenizer) parseHFBPE(m *hfModel) (func(string) []int, error) {
 		}
 		pieces[id], seen[id] = p, true
 	}
-	if err := t.setVocab(pieces); err != nil {
-		return nil, err
-	}
+	t.setVocab(pieces)
 	merges, err := parseMerges(m.Merges)
 	if err != nil {
 		return nil, err
@@ -328,9 +325,7 @@ func (t *Tokenizer) parseHFUnigram(m *hfModel) (func(string) []int, error) {
 		trie.add(v.Piece, id)
 		minScore = min(minScore, v.Score)
 	}
-	if err := t.setVocab(pieces); err != nil {
-		return nil, err
-	}
+	t.setVocab(pieces)
 	if m.UnkID == nil || *m.UnkID < 0 || *m.UnkID >= len(vocab) {
 		return nil, fmt.Errorf("unk_id missing or out of range")
 	}

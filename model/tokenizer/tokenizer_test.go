@@ -255,3 +255,48 @@ func TestFiles(t *testing.T) {
 		t.Errorf("empty dir: %v", err)
 	}
 }
+
+// Added tokens are matched leftmost first, the longest at one position, before the model sees
+// the text; the spans between them are encoded as text.
+func TestAddedTokens(t *testing.T) {
+	dir := t.TempDir()
+	copyFile(t, "testdata/mistral/tokenizer.model", dir, "tokenizer.model")
+	writeFile(t, dir, "tokenizer_config.json", `{"add_bos_token": false,
+		"added_tokens_decoder": {"32000": {"content": "[INST]", "special": true}, "32001": {"content": "[INST][/INST]", "special": true},
+		"32002": {"content": "<tool>", "special": false}}}`)
+	tok, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc := func(s string) []int {
+		ids, err := tok.Encode(s, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ids
+	}
+	tests := []struct {
+		give string
+		want []int
+	}{
+		{"[INST]", []int{32000}},
+		{"[INST][/INST]", []int{32001}},
+		{"a[INST]b", slices.Concat(enc("a"), []int{32000}, enc("b"))},
+		{"<tool>[INST][INST][/INST]</s>", []int{32002, 32000, 32001, 2}},
+		{"x <tool> y", slices.Concat(enc("x "), []int{32002}, enc(" y"))},
+	}
+	for _, tt := range tests {
+		if got := enc(tt.give); !slices.Equal(got, tt.want) {
+			t.Errorf("Encode(%q) = %v, want %v", tt.give, got, tt.want)
+		}
+	}
+	// A non-special added token stays in the text; the span after an added token gets the dummy
+	// prefix "▁" as HF's (legacy) Llama tokenizers give it.
+	ids := enc("<tool>[INST]hi")
+	if got := tok.Decode(ids, true); got != "<tool> hi" {
+		t.Errorf("Decode skipping special = %q", got)
+	}
+	if tok.VocabSize() != 32003 || !tok.IsSpecial(32000) || tok.IsSpecial(32002) {
+		t.Errorf("vocab %d, special 32000 %v, 32002 %v", tok.VocabSize(), tok.IsSpecial(32000), tok.IsSpecial(32002))
+	}
+}
