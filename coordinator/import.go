@@ -117,7 +117,7 @@ func Import(ctx context.Context, ps *placement.Store, opts ImportOptions) (rep I
 		return rep, fmt.Errorf("%w: %s: %w", model.ErrConfig, filepath.Join(opts.Dir, "config.json"), err)
 	}
 	man.Config = compact.Bytes()
-	if err := importTokenizer(&man, opts.Dir, ckpt.Config()); err != nil {
+	if err := importTokenizer(&man, opts.Dir, ckpt.Config(), log); err != nil {
 		return rep, err
 	}
 	layout := model.MoELayout(ckpt.Config())
@@ -213,10 +213,15 @@ func Import(ctx context.Context, ps *placement.Store, opts ImportOptions) (rep I
 
 // importTokenizer checks the checkpoint's tokenizer, if it has one, and names it and its chat
 // template in man (its files are split into a blob with the rest). Every id it can produce must be
-// a token of the model.
-func importTokenizer(man *placement.Manifest, dir string, cfg *model.Config) error {
+// a token of the model. A tokenizer of a kind model/tokenizer does not implement is left out (the
+// model is served by token ids), a broken one fails the import.
+func importTokenizer(man *placement.Manifest, dir string, cfg *model.Config, log *slog.Logger) error {
 	tok, err := tokenizer.Load(dir)
 	if errors.Is(err, tokenizer.ErrNoTokenizer) {
+		return nil
+	}
+	if errors.Is(err, tokenizer.ErrUnsupported) {
+		log.Warn("the checkpoint's tokenizer is not supported: importing without it (prompts will be token ids)", "err", err)
 		return nil
 	}
 	if err != nil {

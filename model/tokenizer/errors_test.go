@@ -53,7 +53,7 @@ func TestMalformedSentencePiece(t *testing.T) {
 		{"truncated", good[:1000], "field"},
 		{"not protobuf", []byte("this is a text file\n"), "protobuf"},
 		{"no pieces", spBytes(nil, varintField(3, 2), nil), "no pieces"},
-		{"word model", spBytes(basic, varintField(3, 3), nil), "model type 3"},
+		{"word model", spBytes(basic, varintField(3, 3), nil), "unsupported: model type 3"},
 		{"unk not unknown", spBytes([][2]any{{"a", 1}, {"<s>", 3}, {"</s>", 3}}, nil, nil), "unk_id 0"},
 		{"bos out of range", spBytes(basic, varintField(41, 9), nil), "special id 9"},
 		{"piece type", spBytes([][2]any{{"<unk>", 2}, {"x", 9}}, nil, nil), "unknown type 9"},
@@ -90,19 +90,19 @@ func TestMalformedTokenizerJSON(t *testing.T) {
 		name, give, want string
 	}{
 		{"not json", `{"model": `, "not tokenizer.json"},
-		{"wordpiece", bpe(`{"type": "WordPiece", "vocab": {}}`), `type "WordPiece"`},
+		{"wordpiece", bpe(`{"type": "WordPiece", "vocab": {}}`), `unsupported: type "WordPiece"`},
 		{"sparse ids", bpe(`{"type": "BPE", "vocab": {"a": 0, "b": 5}, "merges": []}`), "out of range"},
 		{"merge outside vocab", bpe(`{"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["a b"]}`), "merge 0"},
 		{"bad merge", bpe(`{"type": "BPE", "vocab": {"a": 0}, "merges": ["a"]}`), "not two pieces"},
 		{"unk missing", bpe(`{"type": "BPE", "vocab": {"a": 0}, "merges": [], "unk_token": "<unk>"}`), "unk_token"},
 		{"bytes missing", bpe(`{"type": "BPE", "vocab": {"a": 0}, "merges": [], "byte_fallback": true}`), "<0x00>"},
-		{"suffix", bpe(`{"type": "BPE", "vocab": {"a": 0}, "merges": [], "end_of_word_suffix": "</w>"}`), "end_of_word_suffix"},
+		{"suffix", bpe(`{"type": "BPE", "vocab": {"a": 0}, "merges": [], "end_of_word_suffix": "</w>"}`), "unsupported: BPE with continuing_subword_prefix or end_of_word_suffix"},
 		{"unigram unk", bpe(`{"type": "Unigram", "vocab": [["a", -1.0]], "unk_id": 4}`), "unk_id"},
 		{"unigram vocab", bpe(`{"type": "Unigram", "vocab": [["a", "x"]], "unk_id": 0}`), "vocab entry 0"},
-		{"normalizer", `{"normalizer": {"type": "NFD"}, "model": {"type": "Unigram", "vocab": [["a", -1]], "unk_id": 0}}`, `normalizer: type "NFD"`},
+		{"normalizer", `{"normalizer": {"type": "NFD"}, "model": {"type": "Unigram", "vocab": [["a", -1]], "unk_id": 0}}`, `unsupported: type "NFD"`},
 		{"charsmap", `{"normalizer": {"type": "Precompiled", "precompiled_charsmap": "!!"}, "model": {"type": "Unigram", "vocab": [["a", -1]], "unk_id": 0}}`, "base64"},
-		{"pre-tokenizer", `{"pre_tokenizer": {"type": "ByteLevel"}, "model": {"type": "Unigram", "vocab": [["a", -1]], "unk_id": 0}}`, `pre_tokenizer: type "ByteLevel"`},
-		{"decoder", `{"decoder": {"type": "WordPiece"}, "model": {"type": "Unigram", "vocab": [["a", -1]], "unk_id": 0}}`, `decoder: type "WordPiece"`},
+		{"pre-tokenizer", `{"pre_tokenizer": {"type": "ByteLevel"}, "model": {"type": "Unigram", "vocab": [["a", -1]], "unk_id": 0}}`, `pre_tokenizer: tokenizer: unsupported: type "ByteLevel"`},
+		{"decoder", `{"decoder": {"type": "WordPiece"}, "model": {"type": "Unigram", "vocab": [["a", -1]], "unk_id": 0}}`, `unsupported: type "WordPiece"`},
 		{"regex", `{"normalizer": {"type": "Replace", "pattern": {"Regex": "("}, "content": ""}, "model": {"type": "Unigram", "vocab": [["a", -1]], "unk_id": 0}}`, "Replace pattern"},
 		{"template", `{"post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>"}}], "special_tokens": {}}, "model": {"type": "Unigram", "vocab": [["a", -1]], "unk_id": 0}}`, "<s>"},
 	}
@@ -115,6 +115,9 @@ func TestMalformedTokenizerJSON(t *testing.T) {
 			_, err := LoadJSON(path)
 			if !errors.Is(err, ErrTokenizer) || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("got %v, want ErrTokenizer naming %s and %q", err, path, tt.want)
+			}
+			if want := strings.Contains(tt.want, "unsupported"); errors.Is(err, ErrUnsupported) != want {
+				t.Errorf("errors.Is(%v, ErrUnsupported) = %v, want %v", err, !want, want)
 			}
 		})
 	}

@@ -94,7 +94,7 @@ func (d *hfDecoder) add(raw json.RawMessage) error {
 			return toks
 		})
 	default:
-		return fmt.Errorf("type %q is not supported", c.Type)
+		return unsupported("type %q", c.Type)
 	}
 	return nil
 }

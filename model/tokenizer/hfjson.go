@@ -98,17 +98,17 @@ func newHFJSON(b []byte) (*Tokenizer, error) {
 	seg := &hfSegmenter{}
 	var err error
 	if seg.model, err = t.parseHFModel(f.Model); err != nil {
-		return nil, fmt.Errorf("model: %v", err)
+		return nil, fmt.Errorf("model: %w", err)
 	}
 	if seg.normalize, err = parseHFNormalizer(f.Normalizer); err != nil {
-		return nil, fmt.Errorf("normalizer: %v", err)
+		return nil, fmt.Errorf("normalizer: %w", err)
 	}
 	if seg.pretokenize, err = parseHFPreTokenizer(f.PreTokenizer); err != nil {
-		return nil, fmt.Errorf("pre_tokenizer: %v", err)
+		return nil, fmt.Errorf("pre_tokenizer: %w", err)
 	}
 	dec, err := parseHFDecoder(f.Decoder)
 	if err != nil {
-		return nil, fmt.Errorf("decoder: %v", err)
+		return nil, fmt.Errorf("decoder: %w", err)
 	}
 	t.seg, t.dec = seg, dec
 	for _, a := range f.AddedTokens {
@@ -117,7 +117,7 @@ func newHFJSON(b []byte) (*Tokenizer, error) {
 		}
 	}
 	if err := t.parseHFPostProcessor(f.PostProcessor); err != nil {
-		return nil, fmt.Errorf("post_processor: %v", err)
+		return nil, fmt.Errorf("post_processor: %w", err)
 	}
 	return t, nil
 }
@@ -140,7 +140,7 @@ func (t *Tokenizer) parseHFModel(raw json.RawMessage) (func(string) []int, error
 	case "Unigram":
 		return t.parseHFUnigram(&m)
 	}
-	return nil, fmt.Errorf("type %q is not supported (BPE and Unigram are)", m.Type)
+	return nil, unsupported("type %q (BPE and Unigram are supported)", m.Type)
 }
 
 // setVocab installs id → piece, and the byte pieces among them.
@@ -160,10 +160,10 @@ func (t *Tokenizer) setVocab(pieces []string) {
 
 func (t *Tokenizer) parseHFBPE(m *hfModel) (func(string) []int, error) {
 	if m.Prefix != nil && *m.Prefix != "" || m.Suffix != nil && *m.Suffix != "" {
-		return nil, fmt.Errorf("BPE with continuing_subword_prefix or end_of_word_suffix is not supported")
+		return nil, unsupported("BPE with continuing_subword_prefix or end_of_word_suffix")
 	}
 	if m.Dropout != nil && *m.Dropout != 0 {
-		return nil, fmt.Errorf("BPE dropout %v is not supported", *m.Dropout)
+		return nil, unsupported("BPE dropout %v", *m.Dropout)
 	}
 	var vocab map[string]int
 	if err := json.Unmarshal(m.Vocab, &vocab); err != nil {
@@ -447,7 +447,7 @@ func parseHFNormalizer(raw json.RawMessage) (func(string) string, error) {
 	case "Lowercase":
 		return strings.ToLower, nil
 	}
-	return nil, fmt.Errorf("type %q is not supported", c.Type)
+	return nil, unsupported("type %q", c.Type)
 }
 
 // parseReplace reads a Replace normalizer or decoder: a literal or a regular expression.
@@ -512,7 +512,7 @@ func parseHFPreTokenizer(raw json.RawMessage) (func(string) []string, error) {
 		}
 		return m.split, nil
 	}
-	return nil, fmt.Errorf("type %q is not supported", c.Type)
+	return nil, unsupported("type %q", c.Type)
 }
 
 // metaspace is HF's Metaspace: spaces become the replacement (▁), one is prepended, and with split

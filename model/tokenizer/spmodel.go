@@ -167,7 +167,7 @@ func (m *spModel) validate() error {
 	switch m.modelType {
 	case modelUnigram, modelBPE:
 	default:
-		return fmt.Errorf("model type %d: only Unigram (1) and BPE (2) are supported", m.modelType)
+		return unsupported("model type %d (Unigram, 1, and BPE, 2, are supported)", m.modelType)
 	}
 	if m.unkID < 0 || m.unkID >= n || m.types[m.unkID] != pieceUnknown {
 		return fmt.Errorf("unk_id %d does not name an unknown piece", m.unkID)
@@ -178,7 +178,7 @@ func (m *spModel) validate() error {
 		}
 	}
 	if m.treatWhitespaceAsSuffix {
-		return fmt.Errorf("treat_whitespace_as_suffix is not supported")
+		return unsupported("treat_whitespace_as_suffix")
 	}
 	if m.byteFallback {
 		seen := 0

@@ -17,6 +17,16 @@ var ErrTokenizer = errors.New("tokenizer: invalid tokenizer file")
 // ErrNoTokenizer: the directory has none of tokenizer.json, tokenizer.model, spiece.model.
 var ErrNoTokenizer = errors.New("tokenizer: no tokenizer file")
 
+// ErrUnsupported is wrapped, with ErrTokenizer, when a tokenizer file is well formed but uses a
+// model, normalizer, pre-tokenizer or decoder this package does not implement (a caller may carry
+// on without the tokenizer).
+var ErrUnsupported = errors.New("tokenizer: unsupported")
+
+// unsupported returns an error wrapping ErrUnsupported.
+func unsupported(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrUnsupported}, args...)...)
+}
+
 // Tokenizer turns text into token ids and back. It is immutable after Load and safe for concurrent
 // use; a Stream (NewStream) holds the state of one generated sequence.
 type Tokenizer struct {
@@ -101,7 +111,7 @@ func loadFile(path string, build func([]byte) (*Tokenizer, error)) (*Tokenizer, 
 	}
 	t, err := build(b)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrTokenizer, path, err)
+		return nil, fmt.Errorf("%w: %s: %w", ErrTokenizer, path, err)
 	}
 	t.source = path
 	return t, nil
