@@ -21,11 +21,12 @@ build: deps
 demo: build
 	$(BIN) up --demo --tokenizer model/tokenizer/testdata/mistral --data-dir $(DATA)/up
 
-# Greedy decoding of the Switch fixture and of a synthetic Mixtral straight from local checkpoints.
+# Greedy decoding of the Switch fixture and of a synthetic Mixtral (with Mistral's tokenizer: text in,
+# text out) straight from local checkpoints.
 demo-generate: build
 	$(BIN) generate --model testdata/switch-tiny --prompt-ids "335 150 293 221 369 468 288 197 334 123 40 241" --max-new-tokens 10 -o json
-	$(BIN) synth --arch mixtral --preset mixtral-8x7b --layers 2 --d-model 256 --d-ff 512 --out $(DATA)/demo-mixtral
-	$(BIN) generate --model $(DATA)/demo-mixtral --prompt-ids "1 95 138 5" --max-new-tokens 16 --ignore-eos
+	$(BIN) synth --arch mixtral --preset mixtral-8x7b --layers 2 --d-model 256 --d-ff 512 --tokenizer model/tokenizer/testdata/mistral --out $(DATA)/demo-mixtral
+	$(BIN) generate --model $(DATA)/demo-mixtral --prompt "The capital of France is" --max-new-tokens 16 --ignore-eos
 
 test: deps
 	$(GO) test -count=1 $(PKGS)
