@@ -81,6 +81,9 @@ func TestSentencePieceGoldens(t *testing.T) {
 	for _, tt := range []struct{ name, path string }{
 		{"mistral", "testdata/mistral/tokenizer.model"},
 		{"unigram", "testdata/unigram/spiece.model"},
+		// Trained here (gen_trained.py): user-defined symbols, byte fallback in Unigram, nmt_nfkc.
+		{"trained-unigram", "testdata/trained/unigram.model"},
+		{"trained-bpe", "testdata/trained/bpe.model"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			tok, err := LoadSentencePiece(tt.path)

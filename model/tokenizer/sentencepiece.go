@@ -29,7 +29,9 @@ func newSentencePiece(b []byte) (*Tokenizer, error) {
 			escapeSpaces: m.escapeWhitespaces, userDefined: map[string]bool{}},
 		pieceIDs: make(map[string]int, n),
 	}
-	minScore, maxScore := float32(math.MaxFloat32), float32(-math.MaxFloat32)
+	// As unigram_model.cc initializes them: max_score_ starts at FLT_MIN (the smallest positive
+	// normal float), so with the usual negative scores a user-defined piece scores about -0.1.
+	minScore, maxScore := float32(math.MaxFloat32), float32(0x1p-126)
 	for id, p := range m.pieces {
 		t.byteOf[id] = -1
 		if _, dup := t.ids[p]; !dup {
@@ -80,8 +82,9 @@ func newSentencePiece(b []byte) (*Tokenizer, error) {
 }
 
 // newSPLattice prepares Unigram segmentation: normal and user-defined pieces in the trie (unused
-// ones are skipped), a user-defined piece scored so that it always wins, unknowns scored 10 below
-// the lowest normal piece (unigram_model.cc's kUnkPenalty).
+// ones are skipped), a user-defined piece scored so that it always wins (its byte length times the
+// highest score, less 0.1, as EncodeOptimized does), unknowns scored 10 below the lowest normal
+// piece (unigram_model.cc's kUnkPenalty).
 func newSPLattice(m *spModel, minScore, maxScore float32) *unigramLattice {
 	trie := newPieceTrie()
 	for id, p := range m.pieces {
@@ -93,7 +96,7 @@ func newSPLattice(m *spModel, minScore, maxScore float32) *unigramLattice {
 		trie: trie, unkID: m.unkID, unkScore: float64(minScore) - 10, fuseUnk: true,
 		score: func(id int) float64 {
 			if m.types[id] == pieceUserDefined {
-				return float64(utf8.RuneCountInString(m.pieces[id]))*float64(maxScore) - 0.1
+				return float64(float32(len(m.pieces[id]))*maxScore) - 0.1
 			}
 			return float64(m.scores[id])
 		},

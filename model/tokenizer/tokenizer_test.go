@@ -166,6 +166,8 @@ func TestStream(t *testing.T) {
 		{"unigram", "testdata/unigram/spiece.model"},
 		{"mistral-json", "testdata/mistral-json/tokenizer.json"},
 		{"unigram-json", "testdata/unigram-json/tokenizer.json"},
+		{"trained-unigram", "testdata/trained/unigram.model"},
+		{"trained-bpe", "testdata/trained/bpe.model"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var tok *Tokenizer

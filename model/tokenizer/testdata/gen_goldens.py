@@ -12,7 +12,8 @@ import sentencepiece as spm
 here = os.path.dirname(os.path.abspath(__file__))
 texts = json.load(open(os.path.join(here, "texts.json"), encoding="utf-8"))
 out = {"sentencepiece_version": spm.__version__, "texts": texts, "models": {}}
-for name, path in [("mistral", "mistral/tokenizer.model"), ("unigram", "unigram/spiece.model")]:
+for name, path in [("mistral", "mistral/tokenizer.model"), ("unigram", "unigram/spiece.model"),
+                   ("trained-unigram", "trained/unigram.model"), ("trained-bpe", "trained/bpe.model")]:
     sp = spm.SentencePieceProcessor(model_file=os.path.join(here, path))
     cases = []
     for t in texts:
