@@ -19,13 +19,14 @@ build: deps
 # The main job: a whole cluster in one process (embedded etcd, coordinator, 3 stores, a worker in
 # speculative mode) serving a synthesised model on http://127.0.0.1:8000 until Ctrl-C.
 demo: build
-	$(BIN) up --demo --data-dir $(DATA)/up
+	$(BIN) up --demo --tokenizer model/tokenizer/testdata/mistral --data-dir $(DATA)/up
 
-# Greedy decoding of the Switch fixture and of a synthetic Mixtral straight from local checkpoints.
+# Greedy decoding of the Switch fixture and of a synthetic Mixtral (with Mistral's tokenizer: text in,
+# text out) straight from local checkpoints.
 demo-generate: build
 	$(BIN) generate --model testdata/switch-tiny --prompt-ids "335 150 293 221 369 468 288 197 334 123 40 241" --max-new-tokens 10 -o json
-	$(BIN) synth --arch mixtral --preset mixtral-8x7b --layers 2 --d-model 256 --d-ff 512 --out $(DATA)/demo-mixtral
-	$(BIN) generate --model $(DATA)/demo-mixtral --prompt-ids "1 95 138 5" --max-new-tokens 16 --ignore-eos
+	$(BIN) synth --arch mixtral --preset mixtral-8x7b --layers 2 --d-model 256 --d-ff 512 --tokenizer model/tokenizer/testdata/mistral --out $(DATA)/demo-mixtral
+	$(BIN) generate --model $(DATA)/demo-mixtral --prompt "The capital of France is" --max-new-tokens 16 --ignore-eos
 
 test: deps
 	$(GO) test -count=1 $(PKGS)
@@ -59,7 +60,8 @@ FUZZ_TARGETS := ./model:FuzzParseHeader:200000 ./model:FuzzParseConfig:200000 ./
 	./expertstore/blob:FuzzDecompress:300000 ./expertstore/blob:FuzzCompress:100000 \
 	./expertstore/dataplane:FuzzReadRequest:200000 ./expertstore/dataplane:FuzzReadResponse:200000 \
 	./expertstore/client:FuzzFetchData:50000 ./internal/membership:FuzzDecodeMeta:100000 \
-	./worker/serve:FuzzParseCompletion:100000
+	./worker/serve:FuzzParseCompletion:100000 ./model/tokenizer:FuzzParseTokenizerJSON:100000 \
+	./model/tokenizer:FuzzParseSentencePiece:30000
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; rest=$${t#*:}; fn=$${rest%%:*}; n=$${rest#*:}; \

@@ -500,3 +500,48 @@ func copyDir(t *testing.T, src, dst string) {
 		}
 	}
 }
+
+// TestImportTokenizer: an unsupported tokenizer is left out of the manifest (the model is served by
+// token ids), a broken one or one larger than the model's vocabulary fails the import. (A tokenizer
+// that fits travels to the worker: worker's TestWorkerLoadsTheTokenizer.)
+func TestImportTokenizer(t *testing.T) {
+	lc := startCluster(t, 2, 2, 64<<20)
+	spm, err := os.ReadFile(filepath.Join("..", "model", "tokenizer", "testdata", "unigram", "spiece.model"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		file    string
+		content []byte
+		wantErr string // "": imported, without a tokenizer in the manifest
+	}{
+		{"unsupported", "tokenizer.json", []byte(`{"model": {"type": "WordPiece", "vocab": {}}}`), ""},
+		{"broken", "tokenizer.json", []byte(`{"model": `), "tokenizer.json"},
+		{"larger than the model", "spiece.model", spm, "more than the model's vocab_size 512"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			copyDir(t, filepath.Join("..", "testdata", "switch-tiny"), dir)
+			if err := os.WriteFile(filepath.Join(dir, tt.file), tt.content, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			name := "tok-" + strings.ReplaceAll(tt.name, " ", "-")
+			_, err := coordinator.Import(ctxFor(t, 30*time.Second), lc.Placement(), coordinator.ImportOptions{Dir: dir, Name: name})
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("import: %v, want an error with %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, _, err := lc.Placement().Manifest(ctxFor(t, 5*time.Second), name)
+			if err != nil || m.Tokenizer != "" || m.ChatTemplate != "" {
+				t.Fatalf("manifest tokenizer %q, chat template %q, err %v", m.Tokenizer, m.ChatTemplate, err)
+			}
+		})
+	}
+}

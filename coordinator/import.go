@@ -21,6 +21,7 @@ import (
 	"github.com/pregate/pregate/internal/placement"
 	"github.com/pregate/pregate/internal/tlsutil"
 	"github.com/pregate/pregate/model"
+	"github.com/pregate/pregate/model/tokenizer"
 	"github.com/pregate/pregate/routing"
 )
 
@@ -116,6 +117,9 @@ func Import(ctx context.Context, ps *placement.Store, opts ImportOptions) (rep I
 		return rep, fmt.Errorf("%w: %s: %w", model.ErrConfig, filepath.Join(opts.Dir, "config.json"), err)
 	}
 	man.Config = compact.Bytes()
+	if err := importTokenizer(&man, opts.Dir, ckpt.Config(), log); err != nil {
+		return rep, err
+	}
 	layout := model.MoELayout(ckpt.Config())
 	man.Blocks = len(layout)
 	for _, l := range layout {
@@ -207,9 +211,40 @@ func Import(ctx context.Context, ps *placement.Store, opts ImportOptions) (rep I
 	}
 }
 
+// importTokenizer checks the checkpoint's tokenizer, if it has one, and names it and its chat
+// template in man (its files are split into a blob with the rest). Every id it can produce must be
+// a token of the model. A tokenizer of a kind model/tokenizer does not implement is left out (the
+// model is served by token ids), a broken one fails the import.
+func importTokenizer(man *placement.Manifest, dir string, cfg *model.Config, log *slog.Logger) error {
+	tok, err := tokenizer.Load(dir)
+	if errors.Is(err, tokenizer.ErrNoTokenizer) {
+		return nil
+	}
+	if errors.Is(err, tokenizer.ErrUnsupported) {
+		log.Warn("the checkpoint's tokenizer is not supported: importing without it (prompts will be token ids)", "err", err)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	vocab := 0
+	switch {
+	case cfg.Switch != nil:
+		vocab = cfg.Switch.VocabSize
+	case cfg.Mixtral != nil:
+		vocab = cfg.Mixtral.VocabSize
+	}
+	if tok.VocabSize() > vocab {
+		return fmt.Errorf("%w: %s has %d ids, more than the model's vocab_size %d", tokenizer.ErrTokenizer, tok.Source(), tok.VocabSize(), vocab)
+	}
+	man.Tokenizer, man.ChatTemplate = filepath.Base(tok.Source()), tok.ChatTemplate()
+	return nil
+}
+
 // sameContent reports whether two manifests describe the same blobs.
 func sameContent(a, b placement.Manifest) bool {
 	return a.Name == b.Name && bytes.Equal(a.Config, b.Config) && a.Arch == b.Arch && a.DType == b.DType && a.Blocks == b.Blocks &&
+		a.Tokenizer == b.Tokenizer && a.ChatTemplate == b.ChatTemplate &&
 		slices.Equal(a.ExpertsPerBlock, b.ExpertsPerBlock) && slices.Equal(a.Experts, b.Experts) && slices.Equal(a.Dense, b.Dense)
 }
 

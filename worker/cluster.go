@@ -9,6 +9,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"github.com/pregate/pregate/internal/atomicfile"
 	"github.com/pregate/pregate/internal/placement"
 	"github.com/pregate/pregate/model"
+	"github.com/pregate/pregate/model/tokenizer"
 	"github.com/pregate/pregate/routing"
 )
 
@@ -295,8 +297,8 @@ func (f *clusterFetcher) resolve(ctx context.Context, k routing.ExpertKey) (clie
 // denseMarker names the file that records which dense blobs a local checkpoint was built from.
 const denseMarker = "dense-digests.json"
 
-// materializeDense writes the model's dense tensors (from its dense blobs) and config.json as a
-// local checkpoint in dir, which engine.Load reads. A checkpoint already built from the same
+// materializeDense writes the model's dense tensors (from its dense blobs), its tokenizer files and
+// config.json as a local checkpoint in dir, which engine.Load and tokenizer.Load read. A checkpoint already built from the same
 // blobs is reused.
 func materializeDense(ctx context.Context, dir string, man placement.Manifest, view *clusterView, cl *client.Client, seed uint64) error {
 	if len(man.Config) == 0 {
@@ -332,9 +334,22 @@ func materializeDense(ctx context.Context, dir string, man placement.Manifest, v
 			if err != nil {
 				return err
 			}
+			if name, ok := strings.CutPrefix(t.Name, tokenizer.BlobPrefix); ok {
+				// A tokenizer file (see internal/modelblobs): back to a file of the checkpoint.
+				if !tokenizer.IsFileName(name) {
+					return fmt.Errorf("worker: dense blob %s carries %q, not a tokenizer file", d.Name, name)
+				}
+				if err := atomicfile.WriteFile(filepath.Join(dir, name), b); err != nil {
+					return err
+				}
+				continue
+			}
 			infos = append(infos, model.TensorInfo{Name: t.Name, DType: model.DType(t.DType), Shape: t.Shape})
 			bytes = append(bytes, b)
 			weightMap[t.Name] = file
+		}
+		if len(infos) == 0 {
+			continue
 		}
 		if err := model.WriteSafetensors(filepath.Join(dir, file), infos, bytes, nil); err != nil {
 			return err

@@ -23,6 +23,7 @@ import (
 	"github.com/pregate/pregate/expertstore/client"
 	"github.com/pregate/pregate/internal/golden"
 	"github.com/pregate/pregate/model"
+	"github.com/pregate/pregate/model/synth"
 	"github.com/pregate/pregate/routing"
 	"github.com/pregate/pregate/worker"
 )
@@ -93,6 +94,7 @@ func startWorker(t *testing.T, lc *cluster.Local, name string, mode worker.Mode,
 type completion struct {
 	Choices []struct {
 		Index        int    `json:"index"`
+		Text         string `json:"text"`
 		TokenIDs     []int  `json:"token_ids"`
 		FinishReason string `json:"finish_reason"`
 	} `json:"choices"`
@@ -463,5 +465,68 @@ func TestDrainDuringStreaming(t *testing.T) {
 		before, after, co.BytesCopied()-copied, lc.Store("store-0").Stats().Blobs)
 	if co.BytesCopied() == copied || after == 0 {
 		t.Error("the test proved nothing: nothing moved or nothing was fetched after the drain began")
+	}
+}
+
+// TestWorkerLoadsTheTokenizer: a synthetic model with a real tokenizer attached (pregate synth
+// --tokenizer) is imported with its tokenizer files and chat template; the worker loads the
+// tokenizer with the model, and text goes through it to the model and back.
+func TestWorkerLoadsTheTokenizer(t *testing.T) {
+	tokDir := t.TempDir()
+	spm, err := os.ReadFile(filepath.Join("..", "model", "tokenizer", "testdata", "unigram", "spiece.model"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const tmpl = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+	for name, b := range map[string][]byte{"spiece.model": spm,
+		"tokenizer_config.json": []byte(`{"eos_token": "</s>", "add_bos_token": false, "add_eos_token": false, "chat_template": "` + tmpl + `"}`)} {
+		if err := os.WriteFile(filepath.Join(tokDir, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	opts := synth.Options{Arch: synth.ArchMixtral, Preset: "mixtral-tiny", Out: dir, Seed: 3, Layers: 2, Experts: 4,
+		DModel: 32, DFF: 64, Heads: 4, Vocab: 1024, Tokenizer: tokDir}
+	if err := synth.Write(opts, nil); err != nil {
+		t.Fatal(err)
+	}
+	lc := startCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := coordinator.Import(ctx, lc.Placement(), coordinator.ImportOptions{Dir: dir, Name: "texty"}); err != nil {
+		t.Fatal(err)
+	}
+	man, _, err := lc.Placement().Manifest(ctx, "texty")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if man.Tokenizer != "spiece.model" || man.ChatTemplate != tmpl {
+		t.Fatalf("manifest tokenizer %q, chat template %q", man.Tokenizer, man.ChatTemplate)
+	}
+	w := startWorker(t, lc, "texty", worker.ModeOnDemand, 64<<20, true)
+	tok := w.Tokenizer()
+	if tok == nil || tok.VocabSize() != 1000 || tok.ChatTemplate() != tmpl {
+		t.Fatalf("worker tokenizer %v", tok)
+	}
+	// Text in, text out over the OpenAI API.
+	c := complete(t, w.HTTPAddr(), map[string]any{"model": "texty", "prompt": "Hello world", "max_tokens": 4, "temperature": 0,
+		"ignore_eos": true, "return_token_ids": true})
+	if len(c.Choices) != 1 || len(c.Choices[0].TokenIDs) != 4 || c.Choices[0].Text != tok.Decode(c.Choices[0].TokenIDs, true) {
+		t.Fatalf("completion %+v", c)
+	}
+	t.Logf("%q → %v → %q", "Hello world", c.Choices[0].TokenIDs, c.Choices[0].Text)
+
+	// A tokenizer with more ids than the model's vocabulary is refused at import.
+	small := t.TempDir()
+	opts.Out, opts.Tokenizer, opts.Vocab = small, "", 512
+	if err := synth.Write(opts, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(small, "spiece.model"), spm, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := coordinator.Import(ctx, lc.Placement(), coordinator.ImportOptions{Dir: small, Name: "too-small"}); err == nil ||
+		!strings.Contains(err.Error(), "vocab_size 512") {
+		t.Fatalf("import of a model smaller than its tokenizer: %v", err)
 	}
 }

@@ -43,6 +43,7 @@ import (
 	"github.com/pregate/pregate/internal/placement"
 	"github.com/pregate/pregate/internal/tlsutil"
 	"github.com/pregate/pregate/model"
+	"github.com/pregate/pregate/model/tokenizer"
 	"github.com/pregate/pregate/worker/serve"
 )
 
@@ -164,6 +165,7 @@ type Worker struct {
 	cpu      *compute.CPU
 	ckpt     *model.Checkpoint
 	srv      atomic.Pointer[serve.Server]
+	tok      atomic.Pointer[tokenizer.Tokenizer]
 
 	g    *lifecycle.Group // every goroutine of the worker; its failure is the worker's
 	once sync.Once
@@ -296,6 +298,13 @@ func (w *Worker) load(ctx context.Context) error {
 	if err := materializeDense(ctx, dir, man, w.view, w.fetcher, seed); err != nil {
 		return err
 	}
+	if man.Tokenizer != "" {
+		tok, err := tokenizer.Load(dir)
+		if err != nil {
+			return fmt.Errorf("worker: model %q: %w", man.Name, err)
+		}
+		w.tok.Store(tok)
+	}
 	ckpt, err := model.OpenCheckpoint(dir)
 	if err != nil {
 		return err
@@ -327,6 +336,7 @@ func (w *Worker) load(ctx context.Context) error {
 	wrapped := WrapModel(m, pipe)
 	sc := serve.DefaultConfig()
 	sc.ModelName, sc.Model, sc.Registry, sc.Logger = man.Name, wrapped, w.reg, w.log
+	sc.Tokenizer = w.tok.Load()
 	sc.MaxRunning, sc.MaxWaiting = w.cfg.MaxRunning, w.cfg.MaxWaiting
 	sc.Ready = w.readyErr
 	if mc := ckpt.Config().Mixtral; mc != nil {
@@ -479,6 +489,10 @@ func (w *Worker) Model() engine.Model {
 
 // Server returns the HTTP API's server (nil until loaded).
 func (w *Worker) Server() *serve.Server { return w.srv.Load() }
+
+// Tokenizer returns the model's tokenizer, loaded with the model from the files its import
+// carried (nil until loaded, and for a model imported without one).
+func (w *Worker) Tokenizer() *tokenizer.Tokenizer { return w.tok.Load() }
 
 // Close stops the worker gracefully: /ready answers 503 at once and new completions are refused,
 // those in flight finish (for up to ShutdownTimeout), then HTTP, scheduler, fetches, gossip and

@@ -10,6 +10,7 @@ import (
 	"github.com/pregate/pregate/compute"
 	"github.com/pregate/pregate/engine"
 	"github.com/pregate/pregate/model"
+	"github.com/pregate/pregate/model/tokenizer"
 )
 
 type generateOutput struct {
@@ -18,8 +19,9 @@ type generateOutput struct {
 }
 
 type generateResult struct {
-	PromptIDs    []int `json:"prompt_ids"`
-	GeneratedIDs []int `json:"generated_ids"`
+	PromptIDs    []int  `json:"prompt_ids"`
+	GeneratedIDs []int  `json:"generated_ids"`
+	Text         string `json:"text,omitempty"` // the generated ids decoded, when the checkpoint has a tokenizer
 }
 
 type generateStats struct {
@@ -34,21 +36,22 @@ func newGenerateCmd() *cobra.Command {
 	var (
 		dir       string
 		prompts   []string
+		texts     []string
 		maxNew    int
 		ignoreEOS bool
 		threads   int
 		output    string
 	)
 	cmd := &cobra.Command{
-		Use:   "generate --model DIR --prompt-ids \"3 17 42\" [--prompt-ids ...] --max-new-tokens N",
-		Short: "Greedy-decode token ids with a local checkpoint on the CPU",
+		Use:   "generate --model DIR (--prompt-ids \"3 17 42\" | --prompt TEXT)... --max-new-tokens N",
+		Short: "Greedy-decode token ids (or text, with the checkpoint's tokenizer) with a local checkpoint on the CPU",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if output != "json" && output != "text" {
 				return fmt.Errorf("-o %q: want json or text", output)
 			}
-			if len(prompts) == 0 {
-				return fmt.Errorf("no --prompt-ids given")
+			if len(prompts) == 0 && len(texts) == 0 {
+				return fmt.Errorf("no --prompt-ids or --prompt given")
 			}
 			if maxNew < 0 {
 				return fmt.Errorf("--max-new-tokens %d: want >= 0", maxNew)
@@ -58,6 +61,21 @@ func newGenerateCmd() *cobra.Command {
 				v, err := parseIDs(p)
 				if err != nil {
 					return fmt.Errorf("--prompt-ids: %w", err)
+				}
+				ids = append(ids, v)
+			}
+			tok, err := tokenizer.Load(dir)
+			switch {
+			case err == nil:
+			case len(texts) > 0:
+				return fmt.Errorf("--prompt needs the checkpoint's tokenizer: %w", err)
+			default:
+				tok = nil // token ids in, token ids out
+			}
+			for _, text := range texts {
+				v, err := tok.Encode(text, true)
+				if err != nil {
+					return fmt.Errorf("--prompt: %w", err)
 				}
 				ids = append(ids, v)
 			}
@@ -85,7 +103,11 @@ func newGenerateCmd() *cobra.Command {
 			out := generateOutput{Stats: generateStats{LoadSeconds: load, PrefillSeconds: st.PrefillSeconds,
 				DecodeTokensPerSecond: st.DecodeTokensPerSecond(), DecodeTokens: st.DecodeTokens, Threads: cpu.Threads()}}
 			for _, r := range res {
-				out.Results = append(out.Results, generateResult{PromptIDs: r.PromptIDs, GeneratedIDs: r.GeneratedIDs})
+				gr := generateResult{PromptIDs: r.PromptIDs, GeneratedIDs: r.GeneratedIDs}
+				if tok != nil {
+					gr.Text = tok.Decode(r.GeneratedIDs, true)
+				}
+				out.Results = append(out.Results, gr)
 			}
 			w := cmd.OutOrStdout()
 			if output == "json" {
@@ -93,6 +115,10 @@ func newGenerateCmd() *cobra.Command {
 				return enc.Encode(out)
 			}
 			for _, r := range out.Results {
+				if tok != nil {
+					fmt.Fprintf(w, "%q\n", r.Text)
+					continue
+				}
 				joinIDs(w, r.GeneratedIDs)
 				fmt.Fprintln(w)
 			}
@@ -104,6 +130,7 @@ func newGenerateCmd() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&dir, "model", "", "checkpoint directory (config.json + safetensors)")
 	f.StringArrayVar(&prompts, "prompt-ids", nil, "prompt token ids, e.g. \"3 17 42\"; repeat for a batch")
+	f.StringArrayVar(&texts, "prompt", nil, "prompt text, encoded with the checkpoint's tokenizer; repeat for a batch (after any --prompt-ids)")
 	f.IntVar(&maxNew, "max-new-tokens", 16, "tokens to generate per prompt")
 	f.BoolVar(&ignoreEOS, "ignore-eos", false, "keep generating after EOS")
 	f.IntVar(&threads, "threads", 0, "compute threads (0: all cores)")

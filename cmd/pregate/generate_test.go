@@ -158,3 +158,31 @@ func TestSynthThenGenerate(t *testing.T) {
 		t.Fatalf("unknown preset: error %v", err)
 	}
 }
+
+// TestGenerateText: with a tokenizer in the checkpoint (pregate synth --tokenizer), prompts may be
+// text and the output is the decoded completion.
+func TestGenerateText(t *testing.T) {
+	dir := t.TempDir()
+	tokDir := filepath.Join("..", "..", "model", "tokenizer", "testdata", "unigram")
+	if _, _, err := runCmd(t, "synth", "--arch", "mixtral", "--preset", "mixtral-tiny", "--layers", "1", "--experts", "2",
+		"--d-model", "32", "--d-ff", "64", "--heads", "4", "--tokenizer", tokDir, "--out", dir); err != nil {
+		t.Fatal(err)
+	}
+	stdout, stderr, err := runCmd(t, "generate", "--model", dir, "--prompt", "Hello world", "--prompt-ids", "1 5 9",
+		"--max-new-tokens", "5", "--ignore-eos", "--threads", "2", "-o", "json")
+	if err != nil {
+		t.Fatalf("generate: %v (stderr %q)", err, stderr)
+	}
+	var out generateOutput
+	if err := json.Unmarshal([]byte(stdout), &out); err != nil || len(out.Results) != 2 {
+		t.Fatalf("output %v: %s", err, stdout)
+	}
+	// "Hello world" with the unigram test model: <s>, then its pieces.
+	if r := out.Results[1]; r.PromptIDs[0] != 1 || len(r.PromptIDs) < 3 || len(r.GeneratedIDs) != 5 || r.Text == "" {
+		t.Errorf("text prompt result %+v", r)
+	}
+	if _, _, err := runCmd(t, "generate", "--model", filepath.Join("..", "..", "testdata", "switch-tiny"), "--prompt", "hi"); err == nil ||
+		!strings.Contains(err.Error(), "needs the checkpoint's tokenizer") {
+		t.Errorf("--prompt without a tokenizer: %v", err)
+	}
+}

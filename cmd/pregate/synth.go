@@ -70,6 +70,7 @@ func newSynthCmd() *cobra.Command {
 	f.IntVar(&opts.Heads, "heads", 0, "override the number of attention heads")
 	f.IntVar(&opts.Vocab, "vocab", 0, "override the vocabulary size")
 	f.BoolVar(&opts.PreGates, "pre-gates", false, "also write pre-gate matrices (switch), making a pre-gated model")
+	f.StringVar(&opts.Tokenizer, "tokenizer", "", "copy the tokenizer of this checkpoint directory (tokenizer.json or tokenizer.model/spiece.model, tokenizer_config.json) into the output, so the model speaks text")
 	for _, req := range []string{"arch", "preset", "out"} {
 		_ = cmd.MarkFlagRequired(req)
 	}

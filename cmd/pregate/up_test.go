@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -16,8 +17,9 @@ import (
 	"github.com/pregate/pregate/routing"
 )
 
-// TestUpDemoServes runs `pregate up --demo` as the README does, waits for cluster.json, and sends
-// the README's request; `pregate status` then sees the cluster and its worker.
+// TestUpDemoServes runs `pregate up --demo` with Mistral's tokenizer as `make demo` does, waits for
+// cluster.json, and sends the README's requests (token ids, then text); `pregate status` then sees
+// the cluster and its worker.
 func TestUpDemoServes(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a whole cluster and imports a 100 MB model")
@@ -26,7 +28,8 @@ func TestUpDemoServes(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	cmd := newRootCmd()
-	cmd.SetArgs([]string{"up", "--demo", "--data-dir", dir, "--http", "127.0.0.1:0", "--log-level", "error"})
+	cmd.SetArgs([]string{"up", "--demo", "--tokenizer", filepath.Join("..", "..", "model", "tokenizer", "testdata", "mistral"),
+		"--data-dir", dir, "--http", "127.0.0.1:0", "--log-level", "error"})
 	var stderr bytes.Buffer
 	cmd.SetErr(&stderr)
 	done := make(chan error, 1)
@@ -66,6 +69,25 @@ func TestUpDemoServes(t *testing.T) {
 	}
 	if resp.StatusCode != 200 || json.Unmarshal(raw, &c) != nil || len(c.Choices) != 1 || len(c.Choices[0].TokenIDs) != 8 {
 		t.Fatalf("completion: %s %s", resp.Status, raw)
+	}
+	// The demo speaks text: "Hello, world" is <s> and four pieces of Mistral's vocabulary.
+	body = `{"model":"` + cf.Model + `","prompt":"Hello, world","max_tokens":8,"temperature":0,"ignore_eos":true,"return_token_ids":true}`
+	resp, err = http.Post("http://"+cf.WorkerHTTP+"/v1/completions", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var tc struct {
+		Choices []struct {
+			Text           string `json:"text"`
+			TokenIDs       []int  `json:"token_ids"`
+			PromptTokenIDs []int  `json:"prompt_token_ids"`
+		} `json:"choices"`
+	}
+	if resp.StatusCode != 200 || json.Unmarshal(raw, &tc) != nil || len(tc.Choices) != 1 || len(tc.Choices[0].TokenIDs) != 8 ||
+		!slices.Equal(tc.Choices[0].PromptTokenIDs, []int{1, 22557, 28725, 1526}) || tc.Choices[0].Text == "" {
+		t.Fatalf("text completion: %s %s", resp.Status, raw)
 	}
 	// Mutual TLS is on by default: the certificates are in the data dir, and a plaintext client
 	// gets nothing from a store (the worker's completion above went over TLS).

@@ -15,6 +15,7 @@ import (
 	"github.com/pregate/pregate/internal/tlsutil"
 	"github.com/pregate/pregate/model"
 	"github.com/pregate/pregate/model/synth"
+	"github.com/pregate/pregate/model/tokenizer"
 	"github.com/pregate/pregate/worker"
 )
 
@@ -136,6 +137,7 @@ type clusterFile struct {
 func newUpCmd() *cobra.Command {
 	var (
 		dir, name, mode, httpAddr, dataDir, lv string
+		tokDir                                 string
 		demo, noTLS                            bool
 		stores, replicas                       int
 		cache                                  = byteSize(1 << 30)
@@ -147,7 +149,8 @@ func newUpCmd() *cobra.Command {
 		Long: "Run everything on 127.0.0.1: an embedded etcd, a coordinator, --stores stores and a worker (the\n" +
 			"stores and their clients under mutual TLS, unless --no-tls); import\n" +
 			"the model and serve the OpenAI API on --http until interrupted. --demo synthesises a small\n" +
-			"random-weight model. Where each part listens is printed and written to <data-dir>/cluster.json.",
+			"random-weight model (with --tokenizer DIR, that checkpoint's tokenizer: prompts and completions\n" +
+			"as text). Where each part listens is printed and written to <data-dir>/cluster.json.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -162,13 +165,16 @@ func newUpCmd() *cobra.Command {
 			if (dir == "") == !demo {
 				return errors.New("give --model DIR or --demo")
 			}
+			if tokDir != "" && !demo {
+				return errors.New("--tokenizer is for --demo (a --model directory brings its own tokenizer)")
+			}
 			if err := os.MkdirAll(dataDir, 0o755); err != nil {
 				return err
 			}
 			out := cmd.ErrOrStderr()
 			if demo {
 				dir = filepath.Join(dataDir, "demo-model-"+string(m))
-				if err := synthDemo(dir, m); err != nil {
+				if err := synthDemo(dir, m, tokDir); err != nil {
 					return err
 				}
 				fmt.Fprintf(out, "demo model (random weights) in %s\n", dir)
@@ -221,7 +227,11 @@ func newUpCmd() *cobra.Command {
 			}
 			b, _ := json.MarshalIndent(cf, "", "  ")
 			fmt.Fprintf(out, "pregate up: serving %q (%s mode)\n%s\n", name, m, b)
-			fmt.Fprintf(out, "try: curl -s http://%s/v1/completions -H 'Content-Type: application/json' -d '{\"model\":%q,\"prompt\":[1,2,3],\"max_tokens\":8,\"return_token_ids\":true}'\n", w.HTTPAddr(), name)
+			prompt := "[1,2,3]"
+			if w.Tokenizer() != nil {
+				prompt = `"Hello, world"`
+			}
+			fmt.Fprintf(out, "try: curl -s http://%s/v1/completions -H 'Content-Type: application/json' -d '{\"model\":%q,\"prompt\":%s,\"max_tokens\":8,\"return_token_ids\":true}'\n", w.HTTPAddr(), name, prompt)
 			fmt.Fprintf(out, "     pregate status --cluster-file %s\n", filepath.Join(dataDir, "cluster.json"))
 			<-ctx.Done()
 			fmt.Fprintln(out, "pregate up: shutting down")
@@ -231,6 +241,7 @@ func newUpCmd() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&dir, "model", "", "checkpoint directory to serve")
 	f.BoolVar(&demo, "demo", false, "synthesise a small random-weight model and serve it")
+	f.StringVar(&tokDir, "tokenizer", "", "with --demo: give the demo model the tokenizer of this checkpoint directory, so it takes and gives text")
 	f.StringVar(&name, "name", "", "the model's name (default: the directory's name)")
 	f.IntVar(&stores, "stores", 3, "number of stores")
 	f.IntVar(&replicas, "replicas", 2, "replication factor")
@@ -245,16 +256,22 @@ func newUpCmd() *cobra.Command {
 }
 
 // synthDemo writes the demo model: a small Mixtral, or a small pre-gated Switch for --mode
-// pregated (which needs pre-gates). Random weights: the tokens mean nothing.
-func synthDemo(dir string, m worker.Mode) error {
+// pregated (which needs pre-gates). Random weights: the tokens mean nothing. With tok, the model
+// gets that checkpoint's tokenizer (and its vocabulary size).
+func synthDemo(dir string, m worker.Mode, tok string) error {
 	opts := synth.Options{Arch: "mixtral", Preset: "mixtral-tiny", Out: dir, DType: model.F32, Seed: 1,
 		Layers: 8, Experts: 8, DModel: 256, DFF: 512, Vocab: 1024}
 	if m == worker.ModePregated {
 		opts = synth.Options{Arch: "switch", Preset: "switch-tiny", Out: dir, DType: model.F32, Seed: 1,
 			Layers: 8, Experts: 8, DModel: 256, DFF: 512, Vocab: 1024, PreGates: true}
 	}
+	if tok != "" {
+		opts.Tokenizer, opts.Vocab = tok, 0
+	}
 	if _, err := os.Stat(filepath.Join(dir, "config.json")); err == nil {
-		return nil // made by an earlier run
+		if _, err := tokenizer.Files(dir); tok == "" || err == nil {
+			return nil // made by an earlier run (with a tokenizer, when one is asked for)
+		}
 	}
 	return synth.Write(opts, nil)
 }

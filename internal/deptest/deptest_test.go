@@ -72,7 +72,9 @@ var rules = []rule{
 	// blob digests): it may import the blob format for the digest type, and nothing networked.
 	{pkg: "routing", allowed: []string{"expertstore/blob", "model"}, forbidden: []string{"google.golang.org/grpc", "go.etcd.io/", "github.com/hashicorp/memberlist"}},
 	{pkg: "model", exact: true, allowed: []string{}},
-	{pkg: "model/synth", allowed: []string{"model", "internal/atomicfile"}},
+	{pkg: "model/synth", allowed: []string{"model", "model/tokenizer", "internal/atomicfile"}},
+	// Tokenizers stand alone: text in, ids out, no model weights.
+	{pkg: "model/tokenizer", allowed: []string{}},
 	{pkg: "compute", allowed: []string{"model"}},
 	// The engine imports routing for the gate math; routing's snapshot types bring the blob format
 	// (for the digest type; pure code, no I/O) along.

@@ -1,15 +1,20 @@
 // Package modelblobs turns a checkpoint into the blobs the stores hold: one blob per (MoE block,
 // expert) with that expert's tensors in the checkpoint's dtype, and the dense tensors (embeddings,
 // attention, norms, routers, pre-gates) packed in name order into dense blobs that workers download
-// whole. Blobs are content-addressed, so splitting the same checkpoint twice gives the same digests
+// whole. The tokenizer files of the checkpoint directory, when it has them, travel in one more
+// dense blob, each file a U8 tensor named tokenizer.BlobPrefix + its name. Blobs are content-addressed, so splitting the same checkpoint twice gives the same digests
 // and re-importing it moves nothing.
 package modelblobs
 
 import (
+	"errors"
 	"fmt"
+	"maps"
+	"slices"
 
 	"github.com/pregate/pregate/expertstore/blob"
 	"github.com/pregate/pregate/model"
+	"github.com/pregate/pregate/model/tokenizer"
 	"github.com/pregate/pregate/routing"
 )
 
@@ -36,7 +41,8 @@ func (b Blob) String() string {
 }
 
 // Split calls emit for every blob of the checkpoint: the experts in (block, expert) order, then the
-// dense blobs. Blobs are built one at a time, so memory stays at one blob.
+// dense blobs, the tokenizer's last (when the directory has one). Blobs are built one at a time,
+// so memory stays at one blob.
 func Split(ckpt *model.Checkpoint, modelName string, maxDense int64, emit func(Blob) error) error {
 	cfg := ckpt.Config()
 	if cfg == nil {
@@ -86,7 +92,30 @@ func Split(ckpt *model.Checkpoint, modelName string, maxDense int64, emit func(B
 		group = append(group, name)
 		size += bytes
 	}
-	return flush()
+	if err := flush(); err != nil {
+		return err
+	}
+	return splitTokenizer(ckpt.Dir(), modelName, fmt.Sprintf("%05d", n), emit)
+}
+
+// splitTokenizer emits the blob of the tokenizer files of dir, if it has a tokenizer.
+func splitTokenizer(dir, modelName, denseName string, emit func(Blob) error) error {
+	files, err := tokenizer.Files(dir)
+	if errors.Is(err, tokenizer.ErrNoTokenizer) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("modelblobs: %w", err)
+	}
+	var tensors []blob.Tensor
+	for _, name := range slices.Sorted(maps.Keys(files)) {
+		if len(files[name]) > 0 {
+			tensors = append(tensors, blob.Tensor{Name: tokenizer.BlobPrefix + name, DType: string(model.U8),
+				Shape: []int{len(files[name])}, Data: files[name]})
+		}
+	}
+	h := blob.Header{Kind: blob.KindDense, Model: modelName, Block: -1, Expert: -1}
+	return emitBlob(Blob{Dense: denseName}, h, tensors, emit)
 }
 
 func build(ckpt *model.Checkpoint, key Blob, h blob.Header, names []string, emit func(Blob) error) error {
@@ -98,6 +127,11 @@ func build(ckpt *model.Checkpoint, key Blob, h blob.Header, names []string, emit
 		}
 		tensors[i] = blob.Tensor{Name: name, DType: string(info.DType), Shape: info.Shape, Data: data}
 	}
+	return emitBlob(key, h, tensors, emit)
+}
+
+// emitBlob builds the blob of tensors and emits it under key.
+func emitBlob(key Blob, h blob.Header, tensors []blob.Tensor, emit func(Blob) error) error {
 	data, err := blob.Build(h, tensors)
 	if err != nil {
 		return fmt.Errorf("modelblobs: %s: %w", key, err)

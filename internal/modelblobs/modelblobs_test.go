@@ -2,11 +2,13 @@ package modelblobs
 
 import (
 	"bytes"
+	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/pregate/pregate/expertstore/blob"
 	"github.com/pregate/pregate/model"
+	"github.com/pregate/pregate/model/tokenizer"
 	"github.com/pregate/pregate/routing"
 )
 
@@ -98,6 +100,51 @@ func TestSplitIsDeterministic(t *testing.T) {
 	for i := range a {
 		if a[i].String() != b[i].String() || a[i].Digest != b[i].Digest {
 			t.Fatalf("blob %d: %s %s vs %s %s", i, a[i], a[i].Digest, b[i], b[i].Digest)
+		}
+	}
+}
+
+// A checkpoint with tokenizer files: one more dense blob, last, holds them byte for byte.
+func TestSplitCarriesTheTokenizer(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join("..", "..", "testdata", "switch-tiny")
+	for _, f := range []struct{ from, name string }{
+		{filepath.Join(src, "config.json"), "config.json"},
+		{filepath.Join(src, "model.safetensors"), "model.safetensors"},
+		{filepath.Join("..", "..", "model", "tokenizer", "testdata", "unigram", "spiece.model"), "spiece.model"},
+	} {
+		b, err := os.ReadFile(f.from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, f.name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := []byte(`{"eos_token": "</s>", "chat_template": "{{ messages }}"}`)
+	if err := os.WriteFile(filepath.Join(dir, "tokenizer_config.json"), cfg, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	without := split(t, src, 0)
+	with := split(t, dir, 0)
+	if len(with) != len(without)+1 {
+		t.Fatalf("%d blobs with the tokenizer, %d without", len(with), len(without))
+	}
+	last := with[len(with)-1]
+	h, data, err := blob.Parse(last.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last.Dense == "" || h.Kind != blob.KindDense || len(h.Tensors) != 2 {
+		t.Fatalf("tokenizer blob %s: kind %v, %d tensors", last, h.Kind, len(h.Tensors))
+	}
+	for name, want := range map[string][]byte{"spiece.model": nil, "tokenizer_config.json": cfg} {
+		if want == nil {
+			want, _ = os.ReadFile(filepath.Join(dir, name))
+		}
+		got, info, err := h.Tensor(data, tokenizer.BlobPrefix+name)
+		if err != nil || !bytes.Equal(got, want) || info.DType != "U8" {
+			t.Errorf("%s: %d bytes, dtype %s, err %v; want the file's %d bytes", name, len(got), info.DType, err, len(want))
 		}
 	}
 }

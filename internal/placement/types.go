@@ -39,6 +39,12 @@ type Manifest struct {
 	// Config is the checkpoint's HF config.json (compacted): with the dense blobs, what a worker
 	// rebuilds the model from.
 	Config json.RawMessage `json:"config,omitempty"`
+	// Tokenizer names the checkpoint's tokenizer file ("tokenizer.json", "tokenizer.model",
+	// "spiece.model"), "" when it has none. Its files travel in the last dense blob (see
+	// internal/modelblobs); a worker writes them next to config.json and loads them with the
+	// model. ChatTemplate is tokenizer_config.json's chat template, "" when none.
+	Tokenizer    string `json:"tokenizer,omitempty"`
+	ChatTemplate string `json:"chat_template,omitempty"`
 
 	// Replicas is the replication factor wanted for this model's blobs; 0 means the cluster default.
 	Replicas  int       `json:"replicas"`

@@ -20,6 +20,7 @@ import (
 
 	"github.com/pregate/pregate/internal/atomicfile"
 	"github.com/pregate/pregate/model"
+	"github.com/pregate/pregate/model/tokenizer"
 )
 
 // ErrOptions: the options do not describe a model synth can write.
@@ -48,6 +49,11 @@ type Options struct {
 	// PreGates also writes …mlp.pre_gate.weight for every sparse block that has a next sparse
 	// block in its stack (switch only).
 	PreGates bool
+	// Tokenizer, when set, is a checkpoint directory whose tokenizer files (tokenizer.Files) Write
+	// copies into Out, so that the synthetic model takes and gives text. The config follows the
+	// tokenizer: vocab_size grows to its vocabulary when smaller (an explicit Vocab that small is
+	// an error) and the special token ids are its own.
+	Tokenizer string
 }
 
 // Config returns the validated model config that Write would write for opts.
@@ -108,10 +114,51 @@ func Config(opts Options) (*model.Config, error) {
 			m.HeadDim = m.HiddenSize / m.NumAttentionHeads
 		}
 	}
+	if opts.Tokenizer != "" {
+		if err := fitTokenizer(cfg, opts); err != nil {
+			return nil, err
+		}
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: preset %q with these overrides: %w", ErrOptions, opts.Preset, err)
 	}
 	return cfg, nil
+}
+
+// fitTokenizer makes cfg agree with the tokenizer of opts.Tokenizer: a vocabulary that holds every
+// id, and its BOS, EOS and pad ids (T5's convention for switch: decoding starts at pad).
+func fitTokenizer(cfg *model.Config, opts Options) error {
+	tok, err := tokenizer.Load(opts.Tokenizer)
+	if err != nil {
+		return fmt.Errorf("%w: --tokenizer: %w", ErrOptions, err)
+	}
+	var vocab *int
+	switch {
+	case cfg.Switch != nil:
+		vocab = &cfg.Switch.VocabSize
+	case cfg.Mixtral != nil:
+		vocab = &cfg.Mixtral.VocabSize
+	default:
+		return fmt.Errorf("%w: no architecture config", ErrOptions)
+	}
+	if *vocab < tok.VocabSize() {
+		if opts.Vocab != 0 {
+			return fmt.Errorf("%w: vocab %d is smaller than the tokenizer's %d ids", ErrOptions, opts.Vocab, tok.VocabSize())
+		}
+		*vocab = tok.VocabSize()
+	}
+	if s := cfg.Switch; s != nil {
+		s.EOSTokenID, s.PadTokenID = tok.EOS(), tok.Pad()
+		s.DecoderStartTokenID = max(tok.Pad(), 0)
+	}
+	if m := cfg.Mixtral; m != nil {
+		m.BOSTokenID, m.EOSTokenID, m.PadTokenID = tok.BOS(), tok.EOS(), tok.Pad()
+		m.EOSTokenIDs = nil
+		if tok.EOS() >= 0 {
+			m.EOSTokenIDs = []int{tok.EOS()}
+		}
+	}
+	return nil
 }
 
 func setIf(dst *int, v int) {
@@ -194,7 +241,27 @@ func write(opts Options, progress func(done, total int64), workers int) error {
 	if err := atomicfile.WriteFile(filepath.Join(opts.Out, model.ConfigFileName), cfgJSON); err != nil {
 		return err
 	}
+	if err := writeTokenizer(opts); err != nil {
+		return err
+	}
 	return removeStale(opts.Out, shards)
+}
+
+// writeTokenizer copies the tokenizer files of opts.Tokenizer into opts.Out.
+func writeTokenizer(opts Options) error {
+	if opts.Tokenizer == "" {
+		return nil
+	}
+	files, err := tokenizer.Files(opts.Tokenizer)
+	if err != nil {
+		return fmt.Errorf("%w: --tokenizer: %w", ErrOptions, err)
+	}
+	for name, b := range files {
+		if err := atomicfile.WriteFile(filepath.Join(opts.Out, name), b); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // planShards splits the tensors (in module order) into files of at most maxShard bytes (a tensor

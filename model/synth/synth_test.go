@@ -3,6 +3,7 @@ package synth
 import (
 	"bytes"
 	"errors"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pregate/pregate/model"
+	"github.com/pregate/pregate/model/tokenizer"
 )
 
 // The config writer must reproduce HF's config.json byte for byte (the fixtures were written so).
@@ -452,5 +454,95 @@ func TestWriteErrorCleansUp(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(out, "config.json")); !os.IsNotExist(err) {
 		t.Error("config.json written although the weights failed")
+	}
+}
+
+// TestWriteWithTokenizer: --tokenizer copies the tokenizer files, and the config takes the
+// tokenizer's vocabulary size and special ids, so the written directory loads as model and
+// tokenizer together.
+func TestWriteWithTokenizer(t *testing.T) {
+	tokDir := t.TempDir()
+	spm, err := os.ReadFile("../tokenizer/testdata/unigram/spiece.model")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(tokDir, "spiece.model"), spm, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// T5's conventions on a 1000-piece model: pad and EOS from the config, 4 sentinels on top.
+	cfgJSON := `{"eos_token": "</s>", "pad_token": "<pad>", "extra_ids": 4, "add_bos_token": false, "add_eos_token": true}`
+	if err := os.WriteFile(filepath.Join(tokDir, "tokenizer_config.json"), []byte(cfgJSON), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name string
+		give Options
+	}{
+		{"switch", tinySwitch("")},
+		{"mixtral", tinyMixtral("")},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			opts := tt.give
+			opts.Out, opts.Tokenizer = t.TempDir(), tokDir
+			if _, err := Config(opts); !errors.Is(err, ErrOptions) {
+				t.Fatalf("Vocab 300 < 1005 ids: %v, want ErrOptions", err)
+			}
+			opts.Vocab = 0
+			if err := Write(opts, nil); err != nil {
+				t.Fatal(err)
+			}
+			files := dirFiles(t, opts.Out)
+			if !bytes.Equal(files["spiece.model"], spm) || string(files["tokenizer_config.json"]) != cfgJSON {
+				t.Errorf("tokenizer files not copied: %v", slices.Sorted(maps.Keys(files)))
+			}
+			tok, err := tokenizer.Load(opts.Out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, err := model.OpenCheckpoint(opts.Out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if err := c.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			cfg := c.Config()
+			if s := cfg.Switch; s != nil {
+				// The preset's vocabulary already holds the tokenizer's 1005 ids.
+				if s.VocabSize < tok.VocabSize() || s.EOSTokenID != tok.EOS() || s.PadTokenID != tok.Pad() || s.DecoderStartTokenID != tok.Pad() {
+					t.Errorf("switch config %+v, tokenizer eos %d pad %d", s, tok.EOS(), tok.Pad())
+				}
+			}
+			if m := cfg.Mixtral; m != nil {
+				if m.VocabSize < tok.VocabSize() || m.BOSTokenID != tok.BOS() || m.EOSTokenID != tok.EOS() || m.PadTokenID != tok.Pad() {
+					t.Errorf("mixtral config %+v, tokenizer vocab %d bos %d eos %d pad %d", m, tok.VocabSize(), tok.BOS(), tok.EOS(), tok.Pad())
+				}
+			}
+		})
+	}
+}
+
+// A tokenizer larger than the preset's vocabulary grows vocab_size to it.
+func TestConfigGrowsVocabToTokenizer(t *testing.T) {
+	tokDir := t.TempDir()
+	b, err := os.ReadFile("../tokenizer/testdata/mistral/tokenizer.model")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(tokDir, "tokenizer.model"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(tokDir, "tokenizer_config.json"), []byte(`{"additional_special_tokens": ["[TOOL]", "[/TOOL]"]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	opts := tinyMixtral("")
+	opts.Vocab, opts.Tokenizer = 0, tokDir
+	cfg, err := Config(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := cfg.Mixtral; m.VocabSize != 32002 || m.BOSTokenID != 1 || m.EOSTokenID != 2 || m.PadTokenID != -1 {
+		t.Errorf("vocab %d bos %d eos %d pad %d, want 32002 1 2 -1", m.VocabSize, m.BOSTokenID, m.EOSTokenID, m.PadTokenID)
 	}
 }

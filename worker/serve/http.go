@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/pregate/pregate/model/tokenizer"
 )
 
 // HTTP-only errors.
@@ -173,8 +175,8 @@ func (s *Server) card() modelCard {
 // vLLM's ignore_eos and return_token_ids. Other fields are ignored, as OpenAI does.
 type CompletionRequest struct {
 	Model string `json:"model"`
-	// Prompt is a list of token ids, or a list of such lists (one choice each). Text needs a
-	// tokenizer, which the worker does not have.
+	// Prompt is a list of token ids, or a list of such lists (one choice each); with a tokenizer
+	// also a string, or a list of strings (encoded with the model's BOS/EOS as it adds them).
 	Prompt        json.RawMessage `json:"prompt"`
 	MaxTokens     *int            `json:"max_tokens"`  // default 16
 	Temperature   *float64        `json:"temperature"` // default 1; 0 is greedy
@@ -208,7 +210,7 @@ type Completion struct {
 // Choice is one prompt's completion (index: the prompt's position), or a streamed part of it.
 type Choice struct {
 	Index int    `json:"index"`
-	Text  string `json:"text"` // always "": no tokenizer
+	Text  string `json:"text"` // the generated text (of this chunk, when streaming); "" without a tokenizer
 	// Logprobs is always null.
 	Logprobs     *struct{} `json:"logprobs"`
 	FinishReason *string   `json:"finish_reason"` // "stop" | "length"; null until the last chunk
@@ -260,6 +262,7 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) int {
 		return s.stream(w, c, reqs, &req, resp, usage)
 	}
 	resp.Choices = make([]Choice, len(reqs))
+	generated := make([][]int, len(reqs))
 	for i := range resp.Choices {
 		resp.Choices[i].Index = i
 		if req.ReturnTokenIDs {
@@ -282,10 +285,16 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) int {
 				left--
 			default:
 				usage.CompletionTokens++
+				generated[ev.index] = append(generated[ev.index], ev.token)
 				if req.ReturnTokenIDs {
 					ch.TokenIDs = append(ch.TokenIDs, ev.token)
 				}
 			}
+		}
+	}
+	if tok := s.cfg.Tokenizer; tok != nil {
+		for i := range resp.Choices {
+			resp.Choices[i].Text = tok.Decode(generated[i], true)
 		}
 	}
 	usage.TotalTokens = usage.PromptTokens + usage.CompletionTokens
@@ -323,6 +332,12 @@ func (s *Server) stream(w http.ResponseWriter, c *call, reqs []Request, req *Com
 		return statusClientClosed
 	}
 	started := make([]bool, len(reqs))
+	var texts []*tokenizer.Stream // one per choice: text out by whole characters
+	if s.cfg.Tokenizer != nil {
+		for range reqs {
+			texts = append(texts, s.cfg.Tokenizer.NewStream())
+		}
+	}
 	chunk.Choices = make([]Choice, 1)
 	var (
 		evs []event
@@ -346,8 +361,14 @@ func (s *Server) stream(w http.ResponseWriter, c *call, reqs []Request, req *Com
 			case ev.finish != "":
 				ch.FinishReason = &ev.finish
 				left--
+				if texts != nil {
+					ch.Text = texts[ev.index].Flush()
+				}
 			default:
 				usage.CompletionTokens++
+				if texts != nil {
+					ch.Text = texts[ev.index].Next(ev.token)
+				}
 				if req.ReturnTokenIDs {
 					ch.TokenIDs = []int{ev.token}
 					if !started[ev.index] {
@@ -413,9 +434,9 @@ func (s *Server) parse(req *CompletionRequest) ([]Request, error) {
 	case req.Echo:
 		return nil, badRequest("echo", "echo is not supported")
 	case !isEmptyJSON(req.Stop):
-		return nil, badRequest("stop", "stop strings are not supported: there is no tokenizer")
+		return nil, badRequest("stop", "stop strings are not supported")
 	}
-	prompts, err := parsePrompt(req.Prompt)
+	prompts, err := s.parsePrompt(req.Prompt)
 	if err != nil {
 		return nil, err
 	}
@@ -440,6 +461,38 @@ func (s *Server) parse(req *CompletionRequest) ([]Request, error) {
 	return reqs, nil
 }
 
+// encodePrompts reads a text prompt (a string, or a list of strings) and encodes each with the
+// tokenizer.
+func (s *Server) encodePrompts(raw json.RawMessage) ([][]int, error) {
+	if s.cfg.Tokenizer == nil {
+		return nil, badRequest("prompt", "text prompts are not supported: the model has no tokenizer, so token ids are required")
+	}
+	var texts []string
+	if raw[0] == '"' {
+		texts = make([]string, 1)
+		if json.Unmarshal(raw, &texts[0]) != nil {
+			return nil, badRequest("prompt", "prompt is not a JSON string")
+		}
+	} else if json.Unmarshal(raw, &texts) != nil {
+		return nil, badRequest("prompt", "prompt must be a string or a list of strings")
+	}
+	if len(texts) == 0 {
+		return nil, badRequest("prompt", "prompt is empty")
+	}
+	prompts := make([][]int, len(texts))
+	for i, text := range texts {
+		ids, err := s.cfg.Tokenizer.Encode(text, true)
+		if err != nil {
+			return nil, badRequest("prompt", "prompt %d: %v", i, err)
+		}
+		if len(ids) == 0 {
+			return nil, badRequest("prompt", "prompt %d is empty", i)
+		}
+		prompts[i] = ids
+	}
+	return prompts, nil
+}
+
 // isEmptyJSON reports an absent value, null, "" or [].
 func isEmptyJSON(raw json.RawMessage) bool {
 	switch string(bytes.Join(bytes.Fields(raw), nil)) {
@@ -449,15 +502,16 @@ func isEmptyJSON(raw json.RawMessage) bool {
 	return false
 }
 
-// parsePrompt reads a prompt: a list of token ids, or a list of non-empty such lists.
-func parsePrompt(raw json.RawMessage) ([][]int, error) {
+// parsePrompt reads a prompt: a list of token ids, or a list of non-empty such lists; with a
+// tokenizer also a string or a list of strings, which it encodes.
+func (s *Server) parsePrompt(raw json.RawMessage) ([][]int, error) {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || string(raw) == "null" {
 		return nil, badRequest("prompt", "prompt is required")
 	}
 	const shape = "prompt must be a list of token ids or a list of token-id lists"
-	if raw[0] == '"' {
-		return nil, badRequest("prompt", "text prompts are not supported: there is no tokenizer, so token ids are required")
+	if raw[0] == '"' || raw[0] == '[' && bytes.HasPrefix(bytes.TrimSpace(raw[1:]), []byte{'"'}) {
+		return s.encodePrompts(raw)
 	}
 	var items []json.RawMessage
 	if raw[0] != '[' || json.Unmarshal(raw, &items) != nil {
@@ -467,8 +521,6 @@ func parsePrompt(raw json.RawMessage) ([][]int, error) {
 		return nil, badRequest("prompt", "prompt is empty")
 	}
 	switch bytes.TrimSpace(items[0])[0] {
-	case '"':
-		return nil, badRequest("prompt", "text prompts are not supported: there is no tokenizer, so token ids are required")
 	case '[':
 		prompts := make([][]int, len(items))
 		for i, it := range items {

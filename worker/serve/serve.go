@@ -13,9 +13,11 @@
 // when every request in its batch has gone (so the expert fetches they wait on stop) and when the
 // server closes. Generate is the same path without HTTP, for tests and benchmarks.
 //
-// There is no tokenizer: prompts are token ids, completions come back as token ids
-// (return_token_ids) and "text" is empty. As in OpenAI's API, temperature defaults to 1 over HTTP;
-// send temperature 0 for greedy decoding, which matches engine.Generate token for token.
+// Prompts are token ids, or text when the model came with a tokenizer (Config.Tokenizer): then
+// "text" carries the completion, streamed one whole character at a time (tokenizer.Stream).
+// Completions also come back as token ids with return_token_ids. As in OpenAI's API, temperature
+// defaults to 1 over HTTP; send temperature 0 for greedy decoding, which matches engine.Generate
+// token for token.
 package serve
 
 import (
@@ -31,6 +33,7 @@ import (
 
 	"github.com/pregate/pregate/engine"
 	"github.com/pregate/pregate/internal/lifecycle"
+	"github.com/pregate/pregate/model/tokenizer"
 )
 
 // Errors returned by Generate (and mapped to HTTP statuses by the handler).
@@ -50,6 +53,9 @@ type Config struct {
 	ModelName string
 	// Model decodes. The server calls it from its scheduler goroutine only and does not close it.
 	Model engine.Model
+	// Tokenizer, when set, lets prompts be text and fills the completions' text; nil: token ids
+	// only (a text prompt gets 400).
+	Tokenizer *tokenizer.Tokenizer
 	// MaxRunning bounds the sequences decoded together in one Step.
 	MaxRunning int
 	// MaxWaiting bounds the sequences submitted but not yet running; beyond it requests get

@@ -28,6 +28,8 @@ import (
 	"github.com/pregate/pregate/internal/golden"
 	"github.com/pregate/pregate/internal/lifecycle"
 	"github.com/pregate/pregate/model"
+	"github.com/pregate/pregate/model/synth"
+	"github.com/pregate/pregate/model/tokenizer"
 )
 
 func TestMain(m *testing.M) {
@@ -158,6 +160,7 @@ func (ts *testServer) complete(t *testing.T, body map[string]any) Completion {
 // streamed is what a stream carried: tokens and finish reason per choice, chunks, [DONE].
 type streamed struct {
 	tokens  map[int][]int
+	texts   map[int]string
 	finish  map[int]string
 	errs    []Error
 	chunks  int
@@ -177,7 +180,7 @@ func readStream(t *testing.T, r io.Reader) streamed {
 
 // tryReadStream is readStream for goroutines other than the test's.
 func tryReadStream(r io.Reader) (streamed, error) {
-	st := streamed{tokens: map[int][]int{}, finish: map[int]string{}}
+	st := streamed{tokens: map[int][]int{}, texts: map[int]string{}, finish: map[int]string{}}
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		line := sc.Text()
@@ -212,6 +215,7 @@ func tryReadStream(r io.Reader) (streamed, error) {
 		}
 		for _, c := range ev.Choices {
 			st.tokens[c.Index] = append(st.tokens[c.Index], c.TokenIDs...)
+			st.texts[c.Index] += c.Text
 			if c.FinishReason != nil {
 				st.finish[c.Index] = *c.FinishReason
 			}
@@ -989,5 +993,57 @@ func TestServeUntilCancelled(t *testing.T) {
 	}
 	if _, err := s.Generate(context.Background(), Request{Prompt: []int{5}, MaxTokens: 1}, nil); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Generate after Serve returned = %v, want ErrClosed", err)
+	}
+}
+
+// TestTextPrompts: with a tokenizer, prompts may be text (encoded as the tokenizer does, BOS
+// included) and completions carry text, whole or streamed, equal to the decoded token ids.
+func TestTextPrompts(t *testing.T) {
+	tokDir := t.TempDir()
+	spm, err := os.ReadFile(filepath.Join("..", "..", "model", "tokenizer", "testdata", "unigram", "spiece.model"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(tokDir, "spiece.model"), spm, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := synth.Write(synth.Options{Arch: synth.ArchMixtral, Preset: "mixtral-tiny", Out: dir, Seed: 5, Layers: 1, Experts: 2,
+		DModel: 32, DFF: 64, Heads: 4, Vocab: 1024, Tokenizer: tokDir}, nil); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := tokenizer.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := newTestServer(t, "texty", loadModel(t, dir), func(c *Config) { c.Tokenizer = tok })
+	prompts := []string{"Hello world", "naïve café, 日本"}
+	c := ts.complete(t, map[string]any{"prompt": prompts, "max_tokens": 6, "temperature": 0, "ignore_eos": true, "return_token_ids": true})
+	if len(c.Choices) != 2 {
+		t.Fatalf("choices %+v", c.Choices)
+	}
+	for i, ch := range c.Choices {
+		want, _ := tok.Encode(prompts[i], true)
+		if !slices.Equal(ch.PromptTokenIDs, want) || want[0] != tok.BOS() {
+			t.Errorf("prompt %d ids %v, want %v", i, ch.PromptTokenIDs, want)
+		}
+		if len(ch.TokenIDs) != 6 || ch.Text != tok.Decode(ch.TokenIDs, true) {
+			t.Errorf("choice %d: text %q for ids %v (decoded %q)", i, ch.Text, ch.TokenIDs, tok.Decode(ch.TokenIDs, true))
+		}
+	}
+	one := ts.complete(t, map[string]any{"prompt": prompts[0], "max_tokens": 6, "temperature": 0, "ignore_eos": true})
+	if one.Choices[0].Text != c.Choices[0].Text {
+		t.Errorf("a string prompt gave %q, the same in a list %q", one.Choices[0].Text, c.Choices[0].Text)
+	}
+	resp, body := post(t, context.Background(), ts.url, map[string]any{"prompt": prompts, "max_tokens": 6, "temperature": 0,
+		"ignore_eos": true, "stream": true, "return_token_ids": true})
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("stream: %s", body)
+	}
+	st := readStream(t, bytes.NewReader(body))
+	for i := range prompts {
+		if !slices.Equal(st.tokens[i], c.Choices[i].TokenIDs) || st.texts[i] != c.Choices[i].Text {
+			t.Errorf("streamed choice %d: %v %q, want %v %q", i, st.tokens[i], st.texts[i], c.Choices[i].TokenIDs, c.Choices[i].Text)
+		}
 	}
 }
