@@ -32,43 +32,93 @@ static inline float bf16_scalar(uint16_t b) {
 	return f;
 }
 
-// ---- AVX-512F: one weight row at a time, 32 weights per step. ----
+// ---- AVX-512F: a tile of M activation rows × R weight rows, 16 weights per step. ----
+//
+// The AVX2 kernel below with 512-bit vectors: VPMOVZXWD from 256 bits, VPSLLD, FMA. M·R <= 16
+// accumulators of the 32 zmm registers. (It replaced a kernel that did one weight row at a time:
+// that one lost to the AVX2 tile on most decode shapes, e.g. 4×4096·4096×14336 at 2 threads
+// 17.1 vs 7.1 ms.)
 
-__attribute__((target("avx512f")))
-static void bf16_rows_avx512(int m, int k, const float *a, const uint16_t *w, int n,
-		float *dst, int ldc, int accumulate) {
-	for (int j = 0; j < n; j++) {
-		const uint16_t *wr = w + (size_t)j * k;
-		__m512 acc[4][2];
-		for (int i = 0; i < m; i++) {
-			acc[i][0] = _mm512_setzero_ps();
-			acc[i][1] = _mm512_setzero_ps();
+__attribute__((target("avx512f"), always_inline))
+static inline __m512 bf16x16_avx512(const uint16_t *p) {
+	__m256i h = _mm256_loadu_si256((const __m256i *)p);
+	return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+__attribute__((target("avx512f"), always_inline))
+static inline void bf16_tile_avx512(const int M, const int R, int k, const float *a,
+		const uint16_t *w, float *dst, int ldc, int accumulate) {
+	__m512 acc[4][8];
+#pragma GCC unroll 4
+	for (int i = 0; i < M; i++) {
+#pragma GCC unroll 8
+		for (int r = 0; r < R; r++) {
+			acc[i][r] = _mm512_setzero_ps();
 		}
-		int p = 0;
-		for (; p + 32 <= k; p += 32) {
-			__m512 w0 = _mm512_castsi512_ps(_mm512_slli_epi32(
-				_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(wr + p))), 16));
-			__m512 w1 = _mm512_castsi512_ps(_mm512_slli_epi32(
-				_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(wr + p + 16))), 16));
-			for (int i = 0; i < m; i++) {
-				acc[i][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(a + (size_t)i * k + p), acc[i][0]);
-				acc[i][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(a + (size_t)i * k + p + 16), acc[i][1]);
+	}
+	int p = 0;
+	for (; p + 16 <= k; p += 16) {
+		__m512 x[4];
+#pragma GCC unroll 4
+		for (int i = 0; i < M; i++) {
+			x[i] = _mm512_loadu_ps(a + (size_t)i * k + p);
+		}
+#pragma GCC unroll 8
+		for (int r = 0; r < R; r++) {
+			__m512 wv = bf16x16_avx512(w + (size_t)r * k + p);
+#pragma GCC unroll 4
+			for (int i = 0; i < M; i++) {
+				acc[i][r] = _mm512_fmadd_ps(wv, x[i], acc[i][r]);
 			}
 		}
-		for (int i = 0; i < m; i++) {
-			float s = _mm512_reduce_add_ps(_mm512_add_ps(acc[i][0], acc[i][1]));
+	}
+#pragma GCC unroll 4
+	for (int i = 0; i < M; i++) {
+#pragma GCC unroll 8
+		for (int r = 0; r < R; r++) {
+			float s = _mm512_reduce_add_ps(acc[i][r]);
 			for (int q = p; q < k; q++) {
-				s += bf16_scalar(wr[q]) * a[(size_t)i * k + q];
+				s += bf16_scalar(w[(size_t)r * k + q]) * a[(size_t)i * k + q];
 			}
-			float *d = dst + (size_t)i * ldc + j;
+			float *d = dst + (size_t)i * ldc + r;
 			*d = accumulate ? *d + s : s;
 		}
 	}
 }
 
+#define BF16_ROWS_AVX512(M, R)                                                                    \
+	__attribute__((target("avx512f"))) static void bf16_rows_avx512_##M(int k, const float *a, \
+			const uint16_t *w, int n, float *dst, int ldc, int accumulate) {                  \
+		int j = 0;                                                                            \
+		for (; j + R <= n; j += R) {                                                          \
+			bf16_tile_avx512(M, R, k, a, w + (size_t)j * k, dst + j, ldc, accumulate);    \
+		}                                                                                     \
+		for (; j < n; j++) {                                                                  \
+			bf16_tile_avx512(M, 1, k, a, w + (size_t)j * k, dst + j, ldc, accumulate);    \
+		}                                                                                     \
+	}
+
+BF16_ROWS_AVX512(1, 8)
+BF16_ROWS_AVX512(2, 8)
+BF16_ROWS_AVX512(3, 4)
+BF16_ROWS_AVX512(4, 4)
+
 void pregate_bf16_rows_avx512(int m, int k, const float *a, const uint16_t *w, int n,
 		float *dst, int ldc, int accumulate) {
-	bf16_rows_avx512(m, k, a, w, n, dst, ldc, accumulate);
+	switch (m) {
+	case 1:
+		bf16_rows_avx512_1(k, a, w, n, dst, ldc, accumulate);
+		break;
+	case 2:
+		bf16_rows_avx512_2(k, a, w, n, dst, ldc, accumulate);
+		break;
+	case 3:
+		bf16_rows_avx512_3(k, a, w, n, dst, ldc, accumulate);
+		break;
+	default:
+		bf16_rows_avx512_4(k, a, w, n, dst, ldc, accumulate);
+		break;
+	}
 }
 
 // ---- AVX2 + FMA: a tile of M activation rows × R weight rows, 8 weights per step. ----
