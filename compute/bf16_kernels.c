@@ -32,6 +32,12 @@ static inline float bf16_scalar(uint16_t b) {
 	return f;
 }
 
+// Both kernels walk each weight row one 64-byte cache line (32 bf16) per iteration and prefetch the
+// line BF16_PREFETCH bytes ahead in every row of the tile: with 2-8 rows read side by side the
+// hardware prefetcher alone kept them slower (AVX2, 1×4096·4096×14336, 1 thread, 3 interleaved runs each: 5.9-7.6 ms without, 5.3-6.2 with
+// 512 B ahead, 4.8-5.6 with 1 KiB).
+#define BF16_PREFETCH 1024
+
 // ---- AVX-512F: a tile of M activation rows × R weight rows, 16 weights per step. ----
 //
 // The AVX2 kernel below with 512-bit vectors: VPMOVZXWD from 256 bits, VPSLLD, FMA. M·R <= 16
@@ -57,6 +63,28 @@ static inline void bf16_tile_avx512(const int M, const int R, int k, const float
 		}
 	}
 	int p = 0;
+	for (; p + 32 <= k; p += 32) {
+#pragma GCC unroll 8
+		for (int r = 0; r < R; r++) {
+			_mm_prefetch((const char *)(w + (size_t)r * k + p) + BF16_PREFETCH, _MM_HINT_T0);
+		}
+#pragma GCC unroll 2
+		for (int u = 0; u < 32; u += 16) {
+			__m512 x[4];
+#pragma GCC unroll 4
+			for (int i = 0; i < M; i++) {
+				x[i] = _mm512_loadu_ps(a + (size_t)i * k + p + u);
+			}
+#pragma GCC unroll 8
+			for (int r = 0; r < R; r++) {
+				__m512 wv = bf16x16_avx512(w + (size_t)r * k + p + u);
+#pragma GCC unroll 4
+				for (int i = 0; i < M; i++) {
+					acc[i][r] = _mm512_fmadd_ps(wv, x[i], acc[i][r]);
+				}
+			}
+		}
+	}
 	for (; p + 16 <= k; p += 16) {
 		__m512 x[4];
 #pragma GCC unroll 4
@@ -159,6 +187,28 @@ static inline void bf16_tile_avx2(const int M, const int R, int k, const float *
 		}
 	}
 	int p = 0;
+	for (; p + 32 <= k; p += 32) {
+#pragma GCC unroll 8
+		for (int r = 0; r < R; r++) {
+			_mm_prefetch((const char *)(w + (size_t)r * k + p) + BF16_PREFETCH, _MM_HINT_T0);
+		}
+#pragma GCC unroll 4
+		for (int u = 0; u < 32; u += 8) {
+			__m256 x[4];
+#pragma GCC unroll 4
+			for (int i = 0; i < M; i++) {
+				x[i] = _mm256_loadu_ps(a + (size_t)i * k + p + u);
+			}
+#pragma GCC unroll 8
+			for (int r = 0; r < R; r++) {
+				__m256 wv = bf16x8_avx2(w + (size_t)r * k + p + u);
+#pragma GCC unroll 4
+				for (int i = 0; i < M; i++) {
+					acc[i][r] = _mm256_fmadd_ps(wv, x[i], acc[i][r]);
+				}
+			}
+		}
+	}
 	for (; p + 8 <= k; p += 8) {
 		__m256 x[4];
 #pragma GCC unroll 4
