@@ -24,8 +24,9 @@ PROMPT=$(seq 100 131 | tr '\n' ' ')
 configs=()
 for m in switch-base-8 mixtral-bench; do
 	for t in 1 2; do
-		configs+=("$m f32 $t")
-		for k in $KERNELS; do configs+=("$m $k $t"); done
+		configs+=("$m 0 f32 $t")
+		i=0
+		for k in $KERNELS; do configs+=("$m $((i += 1)) $k $t"); done
 	done
 done
 raw=$(mktemp)
@@ -33,29 +34,29 @@ trap 'rm -f "$raw"' EXIT
 for r in $(seq "$ROUNDS"); do
 	n=${#configs[@]}
 	for i in $(seq 0 $((n - 1))); do
-		read -r m k t <<<"${configs[$(((i + r) % n))]}"
+		read -r m o k t <<<"${configs[$(((i + r) % n))]}"
 		model=$m kernel=$k
 		[ "$k" = f32 ] || model=$m-bf16
 		[ "$k" = f32 ] && kernel=
 		tps=$(PREGATE_BF16_KERNEL=$kernel "$BIN" generate --model "$DIR/$model" --prompt-ids "$PROMPT" \
 			--max-new-tokens 64 --ignore-eos --threads "$t" -o json |
 			sed -n 's/.*"decode_tokens_per_second":\([0-9.eE+-]*\).*/\1/p')
-		echo "$m $k $t $tps" >>"$raw"
+		echo "$m $t $o $k $tps" >>"$raw"
 	done
 done
-printf '%-14s %-7s %-7s %8s %8s %9s\n' model weights threads median best vs_f32
-sort -k1,1 -k3,3n -k2,2 -k4,4g "$raw" | awk '
+printf '%-14s %-12s %-7s %8s %8s %8s\n' model weights threads median best vs_f32
+sort -k1,1r -k2,2n -k3,3n -k5,5g "$raw" | awk '
 	function flush() {
 		if (cnt == 0) return
 		med = (cnt % 2) ? v[(cnt + 1) / 2] : (v[cnt / 2] + v[cnt / 2 + 1]) / 2
 		if (pk == "f32") f32[pm " " pt] = med
 		line[++nl] = sprintf("%s|%s|%s|%.1f|%.1f", pm, pk, pt, med, v[cnt]); cnt = 0
 	}
-	{ if ($1 != pm || $2 != pk || $3 != pt) { flush(); pm = $1; pk = $2; pt = $3 } v[++cnt] = $4 }
+	{ if ($1 != pm || $4 != pk || $2 != pt) { flush(); pm = $1; pk = $4; pt = $2 } v[++cnt] = $5 }
 	END {
 		flush()
 		for (i = 1; i <= nl; i++) {
 			split(line[i], f, "|"); w = (f[2] == "f32") ? "f32" : "bf16-" f[2]
-			printf "%-14s %-12s %-3s %8s %8s %8.2fx\n", f[1], w, f[3], f[4], f[5], f[4] / f32[f[1] " " f[3]]
+			printf "%-14s %-12s %-7s %8s %8s %7.2fx\n", f[1], w, f[3], f[4], f[5], f[4] / f32[f[1] " " f[3]]
 		}
 	}'
