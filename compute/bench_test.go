@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"testing"
+	"unsafe"
 
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/gonum"
@@ -68,20 +69,12 @@ var benchShapes = []shape{
 
 func BenchmarkMatMulT(b *testing.B) {
 	for _, s := range benchShapes {
-		ws := benchF32Weights(s.n, s.k)
 		r := rand.New(rand.NewPCG(1, 1))
 		a := randSlice(r, s.m*s.k)
 		dst := make([]float32, s.m*s.n)
 		for _, th := range []int{1, 2} {
 			b.Run(fmt.Sprintf("%dx%dx%d/threads=%d", s.m, s.k, s.n, th), func(b *testing.B) {
-				c := NewCPU(th)
-				defer c.Close()
-				i := 0
-				for b.Loop() {
-					c.MatMulT(dst, a, s.m, s.k, ws[i%len(ws)], s.n, false)
-					i++
-				}
-				report(b, s.m, s.k, s.n, 4*s.n*s.k)
+				benchMatMulT(b, s, th, a, dst)
 			})
 		}
 	}
@@ -89,23 +82,41 @@ func BenchmarkMatMulT(b *testing.B) {
 
 func BenchmarkMatMulTBF16(b *testing.B) {
 	for _, s := range []shape{{1, 768, 3072}, {4, 768, 3072}, {64, 768, 3072}} {
-		ws := benchBF16Weights(s.n, s.k)
 		r := rand.New(rand.NewPCG(1, 1))
 		a := randSlice(r, s.m*s.k)
 		dst := make([]float32, s.m*s.n)
 		for _, th := range []int{1, 2} {
 			b.Run(fmt.Sprintf("%dx%dx%d/threads=%d", s.m, s.k, s.n, th), func(b *testing.B) {
-				c := NewCPU(th)
-				defer c.Close()
-				i := 0
-				for b.Loop() {
-					c.MatMulTBF16(dst, a, s.m, s.k, ws[i%len(ws)], s.n, false)
-					i++
-				}
-				report(b, s.m, s.k, s.n, 2*s.n*s.k)
+				benchMatMulTBF16(b, s, th, a, dst)
 			})
 		}
 	}
+}
+
+// benchMatMul times mul, one product with weights w, on a CPU with th threads, cycling w through
+// the copies ws, and reports GFLOP/s and GB/s of weights.
+func benchMatMul[W float32 | uint16](b *testing.B, s shape, th int, ws [][]W, mul func(c *CPU, w []W)) {
+	c := NewCPU(th)
+	defer c.Close()
+	i := 0
+	for b.Loop() {
+		mul(c, ws[i%len(ws)])
+		i++
+	}
+	report(b, s.m, s.k, s.n, int(unsafe.Sizeof(ws[0][0]))*s.n*s.k)
+}
+
+func benchMatMulT(b *testing.B, s shape, th int, a, dst []float32) {
+	benchMatMul(b, s, th, benchF32Weights(s.n, s.k), func(c *CPU, w []float32) {
+		c.MatMulT(dst, a, s.m, s.k, w, s.n, false)
+	})
+}
+
+// benchMatMulTBF16 is benchMatMulT for MatMulTBF16, with the bf16 kernel in use.
+func benchMatMulTBF16(b *testing.B, s shape, th int, a, dst []float32) {
+	benchMatMul(b, s, th, benchBF16Weights(s.n, s.k), func(c *CPU, w []uint16) {
+		c.MatMulTBF16(dst, a, s.m, s.k, w, s.n, false)
+	})
 }
 
 // gemvDotGo is the plain-Go (no SIMD) GEMV: one Dot per weight row.
@@ -206,34 +217,16 @@ func BenchmarkDecodeGEMV(b *testing.B) {
 		dst := make([]float32, s.m*s.n)
 		for _, th := range []int{1, 2} {
 			prefix := fmt.Sprintf("shape=%dx%dx%d/threads=%d", s.m, s.k, s.n, th)
-			b.Run(prefix+"/kernel=f32", func(b *testing.B) {
-				ws := benchF32Weights(s.n, s.k)
-				c := NewCPU(th)
-				defer c.Close()
-				i := 0
-				for b.Loop() {
-					c.MatMulT(dst, a, s.m, s.k, ws[i%len(ws)], s.n, false)
-					i++
-				}
-				report(b, s.m, s.k, s.n, 4*s.n*s.k)
-			})
+			b.Run(prefix+"/kernel=f32", func(b *testing.B) { benchMatMulT(b, s, th, a, dst) })
 			for _, kind := range allBF16Kernels {
 				if !bf16Supported(kind) {
 					continue
 				}
 				b.Run(prefix+"/kernel=bf16-"+kind.String(), func(b *testing.B) {
-					ws := benchBF16Weights(s.n, s.k)
 					old := bf16Active
 					bf16Active = func() bf16Kernel { return kind }
 					defer func() { bf16Active = old }()
-					c := NewCPU(th)
-					defer c.Close()
-					i := 0
-					for b.Loop() {
-						c.MatMulTBF16(dst, a, s.m, s.k, ws[i%len(ws)], s.n, false)
-						i++
-					}
-					report(b, s.m, s.k, s.n, 2*s.n*s.k)
+					benchMatMulTBF16(b, s, th, a, dst)
 				})
 			}
 		}

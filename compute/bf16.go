@@ -104,7 +104,8 @@ func convertBF16(kind bf16Kernel, dst []float32, src []uint16) {
 }
 
 // bf16BlockRows is how many weight rows MatMulTBF16 converts into the
-// per-thread float32 scratch block before calling the f32 kernel on them.
+// per-thread float32 scratch block before calling the f32 kernel on them
+// (m > gemvMaxM, or any m with the bf16Go kernel).
 // The block stays in L2 (1 MiB per core on the benchmark machine): 256 KiB
 // for GEMV-like shapes (m <= 4, one short sgemv call per row of a per block;
 // smaller blocks lose to OpenBLAS's ~1µs per-call overhead), 1 MiB when m is
