@@ -118,12 +118,17 @@ const (
 	bf16BigBlock   = 256 << 10 // floats
 )
 
-// bf16FusedBlock is the number of weights one call of a fused kernel covers (m <= gemvMaxM):
-// 256 KiB of bf16, ~10µs of streaming, so that no cgo call runs past sysmon's 20µs tick (see
-// gemvBlockFloats), and at least 8 rows, the AVX2 kernel's tile at m = 1.
+// bf16FusedBlock is the number of weights one call of a fused kernel covers at m <= 2: 256 KiB
+// of bf16, ~5-10µs of streaming (1×4096·4096×14336 takes 5.1 ms for 59 M weights on 1 thread), so
+// that no cgo call runs past sysmon's 20µs tick (see gemvBlockFloats). At m = 3, 4 the AVX2 kernel
+// is compute-bound (8.7 ms at m = 4), so a call covers half as many. Always at least 8 rows, the
+// AVX2 kernel's tile at m = 1.
 const bf16FusedBlock = 128 << 10
 
-func bf16FusedRows(k int) int { return max(8, bf16FusedBlock/k&^7) }
+func bf16FusedRows(m, k int) int {
+	weights := bf16FusedBlock / ((m + 1) / 2)
+	return max(8, weights/k&^7)
+}
 
 func bf16BlockRows(m, k int) int {
 	floats := bf16SmallBlock
@@ -187,7 +192,7 @@ func (p *pool) runMatMulTBF16(t, lo, hi int) {
 	k := mm.k
 	if m <= gemvMaxM && mm.kind != bf16Go {
 		// Fused: no scratch; blocks only keep each cgo call short.
-		rows := bf16FusedRows(k)
+		rows := bf16FusedRows(m, k)
 		for j := j0; j < j1; j += rows {
 			r := min(rows, j1-j)
 			if !bf16RowsNT(mm.kind, dst[j:], a, m, k, mm.wb[j*k:(j+r)*k], r, mm.n, mm.beta) {

@@ -15,7 +15,7 @@
 // package keeps the default (SSE2) target, and are called only when golang.org/x/sys/cpu reports
 // the instructions (bf16Supported in gemm_openblas.go). They are plain C with intrinsics rather than
 // Go assembly because the package already links C for OpenBLAS; each call covers a block of weight
-// rows (bf16FusedRows: 256 KiB, ~10µs) and cgo's ~50ns per call is noise next to it.
+// rows (bf16FusedRows: 128-256 KiB, 5-10µs) and cgo's ~50ns per call is noise next to it.
 
 #include <stddef.h>
 #include <stdint.h>
