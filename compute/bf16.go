@@ -52,9 +52,6 @@ func chooseBF16Kernel(env string) bf16Kernel {
 // BF16KernelEnv. A variable so tests can force each kernel (forceBF16Kernel).
 var bf16Active = sync.OnceValue(func() bf16Kernel { return chooseBF16Kernel(os.Getenv(BF16KernelEnv)) })
 
-// BF16Kernel names the bf16 kernel in use: "avx512", "avx2" or "go" (see BF16KernelEnv).
-func BF16Kernel() string { return bf16Active().String() }
-
 // BF16ToFloat32 converts raw bfloat16 bits to a float32 (exact).
 func BF16ToFloat32(b uint16) float32 { return math.Float32frombits(uint32(b) << 16) }
 

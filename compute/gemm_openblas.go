@@ -55,11 +55,11 @@ func backendInit() {
 	blasOnce.Do(func() { C.openblas_set_num_threads(1) })
 }
 
-// Backend describes the GEMM backend compiled in.
+// Backend describes the GEMM backend compiled in and the bf16 kernel in use.
 func Backend() string {
 	backendInit()
-	return fmt.Sprintf("openblas (%s, core %s)",
-		C.GoString(C.openblas_get_config()), C.GoString(C.openblas_get_corename()))
+	return fmt.Sprintf("openblas (%s, core %s), bf16 kernel %v",
+		C.GoString(C.openblas_get_config()), C.GoString(C.openblas_get_corename()), bf16Active())
 }
 
 func checkBLASDims(m, k, n int) {
@@ -141,7 +141,7 @@ func bf16Supported(kind bf16Kernel) bool {
 	case bf16AVX2:
 		return cpu.X86.HasAVX2 && cpu.X86.HasFMA
 	case bf16AVX512:
-		return cpu.X86.HasAVX512F
+		return cpu.X86.HasAVX512F && cpu.X86.HasAVX2 // AVX2 for the widening of m > gemvMaxM
 	}
 	return false
 }
