@@ -11,7 +11,7 @@ PROTOC_GEN_GO_VERSION      ?= v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION ?= v1.6.2
 TOOLS := $(CURDIR)/bin/tools
 
-.PHONY: build demo demo-generate proto test test-short test-race test-race-ci test-e2e fuzz bench bench-decode lint verify deps clean docker helm-lint helm-test
+.PHONY: build demo demo-generate proto test test-short test-race test-race-ci test-e2e fuzz bench bench-decode bench-bf16 lint verify deps clean docker helm-lint helm-test
 
 build: deps
 	$(GO) build -o $(BIN) ./cmd/pregate
@@ -77,6 +77,10 @@ bench:
 # Decode tokens/s on synthetic checkpoints (docs/BENCHMARKS.md).
 bench-decode: build
 	BENCH_DIR=$(DATA)/bench ./scripts/bench-decode.sh
+
+# bf16 against f32 decode, each bf16 kernel forced in turn, interleaved (docs/BENCHMARKS.md, issue 16 part 4).
+bench-bf16: build
+	BENCH_DIR=$(DATA)/bench ./scripts/bench-bf16.sh
 
 lint:
 	@unformatted=$$(gofmt -l . | grep -v '^bin/'); if [ -n "$$unformatted" ]; then echo "gofmt would change: $$unformatted"; exit 1; fi

@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"testing"
+	"unsafe"
 
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/gonum"
@@ -68,20 +69,12 @@ var benchShapes = []shape{
 
 func BenchmarkMatMulT(b *testing.B) {
 	for _, s := range benchShapes {
-		ws := benchF32Weights(s.n, s.k)
 		r := rand.New(rand.NewPCG(1, 1))
 		a := randSlice(r, s.m*s.k)
 		dst := make([]float32, s.m*s.n)
 		for _, th := range []int{1, 2} {
 			b.Run(fmt.Sprintf("%dx%dx%d/threads=%d", s.m, s.k, s.n, th), func(b *testing.B) {
-				c := NewCPU(th)
-				defer c.Close()
-				i := 0
-				for b.Loop() {
-					c.MatMulT(dst, a, s.m, s.k, ws[i%len(ws)], s.n, false)
-					i++
-				}
-				report(b, s.m, s.k, s.n, 4*s.n*s.k)
+				benchMatMulT(b, s, th, a, dst)
 			})
 		}
 	}
@@ -89,23 +82,41 @@ func BenchmarkMatMulT(b *testing.B) {
 
 func BenchmarkMatMulTBF16(b *testing.B) {
 	for _, s := range []shape{{1, 768, 3072}, {4, 768, 3072}, {64, 768, 3072}} {
-		ws := benchBF16Weights(s.n, s.k)
 		r := rand.New(rand.NewPCG(1, 1))
 		a := randSlice(r, s.m*s.k)
 		dst := make([]float32, s.m*s.n)
 		for _, th := range []int{1, 2} {
 			b.Run(fmt.Sprintf("%dx%dx%d/threads=%d", s.m, s.k, s.n, th), func(b *testing.B) {
-				c := NewCPU(th)
-				defer c.Close()
-				i := 0
-				for b.Loop() {
-					c.MatMulTBF16(dst, a, s.m, s.k, ws[i%len(ws)], s.n, false)
-					i++
-				}
-				report(b, s.m, s.k, s.n, 2*s.n*s.k)
+				benchMatMulTBF16(b, s, th, a, dst)
 			})
 		}
 	}
+}
+
+// benchMatMul times mul, one product with weights w, on a CPU with th threads, cycling w through
+// the copies ws, and reports GFLOP/s and GB/s of weights.
+func benchMatMul[W float32 | uint16](b *testing.B, s shape, th int, ws [][]W, mul func(c *CPU, w []W)) {
+	c := NewCPU(th)
+	defer c.Close()
+	i := 0
+	for b.Loop() {
+		mul(c, ws[i%len(ws)])
+		i++
+	}
+	report(b, s.m, s.k, s.n, int(unsafe.Sizeof(ws[0][0]))*s.n*s.k)
+}
+
+func benchMatMulT(b *testing.B, s shape, th int, a, dst []float32) {
+	benchMatMul(b, s, th, benchF32Weights(s.n, s.k), func(c *CPU, w []float32) {
+		c.MatMulT(dst, a, s.m, s.k, w, s.n, false)
+	})
+}
+
+// benchMatMulTBF16 is benchMatMulT for MatMulTBF16, with the bf16 kernel in use.
+func benchMatMulTBF16(b *testing.B, s shape, th int, a, dst []float32) {
+	benchMatMul(b, s, th, benchBF16Weights(s.n, s.k), func(c *CPU, w []uint16) {
+		c.MatMulTBF16(dst, a, s.m, s.k, w, s.n, false)
+	})
 }
 
 // gemvDotGo is the plain-Go (no SIMD) GEMV: one Dot per weight row.
@@ -165,15 +176,22 @@ func BenchmarkParallelFor(b *testing.B) {
 	}
 }
 
+// BenchmarkConvertBF16 widens one of MatMulTBF16's large-m scratch blocks (bf16BigBlock, 1 MiB of
+// float32 that stays in L2) with each kernel's loop, and with a one-at-a-time Go loop.
 func BenchmarkConvertBF16(b *testing.B) {
-	src, _ := bf16Weights(rand.New(rand.NewPCG(1, 1)), 8192)
+	src, _ := bf16Weights(rand.New(rand.NewPCG(1, 1)), bf16BigBlock)
 	dst := make([]float32, len(src))
-	b.Run("packed64", func(b *testing.B) {
-		b.SetBytes(int64(len(src) * 2))
-		for b.Loop() {
-			ConvertBF16(dst, src)
+	for _, kind := range []bf16Kernel{bf16Go, bf16AVX2} {
+		if !bf16Supported(kind) {
+			continue
 		}
-	})
+		b.Run(kind.String(), func(b *testing.B) {
+			b.SetBytes(int64(len(src) * 2))
+			for b.Loop() {
+				convertBF16(kind, dst, src)
+			}
+		})
+	}
 	b.Run("scalar", func(b *testing.B) {
 		b.SetBytes(int64(len(src) * 2))
 		for b.Loop() {
@@ -182,4 +200,36 @@ func BenchmarkConvertBF16(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkDecodeGEMV compares, on the decode shapes (m = 1 and 4 rows of activations, weights
+// streamed from DRAM), f32 weights (MatMulT) with bf16 weights (MatMulTBF16) under each bf16
+// kernel this CPU runs: "go" (widen blocks into float32, then the f32 GEMV), "avx2" and "avx512"
+// (fused). Shapes [k → n]: Mixtral-8x7B's expert up/gate (4096 → 14336) and down (14336 → 4096),
+// switch-base's expert (768 → 3072, 3072 → 768). Compare kernels with
+// `benchstat -col /kernel` (docs/BENCHMARKS.md, issue 16 part 4).
+func BenchmarkDecodeGEMV(b *testing.B) {
+	for _, s := range []shape{
+		{1, 4096, 14336}, {1, 14336, 4096}, {1, 768, 3072}, {1, 3072, 768}, {4, 4096, 14336}, {4, 768, 3072},
+	} {
+		r := rand.New(rand.NewPCG(1, 1))
+		a := randSlice(r, s.m*s.k)
+		dst := make([]float32, s.m*s.n)
+		for _, th := range []int{1, 2} {
+			prefix := fmt.Sprintf("shape=%dx%dx%d/threads=%d", s.m, s.k, s.n, th)
+			b.Run(prefix+"/kernel=f32", func(b *testing.B) { benchMatMulT(b, s, th, a, dst) })
+			for _, kind := range allBF16Kernels {
+				if !bf16Supported(kind) {
+					continue
+				}
+				b.Run(prefix+"/kernel=bf16-"+kind.String(), func(b *testing.B) {
+					old := bf16Active
+					bf16Active = func() bf16Kernel { return kind }
+					defer func() { bf16Active = old }()
+					benchMatMulTBF16(b, s, th, a, dst)
+				})
+			}
+		}
+		benchWeightCache = map[string]any{} // the Mixtral shapes hold ~0.7 GB each
+	}
 }

@@ -125,6 +125,7 @@ type mmArgs struct {
 	m, k, n int
 	splitN  bool
 	beta    float32
+	kind    bf16Kernel // MatMulTBF16's kernel, read once per op
 }
 
 // NewCPU returns a CPU device using the given number of threads (including

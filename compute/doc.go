@@ -13,6 +13,12 @@
 //
 // Backend reports which one was compiled in.
 //
+// BF16 weights (MatMulTBF16) stay 16-bit: for decode shapes (m <= 4) a fused
+// kernel widens them in registers as it streams them (bf16_kernels.c: AVX-512F
+// or AVX2+FMA, chosen once per process from the CPU's features; see
+// bf16Kernel and BF16KernelEnv); otherwise blocks of weight rows are widened
+// into a float32 scratch buffer for the f32 GEMM.
+//
 // Concurrency model: a *CPU owns Threads()-1 persistent worker goroutines; the
 // calling goroutine always executes the first chunk of every parallel op
 // itself. The methods of one *CPU must be called from one goroutine at a time

@@ -11,8 +11,8 @@ var impl gonum.Implementation
 
 func backendInit() {}
 
-// Backend describes the GEMM backend compiled in.
-func Backend() string { return "gonum (pure Go)" }
+// Backend describes the GEMM backend compiled in and the bf16 kernel in use.
+func Backend() string { return "gonum (pure Go), bf16 kernel go" }
 
 func checkBLASDims(m, k, n int) {}
 
@@ -77,7 +77,13 @@ const (
 	gemvBlockFloats = 128 << 10
 )
 
+// bf16Supported: the pure-Go build has no fused bf16 kernels (they are C, see bf16_kernels.c).
+func bf16Supported(kind bf16Kernel) bool { return kind == bf16Go }
+
 // bf16RowsNT has no pure-Go fast path: the caller widens the weights into a float32 buffer.
-func bf16RowsNT(dst, a []float32, m, k int, w []uint16, n, ldc int, beta float32) bool {
+func bf16RowsNT(kind bf16Kernel, dst, a []float32, m, k int, w []uint16, n, ldc int, beta float32) bool {
 	return false
 }
+
+// convertBF16SIMD has no pure-Go vector loop: ConvertBF16 uses its 64-bit one.
+func convertBF16SIMD(kind bf16Kernel, dst []float32, src []uint16) bool { return false }

@@ -27,59 +27,7 @@ void cblas_sgemv(int order, int trans, int m, int n,
 	float alpha, const float *a, int lda, const float *x, int incx,
 	float beta, float *y, int incy);
 
-#include <stdint.h>
-#include <string.h>
-#include <immintrin.h>
-
-// bf16 GEMV-like kernel for m <= 4 rows of a: dst[i*ldc + j] = sum_p a[i*k+p] * bf16(w[j*k+p])
-// (+ dst when accumulate). The bf16 weights are widened in registers (a shift into the high half
-// of a float32 lane), so memory traffic is 2 bytes per weight instead of the 4 bytes of
-// widening into a float32 buffer first. Compiled for AVX-512F through a target attribute and
-// used only when the CPU has it (pregate_bf16_avx512).
-__attribute__((target("avx512f")))
-static void bf16_rows_avx512(int m, int k, const float *a, const uint16_t *w, int n,
-		float *dst, int ldc, int accumulate) {
-	for (int j = 0; j < n; j++) {
-		const uint16_t *wr = w + (size_t)j * k;
-		__m512 acc[4][2];
-		for (int i = 0; i < m; i++) {
-			acc[i][0] = _mm512_setzero_ps();
-			acc[i][1] = _mm512_setzero_ps();
-		}
-		int p = 0;
-		for (; p + 32 <= k; p += 32) {
-			__m512 w0 = _mm512_castsi512_ps(_mm512_slli_epi32(
-				_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(wr + p))), 16));
-			__m512 w1 = _mm512_castsi512_ps(_mm512_slli_epi32(
-				_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(wr + p + 16))), 16));
-			for (int i = 0; i < m; i++) {
-				acc[i][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(a + (size_t)i * k + p), acc[i][0]);
-				acc[i][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(a + (size_t)i * k + p + 16), acc[i][1]);
-			}
-		}
-		for (int i = 0; i < m; i++) {
-			float s = _mm512_reduce_add_ps(_mm512_add_ps(acc[i][0], acc[i][1]));
-			for (int q = p; q < k; q++) {
-				uint32_t u = (uint32_t)wr[q] << 16;
-				float f;
-				memcpy(&f, &u, 4);
-				s += f * a[(size_t)i * k + q];
-			}
-			float *d = dst + (size_t)i * ldc + j;
-			*d = accumulate ? *d + s : s;
-		}
-	}
-}
-
-static int pregate_bf16_avx512(void) {
-	__builtin_cpu_init();
-	return __builtin_cpu_supports("avx512f");
-}
-
-static void pregate_bf16_rows(int m, int k, const float *a, const uint16_t *w, int n,
-		float *dst, int ldc, int accumulate) {
-	bf16_rows_avx512(m, k, a, w, n, dst, ldc, accumulate);
-}
+#include "bf16_kernels.h"
 */
 import "C"
 
@@ -88,6 +36,8 @@ import (
 	"math"
 	"sync"
 	"unsafe"
+
+	"golang.org/x/sys/cpu"
 )
 
 const (
@@ -105,11 +55,11 @@ func backendInit() {
 	blasOnce.Do(func() { C.openblas_set_num_threads(1) })
 }
 
-// Backend describes the GEMM backend compiled in.
+// Backend describes the GEMM backend compiled in and the bf16 kernel in use.
 func Backend() string {
 	backendInit()
-	return fmt.Sprintf("openblas (%s, core %s)",
-		C.GoString(C.openblas_get_config()), C.GoString(C.openblas_get_corename()))
+	return fmt.Sprintf("openblas (%s, core %s), bf16 kernel %v",
+		C.GoString(C.openblas_get_config()), C.GoString(C.openblas_get_corename()), bf16Active())
 }
 
 func checkBLASDims(m, k, n int) {
@@ -183,19 +133,48 @@ func blasSgemv(dst, x []float32, k int, w []float32, n int) {
 		1, fptr(w), C.int(k), fptr(x), 1, 0, fptr(dst), 1)
 }
 
-var bf16SIMD = sync.OnceValue(func() bool { return C.pregate_bf16_avx512() != 0 })
+// bf16Supported reports whether this CPU (and OS) can run kernel kind.
+func bf16Supported(kind bf16Kernel) bool {
+	switch kind {
+	case bf16Go:
+		return true
+	case bf16AVX2:
+		return cpu.X86.HasAVX2 && cpu.X86.HasFMA
+	case bf16AVX512:
+		return cpu.X86.HasAVX512F && cpu.X86.HasAVX2 // AVX2 for the widening of m > gemvMaxM
+	}
+	return false
+}
 
 // bf16RowsNT computes dst = a·wᵀ (+ dst when beta is 1) for m <= gemvMaxM rows of a and bf16
-// weights w[n×k], widening the weights in registers. It reports false, doing nothing, when the
-// CPU lacks the instructions; the caller then widens into a float32 buffer instead.
-func bf16RowsNT(dst, a []float32, m, k int, w []uint16, n, ldc int, beta float32) bool {
-	if m > gemvMaxM || !bf16SIMD() {
+// weights w[n×k], widening the weights in registers with the fused kernel kind. It reports false,
+// doing nothing, for bf16Go or m > gemvMaxM; the caller then widens into a float32 buffer instead.
+func bf16RowsNT(kind bf16Kernel, dst, a []float32, m, k int, w []uint16, n, ldc int, beta float32) bool {
+	if m > gemvMaxM {
 		return false
 	}
 	acc := C.int(0)
 	if beta != 0 {
 		acc = 1
 	}
-	C.pregate_bf16_rows(C.int(m), C.int(k), fptr(a), (*C.uint16_t)(unsafe.Pointer(unsafe.SliceData(w))), C.int(n), fptr(dst), C.int(ldc), acc)
+	wp := (*C.uint16_t)(unsafe.Pointer(unsafe.SliceData(w)))
+	switch kind {
+	case bf16AVX2:
+		C.pregate_bf16_rows_avx2(C.int(m), C.int(k), fptr(a), wp, C.int(n), fptr(dst), C.int(ldc), acc)
+	case bf16AVX512:
+		C.pregate_bf16_rows_avx512(C.int(m), C.int(k), fptr(a), wp, C.int(n), fptr(dst), C.int(ldc), acc)
+	default:
+		return false
+	}
+	return true
+}
+
+// convertBF16SIMD is ConvertBF16's vector loop; it reports false, doing nothing, where the
+// kernel in use is bf16Go.
+func convertBF16SIMD(kind bf16Kernel, dst []float32, src []uint16) bool {
+	if kind == bf16Go {
+		return false
+	}
+	C.pregate_convert_bf16_avx2(fptr(dst), (*C.uint16_t)(unsafe.Pointer(unsafe.SliceData(src))), C.size_t(len(src)))
 	return true
 }
