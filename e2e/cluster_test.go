@@ -110,7 +110,8 @@ func StartClusterWith(t testing.TB, o ClusterOptions, fixtures ...string) *Clust
 	var wg sync.WaitGroup
 	errs := make([]error, len(fixtures))
 	for i, fx := range fixtures {
-		wg.Go(func() { _, errs[i] = c.Client.Run(ctx, c.tool(Import(c.CoordIPs(), fixtureDir(fx), fx), "importer")) })
+		d := c.tool(Import(c.CoordIPs(), fixtureDir(fx), fx), "importer") // here: it may t.Fatal
+		wg.Go(func() { _, errs[i] = c.Client.Run(ctx, d) })
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -24,6 +25,8 @@ var clusterTLS = os.Getenv("PREGATE_E2E_TLS") != "0"
 type clusterPKI struct {
 	ca        *tlsutil.Authority
 	gossipKey string // the key file's path
+	mu        sync.Mutex
+	issued    map[string]tlsutil.Files // by role/name: issued once (imports run in parallel)
 }
 
 func newClusterPKI(t testing.TB, dir string) *clusterPKI {
@@ -43,18 +46,25 @@ func newClusterPKI(t testing.TB, dir string) *clusterPKI {
 	if err := os.WriteFile(path, []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return &clusterPKI{ca: ca, gossipKey: path}
+	return &clusterPKI{ca: ca, gossipKey: path, issued: map[string]tlsutil.Files{}}
 }
 
 // secure gives d the certificate of role/name (hosts: ip) and the gossip key, through the
 // daemons' PREGATE_* variables, and probes a coordinator over HTTPS.
 func (p *clusterPKI) secure(t testing.TB, d Daemon, role, name, ip string) Daemon {
 	t.Helper()
-	r, err := p.ca.Node(tlsutil.Identity{Role: role, Name: name}, []string{ip}, 24*time.Hour)
-	if err != nil {
-		t.Fatal(err)
+	p.mu.Lock()
+	f, ok := p.issued[role+"/"+name]
+	if !ok {
+		r, err := p.ca.Node(tlsutil.Identity{Role: role, Name: name}, []string{ip}, 24*time.Hour)
+		if err != nil {
+			p.mu.Unlock()
+			t.Fatal(err)
+		}
+		f = r.Files()
+		p.issued[role+"/"+name] = f
 	}
-	f := r.Files()
+	p.mu.Unlock()
 	d.Env = append(append([]string(nil), d.Env...), "PREGATE_TLS_CA="+f.CA, "PREGATE_TLS_CERT="+f.Cert, "PREGATE_TLS_KEY="+f.Key)
 	if role != tlsutil.RoleImporter && role != tlsutil.RoleAdmin { // the daemons gossip; the tools do not
 		d.Env = append(d.Env, "PREGATE_GOSSIP_KEY_FILE="+p.gossipKey)
