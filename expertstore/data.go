@@ -48,24 +48,40 @@ func (s *Server) serveData(context.Context) error {
 	}
 }
 
+// corker is a connection that can coalesce an answer's writes (tlsutil.Bulk, tlsutil.Sealed).
+type corker interface {
+	Cork()
+	Flush() error
+}
+
 // serveDataConn answers the requests of one connection, one after another (after its TLS
 // handshake, with TLS: a peer without a certificate of the cluster's CA gets nothing).
 func (s *Server) serveDataConn(c net.Conn) error {
-	var bulk *tlsutil.Bulk
+	var (
+		bulk   corker
+		denied error
+	)
 	if s.cfg.TLS != nil {
-		bulk = tlsutil.NewBulkWriter(c)
-		tc := tls.Server(bulk, s.cfg.TLS.ServerConfig())
+		raw := tlsutil.NewBulkWriter(c)
+		tc := tls.Server(raw, s.cfg.TLS.DataServerConfig())
 		tc.SetDeadline(time.Now().Add(s.cfg.WriteTimeout)) //nolint:errcheck // a closed conn fails the handshake
 		if err := tc.Handshake(); err != nil {
 			return fmt.Errorf("TLS handshake: %w", err)
 		}
-		tc.SetDeadline(time.Time{}) //nolint:errcheck
-		c = tc
-		if _, err := policy.AllowConn(tc.ConnectionState(), dataFetch); err != nil {
-			s.deniedConns.Add(1)
-			c.Write(dataplane.Response{Status: dataplane.StatusDenied, Msg: err.Error()}.Append(nil)) //nolint:errcheck // closing anyway
-			return err
+		// Clients that offer it get sealed framing (tlsutil.Sealed); others TLS records.
+		sealed, err := tlsutil.SealServer(tc, c)
+		if err != nil {
+			return fmt.Errorf("TLS: %w", err)
 		}
+		tc.SetDeadline(time.Time{}) //nolint:errcheck
+		c, bulk = tc, raw
+		if sealed != nil {
+			c, bulk = sealed, sealed
+		}
+		// A peer whose role may not read gets its first request answered StatusDenied, then
+		// the connection ends (answering after the request, not before, so that the close does
+		// not reset the connection under the answer).
+		_, denied = policy.AllowConn(tc.ConnectionState(), dataFetch)
 	}
 	rd := bufio.NewReaderSize(c, 4<<10)
 	reqBuf := make([]byte, dataplane.RequestSize)
@@ -79,6 +95,11 @@ func (s *Server) serveDataConn(c net.Conn) error {
 				c.Write(dataplane.Response{Status: dataplane.StatusBadReq, Msg: err.Error()}.Append(hdr[:0]))
 			}
 			return err
+		}
+		if denied != nil {
+			s.deniedConns.Add(1)
+			c.Write(dataplane.Response{Status: dataplane.StatusDenied, Msg: denied.Error()}.Append(hdr[:0])) //nolint:errcheck // closing anyway
+			return denied
 		}
 		start := time.Now()
 		s.inflightReqs.Add(1)

@@ -187,12 +187,27 @@ func (t *DataTransport) get(ctx context.Context, addr string) (*dataConn, error)
 		return nil, err
 	}
 	if t.cfg.TLS != nil {
-		tc := tls.Client(tlsutil.NewBulkReader(c), t.cfg.TLS.DialConfigAs(addr, tlsutil.RoleStore)) // reads many records per system call
+		raw := tlsutil.NewBulkReader(c) // reads many records per system call
+		tc := tls.Client(raw, t.cfg.TLS.DataDialConfig(addr))
 		if err := tc.HandshakeContext(ctx); err != nil {
 			c.Close()
 			return nil, fmt.Errorf("TLS with %s: %w", addr, err)
 		}
 		c = tc
+		// Sealed framing when the store offers it (tlsutil.Sealed): the bulk bytes leave TLS's
+		// records for whole-chunk AES-GCM frames under keys from this handshake.
+		if dl, ok := ctx.Deadline(); ok {
+			tc.SetReadDeadline(dl) //nolint:errcheck // a closed conn fails the read
+		}
+		sealed, err := tlsutil.SealClient(tc, raw)
+		if err != nil {
+			tc.Close()
+			return nil, fmt.Errorf("TLS with %s: %w", addr, err)
+		}
+		tc.SetReadDeadline(time.Time{}) //nolint:errcheck
+		if sealed != nil {
+			c = sealed
+		}
 	}
 	// The reader buffers only a frame header's worth, so chunk data goes from the socket straight
 	// into the caller's buffer (bufio reads directly when its buffer is empty and the read is
