@@ -3,10 +3,12 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -73,11 +75,15 @@ type chartService struct {
 }
 
 // renderChart renders the chart with values through deploy/charttest's render tool.
-func renderChart(t testing.TB, values string) chartSummary {
+func renderChart(t testing.TB, values ...string) chartSummary {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute) // a cold module cache builds Helm
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "run", "./cmd/render", "-f", values, "--namespace", chartNamespace, "--release", chartRelease)
+	args := []string{"run", "./cmd/render", "--namespace", chartNamespace, "--release", chartRelease}
+	for _, v := range values {
+		args = append(args, "-f", v)
+	}
+	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Dir = filepath.Join(repoRoot, "deploy", "charttest")
 	out, err := cmd.Output()
 	if err != nil {
@@ -119,6 +125,12 @@ var varRef = regexp.MustCompile(`\$\(([A-Za-z_][A-Za-z0-9_]*)\)`)
 // fieldRefs filled in, every mount mapped to a directory of nd (or to claims[claim] for a
 // claim the test provides), the binary at the image's path replaced by the built one.
 func chartDaemon(t testing.TB, role string, c chartContainer, pod string, nd *Node, claims map[string]string) Daemon {
+	return chartDaemonWith(t, role, c, pod, nd, claims, nil)
+}
+
+// chartDaemonWith is chartDaemon with secrets (Secret name → file → bytes) written into the
+// directories of the mounts they back, as kubelet would project them.
+func chartDaemonWith(t testing.TB, role string, c chartContainer, pod string, nd *Node, claims map[string]string, secrets map[string]map[string][]byte) Daemon {
 	t.Helper()
 	vars := map[string]string{}
 	expand := func(s string) string {
@@ -134,6 +146,16 @@ func chartDaemon(t testing.TB, role string, c chartContainer, pod string, nd *No
 		local := filepath.Join(nd.Dir, "volumes", strings.TrimPrefix(m.Path, "/"))
 		if claim, ok := strings.CutPrefix(m.Source, "pvc:"); ok && claims[claim] != "" {
 			local = claims[claim]
+		}
+		if name, ok := strings.CutPrefix(m.Source, "secret:"); ok && secrets[name] != nil {
+			if err := os.MkdirAll(local, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			for file, b := range secrets[name] {
+				if err := os.WriteFile(filepath.Join(local, file), b, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
 		}
 		mounts[m.Path] = local
 	}
@@ -179,6 +201,9 @@ func chartDaemon(t testing.TB, role string, c chartContainer, pod string, nd *No
 	switch args[0] { // the daemons' readiness probes
 	case "coordinator":
 		d.ReadyURL = CoordinatorURL(nd.IP) + "/ready"
+		if slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--tls-cert=") }) {
+			d.ReadyURL = strings.Replace(d.ReadyURL, "http://", "https://", 1) // an HTTPS probe
+		}
 	case "store":
 		d.ReadyURL = StoreURL(nd.IP) + "/ready"
 	case "worker":
@@ -193,8 +218,9 @@ type chartCluster struct {
 	*Cluster
 	Worker  *Node
 	summary chartSummary
-	pods    map[string]string // pod name → the workload's component
-	extra   []*Node           // nodes of pods added by a scale-out
+	pods    map[string]string            // pod name → the workload's component
+	extra   []*Node                      // nodes of pods added by a scale-out
+	secrets map[string]map[string][]byte // the Secrets the pods mount (with TLS: the CA, the gossip key)
 }
 
 // hostsFile maps the names the pods use to their nodes, as the cluster DNS would: every
@@ -268,7 +294,28 @@ func (cc *chartCluster) writeHosts(t testing.TB) {
 func startChartCluster(t *testing.T) *chartCluster {
 	t.Helper()
 	start := time.Now()
-	s := renderChart(t, filepath.Join(repoRoot, "e2e", "testdata", "chart-values.yaml"))
+	values := []string{filepath.Join(repoRoot, "e2e", "testdata", "chart-values.yaml")}
+	var (
+		pki     *clusterPKI
+		secrets map[string]map[string][]byte
+	)
+	if clusterTLS { // the chart with TLS: a CA Secret and a gossip key, as docs/DEPLOY.md says
+		pki = newClusterPKI(t, t.TempDir())
+		key, err := os.ReadFile(pki.gossipKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		caCert, caKey := pki.ca.CA()
+		secrets = map[string]map[string][]byte{chartRelease + "-gossip": {"key": bytes.TrimSpace(key)},
+			"pregate-ca": {"ca.crt": caCert, "ca.key": caKey}}
+		overlay := filepath.Join(t.TempDir(), "tls.yaml")
+		text := fmt.Sprintf("tls: {enabled: true, existingSecret: pregate-ca}\ngossip: {key: %q}\n", bytes.TrimSpace(key))
+		if err := os.WriteFile(overlay, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		values = append(values, overlay)
+	}
+	s := renderChart(t, values...)
 	coord, store := s.workload("StatefulSet", "coordinator"), s.workload("StatefulSet", "store")
 	worker := s.workload("Deployment", "worker")
 	imp := s.workload("Job", "import")
@@ -280,7 +327,8 @@ func startChartCluster(t *testing.T) *chartCluster {
 		}
 	}
 	net := NewNetwork(t)
-	cc := &chartCluster{Cluster: &Cluster{Net: net, Client: net.Node("client")}, summary: s, pods: map[string]string{}}
+	cc := &chartCluster{Cluster: &Cluster{Net: net, Client: net.Node("client"), pki: pki, t: t}, summary: s,
+		pods: map[string]string{}, secrets: secrets}
 	cc.pods["client"] = "client"
 	for i := range int(*coord.Replicas) {
 		name := fmt.Sprintf("%s-%d", coord.Name, i)
@@ -301,11 +349,11 @@ func startChartCluster(t *testing.T) *chartCluster {
 			cc.extra = append(cc.extra, nd)
 			cc.writeHosts(t)
 		}
-		return chartDaemon(t, "store", store.main(), nd.Name, nd, nil)
+		return cc.pod(t, "store", store, nd.Name, nd, nil)
 	}
 
 	for _, nd := range cc.Coords {
-		cc.CoordProcs = append(cc.CoordProcs, nd.Start(t, chartDaemon(t, "coordinator", coord.main(), nd.Name, nd, nil)))
+		cc.CoordProcs = append(cc.CoordProcs, nd.Start(t, cc.pod(t, "coordinator", coord, nd.Name, nd, nil)))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -326,13 +374,29 @@ func startChartCluster(t *testing.T) *chartCluster {
 		return s.Summary.Leader != "" && s.Summary.StoresAlive == len(cc.Stores)
 	})
 	claims := map[string]string{"models": filepath.Join(repoRoot, "testdata")}
-	if out, err := cc.Client.Run(ctx, chartDaemon(t, "import", imp.main(), imp.Name, cc.Client, claims)); err != nil {
+	if out, err := cc.Client.Run(ctx, cc.pod(t, "import", imp, imp.Name, cc.Client, claims)); err != nil {
 		t.Fatalf("e2e: the chart's import Job: %v\n%s", err, out)
 	}
-	cc.Worker.StartReady(t, chartDaemon(t, "worker", worker.main(), cc.Worker.Name, cc.Worker, nil), 60*time.Second)
-	t.Logf("e2e: the chart's cluster up (%d coordinators, %d stores, a worker), model imported, in %v",
-		len(cc.Coords), len(cc.Stores), time.Since(start).Round(time.Millisecond))
+	cc.Worker.StartReady(t, cc.pod(t, "worker", worker, cc.Worker.Name, cc.Worker, nil), 60*time.Second)
+	t.Logf("e2e: the chart's cluster up (%d coordinators, %d stores, a worker; TLS %v), model imported, in %v",
+		len(cc.Coords), len(cc.Stores), pki != nil, time.Since(start).Round(time.Millisecond))
 	return cc
+}
+
+// pod runs w's init containers on nd to their end (the "certs" one issues the pod's certificate)
+// and returns its main container as a daemon, as kubelet would start the pod named pod.
+func (cc *chartCluster) pod(t testing.TB, role string, w chartWorkload, pod string, nd *Node, claims map[string]string) Daemon {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, c := range w.Containers {
+		if c.Init {
+			if out, err := nd.Run(ctx, chartDaemonWith(t, role+"-"+c.Name, c, pod, nd, claims, cc.secrets)); err != nil {
+				t.Fatalf("e2e: %s's init container %s: %v\n%s", pod, c.Name, err, out)
+			}
+		}
+	}
+	return chartDaemonWith(t, role, w.main(), pod, nd, claims, cc.secrets)
 }
 
 // helmTest runs the chart's `helm test` Pod's containers (status, then one completion) on the
@@ -342,7 +406,7 @@ func (cc *chartCluster) helmTest(t *testing.T) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	for _, c := range test.Containers {
-		if _, err := cc.Client.Run(ctx, chartDaemon(t, "helm-test-"+c.Name, c, test.Name, cc.Client, nil)); err != nil {
+		if _, err := cc.Client.Run(ctx, chartDaemonWith(t, "helm-test-"+c.Name, c, test.Name, cc.Client, nil, cc.secrets)); err != nil {
 			return fmt.Errorf("helm test container %s: %w", c.Name, err)
 		}
 	}

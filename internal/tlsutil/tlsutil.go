@@ -484,6 +484,10 @@ func NewAuthority(dir, cluster string, validity time.Duration) (*Authority, erro
 	return &Authority{dir: dir, caCert: c, caKey: k}, nil
 }
 
+// CA returns the CA's certificate and key, PEM-encoded (for a Secret to hold, as `pregate certs
+// ca` writes them).
+func (a *Authority) CA() (certPEM, keyPEM []byte) { return a.caCert, a.caKey }
+
 // Node issues id a certificate for hosts, valid for validity, and loads it.
 func (a *Authority) Node(id Identity, hosts []string, validity time.Duration) (*Reloader, error) {
 	f, err := IssueFiles(a.dir, a.caCert, a.caKey, id, hosts, validity)
