@@ -122,15 +122,11 @@ func (w chartWorkload) main() chartContainer {
 var varRef = regexp.MustCompile(`\$\(([A-Za-z_][A-Za-z0-9_]*)\)`)
 
 // chartDaemon is container c of pod as a kubelet would run it on nd: variables expanded,
-// fieldRefs filled in, every mount mapped to a directory of nd (or to claims[claim] for a
-// claim the test provides), the binary at the image's path replaced by the built one.
-func chartDaemon(t testing.TB, role string, c chartContainer, pod string, nd *Node, claims map[string]string) Daemon {
-	return chartDaemonWith(t, role, c, pod, nd, claims, nil)
-}
-
-// chartDaemonWith is chartDaemon with secrets (Secret name → file → bytes) written into the
-// directories of the mounts they back, as kubelet would project them.
-func chartDaemonWith(t testing.TB, role string, c chartContainer, pod string, nd *Node, claims map[string]string, secrets map[string]map[string][]byte) Daemon {
+// fieldRefs filled in, every mount mapped to a directory of nd (or to claims[claim] for a claim the
+// test provides; secrets, Secret name → file → bytes, written into the directories of the mounts
+// they back, as kubelet would project them), the binary at the image's path replaced by the built
+// one.
+func chartDaemon(t testing.TB, role string, c chartContainer, pod string, nd *Node, claims map[string]string, secrets map[string]map[string][]byte) Daemon {
 	t.Helper()
 	vars := map[string]string{}
 	expand := func(s string) string {
@@ -391,12 +387,12 @@ func (cc *chartCluster) pod(t testing.TB, role string, w chartWorkload, pod stri
 	defer cancel()
 	for _, c := range w.Containers {
 		if c.Init {
-			if out, err := nd.Run(ctx, chartDaemonWith(t, role+"-"+c.Name, c, pod, nd, claims, cc.secrets)); err != nil {
+			if out, err := nd.Run(ctx, chartDaemon(t, role+"-"+c.Name, c, pod, nd, claims, cc.secrets)); err != nil {
 				t.Fatalf("e2e: %s's init container %s: %v\n%s", pod, c.Name, err, out)
 			}
 		}
 	}
-	return chartDaemonWith(t, role, w.main(), pod, nd, claims, cc.secrets)
+	return chartDaemon(t, role, w.main(), pod, nd, claims, cc.secrets)
 }
 
 // helmTest runs the chart's `helm test` Pod's containers (status, then one completion) on the
@@ -406,7 +402,7 @@ func (cc *chartCluster) helmTest(t *testing.T) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	for _, c := range test.Containers {
-		if _, err := cc.Client.Run(ctx, chartDaemonWith(t, "helm-test-"+c.Name, c, test.Name, cc.Client, nil, cc.secrets)); err != nil {
+		if _, err := cc.Client.Run(ctx, chartDaemon(t, "helm-test-"+c.Name, c, test.Name, cc.Client, nil, cc.secrets)); err != nil {
 			return fmt.Errorf("helm test container %s: %w", c.Name, err)
 		}
 	}
