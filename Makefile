@@ -60,6 +60,7 @@ FUZZ_TARGETS := ./model:FuzzParseHeader:200000 ./model:FuzzParseConfig:200000 ./
 	./expertstore/blob:FuzzDecompress:300000 ./expertstore/blob:FuzzCompress:100000 \
 	./expertstore/dataplane:FuzzReadRequest:200000 ./expertstore/dataplane:FuzzReadResponse:200000 \
 	./expertstore/client:FuzzFetchData:50000 ./internal/membership:FuzzDecodeMeta:100000 \
+	./internal/tlsutil:FuzzSealedRead:100000 \
 	./worker/serve:FuzzParseCompletion:100000 ./model/tokenizer:FuzzParseTokenizerJSON:100000 \
 	./model/tokenizer:FuzzParseSentencePiece:30000
 fuzz:

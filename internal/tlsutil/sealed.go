@@ -121,6 +121,11 @@ func newSealed(cs tls.ConnectionState, raw net.Conn, client bool) (*Sealed, erro
 	if err != nil {
 		return nil, fmt.Errorf("tlsutil: sealed framing: %w", err)
 	}
+	return sealedWithKeys(keys, raw, client)
+}
+
+// sealedWithKeys is a Sealed over raw with keys (client-to-server key, then server-to-client).
+func sealedWithKeys(keys []byte, raw net.Conn, client bool) (*Sealed, error) {
 	c2s, err := gcm(keys[:32])
 	if err != nil {
 		return nil, err
