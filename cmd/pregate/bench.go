@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -100,7 +101,7 @@ func newBenchCmd() *cobra.Command {
 	f.StringVarP(&output, "output", "o", "table", "table or json")
 	f.StringVar(&plotFile, "plot", "", "write a PNG chart of block latency per mode")
 	f.StringVar(&lv, "log-level", "error", "debug, info, warn or error")
-	cmd.AddCommand(newBenchFetchCmd())
+	cmd.AddCommand(newBenchFetchCmd(), newBenchServeCmd())
 	return cmd
 }
 
@@ -248,4 +249,79 @@ func spawnStore(ctx context.Context, memory int64, chunk int, tlsFiles *tlsutil.
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// newBenchServeCmd is `pregate bench serve`: vLLM's serving benchmark against a running worker.
+func newBenchServeCmd() *cobra.Command {
+	var (
+		o                            bench.ServeOptions
+		concurrency                  []int
+		output, apiKeyFile, urlValue string
+	)
+	cmd := &cobra.Command{
+		Use:   "serve --url http://worker:8000 --model NAME [--concurrency 1,8,32] [--rate R] -o table|json",
+		Short: "Replay streamed completions against a running worker: TTFT, ITL, output tokens/s, requests/s",
+		Long: "Replay --requests streamed completions (random prompts of --prompt-len token ids, --max-tokens\n" +
+			"each, ignore_eos) against a worker's OpenAI API at each --concurrency (and --rate requests per\n" +
+			"second, Poisson arrivals; 0: as fast as the concurrency allows), as vLLM's serving benchmark\n" +
+			"does, and print time to first token and inter-token latency (p50, p99), end-to-end latency,\n" +
+			"output tokens/s and requests/s for each.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "json" && output != "table" {
+				return fmt.Errorf("-o %q: want json or table", output)
+			}
+			if urlValue == "" || o.Model == "" {
+				return errors.New("--url and --model are required")
+			}
+			o.URL = urlValue
+			if !strings.Contains(o.URL, "://") {
+				o.URL = "http://" + o.URL
+			}
+			if apiKeyFile != "" {
+				keys, err := worker.LoadAPIKeys(apiKeyFile)
+				if err != nil {
+					return fmt.Errorf("--api-key-file: %w", err)
+				}
+				o.APIKey = keys[0]
+			}
+			var results []bench.ServeResult
+			for _, c := range concurrency {
+				o.Concurrency = c
+				r, err := bench.RunServe(cmd.Context(), o)
+				if err != nil {
+					return err
+				}
+				results = append(results, r)
+			}
+			w := cmd.OutOrStdout()
+			if output == "json" {
+				return json.NewEncoder(w).Encode(results)
+			}
+			fmt.Fprintf(w, "CONC  REQS  FAILED  REQ/S   OUT TOK/S  TTFT p50/p99 ms   ITL p50/p99 ms   E2E p50/p99 ms\n")
+			for _, r := range results {
+				fmt.Fprintf(w, "%4d  %4d  %6d  %5.2f  %10.1f  %7.1f/%-7.1f  %6.1f/%-7.1f  %7.0f/%-7.0f\n", r.Concurrency, r.Requests, r.Failed,
+					r.RequestsPerSecond, r.OutputTokensPerSecond, r.TTFT.P50, r.TTFT.P99, r.ITL.P50, r.ITL.P99, r.E2E.P50, r.E2E.P99)
+			}
+			for _, r := range results {
+				for _, e := range r.Errors {
+					fmt.Fprintf(w, "concurrency %d: %s\n", r.Concurrency, e)
+				}
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&urlValue, "url", "", "the worker's base URL (http://host:8000)")
+	f.StringVar(&o.Model, "model", "", "the model's name")
+	f.IntSliceVar(&concurrency, "concurrency", []int{1, 8, 32}, "requests in flight at most; one run per value")
+	f.Float64Var(&o.Rate, "rate", 0, "requests started per second (Poisson arrivals); 0: as fast as the concurrency allows")
+	f.IntVar(&o.Requests, "requests", 64, "requests per run")
+	f.IntVar(&o.PromptLen, "prompt-len", 32, "prompt tokens (random ids)")
+	f.IntVar(&o.MaxTokens, "max-tokens", 32, "tokens generated per request (ignore_eos)")
+	f.IntVar(&o.Vocab, "vocab", 256, "prompt ids are drawn from [1, vocab)")
+	f.Uint64Var(&o.Seed, "seed", 1, "seed of the prompts")
+	f.StringVar(&apiKeyFile, "api-key-file", "", "file whose first key is sent as Authorization: Bearer")
+	f.StringVarP(&output, "output", "o", "table", "table or json")
+	return cmd
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"github.com/pregate/pregate/bench"
 	"io"
 	"net/http"
 	"os"
@@ -108,6 +109,19 @@ func TestUpDemoServes(t *testing.T) {
 	}
 	if _, _, err := runCmd(t, "complete", "--url", cf.WorkerHTTP, "--model", "no-such-model", "--max-tokens", "1"); err == nil || !strings.Contains(err.Error(), "404") {
 		t.Errorf("complete with an unknown model: %v, want the worker's 404", err)
+	}
+	// The serving benchmark against it: every request answered with every token, latencies that
+	// make sense (the first token before the last).
+	out, stderrOut, err = runCmd(t, "bench", "serve", "--url", cf.WorkerHTTP, "--model", cf.Model, "--concurrency", "1,3",
+		"--requests", "6", "--prompt-len", "5", "--max-tokens", "4", "--vocab", "100", "-o", "json")
+	var runs []bench.ServeResult
+	if err != nil || json.Unmarshal([]byte(out), &runs) != nil || len(runs) != 2 {
+		t.Fatalf("bench serve: %v %q %s", err, out, stderrOut)
+	}
+	for _, r := range runs {
+		if r.Requests != 6 || r.Failed != 0 || r.OutputTokens != 24 || r.TTFT.P50 <= 0 || r.TTFT.P50 > r.E2E.P50 || r.ITL.P50 <= 0 {
+			t.Errorf("bench serve at concurrency %d: %+v", r.Concurrency, r)
+		}
 	}
 	out, _, err = runCmd(t, "status", "--cluster-file", filepath.Join(dir, "cluster.json"), "-o", "json")
 	var st map[string]any
