@@ -196,7 +196,9 @@ func encode(der []byte, key *ecdsa.PrivateKey) (certPEM, keyPEM []byte, err erro
 
 // Files are where a node's TLS material lives.
 type Files struct {
-	CA, Cert, Key string
+	CA   string `json:"ca"`
+	Cert string `json:"cert"`
+	Key  string `json:"key"`
 }
 
 // Set reports whether any file is named (then all three must be).
