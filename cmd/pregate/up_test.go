@@ -4,16 +4,17 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"github.com/pregate/pregate/bench"
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/pregate/pregate/bench"
 	"github.com/pregate/pregate/expertstore/client"
 	"github.com/pregate/pregate/routing"
 )
@@ -123,6 +124,7 @@ func TestUpDemoServes(t *testing.T) {
 			t.Errorf("bench serve at concurrency %d: %+v", r.Concurrency, r)
 		}
 	}
+	t.Run("openai-sdk", func(t *testing.T) { openAISDK(t, "http://"+cf.WorkerHTTP+"/v1", cf.Model) })
 	out, _, err = runCmd(t, "status", "--cluster-file", filepath.Join(dir, "cluster.json"), "-o", "json")
 	var st map[string]any
 	if err != nil || json.Unmarshal([]byte(out), &st) != nil {
@@ -144,5 +146,102 @@ func TestUpDemoServes(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("pregate up did not stop on cancel")
+	}
+}
+
+// openAISDKVersion is the official OpenAI Node SDK the tests drive the API with (5.x runs on the
+// Node.js 20 of this project's machines).
+const openAISDKVersion = "5.23.2"
+
+// openAISDK runs testdata/openai_sdk.mjs, the official OpenAI Node SDK against the worker at
+// baseURL, and checks what it saw: text completions, a stream with its usage, errors as the SDK's
+// error classes. The SDK is installed from the npm registry into a cache directory once.
+func openAISDK(t *testing.T, baseURL, model string) {
+	node, errNode := exec.LookPath("node")
+	npm, errNpm := exec.LookPath("npm")
+	if errNode != nil || errNpm != nil {
+		t.Skip("no node or npm on PATH: the OpenAI SDK tests need Node.js")
+	}
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		cache = os.TempDir()
+	}
+	dir := filepath.Join(cache, "pregate-openai-sdk-"+openAISDKVersion)
+	if _, err := os.Stat(filepath.Join(dir, "node_modules", "openai")); err != nil {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		install := exec.Command(npm, "install", "--no-audit", "--no-fund", "--prefix", dir, "openai@"+openAISDKVersion)
+		if out, err := install.CombinedOutput(); err != nil {
+			t.Fatalf("npm install openai@%s: %v\n%s", openAISDKVersion, err, out)
+		}
+	}
+	script, err := os.ReadFile(filepath.Join("testdata", "openai_sdk.mjs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "openai_sdk.mjs"), script, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run := exec.Command(node, "openai_sdk.mjs")
+	run.Dir = dir
+	run.Env = append(os.Environ(), "BASE_URL="+baseURL, "MODEL="+model)
+	var stderr bytes.Buffer
+	run.Stderr = &stderr
+	out, err := run.Output()
+	if err != nil {
+		t.Fatalf("the SDK script: %v\n%s", err, stderr.String())
+	}
+	type apiErr struct {
+		Name       string `json:"name"`
+		Status     int    `json:"status"`
+		IsAPIError bool   `json:"isAPIError"`
+	}
+	var got struct {
+		Completion struct {
+			Text, Finish, Object string
+			Usage                struct {
+				CompletionTokens int `json:"completion_tokens"`
+			}
+		}
+		TokenIDs struct {
+			Finish           string
+			CompletionTokens int
+		} `json:"tokenIds"`
+		Stream struct {
+			Text, Finish string
+			Chunks       int
+			Usage        *struct {
+				CompletionTokens int `json:"completion_tokens"`
+			}
+		}
+		UnknownModel, BadRequest, Unsupported *apiErr
+	}
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatalf("the SDK script's output %q: %v", out, err)
+	}
+	t.Logf("OpenAI Node SDK %s: %s", openAISDKVersion, out)
+	if got.Completion.Text == "" || got.Completion.Object != "text_completion" || got.Completion.Usage.CompletionTokens == 0 {
+		t.Errorf("a text completion through the SDK: %+v", got.Completion)
+	}
+	if got.TokenIDs.CompletionTokens != 4 || got.TokenIDs.Finish != "length" {
+		t.Errorf("a token-id completion through the SDK: %+v", got.TokenIDs)
+	}
+	if got.Stream.Text != got.Completion.Text || got.Stream.Chunks < 2 || got.Stream.Usage == nil ||
+		got.Stream.Usage.CompletionTokens != got.Completion.Usage.CompletionTokens {
+		t.Errorf("the stream through the SDK: %+v (the whole completion said %q)", got.Stream, got.Completion.Text)
+	}
+	for name, want := range map[string]struct {
+		got  *apiErr
+		name string
+		code int
+	}{
+		"unknown model":     {got.UnknownModel, "NotFoundError", 404},
+		"max_tokens -1":     {got.BadRequest, "BadRequestError", 400},
+		"unsupported field": {got.Unsupported, "BadRequestError", 400},
+	} {
+		if want.got == nil || want.got.Name != want.name || want.got.Status != want.code || !want.got.IsAPIError {
+			t.Errorf("%s through the SDK: %+v, want %s (%d)", name, want.got, want.name, want.code)
+		}
 	}
 }
