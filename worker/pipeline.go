@@ -42,7 +42,10 @@ type PipelineConfig struct {
 	Names   model.ExpertNamer // the tensors of an expert's blob
 	// Shapes are the [rows, cols] of an expert's w1, w3 and w2 under the model's config
 	// (model.ExpertShapes); a blob whose tensors differ is refused. A zero shape is not checked.
-	Shapes      [3][2]int
+	Shapes [3][2]int
+	// DType is the dtype every expert tensor must have (the manifest's: "F32", "BF16", …); a blob
+	// of another is refused. "" is not checked.
+	DType       string
 	NumExperts  []int  // per MoE block
 	Tracer      Tracer // nil: none
 	CacheBudget int64
@@ -452,6 +455,9 @@ func (p *Pipeline) parse(k routing.ExpertKey, b []byte) (*engine.ExpertWeights, 
 		}
 		if len(info.Shape) != 2 {
 			return engine.Weight{}, fmt.Errorf("worker: expert %v tensor %s has shape %v", k, name, info.Shape)
+		}
+		if p.cfg.DType != "" && info.DType != p.cfg.DType {
+			return engine.Weight{}, fmt.Errorf("worker: expert %v tensor %s is %s, the model's manifest says %s", k, name, info.DType, p.cfg.DType)
 		}
 		if want != ([2]int{}) && (info.Shape[0] != want[0] || info.Shape[1] != want[1]) {
 			// A blob can be whole and match its digest and still not be this model's (a manifest

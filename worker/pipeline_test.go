@@ -465,10 +465,19 @@ func TestForeignBlobIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.blobs[routing.ExpertKey{Block: 0, Expert: 0}] = forged
+	// Expert (0, 2): the right shapes in bf16, where the manifest says f32.
+	bf := func(name string, shape [2]int) blob.Tensor {
+		return blob.Tensor{Name: name, DType: "BF16", Shape: []int{shape[0], shape[1]}, Data: make([]byte, 2*shape[0]*shape[1])}
+	}
+	m1, m3, m2 := names(0, 2)
+	if f.blobs[routing.ExpertKey{Block: 0, Expert: 2}], err = blob.Build(blob.Header{Kind: blob.KindExpert, Model: "m", Block: 0, Expert: 2},
+		[]blob.Tensor{bf(m1, w1), bf(m3, w3), bf(m2, w2)}); err != nil {
+		t.Fatal(err)
+	}
 	dev := NewCPU()
 	defer dev.Close()
 	p, err := NewPipeline(context.Background(), PipelineConfig{Mode: ModeOnDemand, Device: dev, Fetcher: f, Names: names,
-		NumExperts: model.ExpertsPerBlock(cfg), CacheBudget: 64 << 20, Shapes: [3][2]int{w1, w3, w2}})
+		NumExperts: model.ExpertsPerBlock(cfg), CacheBudget: 64 << 20, Shapes: [3][2]int{w1, w3, w2}, DType: "F32"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -476,6 +485,9 @@ func TestForeignBlobIsRefused(t *testing.T) {
 	ctx := context.Background()
 	if _, err := p.Acquire(ctx, 0, 0); err == nil || !strings.Contains(err.Error(), "the model's config wants") {
 		t.Errorf("a transposed w1: %v, want a refusal naming the shapes", err)
+	}
+	if _, err := p.Acquire(ctx, 0, 2); err == nil || !strings.Contains(err.Error(), "is BF16, the model's manifest says F32") {
+		t.Errorf("a bf16 blob for an f32 model: %v, want a refusal naming the dtypes", err)
 	}
 	w, err := p.Acquire(ctx, 0, 1)
 	if err != nil || w.W1.Rows != w1[0] || w.W1.Cols != w1[1] {

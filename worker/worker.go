@@ -316,7 +316,7 @@ func (w *Worker) load(ctx context.Context) error {
 		fetcher = w.cfg.Link(fetcher)
 	}
 	pipe, err := NewPipeline(ctx, PipelineConfig{Mode: w.cfg.Mode, Device: w.dev, Fetcher: fetcher,
-		Names: model.ExpertNames(ckpt.Config()), NumExperts: model.ExpertsPerBlock(ckpt.Config()), Shapes: expertShapes(ckpt.Config()),
+		Names: model.ExpertNames(ckpt.Config()), NumExperts: model.ExpertsPerBlock(ckpt.Config()), Shapes: expertShapes(ckpt.Config()), DType: man.DType,
 		CacheBudget: w.cfg.ExpertCache, Staging: w.cfg.Staging, Tracer: w.cfg.Tracer, Registry: w.reg, Logger: w.log})
 	if err != nil {
 		ckpt.Close()
