@@ -29,14 +29,14 @@ func FuzzParseCompletion(f *testing.F) {
 			}
 			return
 		}
-		reqs, err := s.parse(&req)
+		job, err := s.parse(&req)
 		if err != nil {
 			if status, _ := s.errorOf(err); status >= 500 || !errors.Is(err, ErrBadRequest) && !errors.Is(err, errModelNotFound) {
 				t.Fatalf("rejected with %d: %v", status, err)
 			}
 			return
 		}
-		for _, r := range reqs {
+		for _, r := range job.reqs {
 			if len(r.Prompt) == 0 || r.MaxTokens <= 0 {
 				t.Fatalf("accepted %+v", r)
 			}

@@ -10,11 +10,10 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-
-	"github.com/pregate/pregate/model/tokenizer"
 )
 
 // HTTP-only errors.
@@ -172,29 +171,42 @@ func (s *Server) card() modelCard {
 }
 
 // CompletionRequest is the body of POST /v1/completions: OpenAI's fields this server knows, and
-// vLLM's ignore_eos and return_token_ids. Other fields are ignored, as OpenAI does.
+// vLLM's ignore_eos, stop_token_ids and return_token_ids. A field it does not know is a 400 naming
+// it, as OpenAI answers.
 type CompletionRequest struct {
 	Model string `json:"model"`
-	// Prompt is a list of token ids, or a list of such lists (one choice each); with a tokenizer
+	// Prompt is a list of token ids, or a list of such lists (n choices each); with a tokenizer
 	// also a string, or a list of strings (encoded with the model's BOS/EOS as it adds them).
 	Prompt        json.RawMessage `json:"prompt"`
 	MaxTokens     *int            `json:"max_tokens"`  // default 16
 	Temperature   *float64        `json:"temperature"` // default 1; 0 is greedy
 	TopP          *float64        `json:"top_p"`       // default 1
-	Seed          *int64          `json:"seed"`
+	Seed          *int64          `json:"seed"`        // choice j of a prompt is seeded Seed+j
 	Stream        bool            `json:"stream"`
-	StreamOptions *struct {
-		IncludeUsage bool `json:"include_usage"`
-	} `json:"stream_options"`
-	IgnoreEOS      bool `json:"ignore_eos"`
-	ReturnTokenIDs bool `json:"return_token_ids"`
+	StreamOptions *StreamOptions  `json:"stream_options"`
+	IgnoreEOS     bool            `json:"ignore_eos"`
+	// N is the choices per prompt (default 1): prompt i's are choices i·N … i·N+N−1.
+	N *int `json:"n"`
+	// Stop is a string or up to 4 (MaxStops), matched on the text (a tokenizer is needed): the
+	// choice ends before the first match, which its text leaves out (finish_reason "stop").
+	Stop         json.RawMessage `json:"stop"`
+	StopTokenIDs []int           `json:"stop_token_ids"`
+	// Logprobs asks for the legacy logprobs object with this many most likely tokens (≤ 20).
+	Logprobs *int `json:"logprobs"`
+	// Echo puts the prompt's text before the completion's (and, with logprobs, its tokens' logprobs).
+	Echo             bool     `json:"echo"`
+	PresencePenalty  *float64 `json:"presence_penalty"`  // in [-2, 2]; default 0
+	FrequencyPenalty *float64 `json:"frequency_penalty"` // in [-2, 2]; default 0
+	ReturnTokenIDs   bool     `json:"return_token_ids"`
+	User             string   `json:"user"` // an end-user id for the client's own records; ignored
 
-	// Not supported: accepted only at their defaults.
-	N        *int            `json:"n"`
-	BestOf   *int            `json:"best_of"`
-	Logprobs *int            `json:"logprobs"`
-	Echo     bool            `json:"echo"`
-	Stop     json.RawMessage `json:"stop"`
+	// BestOf is accepted only when it changes nothing (1, or equal to n).
+	BestOf *int `json:"best_of"`
+}
+
+// StreamOptions are OpenAI's stream_options.
+type StreamOptions struct {
+	IncludeUsage bool `json:"include_usage"`
 }
 
 // Completion is the response to a completion request, and each chunk of a streamed one.
@@ -207,12 +219,12 @@ type Completion struct {
 	Usage   *Usage   `json:"usage,omitempty"`
 }
 
-// Choice is one prompt's completion (index: the prompt's position), or a streamed part of it.
+// Choice is one completion (index: prompt i's choice j is i·n+j), or a streamed part of it.
 type Choice struct {
 	Index int    `json:"index"`
 	Text  string `json:"text"` // the generated text (of this chunk, when streaming); "" without a tokenizer
-	// Logprobs is always null.
-	Logprobs     *struct{} `json:"logprobs"`
+	// Logprobs is null unless the request asked for logprobs.
+	Logprobs     *Logprobs `json:"logprobs"`
 	FinishReason *string   `json:"finish_reason"` // "stop" | "length"; null until the last chunk
 	// TokenIDs are the generated tokens (of this chunk, when streaming), with return_token_ids.
 	TokenIDs []int `json:"token_ids,omitempty"`
@@ -220,11 +232,24 @@ type Choice struct {
 	PromptTokenIDs []int `json:"prompt_token_ids,omitempty"`
 }
 
-// Usage counts the tokens of a completion.
+// Usage counts the tokens of a completion: each prompt once, whatever n.
 type Usage struct {
 	PromptTokens     int `json:"prompt_tokens"`
 	CompletionTokens int `json:"completion_tokens"`
 	TotalTokens      int `json:"total_tokens"`
+}
+
+// completionJob is a checked completion request: one engine Request per choice, and how to
+// present them.
+type completionJob struct {
+	reqs           []Request
+	promptTokens   int // each prompt once
+	echo           bool
+	stops          []string
+	stream         bool
+	includeUsage   bool
+	returnTokenIDs bool
+	continues      bool // the completion continues the prompt's text (a decoder-only model)
 }
 
 func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
@@ -234,166 +259,171 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 
 // complete answers one completion request and returns its HTTP status.
 func (s *Server) complete(w http.ResponseWriter, r *http.Request) int {
-	body, err := readBody(w, r, s.cfg.MaxBodyBytes)
-	if err != nil {
+	var req CompletionRequest
+	if err := s.readRequest(w, r, &req); err != nil {
 		return s.writeError(w, err)
 	}
-	var req CompletionRequest
-	if err := json.Unmarshal(body, &req); err != nil {
-		return s.writeError(w, jsonError(err))
-	}
-	reqs, err := s.parse(&req)
+	job, err := s.parse(&req)
 	if err != nil {
 		return s.writeError(w, err)
 	}
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel() // a failed choice stops its siblings
-	c, err := s.submit(ctx, reqs)
+	c, err := s.submit(ctx, job.reqs)
 	if err != nil {
 		return s.writeError(w, err)
 	}
 	defer s.withdraw(c)
+	choices := make([]*choiceState, len(job.reqs))
+	for i, q := range job.reqs {
+		choices[i] = newChoiceState(i, q, job, s.cfg.Tokenizer)
+	}
 	resp := &Completion{ID: "cmpl-" + rand.Text(), Object: "text_completion", Created: time.Now().Unix(), Model: s.cfg.ModelName}
-	usage := &Usage{}
-	for _, q := range reqs {
-		usage.PromptTokens += len(q.Prompt)
-	}
-	if req.Stream {
-		return s.stream(w, c, reqs, &req, resp, usage)
-	}
-	resp.Choices = make([]Choice, len(reqs))
-	generated := make([][]int, len(reqs))
-	for i := range resp.Choices {
-		resp.Choices[i].Index = i
-		if req.ReturnTokenIDs {
-			resp.Choices[i].TokenIDs = []int{}
-			resp.Choices[i].PromptTokenIDs = reqs[i].Prompt
-		}
+	if job.stream {
+		return s.stream(w, c, choices, job, resp)
 	}
 	var evs []event
-	for left := len(reqs); left > 0; {
+	for left := len(choices); left > 0; {
 		if evs, err = c.next(evs); err != nil {
 			return s.writeError(w, err)
 		}
 		for _, ev := range evs {
-			ch := &resp.Choices[ev.index]
+			ch := choices[ev.index]
 			switch {
+			case ch.finish != "": // the scheduler's last events after a stop string
 			case ev.err != nil:
 				return s.writeError(w, ev.err)
-			case ev.finish != "":
-				ch.FinishReason = &ev.finish
+			case ch.apply(c, ev):
 				left--
-			default:
-				usage.CompletionTokens++
-				generated[ev.index] = append(generated[ev.index], ev.token)
-				if req.ReturnTokenIDs {
-					ch.TokenIDs = append(ch.TokenIDs, ev.token)
-				}
 			}
 		}
 	}
-	if tok := s.cfg.Tokenizer; tok != nil {
-		for i := range resp.Choices {
-			resp.Choices[i].Text = tok.Decode(generated[i], true)
-		}
+	resp.Choices = make([]Choice, len(choices))
+	for i, ch := range choices {
+		resp.Choices[i] = ch.whole()
 	}
-	usage.TotalTokens = usage.PromptTokens + usage.CompletionTokens
-	resp.Usage = usage
+	resp.Usage = usageOf(job, choices)
 	writeJSON(w, http.StatusOK, resp)
 	return http.StatusOK
 }
 
-// stream answers with server-sent events: a chunk per token, a chunk with each choice's
-// finish_reason, the usage if asked for, then data: [DONE]. A failure sends an error event instead
-// of the rest.
-func (s *Server) stream(w http.ResponseWriter, c *call, reqs []Request, req *CompletionRequest, chunk *Completion, usage *Usage) int {
+// usageOf counts a finished job's tokens.
+func usageOf(job *completionJob, choices []*choiceState) *Usage {
+	u := &Usage{PromptTokens: job.promptTokens}
+	for _, c := range choices {
+		u.CompletionTokens += len(c.ids)
+	}
+	u.TotalTokens = u.PromptTokens + u.CompletionTokens
+	return u
+}
+
+// stream answers with server-sent events: a chunk per event of a choice (a token, the prompt's
+// logprobs, its end with finish_reason), the usage if asked for, then data: [DONE]. A failure
+// sends an error event instead of the rest.
+func (s *Server) stream(w http.ResponseWriter, c *call, choices []*choiceState, job *completionJob, chunk *Completion) int {
+	sse, err := startSSE(w)
+	if err != nil {
+		return statusClientClosed
+	}
+	chunk.Choices = make([]Choice, 1)
+	var evs []event
+	for left := len(choices); left > 0; {
+		if evs, err = c.next(evs); err != nil {
+			return statusClientClosed
+		}
+		for _, ev := range evs {
+			ch := choices[ev.index]
+			if ch.finish != "" {
+				continue // the scheduler's last events after a stop string
+			}
+			if ev.err != nil {
+				return s.streamError(sse, ev.err)
+			}
+			if ch.apply(c, ev) {
+				left--
+			}
+			chunk.Choices[0] = ch.chunk()
+			sse.send(chunk)
+		}
+		if err := sse.flush(); err != nil {
+			return statusClientClosed
+		}
+	}
+	if job.includeUsage {
+		chunk.Choices, chunk.Usage = []Choice{}, usageOf(job, choices)
+		sse.send(chunk)
+	}
+	return sse.done()
+}
+
+// sseWriter writes server-sent events, buffered until flush.
+type sseWriter struct {
+	w   http.ResponseWriter
+	rc  *http.ResponseController
+	buf bytes.Buffer
+}
+
+// startSSE sends the headers of an event stream at once.
+func startSSE(w http.ResponseWriter) (*sseWriter, error) {
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
-	var buf bytes.Buffer
-	send := func(v any) {
-		buf.WriteString("data: ")
-		b, _ := json.Marshal(v) // plain structs: cannot fail
-		buf.Write(b)
-		buf.WriteString("\n\n")
+	sse := &sseWriter{w: w, rc: http.NewResponseController(w)}
+	return sse, sse.flush()
+}
+
+func (e *sseWriter) send(v any) {
+	e.buf.WriteString("data: ")
+	b, _ := json.Marshal(v) // plain structs: cannot fail
+	e.buf.Write(b)
+	e.buf.WriteString("\n\n")
+}
+
+func (e *sseWriter) flush() error {
+	_, err := e.w.Write(e.buf.Bytes())
+	e.buf.Reset()
+	if err == nil {
+		err = e.rc.Flush()
 	}
-	flush := func() error {
-		_, err := w.Write(buf.Bytes())
-		buf.Reset()
-		if err == nil {
-			err = rc.Flush()
-		}
-		return err
-	}
-	if err := flush(); err != nil { // the headers, at once
-		return statusClientClosed
-	}
-	started := make([]bool, len(reqs))
-	var texts []*tokenizer.Stream // one per choice: text out by whole characters
-	if s.cfg.Tokenizer != nil {
-		for range reqs {
-			texts = append(texts, s.cfg.Tokenizer.NewStream())
-		}
-	}
-	chunk.Choices = make([]Choice, 1)
-	var (
-		evs []event
-		err error
-	)
-	for left := len(reqs); left > 0; {
-		if evs, err = c.next(evs); err != nil {
-			return statusClientClosed
-		}
-		for _, ev := range evs {
-			ch := Choice{Index: ev.index}
-			switch {
-			case ev.err != nil:
-				status, e := s.errorOf(ev.err)
-				send(struct {
-					Error Error `json:"error"`
-				}{e})
-				buf.WriteString("data: [DONE]\n\n")
-				flush() //nolint:errcheck // ending anyway
-				return status
-			case ev.finish != "":
-				ch.FinishReason = &ev.finish
-				left--
-				if texts != nil {
-					ch.Text = texts[ev.index].Flush()
-				}
-			default:
-				usage.CompletionTokens++
-				if texts != nil {
-					ch.Text = texts[ev.index].Next(ev.token)
-				}
-				if req.ReturnTokenIDs {
-					ch.TokenIDs = []int{ev.token}
-					if !started[ev.index] {
-						ch.PromptTokenIDs = reqs[ev.index].Prompt
-					}
-				}
-				started[ev.index] = true
-			}
-			chunk.Choices[0] = ch
-			send(chunk)
-		}
-		if err := flush(); err != nil {
-			return statusClientClosed
-		}
-	}
-	if req.StreamOptions != nil && req.StreamOptions.IncludeUsage {
-		usage.TotalTokens = usage.PromptTokens + usage.CompletionTokens
-		chunk.Choices, chunk.Usage = []Choice{}, usage
-		send(chunk)
-	}
-	buf.WriteString("data: [DONE]\n\n")
-	if err := flush(); err != nil {
+	return err
+}
+
+// done ends the stream with data: [DONE] and returns the status to count.
+func (e *sseWriter) done() int {
+	e.buf.WriteString("data: [DONE]\n\n")
+	if err := e.flush(); err != nil {
 		return statusClientClosed
 	}
 	return http.StatusOK
+}
+
+// streamError ends a stream with an error event, then [DONE], and returns the error's status.
+func (s *Server) streamError(sse *sseWriter, err error) int {
+	status, e := s.errorOf(err)
+	sse.send(struct {
+		Error Error `json:"error"`
+	}{e})
+	sse.done()
+	return status
+}
+
+// readRequest reads a JSON body into v. A field v does not have is a 400 naming it.
+func (s *Server) readRequest(w http.ResponseWriter, r *http.Request, v any) error {
+	body, err := readBody(w, r, s.cfg.MaxBodyBytes)
+	if err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return jsonError(err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return badRequest("", "the request body is not valid JSON: data after the object")
+	}
+	return nil
 }
 
 // readBody reads the request body, up to limit bytes.
@@ -416,49 +446,118 @@ func jsonError(err error) error {
 	if te := (*json.UnmarshalTypeError)(nil); errors.As(err, &te) && te.Field != "" {
 		return badRequest(te.Field, "%s: expected %s, got a JSON %s", te.Field, te.Type, te.Value)
 	}
+	// encoding/json has no type for this one; its text is `json: unknown field "name"`.
+	if quoted, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		if field, err := strconv.Unquote(quoted); err == nil {
+			return badRequest(field, "unrecognized request argument supplied: %s", field)
+		}
+	}
 	return badRequest("", "the request body is not valid JSON: %v", err)
 }
 
-// parse checks a completion request and turns it into one Request per prompt.
-func (s *Server) parse(req *CompletionRequest) ([]Request, error) {
+// maxN bounds n, as OpenAI does.
+const maxN = 128
+
+// parse checks a completion request and turns it into one Request per choice.
+func (s *Server) parse(req *CompletionRequest) (*completionJob, error) {
 	if req.Model != "" && req.Model != s.cfg.ModelName {
 		return nil, fmt.Errorf("%w: the model `%s` does not exist", errModelNotFound, req.Model)
 	}
+	n := 1
+	if req.N != nil {
+		n = *req.N
+	}
 	switch {
-	case req.N != nil && *req.N != 1:
-		return nil, badRequest("n", "n = %d is not supported, only 1", *req.N)
-	case req.BestOf != nil && *req.BestOf != 1:
-		return nil, badRequest("best_of", "best_of = %d is not supported, only 1", *req.BestOf)
-	case req.Logprobs != nil:
-		return nil, badRequest("logprobs", "logprobs are not supported")
-	case req.Echo:
-		return nil, badRequest("echo", "echo is not supported")
-	case !isEmptyJSON(req.Stop):
-		return nil, badRequest("stop", "stop strings are not supported")
+	case n < 1 || n > maxN:
+		return nil, badRequest("n", "n is %d, want 1 ≤ n ≤ %d", n, maxN)
+	case req.BestOf != nil && *req.BestOf != 1 && *req.BestOf != n:
+		return nil, badRequest("best_of", "best_of = %d is not supported, only 1 or n", *req.BestOf)
+	case req.Logprobs != nil && (*req.Logprobs < 0 || *req.Logprobs > MaxTopLogprobs):
+		return nil, badRequest("logprobs", "logprobs is %d, want 0 ≤ logprobs ≤ %d", *req.Logprobs, MaxTopLogprobs)
+	}
+	stops, err := s.parseStop(req.Stop)
+	if err != nil {
+		return nil, err
 	}
 	prompts, err := s.parsePrompt(req.Prompt)
 	if err != nil {
 		return nil, err
 	}
-	base := Request{MaxTokens: min(16, s.cfg.MaxTokens), Temperature: 1, TopP: 1, Seed: req.Seed, IgnoreEOS: req.IgnoreEOS}
+	base := Request{MaxTokens: min(16, s.cfg.MaxTokens), Temperature: 1, TopP: 1, IgnoreEOS: req.IgnoreEOS,
+		StopTokenIDs: req.StopTokenIDs, Logprobs: req.Logprobs != nil, PromptLogprobs: req.Logprobs != nil && req.Echo}
+	if req.Logprobs != nil {
+		base.TopLogprobs = *req.Logprobs
+	}
+	if err := setSampling(&base, req); err != nil {
+		return nil, err
+	}
+	job := &completionJob{reqs: make([]Request, 0, len(prompts)*n), echo: req.Echo, stops: stops, stream: req.Stream,
+		includeUsage: req.StreamOptions != nil && req.StreamOptions.IncludeUsage, returnTokenIDs: req.ReturnTokenIDs,
+		continues: s.decoderOnly()}
+	for _, p := range prompts {
+		job.promptTokens += len(p)
+		for j := range n {
+			q := base
+			q.Prompt = p
+			if req.Seed != nil {
+				seed := *req.Seed + int64(j) // else the n choices of a seeded request would be one
+				q.Seed = &seed
+			}
+			job.reqs = append(job.reqs, q)
+		}
+	}
+	return job, nil
+}
+
+// setSampling sets max_tokens, temperature, top_p and the penalties of r from req (the server's
+// check bounds them).
+func setSampling(r *Request, req *CompletionRequest) error {
 	if req.MaxTokens != nil {
-		base.MaxTokens = *req.MaxTokens
+		r.MaxTokens = *req.MaxTokens
 	}
 	if req.Temperature != nil {
-		base.Temperature = *req.Temperature
+		r.Temperature = *req.Temperature
 	}
 	if req.TopP != nil {
 		if *req.TopP <= 0 {
-			return nil, badRequest("top_p", "top_p is %v, want 0 < top_p ≤ 1", *req.TopP)
+			return badRequest("top_p", "top_p is %v, want 0 < top_p ≤ 1", *req.TopP)
 		}
-		base.TopP = *req.TopP
+		r.TopP = *req.TopP
 	}
-	reqs := make([]Request, len(prompts))
-	for i, p := range prompts {
-		reqs[i] = base
-		reqs[i].Prompt = p
+	if req.PresencePenalty != nil {
+		r.PresencePenalty = *req.PresencePenalty
 	}
-	return reqs, nil
+	if req.FrequencyPenalty != nil {
+		r.FrequencyPenalty = *req.FrequencyPenalty
+	}
+	return nil
+}
+
+// parseStop reads stop: a string or a list of up to MaxStops non-empty strings, which need the
+// tokenizer (they are matched on the text).
+func (s *Server) parseStop(raw json.RawMessage) ([]string, error) {
+	if isEmptyJSON(raw) {
+		return nil, nil
+	}
+	var stops []string
+	var one string
+	if json.Unmarshal(raw, &one) == nil {
+		stops = []string{one}
+	} else if json.Unmarshal(raw, &stops) != nil {
+		return nil, badRequest("stop", "stop must be a string or a list of strings")
+	}
+	if len(stops) > MaxStops {
+		return nil, badRequest("stop", "%d stop strings, at most %d", len(stops), MaxStops)
+	}
+	for i, stop := range stops {
+		if stop == "" {
+			return nil, badRequest("stop", "stop string %d is empty", i)
+		}
+	}
+	if s.cfg.Tokenizer == nil {
+		return nil, badRequest("stop", "stop strings need the model's tokenizer, which it does not have; stop_token_ids work without")
+	}
+	return stops, nil
 }
 
 // encodePrompts reads a text prompt (a string, or a list of strings) and encodes each with the
