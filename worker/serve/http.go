@@ -101,14 +101,16 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 // Handler serves the OpenAI-compatible API and the worker's probes:
 //
-//	POST /v1/completions   completions of token-id prompts (JSON, or server-sent events with stream)
+//	POST /v1/completions   completions of token-id or text prompts (JSON, or server-sent events with stream)
+//	POST /v1/chat/completions  chat: messages rendered with the model's chat template
 //	GET  /v1/models        the model, as OpenAI lists models; GET /v1/models/{id} one
 //	GET  /health           200 while the server is up (liveness)
 //	GET  /ready            200 once Config.Ready returns nil, else 503 with its error (readiness)
 //	GET  /metrics          the Prometheus registry
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /v1/completions", s.completions)
+	mux.HandleFunc("POST /v1/completions", s.counted(s.complete))
+	mux.HandleFunc("POST /v1/chat/completions", s.counted(s.chat))
 	mux.HandleFunc("GET /v1/models", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, modelList{Object: "list", Data: []modelCard{s.card()}})
 	})
@@ -170,36 +172,40 @@ func (s *Server) card() modelCard {
 	return modelCard{ID: s.cfg.ModelName, Object: "model", Created: s.created, OwnedBy: "pregate", MaxModelLen: s.cfg.MaxModelLen}
 }
 
-// CompletionRequest is the body of POST /v1/completions: OpenAI's fields this server knows, and
-// vLLM's ignore_eos, stop_token_ids and return_token_ids. A field it does not know is a 400 naming
-// it, as OpenAI answers.
-type CompletionRequest struct {
-	Model string `json:"model"`
-	// Prompt is a list of token ids, or a list of such lists (n choices each); with a tokenizer
-	// also a string, or a list of strings (encoded with the model's BOS/EOS as it adds them).
-	Prompt        json.RawMessage `json:"prompt"`
-	MaxTokens     *int            `json:"max_tokens"`  // default 16
-	Temperature   *float64        `json:"temperature"` // default 1; 0 is greedy
-	TopP          *float64        `json:"top_p"`       // default 1
-	Seed          *int64          `json:"seed"`        // choice j of a prompt is seeded Seed+j
-	Stream        bool            `json:"stream"`
-	StreamOptions *StreamOptions  `json:"stream_options"`
-	IgnoreEOS     bool            `json:"ignore_eos"`
+// Params are the request fields /v1/completions and /v1/chat/completions share: OpenAI's, and
+// vLLM's ignore_eos, stop_token_ids and return_token_ids.
+type Params struct {
+	Model         string         `json:"model"`
+	MaxTokens     *int           `json:"max_tokens"`  // default: 16 for completions; chat: what fits
+	Temperature   *float64       `json:"temperature"` // default 1; 0 is greedy
+	TopP          *float64       `json:"top_p"`       // default 1
+	Seed          *int64         `json:"seed"`        // choice j of a prompt is seeded Seed+j
+	Stream        bool           `json:"stream"`
+	StreamOptions *StreamOptions `json:"stream_options"`
+	IgnoreEOS     bool           `json:"ignore_eos"`
 	// N is the choices per prompt (default 1): prompt i's are choices i·N … i·N+N−1.
 	N *int `json:"n"`
 	// Stop is a string or up to 4 (MaxStops), matched on the text (a tokenizer is needed): the
 	// choice ends before the first match, which its text leaves out (finish_reason "stop").
-	Stop         json.RawMessage `json:"stop"`
-	StopTokenIDs []int           `json:"stop_token_ids"`
+	Stop             json.RawMessage `json:"stop"`
+	StopTokenIDs     []int           `json:"stop_token_ids"`
+	PresencePenalty  *float64        `json:"presence_penalty"`  // in [-2, 2]; default 0
+	FrequencyPenalty *float64        `json:"frequency_penalty"` // in [-2, 2]; default 0
+	ReturnTokenIDs   bool            `json:"return_token_ids"`
+	User             string          `json:"user"` // an end-user id for the client's own records; ignored
+}
+
+// CompletionRequest is the body of POST /v1/completions. A field it does not know is a 400 naming
+// it, as OpenAI answers.
+type CompletionRequest struct {
+	Params
+	// Prompt is a list of token ids, or a list of such lists (n choices each); with a tokenizer
+	// also a string, or a list of strings (encoded with the model's BOS/EOS as it adds them).
+	Prompt json.RawMessage `json:"prompt"`
 	// Logprobs asks for the legacy logprobs object with this many most likely tokens (≤ 20).
 	Logprobs *int `json:"logprobs"`
 	// Echo puts the prompt's text before the completion's (and, with logprobs, its tokens' logprobs).
-	Echo             bool     `json:"echo"`
-	PresencePenalty  *float64 `json:"presence_penalty"`  // in [-2, 2]; default 0
-	FrequencyPenalty *float64 `json:"frequency_penalty"` // in [-2, 2]; default 0
-	ReturnTokenIDs   bool     `json:"return_token_ids"`
-	User             string   `json:"user"` // an end-user id for the client's own records; ignored
-
+	Echo bool `json:"echo"`
 	// BestOf is accepted only when it changes nothing (1, or equal to n).
 	BestOf *int `json:"best_of"`
 }
@@ -252,9 +258,11 @@ type completionJob struct {
 	continues      bool // the completion continues the prompt's text (a decoder-only model)
 }
 
-func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
-	code := s.complete(w, r)
-	s.metrics.requests.WithLabelValues(strconv.Itoa(code)).Inc()
+// counted serves with h and counts the request by the HTTP status h returns.
+func (s *Server) counted(h func(http.ResponseWriter, *http.Request) int) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		s.metrics.requests.WithLabelValues(strconv.Itoa(h(w, r))).Inc()
+	}
 }
 
 // complete answers one completion request and returns its HTTP status.
@@ -267,6 +275,52 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) int {
 	if err != nil {
 		return s.writeError(w, err)
 	}
+	return s.serveJob(w, r, job, &completionPresenter{responseHead{ID: "cmpl-" + rand.Text(), Created: time.Now().Unix(), Model: s.cfg.ModelName}})
+}
+
+// presenter shapes a job's results as one API answers: whole, or as streamed chunks.
+type presenter interface {
+	// whole is the answer to a request that did not stream.
+	whole(choices []*choiceState, usage *Usage) any
+	// start is the first chunk of a choice, before its events (nil: none).
+	start(c *choiceState) any
+	// chunk is what is new in c since its last chunk.
+	chunk(c *choiceState) any
+	// usage is the last chunk, with stream_options.include_usage.
+	usage(u *Usage) any
+}
+
+// responseHead is what every response and chunk of one request carries.
+type responseHead struct {
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Created int64  `json:"created"`
+	Model   string `json:"model"`
+}
+
+// completionPresenter answers /v1/completions.
+type completionPresenter struct{ head responseHead }
+
+func (p *completionPresenter) completion(choices []Choice, u *Usage) *Completion {
+	return &Completion{ID: p.head.ID, Object: "text_completion", Created: p.head.Created, Model: p.head.Model, Choices: choices, Usage: u}
+}
+
+func (p *completionPresenter) whole(choices []*choiceState, u *Usage) any {
+	out := make([]Choice, len(choices))
+	for i, c := range choices {
+		out[i] = c.whole()
+	}
+	return p.completion(out, u)
+}
+
+func (p *completionPresenter) start(*choiceState) any { return nil }
+func (p *completionPresenter) chunk(c *choiceState) any {
+	return p.completion([]Choice{c.chunk()}, nil)
+}
+func (p *completionPresenter) usage(u *Usage) any { return p.completion([]Choice{}, u) }
+
+// serveJob runs a checked job and answers with p's shapes; it returns the HTTP status.
+func (s *Server) serveJob(w http.ResponseWriter, r *http.Request, job *completionJob, p presenter) int {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel() // a failed choice stops its siblings
 	c, err := s.submit(ctx, job.reqs)
@@ -278,9 +332,8 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) int {
 	for i, q := range job.reqs {
 		choices[i] = newChoiceState(i, q, job, s.cfg.Tokenizer)
 	}
-	resp := &Completion{ID: "cmpl-" + rand.Text(), Object: "text_completion", Created: time.Now().Unix(), Model: s.cfg.ModelName}
 	if job.stream {
-		return s.stream(w, c, choices, job, resp)
+		return s.stream(w, c, choices, job, p)
 	}
 	var evs []event
 	for left := len(choices); left > 0; {
@@ -298,12 +351,7 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) int {
 			}
 		}
 	}
-	resp.Choices = make([]Choice, len(choices))
-	for i, ch := range choices {
-		resp.Choices[i] = ch.whole()
-	}
-	resp.Usage = usageOf(job, choices)
-	writeJSON(w, http.StatusOK, resp)
+	writeJSON(w, http.StatusOK, p.whole(choices, usageOf(job, choices)))
 	return http.StatusOK
 }
 
@@ -317,15 +365,19 @@ func usageOf(job *completionJob, choices []*choiceState) *Usage {
 	return u
 }
 
-// stream answers with server-sent events: a chunk per event of a choice (a token, the prompt's
-// logprobs, its end with finish_reason), the usage if asked for, then data: [DONE]. A failure
-// sends an error event instead of the rest.
-func (s *Server) stream(w http.ResponseWriter, c *call, choices []*choiceState, job *completionJob, chunk *Completion) int {
+// stream answers with server-sent events: each choice's start chunk if p has one, a chunk per
+// event of a choice (a token, the prompt's logprobs, its end with finish_reason), the usage if
+// asked for, then data: [DONE]. A failure sends an error event instead of the rest.
+func (s *Server) stream(w http.ResponseWriter, c *call, choices []*choiceState, job *completionJob, p presenter) int {
 	sse, err := startSSE(w)
 	if err != nil {
 		return statusClientClosed
 	}
-	chunk.Choices = make([]Choice, 1)
+	for _, ch := range choices {
+		if v := p.start(ch); v != nil {
+			sse.send(v)
+		}
+	}
 	var evs []event
 	for left := len(choices); left > 0; {
 		if evs, err = c.next(evs); err != nil {
@@ -342,16 +394,14 @@ func (s *Server) stream(w http.ResponseWriter, c *call, choices []*choiceState, 
 			if ch.apply(c, ev) {
 				left--
 			}
-			chunk.Choices[0] = ch.chunk()
-			sse.send(chunk)
+			sse.send(p.chunk(ch))
 		}
 		if err := sse.flush(); err != nil {
 			return statusClientClosed
 		}
 	}
 	if job.includeUsage {
-		chunk.Choices, chunk.Usage = []Choice{}, usageOf(job, choices)
-		sse.send(chunk)
+		sse.send(p.usage(usageOf(job, choices)))
 	}
 	return sse.done()
 }
@@ -443,8 +493,12 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 
 // jsonError turns a JSON decoding error into a bad request naming the field it can.
 func jsonError(err error) error {
+	if re := (*requestError)(nil); errors.As(err, &re) {
+		return err // from a field's own UnmarshalJSON
+	}
 	if te := (*json.UnmarshalTypeError)(nil); errors.As(err, &te) && te.Field != "" {
-		return badRequest(te.Field, "%s: expected %s, got a JSON %s", te.Field, te.Type, te.Value)
+		field := strings.TrimPrefix(te.Field, "Params.") // the embedded struct's Go name: not the client's
+		return badRequest(field, "%s: expected %s, got a JSON %s", field, te.Type, te.Value)
 	}
 	// encoding/json has no type for this one; its text is `json: unknown field "name"`.
 	if quoted, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
@@ -455,52 +509,74 @@ func jsonError(err error) error {
 	return badRequest("", "the request body is not valid JSON: %v", err)
 }
 
-// maxN bounds n, as OpenAI does.
-const maxN = 128
-
 // parse checks a completion request and turns it into one Request per choice.
 func (s *Server) parse(req *CompletionRequest) (*completionJob, error) {
-	if req.Model != "" && req.Model != s.cfg.ModelName {
-		return nil, fmt.Errorf("%w: the model `%s` does not exist", errModelNotFound, req.Model)
+	if err := s.checkModel(req.Model); err != nil {
+		return nil, err
 	}
 	n := 1
 	if req.N != nil {
 		n = *req.N
 	}
 	switch {
-	case n < 1 || n > maxN:
-		return nil, badRequest("n", "n is %d, want 1 ≤ n ≤ %d", n, maxN)
 	case req.BestOf != nil && *req.BestOf != 1 && *req.BestOf != n:
 		return nil, badRequest("best_of", "best_of = %d is not supported, only 1 or n", *req.BestOf)
 	case req.Logprobs != nil && (*req.Logprobs < 0 || *req.Logprobs > MaxTopLogprobs):
 		return nil, badRequest("logprobs", "logprobs is %d, want 0 ≤ logprobs ≤ %d", *req.Logprobs, MaxTopLogprobs)
 	}
-	stops, err := s.parseStop(req.Stop)
-	if err != nil {
-		return nil, err
-	}
 	prompts, err := s.parsePrompt(req.Prompt)
 	if err != nil {
 		return nil, err
 	}
-	base := Request{MaxTokens: min(16, s.cfg.MaxTokens), Temperature: 1, TopP: 1, IgnoreEOS: req.IgnoreEOS,
-		StopTokenIDs: req.StopTokenIDs, Logprobs: req.Logprobs != nil, PromptLogprobs: req.Logprobs != nil && req.Echo}
+	base := Request{MaxTokens: min(16, s.cfg.MaxTokens), Logprobs: req.Logprobs != nil, PromptLogprobs: req.Logprobs != nil && req.Echo}
 	if req.Logprobs != nil {
 		base.TopLogprobs = *req.Logprobs
 	}
-	if err := setSampling(&base, req); err != nil {
+	job, err := s.newJob(&req.Params, prompts, base)
+	if err != nil {
 		return nil, err
 	}
-	job := &completionJob{reqs: make([]Request, 0, len(prompts)*n), echo: req.Echo, stops: stops, stream: req.Stream,
-		includeUsage: req.StreamOptions != nil && req.StreamOptions.IncludeUsage, returnTokenIDs: req.ReturnTokenIDs,
+	job.echo = req.Echo
+	return job, nil
+}
+
+func (s *Server) checkModel(name string) error {
+	if name != "" && name != s.cfg.ModelName {
+		return fmt.Errorf("%w: the model `%s` does not exist", errModelNotFound, name)
+	}
+	return nil
+}
+
+// maxN bounds n, as OpenAI does.
+const maxN = 128
+
+// newJob makes the job of prompts under p: n choices each, from base with p's sampling.
+func (s *Server) newJob(p *Params, prompts [][]int, base Request) (*completionJob, error) {
+	n := 1
+	if p.N != nil {
+		n = *p.N
+	}
+	if n < 1 || n > maxN {
+		return nil, badRequest("n", "n is %d, want 1 ≤ n ≤ %d", n, maxN)
+	}
+	stops, err := s.parseStop(p.Stop)
+	if err != nil {
+		return nil, err
+	}
+	base.Temperature, base.TopP, base.IgnoreEOS, base.StopTokenIDs = 1, 1, p.IgnoreEOS, p.StopTokenIDs
+	if err := setSampling(&base, p); err != nil {
+		return nil, err
+	}
+	job := &completionJob{reqs: make([]Request, 0, len(prompts)*n), stops: stops, stream: p.Stream,
+		includeUsage: p.StreamOptions != nil && p.StreamOptions.IncludeUsage, returnTokenIDs: p.ReturnTokenIDs,
 		continues: s.decoderOnly()}
-	for _, p := range prompts {
-		job.promptTokens += len(p)
+	for _, prompt := range prompts {
+		job.promptTokens += len(prompt)
 		for j := range n {
 			q := base
-			q.Prompt = p
-			if req.Seed != nil {
-				seed := *req.Seed + int64(j) // else the n choices of a seeded request would be one
+			q.Prompt = prompt
+			if p.Seed != nil {
+				seed := *p.Seed + int64(j) // else the n choices of a seeded request would be one
 				q.Seed = &seed
 			}
 			job.reqs = append(job.reqs, q)
@@ -509,26 +585,26 @@ func (s *Server) parse(req *CompletionRequest) (*completionJob, error) {
 	return job, nil
 }
 
-// setSampling sets max_tokens, temperature, top_p and the penalties of r from req (the server's
+// setSampling sets max_tokens, temperature, top_p and the penalties of r from p (the server's
 // check bounds them).
-func setSampling(r *Request, req *CompletionRequest) error {
-	if req.MaxTokens != nil {
-		r.MaxTokens = *req.MaxTokens
+func setSampling(r *Request, p *Params) error {
+	if p.MaxTokens != nil {
+		r.MaxTokens = *p.MaxTokens
 	}
-	if req.Temperature != nil {
-		r.Temperature = *req.Temperature
+	if p.Temperature != nil {
+		r.Temperature = *p.Temperature
 	}
-	if req.TopP != nil {
-		if *req.TopP <= 0 {
-			return badRequest("top_p", "top_p is %v, want 0 < top_p ≤ 1", *req.TopP)
+	if p.TopP != nil {
+		if *p.TopP <= 0 {
+			return badRequest("top_p", "top_p is %v, want 0 < top_p ≤ 1", *p.TopP)
 		}
-		r.TopP = *req.TopP
+		r.TopP = *p.TopP
 	}
-	if req.PresencePenalty != nil {
-		r.PresencePenalty = *req.PresencePenalty
+	if p.PresencePenalty != nil {
+		r.PresencePenalty = *p.PresencePenalty
 	}
-	if req.FrequencyPenalty != nil {
-		r.FrequencyPenalty = *req.FrequencyPenalty
+	if p.FrequencyPenalty != nil {
+		r.FrequencyPenalty = *p.FrequencyPenalty
 	}
 	return nil
 }

@@ -23,24 +23,40 @@ import (
 // test model), so that prompts and completions are text.
 func textServer(t *testing.T) (*testServer, *tokenizer.Tokenizer) {
 	t.Helper()
+	return tokenizedServer(t, "texty", map[string]string{"spiece.model": "unigram/spiece.model"}, nil, 1024)
+}
+
+// tokenizedServer serves a one-layer synthetic Mixtral with the tokenizer files named (file name →
+// path under model/tokenizer/testdata), a tokenizer_config.json from config if not nil, and a
+// vocabulary of vocab (0: the tokenizer's).
+func tokenizedServer(t *testing.T, name string, files map[string]string, config map[string]any, vocab int) (*testServer, *tokenizer.Tokenizer) {
+	t.Helper()
 	tokDir := t.TempDir()
-	spm, err := os.ReadFile(filepath.Join("..", "..", "model", "tokenizer", "testdata", "unigram", "spiece.model"))
-	if err != nil {
-		t.Fatal(err)
+	for dst, src := range files {
+		b, err := os.ReadFile(filepath.Join("..", "..", "model", "tokenizer", "testdata", src))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(tokDir, dst), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if err := os.WriteFile(filepath.Join(tokDir, "spiece.model"), spm, 0o644); err != nil {
-		t.Fatal(err)
+	if config != nil {
+		b, _ := json.Marshal(config)
+		if err := os.WriteFile(filepath.Join(tokDir, "tokenizer_config.json"), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	dir := t.TempDir()
 	if err := synth.Write(synth.Options{Arch: synth.ArchMixtral, Preset: "mixtral-tiny", Out: dir, Seed: 5, Layers: 1, Experts: 2,
-		DModel: 32, DFF: 64, Heads: 4, Vocab: 1024, Tokenizer: tokDir}, nil); err != nil {
+		DModel: 32, DFF: 64, Heads: 4, Vocab: vocab, Tokenizer: tokDir}, nil); err != nil {
 		t.Fatal(err)
 	}
 	tok, err := tokenizer.Load(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return newTestServer(t, "texty", loadModel(t, dir), func(c *Config) { c.Tokenizer = tok }), tok
+	return newTestServer(t, name, loadModel(t, dir), func(c *Config) { c.Tokenizer = tok }), tok
 }
 
 // streamBody posts a streaming request that must succeed and reads it whole.

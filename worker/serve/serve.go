@@ -1,7 +1,8 @@
 // Package serve is the worker's front door: an OpenAI-compatible HTTP API over a
 // continuous-batching scheduler that owns one engine.Model.
 //
-//	POST /v1/completions ──▶ parse and check (400, 404, 413) ──▶ submit: one sequence per prompt
+//	POST /v1/completions, /v1/chat/completions (messages ──▶ chat template ──▶ one prompt)
+//	    ──▶ parse and check (400, 404, 413) ──▶ submit: n sequences per prompt
 //	    into the bounded waiting queue (429 with Retry-After when it is full)
 //	scheduler goroutine, in a loop: admit waiting sequences up to MaxRunning (one Model.Start for
 //	    all of them) ──▶ one Model.Step of every running sequence ──▶ sample a token for each
@@ -40,6 +41,7 @@ import (
 	"github.com/pregate/pregate/engine"
 	"github.com/pregate/pregate/internal/lifecycle"
 	"github.com/pregate/pregate/model"
+	"github.com/pregate/pregate/model/chattemplate"
 	"github.com/pregate/pregate/model/tokenizer"
 )
 
@@ -163,6 +165,9 @@ type Server struct {
 	created int64   // unix seconds, for /v1/models
 	scratch scratch // the scheduler's
 
+	chatTemplate    *chattemplate.Template // nil: chat requests get 400 with chatTemplateErr
+	chatTemplateErr error
+
 	mu      sync.Mutex
 	waiting []*sequence // FIFO
 	closed  bool
@@ -197,6 +202,10 @@ func New(cfg Config) (*Server, error) {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	s.log = s.log.With("component", "serve", "model", cfg.ModelName)
+	// A template that does not parse costs the chat endpoint, not the server.
+	if s.chatTemplate, s.chatTemplateErr = parseChatTemplate(cfg.Tokenizer); s.chatTemplateErr != nil && cfg.Tokenizer != nil {
+		s.log.Warn("chat completions are off", "err", s.chatTemplateErr)
+	}
 	s.g = lifecycle.NewGroup()
 	s.ctx = s.g.Context()
 	s.g.Go("scheduler", s.schedule)
