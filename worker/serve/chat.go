@@ -23,6 +23,10 @@ type ChatRequest struct {
 	MaxCompletionTokens *int `json:"max_completion_tokens"`
 	// AddGenerationPrompt (vLLM; default true) asks the template to open the assistant's turn.
 	AddGenerationPrompt *bool `json:"add_generation_prompt"`
+	// Logprobs asks for each token's logprob and, with TopLogprobs (≤ 20), the most likely
+	// tokens' (OpenAI's chat shape: choices[].logprobs.content).
+	Logprobs    bool `json:"logprobs"`
+	TopLogprobs *int `json:"top_logprobs"`
 }
 
 // ChatMessage is one message: its content a string, or a list of text parts.
@@ -75,8 +79,54 @@ type ChatChoice struct {
 	Index        int              `json:"index"`
 	Message      *ChatResponseMsg `json:"message,omitempty"`
 	Delta        *ChatDelta       `json:"delta,omitempty"`
-	Logprobs     *struct{}        `json:"logprobs"` // always null: chat logprobs are not supported yet
+	Logprobs     *ChatLogprobs    `json:"logprobs"` // null unless asked for
 	FinishReason *string          `json:"finish_reason"`
+}
+
+// ChatLogprobs are a chat answer's logprobs (of a chunk's tokens, when streaming).
+type ChatLogprobs struct {
+	Content []ChatTokenLogprob `json:"content"`
+}
+
+// ChatTokenLogprob is one token's: its text, logprob and UTF-8 bytes, and the most likely tokens'.
+type ChatTokenLogprob struct {
+	Token       string           `json:"token"`
+	Logprob     float32          `json:"logprob"`
+	Bytes       []int            `json:"bytes"`
+	TopLogprobs []ChatTopLogprob `json:"top_logprobs"`
+}
+
+// ChatTopLogprob is one of the most likely tokens at a position.
+type ChatTopLogprob struct {
+	Token   string  `json:"token"`
+	Logprob float32 `json:"logprob"`
+	Bytes   []int   `json:"bytes"`
+}
+
+// utf8Bytes is OpenAI's bytes field: the token text's UTF-8 bytes as numbers.
+func utf8Bytes(s string) []int {
+	out := make([]int, len(s))
+	for i := range len(s) {
+		out[i] = int(s[i])
+	}
+	return out
+}
+
+// chatLogprobs presents entries in the chat API's shape.
+func (c *choiceState) chatLogprobs(entries []logprobEntry) *ChatLogprobs {
+	l := &ChatLogprobs{Content: make([]ChatTokenLogprob, 0, len(entries))}
+	for _, e := range entries {
+		if e.logprob == nil {
+			continue // a prompt's first token: chat has no prompt logprobs
+		}
+		t := ChatTokenLogprob{Token: e.token, Logprob: *e.logprob, Bytes: utf8Bytes(e.token), TopLogprobs: make([]ChatTopLogprob, len(e.top))}
+		for i, top := range e.top {
+			text := c.tokenText(top.id)
+			t.TopLogprobs[i] = ChatTopLogprob{Token: text, Logprob: top.logprob, Bytes: utf8Bytes(text)}
+		}
+		l.Content = append(l.Content, t)
+	}
+	return l
 }
 
 // ChatResponseMsg is the assistant's message.
@@ -117,10 +167,21 @@ func (s *Server) parseChat(req *ChatRequest) (*completionJob, error) {
 	if req.MaxCompletionTokens != nil {
 		req.MaxTokens = req.MaxCompletionTokens
 	}
-	// Without max_tokens a chat answer may take what the context leaves, as in OpenAI's API.
-	base := Request{MaxTokens: s.cfg.MaxTokens}
+	// Without max_tokens a chat answer may take what the context leaves, as in OpenAI's API; a
+	// server that does not know the context (MaxModelLen 0) gives 16, as completions do.
+	base := Request{MaxTokens: min(16, s.cfg.MaxTokens), Logprobs: req.Logprobs}
+	if req.TopLogprobs != nil {
+		switch k := *req.TopLogprobs; {
+		case !req.Logprobs:
+			return nil, badRequest("top_logprobs", "top_logprobs needs logprobs: true")
+		case k < 0 || k > MaxTopLogprobs:
+			return nil, badRequest("top_logprobs", "top_logprobs is %d, want 0 ≤ top_logprobs ≤ %d", k, MaxTopLogprobs)
+		default:
+			base.TopLogprobs = k
+		}
+	}
 	if s.cfg.MaxModelLen > 0 {
-		base.MaxTokens = max(1, min(base.MaxTokens, s.cfg.MaxModelLen-len(prompt)))
+		base.MaxTokens = max(1, min(s.cfg.MaxTokens, s.cfg.MaxModelLen-len(prompt)))
 	}
 	return s.newJob(&req.Params, [][]int{prompt}, base)
 }
@@ -177,6 +238,9 @@ func (p *chatPresenter) whole(choices []*choiceState, u *Usage) any {
 	for i, c := range choices {
 		w := c.whole()
 		out[i] = ChatChoice{Index: i, Message: &ChatResponseMsg{Role: "assistant", Content: w.Text}, FinishReason: w.FinishReason}
+		if c.logprobs {
+			out[i].Logprobs = c.chatLogprobs(c.entries)
+		}
 	}
 	return &ChatCompletion{responseHead: p.head, Choices: out, Usage: u}
 }
@@ -193,12 +257,15 @@ func (p *chatPresenter) start(c *choiceState) any {
 }
 
 func (p *chatPresenter) chunk(c *choiceState) any {
-	ch := c.chunk()
-	delta := &ChatDelta{}
+	ch, entries := c.chunk()
+	out := ChatChoice{Index: c.index, Delta: &ChatDelta{}, FinishReason: ch.FinishReason}
 	if ch.Text != "" || ch.FinishReason == nil {
-		delta.Content = &ch.Text
+		out.Delta.Content = &ch.Text
 	}
-	return p.chunkOf([]ChatChoice{{Index: c.index, Delta: delta, FinishReason: ch.FinishReason}}, nil)
+	if len(entries) > 0 {
+		out.Logprobs = c.chatLogprobs(entries)
+	}
+	return p.chunkOf([]ChatChoice{out}, nil)
 }
 
 func (p *chatPresenter) usage(u *Usage) any { return p.chunkOf([]ChatChoice{}, u) }

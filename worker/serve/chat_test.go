@@ -75,6 +75,21 @@ func TestChat(t *testing.T) {
 		t.Errorf("response shape: %s", b)
 	}
 
+	// Logprobs: the completion's, in the chat shape.
+	legacy := ts.complete(t, map[string]any{"prompt": prompt, "max_tokens": 3, "temperature": 0, "ignore_eos": true, "logprobs": 2}).Choices[0].Logprobs
+	code, b = postTo(t, ts.url, "/v1/chat/completions", map[string]any{"messages": messages, "max_tokens": 3, "temperature": 0,
+		"ignore_eos": true, "logprobs": true, "top_logprobs": 2})
+	var withLP ChatCompletion
+	if err := json.Unmarshal(b, &withLP); err != nil || code != 200 || withLP.Choices[0].Logprobs == nil || len(withLP.Choices[0].Logprobs.Content) != 3 {
+		t.Fatalf("chat logprobs: %d %s", code, b)
+	}
+	for i, e := range withLP.Choices[0].Logprobs.Content {
+		if e.Token != legacy.Tokens[i] || e.Logprob != *legacy.TokenLogprobs[i] || string(bytesOf(e.Bytes)) != e.Token || len(e.TopLogprobs) != 2 ||
+			e.TopLogprobs[0].Logprob < e.TopLogprobs[1].Logprob || legacy.TopLogprobs[i][e.TopLogprobs[0].Token] != e.TopLogprobs[0].Logprob {
+			t.Errorf("token %d: %+v; completions say %q %v %v", i, e, legacy.Tokens[i], *legacy.TokenLogprobs[i], legacy.TopLogprobs[i])
+		}
+	}
+
 	// Streamed: the role, then the content, then finish_reason, then the usage.
 	code, b = postTo(t, ts.url, "/v1/chat/completions", map[string]any{"messages": messages, "max_tokens": 6, "temperature": 0,
 		"ignore_eos": true, "stream": true, "stream_options": map[string]any{"include_usage": true}})
@@ -143,7 +158,9 @@ func TestChatBadRequests(t *testing.T) {
 		{"image part", ts.url, map[string]any{"messages": []map[string]any{{"role": "user", "content": []map[string]any{{"type": "image_url"}}}}},
 			400, "messages", "only text"},
 		{"unknown field", ts.url, map[string]any{"messages": user, "tools": []any{}}, 400, "tools", "unrecognized"},
-		{"logprobs", ts.url, map[string]any{"messages": user, "logprobs": true}, 400, "logprobs", "unrecognized"},
+		{"top_logprobs without logprobs", ts.url, map[string]any{"messages": user, "top_logprobs": 2}, 400, "top_logprobs", "needs logprobs"},
+		{"top_logprobs over 20", ts.url, map[string]any{"messages": user, "logprobs": true, "top_logprobs": 21}, 400, "top_logprobs", "≤ 20"},
+		{"echo", ts.url, map[string]any{"messages": user, "echo": true}, 400, "echo", "unrecognized"},
 		{"n", ts.url, map[string]any{"messages": user, "n": 0}, 400, "n", "1 ≤ n ≤ 128"},
 		{"other model", ts.url, map[string]any{"messages": user, "model": "gpt-4"}, 404, "", "does not exist"},
 	}
@@ -168,4 +185,12 @@ func TestChatBadRequests(t *testing.T) {
 	if err := json.Unmarshal(b, &c); err != nil || c.Choices[0].Message.Content != full[:strings.Index(full, stop)] || *c.Choices[0].FinishReason != "stop" {
 		t.Errorf("stop %q in %q: %s", stop, full, b)
 	}
+}
+
+func bytesOf(b []int) []byte {
+	out := make([]byte, len(b))
+	for i, v := range b {
+		out[i] = byte(v)
+	}
+	return out
 }

@@ -68,19 +68,34 @@ type Logprobs struct {
 	TextOffset    []int                `json:"text_offset"`
 }
 
-func (l *Logprobs) add(token string, lp *float32, top map[string]float32, offset int) {
-	l.Tokens = append(l.Tokens, token)
-	l.TokenLogprobs = append(l.TokenLogprobs, lp)
-	l.TopLogprobs = append(l.TopLogprobs, top)
-	l.TextOffset = append(l.TextOffset, offset)
+// logprobEntry is one token's logprobs, as either API presents them.
+type logprobEntry struct {
+	id      int
+	token   string   // its text alone (tokenText)
+	logprob *float32 // nil for the prompt's first token
+	top     []tokenLogprob
+	offset  int // where its text starts in the choice's text, in characters
 }
 
-// from returns the entries from the i-th on, nil if none.
-func (l *Logprobs) from(i int) *Logprobs {
-	if i >= len(l.Tokens) {
-		return nil
+// legacyLogprobs presents entries in the completions API's shape: top_logprobs maps each of the
+// most likely tokens, and the chosen one, to its logprob.
+func (c *choiceState) legacyLogprobs(entries []logprobEntry) *Logprobs {
+	l := &Logprobs{Tokens: []string{}, TokenLogprobs: []*float32{}, TopLogprobs: []map[string]float32{}, TextOffset: []int{}}
+	for _, e := range entries {
+		var top map[string]float32
+		if e.logprob != nil {
+			top = make(map[string]float32, len(e.top)+1)
+			for _, t := range e.top {
+				top[c.tokenText(t.id)] = t.logprob
+			}
+			top[e.token] = *e.logprob
+		}
+		l.Tokens = append(l.Tokens, e.token)
+		l.TokenLogprobs = append(l.TokenLogprobs, e.logprob)
+		l.TopLogprobs = append(l.TopLogprobs, top)
+		l.TextOffset = append(l.TextOffset, e.offset)
 	}
-	return &Logprobs{Tokens: l.Tokens[i:], TokenLogprobs: l.TokenLogprobs[i:], TopLogprobs: l.TopLogprobs[i:], TextOffset: l.TextOffset[i:]}
+	return l
 }
 
 // choiceState turns one choice's events into what its client sees: text by whole characters,
@@ -100,8 +115,9 @@ type choiceState struct {
 	offset      int             // characters decoded so far, the echoed prompt's included
 	ids         []int           // generated tokens taken, up to the one that ended the choice
 	idsSent     int
-	lp          *Logprobs // nil unless logprobs were asked for
-	lpSent      int
+	logprobs    bool // asked for
+	entries     []logprobEntry
+	entriesSent int
 	promptTexts []string // the text each prompt token completed, for its text_offset
 	started     bool     // a chunk went out
 	finish      string   // "" until the choice ended
@@ -110,9 +126,7 @@ type choiceState struct {
 func newChoiceState(index int, req Request, job *completionJob, tok *tokenizer.Tokenizer) *choiceState {
 	c := &choiceState{index: index, prompt: req.Prompt, tok: tok, stop: stopMatcher{stops: job.stops},
 		stopIDs: req.StopTokenIDs, withIDs: job.returnTokenIDs}
-	if req.Logprobs {
-		c.lp = &Logprobs{Tokens: []string{}, TokenLogprobs: []*float32{}, TopLogprobs: []map[string]float32{}, TextOffset: []int{}}
-	}
+	c.logprobs = req.Logprobs
 	if tok == nil {
 		return c
 	}
@@ -154,30 +168,18 @@ func (c *choiceState) tokenText(id int) string {
 	return c.tok.TokenText(id)
 }
 
-func (c *choiceState) topMap(lp positionLogprobs, id int) map[string]float32 {
-	m := make(map[string]float32, len(lp.top)+1)
-	for _, t := range lp.top {
-		m[c.tokenText(t.id)] = t.logprob
-	}
-	m[c.tokenText(id)] = lp.logprob
-	return m
-}
-
 // promptLogprobs takes the echoed prompt's logprobs (of prompt[1:]; the first token has none).
 func (c *choiceState) promptLogprobs(lps []positionLogprobs) {
-	if c.lp == nil {
+	if !c.logprobs {
 		return
 	}
 	offset := 0
 	for i, id := range c.prompt {
-		var (
-			lp  *float32
-			top map[string]float32
-		)
+		e := logprobEntry{id: id, token: c.tokenText(id), offset: offset}
 		if i > 0 && i-1 < len(lps) {
-			lp, top = &lps[i-1].logprob, c.topMap(lps[i-1], id)
+			e.logprob, e.top = &lps[i-1].logprob, lps[i-1].top
 		}
-		c.lp.add(c.tokenText(id), lp, top, offset)
+		c.entries = append(c.entries, e)
 		if i < len(c.promptTexts) {
 			offset += utf8.RuneCountInString(c.promptTexts[i])
 		}
@@ -192,8 +194,8 @@ func (c *choiceState) token(id int, lp *positionLogprobs) (stopped bool) {
 	if c.dec != nil && !slices.Contains(c.stopIDs, id) {
 		piece = c.dec.Next(id)
 	}
-	if c.lp != nil && lp != nil {
-		c.lp.add(c.tokenText(id), &lp.logprob, c.topMap(*lp, id), c.offset)
+	if c.logprobs && lp != nil {
+		c.entries = append(c.entries, logprobEntry{id: id, token: c.tokenText(id), logprob: &lp.logprob, top: lp.top, offset: c.offset})
 	}
 	c.offset += utf8.RuneCountInString(piece)
 	out, stopped := c.stop.push(piece)
@@ -218,8 +220,9 @@ func (c *choiceState) end(finish string) {
 	c.emit(c.stop.flush())
 }
 
-// chunk returns what is new since the last chunk, as a streamed Choice.
-func (c *choiceState) chunk() Choice {
+// chunk returns what is new since the last chunk, as a streamed Choice, and the new logprob
+// entries it presents.
+func (c *choiceState) chunk() (Choice, []logprobEntry) {
 	ch := Choice{Index: c.index, Text: c.unsent.String()}
 	c.unsent.Reset()
 	if c.withIDs {
@@ -230,19 +233,23 @@ func (c *choiceState) chunk() Choice {
 			c.started = true
 		}
 	}
-	if c.lp != nil {
-		ch.Logprobs = c.lp.from(c.lpSent)
-		c.lpSent = len(c.lp.Tokens)
+	entries := c.entries[c.entriesSent:]
+	c.entriesSent = len(c.entries)
+	if len(entries) > 0 {
+		ch.Logprobs = c.legacyLogprobs(entries)
 	}
 	if c.finish != "" {
 		ch.FinishReason = &c.finish
 	}
-	return ch
+	return ch, entries
 }
 
 // whole returns the choice of a non-streamed answer.
 func (c *choiceState) whole() Choice {
-	ch := Choice{Index: c.index, Text: c.text.String(), Logprobs: c.lp, FinishReason: &c.finish}
+	ch := Choice{Index: c.index, Text: c.text.String(), FinishReason: &c.finish}
+	if c.logprobs {
+		ch.Logprobs = c.legacyLogprobs(c.entries)
+	}
 	if c.withIDs {
 		ch.TokenIDs, ch.PromptTokenIDs = c.ids, c.prompt
 	}

@@ -314,9 +314,12 @@ func (p *completionPresenter) whole(choices []*choiceState, u *Usage) any {
 }
 
 func (p *completionPresenter) start(*choiceState) any { return nil }
+
 func (p *completionPresenter) chunk(c *choiceState) any {
-	return p.completion([]Choice{c.chunk()}, nil)
+	ch, _ := c.chunk()
+	return p.completion([]Choice{ch}, nil)
 }
+
 func (p *completionPresenter) usage(u *Usage) any { return p.completion([]Choice{}, u) }
 
 // serveJob runs a checked job and answers with p's shapes; it returns the HTTP status.
@@ -465,6 +468,11 @@ func (s *Server) readRequest(w http.ResponseWriter, r *http.Request, v any) erro
 	if err != nil {
 		return err
 	}
+	return decodeRequest(body, v)
+}
+
+// decodeRequest decodes one JSON object into v; a field v does not have is a 400 naming it.
+func decodeRequest(body []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
