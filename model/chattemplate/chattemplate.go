@@ -62,6 +62,9 @@ func Parse(source string, tokens Tokens) (*Template, error) {
 	}
 	tpl, err := exec.NewTemplate(rootName, cfg, loader, env)
 	if err != nil {
+		if cause := errors.Unwrap(err); cause != nil {
+			err = cause // gonja's own wrapping quotes the whole template
+		}
 		return nil, fmt.Errorf("%w: %v", ErrTemplate, err)
 	}
 	return &Template{tpl: tpl, tokens: tokens}, nil

@@ -2,7 +2,9 @@ package chattemplate
 
 import (
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -77,8 +79,8 @@ func TestRenderErrors(t *testing.T) {
 			}
 		})
 	}
-	if _, err := Parse("{% if %}", mistralTokens); !errors.Is(err, ErrTemplate) {
-		t.Errorf("a template that does not parse: %v", err)
+	if _, err := Parse("{% if %}that long template", mistralTokens); !errors.Is(err, ErrTemplate) || strings.Contains(err.Error(), "long template") {
+		t.Errorf("a template that does not parse: %v (want the parser's reason, not the template)", err)
 	}
 	if _, err := Parse("{% include '/etc/passwd' %}", mistralTokens); err == nil {
 		tpl, _ := Parse("{% include '/etc/passwd' %}", mistralTokens)
@@ -86,4 +88,26 @@ func TestRenderErrors(t *testing.T) {
 			t.Errorf("a template included a file: %q", out)
 		}
 	}
+}
+
+// TestRenderConcurrently: one Template serves every request at once (run with -race).
+func TestRenderConcurrently(t *testing.T) {
+	tpl, err := Parse(mixtralV3, mistralTokens)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			msg := fmt.Sprint("question ", i)
+			got, err := tpl.Render([]Message{{"user", msg}}, true)
+			if want := "<s> [INST] " + msg + " [/INST]"; err != nil || got != want {
+				t.Errorf("got %q, %v; want %q", got, err, want)
+			}
+			if _, err := tpl.Render([]Message{{"assistant", msg}}, true); !errors.Is(err, ErrTemplate) {
+				t.Errorf("an assistant first: %v", err)
+			}
+		})
+	}
+	wg.Wait()
 }
