@@ -437,3 +437,40 @@ func itoa(n int) string { return strconv.Itoa(n) }
 
 // fmtSscanf reads "token_id:N".
 func fmtSscanf(s string, id *int) (int, error) { return fmt.Sscanf(s, "token_id:%d", id) }
+
+// TestChoiceText: a decoder-only model's completion continues the prompt's text; an
+// encoder-decoder model's is a text of its own, after the echoed prompt's; a stop token's text is
+// left out.
+func TestChoiceText(t *testing.T) {
+	tok, err := tokenizer.LoadSentencePiece(filepath.Join("..", "..", "model", "tokenizer", "testdata", "unigram", "spiece.model"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	prompt, _ := tok.Encode("Hello", true)
+	gen, _ := tok.Encode("world again", false)
+	stopID := gen[len(gen)-1]
+	tests := []struct {
+		name            string
+		continues, echo bool
+		stopIDs         []int
+		want            string
+	}{
+		{"continues", true, false, nil, strings.TrimPrefix(tok.Decode(append(slices.Clone(prompt), gen...), true), tok.Decode(prompt, true))},
+		{"continues, echo", true, true, nil, tok.Decode(append(slices.Clone(prompt), gen...), true)},
+		{"its own, echo", false, true, nil, tok.Decode(prompt, true) + tok.Decode(gen, true)},
+		{"its own", false, false, nil, tok.Decode(gen, true)},
+		{"stop token", false, false, []int{stopID}, tok.Decode(gen[:len(gen)-1], true)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newChoiceState(0, Request{Prompt: prompt, StopTokenIDs: tt.stopIDs}, &completionJob{echo: tt.echo, continues: tt.continues}, tok)
+			for _, id := range gen {
+				c.token(id, nil)
+			}
+			c.end("length")
+			if got := c.whole().Text; got != tt.want {
+				t.Errorf("text %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
