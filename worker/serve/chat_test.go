@@ -90,6 +90,27 @@ func TestChat(t *testing.T) {
 		}
 	}
 
+	// Streamed logprobs: the same entries, a chunk's with its tokens.
+	code, b = postTo(t, ts.url, "/v1/chat/completions", map[string]any{"messages": messages, "max_tokens": 3, "temperature": 0,
+		"ignore_eos": true, "logprobs": true, "top_logprobs": 2, "stream": true})
+	var streamedLP []ChatTokenLogprob
+	for _, line := range strings.Split(string(b), "\n") {
+		data, ok := strings.CutPrefix(line, "data: ")
+		if !ok || data == "[DONE]" {
+			continue
+		}
+		var chunk ChatCompletion
+		if err := json.Unmarshal([]byte(data), &chunk); err != nil {
+			t.Fatal(err)
+		}
+		if lp := chunk.Choices[0].Logprobs; lp != nil {
+			streamedLP = append(streamedLP, lp.Content...)
+		}
+	}
+	if a, b := mustJSON(streamedLP), mustJSON(withLP.Choices[0].Logprobs.Content); code != 200 || a != b {
+		t.Errorf("streamed chat logprobs %s, whole %s", a, b)
+	}
+
 	// Streamed: the role, then the content, then finish_reason, then the usage.
 	code, b = postTo(t, ts.url, "/v1/chat/completions", map[string]any{"messages": messages, "max_tokens": 6, "temperature": 0,
 		"ignore_eos": true, "stream": true, "stream_options": map[string]any{"include_usage": true}})
@@ -193,4 +214,12 @@ func bytesOf(b []int) []byte {
 		out[i] = byte(v)
 	}
 	return out
+}
+
+func mustJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
 }
