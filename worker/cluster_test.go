@@ -102,21 +102,27 @@ type completion struct {
 
 func complete(t *testing.T, addr string, body map[string]any) completion {
 	t.Helper()
+	var c completion
+	postJSON(t, addr, "/v1/completions", body, &c)
+	return c
+}
+
+// postJSON posts body to the worker's path, which must answer 200, and decodes the answer into out.
+func postJSON(t *testing.T, addr, path string, body map[string]any, out any) {
+	t.Helper()
 	b, _ := json.Marshal(body)
-	resp, err := http.Post("http://"+addr+"/v1/completions", "application/json", bytes.NewReader(b))
+	resp, err := http.Post("http://"+addr+path, "application/json", bytes.NewReader(b))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("POST /v1/completions: %s: %s", resp.Status, raw)
+		t.Fatalf("POST %s: %s: %s", path, resp.Status, raw)
 	}
-	var c completion
-	if err := json.Unmarshal(raw, &c); err != nil {
+	if err := json.Unmarshal(raw, out); err != nil {
 		t.Fatalf("%v: %s", err, raw)
 	}
-	return c
 }
 
 // TestEveryModeOverHTTPGivesTheGoldenTokens runs a worker per fixture and mode on a cluster of 3
@@ -511,10 +517,25 @@ func TestWorkerLoadsTheTokenizer(t *testing.T) {
 	// Text in, text out over the OpenAI API.
 	c := complete(t, w.HTTPAddr(), map[string]any{"model": "texty", "prompt": "Hello world", "max_tokens": 4, "temperature": 0,
 		"ignore_eos": true, "return_token_ids": true})
-	if len(c.Choices) != 1 || len(c.Choices[0].TokenIDs) != 4 || c.Choices[0].Text != tok.Decode(c.Choices[0].TokenIDs, true) {
-		t.Fatalf("completion %+v", c)
+	prompt, _ := tok.Encode("Hello world", true)
+	whole := tok.Decode(append(prompt, c.Choices[0].TokenIDs...), true)
+	if len(c.Choices) != 1 || len(c.Choices[0].TokenIDs) != 4 || "Hello world"+c.Choices[0].Text != whole {
+		t.Fatalf("completion %+v: the text does not continue the prompt's to %q", c, whole)
 	}
 	t.Logf("%q → %v → %q", "Hello world", c.Choices[0].TokenIDs, c.Choices[0].Text)
+
+	// Chat through the imported template (it concatenates the contents): the same prompt, so the
+	// same answer.
+	var chat struct {
+		Choices []struct {
+			Message struct{ Role, Content string } `json:"message"`
+		} `json:"choices"`
+	}
+	postJSON(t, w.HTTPAddr(), "/v1/chat/completions", map[string]any{"model": "texty", "messages": []map[string]any{
+		{"role": "user", "content": "Hello "}, {"role": "assistant", "content": "world"}}, "max_tokens": 4, "temperature": 0, "ignore_eos": true}, &chat)
+	if len(chat.Choices) != 1 || chat.Choices[0].Message.Role != "assistant" || chat.Choices[0].Message.Content != c.Choices[0].Text {
+		t.Fatalf("chat %+v, want %q", chat, c.Choices[0].Text)
+	}
 
 	// A tokenizer with more ids than the model's vocabulary is refused at import.
 	small := t.TempDir()

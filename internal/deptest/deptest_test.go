@@ -75,6 +75,8 @@ var rules = []rule{
 	{pkg: "model/synth", allowed: []string{"model", "model/tokenizer", "internal/atomicfile"}},
 	// Tokenizers stand alone: text in, ids out, no model weights.
 	{pkg: "model/tokenizer", allowed: []string{}},
+	// Chat templates: Jinja (gonja) over messages and special-token strings, no tokenizer.
+	{pkg: "model/chattemplate", allowed: []string{}},
 	{pkg: "compute", allowed: []string{"model"}},
 	// The engine imports routing for the gate math; routing's snapshot types bring the blob format
 	// (for the digest type; pure code, no I/O) along.

@@ -211,6 +211,13 @@ func (t *Tokenizer) Decode(ids []int, skipSpecial bool) string {
 	return t.decode(ids, skipSpecial, true)
 }
 
+// TokenText returns the text of id alone, as it reads in the middle of a sequence (SentencePiece's
+// leading "▁" is a space; a special token is its content; a lone byte piece is U+FFFD): how
+// logprobs name tokens.
+func (t *Tokenizer) TokenText(id int) string {
+	return t.decode([]int{id}, false, false)
+}
+
 // decode is Decode of ids that start the sequence (atStart) or continue it.
 func (t *Tokenizer) decode(ids []int, skipSpecial, atStart bool) string {
 	var b strings.Builder

@@ -10,11 +10,10 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-
-	"github.com/pregate/pregate/model/tokenizer"
 )
 
 // HTTP-only errors.
@@ -102,14 +101,16 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 // Handler serves the OpenAI-compatible API and the worker's probes:
 //
-//	POST /v1/completions   completions of token-id prompts (JSON, or server-sent events with stream)
+//	POST /v1/completions   completions of token-id or text prompts (JSON, or server-sent events with stream)
+//	POST /v1/chat/completions  chat: messages rendered with the model's chat template
 //	GET  /v1/models        the model, as OpenAI lists models; GET /v1/models/{id} one
 //	GET  /health           200 while the server is up (liveness)
 //	GET  /ready            200 once Config.Ready returns nil, else 503 with its error (readiness)
 //	GET  /metrics          the Prometheus registry
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /v1/completions", s.completions)
+	mux.HandleFunc("POST /v1/completions", s.counted(s.complete))
+	mux.HandleFunc("POST /v1/chat/completions", s.counted(s.chat))
 	mux.HandleFunc("GET /v1/models", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, modelList{Object: "list", Data: []modelCard{s.card()}})
 	})
@@ -171,30 +172,47 @@ func (s *Server) card() modelCard {
 	return modelCard{ID: s.cfg.ModelName, Object: "model", Created: s.created, OwnedBy: "pregate", MaxModelLen: s.cfg.MaxModelLen}
 }
 
-// CompletionRequest is the body of POST /v1/completions: OpenAI's fields this server knows, and
-// vLLM's ignore_eos and return_token_ids. Other fields are ignored, as OpenAI does.
-type CompletionRequest struct {
-	Model string `json:"model"`
-	// Prompt is a list of token ids, or a list of such lists (one choice each); with a tokenizer
-	// also a string, or a list of strings (encoded with the model's BOS/EOS as it adds them).
-	Prompt        json.RawMessage `json:"prompt"`
-	MaxTokens     *int            `json:"max_tokens"`  // default 16
-	Temperature   *float64        `json:"temperature"` // default 1; 0 is greedy
-	TopP          *float64        `json:"top_p"`       // default 1
-	Seed          *int64          `json:"seed"`
-	Stream        bool            `json:"stream"`
-	StreamOptions *struct {
-		IncludeUsage bool `json:"include_usage"`
-	} `json:"stream_options"`
-	IgnoreEOS      bool `json:"ignore_eos"`
-	ReturnTokenIDs bool `json:"return_token_ids"`
+// Params are the request fields /v1/completions and /v1/chat/completions share: OpenAI's, and
+// vLLM's ignore_eos, stop_token_ids and return_token_ids.
+type Params struct {
+	Model         string         `json:"model"`
+	MaxTokens     *int           `json:"max_tokens"`  // default: 16 for completions; chat: what fits
+	Temperature   *float64       `json:"temperature"` // default 1; 0 is greedy
+	TopP          *float64       `json:"top_p"`       // default 1
+	Seed          *int64         `json:"seed"`        // choice j of a prompt is seeded Seed+j
+	Stream        bool           `json:"stream"`
+	StreamOptions *StreamOptions `json:"stream_options"`
+	IgnoreEOS     bool           `json:"ignore_eos"`
+	// N is the choices per prompt (default 1): prompt i's are choices i·N … i·N+N−1.
+	N *int `json:"n"`
+	// Stop is a string or up to 4 (MaxStops), matched on the text (a tokenizer is needed): the
+	// choice ends before the first match, which its text leaves out (finish_reason "stop").
+	Stop             json.RawMessage `json:"stop"`
+	StopTokenIDs     []int           `json:"stop_token_ids"`
+	PresencePenalty  *float64        `json:"presence_penalty"`  // in [-2, 2]; default 0
+	FrequencyPenalty *float64        `json:"frequency_penalty"` // in [-2, 2]; default 0
+	ReturnTokenIDs   bool            `json:"return_token_ids"`
+	User             string          `json:"user"` // an end-user id for the client's own records; ignored
+}
 
-	// Not supported: accepted only at their defaults.
-	N        *int            `json:"n"`
-	BestOf   *int            `json:"best_of"`
-	Logprobs *int            `json:"logprobs"`
-	Echo     bool            `json:"echo"`
-	Stop     json.RawMessage `json:"stop"`
+// CompletionRequest is the body of POST /v1/completions. A field it does not know is a 400 naming
+// it, as OpenAI answers.
+type CompletionRequest struct {
+	Params
+	// Prompt is a list of token ids, or a list of such lists (n choices each); with a tokenizer
+	// also a string, or a list of strings (encoded with the model's BOS/EOS as it adds them).
+	Prompt json.RawMessage `json:"prompt"`
+	// Logprobs asks for the legacy logprobs object with this many most likely tokens (≤ 20).
+	Logprobs *int `json:"logprobs"`
+	// Echo puts the prompt's text before the completion's (and, with logprobs, its tokens' logprobs).
+	Echo bool `json:"echo"`
+	// BestOf is accepted only when it changes nothing (1, or equal to n).
+	BestOf *int `json:"best_of"`
+}
+
+// StreamOptions are OpenAI's stream_options.
+type StreamOptions struct {
+	IncludeUsage bool `json:"include_usage"`
 }
 
 // Completion is the response to a completion request, and each chunk of a streamed one.
@@ -207,12 +225,12 @@ type Completion struct {
 	Usage   *Usage   `json:"usage,omitempty"`
 }
 
-// Choice is one prompt's completion (index: the prompt's position), or a streamed part of it.
+// Choice is one completion (index: prompt i's choice j is i·n+j), or a streamed part of it.
 type Choice struct {
 	Index int    `json:"index"`
 	Text  string `json:"text"` // the generated text (of this chunk, when streaming); "" without a tokenizer
-	// Logprobs is always null.
-	Logprobs     *struct{} `json:"logprobs"`
+	// Logprobs is null unless the request asked for logprobs.
+	Logprobs     *Logprobs `json:"logprobs"`
 	FinishReason *string   `json:"finish_reason"` // "stop" | "length"; null until the last chunk
 	// TokenIDs are the generated tokens (of this chunk, when streaming), with return_token_ids.
 	TokenIDs []int `json:"token_ids,omitempty"`
@@ -220,180 +238,250 @@ type Choice struct {
 	PromptTokenIDs []int `json:"prompt_token_ids,omitempty"`
 }
 
-// Usage counts the tokens of a completion.
+// Usage counts the tokens of a completion: each prompt once, whatever n.
 type Usage struct {
 	PromptTokens     int `json:"prompt_tokens"`
 	CompletionTokens int `json:"completion_tokens"`
 	TotalTokens      int `json:"total_tokens"`
 }
 
-func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
-	code := s.complete(w, r)
-	s.metrics.requests.WithLabelValues(strconv.Itoa(code)).Inc()
+// completionJob is a checked completion request: one engine Request per choice, and how to
+// present them.
+type completionJob struct {
+	reqs           []Request
+	promptTokens   int // each prompt once
+	echo           bool
+	stops          []string
+	stream         bool
+	includeUsage   bool
+	returnTokenIDs bool
+	continues      bool // the completion continues the prompt's text (a decoder-only model)
+}
+
+// counted serves with h and counts the request by the HTTP status h returns.
+func (s *Server) counted(h func(http.ResponseWriter, *http.Request) int) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		s.metrics.requests.WithLabelValues(strconv.Itoa(h(w, r))).Inc()
+	}
 }
 
 // complete answers one completion request and returns its HTTP status.
 func (s *Server) complete(w http.ResponseWriter, r *http.Request) int {
-	body, err := readBody(w, r, s.cfg.MaxBodyBytes)
-	if err != nil {
-		return s.writeError(w, err)
-	}
 	var req CompletionRequest
-	if err := json.Unmarshal(body, &req); err != nil {
-		return s.writeError(w, jsonError(err))
+	if err := s.readRequest(w, r, &req); err != nil {
+		return s.writeError(w, err)
 	}
-	reqs, err := s.parse(&req)
+	job, err := s.parse(&req)
 	if err != nil {
 		return s.writeError(w, err)
 	}
+	return s.serveJob(w, r, job, &completionPresenter{responseHead{ID: "cmpl-" + rand.Text(), Created: time.Now().Unix(), Model: s.cfg.ModelName}})
+}
+
+// presenter shapes a job's results as one API answers: whole, or as streamed chunks.
+type presenter interface {
+	// whole is the answer to a request that did not stream.
+	whole(choices []*choiceState, usage *Usage) any
+	// start is the first chunk of a choice, before its events (nil: none).
+	start(c *choiceState) any
+	// chunk is what is new in c since its last chunk.
+	chunk(c *choiceState) any
+	// usage is the last chunk, with stream_options.include_usage.
+	usage(u *Usage) any
+}
+
+// responseHead is what every response and chunk of one request carries.
+type responseHead struct {
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Created int64  `json:"created"`
+	Model   string `json:"model"`
+}
+
+// completionPresenter answers /v1/completions.
+type completionPresenter struct{ head responseHead }
+
+func (p *completionPresenter) completion(choices []Choice, u *Usage) *Completion {
+	return &Completion{ID: p.head.ID, Object: "text_completion", Created: p.head.Created, Model: p.head.Model, Choices: choices, Usage: u}
+}
+
+func (p *completionPresenter) whole(choices []*choiceState, u *Usage) any {
+	out := make([]Choice, len(choices))
+	for i, c := range choices {
+		out[i] = c.whole()
+	}
+	return p.completion(out, u)
+}
+
+func (p *completionPresenter) start(*choiceState) any { return nil }
+
+func (p *completionPresenter) chunk(c *choiceState) any {
+	ch, _ := c.chunk()
+	return p.completion([]Choice{ch}, nil)
+}
+
+func (p *completionPresenter) usage(u *Usage) any { return p.completion([]Choice{}, u) }
+
+// serveJob runs a checked job and answers with p's shapes; it returns the HTTP status.
+func (s *Server) serveJob(w http.ResponseWriter, r *http.Request, job *completionJob, p presenter) int {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel() // a failed choice stops its siblings
-	c, err := s.submit(ctx, reqs)
+	c, err := s.submit(ctx, job.reqs)
 	if err != nil {
 		return s.writeError(w, err)
 	}
 	defer s.withdraw(c)
-	resp := &Completion{ID: "cmpl-" + rand.Text(), Object: "text_completion", Created: time.Now().Unix(), Model: s.cfg.ModelName}
-	usage := &Usage{}
-	for _, q := range reqs {
-		usage.PromptTokens += len(q.Prompt)
+	choices := make([]*choiceState, len(job.reqs))
+	for i, q := range job.reqs {
+		choices[i] = newChoiceState(i, q, job, s.cfg.Tokenizer)
 	}
-	if req.Stream {
-		return s.stream(w, c, reqs, &req, resp, usage)
-	}
-	resp.Choices = make([]Choice, len(reqs))
-	generated := make([][]int, len(reqs))
-	for i := range resp.Choices {
-		resp.Choices[i].Index = i
-		if req.ReturnTokenIDs {
-			resp.Choices[i].TokenIDs = []int{}
-			resp.Choices[i].PromptTokenIDs = reqs[i].Prompt
-		}
+	if job.stream {
+		return s.stream(w, c, choices, job, p)
 	}
 	var evs []event
-	for left := len(reqs); left > 0; {
+	for left := len(choices); left > 0; {
 		if evs, err = c.next(evs); err != nil {
 			return s.writeError(w, err)
 		}
 		for _, ev := range evs {
-			ch := &resp.Choices[ev.index]
+			ch := choices[ev.index]
 			switch {
+			case ch.finish != "": // the scheduler's last events after a stop string
 			case ev.err != nil:
 				return s.writeError(w, ev.err)
-			case ev.finish != "":
-				ch.FinishReason = &ev.finish
+			case ch.apply(c, ev):
 				left--
-			default:
-				usage.CompletionTokens++
-				generated[ev.index] = append(generated[ev.index], ev.token)
-				if req.ReturnTokenIDs {
-					ch.TokenIDs = append(ch.TokenIDs, ev.token)
-				}
 			}
 		}
 	}
-	if tok := s.cfg.Tokenizer; tok != nil {
-		for i := range resp.Choices {
-			resp.Choices[i].Text = tok.Decode(generated[i], true)
-		}
-	}
-	usage.TotalTokens = usage.PromptTokens + usage.CompletionTokens
-	resp.Usage = usage
-	writeJSON(w, http.StatusOK, resp)
+	writeJSON(w, http.StatusOK, p.whole(choices, usageOf(job, choices)))
 	return http.StatusOK
 }
 
-// stream answers with server-sent events: a chunk per token, a chunk with each choice's
-// finish_reason, the usage if asked for, then data: [DONE]. A failure sends an error event instead
-// of the rest.
-func (s *Server) stream(w http.ResponseWriter, c *call, reqs []Request, req *CompletionRequest, chunk *Completion, usage *Usage) int {
+// usageOf counts a finished job's tokens.
+func usageOf(job *completionJob, choices []*choiceState) *Usage {
+	u := &Usage{PromptTokens: job.promptTokens}
+	for _, c := range choices {
+		u.CompletionTokens += len(c.ids)
+	}
+	u.TotalTokens = u.PromptTokens + u.CompletionTokens
+	return u
+}
+
+// stream answers with server-sent events: each choice's start chunk if p has one, a chunk per
+// event of a choice (a token, the prompt's logprobs, its end with finish_reason), the usage if
+// asked for, then data: [DONE]. A failure sends an error event instead of the rest.
+func (s *Server) stream(w http.ResponseWriter, c *call, choices []*choiceState, job *completionJob, p presenter) int {
+	sse, err := startSSE(w)
+	if err != nil {
+		return statusClientClosed
+	}
+	for _, ch := range choices {
+		if v := p.start(ch); v != nil {
+			sse.send(v)
+		}
+	}
+	var evs []event
+	for left := len(choices); left > 0; {
+		if evs, err = c.next(evs); err != nil {
+			return statusClientClosed
+		}
+		for _, ev := range evs {
+			ch := choices[ev.index]
+			if ch.finish != "" {
+				continue // the scheduler's last events after a stop string
+			}
+			if ev.err != nil {
+				return s.streamError(sse, ev.err)
+			}
+			if ch.apply(c, ev) {
+				left--
+			}
+			sse.send(p.chunk(ch))
+		}
+		if err := sse.flush(); err != nil {
+			return statusClientClosed
+		}
+	}
+	if job.includeUsage {
+		sse.send(p.usage(usageOf(job, choices)))
+	}
+	return sse.done()
+}
+
+// sseWriter writes server-sent events, buffered until flush.
+type sseWriter struct {
+	w   http.ResponseWriter
+	rc  *http.ResponseController
+	buf bytes.Buffer
+}
+
+// startSSE sends the headers of an event stream at once.
+func startSSE(w http.ResponseWriter) (*sseWriter, error) {
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
-	var buf bytes.Buffer
-	send := func(v any) {
-		buf.WriteString("data: ")
-		b, _ := json.Marshal(v) // plain structs: cannot fail
-		buf.Write(b)
-		buf.WriteString("\n\n")
+	sse := &sseWriter{w: w, rc: http.NewResponseController(w)}
+	return sse, sse.flush()
+}
+
+func (e *sseWriter) send(v any) {
+	e.buf.WriteString("data: ")
+	b, _ := json.Marshal(v) // plain structs: cannot fail
+	e.buf.Write(b)
+	e.buf.WriteString("\n\n")
+}
+
+func (e *sseWriter) flush() error {
+	_, err := e.w.Write(e.buf.Bytes())
+	e.buf.Reset()
+	if err == nil {
+		err = e.rc.Flush()
 	}
-	flush := func() error {
-		_, err := w.Write(buf.Bytes())
-		buf.Reset()
-		if err == nil {
-			err = rc.Flush()
-		}
-		return err
-	}
-	if err := flush(); err != nil { // the headers, at once
-		return statusClientClosed
-	}
-	started := make([]bool, len(reqs))
-	var texts []*tokenizer.Stream // one per choice: text out by whole characters
-	if s.cfg.Tokenizer != nil {
-		for range reqs {
-			texts = append(texts, s.cfg.Tokenizer.NewStream())
-		}
-	}
-	chunk.Choices = make([]Choice, 1)
-	var (
-		evs []event
-		err error
-	)
-	for left := len(reqs); left > 0; {
-		if evs, err = c.next(evs); err != nil {
-			return statusClientClosed
-		}
-		for _, ev := range evs {
-			ch := Choice{Index: ev.index}
-			switch {
-			case ev.err != nil:
-				status, e := s.errorOf(ev.err)
-				send(struct {
-					Error Error `json:"error"`
-				}{e})
-				buf.WriteString("data: [DONE]\n\n")
-				flush() //nolint:errcheck // ending anyway
-				return status
-			case ev.finish != "":
-				ch.FinishReason = &ev.finish
-				left--
-				if texts != nil {
-					ch.Text = texts[ev.index].Flush()
-				}
-			default:
-				usage.CompletionTokens++
-				if texts != nil {
-					ch.Text = texts[ev.index].Next(ev.token)
-				}
-				if req.ReturnTokenIDs {
-					ch.TokenIDs = []int{ev.token}
-					if !started[ev.index] {
-						ch.PromptTokenIDs = reqs[ev.index].Prompt
-					}
-				}
-				started[ev.index] = true
-			}
-			chunk.Choices[0] = ch
-			send(chunk)
-		}
-		if err := flush(); err != nil {
-			return statusClientClosed
-		}
-	}
-	if req.StreamOptions != nil && req.StreamOptions.IncludeUsage {
-		usage.TotalTokens = usage.PromptTokens + usage.CompletionTokens
-		chunk.Choices, chunk.Usage = []Choice{}, usage
-		send(chunk)
-	}
-	buf.WriteString("data: [DONE]\n\n")
-	if err := flush(); err != nil {
+	return err
+}
+
+// done ends the stream with data: [DONE] and returns the status to count.
+func (e *sseWriter) done() int {
+	e.buf.WriteString("data: [DONE]\n\n")
+	if err := e.flush(); err != nil {
 		return statusClientClosed
 	}
 	return http.StatusOK
+}
+
+// streamError ends a stream with an error event, then [DONE], and returns the error's status.
+func (s *Server) streamError(sse *sseWriter, err error) int {
+	status, e := s.errorOf(err)
+	sse.send(struct {
+		Error Error `json:"error"`
+	}{e})
+	sse.done()
+	return status
+}
+
+// readRequest reads a JSON body into v. A field v does not have is a 400 naming it.
+func (s *Server) readRequest(w http.ResponseWriter, r *http.Request, v any) error {
+	body, err := readBody(w, r, s.cfg.MaxBodyBytes)
+	if err != nil {
+		return err
+	}
+	return decodeRequest(body, v)
+}
+
+// decodeRequest decodes one JSON object into v; a field v does not have is a 400 naming it.
+func decodeRequest(body []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return jsonError(err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return badRequest("", "the request body is not valid JSON: data after the object")
+	}
+	return nil
 }
 
 // readBody reads the request body, up to limit bytes.
@@ -413,52 +501,147 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 
 // jsonError turns a JSON decoding error into a bad request naming the field it can.
 func jsonError(err error) error {
+	if re := (*requestError)(nil); errors.As(err, &re) {
+		return err // from a field's own UnmarshalJSON
+	}
 	if te := (*json.UnmarshalTypeError)(nil); errors.As(err, &te) && te.Field != "" {
-		return badRequest(te.Field, "%s: expected %s, got a JSON %s", te.Field, te.Type, te.Value)
+		field := strings.TrimPrefix(te.Field, "Params.") // the embedded struct's Go name: not the client's
+		return badRequest(field, "%s: expected %s, got a JSON %s", field, te.Type, te.Value)
+	}
+	// encoding/json has no type for this one; its text is `json: unknown field "name"`.
+	if quoted, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		if field, err := strconv.Unquote(quoted); err == nil {
+			return badRequest(field, "unrecognized request argument supplied: %s", field)
+		}
 	}
 	return badRequest("", "the request body is not valid JSON: %v", err)
 }
 
-// parse checks a completion request and turns it into one Request per prompt.
-func (s *Server) parse(req *CompletionRequest) ([]Request, error) {
-	if req.Model != "" && req.Model != s.cfg.ModelName {
-		return nil, fmt.Errorf("%w: the model `%s` does not exist", errModelNotFound, req.Model)
+// parse checks a completion request and turns it into one Request per choice.
+func (s *Server) parse(req *CompletionRequest) (*completionJob, error) {
+	if err := s.checkModel(req.Model); err != nil {
+		return nil, err
+	}
+	n := 1
+	if req.N != nil {
+		n = *req.N
 	}
 	switch {
-	case req.N != nil && *req.N != 1:
-		return nil, badRequest("n", "n = %d is not supported, only 1", *req.N)
-	case req.BestOf != nil && *req.BestOf != 1:
-		return nil, badRequest("best_of", "best_of = %d is not supported, only 1", *req.BestOf)
-	case req.Logprobs != nil:
-		return nil, badRequest("logprobs", "logprobs are not supported")
-	case req.Echo:
-		return nil, badRequest("echo", "echo is not supported")
-	case !isEmptyJSON(req.Stop):
-		return nil, badRequest("stop", "stop strings are not supported")
+	case req.BestOf != nil && *req.BestOf != 1 && *req.BestOf != n:
+		return nil, badRequest("best_of", "best_of = %d is not supported, only 1 or n", *req.BestOf)
+	case req.Logprobs != nil && (*req.Logprobs < 0 || *req.Logprobs > MaxTopLogprobs):
+		return nil, badRequest("logprobs", "logprobs is %d, want 0 ≤ logprobs ≤ %d", *req.Logprobs, MaxTopLogprobs)
 	}
 	prompts, err := s.parsePrompt(req.Prompt)
 	if err != nil {
 		return nil, err
 	}
-	base := Request{MaxTokens: min(16, s.cfg.MaxTokens), Temperature: 1, TopP: 1, Seed: req.Seed, IgnoreEOS: req.IgnoreEOS}
-	if req.MaxTokens != nil {
-		base.MaxTokens = *req.MaxTokens
+	base := Request{MaxTokens: min(16, s.cfg.MaxTokens), Logprobs: req.Logprobs != nil, PromptLogprobs: req.Logprobs != nil && req.Echo}
+	if req.Logprobs != nil {
+		base.TopLogprobs = *req.Logprobs
 	}
-	if req.Temperature != nil {
-		base.Temperature = *req.Temperature
+	job, err := s.newJob(&req.Params, prompts, base)
+	if err != nil {
+		return nil, err
 	}
-	if req.TopP != nil {
-		if *req.TopP <= 0 {
-			return nil, badRequest("top_p", "top_p is %v, want 0 < top_p ≤ 1", *req.TopP)
+	job.echo = req.Echo
+	return job, nil
+}
+
+func (s *Server) checkModel(name string) error {
+	if name != "" && name != s.cfg.ModelName {
+		return fmt.Errorf("%w: the model `%s` does not exist", errModelNotFound, name)
+	}
+	return nil
+}
+
+// maxN bounds n, as OpenAI does.
+const maxN = 128
+
+// newJob makes the job of prompts under p: n choices each, from base with p's sampling.
+func (s *Server) newJob(p *Params, prompts [][]int, base Request) (*completionJob, error) {
+	n := 1
+	if p.N != nil {
+		n = *p.N
+	}
+	if n < 1 || n > maxN {
+		return nil, badRequest("n", "n is %d, want 1 ≤ n ≤ %d", n, maxN)
+	}
+	stops, err := s.parseStop(p.Stop)
+	if err != nil {
+		return nil, err
+	}
+	base.Temperature, base.TopP, base.IgnoreEOS, base.StopTokenIDs = 1, 1, p.IgnoreEOS, p.StopTokenIDs
+	if err := setSampling(&base, p); err != nil {
+		return nil, err
+	}
+	job := &completionJob{reqs: make([]Request, 0, len(prompts)*n), stops: stops, stream: p.Stream,
+		includeUsage: p.StreamOptions != nil && p.StreamOptions.IncludeUsage, returnTokenIDs: p.ReturnTokenIDs,
+		continues: s.decoderOnly()}
+	for _, prompt := range prompts {
+		job.promptTokens += len(prompt)
+		for j := range n {
+			q := base
+			q.Prompt = prompt
+			if p.Seed != nil {
+				seed := *p.Seed + int64(j) // else the n choices of a seeded request would be one
+				q.Seed = &seed
+			}
+			job.reqs = append(job.reqs, q)
 		}
-		base.TopP = *req.TopP
 	}
-	reqs := make([]Request, len(prompts))
-	for i, p := range prompts {
-		reqs[i] = base
-		reqs[i].Prompt = p
+	return job, nil
+}
+
+// setSampling sets max_tokens, temperature, top_p and the penalties of r from p (the server's
+// check bounds them).
+func setSampling(r *Request, p *Params) error {
+	if p.MaxTokens != nil {
+		r.MaxTokens = *p.MaxTokens
 	}
-	return reqs, nil
+	if p.Temperature != nil {
+		r.Temperature = *p.Temperature
+	}
+	if p.TopP != nil {
+		if *p.TopP <= 0 {
+			return badRequest("top_p", "top_p is %v, want 0 < top_p ≤ 1", *p.TopP)
+		}
+		r.TopP = *p.TopP
+	}
+	if p.PresencePenalty != nil {
+		r.PresencePenalty = *p.PresencePenalty
+	}
+	if p.FrequencyPenalty != nil {
+		r.FrequencyPenalty = *p.FrequencyPenalty
+	}
+	return nil
+}
+
+// parseStop reads stop: a string or a list of up to MaxStops non-empty strings, which need the
+// tokenizer (they are matched on the text).
+func (s *Server) parseStop(raw json.RawMessage) ([]string, error) {
+	if isEmptyJSON(raw) {
+		return nil, nil
+	}
+	var stops []string
+	var one string
+	if json.Unmarshal(raw, &one) == nil {
+		stops = []string{one}
+	} else if json.Unmarshal(raw, &stops) != nil {
+		return nil, badRequest("stop", "stop must be a string or a list of strings")
+	}
+	if len(stops) > MaxStops {
+		return nil, badRequest("stop", "%d stop strings, at most %d", len(stops), MaxStops)
+	}
+	for i, stop := range stops {
+		if stop == "" {
+			return nil, badRequest("stop", "stop string %d is empty", i)
+		}
+	}
+	if s.cfg.Tokenizer == nil {
+		return nil, badRequest("stop", "stop strings need the model's tokenizer, which it does not have; stop_token_ids work without")
+	}
+	return stops, nil
 }
 
 // encodePrompts reads a text prompt (a string, or a list of strings) and encodes each with the

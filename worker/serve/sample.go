@@ -11,31 +11,65 @@ import (
 
 // sampler picks each next token of one sequence: greedily at temperature 0 (as engine.Generate
 // does), else from softmax(logits/temperature) cut to the top_p nucleus, with its own PCG seeded
-// from the request so that a seed reproduces a completion.
+// from the request so that a seed reproduces a completion. Presence and frequency penalties,
+// when set, lower the logits of the tokens it has already generated before either rule picks.
 type sampler struct {
-	temperature, topP float64
-	rng               *rand.Rand // nil: greedy
+	temperature, topP   float64
+	presence, frequency float64
+	counts              map[int]int // generated token → times; nil without penalties
+	rng                 *rand.Rand  // nil: greedy
 }
 
 // scratch is the samplers' working memory, owned by the scheduler goroutine.
 type scratch struct {
-	probs []float64 // [vocab]
-	order []int     // token ids, most likely first
+	probs     []float64 // [vocab]
+	order     []int     // token ids, most likely first
+	penalized []float32 // [vocab]: a penalized copy of a sequence's logits
 }
 
 func newSampler(req Request) sampler {
+	s := sampler{presence: req.PresencePenalty, frequency: req.FrequencyPenalty}
+	if s.presence != 0 || s.frequency != 0 {
+		s.counts = map[int]int{}
+	}
 	if req.Temperature == 0 {
-		return sampler{}
+		return s
 	}
 	seed := rand.Uint64()
 	if req.Seed != nil {
 		seed = uint64(*req.Seed)
 	}
-	topP := req.TopP
-	if topP == 0 {
-		topP = 1
+	s.temperature, s.topP = req.Temperature, req.TopP
+	if s.topP == 0 {
+		s.topP = 1
 	}
-	return sampler{temperature: req.Temperature, topP: topP, rng: rand.New(rand.NewPCG(seed, seed))}
+	s.rng = rand.New(rand.NewPCG(seed, seed))
+	return s
+}
+
+// next picks the next token from logits, which it leaves as they are (logprobs are of the
+// model's own distribution), and counts it for the penalties.
+func (s *sampler) next(logits []float32, sc *scratch) int {
+	tok := s.sample(s.penalize(logits, sc), sc)
+	if s.counts != nil {
+		s.counts[tok]++
+	}
+	return tok
+}
+
+// penalize returns logits with OpenAI's penalties applied, in a copy:
+// logit[t] − frequency·count(t) − presence·[count(t) > 0], over the tokens generated so far.
+func (s *sampler) penalize(logits []float32, sc *scratch) []float32 {
+	if len(s.counts) == 0 {
+		return logits
+	}
+	sc.penalized = append(sc.penalized[:0], logits...)
+	for t, c := range s.counts {
+		if t < len(logits) {
+			sc.penalized[t] -= float32(s.frequency*float64(c) + s.presence)
+		}
+	}
+	return sc.penalized
 }
 
 func (s *sampler) sample(logits []float32, sc *scratch) int {

@@ -23,12 +23,16 @@ type call struct {
 	ready chan struct{} // cap 1: box is not empty
 }
 
-// event is a token of one of the call's sequences, or its end.
+// event is a token of one of the call's sequences, its prompt's logprobs, or its end.
 type event struct {
-	index  int    // the sequence's position in the call
-	token  int    // when finish is "" and err is nil
-	finish string // "stop" | "length": the sequence ended well (its last event)
-	err    error  // the sequence failed (its last event)
+	index  int               // the sequence's position in the call
+	token  int               // when finish is "" and err is nil and !isPrompt
+	lp     *positionLogprobs // the token's, with Request.Logprobs
+	finish string            // "stop" | "length": the sequence ended well (its last event)
+	err    error             // the sequence failed (its last event)
+
+	isPrompt bool               // the event carries prompt: before the first token
+	prompt   []positionLogprobs // with Request.PromptLogprobs: of prompt[1:]
 }
 
 func (c *call) post(ev event) {
@@ -39,6 +43,12 @@ func (c *call) post(ev event) {
 	case c.ready <- struct{}{}:
 	default:
 	}
+}
+
+// stop ends the call's sequence index at the next step boundary, without another event: its
+// caller has what it wants (a stop string matched).
+func (c *call) stop(index int) {
+	c.seqs[index].stopped.Store(true)
 }
 
 // next waits for events and returns them in order, reusing buf; or returns ctx's error.
@@ -67,9 +77,10 @@ type sequence struct {
 	req     Request
 	sampler sampler
 	seq     *engine.Sequence
-	n       int       // tokens generated
-	queued  time.Time // when it was submitted
-	last    time.Time // when its last token was posted
+	n       int         // tokens generated
+	queued  time.Time   // when it was submitted
+	last    time.Time   // when its last token was posted
+	stopped atomic.Bool // set by the caller (call.stop)
 }
 
 func (q *sequence) end(finish string, err error) {
@@ -161,14 +172,14 @@ func (s *Server) schedule(context.Context) (err error) {
 	}
 }
 
-// dropCancelled ends the sequences whose callers have gone.
+// dropCancelled ends the sequences whose callers have gone, and drops those they stopped.
 func dropCancelled(running []*sequence) []*sequence {
 	return slices.DeleteFunc(running, func(q *sequence) bool {
 		if err := q.call.ctx.Err(); err != nil {
 			q.end("", err)
 			return true
 		}
-		return false
+		return q.stopped.Load()
 	})
 }
 
@@ -236,8 +247,11 @@ func (s *Server) step(running []*sequence) []*sequence {
 	for i, q := range running {
 		batch[i] = q.seq
 	}
+	// A sequence that wants its prompt's logprobs needs the logits of every prompt position, so
+	// its first Step (the prefill) returns them for the whole batch.
+	all := slices.ContainsFunc(running, func(q *sequence) bool { return q.n == 0 && q.req.PromptLogprobs })
 	ctx, release := s.batchContext(running)
-	logits, err := s.cfg.Model.Step(ctx, batch, false)
+	logits, err := s.cfg.Model.Step(ctx, batch, all)
 	release()
 	if err != nil {
 		s.fail(running, "step", err)
@@ -245,8 +259,21 @@ func (s *Server) step(running []*sequence) []*sequence {
 	}
 	now := time.Now()
 	next := running[:0]
+	vocab := s.info.VocabSize
 	for i, q := range running {
-		tok := q.sampler.sample(logits[i], &s.scratch)
+		row := logits[i]
+		if all {
+			if q.n == 0 && q.req.PromptLogprobs {
+				q.call.post(event{index: q.index, isPrompt: true, prompt: promptLogprobs(row, q.req.Prompt, vocab, q.req.TopLogprobs)})
+			}
+			row = row[len(row)-vocab:]
+		}
+		tok := q.sampler.next(row, &s.scratch)
+		ev := event{index: q.index, token: tok}
+		if q.req.Logprobs {
+			lp := logprobsOf(row, tok, q.req.TopLogprobs)
+			ev.lp = &lp
+		}
 		q.n++
 		if q.n == 1 {
 			s.metrics.ttft.Observe(now.Sub(q.queued).Seconds())
@@ -255,10 +282,10 @@ func (s *Server) step(running []*sequence) []*sequence {
 		}
 		q.last = now
 		s.metrics.generatedTokens.Inc()
-		q.call.post(event{index: q.index, token: tok})
+		q.call.post(ev)
 		finish := ""
 		switch {
-		case !q.req.IgnoreEOS && slices.Contains(s.info.EOS, tok):
+		case !q.req.IgnoreEOS && slices.Contains(s.info.EOS, tok), slices.Contains(q.req.StopTokenIDs, tok):
 			finish = "stop"
 		case q.n >= q.req.MaxTokens:
 			finish = "length"

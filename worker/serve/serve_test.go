@@ -28,7 +28,6 @@ import (
 	"github.com/pregate/pregate/internal/golden"
 	"github.com/pregate/pregate/internal/lifecycle"
 	"github.com/pregate/pregate/model"
-	"github.com/pregate/pregate/model/synth"
 	"github.com/pregate/pregate/model/tokenizer"
 )
 
@@ -579,11 +578,22 @@ func TestBadRequests(t *testing.T) {
 		{"negative temperature", map[string]any{"prompt": []int{1}, "temperature": -0.5}, 400, "temperature", "temperature is -0.5"},
 		{"zero top_p", map[string]any{"prompt": []int{1}, "top_p": 0}, 400, "top_p", "0 < top_p ≤ 1"},
 		{"top_p over 1", map[string]any{"prompt": []int{1}, "top_p": 1.5}, 400, "top_p", "0 < top_p ≤ 1"},
-		{"n", map[string]any{"prompt": []int{1}, "n": 2}, 400, "n", "not supported"},
+		{"zero n", map[string]any{"prompt": []int{1}, "n": 0}, 400, "n", "1 ≤ n ≤ 128"},
+		{"n over 128", map[string]any{"prompt": []int{1}, "n": 129}, 400, "n", "1 ≤ n ≤ 128"},
 		{"best_of", map[string]any{"prompt": []int{1}, "best_of": 3}, 400, "best_of", "not supported"},
-		{"logprobs", map[string]any{"prompt": []int{1}, "logprobs": 1}, 400, "logprobs", "not supported"},
-		{"echo", map[string]any{"prompt": []int{1}, "echo": true}, 400, "echo", "not supported"},
-		{"stop", map[string]any{"prompt": []int{1}, "stop": "\n"}, 400, "stop", "not supported"},
+		{"logprobs over 20", map[string]any{"prompt": []int{1}, "logprobs": 21}, 400, "logprobs", "0 ≤ logprobs ≤ 20"},
+		{"negative logprobs", map[string]any{"prompt": []int{1}, "logprobs": -1}, 400, "logprobs", "0 ≤ logprobs ≤ 20"},
+		{"stop without a tokenizer", map[string]any{"prompt": []int{1}, "stop": "\n"}, 400, "stop", "stop_token_ids work without"},
+		{"five stop strings", map[string]any{"prompt": []int{1}, "stop": []string{"a", "b", "c", "d", "e"}}, 400, "stop", "5 stop strings, at most 4"},
+		{"empty stop string", map[string]any{"prompt": []int{1}, "stop": []string{"a", ""}}, 400, "stop", "stop string 1 is empty"},
+		{"stop not strings", map[string]any{"prompt": []int{1}, "stop": []int{1}}, 400, "stop", "a string or a list of strings"},
+		{"stop token id out of range", map[string]any{"prompt": []int{1}, "stop_token_ids": []int{512}}, 400, "stop_token_ids", "out of range"},
+		{"presence_penalty", map[string]any{"prompt": []int{1}, "presence_penalty": 2.5}, 400, "presence_penalty", "-2 ≤ presence_penalty ≤ 2"},
+		{"frequency_penalty", map[string]any{"prompt": []int{1}, "frequency_penalty": -3}, 400, "frequency_penalty", "-2 ≤ frequency_penalty ≤ 2"},
+		{"unknown field", map[string]any{"prompt": []int{1}, "frobnicate": 1}, 400, "frobnicate", "unrecognized request argument supplied: frobnicate"},
+		{"suffix", map[string]any{"prompt": []int{1}, "suffix": "x"}, 400, "suffix", "unrecognized"},
+		{"unknown stream option", map[string]any{"prompt": []int{1}, "stream_options": map[string]any{"continuous_usage_stats": true}}, 400, "continuous_usage_stats", "unrecognized"},
+		{"data after the object", `{"prompt": [1]} {}`, 400, "", "data after the object"},
 		{"other model", map[string]any{"prompt": []int{1}, "model": "gpt-4"}, 404, "", "`gpt-4` does not exist"},
 	}
 	for _, tt := range tests {
@@ -595,8 +605,8 @@ func TestBadRequests(t *testing.T) {
 			checkError(t, b, "invalid_request_error", tt.param, tt.msg)
 		})
 	}
-	// Accepted as OpenAI does: unknown fields, defaults spelled out, an empty stop.
-	c := ts.complete(t, map[string]any{"prompt": []int{1, 2}, "max_tokens": 2, "user": "x", "frobnicate": map[string]int{"a": 1},
+	// Accepted as OpenAI does: user, defaults spelled out, an empty stop.
+	c := ts.complete(t, map[string]any{"prompt": []int{1, 2}, "max_tokens": 2, "user": "x",
 		"n": 1, "best_of": 1, "logprobs": nil, "echo": false, "stop": []string{}, "model": "", "temperature": 0})
 	if c.Usage.CompletionTokens != 2 || c.Choices[0].TokenIDs != nil {
 		t.Fatalf("completion %+v: want 2 tokens and no token_ids without return_token_ids", c)
@@ -996,27 +1006,20 @@ func TestServeUntilCancelled(t *testing.T) {
 	}
 }
 
+// continuation is the text generated ids add to the prompt's: a leading space stays, as in vLLM.
+func continuation(tok *tokenizer.Tokenizer, prompt, generated []int) string {
+	whole := tok.Decode(append(slices.Clone(prompt), generated...), true)
+	text, ok := strings.CutPrefix(whole, tok.Decode(prompt, true))
+	if !ok {
+		panic(fmt.Sprintf("%q does not continue the prompt's text", whole))
+	}
+	return text
+}
+
 // TestTextPrompts: with a tokenizer, prompts may be text (encoded as the tokenizer does, BOS
-// included) and completions carry text, whole or streamed, equal to the decoded token ids.
+// included) and completions carry text, whole or streamed, that continues the prompt's.
 func TestTextPrompts(t *testing.T) {
-	tokDir := t.TempDir()
-	spm, err := os.ReadFile(filepath.Join("..", "..", "model", "tokenizer", "testdata", "unigram", "spiece.model"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(tokDir, "spiece.model"), spm, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	if err := synth.Write(synth.Options{Arch: synth.ArchMixtral, Preset: "mixtral-tiny", Out: dir, Seed: 5, Layers: 1, Experts: 2,
-		DModel: 32, DFF: 64, Heads: 4, Vocab: 1024, Tokenizer: tokDir}, nil); err != nil {
-		t.Fatal(err)
-	}
-	tok, err := tokenizer.Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts := newTestServer(t, "texty", loadModel(t, dir), func(c *Config) { c.Tokenizer = tok })
+	ts, tok := textServer(t)
 	prompts := []string{"Hello world", "naïve café, 日本"}
 	c := ts.complete(t, map[string]any{"prompt": prompts, "max_tokens": 6, "temperature": 0, "ignore_eos": true, "return_token_ids": true})
 	if len(c.Choices) != 2 {
@@ -1027,8 +1030,8 @@ func TestTextPrompts(t *testing.T) {
 		if !slices.Equal(ch.PromptTokenIDs, want) || want[0] != tok.BOS() {
 			t.Errorf("prompt %d ids %v, want %v", i, ch.PromptTokenIDs, want)
 		}
-		if len(ch.TokenIDs) != 6 || ch.Text != tok.Decode(ch.TokenIDs, true) {
-			t.Errorf("choice %d: text %q for ids %v (decoded %q)", i, ch.Text, ch.TokenIDs, tok.Decode(ch.TokenIDs, true))
+		if len(ch.TokenIDs) != 6 || ch.Text != continuation(tok, want, ch.TokenIDs) {
+			t.Errorf("choice %d: text %q for ids %v, want %q", i, ch.Text, ch.TokenIDs, continuation(tok, want, ch.TokenIDs))
 		}
 	}
 	one := ts.complete(t, map[string]any{"prompt": prompts[0], "max_tokens": 6, "temperature": 0, "ignore_eos": true})
