@@ -154,8 +154,8 @@ func TestUpDemoServes(t *testing.T) {
 const openAISDKVersion = "5.23.2"
 
 // openAISDK runs testdata/openai_sdk.mjs, the official OpenAI Node SDK against the worker at
-// baseURL, and checks what it saw: text completions, a stream with its usage, errors as the SDK's
-// error classes. The SDK is installed from the npm registry into a cache directory once.
+// baseURL, and checks what it saw: text completions, a stream with its usage, stop strings,
+// logprobs, chat completions whole and streamed, errors as the SDK's error classes. The SDK is installed from the npm registry into a cache directory once.
 func openAISDK(t *testing.T, baseURL, model string) {
 	node, errNode := exec.LookPath("node")
 	npm, errNpm := exec.LookPath("npm")
@@ -190,7 +190,7 @@ func openAISDK(t *testing.T, baseURL, model string) {
 	run.Stderr = &stderr
 	out, err := run.Output()
 	if err != nil {
-		t.Fatalf("the SDK script: %v\n%s", err, stderr.String())
+		t.Fatalf("the SDK script: %v\n%s\n%s", err, out, stderr.String())
 	}
 	type apiErr struct {
 		Name       string `json:"name"`
@@ -215,6 +215,26 @@ func openAISDK(t *testing.T, baseURL, model string) {
 				CompletionTokens int `json:"completion_tokens"`
 			}
 		}
+		Stop *struct {
+			Word, Text, Finish string
+		}
+		Logprobs struct {
+			Tokens        []string
+			TokenLogprobs []float64
+			Top           []int
+		}
+		Chat struct {
+			Role, Content, Finish, Object string
+			Usage                         struct {
+				CompletionTokens int `json:"completion_tokens"`
+			}
+		}
+		ChatStream struct {
+			Role, Content string
+			Usage         *struct {
+				CompletionTokens int `json:"completion_tokens"`
+			}
+		}
 		UnknownModel, BadRequest, Unsupported *apiErr
 	}
 	if err := json.Unmarshal(out, &got); err != nil {
@@ -230,6 +250,24 @@ func openAISDK(t *testing.T, baseURL, model string) {
 	if got.Stream.Text != got.Completion.Text || got.Stream.Chunks < 2 || got.Stream.Usage == nil ||
 		got.Stream.Usage.CompletionTokens != got.Completion.Usage.CompletionTokens {
 		t.Errorf("the stream through the SDK: %+v (the whole completion said %q)", got.Stream, got.Completion.Text)
+	}
+	if got.Stop == nil || got.Stop.Finish != "stop" || strings.Contains(got.Stop.Text, got.Stop.Word) ||
+		!strings.HasPrefix(got.Completion.Text, got.Stop.Text) {
+		t.Errorf("stop through the SDK: %+v (the whole completion %q)", got.Stop, got.Completion.Text)
+	}
+	if len(got.Logprobs.Tokens) != 3 || len(got.Logprobs.TokenLogprobs) != 3 || len(got.Logprobs.Top) != 3 {
+		t.Errorf("logprobs through the SDK: %+v", got.Logprobs)
+	}
+	for i, lp := range got.Logprobs.TokenLogprobs {
+		if lp > 0 || got.Logprobs.Top[i] < 2 {
+			t.Errorf("logprobs through the SDK: token %d has logprob %v and %d alternatives", i, lp, got.Logprobs.Top[i])
+		}
+	}
+	if got.Chat.Role != "assistant" || got.Chat.Object != "chat.completion" || got.Chat.Content == "" || got.Chat.Usage.CompletionTokens != 5 {
+		t.Errorf("a chat completion through the SDK: %+v", got.Chat)
+	}
+	if got.ChatStream.Role != "assistant" || got.ChatStream.Content != got.Chat.Content || got.ChatStream.Usage == nil {
+		t.Errorf("a streamed chat through the SDK: %+v (whole: %q)", got.ChatStream, got.Chat.Content)
 	}
 	for name, want := range map[string]struct {
 		got  *apiErr

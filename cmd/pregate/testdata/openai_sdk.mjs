@@ -1,5 +1,6 @@
 // The official OpenAI Node SDK against a pregate worker (cmd/pregate's TestUpDemoServes runs it
-// with BASE_URL and MODEL): completions, streaming, and errors as the SDK's own types. It prints
+// with BASE_URL and MODEL): completions, streaming, stop, logprobs, chat (whole and streamed), and
+// errors as the SDK's own types. It prints
 // one JSON object of results; the Go test asserts them.
 import OpenAI from 'openai';
 
@@ -25,6 +26,32 @@ for await (const chunk of stream) {
   }
 }
 out.stream = { text: streamed, chunks, finish, usage };
+
+// stop: the whole completion's text, cut before its second word.
+const word = out.completion.text.trim().split(/\s+/)[1];
+if (word) {
+  const st = await client.completions.create({ model, prompt: 'The capital of France is', max_tokens: 6, temperature: 0, stop: [word] });
+  out.stop = { word, text: st.choices[0].text, finish: st.choices[0].finish_reason };
+}
+
+const lp = await client.completions.create({ model, prompt: 'The capital of France is', max_tokens: 3, temperature: 0, logprobs: 2 });
+out.logprobs = { tokens: lp.choices[0].logprobs.tokens, tokenLogprobs: lp.choices[0].logprobs.token_logprobs,
+  top: lp.choices[0].logprobs.top_logprobs.map((t) => Object.keys(t).length) };
+
+const chat = await client.chat.completions.create({ model, messages: [{ role: 'user', content: 'Hello there' }], max_tokens: 5, temperature: 0 });
+out.chat = { role: chat.choices[0].message.role, content: chat.choices[0].message.content, finish: chat.choices[0].finish_reason,
+  object: chat.object, usage: chat.usage };
+let chatStreamed = '', chatRole = null, chatUsage = null;
+const cs = await client.chat.completions.create({ model, messages: [{ role: 'user', content: 'Hello there' }], max_tokens: 5, temperature: 0,
+  stream: true, stream_options: { include_usage: true } });
+for await (const chunk of cs) {
+  if (chunk.usage) chatUsage = chunk.usage;
+  for (const ch of chunk.choices) {
+    if (ch.delta.role) chatRole = ch.delta.role;
+    chatStreamed += ch.delta.content || '';
+  }
+}
+out.chatStream = { role: chatRole, content: chatStreamed, usage: chatUsage };
 
 async function errorOf(f) {
   try { await f(); return null; } catch (e) {
