@@ -17,7 +17,7 @@ import (
 var served = map[string]map[int32][]string{
 	"coordinator": {7080: {"/health", "/ready", "/metrics", "/v1/cluster", "/v1/status"}},
 	"store":       {7072: {"/health", "/ready", "/metrics"}},
-	"worker":      {8000: {"/health", "/ready", "/metrics", "/v1/completions", "/v1/models"}},
+	"worker":      {8000: {"/health", "/ready", "/metrics", "/v1/completions", "/v1/chat/completions", "/v1/models"}},
 }
 
 // daemons are the subcommands that run as long-lived pods, with the probes they must have.
