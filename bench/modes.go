@@ -431,7 +431,7 @@ func roundRatios(byMode map[worker.Mode]ModeResult, res *ModesResult) Ratios {
 }
 
 // firstBlockStall is the stall per step of the first block of m's decode steps that no pre-gate
-// routes (0 when m has none, or it never stalled: the spreads skip zeros).
+// routes (0 when m has none, or it never stalled).
 func firstBlockStall(m ModeResult) float64 {
 	for _, b := range m.Blocks {
 		if !b.PreGated {
@@ -493,10 +493,11 @@ func aggregateRounds(res *ModesResult, rounds []map[worker.Mode]ModeResult, mode
 	c, f := res.ComputeSecondsPerBlock, res.FetchSecondsPerBlock
 	res.IdealOndemandOverPregated = (c + f) / math.Max(c, f)
 
-	field := func(get func(Ratios) float64) (Spread, bool) {
+	// A ratio of 0 was not measured in that round; a stall of 0 was, when its rows ran (ran).
+	field := func(get func(Ratios) float64, ran func(Ratios) bool) (Spread, bool) {
 		var xs []float64
 		for _, rt := range res.RoundRatios {
-			if v := get(rt); v > 0 {
+			if v := get(rt); v > 0 || (ran != nil && ran(rt)) {
 				xs = append(xs, v)
 			}
 		}
@@ -506,7 +507,7 @@ func aggregateRounds(res *ModesResult, rounds []map[worker.Mode]ModeResult, mode
 		return Spread{Median: median(xs), Min: slices.Min(xs), Max: slices.Max(xs), Rounds: len(xs)}, true
 	}
 	set := func(dst *float64, spread **Spread, get func(Ratios) float64, met func(float64) bool) {
-		s, ok := field(get)
+		s, ok := field(get, nil)
 		if !ok {
 			return
 		}
@@ -532,8 +533,19 @@ func aggregateRounds(res *ModesResult, rounds []map[worker.Mode]ModeResult, mode
 	set(&res.Ratios.NoAheadOverResident, &sp.NoAheadOverResident, func(r Ratios) float64 { return r.NoAheadOverResident },
 		func(v float64) bool { return v <= targetPregatedOverResident })
 	set(&res.Ratios.PregatedOverNoAheadTokens, &sp.PregatedOverNoAheadTokens, func(r Ratios) float64 { return r.PregatedOverNoAheadTokens }, nil)
-	set(&res.Ratios.FirstBlockStallPregated, &sp.FirstBlockStallPregated, func(r Ratios) float64 { return r.FirstBlockStallPregated }, nil)
-	set(&res.Ratios.FirstBlockStallNoAhead, &sp.FirstBlockStallNoAhead, func(r Ratios) float64 { return r.FirstBlockStallNoAhead }, nil)
+	baselineRan := func(r Ratios) bool { return r.NoAheadOverResident > 0 }
+	for _, st := range []struct {
+		dst    *float64
+		spread **Spread
+		get    func(Ratios) float64
+	}{
+		{&res.Ratios.FirstBlockStallPregated, &sp.FirstBlockStallPregated, func(r Ratios) float64 { return r.FirstBlockStallPregated }},
+		{&res.Ratios.FirstBlockStallNoAhead, &sp.FirstBlockStallNoAhead, func(r Ratios) float64 { return r.FirstBlockStallNoAhead }},
+	} {
+		if s, ok := field(st.get, baselineRan); ok {
+			*st.dst, *st.spread = s.Median, &s
+		}
+	}
 }
 
 // prepareModels returns the checkpoint for the modes without pre-gates and the one for pregated

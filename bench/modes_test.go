@@ -161,3 +161,32 @@ func TestAggregateRounds(t *testing.T) {
 		}
 	}
 }
+
+// TestFirstBlockStallOverRounds: the first block's stall gets a median over every round its rows
+// ran, a round where it never stalled (0) included; blocks routed by a pre-gate are not it.
+func TestFirstBlockStallOverRounds(t *testing.T) {
+	row := func(m worker.Mode, p50, firstStall float64) ModeResult {
+		return ModeResult{Mode: string(m), BlockLatencyP50: p50, Blocks: []BlockResult{
+			{Block: 6, StallSecondsPerStep: firstStall}, {Block: 7, PreGated: true, StallSecondsPerStep: 9}}}
+	}
+	var rounds []map[worker.Mode]ModeResult
+	for _, r := range [][2]float64{{0, 1.0}, {0, 1.2}, {0.3, 1.1}} { // pregated's and the baseline's first-block stall
+		rounds = append(rounds, map[worker.Mode]ModeResult{
+			worker.ModeResident: {Mode: string(worker.ModeResident), BlockLatencyP50: 1},
+			worker.ModePregated: row(worker.ModePregated, 1.1, r[0]),
+			modePregatedNoAhead: row(modePregatedNoAhead, 1.3, r[1]),
+		})
+	}
+	res := &ModesResult{}
+	aggregateRounds(res, rounds, []worker.Mode{worker.ModePregated, modePregatedNoAhead})
+	on, off := res.RatioSpread.FirstBlockStallPregated, res.RatioSpread.FirstBlockStallNoAhead
+	if on == nil || on.Rounds != 3 || on.Median != 0 || on.Max != 0.3 {
+		t.Errorf("pregated first-block stall spread %+v: want median 0, max 0.3 over 3 rounds", on)
+	}
+	if off == nil || off.Rounds != 3 || off.Median != 1.1 {
+		t.Errorf("baseline first-block stall spread %+v: want median 1.1 over 3 rounds", off)
+	}
+	if len(res.Modes) != 3 {
+		t.Errorf("%d rows, want resident, pregated and the baseline", len(res.Modes))
+	}
+}

@@ -68,7 +68,7 @@ func WriteModesTable(w io.Writer, r *ModesResult) error {
 	if rt.PregatedOverNoAheadTokens > 0 {
 		fmt.Fprintf(w, "pregated / pregated-no-ahead decode tokens/s = %.3f%s\n", rt.PregatedOverNoAheadTokens, spread(sp.PregatedOverNoAheadTokens, ""))
 	}
-	if rt.FirstBlockStallNoAhead > 0 {
+	if sp.FirstBlockStallNoAhead != nil {
 		ms := func(s *Spread) string {
 			if s == nil {
 				return "0 (never stalled)"
