@@ -105,7 +105,14 @@ func writeBlockStalls(w io.Writer, modes []ModeResult) error {
 	var blocks []BlockResult
 	for _, m := range modes {
 		if len(m.Blocks) > len(blocks) {
-			blocks = m.Blocks
+			blocks = slices.Clone(m.Blocks)
+		}
+	}
+	for _, m := range modes { // the modes without pre-gates run a model without them
+		for _, b := range m.Blocks {
+			if i := slices.IndexFunc(blocks, func(x BlockResult) bool { return x.Block == b.Block }); i >= 0 && b.PreGated {
+				blocks[i].PreGated = true
+			}
 		}
 	}
 	if len(blocks) == 0 {
