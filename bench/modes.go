@@ -19,6 +19,7 @@ import (
 
 	"github.com/pregate/pregate/cluster"
 	"github.com/pregate/pregate/coordinator"
+	"github.com/pregate/pregate/engine"
 	"github.com/pregate/pregate/model"
 	"github.com/pregate/pregate/model/synth"
 	"github.com/pregate/pregate/worker"
@@ -57,10 +58,14 @@ type ModesOptions struct {
 	Threads                      int
 	// Rounds is how many times the modes run, interleaved (resident, ondemand, …, then again);
 	// the result reports medians and spreads over rounds. Default 3.
-	Rounds   int
-	Dir      string    // work directory (models, cluster data)
-	Progress io.Writer // progress lines; nil: none
-	Logger   *slog.Logger
+	Rounds int
+	// StepAheadBaseline also runs pregated without the step-ahead prefetch of the first MoE
+	// block's experts (row "pregated-no-ahead", worker.Config.NoStepAhead), in the same rounds:
+	// the first-block stall before and after (issue 16).
+	StepAheadBaseline bool
+	Dir               string    // work directory (models, cluster data)
+	Progress          io.Writer // progress lines; nil: none
+	Logger            *slog.Logger
 }
 
 // ModesResult is a run's outcome; its JSON form is documented in docs/BENCHMARKS.md.
@@ -90,6 +95,18 @@ type ModesResult struct {
 	Notes       []string    `json:"notes,omitempty"`
 }
 
+// modePregatedNoAhead is the row of pregated run without the step-ahead prefetch of the first MoE
+// block's experts (ModesOptions.StepAheadBaseline). It is a bench row, not a worker mode.
+const modePregatedNoAhead worker.Mode = "pregated-no-ahead"
+
+// workerMode is the worker's mode for a row, and whether the row turns the step-ahead prefetch off.
+func workerMode(m worker.Mode) (worker.Mode, bool) {
+	if m == modePregatedNoAhead {
+		return worker.ModePregated, true
+	}
+	return m, false
+}
+
 // Spread is a ratio over rounds: its median, range, the rounds that had it, and how many of them
 // met the ratio's target (for the ratios that have one).
 type Spread struct {
@@ -102,12 +119,16 @@ type Spread struct {
 
 // RatioSpread is Ratios' spread, field by field (nil when the ratio was not measured).
 type RatioSpread struct {
-	PregatedOverResident     *Spread `json:"pregated_over_resident,omitempty"`
-	OndemandOverPregated     *Spread `json:"ondemand_over_pregated,omitempty"`
-	OndemandOverIdealBound   *Spread `json:"ondemand_over_pregated_vs_ideal,omitempty"`
-	PrefetchAllOverPregated  *Spread `json:"prefetch_all_over_pregated,omitempty"`
-	SpeculativeOverPregated  *Spread `json:"speculative_over_pregated,omitempty"`
-	PregatedPeakOverResident *Spread `json:"pregated_peak_over_resident,omitempty"`
+	PregatedOverResident      *Spread `json:"pregated_over_resident,omitempty"`
+	OndemandOverPregated      *Spread `json:"ondemand_over_pregated,omitempty"`
+	OndemandOverIdealBound    *Spread `json:"ondemand_over_pregated_vs_ideal,omitempty"`
+	PrefetchAllOverPregated   *Spread `json:"prefetch_all_over_pregated,omitempty"`
+	SpeculativeOverPregated   *Spread `json:"speculative_over_pregated,omitempty"`
+	PregatedPeakOverResident  *Spread `json:"pregated_peak_over_resident,omitempty"`
+	NoAheadOverResident       *Spread `json:"pregated_no_ahead_over_resident,omitempty"`
+	PregatedOverNoAheadTokens *Spread `json:"pregated_over_no_ahead_tokens_per_second,omitempty"`
+	FirstBlockStallPregated   *Spread `json:"first_block_stall_seconds_pregated,omitempty"`
+	FirstBlockStallNoAhead    *Spread `json:"first_block_stall_seconds_no_ahead,omitempty"`
 }
 
 // ModeResult is one mode's measurements (decode steps only).
@@ -123,6 +144,25 @@ type ModeResult struct {
 	Recall                *float64 `json:"recall"` // prediction recall (pregated, speculative); null otherwise
 	StallSecondsPerBlock  float64  `json:"stall_seconds_per_block"`
 	Refetches             int64    `json:"refetches"` // experts evicted between want and use
+	// Blocks are the MoE blocks the decode steps ran, in forward order.
+	Blocks []BlockResult `json:"blocks,omitempty"`
+}
+
+// BlockResult is one MoE block's share of a mode's decode steps: how long the compute waited for
+// its experts, and how well they were predicted.
+type BlockResult struct {
+	Block int `json:"block"`
+	// PreGated: the block is routed by the previous block's pre-gate (in a pre-gated checkpoint);
+	// the first MoE block of a stack never is.
+	PreGated            bool    `json:"pre_gated"`
+	StallSecondsPerStep float64 `json:"stall_seconds_per_step"`
+	// LatencySecondsP50 is the block's median latency (its routing to the next block's, or to the
+	// step's end for the last, which so includes the LM head).
+	LatencySecondsP50 float64 `json:"latency_seconds_p50"`
+	CacheMisses       int64   `json:"cache_misses"`
+	// Recall is the fraction of the experts the block used that were predicted (null when nothing
+	// predicted the block).
+	Recall *float64 `json:"recall"`
 }
 
 // Ratios are the paper's headline comparisons (0 when a mode was not run).
@@ -133,6 +173,15 @@ type Ratios struct {
 	PrefetchAllOverPregated  float64 `json:"prefetch_all_over_pregated"`
 	SpeculativeOverPregated  float64 `json:"speculative_over_pregated"`
 	PregatedPeakOverResident float64 `json:"pregated_peak_over_resident"`
+	NoAheadOverResident      float64 `json:"pregated_no_ahead_over_resident,omitempty"` // with StepAheadBaseline
+	// PregatedOverNoAheadTokens is pregated's decode tokens/s over pregated-no-ahead's (> 1: the
+	// step-ahead prefetch pays for itself over whole steps, LM head included).
+	PregatedOverNoAheadTokens float64 `json:"pregated_over_no_ahead_tokens_per_second,omitempty"`
+	// FirstBlockStall… are the stall per decode step of the first MoE block of the decoder (the
+	// one no pre-gate routes) in pregated and pregated-no-ahead: seconds, not ratios, kept here so
+	// that they get medians and spreads over rounds as the ratios do.
+	FirstBlockStallPregated float64 `json:"first_block_stall_seconds_pregated,omitempty"`
+	FirstBlockStallNoAhead  float64 `json:"first_block_stall_seconds_no_ahead,omitempty"`
 }
 
 func (o *ModesOptions) defaults() error {
@@ -208,6 +257,7 @@ func RunModes(ctx context.Context, o ModesOptions) (*ModesResult, error) {
 		names[dir] = name
 	}
 	modelFor := func(m worker.Mode) (string, bool) {
+		m, _ = workerMode(m)
 		switch {
 		case m == worker.ModePregated && pregated != "":
 			return names[pregated], true
@@ -299,11 +349,16 @@ func RunModes(ctx context.Context, o ModesOptions) (*ModesResult, error) {
 		worker.ModePregated:    2 * activeSlots * es,
 		worker.ModeSpeculative: 3 * activeSlots * es,
 		worker.ModePrefetchAll: (int64(numExperts) + activeSlots) * es,
+		modePregatedNoAhead:    2 * activeSlots * es,
 	}
 	resident.CacheBudgetBytes = rs.totalExpertBytes
 	// The modes run interleaved, in rounds (resident, ondemand, …, then again): the machine's drift
 	// over a run lands in every mode alike instead of in the ratios, and the rounds' spread shows
 	// how far one run can be trusted.
+	modes := o.Modes
+	if o.StepAheadBaseline && slices.Contains(modes, worker.ModePregated) {
+		modes = append(slices.Clone(modes), modePregatedNoAhead)
+	}
 	rounds := make([]map[worker.Mode]ModeResult, o.Rounds)
 	for r := range rounds {
 		byMode := map[worker.Mode]ModeResult{worker.ModeResident: resident}
@@ -316,7 +371,7 @@ func RunModes(ctx context.Context, o ModesOptions) (*ModesResult, error) {
 			mr.CacheBudgetBytes = rs.totalExpertBytes
 			byMode[worker.ModeResident] = mr
 		}
-		for _, m := range o.Modes {
+		for _, m := range modes {
 			if m == worker.ModeResident {
 				continue
 			}
@@ -338,7 +393,7 @@ func RunModes(ctx context.Context, o ModesOptions) (*ModesResult, error) {
 		}
 		rounds[r] = byMode
 	}
-	aggregateRounds(res, rounds, o.Modes)
+	aggregateRounds(res, rounds, modes)
 	return res, nil
 }
 
@@ -354,12 +409,16 @@ func roundRatios(byMode map[worker.Mode]ModeResult, res *ModesResult) Ratios {
 	}
 	p50 := func(m ModeResult) float64 { return m.BlockLatencyP50 }
 	rt := Ratios{
-		PregatedOverResident:     ratio(worker.ModePregated, worker.ModeResident, p50),
-		OndemandOverPregated:     ratio(worker.ModeOnDemand, worker.ModePregated, p50),
-		PrefetchAllOverPregated:  ratio(worker.ModePrefetchAll, worker.ModePregated, p50),
-		SpeculativeOverPregated:  ratio(worker.ModeSpeculative, worker.ModePregated, p50),
-		PregatedPeakOverResident: ratio(worker.ModePregated, worker.ModeResident, func(m ModeResult) float64 { return float64(m.PeakExpertBytes) }),
+		PregatedOverResident:      ratio(worker.ModePregated, worker.ModeResident, p50),
+		OndemandOverPregated:      ratio(worker.ModeOnDemand, worker.ModePregated, p50),
+		PrefetchAllOverPregated:   ratio(worker.ModePrefetchAll, worker.ModePregated, p50),
+		SpeculativeOverPregated:   ratio(worker.ModeSpeculative, worker.ModePregated, p50),
+		PregatedPeakOverResident:  ratio(worker.ModePregated, worker.ModeResident, func(m ModeResult) float64 { return float64(m.PeakExpertBytes) }),
+		NoAheadOverResident:       ratio(modePregatedNoAhead, worker.ModeResident, p50),
+		PregatedOverNoAheadTokens: ratio(worker.ModePregated, modePregatedNoAhead, func(m ModeResult) float64 { return m.DecodeTokensPerSecond }),
 	}
+	rt.FirstBlockStallPregated = firstBlockStall(byMode[worker.ModePregated])
+	rt.FirstBlockStallNoAhead = firstBlockStall(byMode[modePregatedNoAhead])
 	c := byMode[worker.ModeResident].BlockLatencyP50
 	f := res.ActiveExpertBytesPerBlock / res.LinkBytesPerSecond
 	if od, ok := byMode[worker.ModeOnDemand]; ok {
@@ -369,6 +428,17 @@ func roundRatios(byMode map[worker.Mode]ModeResult, res *ModesResult) Ratios {
 		rt.OndemandOverIdealBound = rt.OndemandOverPregated / ideal
 	}
 	return rt
+}
+
+// firstBlockStall is the stall per step of the first block of m's decode steps that no pre-gate
+// routes (0 when m has none, or it never stalled).
+func firstBlockStall(m ModeResult) float64 {
+	for _, b := range m.Blocks {
+		if !b.PreGated {
+			return b.StallSecondsPerStep
+		}
+	}
+	return 0
 }
 
 // Targets of the headline ratios (the issue's goals; the paper reports 1.19–1.27 and 1.56–1.89).
@@ -389,7 +459,7 @@ func aggregateRounds(res *ModesResult, rounds []map[worker.Mode]ModeResult, mode
 		}
 		return s[len(s)/2]
 	}
-	for _, m := range worker.Modes {
+	for _, m := range append(slices.Clone(worker.Modes), modePregatedNoAhead) {
 		if m != worker.ModeResident && !slices.Contains(modes, m) {
 			continue
 		}
@@ -423,10 +493,11 @@ func aggregateRounds(res *ModesResult, rounds []map[worker.Mode]ModeResult, mode
 	c, f := res.ComputeSecondsPerBlock, res.FetchSecondsPerBlock
 	res.IdealOndemandOverPregated = (c + f) / math.Max(c, f)
 
-	field := func(get func(Ratios) float64) (Spread, bool) {
+	// A ratio of 0 was not measured in that round; a stall of 0 was, when its rows ran (ran).
+	field := func(get func(Ratios) float64, ran func(Ratios) bool) (Spread, bool) {
 		var xs []float64
 		for _, rt := range res.RoundRatios {
-			if v := get(rt); v > 0 {
+			if v := get(rt); v > 0 || (ran != nil && ran(rt)) {
 				xs = append(xs, v)
 			}
 		}
@@ -436,7 +507,7 @@ func aggregateRounds(res *ModesResult, rounds []map[worker.Mode]ModeResult, mode
 		return Spread{Median: median(xs), Min: slices.Min(xs), Max: slices.Max(xs), Rounds: len(xs)}, true
 	}
 	set := func(dst *float64, spread **Spread, get func(Ratios) float64, met func(float64) bool) {
-		s, ok := field(get)
+		s, ok := field(get, nil)
 		if !ok {
 			return
 		}
@@ -459,6 +530,22 @@ func aggregateRounds(res *ModesResult, rounds []map[worker.Mode]ModeResult, mode
 	set(&res.Ratios.PrefetchAllOverPregated, &sp.PrefetchAllOverPregated, func(r Ratios) float64 { return r.PrefetchAllOverPregated }, nil)
 	set(&res.Ratios.SpeculativeOverPregated, &sp.SpeculativeOverPregated, func(r Ratios) float64 { return r.SpeculativeOverPregated }, nil)
 	set(&res.Ratios.PregatedPeakOverResident, &sp.PregatedPeakOverResident, func(r Ratios) float64 { return r.PregatedPeakOverResident }, nil)
+	set(&res.Ratios.NoAheadOverResident, &sp.NoAheadOverResident, func(r Ratios) float64 { return r.NoAheadOverResident },
+		func(v float64) bool { return v <= targetPregatedOverResident })
+	set(&res.Ratios.PregatedOverNoAheadTokens, &sp.PregatedOverNoAheadTokens, func(r Ratios) float64 { return r.PregatedOverNoAheadTokens }, nil)
+	baselineRan := func(r Ratios) bool { return r.NoAheadOverResident > 0 }
+	for _, st := range []struct {
+		dst    *float64
+		spread **Spread
+		get    func(Ratios) float64
+	}{
+		{&res.Ratios.FirstBlockStallPregated, &sp.FirstBlockStallPregated, func(r Ratios) float64 { return r.FirstBlockStallPregated }},
+		{&res.Ratios.FirstBlockStallNoAhead, &sp.FirstBlockStallNoAhead, func(r Ratios) float64 { return r.FirstBlockStallNoAhead }},
+	} {
+		if s, ok := field(st.get, baselineRan); ok {
+			*st.dst, *st.spread = s.Median, &s
+		}
+	}
 }
 
 // prepareModels returns the checkpoint for the modes without pre-gates and the one for pregated
@@ -537,7 +624,8 @@ type runStats struct {
 // steps only.
 func runMode(ctx context.Context, lc *cluster.Local, o ModesOptions, name string, m worker.Mode, budget int64, link float64, prompts [][]int) (ModeResult, *runStats, error) {
 	wc := worker.DefaultConfig()
-	wc.Name, wc.EtcdEndpoints, wc.Model, wc.Mode = "bench-"+string(m), lc.EtcdEndpoints(), name, m
+	wm, noAhead := workerMode(m)
+	wc.Name, wc.EtcdEndpoints, wc.Model, wc.Mode, wc.NoStepAhead = "bench-"+string(m), lc.EtcdEndpoints(), name, wm, noAhead
 	wc.ExpertCache, wc.HTTPAddr, wc.DataDir, wc.Threads = budget, "127.0.0.1:0", filepath.Join(o.Dir, "worker"), o.Threads
 	rec := newRecorder()
 	wc.Tracer, wc.Logger = rec, o.Logger
@@ -572,7 +660,8 @@ func runMode(ctx context.Context, lc *cluster.Local, o ModesOptions, name string
 		return ModeResult{}, nil, err
 	}
 	var lat []float64
-	for _, l := range rec.blockLatencies() {
+	perBlock := rec.blockLatencies()
+	for _, l := range perBlock {
 		for _, d := range l {
 			lat = append(lat, d.Seconds())
 		}
@@ -597,7 +686,9 @@ func runMode(ctx context.Context, lc *cluster.Local, o ModesOptions, name string
 	}
 	mr.StallFraction = stall / elapsed.Seconds()
 	mr.StallSecondsPerBlock = stall / float64(len(lat))
-	if m == worker.ModePregated || m == worker.ModeSpeculative {
+	info := w.Model().Info()
+	mr.Blocks = blockResults(pipe.Stats(), perBlock, info)
+	if wm == worker.ModePregated || wm == worker.ModeSpeculative {
 		r := 0.0
 		if predHits+predMisses > 0 {
 			r = float64(predHits) / float64(predHits+predMisses)
@@ -605,7 +696,6 @@ func runMode(ctx context.Context, lc *cluster.Local, o ModesOptions, name string
 		mr.Recall = &r
 	}
 	rs := &runStats{}
-	info := w.Model().Info()
 	man, _, err := lc.Placement().Manifest(ctx, name)
 	if err != nil {
 		return ModeResult{}, nil, err
@@ -618,6 +708,36 @@ func runMode(ctx context.Context, lc *cluster.Local, o ModesOptions, name string
 	rs.activePerBlock = float64(hits) / float64(len(lat))
 	rs.denseBytesPerBlock = float64(info.DenseBytes) / float64(nBlocks)
 	return mr, rs, nil
+}
+
+// blockResults are the per-block rows of a run: the blocks the decode steps ran (samples[b], one a
+// step), with each one's stall per step and prediction recall.
+func blockResults(stats []worker.BlockStats, samples [][]time.Duration, info engine.Info) []BlockResult {
+	preGated := map[int]bool{}
+	for _, b := range info.MoEBlocks {
+		if b.PreGateFor >= 0 {
+			preGated[b.PreGateFor] = true
+		}
+	}
+	var out []BlockResult
+	for b, s := range stats {
+		if b >= len(samples) || len(samples[b]) == 0 {
+			continue
+		}
+		lat := make([]float64, len(samples[b]))
+		for i, d := range samples[b] {
+			lat[i] = d.Seconds()
+		}
+		slices.Sort(lat)
+		br := BlockResult{Block: b, PreGated: preGated[b], StallSecondsPerStep: s.StallSeconds / float64(len(samples[b])),
+			LatencySecondsP50: quantile(lat, 0.5), CacheMisses: s.CacheMisses}
+		if n := s.PredictionHits + s.PredictionMisses; n > 0 {
+			r := float64(s.PredictionHits) / float64(n)
+			br.Recall = &r
+		}
+		out = append(out, br)
+	}
+	return out
 }
 
 func quantile(sorted []float64, q float64) float64 {

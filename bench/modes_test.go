@@ -15,20 +15,22 @@ import (
 
 // TestRunTinyPreset runs every mode on a tiny Switch preset and checks the report's shape and the
 // relations that hold whatever the machine: resident fetches nothing during decode, pregated's
-// predictions are exact, the modes' peaks stay within their budgets, the JSON keys are the
-// documented ones, and the chart is a PNG.
+// pre-gate predictions are exact, its first decoder block is predicted a step ahead (and not in the
+// baseline row), the modes' peaks stay within their budgets, the JSON keys are the documented ones,
+// and the chart is a PNG.
 func TestRunTinyPreset(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a cluster five times")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	res, err := RunModes(ctx, ModesOptions{Preset: "switch-tiny", Tokens: 8, PromptTokens: 6, Stores: 2, Threads: 1, Rounds: 2, Dir: t.TempDir()})
+	res, err := RunModes(ctx, ModesOptions{Preset: "switch-tiny", Tokens: 8, PromptTokens: 6, Stores: 2, Threads: 1, Rounds: 2,
+		StepAheadBaseline: true, Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res.Modes) != len(worker.Modes) {
-		t.Fatalf("%d modes reported, want %d", len(res.Modes), len(worker.Modes))
+	if len(res.Modes) != len(worker.Modes)+1 {
+		t.Fatalf("%d modes reported, want %d and the baseline", len(res.Modes), len(worker.Modes))
 	}
 	for _, m := range res.Modes {
 		if m.BlockLatencyP50 <= 0 || m.BlockLatencyP90 < m.BlockLatencyP50 || m.DecodeTokensPerSecond <= 0 {
@@ -42,9 +44,17 @@ func TestRunTinyPreset(t *testing.T) {
 			if m.BytesFetched != 0 || m.Recall != nil {
 				t.Errorf("resident fetched %d bytes during decode, recall %v", m.BytesFetched, m.Recall)
 			}
-		case worker.ModePregated:
-			if m.Recall == nil || *m.Recall != 1 {
-				t.Errorf("pregated recall %v, want 1", m.Recall)
+		case worker.ModePregated, modePregatedNoAhead:
+			if len(m.Blocks) == 0 {
+				t.Fatalf("%s: no per-block results", m.Mode)
+			}
+			for _, b := range m.Blocks {
+				switch {
+				case b.PreGated && (b.Recall == nil || *b.Recall != 1):
+					t.Errorf("%s: block %d (pre-gated) recall %v, want 1", m.Mode, b.Block, b.Recall)
+				case !b.PreGated && (b.Recall != nil) != (m.Mode == string(worker.ModePregated)):
+					t.Errorf("%s: first block %d recall %v: predicted a step ahead only in pregated", m.Mode, b.Block, b.Recall)
+				}
 			}
 		case worker.ModeOnDemand:
 			if m.BytesFetched == 0 {
@@ -84,7 +94,7 @@ func TestRunTinyPreset(t *testing.T) {
 	}
 	mode := generic["modes"].([]any)[0].(map[string]any)
 	for _, k := range []string{"mode", "block_latency_seconds_p50", "block_latency_seconds_p90", "decode_tokens_per_second",
-		"stall_fraction", "bytes_fetched", "peak_expert_bytes", "recall"} {
+		"stall_fraction", "bytes_fetched", "peak_expert_bytes", "recall", "blocks"} {
 		if _, ok := mode[k]; !ok {
 			t.Errorf("mode JSON lacks %q", k)
 		}
@@ -92,7 +102,7 @@ func TestRunTinyPreset(t *testing.T) {
 
 	var table bytes.Buffer
 	if err := WriteModesTable(&table, res); err != nil || !strings.Contains(table.String(), "pregated / resident") ||
-		!strings.Contains(table.String(), "over 2 rounds") {
+		!strings.Contains(table.String(), "over 2 rounds") || !strings.Contains(table.String(), "stall per MoE block") {
 		t.Errorf("table: %v\n%s", err, table.String())
 	}
 	png := filepath.Join(t.TempDir(), "chart.png")
@@ -149,5 +159,34 @@ func TestAggregateRounds(t *testing.T) {
 		if m.Mode == string(worker.ModePregated) && m.BlockLatencyP50 != 1.20 {
 			t.Errorf("pregated's row is the round with p50 %v, want the median round's 1.20", m.BlockLatencyP50)
 		}
+	}
+}
+
+// TestFirstBlockStallOverRounds: the first block's stall gets a median over every round its rows
+// ran, a round where it never stalled (0) included; blocks routed by a pre-gate are not it.
+func TestFirstBlockStallOverRounds(t *testing.T) {
+	row := func(m worker.Mode, p50, firstStall float64) ModeResult {
+		return ModeResult{Mode: string(m), BlockLatencyP50: p50, Blocks: []BlockResult{
+			{Block: 6, StallSecondsPerStep: firstStall}, {Block: 7, PreGated: true, StallSecondsPerStep: 9}}}
+	}
+	var rounds []map[worker.Mode]ModeResult
+	for _, r := range [][2]float64{{0, 1.0}, {0, 1.2}, {0.3, 1.1}} { // pregated's and the baseline's first-block stall
+		rounds = append(rounds, map[worker.Mode]ModeResult{
+			worker.ModeResident: {Mode: string(worker.ModeResident), BlockLatencyP50: 1},
+			worker.ModePregated: row(worker.ModePregated, 1.1, r[0]),
+			modePregatedNoAhead: row(modePregatedNoAhead, 1.3, r[1]),
+		})
+	}
+	res := &ModesResult{}
+	aggregateRounds(res, rounds, []worker.Mode{worker.ModePregated, modePregatedNoAhead})
+	on, off := res.RatioSpread.FirstBlockStallPregated, res.RatioSpread.FirstBlockStallNoAhead
+	if on == nil || on.Rounds != 3 || on.Median != 0 || on.Max != 0.3 {
+		t.Errorf("pregated first-block stall spread %+v: want median 0, max 0.3 over 3 rounds", on)
+	}
+	if off == nil || off.Rounds != 3 || off.Median != 1.1 {
+		t.Errorf("baseline first-block stall spread %+v: want median 1.1 over 3 rounds", off)
+	}
+	if len(res.Modes) != 3 {
+		t.Errorf("%d rows, want resident, pregated and the baseline", len(res.Modes))
 	}
 }

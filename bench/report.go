@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"image/color"
 	"io"
+	"slices"
 	"text/tabwriter"
 
 	"github.com/dustin/go-humanize"
@@ -27,6 +28,9 @@ func WriteModesTable(w io.Writer, r *ModesResult) error {
 			m.DecodeTokensPerSecond, 100*m.StallFraction, humanize.IBytes(uint64(m.BytesFetched)), humanize.IBytes(uint64(m.PeakExpertBytes)), budget, recall)
 	}
 	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if err := writeBlockStalls(w, r.Modes); err != nil {
 		return err
 	}
 	link := fmt.Sprintf("paced at %s/s", humanize.SIWithDigits(r.LinkBytesPerSecond, 3, "B"))
@@ -57,6 +61,23 @@ func WriteModesTable(w io.Writer, r *ModesResult) error {
 		fmt.Fprintf(w, "pregated / resident block latency   = %.3f%s   (target ≤ 1.10; paper 1.19–1.27)\n", rt.PregatedOverResident,
 			spread(sp.PregatedOverResident, "≤ 1.10"))
 	}
+	if rt.NoAheadOverResident > 0 {
+		fmt.Fprintf(w, "pregated-no-ahead / resident        = %.3f%s   (the same without the first block's step-ahead prefetch)\n", rt.NoAheadOverResident,
+			spread(sp.NoAheadOverResident, "≤ 1.10"))
+	}
+	if rt.PregatedOverNoAheadTokens > 0 {
+		fmt.Fprintf(w, "pregated / pregated-no-ahead decode tokens/s = %.3f%s\n", rt.PregatedOverNoAheadTokens, spread(sp.PregatedOverNoAheadTokens, ""))
+	}
+	if sp.FirstBlockStallNoAhead != nil {
+		ms := func(s *Spread) string {
+			if s == nil {
+				return "0 (never stalled)"
+			}
+			return fmt.Sprintf("%.3f ms  [%.3f–%.3f over %d rounds]", s.Median*1e3, s.Min*1e3, s.Max*1e3, s.Rounds)
+		}
+		fmt.Fprintf(w, "first-block stall per step: pregated-no-ahead %s\n", ms(sp.FirstBlockStallNoAhead))
+		fmt.Fprintf(w, "                            pregated          %s\n", ms(sp.FirstBlockStallPregated))
+	}
 	if rt.OndemandOverPregated > 0 {
 		fmt.Fprintf(w, "ondemand / pregated block latency   = %.3f%s   (paper 1.56–1.89)\n", rt.OndemandOverPregated, spread(sp.OndemandOverPregated, ""))
 		fmt.Fprintf(w, "  of the ideal bound (c+f)/max(c,f) = %.3f%s   (target ≥ 0.95)\n", rt.OndemandOverIdealBound,
@@ -75,6 +96,57 @@ func WriteModesTable(w io.Writer, r *ModesResult) error {
 		fmt.Fprintln(w, "note:", n)
 	}
 	return nil
+}
+
+// writeBlockStalls prints each mode's stall per MoE block and decode step, with the recall of the
+// block's predictions in brackets where anything predicted it: the first block of a stack, which
+// no pre-gate routes, shows what the step-ahead prefetch hides.
+func writeBlockStalls(w io.Writer, modes []ModeResult) error {
+	var blocks []BlockResult
+	for _, m := range modes {
+		if len(m.Blocks) > len(blocks) {
+			blocks = slices.Clone(m.Blocks)
+		}
+	}
+	for _, m := range modes { // the modes without pre-gates run a model without them
+		for _, b := range m.Blocks {
+			if i := slices.IndexFunc(blocks, func(x BlockResult) bool { return x.Block == b.Block }); i >= 0 && b.PreGated {
+				blocks[i].PreGated = true
+			}
+		}
+	}
+	if len(blocks) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w, "\nstall per MoE block (ms per decode step; recall of its predictions in brackets; * routed by a pre-gate)")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprint(tw, "MODE\t")
+	for _, b := range blocks {
+		mark := ""
+		if b.PreGated {
+			mark = "*"
+		}
+		fmt.Fprintf(tw, "BLOCK %d%s\t", b.Block, mark)
+	}
+	fmt.Fprintln(tw)
+	for _, m := range modes {
+		fmt.Fprintf(tw, "%s\t", m.Mode)
+		for _, b := range blocks {
+			i := slices.IndexFunc(m.Blocks, func(x BlockResult) bool { return x.Block == b.Block })
+			if i < 0 {
+				fmt.Fprint(tw, "-\t")
+				continue
+			}
+			x := m.Blocks[i]
+			cell := fmt.Sprintf("%.3f", x.StallSecondsPerStep*1e3)
+			if x.Recall != nil {
+				cell += fmt.Sprintf(" (%.2f)", *x.Recall)
+			}
+			fmt.Fprintf(tw, "%s\t", cell)
+		}
+		fmt.Fprintln(tw)
+	}
+	return tw.Flush()
 }
 
 // Plot writes a bar chart of each mode's block latency (p50, with p90 as a thin bar beside it), as

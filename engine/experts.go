@@ -42,6 +42,17 @@ type Predictor interface {
 	Predict(block int, experts []int)
 }
 
+// NextStepPredictor is implemented by an Experts that wants to know, as a step ends, which experts
+// the first MoE block of the decoder will probably use in the next step. No pre-gate precedes that
+// block, so without a guess its experts are fetched on demand every step (the stall of issue 16);
+// the guess (that block's router on this step's last hidden state) comes before the final norm and
+// the LM head, whose compute, with the sampling and the next step's layers up to the block, the
+// fetch overlaps. The next step's Hint for the block still says what it really uses: a wrong guess
+// costs only bytes. PredictNextStep must not block.
+type NextStepPredictor interface {
+	PredictNextStep(block int, experts []int)
+}
+
 // LocalExperts serves experts straight from a checkpoint's mapping (F32 and BF16 weights are not
 // copied). It is the Experts of `pregate generate`.
 type LocalExperts struct {

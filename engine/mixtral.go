@@ -171,6 +171,12 @@ func (m *Mixtral) Step(ctx context.Context, seqs []*Sequence, all bool) ([][]flo
 			return nil, err
 		}
 	}
+	if len(m.layers) > 0 {
+		first := &m.layers[0]
+		m.moe.predictNextStep(&first.block, x, seqLens, func(dst, src []float32, n int) {
+			compute.RMSNorm(dst, src, n, d, first.ln2, float32(cfg.RMSNormEps))
+		})
+	}
 	return finish(seqs, seqLens, x, d, all, func(dst, rows []float32, n int) {
 		compute.RMSNorm(rows, rows, n, d, m.norm, float32(cfg.RMSNormEps))
 		linear(m.cpu, dst, rows, n, m.lmHead, false)

@@ -114,6 +114,33 @@ func (r *moeRunner) run(ctx context.Context, blk *moeBlock, xn, x []float32, tok
 	return out, nil
 }
 
+// predictNextStep guesses, from this step's last hidden states x [tokens × d] (the residual stream
+// after the stack's last block), the experts blk, the first MoE block of the stack, will use in the
+// next step, and tells a NextStepPredictor. The next step's input at blk is that step's token
+// passed through the layers before blk; the residual stream changes slowly, so the last hidden state
+// of each sequence, normed as blk normalises its input (norm), routed by blk's own router, is a
+// cheap guess (a [sequences × experts] product). It never changes what the model computes.
+func (r *moeRunner) predictNextStep(blk *moeBlock, x []float32, seqLens []int, norm func(dst, src []float32, n int)) {
+	p, ok := r.experts.(NextStepPredictor)
+	if !ok || blk == nil {
+		return
+	}
+	d := r.d
+	last := make([]float32, len(seqLens)*d)
+	t := 0
+	for i, n := range seqLens {
+		t += n
+		copy(last[i*d:(i+1)*d], x[(t-1)*d:t*d])
+	}
+	norm(last, last, len(seqLens))
+	ones := make([]int, len(seqLens))
+	for i := range ones {
+		ones[i] = 1
+	}
+	c, _ := r.route(blk, blk.router, last, len(seqLens), ones)
+	p.PredictNextStep(blk.index, routing.Experts(c, blk.numExperts))
+}
+
 // expert computes out[row] += weight · FFN(xn[row]) for the given rows.
 func (r *moeRunner) expert(w *ExpertWeights, xn []float32, rows []int, weights []float32, out []float32) {
 	n, d, ff := len(rows), r.d, w.W1.Rows

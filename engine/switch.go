@@ -240,6 +240,11 @@ func (m *Switch) Step(ctx context.Context, seqs []*Sequence, all bool) ([][]floa
 	if err := m.runStack(ctx, &m.dec, seqs, seqLens, x, tokens, nil); err != nil {
 		return nil, err
 	}
+	if b := m.dec.firstMoE(); b != nil {
+		m.moe.predictNextStep(b.moe, x, seqLens, func(dst, src []float32, n int) {
+			compute.RMSNorm(dst, src, n, d, b.lnFF, float32(cfg.LayerNormEpsilon))
+		})
+	}
 	scale := float32(math.Pow(float64(d), -0.5))
 	return finish(seqs, seqLens, x, d, all, func(dst, rows []float32, n int) {
 		compute.RMSNorm(rows, rows, n, d, m.dec.final, float32(cfg.LayerNormEpsilon))
@@ -314,6 +319,16 @@ func (m *Switch) runStack(ctx context.Context, st *switchStack, seqs []*Sequence
 			return err
 		}
 		routed = next
+	}
+	return nil
+}
+
+// firstMoE returns the stack's first sparse block (nil if it has none): no pre-gate routes it.
+func (st *switchStack) firstMoE() *switchBlock {
+	for i := range st.blocks {
+		if st.blocks[i].moe != nil {
+			return &st.blocks[i]
+		}
 	}
 	return nil
 }

@@ -283,13 +283,15 @@ func (c *Cache) makeRoom(size int64) bool {
 }
 
 // fill completes e: its weights, or the error that every waiter gets. A failed entry leaves the
-// cache, so that the next request fetches again.
+// cache, so that the next request fetches again; so does an abandoned one, even if its fetch
+// finished before the cancel reached it: nobody can pin it again, and once get has replaced it
+// in the map nothing else would ever free its bytes (a leak that starved every later reservation).
 func (c *Cache) fill(e *cacheEntry, w *engine.ExpertWeights, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e.weights, e.err = w, err
 	close(e.ready)
-	if err != nil {
+	if err != nil || e.abandoned {
 		c.removeLocked(e)
 	}
 	c.broadcast()

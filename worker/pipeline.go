@@ -49,6 +49,10 @@ type PipelineConfig struct {
 	NumExperts  []int  // per MoE block
 	Tracer      Tracer // nil: none
 	CacheBudget int64
+	// NoStepAhead: the predicting modes do not prefetch, as a step ends, the experts the first MoE
+	// block of the next step will probably use (PredictNextStep); that block's experts are then
+	// fetched on demand every step. Only a benchmark's baseline wants this.
+	NoStepAhead bool
 	// Staging is the number of pinned staging buffers (fetches in flight at once), default 4.
 	Staging  int
 	Registry prometheus.Registerer // per-block metrics; nil: none
@@ -78,6 +82,8 @@ type Pipeline struct {
 	mu        sync.Mutex
 	wanted    map[routing.ExpertKey]*want // experts a block will use (or was predicted to use)
 	predicted map[int][]int               // block → predicted experts, until the block's own Hint
+	ahead     map[int][]int               // block → experts predicted for the next step (PredictNextStep)
+	used      map[int][]int               // block → experts it used in this step (predicting modes)
 	resident  []*cacheEntry               // resident mode: pinned for good
 
 	stats   []blockStats
@@ -96,7 +102,7 @@ func NewPipeline(ctx context.Context, cfg PipelineConfig) (*Pipeline, error) {
 		return nil, err
 	}
 	p := &Pipeline{cfg: cfg, mode: cfg.Mode.policy(), log: cfg.Logger, cache: NewCache(cfg.CacheBudget, nil), wanted: map[routing.ExpertKey]*want{},
-		predicted: map[int][]int{}, stats: make([]blockStats, len(cfg.NumExperts))}
+		predicted: map[int][]int{}, ahead: map[int][]int{}, used: map[int][]int{}, stats: make([]blockStats, len(cfg.NumExperts))}
 	if p.log == nil {
 		p.log = slog.New(slog.DiscardHandler)
 	}
@@ -241,6 +247,31 @@ func (p *Pipeline) predictLocked(block int, experts []int) {
 	}
 }
 
+// PredictNextStep implements engine.NextStepPredictor: as a step ends, the experts that block (the
+// first MoE block of a stack, which no pre-gate routes) will probably use in the next step. The
+// pipeline fetches them, and the experts the block used in this step (consecutive tokens often
+// route alike), while the step's LM head and the next step's first layers compute; EndStep carries
+// these wants into the next step, whose Hint for the block counts the guess's recall and drops the
+// wrong ones. Only the predicting modes act on it: ondemand and prefetch-all are the paper's
+// baselines, and resident has nothing to fetch.
+func (p *Pipeline) PredictNextStep(block int, experts []int) {
+	if !p.valid(block) || !p.mode.predicted || p.cfg.NoStepAhead {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	guess := slices.Clone(experts)
+	for _, e := range p.used[block] {
+		if !slices.Contains(guess, e) {
+			guess = append(guess, e)
+		}
+	}
+	p.ahead[block] = guess
+	for _, e := range guess {
+		p.want(routing.ExpertKey{Block: block, Expert: e})
+	}
+}
+
 // Hint implements engine.Experts: block routed and will now use experts.
 func (p *Pipeline) Hint(block int, used []int) {
 	if !p.valid(block) {
@@ -256,6 +287,9 @@ func (p *Pipeline) Hint(block int, used []int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	st := &p.stats[block]
+	if p.mode.predicted {
+		p.used[block] = slices.Clone(used)
+	}
 	if pred, ok := p.predicted[block]; ok {
 		delete(p.predicted, block)
 		for _, e := range used {
@@ -364,7 +398,8 @@ func (p *Pipeline) Release(block, expert int) {
 
 // EndStep drops every pin a Start or Step left (all of them after a normal step; after a step
 // that failed or was cancelled, those of the experts it never reached), and abandons fetches
-// nobody waits for.
+// nobody waits for, except the next step's predictions (PredictNextStep), which become the
+// predictions of the step that follows.
 func (p *Pipeline) EndStep() {
 	if p.cfg.Tracer != nil {
 		p.cfg.Tracer.StepEnded(time.Now())
@@ -372,9 +407,16 @@ func (p *Pipeline) EndStep() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for k := range p.wanted {
-		p.unwant(k)
+		if !slices.Contains(p.ahead[k.Block], k.Expert) {
+			p.unwant(k)
+		}
 	}
 	clear(p.predicted)
+	clear(p.used)
+	for b, es := range p.ahead {
+		p.predicted[b] = es
+	}
+	clear(p.ahead)
 }
 
 // startFetch runs ent's fetch on its own goroutine: reserve cache space, fetch into a staging

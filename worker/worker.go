@@ -98,6 +98,9 @@ type Config struct {
 	Link func(Fetcher) Fetcher
 	// Tracer, when set, follows the expert pipeline's steps (PipelineConfig.Tracer).
 	Tracer Tracer
+	// NoStepAhead turns off the prefetch of the next step's first-block experts
+	// (PipelineConfig.NoStepAhead): a benchmark's baseline.
+	NoStepAhead bool
 	// Gossip, when set, joins the cluster's memberlist as a worker.
 	Gossip *membership.Config
 	Logger *slog.Logger
@@ -317,7 +320,7 @@ func (w *Worker) load(ctx context.Context) error {
 	}
 	pipe, err := NewPipeline(ctx, PipelineConfig{Mode: w.cfg.Mode, Device: w.dev, Fetcher: fetcher,
 		Names: model.ExpertNames(ckpt.Config()), NumExperts: model.ExpertsPerBlock(ckpt.Config()), Shapes: expertShapes(ckpt.Config()), DType: man.DType,
-		CacheBudget: w.cfg.ExpertCache, Staging: w.cfg.Staging, Tracer: w.cfg.Tracer, Registry: w.reg, Logger: w.log})
+		CacheBudget: w.cfg.ExpertCache, Staging: w.cfg.Staging, Tracer: w.cfg.Tracer, NoStepAhead: w.cfg.NoStepAhead, Registry: w.reg, Logger: w.log})
 	if err != nil {
 		ckpt.Close()
 		return err
