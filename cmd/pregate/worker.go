@@ -108,6 +108,8 @@ func newWorkerCmd() *cobra.Command {
 	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the dense weights downloaded from the stores")
 	f.IntVar(&cfg.Threads, "threads", 0, "compute threads (0: all cores)")
 	f.IntVar(&cfg.MaxRunning, "max-running", cfg.MaxRunning, "sequences decoded together")
+	f.IntVar(&cfg.MaxBatchedTokens, "max-num-batched-tokens", cfg.MaxBatchedTokens, "tokens one scheduler step runs: a longer prompt is prefilled in chunks between the other requests' decode steps (Mixtral; 0: no bound)")
+	f.IntVar(&cfg.MaxModelLen, "max-model-len", 0, "bound on prompt plus max_tokens per sequence, 400 beyond (0: Mixtral's max_position_embeddings, 2048 for Switch)")
 	f.IntVar(&cfg.MaxWaiting, "max-waiting", cfg.MaxWaiting, "requests queued before answering 429")
 	f.StringVar(&apiKeyFile, "api-key-file", "", "file of API keys, one per line: the OpenAI API then requires Authorization: Bearer <key> (401 without)")
 	f.StringVar(&cfg.MetricsAddr, "metrics-listen", "", "serve /metrics on this address instead of --http (a port scrapers reach and clients do not)")

@@ -67,6 +67,12 @@ type Config struct {
 	Tokenizer *tokenizer.Tokenizer
 	// MaxRunning bounds the sequences decoded together in one Step.
 	MaxRunning int
+	// MaxBatchedTokens bounds the tokens one Step runs (vLLM's max_num_batched_tokens): the
+	// decoding sequences' one token each, then chunks of the prompts being prefilled, so a long
+	// prompt is prefilled over several Steps while the others keep decoding and short prompts
+	// start. Decoder-only models only: an encoder-decoder model encodes its prompt whole in Start.
+	// 0: no bound (each prompt is prefilled in one Step). Otherwise at least MaxRunning.
+	MaxBatchedTokens int
 	// MaxWaiting bounds the sequences submitted but not yet running; beyond it requests get
 	// ErrOverloaded (429 with Retry-After).
 	MaxWaiting int
@@ -93,10 +99,11 @@ type Config struct {
 // DefaultConfig returns the defaults; ModelName and Model must still be set.
 func DefaultConfig() Config {
 	return Config{
-		MaxRunning:   64,      // sequences per Step
-		MaxWaiting:   256,     // queued sequences before 429
-		MaxBodyBytes: 1 << 20, // 1 MiB of JSON
-		MaxTokens:    4096,    // per sequence
+		MaxRunning:       64,      // sequences per Step
+		MaxBatchedTokens: 512,     // tokens per Step: vLLM's default for chunked prefill
+		MaxWaiting:       256,     // queued sequences before 429
+		MaxBodyBytes:     1 << 20, // 1 MiB of JSON
+		MaxTokens:        4096,    // per sequence
 	}
 }
 
@@ -109,6 +116,8 @@ func (c Config) Validate() error {
 		return errors.New("serve: config: no model")
 	case c.MaxRunning < 1 || c.MaxWaiting < 1:
 		return fmt.Errorf("serve: config: max running %d, max waiting %d, want ≥ 1", c.MaxRunning, c.MaxWaiting)
+	case c.MaxBatchedTokens != 0 && c.MaxBatchedTokens < c.MaxRunning:
+		return fmt.Errorf("serve: config: max batched tokens %d, want 0 or ≥ max running %d", c.MaxBatchedTokens, c.MaxRunning)
 	case c.MaxBodyBytes < 1 || c.MaxTokens < 1 || c.MaxModelLen < 0:
 		return fmt.Errorf("serve: config: max body bytes %d, max tokens %d, max model len %d",
 			c.MaxBodyBytes, c.MaxTokens, c.MaxModelLen)

@@ -1,0 +1,117 @@
+package serve
+
+import (
+	"context"
+	"math"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/pregate/pregate/engine"
+)
+
+// stepLog is a model that records, per Step, the pending tokens of each sequence it runs.
+type stepLog struct {
+	engine.Model
+	mu    sync.Mutex
+	steps [][]stepEntry
+}
+
+type stepEntry struct {
+	seq     *engine.Sequence
+	pending int
+}
+
+func (m *stepLog) Step(ctx context.Context, seqs []*engine.Sequence, all bool) ([][]float32, error) {
+	entries := make([]stepEntry, len(seqs))
+	for i, s := range seqs {
+		entries[i] = stepEntry{s, len(s.Pending)}
+	}
+	m.mu.Lock()
+	m.steps = append(m.steps, entries)
+	m.mu.Unlock()
+	return m.Model.Step(ctx, seqs, all)
+}
+
+// TestChunkedPrefillGolden: prompts prefilled a few tokens per Step give the golden completions,
+// and the same prompt logprobs as prompts prefilled whole (to float32 rounding: the matrix products
+// see other row counts).
+func TestChunkedPrefillGolden(t *testing.T) {
+	prompts, want := goldenPrompts(t, fixtureDir("mixtral-tiny"))
+	m := loadModel(t, "mixtral-tiny")
+	whole := newTestServer(t, "mixtral-tiny", m, func(c *Config) { c.MaxBatchedTokens = 0 })
+	chunked := newTestServer(t, "mixtral-tiny", m, func(c *Config) { c.MaxRunning, c.MaxBatchedTokens = 2, 2 })
+
+	c := chunked.complete(t, map[string]any{"prompt": prompts, "max_tokens": 10, "temperature": 0, "return_token_ids": true})
+	for i, ch := range c.Choices {
+		if !slices.Equal(ch.TokenIDs, want[i]) {
+			t.Errorf("chunked prompt %d: %v, golden %v", i, ch.TokenIDs, want[i])
+		}
+	}
+	body := map[string]any{"prompt": prompts, "max_tokens": 3, "temperature": 0, "logprobs": 2, "echo": true}
+	a, b := whole.complete(t, body).Choices, chunked.complete(t, body).Choices
+	for i := range a {
+		la, lb := a[i].Logprobs, b[i].Logprobs
+		if !slices.Equal(la.Tokens, lb.Tokens) || len(la.TokenLogprobs) != len(lb.TokenLogprobs) {
+			t.Fatalf("choice %d: tokens %v, chunked %v", i, la.Tokens, lb.Tokens)
+		}
+		for j, p := range la.TokenLogprobs {
+			if q := lb.TokenLogprobs[j]; (p == nil) != (q == nil) || p != nil && math.Abs(float64(*p-*q)) > 1e-5 {
+				t.Errorf("choice %d position %d: logprob %v, chunked %v", i, j, p, q)
+			}
+		}
+	}
+}
+
+// TestChunkedPrefillShortFirst: a short prompt sent beside a long one gets its first token from the
+// first Step and decodes while the long one is prefilled in chunks; no Step exceeds the budget.
+func TestChunkedPrefillShortFirst(t *testing.T) {
+	const budget = 8
+	long := make([]int, 40)
+	for i := range long {
+		long[i] = 1 + i
+	}
+	short := []int{5, 6, 7}
+	ref := loadModel(t, "mixtral-tiny")
+	res, _, err := engine.Generate(context.Background(), ref, [][]int{long, short}, engine.GenerateOptions{MaxNewTokens: 6, IgnoreEOS: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &stepLog{Model: loadModel(t, "mixtral-tiny")}
+	ts := newTestServer(t, "mixtral-tiny", m, func(c *Config) { c.MaxRunning, c.MaxBatchedTokens = 2, budget })
+	c := ts.complete(t, map[string]any{"prompt": [][]int{long, short}, "max_tokens": 6, "temperature": 0, "ignore_eos": true, "return_token_ids": true})
+	for i, ch := range c.Choices {
+		if !slices.Equal(ch.TokenIDs, res[i].GeneratedIDs) {
+			t.Errorf("prompt %d: %v, unchunked %v", i, ch.TokenIDs, res[i].GeneratedIDs)
+		}
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	first := m.steps[0]
+	if len(first) != 2 || first[0].pending != len(short) || first[1].pending != budget-len(short) {
+		t.Fatalf("first step %+v, want the short prompt whole and %d tokens of the long one", first, budget-len(short))
+	}
+	shortSeq, longSeq := first[0].seq, first[1].seq
+	fed, prefillSteps, shortDecodes := 0, 0, 0
+	for i, step := range m.steps {
+		total := 0
+		for _, e := range step {
+			total += e.pending
+			switch {
+			case e.seq == longSeq && fed < len(long):
+				fed += e.pending
+				prefillSteps++
+			case e.seq == shortSeq && i > 0 && fed < len(long):
+				shortDecodes++
+			}
+		}
+		if total > budget {
+			t.Errorf("step %d runs %d tokens, more than the budget %d", i, total, budget)
+		}
+	}
+	// 5 + 7·5 = 40: the long prompt takes 6 Steps, and the short one decodes in each after the first.
+	if prefillSteps != 6 || shortDecodes != 5 {
+		t.Errorf("the long prompt took %d steps (want 6); the short one decoded %d tokens meanwhile (want 5)", prefillSteps, shortDecodes)
+	}
+}
