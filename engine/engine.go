@@ -59,6 +59,24 @@ type Info struct {
 	PreGated bool
 	// DenseBytes and ExpertBytes are the sizes of the weights, in the checkpoint's dtype.
 	DenseBytes, ExpertBytes int64
+	// CacheBytesPerToken is what each token a decoder has run adds to its sequence's cache: the
+	// self-attention keys and values of every decoder layer (float32).
+	CacheBytesPerToken int64
+	// PromptBytesPerToken is what each prompt token of an encoder-decoder model keeps for the
+	// sequence's life besides: its encoder output and every decoder layer's cross-attention keys
+	// and values. 0 for decoder-only models, whose prompt is in the decoder's cache.
+	PromptBytesPerToken int64
+}
+
+// SequenceBytes is the most a sequence of prompt tokens that generates up to maxTokens keeps in
+// memory (its caches at their longest): what a server reserves before it admits the sequence.
+func (i Info) SequenceBytes(prompt, maxTokens int) int64 {
+	// The last token generated is never run through the model.
+	if i.PromptBytesPerToken == 0 {
+		return int64(prompt+maxTokens-1) * i.CacheBytesPerToken
+	}
+	// The decoder runs its start token and every generated token but the last.
+	return int64(prompt)*i.PromptBytesPerToken + int64(maxTokens)*i.CacheBytesPerToken
 }
 
 // MoEBlock names one MoE block.

@@ -82,6 +82,7 @@ func LoadMixtral(ckpt *model.Checkpoint, cpu *compute.CPU, opts Options) (*Mixtr
 		m.info.EOS = []int{cfg.EOSTokenID}
 	}
 	m.info.DenseBytes = l.bytes
+	m.info.CacheBytesPerToken = int64(cfg.NumHiddenLayers) * 2 * int64(cfg.NumKeyValueHeads*hd) * 4
 	m.info.ExpertBytes = int64(cfg.NumHiddenLayers*cfg.NumLocalExperts) * 3 * int64(d*cfg.IntermediateSize) * m.embed.elemBytes()
 	// inv_freq as HF computes it, in float32: 1 / theta^(2i/head_dim).
 	m.invFreq = make([]float32, hd/2)

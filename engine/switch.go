@@ -134,6 +134,8 @@ func LoadSwitch(ckpt *model.Checkpoint, cpu *compute.CPU, opts Options) (*Switch
 	m.info.VocabSize = cfg.VocabSize
 	m.info.EOS = []int{cfg.EOSTokenID}
 	m.info.DenseBytes = l.bytes
+	m.info.CacheBytesPerToken = int64(cfg.NumDecoderLayers) * 2 * int64(cfg.NumHeads*cfg.DKV) * 4
+	m.info.PromptBytesPerToken = int64(cfg.DModel)*4 + 1 + m.info.CacheBytesPerToken // hidden, mask, cross K/V
 	m.info.ExpertBytes = int64(len(numExperts)*cfg.NumExperts) * 2 * int64(d*cfg.DFF) * m.shared.elemBytes()
 	return m, nil
 }

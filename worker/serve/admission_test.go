@@ -3,9 +3,12 @@ package serve
 import (
 	"context"
 	"math"
+	"net/http"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/pregate/pregate/engine"
 )
@@ -113,5 +116,34 @@ func TestChunkedPrefillShortFirst(t *testing.T) {
 	// 5 + 7·5 = 40: the long prompt takes 6 Steps, and the short one decodes in each after the first.
 	if prefillSteps != 6 || shortDecodes != 5 {
 		t.Errorf("the long prompt took %d steps (want 6); the short one decoded %d tokens meanwhile (want 5)", prefillSteps, shortDecodes)
+	}
+}
+
+// TestKVCacheBudget: a request whose worst-case cache exceeds the budget gets 400 naming it; one
+// that does not fit beside the running ones waits, and gets 429 with Retry-After past the queue
+// timeout; once the cache frees, requests run again.
+func TestKVCacheBudget(t *testing.T) {
+	m := loadModel(t, "switch-tiny")
+	info := m.Info()
+	budget := info.SequenceBytes(3, 2000) + info.SequenceBytes(3, 2)/2
+	ts := newTestServer(t, "switch-tiny", m, func(c *Config) { c.KVCacheBytes, c.QueueTimeout = budget, 100*time.Millisecond })
+
+	resp, b := post(t, context.Background(), ts.url, map[string]any{"prompt": []int{5, 6, 7}, "max_tokens": 4000})
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("a request beyond the budget: status %d: %s", resp.StatusCode, b)
+	}
+	checkError(t, b, "invalid_request_error", "max_tokens", strconv.FormatInt(budget, 10))
+
+	_, stopLong := streamUntil(t, ts, map[string]any{"prompt": []int{5, 6, 7}, "max_tokens": 2000, "temperature": 0, "ignore_eos": true, "stream": true}, 1)
+	defer stopLong()
+	short := map[string]any{"prompt": []int{5, 6, 7}, "max_tokens": 2, "temperature": 0}
+	resp, b = post(t, context.Background(), ts.url, short)
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("status %d, Retry-After %q, want 429 with Retry-After: %s", resp.StatusCode, resp.Header.Get("Retry-After"), b)
+	}
+	checkError(t, b, "rate_limit_error", "", "waited")
+	stopLong()
+	if c := ts.complete(t, short); c.Usage.CompletionTokens != 2 {
+		t.Fatalf("after the long request: %+v", c)
 	}
 }

@@ -82,6 +82,7 @@ type sequence struct {
 	chunk   int         // prompt tokens the Step in flight feeds
 	logits  []float32   // with PromptLogprobs: the prompt positions' logits so far, chunk by chunk
 	done    bool        // ended: the scheduler drops it after the Step
+	kvBytes int64       // its cache at its longest (engine.Info.SequenceBytes): reserved while it runs
 	queued  time.Time   // when it was submitted
 	last    time.Time   // when its last token was posted
 	stopped atomic.Bool // set by the caller (call.stop)
@@ -105,7 +106,8 @@ func (s *Server) submit(ctx context.Context, reqs []Request) (*call, error) {
 	now := time.Now()
 	for i, req := range reqs {
 		req.Prompt = slices.Clone(req.Prompt)
-		c.seqs[i] = &sequence{call: c, index: i, req: req, sampler: newSampler(req), queued: now}
+		c.seqs[i] = &sequence{call: c, index: i, req: req, sampler: newSampler(req), queued: now,
+			kvBytes: s.info.SequenceBytes(len(req.Prompt), req.MaxTokens)}
 	}
 	s.mu.Lock()
 	switch {
@@ -162,7 +164,7 @@ func (s *Server) schedule(context.Context) (err error) {
 	for {
 		running = dropCancelled(running)
 		s.metrics.running.Set(float64(len(running)))
-		admitted, ok := s.admit(s.cfg.MaxRunning-len(running), len(running) == 0)
+		admitted, ok := s.admit(s.cfg.MaxRunning-len(running), s.kvFree(running), len(running) == 0)
 		if !ok {
 			return nil
 		}
@@ -187,9 +189,21 @@ func dropCancelled(running []*sequence) []*sequence {
 	})
 }
 
-// admit takes up to n waiting sequences, oldest first, skipping cancelled ones. With block it waits
-// for at least one. It returns false once the server is closed.
-func (s *Server) admit(n int, block bool) ([]*sequence, bool) {
+// kvFree is the cache bytes the running sequences leave unreserved (meaningless without
+// KVCacheBytes).
+func (s *Server) kvFree(running []*sequence) int64 {
+	free := s.cfg.KVCacheBytes
+	for _, q := range running {
+		free -= q.kvBytes
+	}
+	return free
+}
+
+// admit takes up to n waiting sequences, oldest first, whose cache reservations fit in free bytes
+// (with KVCacheBytes), skipping cancelled ones and ending those that waited past QueueTimeout. It
+// stops at the first that does not fit, so a long request is not passed over for ever by short
+// ones. With block it waits for at least one. It returns false once the server is closed.
+func (s *Server) admit(n int, free int64, block bool) ([]*sequence, bool) {
 	for {
 		s.mu.Lock()
 		if s.closed {
@@ -197,20 +211,29 @@ func (s *Server) admit(n int, block bool) ([]*sequence, bool) {
 			return nil, false
 		}
 		var admitted []*sequence
-		taken := 0
+		now := time.Now()
+		kept := s.waiting[:0]
+		full := false
 		for _, q := range s.waiting {
-			if len(admitted) == n {
-				break
-			}
-			taken++
-			if err := q.call.ctx.Err(); err != nil {
-				q.end("", err)
+			switch {
+			case q.call.ctx.Err() != nil:
+				q.end("", q.call.ctx.Err())
+				continue
+			case full || len(admitted) == n || s.cfg.KVCacheBytes > 0 && q.kvBytes > free:
+				full = true
+				if s.cfg.QueueTimeout > 0 && now.Sub(q.queued) > s.cfg.QueueTimeout {
+					q.end("", fmt.Errorf("%w: waited %v to be admitted", ErrOverloaded, s.cfg.QueueTimeout))
+					continue
+				}
+				kept = append(kept, q)
 				continue
 			}
+			free -= q.kvBytes
 			admitted = append(admitted, q)
 		}
-		if taken > 0 {
-			s.waiting = slices.Delete(s.waiting, 0, taken)
+		if len(kept) != len(s.waiting) {
+			clear(s.waiting[len(kept):])
+			s.waiting = kept
 			s.metrics.waiting.Set(float64(len(s.waiting)))
 		}
 		s.mu.Unlock()

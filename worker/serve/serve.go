@@ -73,6 +73,16 @@ type Config struct {
 	// start. Decoder-only models only: an encoder-decoder model encodes its prompt whole in Start.
 	// 0: no bound (each prompt is prefilled in one Step). Otherwise at least MaxRunning.
 	MaxBatchedTokens int
+	// KVCacheBytes, when positive, bounds the bytes the running sequences' caches may reach: a
+	// sequence is admitted only once its worst case (engine.Info.SequenceBytes of its prompt and
+	// max_tokens) fits beside the others' reservations, so no request can make the worker allocate
+	// beyond it. One that could never fit gets 400; others wait in the queue, oldest first.
+	// 0: no bound.
+	KVCacheBytes int64
+	// QueueTimeout, when positive, bounds how long a sequence waits in the queue to be admitted
+	// (for cache room or a running slot): beyond it its request gets ErrOverloaded (429 with
+	// Retry-After, or an error event once a stream has begun).
+	QueueTimeout time.Duration
 	// MaxWaiting bounds the sequences submitted but not yet running; beyond it requests get
 	// ErrOverloaded (429 with Retry-After).
 	MaxWaiting int
@@ -104,6 +114,7 @@ func DefaultConfig() Config {
 		MaxWaiting:       256,     // queued sequences before 429
 		MaxBodyBytes:     1 << 20, // 1 MiB of JSON
 		MaxTokens:        4096,    // per sequence
+		QueueTimeout:     time.Minute,
 	}
 }
 
@@ -118,6 +129,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("serve: config: max running %d, max waiting %d, want ≥ 1", c.MaxRunning, c.MaxWaiting)
 	case c.MaxBatchedTokens != 0 && c.MaxBatchedTokens < c.MaxRunning:
 		return fmt.Errorf("serve: config: max batched tokens %d, want 0 or ≥ max running %d", c.MaxBatchedTokens, c.MaxRunning)
+	case c.KVCacheBytes < 0 || c.QueueTimeout < 0:
+		return fmt.Errorf("serve: config: KV cache bytes %d, queue timeout %v", c.KVCacheBytes, c.QueueTimeout)
 	case c.MaxBodyBytes < 1 || c.MaxTokens < 1 || c.MaxModelLen < 0:
 		return fmt.Errorf("serve: config: max body bytes %d, max tokens %d, max model len %d",
 			c.MaxBodyBytes, c.MaxTokens, c.MaxModelLen)
@@ -307,6 +320,9 @@ func (s *Server) check(req Request) error {
 	case s.cfg.MaxModelLen > 0 && len(req.Prompt)+req.MaxTokens > s.cfg.MaxModelLen:
 		return badRequest("max_tokens", "this model's maximum context length is %d tokens; %d were requested (%d in the prompt, %d in the completion)",
 			s.cfg.MaxModelLen, len(req.Prompt)+req.MaxTokens, len(req.Prompt), req.MaxTokens)
+	case s.cfg.KVCacheBytes > 0 && s.info.SequenceBytes(len(req.Prompt), req.MaxTokens) > s.cfg.KVCacheBytes:
+		return badRequest("max_tokens", "%d prompt tokens and max_tokens %d need %d bytes of KV cache, more than the worker's %d",
+			len(req.Prompt), req.MaxTokens, s.info.SequenceBytes(len(req.Prompt), req.MaxTokens), s.cfg.KVCacheBytes)
 	case !(req.Temperature >= 0) || req.Temperature > maxTemperature:
 		return badRequest("temperature", "temperature is %v, want 0 ≤ temperature ≤ %v", req.Temperature, maxTemperature)
 	case !(req.TopP >= 0 && req.TopP <= 1):
