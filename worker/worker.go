@@ -94,6 +94,8 @@ type Config struct {
 	// bound); QueueTimeout bounds a request's wait to be admitted (serve.Config.QueueTimeout).
 	KVCacheBytes int64
 	QueueTimeout time.Duration
+	// RequestTimeout bounds a request's life (serve.Config.RequestTimeout; 0: no bound).
+	RequestTimeout time.Duration
 	// EtcdGiveUp is how long a worker that is loading keeps trying to reach etcd before it fails
 	// (a loaded worker does not need etcd: it serves from the placement it holds).
 	EtcdGiveUp time.Duration
@@ -123,7 +125,7 @@ func DefaultConfig() Config {
 	h, _ := os.Hostname()
 	return Config{Name: h, Mode: ModeSpeculative, Device: "cpu", ExpertCache: 4 << 30, Staging: 4,
 		HTTPAddr: netaddr.Any(netaddr.WorkerHTTPPort), ShutdownTimeout: 30 * time.Second, EtcdGiveUp: time.Minute,
-		DataDir: "pregate-worker", MaxRunning: 64, MaxWaiting: 256, MaxBatchedTokens: 512, QueueTimeout: time.Minute, FetchAttemptTimeout: 5 * time.Second,
+		DataDir: "pregate-worker", MaxRunning: 64, MaxWaiting: 256, MaxBatchedTokens: 512, QueueTimeout: time.Minute, RequestTimeout: 10 * time.Minute, FetchAttemptTimeout: 5 * time.Second,
 		FetchCompression: client.CompressNever}
 }
 
@@ -147,8 +149,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("worker: config: expert cache %d bytes, data dir %q", c.ExpertCache, c.DataDir)
 	case c.MaxBatchedTokens != 0 && c.MaxBatchedTokens < c.MaxRunning:
 		return fmt.Errorf("worker: config: max batched tokens %d, want 0 or ≥ max running %d", c.MaxBatchedTokens, c.MaxRunning)
-	case c.MaxModelLen < 0 || c.KVCacheBytes < 0 || c.QueueTimeout < 0:
-		return fmt.Errorf("worker: config: max model len %d, KV cache bytes %d, queue timeout %v", c.MaxModelLen, c.KVCacheBytes, c.QueueTimeout)
+	case c.MaxModelLen < 0 || c.KVCacheBytes < 0 || c.QueueTimeout < 0 || c.RequestTimeout < 0:
+		return fmt.Errorf("worker: config: max model len %d, KV cache bytes %d, queue timeout %v, request timeout %v",
+			c.MaxModelLen, c.KVCacheBytes, c.QueueTimeout, c.RequestTimeout)
 	}
 	return nil
 }
@@ -382,7 +385,7 @@ func (w *Worker) load(ctx context.Context) error {
 	sc.ModelName, sc.Model, sc.Registry, sc.Logger = man.Name, wrapped, w.reg, w.log
 	sc.Tokenizer = w.tok.Load()
 	sc.MaxRunning, sc.MaxWaiting, sc.MaxBatchedTokens = w.cfg.MaxRunning, w.cfg.MaxWaiting, w.cfg.MaxBatchedTokens
-	sc.KVCacheBytes, sc.QueueTimeout = w.cfg.KVCacheBytes, w.cfg.QueueTimeout
+	sc.KVCacheBytes, sc.QueueTimeout, sc.RequestTimeout = w.cfg.KVCacheBytes, w.cfg.QueueTimeout, w.cfg.RequestTimeout
 	sc.Ready = w.readyErr
 	sc.MaxModelLen, err = maxModelLen(ckpt.Config(), w.cfg.MaxModelLen)
 	var srv *serve.Server

@@ -114,6 +114,7 @@ func newWorkerCmd() *cobra.Command {
 	f.IntVar(&cfg.MaxModelLen, "max-model-len", 0, "bound on prompt plus max_tokens per sequence, 400 beyond (0: Mixtral's max_position_embeddings, 2048 for Switch)")
 	f.Var(&kvCache, "kv-cache-bytes", "memory for the running sequences' KV caches: a request is admitted once its worst case (prompt + max_tokens) fits, 400 if it never can (0: no bound)")
 	f.DurationVar(&cfg.QueueTimeout, "queue-timeout", cfg.QueueTimeout, "how long a request may wait to be admitted before 429 with Retry-After (0: no bound)")
+	f.DurationVar(&cfg.RequestTimeout, "request-timeout", cfg.RequestTimeout, "how long a request may run from its arrival: then it gets 504, or a streamed one an error event after its tokens (0: no bound)")
 	f.IntVar(&cfg.MaxWaiting, "max-waiting", cfg.MaxWaiting, "requests queued before answering 429")
 	f.StringVar(&apiKeyFile, "api-key-file", "", "file of API keys, one per line: the OpenAI API then requires Authorization: Bearer <key> (401 without)")
 	f.StringVar(&cfg.MetricsAddr, "metrics-listen", "", "serve /metrics on this address instead of --http (a port scrapers reach and clients do not)")

@@ -1,11 +1,13 @@
 package serve
 
 import (
+	"bytes"
 	"context"
 	"math"
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -145,5 +147,28 @@ func TestKVCacheBudget(t *testing.T) {
 	stopLong()
 	if c := ts.complete(t, short); c.Usage.CompletionTokens != 2 {
 		t.Fatalf("after the long request: %+v", c)
+	}
+}
+
+// TestRequestTimeout: a request running past the timeout ends with 504 (whole) or, streamed, with
+// an error event after the tokens it had.
+func TestRequestTimeout(t *testing.T) {
+	ts := newTestServer(t, "switch-tiny", loadModel(t, "switch-tiny"), func(c *Config) { c.RequestTimeout = 50 * time.Millisecond })
+	body := map[string]any{"prompt": []int{5, 6, 7}, "max_tokens": 4000, "temperature": 0, "ignore_eos": true, "return_token_ids": true}
+	resp, b := post(t, context.Background(), ts.url, body)
+	if resp.StatusCode != http.StatusGatewayTimeout {
+		t.Fatalf("status %d, want 504: %s", resp.StatusCode, b)
+	}
+	checkError(t, b, "server_error", "", "request timeout of 50ms")
+
+	body["stream"] = true
+	resp, b = post(t, context.Background(), ts.url, body)
+	st := readStream(t, bytes.NewReader(b))
+	if resp.StatusCode != http.StatusOK || len(st.tokens[0]) == 0 || len(st.tokens[0]) >= 4000 || len(st.errs) != 1 ||
+		!strings.Contains(st.errs[0].Message, "request timeout") || !st.done {
+		t.Fatalf("stream: status %d, %d tokens, errors %+v, done %v", resp.StatusCode, len(st.tokens[0]), st.errs, st.done)
+	}
+	if c := ts.complete(t, map[string]any{"prompt": []int{5, 6, 7}, "max_tokens": 2}); c.Usage.CompletionTokens != 2 {
+		t.Fatalf("a short request after: %+v", c)
 	}
 }

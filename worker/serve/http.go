@@ -38,6 +38,7 @@ var errorKinds = []struct {
 	{errTooLarge, http.StatusRequestEntityTooLarge, "invalid_request_error", "request_too_large"},
 	{ErrOverloaded, http.StatusTooManyRequests, "rate_limit_error", "overloaded"},
 	{ErrClosed, http.StatusServiceUnavailable, "server_error", "unavailable"},
+	{ErrTimeout, http.StatusGatewayTimeout, "server_error", "timeout"},
 	{context.Canceled, statusClientClosed, "invalid_request_error", "cancelled"},
 	{context.DeadlineExceeded, http.StatusGatewayTimeout, "server_error", "timeout"},
 }
@@ -55,7 +56,7 @@ type Error struct {
 func (s *Server) errorOf(err error) (status int, e Error) {
 	status, e = http.StatusInternalServerError, Error{Message: err.Error(), Type: "server_error"}
 	defer func() {
-		if status >= 500 && !errors.Is(err, ErrClosed) {
+		if status >= 500 && !errors.Is(err, ErrClosed) && !errors.Is(err, ErrTimeout) {
 			id := rand.Text()[:16]
 			s.log.Error("request failed", "error_id", id, "status", status, "err", err)
 			e.Message = "the worker failed this request (error id " + id + "; its log has the details)"

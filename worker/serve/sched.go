@@ -84,6 +84,7 @@ type sequence struct {
 	done    bool        // ended: the scheduler drops it after the Step
 	kvBytes int64       // its cache at its longest (engine.Info.SequenceBytes): reserved while it runs
 	queued  time.Time   // when it was submitted
+	expires time.Time   // with RequestTimeout: when it ends with ErrTimeout
 	last    time.Time   // when its last token was posted
 	stopped atomic.Bool // set by the caller (call.stop)
 }
@@ -104,10 +105,14 @@ func (s *Server) submit(ctx context.Context, reqs []Request) (*call, error) {
 	}
 	c := &call{ctx: ctx, seqs: make([]*sequence, len(reqs)), ready: make(chan struct{}, 1)}
 	now := time.Now()
+	var expires time.Time
+	if s.cfg.RequestTimeout > 0 {
+		expires = now.Add(s.cfg.RequestTimeout)
+	}
 	for i, req := range reqs {
 		req.Prompt = slices.Clone(req.Prompt)
 		c.seqs[i] = &sequence{call: c, index: i, req: req, sampler: newSampler(req), queued: now,
-			kvBytes: s.info.SequenceBytes(len(req.Prompt), req.MaxTokens)}
+			kvBytes: s.info.SequenceBytes(len(req.Prompt), req.MaxTokens), expires: expires}
 	}
 	s.mu.Lock()
 	switch {
@@ -162,7 +167,7 @@ func (s *Server) schedule(context.Context) (err error) {
 		s.metrics.waiting.Set(0)
 	}()
 	for {
-		running = dropCancelled(running)
+		running = s.dropCancelled(running)
 		s.metrics.running.Set(float64(len(running)))
 		admitted, ok := s.admit(s.cfg.MaxRunning-len(running), s.kvFree(running), len(running) == 0)
 		if !ok {
@@ -178,11 +183,17 @@ func (s *Server) schedule(context.Context) (err error) {
 	}
 }
 
-// dropCancelled ends the sequences whose callers have gone, and drops those they stopped.
-func dropCancelled(running []*sequence) []*sequence {
+// dropCancelled ends the sequences whose callers have gone or whose RequestTimeout has passed, and
+// drops those their callers stopped.
+func (s *Server) dropCancelled(running []*sequence) []*sequence {
+	now := time.Now()
 	return slices.DeleteFunc(running, func(q *sequence) bool {
-		if err := q.call.ctx.Err(); err != nil {
-			q.end("", err)
+		switch {
+		case q.call.ctx.Err() != nil:
+			q.end("", q.call.ctx.Err())
+			return true
+		case !q.expires.IsZero() && now.After(q.expires):
+			q.end("", fmt.Errorf("%w: the request ran longer than the worker's request timeout of %v", ErrTimeout, s.cfg.RequestTimeout))
 			return true
 		}
 		return q.stopped.Load()

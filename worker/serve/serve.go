@@ -53,6 +53,9 @@ var (
 	ErrOverloaded = errors.New("serve: too many requests waiting")
 	// ErrClosed is returned once the server is closing (HTTP 503).
 	ErrClosed = errors.New("serve: server closed")
+	// ErrTimeout ends a request that ran past Config.RequestTimeout (HTTP 504; a stream gets it
+	// as an error event after the tokens it had).
+	ErrTimeout = errors.New("serve: request timed out")
 )
 
 // Config configures a Server.
@@ -83,6 +86,9 @@ type Config struct {
 	// (for cache room or a running slot): beyond it its request gets ErrOverloaded (429 with
 	// Retry-After, or an error event once a stream has begun).
 	QueueTimeout time.Duration
+	// RequestTimeout, when positive, bounds a request's life from its submission: a sequence still
+	// generating then ends with ErrTimeout at the next step boundary. 0: no bound.
+	RequestTimeout time.Duration
 	// MaxWaiting bounds the sequences submitted but not yet running; beyond it requests get
 	// ErrOverloaded (429 with Retry-After).
 	MaxWaiting int
@@ -129,8 +135,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("serve: config: max running %d, max waiting %d, want ≥ 1", c.MaxRunning, c.MaxWaiting)
 	case c.MaxBatchedTokens != 0 && c.MaxBatchedTokens < c.MaxRunning:
 		return fmt.Errorf("serve: config: max batched tokens %d, want 0 or ≥ max running %d", c.MaxBatchedTokens, c.MaxRunning)
-	case c.KVCacheBytes < 0 || c.QueueTimeout < 0:
-		return fmt.Errorf("serve: config: KV cache bytes %d, queue timeout %v", c.KVCacheBytes, c.QueueTimeout)
+	case c.KVCacheBytes < 0 || c.QueueTimeout < 0 || c.RequestTimeout < 0:
+		return fmt.Errorf("serve: config: KV cache bytes %d, queue timeout %v, request timeout %v", c.KVCacheBytes, c.QueueTimeout, c.RequestTimeout)
 	case c.MaxBodyBytes < 1 || c.MaxTokens < 1 || c.MaxModelLen < 0:
 		return fmt.Errorf("serve: config: max body bytes %d, max tokens %d, max model len %d",
 			c.MaxBodyBytes, c.MaxTokens, c.MaxModelLen)
