@@ -29,6 +29,10 @@ import (
 var (
 	ErrUnsupported = errors.New("engine: unsupported checkpoint")
 	ErrBadInput    = errors.New("engine: bad input")
+	// ErrExpertUnavailable wraps an Experts implementation's failure to provide an expert's
+	// weights after its own retries (every store replica failed): the Step that needed it fails,
+	// and a server answers its requests "try again later" rather than "the server is broken".
+	ErrExpertUnavailable = errors.New("engine: expert unavailable")
 )
 
 // Model is a loaded checkpoint that can decode.

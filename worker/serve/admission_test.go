@@ -3,12 +3,14 @@ package serve
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"math"
 	"net/http"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -170,5 +172,36 @@ func TestRequestTimeout(t *testing.T) {
 	}
 	if c := ts.complete(t, map[string]any{"prompt": []int{5, 6, 7}, "max_tokens": 2}); c.Usage.CompletionTokens != 2 {
 		t.Fatalf("a short request after: %+v", c)
+	}
+}
+
+// unavailableModel fails its Steps as a worker does when an expert's fetch failed on every replica.
+type unavailableModel struct {
+	engine.Model
+	fail atomic.Bool
+}
+
+func (m *unavailableModel) Step(ctx context.Context, seqs []*engine.Sequence, all bool) ([][]float32, error) {
+	if m.fail.Load() {
+		return nil, fmt.Errorf("%w: expert {0 1}: every replica failed", engine.ErrExpertUnavailable)
+	}
+	return m.Model.Step(ctx, seqs, all)
+}
+
+// TestExpertUnavailable: a Step that could not get an expert answers 503 with Retry-After (an error
+// id, not the fetch's text), and the server serves the next request.
+func TestExpertUnavailable(t *testing.T) {
+	m := &unavailableModel{Model: loadModel(t, "switch-tiny")}
+	ts := newTestServer(t, "switch-tiny", m, nil)
+	body := map[string]any{"prompt": []int{5, 6, 7}, "max_tokens": 2}
+	m.fail.Store(true)
+	resp, b := post(t, context.Background(), ts.url, body)
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("status %d, Retry-After %q, want 503 with Retry-After: %s", resp.StatusCode, resp.Header.Get("Retry-After"), b)
+	}
+	checkError(t, b, "server_error", "", "error id")
+	m.fail.Store(false)
+	if c := ts.complete(t, body); c.Usage.CompletionTokens != 2 {
+		t.Fatalf("after the store came back: %+v", c)
 	}
 }

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/pregate/pregate/engine"
 )
 
 // HTTP-only errors.
@@ -39,6 +41,7 @@ var errorKinds = []struct {
 	{ErrOverloaded, http.StatusTooManyRequests, "rate_limit_error", "overloaded"},
 	{ErrClosed, http.StatusServiceUnavailable, "server_error", "unavailable"},
 	{ErrTimeout, http.StatusGatewayTimeout, "server_error", "timeout"},
+	{engine.ErrExpertUnavailable, http.StatusServiceUnavailable, "server_error", "expert_unavailable"},
 	{context.Canceled, statusClientClosed, "invalid_request_error", "cancelled"},
 	{context.DeadlineExceeded, http.StatusGatewayTimeout, "server_error", "timeout"},
 }
@@ -83,8 +86,8 @@ func (s *Server) errorOf(err error) (status int, e Error) {
 // writeError answers err and returns the status written.
 func (s *Server) writeError(w http.ResponseWriter, err error) int {
 	status, e := s.errorOf(err)
-	if status == http.StatusTooManyRequests {
-		w.Header().Set("Retry-After", "1")
+	if status == http.StatusTooManyRequests || errors.Is(err, engine.ErrExpertUnavailable) {
+		w.Header().Set("Retry-After", "1") // a store back, a placement moved: worth another try
 	}
 	if status != statusClientClosed {
 		writeJSON(w, status, struct {
