@@ -72,15 +72,19 @@ type Info struct {
 	PromptBytesPerToken int64
 }
 
+// CacheTokens is the most tokens a sequence of prompt tokens that generates up to maxTokens runs
+// through its decoder (what Sequence.Reserve wants). The last token generated is never run.
+func (i Info) CacheTokens(prompt, maxTokens int) int {
+	if i.PromptBytesPerToken == 0 {
+		return prompt + maxTokens - 1 // decoder-only: the prompt is in the decoder's cache
+	}
+	return maxTokens // the decoder start token and every generated token but the last
+}
+
 // SequenceBytes is the most a sequence of prompt tokens that generates up to maxTokens keeps in
 // memory (its caches at their longest): what a server reserves before it admits the sequence.
 func (i Info) SequenceBytes(prompt, maxTokens int) int64 {
-	// The last token generated is never run through the model.
-	if i.PromptBytesPerToken == 0 {
-		return int64(prompt+maxTokens-1) * i.CacheBytesPerToken
-	}
-	// The decoder runs its start token and every generated token but the last.
-	return int64(prompt)*i.PromptBytesPerToken + int64(maxTokens)*i.CacheBytesPerToken
+	return int64(prompt)*i.PromptBytesPerToken + int64(i.CacheTokens(prompt, maxTokens))*i.CacheBytesPerToken
 }
 
 // MoEBlock names one MoE block.
@@ -97,12 +101,35 @@ type Sequence struct {
 	// Pending tokens are fed by the next Step.
 	Pending []int
 	n       int         // tokens already in the cache
+	width   int         // floats per token of each layer's keys (and of its values)
 	kv      []kvCache   // per decoder layer
 	enc     *encoderOut // encoder-decoder models only
 }
 
 // Len is the number of tokens in the sequence's cache.
 func (s *Sequence) Len() int { return s.n }
+
+// Reserve sizes the sequence's cache for tokens in all (its pending and future ones, counted as
+// Len counts them), so that Steps up to that length append without reallocating: a server that
+// admits by memory allocates each sequence's cache once, at the worst case it reserved, instead
+// of letting append's growth overshoot it.
+func (s *Sequence) Reserve(tokens int) {
+	for i := range s.kv {
+		c := &s.kv[i]
+		c.k = reserve(c.k, tokens*s.width)
+		c.v = reserve(c.v, tokens*s.width)
+	}
+}
+
+// reserve returns x with capacity n exactly, when it has less.
+func reserve(x []float32, n int) []float32 {
+	if cap(x) >= n {
+		return x
+	}
+	y := make([]float32, len(x), n)
+	copy(y, x)
+	return y
+}
 
 type kvCache struct{ k, v []float32 }
 

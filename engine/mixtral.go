@@ -109,7 +109,8 @@ func (m *Mixtral) Start(ctx context.Context, prompts [][]int) ([]*Sequence, erro
 		if err := checkIDs(p, m.cfg.VocabSize); err != nil {
 			return nil, err
 		}
-		seqs[i] = &Sequence{Pending: append([]int(nil), p...), kv: make([]kvCache, len(m.layers))}
+		seqs[i] = &Sequence{Pending: append([]int(nil), p...), kv: make([]kvCache, len(m.layers)),
+			width: m.cfg.NumKeyValueHeads * m.cfg.HeadDim}
 	}
 	return seqs, nil
 }

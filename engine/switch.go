@@ -159,7 +159,8 @@ func (m *Switch) StartMasked(ctx context.Context, prompts [][]int, masks [][]int
 	}
 	seqs := make([]*Sequence, len(prompts))
 	for i := range prompts {
-		seqs[i] = &Sequence{Pending: []int{m.cfg.DecoderStartTokenID}, kv: make([]kvCache, len(m.dec.blocks)), enc: outs[i]}
+		seqs[i] = &Sequence{Pending: []int{m.cfg.DecoderStartTokenID}, kv: make([]kvCache, len(m.dec.blocks)), enc: outs[i],
+			width: m.cfg.NumHeads * m.cfg.DKV}
 	}
 	return seqs, nil
 }

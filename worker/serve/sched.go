@@ -274,6 +274,10 @@ func (s *Server) start(admitted []*sequence) []*sequence {
 	for i, q := range admitted {
 		q.seq = seqs[i]
 		s.metrics.promptTokens.Add(float64(len(q.req.Prompt)))
+		if s.cfg.KVCacheBytes > 0 {
+			// Allocate the cache admission reserved, once: append's growth would overshoot it.
+			q.seq.Reserve(s.info.CacheTokens(len(q.req.Prompt), q.req.MaxTokens))
+		}
 		if s.decoderOnly() {
 			// The prompt goes to the model chunk by chunk (plan); Start's copy is not fed as a whole.
 			q.seq.Pending = q.seq.Pending[:0]
