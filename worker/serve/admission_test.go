@@ -146,6 +146,9 @@ func TestKVCacheBudget(t *testing.T) {
 		t.Fatalf("status %d, Retry-After %q, want 429 with Retry-After: %s", resp.StatusCode, resp.Header.Get("Retry-After"), b)
 	}
 	checkError(t, b, "rate_limit_error", "", "waited")
+	if got, want := metricValue(t, ts.reg, "pregate_kv_cache_reserved_bytes"), float64(info.SequenceBytes(3, 2000)); got != want {
+		t.Errorf("reserved bytes metric %v, want the long request's %v", got, want)
+	}
 	stopLong()
 	if c := ts.complete(t, short); c.Usage.CompletionTokens != 2 {
 		t.Fatalf("after the long request: %+v", c)

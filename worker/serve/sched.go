@@ -165,11 +165,12 @@ func (s *Server) schedule(context.Context) (err error) {
 		}
 		s.metrics.running.Set(0)
 		s.metrics.waiting.Set(0)
+		s.metrics.kvReserved.Set(0)
 	}()
 	for {
 		running = s.dropCancelled(running)
 		s.metrics.running.Set(float64(len(running)))
-		admitted, ok := s.admit(s.cfg.MaxRunning-len(running), s.kvFree(running), len(running) == 0)
+		admitted, ok := s.admit(s.cfg.MaxRunning-len(running), s.cfg.KVCacheBytes-reserved(running), len(running) == 0)
 		if !ok {
 			return nil
 		}
@@ -177,6 +178,7 @@ func (s *Server) schedule(context.Context) (err error) {
 			running = append(running, s.start(admitted)...)
 			s.metrics.running.Set(float64(len(running)))
 		}
+		s.metrics.kvReserved.Set(float64(reserved(running)))
 		if len(running) > 0 {
 			running = s.step(running)
 		}
@@ -200,14 +202,13 @@ func (s *Server) dropCancelled(running []*sequence) []*sequence {
 	})
 }
 
-// kvFree is the cache bytes the running sequences leave unreserved (meaningless without
-// KVCacheBytes).
-func (s *Server) kvFree(running []*sequence) int64 {
-	free := s.cfg.KVCacheBytes
+// reserved is the cache bytes the running sequences reserve.
+func reserved(running []*sequence) int64 {
+	var n int64
 	for _, q := range running {
-		free -= q.kvBytes
+		n += q.kvBytes
 	}
-	return free
+	return n
 }
 
 // admit takes up to n waiting sequences, oldest first, whose cache reservations fit in free bytes
