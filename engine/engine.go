@@ -45,7 +45,9 @@ type Model interface {
 	Start(ctx context.Context, prompts [][]int) ([]*Sequence, error)
 	// Step runs every sequence's Pending tokens through the model, appends them to its cache, clears
 	// Pending and returns per sequence the logits of its last pending token ([vocab]) or, with all,
-	// of every pending token ([pending × vocab]).
+	// of every pending token ([pending × vocab]). When an unavailable expert failed only some of
+	// the sequences, it returns the logits with a *SequenceErrors naming those (their rows and
+	// caches are garbage; the others' are valid).
 	Step(ctx context.Context, seqs []*Sequence, all bool) ([][]float32, error)
 	// Close releases the model's resources (the checkpoint mapping stays owned by the caller).
 	Close() error

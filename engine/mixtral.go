@@ -145,6 +145,7 @@ func (m *Mixtral) Step(ctx context.Context, seqs []*Sequence, all bool) ([][]flo
 	k := make([]float32, tokens*kd)
 	v := make([]float32, tokens*kd)
 	attnOut := make([]float32, tokens*qd)
+	failed := make([]error, len(seqs))
 	for li := range m.layers {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -169,7 +170,7 @@ func (m *Mixtral) Step(ctx context.Context, seqs []*Sequence, all bool) ([][]flo
 		}
 		linear(m.cpu, x, attnOut, tokens, ly.o, true)
 		compute.RMSNorm(xn, x, tokens, d, ly.ln2, float32(cfg.RMSNormEps))
-		if _, err := m.moe.run(ctx, &ly.block, xn, x, tokens, seqLens, nil); err != nil {
+		if _, err := m.moe.run(ctx, &ly.block, xn, x, tokens, seqLens, nil, failed); err != nil {
 			return nil, err
 		}
 	}
@@ -182,7 +183,7 @@ func (m *Mixtral) Step(ctx context.Context, seqs []*Sequence, all bool) ([][]flo
 	return finish(seqs, seqLens, x, d, all, func(dst, rows []float32, n int) {
 		compute.RMSNorm(rows, rows, n, d, m.norm, float32(cfg.RMSNormEps))
 		linear(m.cpu, dst, rows, n, m.lmHead, false)
-	}, cfg.VocabSize), nil
+	}, cfg.VocabSize), sequenceErrors(failed)
 }
 
 // rope rotates each head of x [tokens × heads·hd] in place (HF rotate_half convention).

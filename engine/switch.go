@@ -208,7 +208,7 @@ func (m *Switch) encode(ctx context.Context, ids [][]int, masks [][]int) ([]*enc
 		return nil, err
 	}
 	x := embed(m.shared, seqs, tokens)
-	if err := m.runStack(ctx, &m.enc, seqs, seqLens, x, tokens, outs); err != nil {
+	if err := m.runStack(ctx, &m.enc, seqs, seqLens, x, tokens, outs, nil); err != nil {
 		return nil, err
 	}
 	compute.RMSNorm(x, x, tokens, d, m.enc.final, float32(cfg.LayerNormEpsilon))
@@ -245,7 +245,8 @@ func (m *Switch) Step(ctx context.Context, seqs []*Sequence, all bool) ([][]floa
 		return nil, err
 	}
 	x := embed(m.shared, seqs, tokens)
-	if err := m.runStack(ctx, &m.dec, seqs, seqLens, x, tokens, nil); err != nil {
+	failed := make([]error, len(seqs))
+	if err := m.runStack(ctx, &m.dec, seqs, seqLens, x, tokens, nil, failed); err != nil {
 		return nil, err
 	}
 	if b := m.dec.firstMoE(); b != nil {
@@ -260,12 +261,12 @@ func (m *Switch) Step(ctx context.Context, seqs []*Sequence, all bool) ([][]floa
 			compute.Scale(rows, scale)
 		}
 		linear(m.cpu, dst, rows, n, m.lmHead, false)
-	}, cfg.VocabSize), nil
+	}, cfg.VocabSize), sequenceErrors(failed)
 }
 
 // runStack runs the blocks of one stack over x [tokens × d] in place. For the encoder, encs holds
 // each sequence's key mask; for the decoder, each sequence's encoder output is in seqs[i].enc.
-func (m *Switch) runStack(ctx context.Context, st *switchStack, seqs []*Sequence, seqLens []int, x []float32, tokens int, encs []*encoderOut) error {
+func (m *Switch) runStack(ctx context.Context, st *switchStack, seqs []*Sequence, seqLens []int, x []float32, tokens int, encs []*encoderOut, failed []error) error {
 	cfg := m.cfg
 	d, inner, heads := cfg.DModel, cfg.NumHeads*cfg.DKV, cfg.NumHeads
 	eps := float32(cfg.LayerNormEpsilon)
@@ -322,7 +323,7 @@ func (m *Switch) runStack(ctx context.Context, st *switchStack, seqs []*Sequence
 			linear(m.cpu, x, h, tokens, b.wo, true)
 			continue
 		}
-		next, err := m.moe.run(ctx, b.moe, xn, x, tokens, seqLens, routed)
+		next, err := m.moe.run(ctx, b.moe, xn, x, tokens, seqLens, routed, failed)
 		if err != nil {
 			return err
 		}

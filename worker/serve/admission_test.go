@@ -3,6 +3,7 @@ package serve
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"net/http"
@@ -206,5 +207,47 @@ func TestExpertUnavailable(t *testing.T) {
 	m.fail.Store(false)
 	if c := ts.complete(t, body); c.Usage.CompletionTokens != 2 {
 		t.Fatalf("after the store came back: %+v", c)
+	}
+}
+
+// firstOfPairFails fails the first sequence of every two-sequence Step, as an unavailable expert
+// that only its tokens were routed to would.
+type firstOfPairFails struct{ engine.Model }
+
+func (m firstOfPairFails) Step(ctx context.Context, seqs []*engine.Sequence, all bool) ([][]float32, error) {
+	logits, err := m.Model.Step(ctx, seqs, all)
+	if err != nil || len(seqs) != 2 {
+		return logits, err
+	}
+	return logits, &engine.SequenceErrors{Failed: map[int]error{0: fmt.Errorf("%w: expert {0 3}", engine.ErrExpertUnavailable)}}
+}
+
+// TestExpertUnavailableFailsOnlyItsSequences: a Step that failed one of its sequences ends that one
+// with the error and the other decodes on, as it would have alone.
+func TestExpertUnavailableFailsOnlyItsSequences(t *testing.T) {
+	m := loadModel(t, "switch-tiny")
+	ts := newTestServer(t, "switch-tiny", firstOfPairFails{m}, nil)
+	short := Request{Prompt: []int{5, 6, 7}, MaxTokens: 4, IgnoreEOS: true}
+	res, _, err := engine.Generate(context.Background(), m, [][]int{short.Prompt}, engine.GenerateOptions{MaxNewTokens: 4, IgnoreEOS: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{})
+	longErr := make(chan error, 1)
+	go func() {
+		var once sync.Once
+		_, err := ts.Generate(context.Background(), Request{Prompt: []int{1, 2}, MaxTokens: 1000, IgnoreEOS: true}, func(int) {
+			once.Do(func() { close(started) })
+		})
+		longErr <- err
+	}()
+	<-started
+	var got []int
+	finish, err := ts.Generate(context.Background(), short, func(tok int) { got = append(got, tok) })
+	if err != nil || finish != "length" || !slices.Equal(got, res[0].GeneratedIDs) {
+		t.Fatalf("the other sequence: %v %q %v, want %v length", got, finish, err, res[0].GeneratedIDs)
+	}
+	if err := <-longErr; !errors.Is(err, engine.ErrExpertUnavailable) {
+		t.Fatalf("the failed sequence: %v, want ErrExpertUnavailable", err)
 	}
 }

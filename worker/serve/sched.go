@@ -2,6 +2,7 @@ package serve
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime/debug"
 	"slices"
@@ -347,7 +348,8 @@ func (s *Server) step(running []*sequence) []*sequence {
 	ctx, release := s.batchContext(batch)
 	logits, err := s.cfg.Model.Step(ctx, seqs, all)
 	release()
-	if err != nil {
+	var partial *engine.SequenceErrors
+	if err != nil && (!errors.As(err, &partial) || logits == nil) {
 		// Only the Step's sequences fail: the others' caches are as they were.
 		s.fail(batch, "step", err)
 		for _, q := range batch {
@@ -357,6 +359,11 @@ func (s *Server) step(running []*sequence) []*sequence {
 	}
 	now := time.Now()
 	for i, q := range batch {
+		if partial != nil && partial.Failed[i] != nil {
+			s.fail([]*sequence{q}, "step", partial.Failed[i]) // an expert it needed is unavailable
+			q.done = true
+			continue
+		}
 		if s.emit(q, logits[i], all, now) {
 			q.done = true
 		}
