@@ -29,6 +29,10 @@ import (
 var (
 	ErrUnsupported = errors.New("engine: unsupported checkpoint")
 	ErrBadInput    = errors.New("engine: bad input")
+	// ErrExpertUnavailable wraps an Experts implementation's failure to provide an expert's
+	// weights after its own retries (every store replica failed): the Step that needed it fails,
+	// and a server answers its requests "try again later" rather than "the server is broken".
+	ErrExpertUnavailable = errors.New("engine: expert unavailable")
 )
 
 // Model is a loaded checkpoint that can decode.
@@ -41,7 +45,9 @@ type Model interface {
 	Start(ctx context.Context, prompts [][]int) ([]*Sequence, error)
 	// Step runs every sequence's Pending tokens through the model, appends them to its cache, clears
 	// Pending and returns per sequence the logits of its last pending token ([vocab]) or, with all,
-	// of every pending token ([pending × vocab]).
+	// of every pending token ([pending × vocab]). When an unavailable expert failed only some of
+	// the sequences, it returns the logits with a *SequenceErrors naming those (their rows and
+	// caches are garbage; the others' are valid).
 	Step(ctx context.Context, seqs []*Sequence, all bool) ([][]float32, error)
 	// Close releases the model's resources (the checkpoint mapping stays owned by the caller).
 	Close() error
@@ -59,6 +65,28 @@ type Info struct {
 	PreGated bool
 	// DenseBytes and ExpertBytes are the sizes of the weights, in the checkpoint's dtype.
 	DenseBytes, ExpertBytes int64
+	// CacheBytesPerToken is what each token a decoder has run adds to its sequence's cache: the
+	// self-attention keys and values of every decoder layer (float32).
+	CacheBytesPerToken int64
+	// PromptBytesPerToken is what each prompt token of an encoder-decoder model keeps for the
+	// sequence's life besides: its encoder output and every decoder layer's cross-attention keys
+	// and values. 0 for decoder-only models, whose prompt is in the decoder's cache.
+	PromptBytesPerToken int64
+}
+
+// CacheTokens is the most tokens a sequence of prompt tokens that generates up to maxTokens runs
+// through its decoder (what Sequence.Reserve wants). The last token generated is never run.
+func (i Info) CacheTokens(prompt, maxTokens int) int {
+	if i.PromptBytesPerToken == 0 {
+		return prompt + maxTokens - 1 // decoder-only: the prompt is in the decoder's cache
+	}
+	return maxTokens // the decoder start token and every generated token but the last
+}
+
+// SequenceBytes is the most a sequence of prompt tokens that generates up to maxTokens keeps in
+// memory (its caches at their longest): what a server reserves before it admits the sequence.
+func (i Info) SequenceBytes(prompt, maxTokens int) int64 {
+	return int64(prompt)*i.PromptBytesPerToken + int64(i.CacheTokens(prompt, maxTokens))*i.CacheBytesPerToken
 }
 
 // MoEBlock names one MoE block.
@@ -75,12 +103,35 @@ type Sequence struct {
 	// Pending tokens are fed by the next Step.
 	Pending []int
 	n       int         // tokens already in the cache
+	width   int         // floats per token of each layer's keys (and of its values)
 	kv      []kvCache   // per decoder layer
 	enc     *encoderOut // encoder-decoder models only
 }
 
 // Len is the number of tokens in the sequence's cache.
 func (s *Sequence) Len() int { return s.n }
+
+// Reserve sizes the sequence's cache for tokens in all (its pending and future ones, counted as
+// Len counts them), so that Steps up to that length append without reallocating: a server that
+// admits by memory allocates each sequence's cache once, at the worst case it reserved, instead
+// of letting append's growth overshoot it.
+func (s *Sequence) Reserve(tokens int) {
+	for i := range s.kv {
+		c := &s.kv[i]
+		c.k = reserve(c.k, tokens*s.width)
+		c.v = reserve(c.v, tokens*s.width)
+	}
+}
+
+// reserve returns x with capacity n exactly, when it has less.
+func reserve(x []float32, n int) []float32 {
+	if cap(x) >= n {
+		return x
+	}
+	y := make([]float32, len(x), n)
+	copy(y, x)
+	return y
+}
 
 type kvCache struct{ k, v []float32 }
 

@@ -82,6 +82,7 @@ func LoadMixtral(ckpt *model.Checkpoint, cpu *compute.CPU, opts Options) (*Mixtr
 		m.info.EOS = []int{cfg.EOSTokenID}
 	}
 	m.info.DenseBytes = l.bytes
+	m.info.CacheBytesPerToken = int64(cfg.NumHiddenLayers) * 2 * int64(cfg.NumKeyValueHeads*hd) * 4
 	m.info.ExpertBytes = int64(cfg.NumHiddenLayers*cfg.NumLocalExperts) * 3 * int64(d*cfg.IntermediateSize) * m.embed.elemBytes()
 	// inv_freq as HF computes it, in float32: 1 / theta^(2i/head_dim).
 	m.invFreq = make([]float32, hd/2)
@@ -108,7 +109,8 @@ func (m *Mixtral) Start(ctx context.Context, prompts [][]int) ([]*Sequence, erro
 		if err := checkIDs(p, m.cfg.VocabSize); err != nil {
 			return nil, err
 		}
-		seqs[i] = &Sequence{Pending: append([]int(nil), p...), kv: make([]kvCache, len(m.layers))}
+		seqs[i] = &Sequence{Pending: append([]int(nil), p...), kv: make([]kvCache, len(m.layers)),
+			width: m.cfg.NumKeyValueHeads * m.cfg.HeadDim}
 	}
 	return seqs, nil
 }
@@ -143,6 +145,7 @@ func (m *Mixtral) Step(ctx context.Context, seqs []*Sequence, all bool) ([][]flo
 	k := make([]float32, tokens*kd)
 	v := make([]float32, tokens*kd)
 	attnOut := make([]float32, tokens*qd)
+	failed := make([]error, len(seqs))
 	for li := range m.layers {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -167,7 +170,7 @@ func (m *Mixtral) Step(ctx context.Context, seqs []*Sequence, all bool) ([][]flo
 		}
 		linear(m.cpu, x, attnOut, tokens, ly.o, true)
 		compute.RMSNorm(xn, x, tokens, d, ly.ln2, float32(cfg.RMSNormEps))
-		if _, err := m.moe.run(ctx, &ly.block, xn, x, tokens, seqLens, nil); err != nil {
+		if _, err := m.moe.run(ctx, &ly.block, xn, x, tokens, seqLens, nil, failed); err != nil {
 			return nil, err
 		}
 	}
@@ -180,7 +183,7 @@ func (m *Mixtral) Step(ctx context.Context, seqs []*Sequence, all bool) ([][]flo
 	return finish(seqs, seqLens, x, d, all, func(dst, rows []float32, n int) {
 		compute.RMSNorm(rows, rows, n, d, m.norm, float32(cfg.RMSNormEps))
 		linear(m.cpu, dst, rows, n, m.lmHead, false)
-	}, cfg.VocabSize), nil
+	}, cfg.VocabSize), sequenceErrors(failed)
 }
 
 // rope rotates each head of x [tokens × heads·hd] in place (HF rotate_half convention).

@@ -2,6 +2,9 @@ package engine
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"slices"
 
 	"github.com/pregate/pregate/compute"
 	"github.com/pregate/pregate/routing"
@@ -56,7 +59,12 @@ type preRouted struct {
 // run computes the MoE output of blk for the normed input xn [tokens × d] and adds it to x.
 // routed, when non-nil, is the decision a previous block's pre-gate made for blk. It returns the
 // decision of blk's own pre-gate for the block it routes (nil when blk has none).
-func (r *moeRunner) run(ctx context.Context, blk *moeBlock, xn, x []float32, tokens int, seqLens []int, routed *preRouted) (*preRouted, error) {
+//
+// failed, when non-nil, has one entry per sequence: an expert that is unavailable
+// (ErrExpertUnavailable) then fails only the sequences with a token routed to it (their entries
+// get the error; their outputs are garbage from here on) and the others go on. Nil: any error
+// fails the block.
+func (r *moeRunner) run(ctx context.Context, blk *moeBlock, xn, x []float32, tokens int, seqLens []int, routed *preRouted, failed []error) (*preRouted, error) {
 	var choices []routing.Choice
 	var logits []float32
 	if routed != nil {
@@ -105,7 +113,13 @@ func (r *moeRunner) run(ctx context.Context, blk *moeBlock, xn, x []float32, tok
 		}
 		w, err := r.experts.Acquire(ctx, blk.index, e)
 		if err != nil {
-			return nil, err
+			if failed == nil || !errors.Is(err, ErrExpertUnavailable) || ctx.Err() != nil {
+				return nil, err
+			}
+			if !failRows(failed, seqLens, rows, err) {
+				return nil, err // every sequence has failed: nothing left to compute
+			}
+			continue
 		}
 		r.expert(w, xn, rows, weights, moeOut)
 		r.experts.Release(blk.index, e)
@@ -166,4 +180,56 @@ func (r *moeRunner) expert(w *ExpertWeights, xn []float32, rows []int, weights [
 		compute.Scale(yi, weights[i])
 		compute.Add(out[t*d:(t+1)*d], yi)
 	}
+}
+
+// failRows marks the sequences that own rows (token indexes into the packed batch) failed with err,
+// and reports whether some sequence is still unfailed.
+func failRows(failed []error, seqLens []int, rows []int, err error) bool {
+	for _, row := range rows {
+		si, start := 0, 0
+		for row >= start+seqLens[si] {
+			start += seqLens[si]
+			si++
+		}
+		if failed[si] == nil {
+			failed[si] = err
+		}
+	}
+	return slices.Contains(failed, nil)
+}
+
+// SequenceErrors is a Step's error when only some of its sequences failed (an expert their tokens
+// were routed to was unavailable): the logits Step returns with it are valid for the others.
+type SequenceErrors struct {
+	Failed map[int]error // by index in the Step's batch
+}
+
+func (e *SequenceErrors) Error() string {
+	for i, err := range e.Failed {
+		return fmt.Sprintf("engine: %d of the step's sequences failed (sequence %d: %v)", len(e.Failed), i, err)
+	}
+	return "engine: no sequence failed"
+}
+
+// Unwrap returns the sequences' errors, so errors.Is finds ErrExpertUnavailable.
+func (e *SequenceErrors) Unwrap() []error {
+	errs := make([]error, 0, len(e.Failed))
+	for _, err := range e.Failed {
+		errs = append(errs, err)
+	}
+	return errs
+}
+
+// sequenceErrors returns the SequenceErrors of failed (nil when none failed).
+func sequenceErrors(failed []error) error {
+	se := &SequenceErrors{Failed: map[int]error{}}
+	for i, err := range failed {
+		if err != nil {
+			se.Failed[i] = err
+		}
+	}
+	if len(se.Failed) == 0 {
+		return nil
+	}
+	return se
 }

@@ -26,6 +26,8 @@ type Switch struct {
 type switchStack struct {
 	decoder bool
 	relBias []float32 // [buckets × heads] of block 0
+	buckets []int     // relativeBucket of each relative position in [-reach, reach] (bucketTable)
+	reach   int
 	blocks  []switchBlock
 	final   []float32
 }
@@ -108,6 +110,9 @@ func LoadSwitch(ckpt *model.Checkpoint, cpu *compute.CPU, opts Options) (*Switch
 	if l.err != nil {
 		return nil, l.err
 	}
+	for _, st := range []*switchStack{&m.enc, &m.dec} {
+		st.buckets, st.reach = bucketTable(!st.decoder, cfg.RelativeAttentionNumBuckets, cfg.RelativeAttentionMaxDistance)
+	}
 	// Pre-gates: either none, or one on every sparse block that has a next sparse block in its stack.
 	for _, s := range []*switchStack{&m.enc, &m.dec} {
 		for _, b := range s.blocks {
@@ -134,6 +139,8 @@ func LoadSwitch(ckpt *model.Checkpoint, cpu *compute.CPU, opts Options) (*Switch
 	m.info.VocabSize = cfg.VocabSize
 	m.info.EOS = []int{cfg.EOSTokenID}
 	m.info.DenseBytes = l.bytes
+	m.info.CacheBytesPerToken = int64(cfg.NumDecoderLayers) * 2 * int64(cfg.NumHeads*cfg.DKV) * 4
+	m.info.PromptBytesPerToken = int64(cfg.DModel)*4 + 1 + m.info.CacheBytesPerToken // hidden, mask, cross K/V
 	m.info.ExpertBytes = int64(len(numExperts)*cfg.NumExperts) * 2 * int64(d*cfg.DFF) * m.shared.elemBytes()
 	return m, nil
 }
@@ -157,7 +164,8 @@ func (m *Switch) StartMasked(ctx context.Context, prompts [][]int, masks [][]int
 	}
 	seqs := make([]*Sequence, len(prompts))
 	for i := range prompts {
-		seqs[i] = &Sequence{Pending: []int{m.cfg.DecoderStartTokenID}, kv: make([]kvCache, len(m.dec.blocks)), enc: outs[i]}
+		seqs[i] = &Sequence{Pending: []int{m.cfg.DecoderStartTokenID}, kv: make([]kvCache, len(m.dec.blocks)), enc: outs[i],
+			width: m.cfg.NumHeads * m.cfg.DKV}
 	}
 	return seqs, nil
 }
@@ -200,7 +208,7 @@ func (m *Switch) encode(ctx context.Context, ids [][]int, masks [][]int) ([]*enc
 		return nil, err
 	}
 	x := embed(m.shared, seqs, tokens)
-	if err := m.runStack(ctx, &m.enc, seqs, seqLens, x, tokens, outs); err != nil {
+	if err := m.runStack(ctx, &m.enc, seqs, seqLens, x, tokens, outs, nil); err != nil {
 		return nil, err
 	}
 	compute.RMSNorm(x, x, tokens, d, m.enc.final, float32(cfg.LayerNormEpsilon))
@@ -237,7 +245,8 @@ func (m *Switch) Step(ctx context.Context, seqs []*Sequence, all bool) ([][]floa
 		return nil, err
 	}
 	x := embed(m.shared, seqs, tokens)
-	if err := m.runStack(ctx, &m.dec, seqs, seqLens, x, tokens, nil); err != nil {
+	failed := make([]error, len(seqs))
+	if err := m.runStack(ctx, &m.dec, seqs, seqLens, x, tokens, nil, failed); err != nil {
 		return nil, err
 	}
 	if b := m.dec.firstMoE(); b != nil {
@@ -252,12 +261,12 @@ func (m *Switch) Step(ctx context.Context, seqs []*Sequence, all bool) ([][]floa
 			compute.Scale(rows, scale)
 		}
 		linear(m.cpu, dst, rows, n, m.lmHead, false)
-	}, cfg.VocabSize), nil
+	}, cfg.VocabSize), sequenceErrors(failed)
 }
 
 // runStack runs the blocks of one stack over x [tokens × d] in place. For the encoder, encs holds
 // each sequence's key mask; for the decoder, each sequence's encoder output is in seqs[i].enc.
-func (m *Switch) runStack(ctx context.Context, st *switchStack, seqs []*Sequence, seqLens []int, x []float32, tokens int, encs []*encoderOut) error {
+func (m *Switch) runStack(ctx context.Context, st *switchStack, seqs []*Sequence, seqLens []int, x []float32, tokens int, encs []*encoderOut, failed []error) error {
 	cfg := m.cfg
 	d, inner, heads := cfg.DModel, cfg.NumHeads*cfg.DKV, cfg.NumHeads
 	eps := float32(cfg.LayerNormEpsilon)
@@ -314,7 +323,7 @@ func (m *Switch) runStack(ctx context.Context, st *switchStack, seqs []*Sequence
 			linear(m.cpu, x, h, tokens, b.wo, true)
 			continue
 		}
-		next, err := m.moe.run(ctx, b.moe, xn, x, tokens, seqLens, routed)
+		next, err := m.moe.run(ctx, b.moe, xn, x, tokens, seqLens, routed, failed)
 		if err != nil {
 			return err
 		}
@@ -339,9 +348,35 @@ func (m *Switch) relativeBias(st *switchStack) func(h, qp, kp int) float32 {
 	heads := m.cfg.NumHeads
 	nb, maxDist := m.cfg.RelativeAttentionNumBuckets, m.cfg.RelativeAttentionMaxDistance
 	bidirectional := !st.decoder
-	return func(h, qp, kp int) float32 {
-		return st.relBias[relativeBucket(kp-qp, bidirectional, nb, maxDist)*heads+h]
+	if st.buckets == nil {
+		return func(h, qp, kp int) float32 {
+			return st.relBias[relativeBucket(kp-qp, bidirectional, nb, maxDist)*heads+h]
+		}
 	}
+	tab, r := st.buckets, st.reach
+	return func(h, qp, kp int) float32 {
+		return st.relBias[tab[min(max(kp-qp, -r), r)+r]*heads+h]
+	}
+}
+
+// bucketTable is relativeBucket of every relative position in [-reach, reach], reach =
+// maxDistance: past maxDistance the log branch has reached the last bucket (min caps it), so a
+// lookup of the clamped position gives the same bucket without a log per query and key (a third
+// of a long prompt's encoder time). Nil when maxDistance is not past the exact buckets (the log
+// branch would not be monotonic there: no config does this, but then nothing is assumed).
+func bucketTable(bidirectional bool, numBuckets, maxDistance int) ([]int, int) {
+	exact := numBuckets / 2
+	if bidirectional {
+		exact = numBuckets / 4
+	}
+	if maxDistance <= exact {
+		return nil, 0
+	}
+	tab := make([]int, 2*maxDistance+1)
+	for i := range tab {
+		tab[i] = relativeBucket(i-maxDistance, bidirectional, numBuckets, maxDistance)
+	}
+	return tab, maxDistance
 }
 
 // relativeBucket is T5's _relative_position_bucket for relative = key − query; the log branch is

@@ -369,7 +369,7 @@ func (p *Pipeline) Acquire(ctx context.Context, block, expert int) (*engine.Expe
 		if !p.mode.resident {
 			p.cache.unpin(ent)
 		}
-		return nil, fmt.Errorf("worker: expert %v: %w", k, ent.err)
+		return nil, fmt.Errorf("%w: worker: expert %v: %w", engine.ErrExpertUnavailable, k, ent.err)
 	}
 	return ent.weights, nil
 }

@@ -15,6 +15,7 @@
 package worker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -82,6 +83,19 @@ type Config struct {
 	Threads int
 	// MaxRunning and MaxWaiting bound the scheduler (sequences batched together, requests queued).
 	MaxRunning, MaxWaiting int
+	// MaxBatchedTokens bounds the tokens one scheduler step runs, so that a long prompt is
+	// prefilled in chunks between the others' decode steps (serve.Config.MaxBatchedTokens; 0: no
+	// bound).
+	MaxBatchedTokens int
+	// MaxModelLen bounds prompt plus max_tokens of one sequence (400 beyond); 0: the model's
+	// positions for Mixtral (max_position_embeddings), DefaultSwitchMaxModelLen for Switch.
+	MaxModelLen int
+	// KVCacheBytes bounds the running sequences' KV caches (serve.Config.KVCacheBytes; 0: no
+	// bound); QueueTimeout bounds a request's wait to be admitted (serve.Config.QueueTimeout).
+	KVCacheBytes int64
+	QueueTimeout time.Duration
+	// RequestTimeout bounds a request's life (serve.Config.RequestTimeout; 0: no bound).
+	RequestTimeout time.Duration
 	// EtcdGiveUp is how long a worker that is loading keeps trying to reach etcd before it fails
 	// (a loaded worker does not need etcd: it serves from the placement it holds).
 	EtcdGiveUp time.Duration
@@ -111,7 +125,7 @@ func DefaultConfig() Config {
 	h, _ := os.Hostname()
 	return Config{Name: h, Mode: ModeSpeculative, Device: "cpu", ExpertCache: 4 << 30, Staging: 4,
 		HTTPAddr: netaddr.Any(netaddr.WorkerHTTPPort), ShutdownTimeout: 30 * time.Second, EtcdGiveUp: time.Minute,
-		DataDir: "pregate-worker", MaxRunning: 64, MaxWaiting: 256, FetchAttemptTimeout: 5 * time.Second,
+		DataDir: "pregate-worker", MaxRunning: 64, MaxWaiting: 256, MaxBatchedTokens: 512, QueueTimeout: time.Minute, RequestTimeout: 10 * time.Minute, FetchAttemptTimeout: 5 * time.Second,
 		FetchCompression: client.CompressNever}
 }
 
@@ -133,8 +147,38 @@ func (c Config) Validate() error {
 		return fmt.Errorf("worker: config: etcd give-up %v", c.EtcdGiveUp)
 	case c.ExpertCache <= 0 || c.DataDir == "":
 		return fmt.Errorf("worker: config: expert cache %d bytes, data dir %q", c.ExpertCache, c.DataDir)
+	case c.MaxBatchedTokens != 0 && c.MaxBatchedTokens < c.MaxRunning:
+		return fmt.Errorf("worker: config: max batched tokens %d, want 0 or ≥ max running %d", c.MaxBatchedTokens, c.MaxRunning)
+	case c.MaxModelLen < 0 || c.KVCacheBytes < 0 || c.QueueTimeout < 0 || c.RequestTimeout < 0:
+		return fmt.Errorf("worker: config: max model len %d, KV cache bytes %d, queue timeout %v, request timeout %v",
+			c.MaxModelLen, c.KVCacheBytes, c.QueueTimeout, c.RequestTimeout)
 	}
 	return nil
+}
+
+// DefaultSwitchMaxModelLen is a Switch Transformers worker's default MaxModelLen: its relative
+// position buckets set no limit, but its encoder attends over the whole prompt at once, so a
+// bound keeps one request's encoder pass (time and memory) in reason.
+const DefaultSwitchMaxModelLen = 2048
+
+// maxModelLen is the bound on prompt plus max_tokens for a model of config cfg: want (the
+// configured value) or, when it is 0, the model's own. Mixtral's positions are a hard limit (a
+// Step beyond them fails), so want may not exceed them.
+func maxModelLen(cfg *model.Config, want int) (int, error) {
+	switch {
+	case cfg.Mixtral != nil:
+		positions := cfg.Mixtral.MaxPositionEmbeddings
+		if want == 0 || positions <= 0 {
+			return cmp.Or(want, positions), nil
+		}
+		if want > positions {
+			return 0, fmt.Errorf("worker: max model len %d is more than the model's %d positions", want, positions)
+		}
+		return want, nil
+	case cfg.Switch != nil:
+		return cmp.Or(want, DefaultSwitchMaxModelLen), nil
+	}
+	return want, nil
 }
 
 // Worker is a running worker.
@@ -340,12 +384,14 @@ func (w *Worker) load(ctx context.Context) error {
 	sc := serve.DefaultConfig()
 	sc.ModelName, sc.Model, sc.Registry, sc.Logger = man.Name, wrapped, w.reg, w.log
 	sc.Tokenizer = w.tok.Load()
-	sc.MaxRunning, sc.MaxWaiting = w.cfg.MaxRunning, w.cfg.MaxWaiting
+	sc.MaxRunning, sc.MaxWaiting, sc.MaxBatchedTokens = w.cfg.MaxRunning, w.cfg.MaxWaiting, w.cfg.MaxBatchedTokens
+	sc.KVCacheBytes, sc.QueueTimeout, sc.RequestTimeout = w.cfg.KVCacheBytes, w.cfg.QueueTimeout, w.cfg.RequestTimeout
 	sc.Ready = w.readyErr
-	if mc := ckpt.Config().Mixtral; mc != nil {
-		sc.MaxModelLen = mc.MaxPositionEmbeddings
+	sc.MaxModelLen, err = maxModelLen(ckpt.Config(), w.cfg.MaxModelLen)
+	var srv *serve.Server
+	if err == nil {
+		srv, err = serve.New(sc)
 	}
-	srv, err := serve.New(sc)
 	if err != nil {
 		pipe.Close()
 		cpu.Close()

@@ -25,6 +25,7 @@ func newWorkerCmd() *cobra.Command {
 		cf            clusterFlags
 		mode          string
 		cache         = byteSize(cfg.ExpertCache)
+		kvCache       byteSize
 		readyFile, lv string
 		gossip        gossipFlags
 		noGossip      bool
@@ -53,6 +54,7 @@ func newWorkerCmd() *cobra.Command {
 				return err
 			}
 			cfg.Mode, cfg.ExpertCache, cfg.Logger, cfg.Cluster = m, int64(cache), log, cf.cluster
+			cfg.KVCacheBytes = int64(kvCache)
 			cfg.AdvertiseHost = gossip.advertise
 			if cfg.TLS, err = tlsf.load(); err != nil {
 				return err
@@ -108,6 +110,11 @@ func newWorkerCmd() *cobra.Command {
 	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the dense weights downloaded from the stores")
 	f.IntVar(&cfg.Threads, "threads", 0, "compute threads (0: all cores)")
 	f.IntVar(&cfg.MaxRunning, "max-running", cfg.MaxRunning, "sequences decoded together")
+	f.IntVar(&cfg.MaxBatchedTokens, "max-num-batched-tokens", cfg.MaxBatchedTokens, "tokens one scheduler step runs: a longer prompt is prefilled in chunks between the other requests' decode steps (Mixtral; 0: no bound)")
+	f.IntVar(&cfg.MaxModelLen, "max-model-len", 0, "bound on prompt plus max_tokens per sequence, 400 beyond (0: Mixtral's max_position_embeddings, 2048 for Switch)")
+	f.Var(&kvCache, "kv-cache-bytes", "memory for the running sequences' KV caches: a request is admitted once its worst case (prompt + max_tokens) fits, 400 if it never can (0: no bound)")
+	f.DurationVar(&cfg.QueueTimeout, "queue-timeout", cfg.QueueTimeout, "how long a request may wait to be admitted before 429 with Retry-After (0: no bound)")
+	f.DurationVar(&cfg.RequestTimeout, "request-timeout", cfg.RequestTimeout, "how long a request may run from its arrival: then it gets 504, or a streamed one an error event after its tokens (0: no bound)")
 	f.IntVar(&cfg.MaxWaiting, "max-waiting", cfg.MaxWaiting, "requests queued before answering 429")
 	f.StringVar(&apiKeyFile, "api-key-file", "", "file of API keys, one per line: the OpenAI API then requires Authorization: Bearer <key> (401 without)")
 	f.StringVar(&cfg.MetricsAddr, "metrics-listen", "", "serve /metrics on this address instead of --http (a port scrapers reach and clients do not)")

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/pregate/pregate/engine"
 )
 
 // HTTP-only errors.
@@ -38,6 +40,8 @@ var errorKinds = []struct {
 	{errTooLarge, http.StatusRequestEntityTooLarge, "invalid_request_error", "request_too_large"},
 	{ErrOverloaded, http.StatusTooManyRequests, "rate_limit_error", "overloaded"},
 	{ErrClosed, http.StatusServiceUnavailable, "server_error", "unavailable"},
+	{ErrTimeout, http.StatusGatewayTimeout, "server_error", "timeout"},
+	{engine.ErrExpertUnavailable, http.StatusServiceUnavailable, "server_error", "expert_unavailable"},
 	{context.Canceled, statusClientClosed, "invalid_request_error", "cancelled"},
 	{context.DeadlineExceeded, http.StatusGatewayTimeout, "server_error", "timeout"},
 }
@@ -55,7 +59,7 @@ type Error struct {
 func (s *Server) errorOf(err error) (status int, e Error) {
 	status, e = http.StatusInternalServerError, Error{Message: err.Error(), Type: "server_error"}
 	defer func() {
-		if status >= 500 && !errors.Is(err, ErrClosed) {
+		if status >= 500 && !errors.Is(err, ErrClosed) && !errors.Is(err, ErrTimeout) {
 			id := rand.Text()[:16]
 			s.log.Error("request failed", "error_id", id, "status", status, "err", err)
 			e.Message = "the worker failed this request (error id " + id + "; its log has the details)"
@@ -82,8 +86,8 @@ func (s *Server) errorOf(err error) (status int, e Error) {
 // writeError answers err and returns the status written.
 func (s *Server) writeError(w http.ResponseWriter, err error) int {
 	status, e := s.errorOf(err)
-	if status == http.StatusTooManyRequests {
-		w.Header().Set("Retry-After", "1")
+	if status == http.StatusTooManyRequests || errors.Is(err, engine.ErrExpertUnavailable) {
+		w.Header().Set("Retry-After", "1") // a store back, a placement moved: worth another try
 	}
 	if status != statusClientClosed {
 		writeJSON(w, status, struct {

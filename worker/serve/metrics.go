@@ -8,6 +8,7 @@ import (
 
 type metrics struct {
 	running, waiting prometheus.Gauge
+	kvReserved       prometheus.Gauge
 	ttft, itl        prometheus.Histogram
 	duration         prometheus.Histogram
 	requests         *prometheus.CounterVec
@@ -22,6 +23,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Sequences being decoded (one per prompt)."}),
 		waiting: prometheus.NewGauge(prometheus.GaugeOpts{Name: "pregate_requests_waiting",
 			Help: "Sequences queued for a place among the running ones."}),
+		kvReserved: prometheus.NewGauge(prometheus.GaugeOpts{Name: "pregate_kv_cache_reserved_bytes",
+			Help: "KV-cache bytes the running sequences reserve (each at its longest: prompt plus max_tokens); with --kv-cache-bytes, at most that."}),
 		ttft: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "pregate_time_to_first_token_seconds",
 			Help:    "Time from a sequence's submission to its first token.",
 			Buckets: []float64{0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80}}),
@@ -52,7 +55,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.running, m.waiting, m.ttft, m.itl, m.duration, m.requests,
+	return []prometheus.Collector{m.running, m.waiting, m.kvReserved, m.ttft, m.itl, m.duration, m.requests,
 		m.generatedTokens, m.promptTokens}
 }
 

@@ -2,6 +2,7 @@ package serve
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime/debug"
 	"slices"
@@ -78,7 +79,13 @@ type sequence struct {
 	sampler sampler
 	seq     *engine.Sequence
 	n       int         // tokens generated
+	fed     int         // prompt tokens in the engine's cache (or encoded): below len(Prompt) it is prefilling
+	chunk   int         // prompt tokens the Step in flight feeds
+	logits  []float32   // with PromptLogprobs: the prompt positions' logits so far, chunk by chunk
+	done    bool        // ended: the scheduler drops it after the Step
+	kvBytes int64       // its cache at its longest (engine.Info.SequenceBytes): reserved while it runs
 	queued  time.Time   // when it was submitted
+	expires time.Time   // with RequestTimeout: when it ends with ErrTimeout
 	last    time.Time   // when its last token was posted
 	stopped atomic.Bool // set by the caller (call.stop)
 }
@@ -99,9 +106,14 @@ func (s *Server) submit(ctx context.Context, reqs []Request) (*call, error) {
 	}
 	c := &call{ctx: ctx, seqs: make([]*sequence, len(reqs)), ready: make(chan struct{}, 1)}
 	now := time.Now()
+	var expires time.Time
+	if s.cfg.RequestTimeout > 0 {
+		expires = now.Add(s.cfg.RequestTimeout)
+	}
 	for i, req := range reqs {
 		req.Prompt = slices.Clone(req.Prompt)
-		c.seqs[i] = &sequence{call: c, index: i, req: req, sampler: newSampler(req), queued: now}
+		c.seqs[i] = &sequence{call: c, index: i, req: req, sampler: newSampler(req), queued: now,
+			kvBytes: s.info.SequenceBytes(len(req.Prompt), req.MaxTokens), expires: expires}
 	}
 	s.mu.Lock()
 	switch {
@@ -154,11 +166,12 @@ func (s *Server) schedule(context.Context) (err error) {
 		}
 		s.metrics.running.Set(0)
 		s.metrics.waiting.Set(0)
+		s.metrics.kvReserved.Set(0)
 	}()
 	for {
-		running = dropCancelled(running)
+		running = s.dropCancelled(running)
 		s.metrics.running.Set(float64(len(running)))
-		admitted, ok := s.admit(s.cfg.MaxRunning-len(running), len(running) == 0)
+		admitted, ok := s.admit(s.cfg.MaxRunning-len(running), s.cfg.KVCacheBytes-reserved(running), len(running) == 0)
 		if !ok {
 			return nil
 		}
@@ -166,26 +179,44 @@ func (s *Server) schedule(context.Context) (err error) {
 			running = append(running, s.start(admitted)...)
 			s.metrics.running.Set(float64(len(running)))
 		}
+		s.metrics.kvReserved.Set(float64(reserved(running)))
 		if len(running) > 0 {
 			running = s.step(running)
 		}
 	}
 }
 
-// dropCancelled ends the sequences whose callers have gone, and drops those they stopped.
-func dropCancelled(running []*sequence) []*sequence {
+// dropCancelled ends the sequences whose callers have gone or whose RequestTimeout has passed, and
+// drops those their callers stopped.
+func (s *Server) dropCancelled(running []*sequence) []*sequence {
+	now := time.Now()
 	return slices.DeleteFunc(running, func(q *sequence) bool {
-		if err := q.call.ctx.Err(); err != nil {
-			q.end("", err)
+		switch {
+		case q.call.ctx.Err() != nil:
+			q.end("", q.call.ctx.Err())
+			return true
+		case !q.expires.IsZero() && now.After(q.expires):
+			q.end("", fmt.Errorf("%w: the request ran longer than the worker's request timeout of %v", ErrTimeout, s.cfg.RequestTimeout))
 			return true
 		}
 		return q.stopped.Load()
 	})
 }
 
-// admit takes up to n waiting sequences, oldest first, skipping cancelled ones. With block it waits
-// for at least one. It returns false once the server is closed.
-func (s *Server) admit(n int, block bool) ([]*sequence, bool) {
+// reserved is the cache bytes the running sequences reserve.
+func reserved(running []*sequence) int64 {
+	var n int64
+	for _, q := range running {
+		n += q.kvBytes
+	}
+	return n
+}
+
+// admit takes up to n waiting sequences, oldest first, whose cache reservations fit in free bytes
+// (with KVCacheBytes), skipping cancelled ones and ending those that waited past QueueTimeout. It
+// stops at the first that does not fit, so a long request is not passed over for ever by short
+// ones. With block it waits for at least one. It returns false once the server is closed.
+func (s *Server) admit(n int, free int64, block bool) ([]*sequence, bool) {
 	for {
 		s.mu.Lock()
 		if s.closed {
@@ -193,20 +224,29 @@ func (s *Server) admit(n int, block bool) ([]*sequence, bool) {
 			return nil, false
 		}
 		var admitted []*sequence
-		taken := 0
+		now := time.Now()
+		kept := s.waiting[:0]
+		full := false
 		for _, q := range s.waiting {
-			if len(admitted) == n {
-				break
-			}
-			taken++
-			if err := q.call.ctx.Err(); err != nil {
-				q.end("", err)
+			switch {
+			case q.call.ctx.Err() != nil:
+				q.end("", q.call.ctx.Err())
+				continue
+			case full || len(admitted) == n || s.cfg.KVCacheBytes > 0 && q.kvBytes > free:
+				full = true
+				if s.cfg.QueueTimeout > 0 && now.Sub(q.queued) > s.cfg.QueueTimeout {
+					q.end("", fmt.Errorf("%w: waited %v to be admitted", ErrOverloaded, s.cfg.QueueTimeout))
+					continue
+				}
+				kept = append(kept, q)
 				continue
 			}
+			free -= q.kvBytes
 			admitted = append(admitted, q)
 		}
-		if taken > 0 {
-			s.waiting = slices.Delete(s.waiting, 0, taken)
+		if len(kept) != len(s.waiting) {
+			clear(s.waiting[len(kept):])
+			s.waiting = kept
 			s.metrics.waiting.Set(float64(len(s.waiting)))
 		}
 		s.mu.Unlock()
@@ -236,70 +276,155 @@ func (s *Server) start(admitted []*sequence) []*sequence {
 	for i, q := range admitted {
 		q.seq = seqs[i]
 		s.metrics.promptTokens.Add(float64(len(q.req.Prompt)))
+		if s.cfg.KVCacheBytes > 0 {
+			// Allocate the cache admission reserved, once: append's growth would overshoot it.
+			q.seq.Reserve(s.info.CacheTokens(len(q.req.Prompt), q.req.MaxTokens))
+		}
+		if s.decoderOnly() {
+			// The prompt goes to the model chunk by chunk (plan); Start's copy is not fed as a whole.
+			q.seq.Pending = q.seq.Pending[:0]
+		} else {
+			q.fed = len(q.req.Prompt) // Start encoded it: the decoder is one pending token
+		}
 	}
 	return admitted
 }
 
-// step runs one Step of every running sequence, samples and posts a token for each, and returns
-// those still generating.
-func (s *Server) step(running []*sequence) []*sequence {
-	batch := make([]*engine.Sequence, len(running))
-	for i, q := range running {
-		batch[i] = q.seq
-	}
-	// A sequence that wants its prompt's logprobs needs the logits of every prompt position, so
-	// its first Step (the prefill) returns them for the whole batch.
-	all := slices.ContainsFunc(running, func(q *sequence) bool { return q.n == 0 && q.req.PromptLogprobs })
-	ctx, release := s.batchContext(running)
-	logits, err := s.cfg.Model.Step(ctx, batch, all)
-	release()
-	if err != nil {
-		s.fail(running, "step", err)
-		return nil
-	}
-	now := time.Now()
-	next := running[:0]
-	vocab := s.info.VocabSize
-	for i, q := range running {
-		row := logits[i]
-		if all {
-			if q.n == 0 && q.req.PromptLogprobs {
-				q.call.post(event{index: q.index, isPrompt: true, prompt: promptLogprobs(row, q.req.Prompt, vocab, q.req.TopLogprobs)})
-			}
-			row = row[len(row)-vocab:]
-		}
-		tok := q.sampler.next(row, &s.scratch)
-		ev := event{index: q.index, token: tok}
-		if q.req.Logprobs {
-			lp := logprobsOf(row, tok, q.req.TopLogprobs)
-			ev.lp = &lp
-		}
-		q.n++
-		if q.n == 1 {
-			s.metrics.ttft.Observe(now.Sub(q.queued).Seconds())
-		} else {
-			s.metrics.itl.Observe(now.Sub(q.last).Seconds())
-		}
-		q.last = now
-		s.metrics.generatedTokens.Inc()
-		q.call.post(ev)
-		finish := ""
-		switch {
-		case !q.req.IgnoreEOS && slices.Contains(s.info.EOS, tok), slices.Contains(q.req.StopTokenIDs, tok):
-			finish = "stop"
-		case q.n >= q.req.MaxTokens:
-			finish = "length"
-		}
-		if finish != "" {
-			s.metrics.duration.Observe(now.Sub(q.queued).Seconds())
-			q.end(finish, nil)
+// prefilling reports whether part of q's prompt has not been through the model yet.
+func (q *sequence) prefilling() bool { return q.fed < len(q.req.Prompt) }
+
+// plan picks the sequences the next Step runs, within MaxBatchedTokens: every decoding sequence
+// (one token each) first, so that a long prompt never holds up the tokens of others, then prompt
+// chunks of the prefilling ones while the budget lasts, the fewest tokens left first (oldest first
+// among equals), so that a short prompt sent beside a long one starts at once instead of after it.
+// It sets each chosen prefilling sequence's Pending to its chunk. Validate keeps the budget ≥
+// MaxRunning, so a prefilling sequence always gets at least one token and every Step makes
+// progress; a long prompt waits only while other prompts fill the whole budget, and at most
+// MaxRunning-1 others are running.
+func (s *Server) plan(running []*sequence) []*sequence {
+	batch := make([]*sequence, 0, len(running))
+	var prefilling []*sequence
+	budget := s.cfg.MaxBatchedTokens
+	for _, q := range running {
+		if q.prefilling() {
+			prefilling = append(prefilling, q)
 			continue
 		}
-		q.seq.Pending = append(q.seq.Pending[:0], tok)
-		next = append(next, q)
+		q.chunk = 0
+		batch = append(batch, q)
+		budget--
 	}
-	clear(running[len(next):])
-	return next
+	slices.SortStableFunc(prefilling, func(a, b *sequence) int {
+		return (len(a.req.Prompt) - a.fed) - (len(b.req.Prompt) - b.fed)
+	})
+	for _, q := range prefilling {
+		n := len(q.req.Prompt) - q.fed
+		if s.cfg.MaxBatchedTokens > 0 {
+			if budget <= 0 {
+				break
+			}
+			n = min(n, budget)
+			budget -= n
+		}
+		q.chunk = n
+		q.seq.Pending = append(q.seq.Pending[:0], q.req.Prompt[q.fed:q.fed+n]...)
+		batch = append(batch, q)
+	}
+	return batch
+}
+
+// step runs one Step of the sequences plan picks, samples and posts a token for each whose prompt
+// is all in, and returns the running sequences still generating (those the Step did not include
+// wait for the next).
+func (s *Server) step(running []*sequence) []*sequence {
+	batch := s.plan(running)
+	seqs := make([]*engine.Sequence, len(batch))
+	for i, q := range batch {
+		seqs[i] = q.seq
+	}
+	// A sequence that wants its prompt's logprobs needs the logits of every prompt position, so
+	// the Steps that feed its prompt return them for the whole batch.
+	all := slices.ContainsFunc(batch, func(q *sequence) bool { return q.chunk > 0 && q.req.PromptLogprobs })
+	ctx, release := s.batchContext(batch)
+	logits, err := s.cfg.Model.Step(ctx, seqs, all)
+	release()
+	var partial *engine.SequenceErrors
+	if err != nil && (!errors.As(err, &partial) || logits == nil) {
+		// Only the Step's sequences fail: the others' caches are as they were.
+		s.fail(batch, "step", err)
+		for _, q := range batch {
+			q.done = true
+		}
+		return s.dropDone(running)
+	}
+	now := time.Now()
+	for i, q := range batch {
+		if partial != nil && partial.Failed[i] != nil {
+			s.fail([]*sequence{q}, "step", partial.Failed[i]) // an expert it needed is unavailable
+			q.done = true
+			continue
+		}
+		if s.emit(q, logits[i], all, now) {
+			q.done = true
+		}
+	}
+	return s.dropDone(running)
+}
+
+// emit takes q's logits row from a Step: the end of a prompt chunk (kept for prompt logprobs) or
+// the distribution of its next token, which it samples and posts. It reports whether q ended.
+func (s *Server) emit(q *sequence, row []float32, all bool, now time.Time) bool {
+	vocab := s.info.VocabSize
+	if q.chunk > 0 {
+		q.fed += q.chunk
+		if q.req.PromptLogprobs {
+			q.logits = append(q.logits, row...)
+		}
+		if q.prefilling() {
+			return false // the next chunk's Step goes on from here; this row predicts nothing asked
+		}
+		if q.req.PromptLogprobs {
+			q.call.post(event{index: q.index, isPrompt: true, prompt: promptLogprobs(q.logits, q.req.Prompt, vocab, q.req.TopLogprobs)})
+			q.logits = nil
+		}
+	}
+	if all {
+		row = row[len(row)-vocab:]
+	}
+	tok := q.sampler.next(row, &s.scratch)
+	ev := event{index: q.index, token: tok}
+	if q.req.Logprobs {
+		lp := logprobsOf(row, tok, q.req.TopLogprobs)
+		ev.lp = &lp
+	}
+	q.n++
+	if q.n == 1 {
+		s.metrics.ttft.Observe(now.Sub(q.queued).Seconds())
+	} else {
+		s.metrics.itl.Observe(now.Sub(q.last).Seconds())
+	}
+	q.last = now
+	s.metrics.generatedTokens.Inc()
+	q.call.post(ev)
+	finish := ""
+	switch {
+	case !q.req.IgnoreEOS && slices.Contains(s.info.EOS, tok), slices.Contains(q.req.StopTokenIDs, tok):
+		finish = "stop"
+	case q.n >= q.req.MaxTokens:
+		finish = "length"
+	}
+	if finish != "" {
+		s.metrics.duration.Observe(now.Sub(q.queued).Seconds())
+		q.end(finish, nil)
+		return true
+	}
+	q.seq.Pending = append(q.seq.Pending[:0], tok)
+	return false
+}
+
+// dropDone removes the ended sequences from running.
+func (s *Server) dropDone(running []*sequence) []*sequence {
+	return slices.DeleteFunc(running, func(q *sequence) bool { return q.done })
 }
 
 // fail ends every sequence of a batch whose Start or Step failed: with its caller's error if it

@@ -53,6 +53,9 @@ var (
 	ErrOverloaded = errors.New("serve: too many requests waiting")
 	// ErrClosed is returned once the server is closing (HTTP 503).
 	ErrClosed = errors.New("serve: server closed")
+	// ErrTimeout ends a request that ran past Config.RequestTimeout (HTTP 504; a stream gets it
+	// as an error event after the tokens it had).
+	ErrTimeout = errors.New("serve: request timed out")
 )
 
 // Config configures a Server.
@@ -67,6 +70,25 @@ type Config struct {
 	Tokenizer *tokenizer.Tokenizer
 	// MaxRunning bounds the sequences decoded together in one Step.
 	MaxRunning int
+	// MaxBatchedTokens bounds the tokens one Step runs (vLLM's max_num_batched_tokens): the
+	// decoding sequences' one token each, then chunks of the prompts being prefilled, so a long
+	// prompt is prefilled over several Steps while the others keep decoding and short prompts
+	// start. Decoder-only models only: an encoder-decoder model encodes its prompt whole in Start.
+	// 0: no bound (each prompt is prefilled in one Step). Otherwise at least MaxRunning.
+	MaxBatchedTokens int
+	// KVCacheBytes, when positive, bounds the bytes the running sequences' caches may reach: a
+	// sequence is admitted only once its worst case (engine.Info.SequenceBytes of its prompt and
+	// max_tokens) fits beside the others' reservations, so no request can make the worker allocate
+	// beyond it. One that could never fit gets 400; others wait in the queue, oldest first.
+	// 0: no bound.
+	KVCacheBytes int64
+	// QueueTimeout, when positive, bounds how long a sequence waits in the queue to be admitted
+	// (for cache room or a running slot): beyond it its request gets ErrOverloaded (429 with
+	// Retry-After, or an error event once a stream has begun).
+	QueueTimeout time.Duration
+	// RequestTimeout, when positive, bounds a request's life from its submission: a sequence still
+	// generating then ends with ErrTimeout at the next step boundary. 0: no bound.
+	RequestTimeout time.Duration
 	// MaxWaiting bounds the sequences submitted but not yet running; beyond it requests get
 	// ErrOverloaded (429 with Retry-After).
 	MaxWaiting int
@@ -93,10 +115,12 @@ type Config struct {
 // DefaultConfig returns the defaults; ModelName and Model must still be set.
 func DefaultConfig() Config {
 	return Config{
-		MaxRunning:   64,      // sequences per Step
-		MaxWaiting:   256,     // queued sequences before 429
-		MaxBodyBytes: 1 << 20, // 1 MiB of JSON
-		MaxTokens:    4096,    // per sequence
+		MaxRunning:       64,      // sequences per Step
+		MaxBatchedTokens: 512,     // tokens per Step: vLLM's default for chunked prefill
+		MaxWaiting:       256,     // queued sequences before 429
+		MaxBodyBytes:     1 << 20, // 1 MiB of JSON
+		MaxTokens:        4096,    // per sequence
+		QueueTimeout:     time.Minute,
 	}
 }
 
@@ -109,6 +133,10 @@ func (c Config) Validate() error {
 		return errors.New("serve: config: no model")
 	case c.MaxRunning < 1 || c.MaxWaiting < 1:
 		return fmt.Errorf("serve: config: max running %d, max waiting %d, want ≥ 1", c.MaxRunning, c.MaxWaiting)
+	case c.MaxBatchedTokens != 0 && c.MaxBatchedTokens < c.MaxRunning:
+		return fmt.Errorf("serve: config: max batched tokens %d, want 0 or ≥ max running %d", c.MaxBatchedTokens, c.MaxRunning)
+	case c.KVCacheBytes < 0 || c.QueueTimeout < 0 || c.RequestTimeout < 0:
+		return fmt.Errorf("serve: config: KV cache bytes %d, queue timeout %v, request timeout %v", c.KVCacheBytes, c.QueueTimeout, c.RequestTimeout)
 	case c.MaxBodyBytes < 1 || c.MaxTokens < 1 || c.MaxModelLen < 0:
 		return fmt.Errorf("serve: config: max body bytes %d, max tokens %d, max model len %d",
 			c.MaxBodyBytes, c.MaxTokens, c.MaxModelLen)
@@ -298,6 +326,9 @@ func (s *Server) check(req Request) error {
 	case s.cfg.MaxModelLen > 0 && len(req.Prompt)+req.MaxTokens > s.cfg.MaxModelLen:
 		return badRequest("max_tokens", "this model's maximum context length is %d tokens; %d were requested (%d in the prompt, %d in the completion)",
 			s.cfg.MaxModelLen, len(req.Prompt)+req.MaxTokens, len(req.Prompt), req.MaxTokens)
+	case s.cfg.KVCacheBytes > 0 && s.info.SequenceBytes(len(req.Prompt), req.MaxTokens) > s.cfg.KVCacheBytes:
+		return badRequest("max_tokens", "%d prompt tokens and max_tokens %d need %d bytes of KV cache, more than the worker's %d",
+			len(req.Prompt), req.MaxTokens, s.info.SequenceBytes(len(req.Prompt), req.MaxTokens), s.cfg.KVCacheBytes)
 	case !(req.Temperature >= 0) || req.Temperature > maxTemperature:
 		return badRequest("temperature", "temperature is %v, want 0 ≤ temperature ≤ %v", req.Temperature, maxTemperature)
 	case !(req.TopP >= 0 && req.TopP <= 1):

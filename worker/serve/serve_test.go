@@ -48,7 +48,7 @@ func goldenPrompts(t *testing.T, dir string) (prompts, want [][]int) {
 }
 
 // loadModel loads a fixture's model (or the one in an absolute directory) on a 2-thread CPU, closed when the test ends.
-func loadModel(t *testing.T, name string) engine.Model {
+func loadModel(t testing.TB, name string) engine.Model {
 	t.Helper()
 	dir := name
 	if !filepath.IsAbs(dir) {

@@ -1,0 +1,253 @@
+package serve
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pregate/pregate/engine"
+)
+
+// stepLog is a model that records, per Step, the pending tokens of each sequence it runs.
+type stepLog struct {
+	engine.Model
+	mu    sync.Mutex
+	steps [][]stepEntry
+}
+
+type stepEntry struct {
+	seq     *engine.Sequence
+	pending int
+}
+
+func (m *stepLog) Step(ctx context.Context, seqs []*engine.Sequence, all bool) ([][]float32, error) {
+	entries := make([]stepEntry, len(seqs))
+	for i, s := range seqs {
+		entries[i] = stepEntry{s, len(s.Pending)}
+	}
+	m.mu.Lock()
+	m.steps = append(m.steps, entries)
+	m.mu.Unlock()
+	return m.Model.Step(ctx, seqs, all)
+}
+
+// TestChunkedPrefillGolden: prompts prefilled a few tokens per Step give the golden completions,
+// and the same prompt logprobs as prompts prefilled whole (to float32 rounding: the matrix products
+// see other row counts).
+func TestChunkedPrefillGolden(t *testing.T) {
+	prompts, want := goldenPrompts(t, fixtureDir("mixtral-tiny"))
+	m := loadModel(t, "mixtral-tiny")
+	whole := newTestServer(t, "mixtral-tiny", m, func(c *Config) { c.MaxBatchedTokens = 0 })
+	chunked := newTestServer(t, "mixtral-tiny", m, func(c *Config) { c.MaxRunning, c.MaxBatchedTokens = 2, 2 })
+
+	c := chunked.complete(t, map[string]any{"prompt": prompts, "max_tokens": 10, "temperature": 0, "return_token_ids": true})
+	for i, ch := range c.Choices {
+		if !slices.Equal(ch.TokenIDs, want[i]) {
+			t.Errorf("chunked prompt %d: %v, golden %v", i, ch.TokenIDs, want[i])
+		}
+	}
+	body := map[string]any{"prompt": prompts, "max_tokens": 3, "temperature": 0, "logprobs": 2, "echo": true}
+	a, b := whole.complete(t, body).Choices, chunked.complete(t, body).Choices
+	for i := range a {
+		la, lb := a[i].Logprobs, b[i].Logprobs
+		if !slices.Equal(la.Tokens, lb.Tokens) || len(la.TokenLogprobs) != len(lb.TokenLogprobs) {
+			t.Fatalf("choice %d: tokens %v, chunked %v", i, la.Tokens, lb.Tokens)
+		}
+		for j, p := range la.TokenLogprobs {
+			if q := lb.TokenLogprobs[j]; (p == nil) != (q == nil) || p != nil && math.Abs(float64(*p-*q)) > 1e-5 {
+				t.Errorf("choice %d position %d: logprob %v, chunked %v", i, j, p, q)
+			}
+		}
+	}
+}
+
+// TestChunkedPrefillShortFirst: a short prompt sent beside a long one gets its first token from the
+// first Step and decodes while the long one is prefilled in chunks; no Step exceeds the budget.
+func TestChunkedPrefillShortFirst(t *testing.T) {
+	const budget = 8
+	long := make([]int, 40)
+	for i := range long {
+		long[i] = 1 + i
+	}
+	short := []int{5, 6, 7}
+	ref := loadModel(t, "mixtral-tiny")
+	res, _, err := engine.Generate(context.Background(), ref, [][]int{long, short}, engine.GenerateOptions{MaxNewTokens: 6, IgnoreEOS: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &stepLog{Model: loadModel(t, "mixtral-tiny")}
+	ts := newTestServer(t, "mixtral-tiny", m, func(c *Config) { c.MaxRunning, c.MaxBatchedTokens = 2, budget })
+	c := ts.complete(t, map[string]any{"prompt": [][]int{long, short}, "max_tokens": 6, "temperature": 0, "ignore_eos": true, "return_token_ids": true})
+	for i, ch := range c.Choices {
+		if !slices.Equal(ch.TokenIDs, res[i].GeneratedIDs) {
+			t.Errorf("prompt %d: %v, unchunked %v", i, ch.TokenIDs, res[i].GeneratedIDs)
+		}
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	first := m.steps[0]
+	if len(first) != 2 || first[0].pending != len(short) || first[1].pending != budget-len(short) {
+		t.Fatalf("first step %+v, want the short prompt whole and %d tokens of the long one", first, budget-len(short))
+	}
+	shortSeq, longSeq := first[0].seq, first[1].seq
+	fed, prefillSteps, shortDecodes := 0, 0, 0
+	for i, step := range m.steps {
+		total := 0
+		for _, e := range step {
+			total += e.pending
+			switch {
+			case e.seq == longSeq && fed < len(long):
+				fed += e.pending
+				prefillSteps++
+			case e.seq == shortSeq && i > 0 && fed < len(long):
+				shortDecodes++
+			}
+		}
+		if total > budget {
+			t.Errorf("step %d runs %d tokens, more than the budget %d", i, total, budget)
+		}
+	}
+	// 5 + 7·5 = 40: the long prompt takes 6 Steps, and the short one decodes in each after the first.
+	if prefillSteps != 6 || shortDecodes != 5 {
+		t.Errorf("the long prompt took %d steps (want 6); the short one decoded %d tokens meanwhile (want 5)", prefillSteps, shortDecodes)
+	}
+}
+
+// TestKVCacheBudget: a request whose worst-case cache exceeds the budget gets 400 naming it; one
+// that does not fit beside the running ones waits, and gets 429 with Retry-After past the queue
+// timeout; once the cache frees, requests run again.
+func TestKVCacheBudget(t *testing.T) {
+	m := loadModel(t, "switch-tiny")
+	info := m.Info()
+	budget := info.SequenceBytes(3, 2000) + info.SequenceBytes(3, 2)/2
+	ts := newTestServer(t, "switch-tiny", m, func(c *Config) { c.KVCacheBytes, c.QueueTimeout = budget, 100*time.Millisecond })
+
+	resp, b := post(t, context.Background(), ts.url, map[string]any{"prompt": []int{5, 6, 7}, "max_tokens": 4000})
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("a request beyond the budget: status %d: %s", resp.StatusCode, b)
+	}
+	checkError(t, b, "invalid_request_error", "max_tokens", strconv.FormatInt(budget, 10))
+
+	_, stopLong := streamUntil(t, ts, map[string]any{"prompt": []int{5, 6, 7}, "max_tokens": 2000, "temperature": 0, "ignore_eos": true, "stream": true}, 1)
+	defer stopLong()
+	short := map[string]any{"prompt": []int{5, 6, 7}, "max_tokens": 2, "temperature": 0}
+	resp, b = post(t, context.Background(), ts.url, short)
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("status %d, Retry-After %q, want 429 with Retry-After: %s", resp.StatusCode, resp.Header.Get("Retry-After"), b)
+	}
+	checkError(t, b, "rate_limit_error", "", "waited")
+	if got, want := metricValue(t, ts.reg, "pregate_kv_cache_reserved_bytes"), float64(info.SequenceBytes(3, 2000)); got != want {
+		t.Errorf("reserved bytes metric %v, want the long request's %v", got, want)
+	}
+	stopLong()
+	if c := ts.complete(t, short); c.Usage.CompletionTokens != 2 {
+		t.Fatalf("after the long request: %+v", c)
+	}
+}
+
+// TestRequestTimeout: a request running past the timeout ends with 504 (whole) or, streamed, with
+// an error event after the tokens it had.
+func TestRequestTimeout(t *testing.T) {
+	ts := newTestServer(t, "switch-tiny", loadModel(t, "switch-tiny"), func(c *Config) { c.RequestTimeout = 50 * time.Millisecond })
+	body := map[string]any{"prompt": []int{5, 6, 7}, "max_tokens": 4000, "temperature": 0, "ignore_eos": true, "return_token_ids": true}
+	resp, b := post(t, context.Background(), ts.url, body)
+	if resp.StatusCode != http.StatusGatewayTimeout {
+		t.Fatalf("status %d, want 504: %s", resp.StatusCode, b)
+	}
+	checkError(t, b, "server_error", "", "request timeout of 50ms")
+
+	body["stream"] = true
+	resp, b = post(t, context.Background(), ts.url, body)
+	st := readStream(t, bytes.NewReader(b))
+	if resp.StatusCode != http.StatusOK || len(st.tokens[0]) == 0 || len(st.tokens[0]) >= 4000 || len(st.errs) != 1 ||
+		!strings.Contains(st.errs[0].Message, "request timeout") || !st.done {
+		t.Fatalf("stream: status %d, %d tokens, errors %+v, done %v", resp.StatusCode, len(st.tokens[0]), st.errs, st.done)
+	}
+	if c := ts.complete(t, map[string]any{"prompt": []int{5, 6, 7}, "max_tokens": 2}); c.Usage.CompletionTokens != 2 {
+		t.Fatalf("a short request after: %+v", c)
+	}
+}
+
+// unavailableModel fails its Steps as a worker does when an expert's fetch failed on every replica.
+type unavailableModel struct {
+	engine.Model
+	fail atomic.Bool
+}
+
+func (m *unavailableModel) Step(ctx context.Context, seqs []*engine.Sequence, all bool) ([][]float32, error) {
+	if m.fail.Load() {
+		return nil, fmt.Errorf("%w: expert {0 1}: every replica failed", engine.ErrExpertUnavailable)
+	}
+	return m.Model.Step(ctx, seqs, all)
+}
+
+// TestExpertUnavailable: a Step that could not get an expert answers 503 with Retry-After (an error
+// id, not the fetch's text), and the server serves the next request.
+func TestExpertUnavailable(t *testing.T) {
+	m := &unavailableModel{Model: loadModel(t, "switch-tiny")}
+	ts := newTestServer(t, "switch-tiny", m, nil)
+	body := map[string]any{"prompt": []int{5, 6, 7}, "max_tokens": 2}
+	m.fail.Store(true)
+	resp, b := post(t, context.Background(), ts.url, body)
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("status %d, Retry-After %q, want 503 with Retry-After: %s", resp.StatusCode, resp.Header.Get("Retry-After"), b)
+	}
+	checkError(t, b, "server_error", "", "error id")
+	m.fail.Store(false)
+	if c := ts.complete(t, body); c.Usage.CompletionTokens != 2 {
+		t.Fatalf("after the store came back: %+v", c)
+	}
+}
+
+// firstOfPairFails fails the first sequence of every two-sequence Step, as an unavailable expert
+// that only its tokens were routed to would.
+type firstOfPairFails struct{ engine.Model }
+
+func (m firstOfPairFails) Step(ctx context.Context, seqs []*engine.Sequence, all bool) ([][]float32, error) {
+	logits, err := m.Model.Step(ctx, seqs, all)
+	if err != nil || len(seqs) != 2 {
+		return logits, err
+	}
+	return logits, &engine.SequenceErrors{Failed: map[int]error{0: fmt.Errorf("%w: expert {0 3}", engine.ErrExpertUnavailable)}}
+}
+
+// TestExpertUnavailableFailsOnlyItsSequences: a Step that failed one of its sequences ends that one
+// with the error and the other decodes on, as it would have alone.
+func TestExpertUnavailableFailsOnlyItsSequences(t *testing.T) {
+	m := loadModel(t, "switch-tiny")
+	ts := newTestServer(t, "switch-tiny", firstOfPairFails{m}, nil)
+	short := Request{Prompt: []int{5, 6, 7}, MaxTokens: 4, IgnoreEOS: true}
+	res, _, err := engine.Generate(context.Background(), m, [][]int{short.Prompt}, engine.GenerateOptions{MaxNewTokens: 4, IgnoreEOS: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{})
+	longErr := make(chan error, 1)
+	go func() {
+		var once sync.Once
+		_, err := ts.Generate(context.Background(), Request{Prompt: []int{1, 2}, MaxTokens: 1000, IgnoreEOS: true}, func(int) {
+			once.Do(func() { close(started) })
+		})
+		longErr <- err
+	}()
+	<-started
+	var got []int
+	finish, err := ts.Generate(context.Background(), short, func(tok int) { got = append(got, tok) })
+	if err != nil || finish != "length" || !slices.Equal(got, res[0].GeneratedIDs) {
+		t.Fatalf("the other sequence: %v %q %v, want %v length", got, finish, err, res[0].GeneratedIDs)
+	}
+	if err := <-longErr; !errors.Is(err, engine.ErrExpertUnavailable) {
+		t.Fatalf("the failed sequence: %v, want ErrExpertUnavailable", err)
+	}
+}
