@@ -161,13 +161,7 @@ func BenchmarkEncode(b *testing.B) {
 		{"unigram-model", "testdata/unigram/spiece.model"},
 	} {
 		b.Run(tt.name, func(b *testing.B) {
-			var tok *Tokenizer
-			var err error
-			if strings.HasSuffix(tt.path, ".json") {
-				tok, err = LoadJSON(tt.path)
-			} else {
-				tok, err = LoadSentencePiece(tt.path)
-			}
+			tok, err := loadTestFile(tt.path)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -170,13 +170,7 @@ func TestStream(t *testing.T) {
 		{"trained-bpe", "testdata/trained/bpe.model"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			var tok *Tokenizer
-			var err error
-			if strings.HasSuffix(tt.path, ".json") {
-				tok, err = LoadJSON(tt.path)
-			} else {
-				tok, err = LoadSentencePiece(tt.path)
-			}
+			tok, err := loadTestFile(tt.path)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -301,4 +295,12 @@ func TestAddedTokens(t *testing.T) {
 	if tok.VocabSize() != 32003 || !tok.IsSpecial(32000) || tok.IsSpecial(32002) {
 		t.Errorf("vocab %d, special 32000 %v, 32002 %v", tok.VocabSize(), tok.IsSpecial(32000), tok.IsSpecial(32002))
 	}
+}
+
+// loadTestFile loads a tokenizer file of either format, by its extension.
+func loadTestFile(path string) (*Tokenizer, error) {
+	if strings.HasSuffix(path, ".json") {
+		return LoadJSON(path)
+	}
+	return LoadSentencePiece(path)
 }
