@@ -1,7 +1,9 @@
 // Package backendtest is the conformance suite of compute.Backend: Run checks every op of a
 // backend against a float64 reference on random inputs, within tolerances derived from float32
 // rounding (stated next to each check). `go test ./compute/...` runs it on the CPU backend; a GPU
-// backend's tests call the same Run, so this package uses nothing but the Backend interface.
+// backend's tests call the same Run, so this package uses nothing but the Backend interface. Like
+// testing/fstest it does not import testing (no production package does): Run takes the part of
+// a *testing.T it uses.
 //
 // The tolerances are rigorous error bounds of float32 arithmetic, not fudge factors: with u =
 // 2⁻²⁴ (float32's unit roundoff), a sum of k products in any order is within (k+2)·u·Σ|aᵢbᵢ| of
@@ -15,7 +17,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"testing"
 
 	"github.com/pregate/pregate/compute"
 )
@@ -23,8 +24,15 @@ import (
 // u is float32's unit roundoff.
 const u = 1.0 / (1 << 24)
 
-// Run checks every op of b. It fails t on the first mismatch of each op.
-func Run(t *testing.T, b compute.Backend) {
+// TB is the part of a *testing.T (or testing.TB) that Run uses.
+type TB interface {
+	Helper()
+	Errorf(format string, args ...any)
+}
+
+// Run checks every op of b and reports, through t.Errorf, the first mismatch of each op (named by
+// op and case). Pass the test's *testing.T.
+func Run(t TB, b compute.Backend) {
 	t.Helper()
 	tests := []struct {
 		name string
@@ -44,34 +52,63 @@ func Run(t *testing.T, b compute.Backend) {
 		{"Attention", testAttention},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			e := &env{t: t, b: b, rng: rand.New(rand.NewPCG(1, uint64(len(tt.name))))}
-			tt.fn(e)
-			if err := b.Sync(); err != nil {
-				t.Fatalf("Sync: %v", err)
-			}
-		})
+		e := &env{t: t, b: b, op: tt.name, rng: rand.New(rand.NewPCG(1, uint64(len(tt.name))))}
+		e.run(tt.fn)
 	}
 }
 
-// env carries a test's backend and random source, and moves data to and from the backend.
+// env carries one op's checks: the backend, a random source, the tensors to free.
 type env struct {
-	t   *testing.T
-	b   compute.Backend
-	rng *rand.Rand
+	t    TB
+	b    compute.Backend
+	op   string
+	rng  *rand.Rand
+	held []compute.Tensor
 }
+
+// failed is the panic with which Fatalf ends an op's checks.
+type failed struct{}
+
+// run runs fn's checks, stopping at the first failure, then syncs the backend and frees what fn
+// allocated.
+func (e *env) run(fn func(*env)) {
+	defer func() {
+		for _, x := range e.held {
+			e.b.Free(x)
+		}
+		if r := recover(); r != nil {
+			if _, ok := r.(failed); !ok {
+				panic(r)
+			}
+		}
+	}()
+	fn(e)
+	if err := e.b.Sync(); err != nil {
+		e.Fatalf("Sync: %v", err)
+	}
+}
+
+// Fatalf reports a failure of the op and ends its checks.
+func (e *env) Fatalf(format string, args ...any) {
+	e.t.Helper()
+	e.t.Errorf("%s: %s", e.op, fmt.Sprintf(format, args...))
+	panic(failed{})
+}
+
+// Fatal is Fatalf of an error.
+func (e *env) Fatal(err error) { e.Fatalf("%v", err) }
 
 // alloc returns a zeroed tensor of n elements, freed when the test ends.
 func (e *env) alloc(dt compute.DType, n int) compute.Tensor {
 	e.t.Helper()
 	x, err := e.b.Alloc(dt, n)
 	if err != nil {
-		e.t.Fatalf("Alloc(%s, %d): %v", dt, n, err)
+		e.Fatalf("Alloc(%s, %d): %v", dt, n, err)
 	}
 	if x.Len() != n || x.DType() != dt {
-		e.t.Fatalf("Alloc(%s, %d) returned %s[%d]", dt, n, x.DType(), x.Len())
+		e.Fatalf("Alloc(%s, %d) returned %s[%d]", dt, n, x.DType(), x.Len())
 	}
-	e.t.Cleanup(func() { e.b.Free(x) })
+	e.held = append(e.held, x)
 	return x
 }
 
@@ -91,7 +128,7 @@ func (e *env) get(x compute.Tensor) []float32 {
 	e.t.Helper()
 	out := make([]float32, x.Len())
 	if err := e.b.Download(out, x); err != nil {
-		e.t.Fatalf("Download: %v", err)
+		e.Fatalf("Download: %v", err)
 	}
 	return out
 }
@@ -103,7 +140,7 @@ func (e *env) weight(n, k int, dt compute.DType) (compute.Tensor, []float32) {
 	if dt == compute.F32 {
 		w, err := e.b.Const(vals)
 		if err != nil {
-			e.t.Fatalf("Const: %v", err)
+			e.Fatalf("Const: %v", err)
 		}
 		return w, vals
 	}
@@ -114,7 +151,7 @@ func (e *env) weight(n, k int, dt compute.DType) (compute.Tensor, []float32) {
 	}
 	w, err := e.b.ConstBF16(bits)
 	if err != nil {
-		e.t.Fatalf("ConstBF16: %v", err)
+		e.Fatalf("ConstBF16: %v", err)
 	}
 	return w, vals
 }
@@ -132,7 +169,7 @@ func (e *env) uniform(n int) []float32 {
 func (e *env) check(what string, got []float32, want []float64, tol []float64) {
 	e.t.Helper()
 	if len(got) != len(want) {
-		e.t.Fatalf("%s: %d values, want %d", what, len(got), len(want))
+		e.Fatalf("%s: %d values, want %d", what, len(got), len(want))
 	}
 	for i := range got {
 		g, w := float64(got[i]), want[i]
@@ -146,7 +183,7 @@ func (e *env) check(what string, got []float32, want []float64, tol []float64) {
 			w = float64(float32(w)) // an op that rounds once equals its reference rounded
 		}
 		if !(math.Abs(g-w) <= bound) {
-			e.t.Fatalf("%s: element %d is %v, want %v (tolerance %.3g)", what, i, g, w, bound)
+			e.Fatalf("%s: element %d is %v, want %v (tolerance %.3g)", what, i, g, w, bound)
 		}
 	}
 }
@@ -154,13 +191,13 @@ func (e *env) check(what string, got []float32, want []float64, tol []float64) {
 func testMemory(e *env) {
 	for _, dt := range []compute.DType{compute.F32, compute.BF16} {
 		if x := e.alloc(dt, 37); x.Bytes() != int64(37*dt.Size()) {
-			e.t.Fatalf("%s[37] is %d bytes", dt, x.Bytes())
+			e.Fatalf("%s[37] is %d bytes", dt, x.Bytes())
 		}
 	}
 	z := e.get(e.alloc(compute.F32, 1000))
 	for i, v := range z {
 		if v != 0 {
-			e.t.Fatalf("Alloc is not zeroed: element %d is %v", i, v)
+			e.Fatalf("Alloc is not zeroed: element %d is %v", i, v)
 		}
 	}
 	x := e.uniform(1001)
@@ -169,7 +206,7 @@ func testMemory(e *env) {
 	// Const of F32 data downloads as itself.
 	c, err := e.b.Const(x)
 	if err != nil {
-		e.t.Fatal(err)
+		e.Fatal(err)
 	}
 	e.check("Const", e.get(c.View(5, 100)), widen(x[5:105]), nil)
 }
@@ -352,7 +389,7 @@ func testSoftmax(e *env) {
 	e.b.Softmax(xt, 1, 3)
 	for i, v := range e.get(xt) {
 		if !math.IsNaN(float64(v)) {
-			e.t.Fatalf("Softmax of all -Inf: element %d is %v, want NaN", i, v)
+			e.Fatalf("Softmax of all -Inf: element %d is %v, want NaN", i, v)
 		}
 	}
 }
@@ -562,7 +599,7 @@ func testAttention(e *env) {
 		for _, r := range []int{0, c.nq + 1} {
 			for i, x := range e.get(whole.Rows(r, r+1, qd)) {
 				if x != 0 {
-					e.t.Fatalf("Attention %s wrote outside its output: row %d element %d is %v", c.name, r, i, x)
+					e.Fatalf("Attention %s wrote outside its output: row %d element %d is %v", c.name, r, i, x)
 				}
 			}
 		}
