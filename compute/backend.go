@@ -1,6 +1,9 @@
 package compute
 
-import "fmt"
+import (
+	"fmt"
+	"math"
+)
 
 // Backend is what a forward pass computes with: the engine issues every op of a model's layers
 // through it, over Tensors that live in the backend's memory. The CPU device (*CPU) is one; a GPU
@@ -92,9 +95,10 @@ type Backend interface {
 	RoPE(x Tensor, tokens, heads, headDim int, cos, sin Tensor)
 	// Attention computes out [nq × heads·headDim] from the queries q [nq × heads·headDim] of one
 	// sequence and its keys and values k, v [nk × kvHeads·headDim] (a KV cache's used rows), as
-	// a describes. Query heads h·r … h·r+r−1 share KV head h (GQA, r = heads/kvHeads). Scores are
-	// float32 dot products, scaled, plus the relative position bias, plus the key mask; softmax
-	// and the probability-weighted sum of values follow Softmax's and Add's rounding.
+	// a describes. Query heads h·r … h·r+r−1 share KV head h (GQA, r = heads/kvHeads). A score is
+	// the float32 dot product of a query and a key, times Scale, plus (the relative position bias
+	// plus the key mask); the softmax of a query's scores (as Softmax) weighs the sum of the values,
+	// accumulated in float32.
 	Attention(out, q, k, v Tensor, nq, nk int, a *Attention)
 }
 
@@ -126,7 +130,7 @@ type Attention struct {
 }
 
 // MaskValue is what HF adds to a masked attention score: torch.finfo(float32).min.
-const MaskValue = -3.4028234663852886e+38
+const MaskValue = -math.MaxFloat32
 
 // DType is a tensor's element type.
 type DType uint8
