@@ -36,8 +36,9 @@ type Backend interface {
 
 	// Alloc returns a zeroed tensor of n elements of dt (activations, scratch, KV caches).
 	Alloc(dt DType, n int) (Tensor, error)
-	// Free returns a tensor from Alloc to the backend once every op enqueued on it has been
-	// issued; its views must not be used afterwards. Freeing a Const or a zero Tensor does nothing.
+	// Free returns a tensor from Alloc or Const (whole, not a view) to the backend; ops already
+	// enqueued on it still see its contents (a device backend frees in stream order). Its views
+	// must not be used afterwards. Freeing the zero Tensor does nothing.
 	Free(t Tensor)
 	// Const makes a tensor of host's contents for the model's lifetime (dense weights, norm
 	// vectors, position tables): uploaded once by a device backend, viewed in place without a

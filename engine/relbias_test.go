@@ -13,7 +13,7 @@ import (
 
 // TestRelativeBiasOutOfReachIsRefused: a config whose max distance does not pass the exact buckets
 // (so no clamped bias table describes it) is refused at load with ErrUnsupported, not run with a
-// bias that HF would not compute.
+// bias that HF would not compute, and the weights already made on the backend are freed.
 func TestRelativeBiasOutOfReachIsRefused(t *testing.T) {
 	src := filepath.Join("..", "testdata", "switch-tiny")
 	cfg, err := os.ReadFile(filepath.Join(src, "config.json"))
@@ -36,8 +36,12 @@ func TestRelativeBiasOutOfReachIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ckpt.Close()
-	if _, err := Load(ckpt, newCPU(t, 1), Options{}); !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "relative_attention_max_distance 4") {
+	be := newCountingBackend(t)
+	if _, err := Load(ckpt, be, Options{}); !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "relative_attention_max_distance 4") {
 		t.Errorf("Load: %v, want ErrUnsupported naming relative_attention_max_distance 4", err)
+	}
+	if len(be.live) != 0 || be.allocs == 0 || len(be.bad) != 0 {
+		t.Errorf("the failed Load left %d of the %d weights it made on the backend (%v)", len(be.live), be.allocs, be.bad)
 	}
 }
 
