@@ -46,7 +46,8 @@ type Backend interface {
 	Const(host []float32) (Tensor, error)
 	// ConstBF16 is Const for bfloat16 weights (raw bits).
 	ConstBF16(host []uint16) (Tensor, error)
-	// Upload enqueues a copy of src into dst (len(src) == dst.Len(), F32).
+	// Upload enqueues a copy of src into dst (len(src) == dst.Len(), F32); src is read before
+	// Upload returns.
 	Upload(dst Tensor, src []float32)
 	// Download waits for every op enqueued so far and copies src (F32) into dst
 	// (len(dst) == src.Len()). It returns the first failure of any of those ops.
@@ -70,8 +71,8 @@ type Backend interface {
 	Linear(dst, x Tensor, m, k int, w Tensor, n int, accumulate bool)
 	// RMSNorm sets each of rows rows of dst (d elements each) to w ⊙ (x · 1/√(mean(x²) + eps)),
 	// following HF's float32 MixtralRMSNorm and T5LayerNorm (the same op: T5's layer norm scales
-	// by the root mean square and subtracts no mean). The mean of squares is accumulated in float64
-	// (within 1 ulp of torch's float32 reduction); the rest is float32. dst may be x.
+	// by the root mean square and subtracts no mean). The CPU accumulates the mean of squares in
+	// float64 (within 1 ulp of torch's float32 reduction); the rest is float32. dst may be x.
 	RMSNorm(dst, x Tensor, rows, d int, w Tensor, eps float32)
 	// Softmax replaces each of rows rows of x (n elements each) by its softmax (max subtracted
 	// first). A row of all −Inf yields NaNs, as in torch.
