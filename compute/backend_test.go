@@ -54,3 +54,48 @@ func TestTensorViews(t *testing.T) {
 		})
 	}
 }
+
+// TestCPUFreeList: the CPU backend recycles whole tensors from Alloc (cleared), and never a view,
+// a Const (a view of someone's memory, e.g. a mapped checkpoint) or a tensor freed twice.
+func TestCPUFreeList(t *testing.T) {
+	cpu := compute.NewCPU(1)
+	defer cpu.Close()
+	alloc := func(n int) compute.Tensor {
+		t.Helper()
+		x, err := cpu.Alloc(compute.F32, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return x
+	}
+	a := alloc(8)
+	cpu.Upload(a, []float32{1, 2, 3, 4, 5, 6, 7, 8})
+	cpu.Free(a)
+	cpu.Free(a) // a second Free must not put it in the list twice
+	b, c := alloc(8), alloc(8)
+	if b.Memory() != a.Memory() || c.Memory() == a.Memory() {
+		t.Errorf("Alloc after Free: reused %v, then %v; want the freed memory once", b.Memory() == a.Memory(), c.Memory() == a.Memory())
+	}
+	got := make([]float32, 8)
+	if err := cpu.Download(got, b); err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range got {
+		if v != 0 {
+			t.Fatalf("recycled tensor not cleared: element %d is %v", i, v)
+		}
+	}
+	host := []float32{9, 9, 9, 9}
+	k, err := cpu.Const(host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpu.Free(k)
+	cpu.Free(c.View(0, 4))
+	if d := alloc(4); d.Memory() == k.Memory() || host[0] != 9 {
+		t.Errorf("a freed Const was recycled (host %v)", host)
+	}
+	if d := alloc(8); d.Memory() == c.Memory() {
+		t.Error("a freed view recycled its whole allocation")
+	}
+}

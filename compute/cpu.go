@@ -31,7 +31,8 @@ var minParWork = 1 << 17
 // Close stops and waits for the workers; it is idempotent, and a closed CPU
 // still works, single-threaded.
 type CPU struct {
-	p *pool
+	p    *pool
+	free freeList // host tensors freed by the engine, for its next Alloc (cpu_backend.go)
 }
 
 // pool is everything the worker goroutines touch. It is separate from CPU so

@@ -3,6 +3,7 @@ package compute
 import (
 	"fmt"
 	"math"
+	"sync"
 )
 
 // The CPU device as a Backend: its tensors are host slices (hostMem), its ops are the kernels of
@@ -12,6 +13,57 @@ import (
 type hostMem struct {
 	f32  []float32
 	bf16 []uint16
+	// alloc: made by Alloc, so Free may recycle it (never a Const's view of a checkpoint).
+	// freed: in the free list (a second Free is ignored).
+	alloc, freed bool
+}
+
+// freeList keeps the host tensors the engine frees, by dtype and length, for its next Alloc of
+// the same shape: a decode step allocates the same few dozen activations every step, and reusing
+// them spares the garbage collector their slices and headers. At most maxFreeBytes are kept.
+type freeList struct {
+	mu    sync.Mutex
+	byLen map[freeKey][]*hostMem
+	bytes int64
+}
+
+type freeKey struct {
+	dt DType
+	n  int
+}
+
+// maxFreeBytes bounds the memory a CPU keeps in its free list: a step's activations (a few MB
+// for a long prefill), not the KV caches of every sequence that ever ended.
+const maxFreeBytes = 64 << 20
+
+func (f *freeList) get(dt DType, n int) *hostMem {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	k := freeKey{dt, n}
+	ms := f.byLen[k]
+	if len(ms) == 0 {
+		return nil
+	}
+	m := ms[len(ms)-1]
+	f.byLen[k] = ms[:len(ms)-1]
+	f.bytes -= m.Bytes()
+	m.freed = false
+	return m
+}
+
+func (f *freeList) put(dt DType, m *hostMem) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if m.freed || f.bytes+m.Bytes() > maxFreeBytes {
+		return
+	}
+	if f.byLen == nil {
+		f.byLen = map[freeKey][]*hostMem{}
+	}
+	k := freeKey{dt, int(m.Bytes()) / dt.Size()}
+	f.byLen[k] = append(f.byLen[k], m)
+	f.bytes += m.Bytes()
+	m.freed = true
 }
 
 func (m *hostMem) Bytes() int64 { return int64(len(m.f32))*4 + int64(len(m.bf16))*2 }
@@ -63,22 +115,36 @@ var _ Backend = (*CPU)(nil)
 // Name implements Backend.
 func (c *CPU) Name() string { return "cpu" }
 
-// Alloc implements Backend.
+// Alloc implements Backend: a tensor from the free list, cleared, or a new one.
 func (c *CPU) Alloc(dt DType, n int) (Tensor, error) {
 	if n < 0 {
 		return Tensor{}, fmt.Errorf("compute: alloc of %d elements", n)
 	}
-	switch dt {
-	case F32:
-		return HostTensor(make([]float32, n)), nil
-	case BF16:
-		return HostTensorBF16(make([]uint16, n)), nil
+	if dt != F32 && dt != BF16 {
+		return Tensor{}, fmt.Errorf("compute: alloc of %s", dt)
 	}
-	return Tensor{}, fmt.Errorf("compute: alloc of %s", dt)
+	m := c.free.get(dt, n)
+	switch {
+	case m == nil && dt == F32:
+		m = &hostMem{f32: make([]float32, n), alloc: true}
+	case m == nil:
+		m = &hostMem{bf16: make([]uint16, n), alloc: true}
+	default:
+		clear(m.f32)
+		clear(m.bf16)
+	}
+	return Tensor{mem: m, n: n, dt: dt}, nil
 }
 
-// Free implements Backend: the garbage collector reclaims host tensors.
-func (c *CPU) Free(Tensor) {}
+// Free implements Backend: a whole tensor from Alloc goes to the free list (the garbage collector
+// reclaims it if the list is full); anything else is left to the garbage collector.
+func (c *CPU) Free(t Tensor) {
+	m, ok := t.mem.(*hostMem)
+	if !ok || !m.alloc || t.off != 0 || int64(t.n)*int64(t.dt.Size()) != m.Bytes() {
+		return
+	}
+	c.free.put(t.dt, m)
+}
 
 // Const implements Backend: the tensor is host itself.
 func (c *CPU) Const(host []float32) (Tensor, error) { return HostTensor(host), nil }

@@ -77,6 +77,7 @@ func (b *countingBackend) Free(x compute.Tensor) {
 		b.bad = append(b.bad, fmt.Sprintf("Free of a view [%d, +%d) of an allocation of %d", x.Offset(), x.Len(), n))
 	default:
 		delete(b.live, x.Memory())
+		b.CPU.Free(x)
 	}
 }
 

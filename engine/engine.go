@@ -194,8 +194,11 @@ func (c *kvCache) free(be compute.Backend) {
 	c.k, c.v = compute.Tensor{}, compute.Tensor{}
 }
 
-// scratch allocates a step's activations on a backend and frees them all at the end of the step.
-// An allocation failure is remembered (err) and yields the zero Tensor: check err before use.
+// scratch allocates a step's activations on a backend and frees them when the function that
+// allocated them returns: a model keeps one (the engine is single-threaded per model), and each
+// function marks it on entry and releases what it allocated since on return, so that its list of
+// held tensors is reused from step to step instead of reallocated. An allocation failure is
+// remembered (err) and yields the zero Tensor: check err after a group of allocations.
 type scratch struct {
 	be   compute.Backend
 	held []compute.Tensor
@@ -215,12 +218,18 @@ func (s *scratch) f32(n int) compute.Tensor {
 	return t
 }
 
-// free frees every tensor allocated so far.
-func (s *scratch) free() {
-	for _, t := range s.held {
+// mark returns the position that release frees back to.
+func (s *scratch) mark() int { return len(s.held) }
+
+// release frees the tensors allocated since mark, and forgets an allocation failure (its caller
+// has returned the error by then).
+func (s *scratch) release(mark int) {
+	for _, t := range s.held[mark:] {
 		s.be.Free(t)
 	}
-	s.held = s.held[:0]
+	clear(s.held[mark:])
+	s.held = s.held[:mark]
+	s.err = nil
 }
 
 // Options configures Load.

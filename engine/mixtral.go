@@ -15,6 +15,7 @@ import (
 type Mixtral struct {
 	cfg     *model.MixtralConfig
 	be      compute.Backend
+	sc      *scratch // the step's activations
 	embed   Weight
 	norm    compute.Tensor
 	lmHead  Weight
@@ -42,7 +43,7 @@ func LoadMixtral(ckpt *model.Checkpoint, be compute.Backend, opts Options) (*Mix
 	if err := gate.Validate(cfg.NumLocalExperts); err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrUnsupported, ckpt.Dir(), err)
 	}
-	m := &Mixtral{cfg: cfg, be: be}
+	m := &Mixtral{cfg: cfg, be: be, sc: &scratch{be: be}}
 	l := weightLoader{ckpt: ckpt, be: be}
 	m.embed = l.matrix(model.MixtralEmbedName, cfg.VocabSize, d)
 	m.norm = l.vector(model.MixtralNormName, d)
@@ -78,7 +79,7 @@ func LoadMixtral(ckpt *model.Checkpoint, be compute.Backend, opts Options) (*Mix
 	for i := 0; i+1 < len(m.layers); i++ {
 		m.layers[i].block.succ = &m.layers[i+1].block
 	}
-	m.moe = moeRunner{be: be, experts: experts, tracer: opts.Tracer, speculate: opts.Speculate, act: actSiLUGated, d: d}
+	m.moe = moeRunner{be: be, sc: m.sc, experts: experts, tracer: opts.Tracer, speculate: opts.Speculate, act: actSiLUGated, d: d}
 	m.info.Arch = "mixtral"
 	m.info.VocabSize = cfg.VocabSize
 	m.info.EOS = cfg.EOSTokenIDs
@@ -139,9 +140,9 @@ func (m *Mixtral) Step(ctx context.Context, seqs []*Sequence, all bool) ([][]flo
 		return nil, err
 	}
 	be := m.be
-	sc := scratch{be: be}
-	defer sc.free()
-	x, err := embed(&sc, m.embed, seqs, tokens)
+	sc := m.sc
+	defer sc.release(sc.mark())
+	x, err := embed(sc, m.embed, seqs, tokens)
 	if err != nil {
 		return nil, err
 	}
@@ -206,7 +207,7 @@ func (m *Mixtral) Step(ctx context.Context, seqs []*Sequence, all bool) ([][]flo
 			return nil, err
 		}
 	}
-	logits, err := finish(be, seqs, seqLens, x, d, all, func(dst, rows compute.Tensor, n int) {
+	logits, err := finish(m.sc, seqs, seqLens, x, d, all, func(dst, rows compute.Tensor, n int) {
 		be.RMSNorm(rows, rows, n, d, m.norm, float32(cfg.RMSNormEps))
 		linear(be, dst, rows, n, m.lmHead, false)
 	}, cfg.VocabSize)
@@ -238,9 +239,9 @@ func pack(seqs []*Sequence, vocab, maxPos int) (int, []int, error) {
 
 // finish advances every sequence past its pending tokens and computes the requested logits with
 // head, which maps rows [n × d] (it may overwrite them) to logits [n × vocab], and downloads them.
-func finish(be compute.Backend, seqs []*Sequence, seqLens []int, x compute.Tensor, d int, all bool, head func(dst, rows compute.Tensor, n int), vocab int) ([][]float32, error) {
-	sc := scratch{be: be}
-	defer sc.free()
+func finish(sc *scratch, seqs []*Sequence, seqLens []int, x compute.Tensor, d int, all bool, head func(dst, rows compute.Tensor, n int), vocab int) ([][]float32, error) {
+	defer sc.release(sc.mark())
+	be := sc.be
 	rows := x
 	if !all {
 		rows = sc.f32(len(seqs) * d)

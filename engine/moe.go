@@ -32,6 +32,7 @@ type moeBlock struct {
 // moeRunner runs MoE blocks: routing, expert hints and acquisition, expert FFNs.
 type moeRunner struct {
 	be      compute.Backend
+	sc      *scratch // the model's
 	experts Experts
 	tracer  Tracer
 	// speculate: a block without a pre-gate predicts its successor's experts with the successor's
@@ -45,8 +46,8 @@ type moeRunner struct {
 // downloaded and the top-k is taken on the host: routing.Gate's torch-order choice decides which
 // experts are fetched, and must not depend on the backend; the logits are tokens × experts floats.
 func (r *moeRunner) route(blk *moeBlock, w Weight, xn compute.Tensor, tokens int, seqLens []int) ([]routing.Choice, []float32, error) {
-	sc := scratch{be: r.be}
-	defer sc.free()
+	sc := r.sc
+	defer sc.release(sc.mark())
 	lt := sc.f32(tokens * blk.numExperts)
 	if sc.err != nil {
 		return nil, nil, sc.err
@@ -117,8 +118,8 @@ func (r *moeRunner) run(ctx context.Context, blk *moeBlock, xn, x compute.Tensor
 		p.Predict(blk.succ.index, routing.Experts(c, blk.succ.numExperts))
 	}
 
-	sc := scratch{be: r.be}
-	defer sc.free()
+	sc := r.sc
+	defer sc.release(sc.mark())
 	moeOut := sc.f32(tokens * r.d)
 	if sc.err != nil {
 		return nil, sc.err
@@ -167,8 +168,8 @@ func (r *moeRunner) predictNextStep(blk *moeBlock, x compute.Tensor, seqLens []i
 	if !ok || blk == nil {
 		return nil
 	}
-	sc := scratch{be: r.be}
-	defer sc.free()
+	sc := r.sc
+	defer sc.release(sc.mark())
 	last := sc.f32(len(seqLens) * r.d)
 	if sc.err != nil {
 		return sc.err
@@ -201,8 +202,8 @@ func lastRows(seqLens []int) []int {
 // expert computes out[row] += weight · FFN(xn[row]) for the given rows.
 func (r *moeRunner) expert(w *ExpertWeights, xn compute.Tensor, rows []int, weights []float32, out compute.Tensor) error {
 	n, d, ff := len(rows), r.d, w.W1.Rows
-	sc := scratch{be: r.be}
-	defer sc.free()
+	sc := r.sc
+	defer sc.release(sc.mark())
 	xe, h, y := sc.f32(n*d), sc.f32(n*ff), sc.f32(n*d)
 	var up compute.Tensor
 	if r.act == actSiLUGated {

@@ -16,7 +16,8 @@ import (
 type Switch struct {
 	cfg      *model.SwitchConfig
 	be       compute.Backend
-	shared   Weight // embeddings and, tied, the LM head
+	sc       *scratch // the step's activations
+	shared   Weight   // embeddings and, tied, the LM head
 	lmHead   Weight
 	enc, dec switchStack
 	moe      moeRunner
@@ -70,7 +71,7 @@ func LoadSwitch(ckpt *model.Checkpoint, be compute.Backend, opts Options) (*Swit
 	if err := gate.Validate(cfg.NumExperts); err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrUnsupported, ckpt.Dir(), err)
 	}
-	m := &Switch{cfg: cfg, be: be}
+	m := &Switch{cfg: cfg, be: be, sc: &scratch{be: be}}
 	l := weightLoader{ckpt: ckpt, be: be}
 	m.shared = l.matrix(model.SwitchSharedName, cfg.VocabSize, d)
 	m.lmHead = l.matrix(model.SwitchLMHeadName, cfg.VocabSize, d)
@@ -157,7 +158,7 @@ func LoadSwitch(ckpt *model.Checkpoint, be compute.Backend, opts Options) (*Swit
 		m.owned.local = NewLocalExperts(ckpt, be, model.ExpertNames(ckpt.Config()), numExperts, d, cfg.DFF)
 		experts = m.owned.local
 	}
-	m.moe = moeRunner{be: be, experts: experts, tracer: opts.Tracer, speculate: opts.Speculate, act: actReLU, d: d}
+	m.moe = moeRunner{be: be, sc: m.sc, experts: experts, tracer: opts.Tracer, speculate: opts.Speculate, act: actReLU, d: d}
 	m.info.Arch = "switch_transformers"
 	m.info.VocabSize = cfg.VocabSize
 	m.info.EOS = []int{cfg.EOSTokenID}
@@ -280,9 +281,9 @@ func (m *Switch) encode(ctx context.Context, ids [][]int, masks [][]int) (outs [
 			o.crossK[b].used = len(p) * inner
 		}
 	}
-	sc := scratch{be: m.be}
-	defer sc.free()
-	x, err := embed(&sc, m.shared, seqs, tokens)
+	sc := m.sc
+	defer sc.release(sc.mark())
+	x, err := embed(sc, m.shared, seqs, tokens)
 	if err != nil {
 		return nil, err
 	}
@@ -324,9 +325,9 @@ func (m *Switch) Step(ctx context.Context, seqs []*Sequence, all bool) ([][]floa
 	if err != nil {
 		return nil, err
 	}
-	sc := scratch{be: m.be}
-	defer sc.free()
-	x, err := embed(&sc, m.shared, seqs, tokens)
+	sc := m.sc
+	defer sc.release(sc.mark())
+	x, err := embed(sc, m.shared, seqs, tokens)
 	if err != nil {
 		return nil, err
 	}
@@ -343,7 +344,7 @@ func (m *Switch) Step(ctx context.Context, seqs []*Sequence, all bool) ([][]floa
 		}
 	}
 	scale := float32(math.Pow(float64(d), -0.5))
-	logits, err := finish(m.be, seqs, seqLens, x, d, all, func(dst, rows compute.Tensor, n int) {
+	logits, err := finish(m.sc, seqs, seqLens, x, d, all, func(dst, rows compute.Tensor, n int) {
 		m.be.RMSNorm(rows, rows, n, d, m.dec.final, float32(cfg.LayerNormEpsilon))
 		if cfg.TieWordEmbeddings {
 			m.be.Scale(rows, scale)
@@ -363,8 +364,8 @@ func (m *Switch) runStack(ctx context.Context, st *switchStack, seqs []*Sequence
 	d, inner, heads := cfg.DModel, cfg.NumHeads*cfg.DKV, cfg.NumHeads
 	eps := float32(cfg.LayerNormEpsilon)
 	be := m.be
-	sc := scratch{be: be}
-	defer sc.free()
+	sc := m.sc
+	defer sc.release(sc.mark())
 	xn, q, k, v, attnOut := sc.f32(tokens*d), sc.f32(tokens*inner), sc.f32(tokens*inner), sc.f32(tokens*inner), sc.f32(tokens*inner)
 	var h compute.Tensor
 	if st.hasDense() {

@@ -200,6 +200,20 @@ func testMemory(e *env) {
 			e.Fatalf("Alloc is not zeroed: element %d is %v", i, v)
 		}
 	}
+	// Memory a backend recycles comes back zeroed too.
+	for range 3 {
+		x, err := e.b.Alloc(compute.F32, 777)
+		if err != nil {
+			e.Fatal(err)
+		}
+		for i, v := range e.get(x) {
+			if v != 0 {
+				e.Fatalf("Alloc after a Free is not zeroed: element %d is %v", i, v)
+			}
+		}
+		e.b.Upload(x, e.uniform(777))
+		e.b.Free(x)
+	}
 	x := e.uniform(1001)
 	got := e.get(e.put(x))
 	e.check("Upload then Download", got, widen(x), nil)
