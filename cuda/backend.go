@@ -167,7 +167,9 @@ func (b *Backend) Free(t compute.Tensor) {
 	m.freed = true
 	delete(b.live, m.ptr)
 	if b.pooled+m.class > maxPooled {
-		b.fail(b.ctx.memFree(m.ptr)) // cuMemFree waits for the work that uses it
+		// Ops in flight may still use it.
+		b.fail(b.ctx.syncStream(b.s))
+		b.fail(b.ctx.memFree(m.ptr))
 		return
 	}
 	b.pool[m.class] = append(b.pool[m.class], m.ptr)
@@ -313,7 +315,8 @@ func (b *Backend) uploadArgs(op string, rows []int, limit int, weights []float32
 	b.argsHost = buf
 	if n > b.argsCap {
 		if b.args != 0 {
-			// Kernels in flight may still read the old buffer: cuMemFree waits for them.
+			// Kernels in flight may still read the old buffer.
+			b.fail(b.ctx.syncStream(b.s))
 			b.fail(b.ctx.memFree(b.args))
 			b.args, b.argsCap = 0, 0
 		}

@@ -9,6 +9,8 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -193,6 +195,9 @@ func TestParams(t *testing.T) {
 	binary.LittleEndian.PutUint32(want[20:], 0xffffffff)
 	if string(p.buf) != string(want) {
 		t.Fatalf("params % x, want % x", p.buf, want)
+	}
+	if fmt.Sprint(p.offs) != "[0 8 16 20]" {
+		t.Fatalf("parameter offsets %v, want [0 8 16 20]", p.offs)
 	}
 }
 
@@ -451,7 +456,10 @@ func TestPinnedCopy(t *testing.T) {
 func TestStreamWaitsEvent(t *testing.T) {
 	d := device(t)
 	b := d.Backend()
-	const n = 256 << 20 // ~5 ms of PCIe: a kernel not ordered after the copy would see old bytes
+	n := int64(256 << 20) // ~5 ms of PCIe: a kernel not ordered after the copy would see old bytes
+	if os.Getenv("PREGATE_CUDA_FAKE") != "" {
+		n = 16 << 20 // the fake driver copies at once; spare the test machine's memory
+	}
 	dst, err := d.Alloc(n)
 	if err != nil {
 		t.Fatal(err)
@@ -462,11 +470,11 @@ func TestStreamWaitsEvent(t *testing.T) {
 		t.Fatal(err)
 	}
 	fresh := stage(t, d, n, 0xaa)
-	src, err := dst.Tensor(0, compute.F32, n/4)
+	src, err := dst.Tensor(0, compute.F32, int(n/4))
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := b.Alloc(compute.F32, n/4)
+	out, err := b.Alloc(compute.F32, int(n/4))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -568,4 +576,145 @@ func TestArenaOnDevice(t *testing.T) {
 	}
 	buf.Free()
 	buf.Free() // idempotent
+}
+
+// TestKernelSignatures: every kernel the package launches is in both PTX images, with the same
+// parameters, and the launch sites' argument kinds are checked against them (see launch).
+func TestKernelSignatures(t *testing.T) {
+	s80, s90 := signatures(ptxSM80), signatures(ptxSM90)
+	if len(s80) == 0 || fmt.Sprint(s80) != fmt.Sprint(s90) {
+		t.Fatalf("sm_80 and sm_90 PTX differ in their entries:\n%v\n%v", s80, s90)
+	}
+	var k kernels
+	for _, e := range k.table() {
+		sig, ok := s80[e.name]
+		if !ok {
+			t.Errorf("kernel %s is not in the PTX", e.name)
+		}
+		if strings.ContainsRune(sig, '?') {
+			t.Errorf("kernel %s has a parameter of a kind the launcher cannot pass: %s", e.name, sig)
+		}
+	}
+	if got, want := s80["attention"], "ppppppiiiiifiiii"; got != want {
+		t.Errorf("attention's signature %q, want %q", got, want)
+	}
+}
+
+// TestEveryOp issues every op of the backend once, through each of its kernels (every decode GEMV
+// variant, the scalar GEMV, the GEMM; attention with bias and mask), and checks that they all
+// launch: the arguments match the kernels' signatures and the launch shapes are valid. The values
+// are the conformance suite's business. It runs on a GPU and under the fake driver.
+func TestEveryOp(t *testing.T) {
+	b := device(t).Backend()
+	alloc := func(dt compute.DType, n int) compute.Tensor {
+		t.Helper()
+		x, err := b.Alloc(dt, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { b.Free(x) })
+		return x
+	}
+	const k, n = 64, 40
+	x := alloc(compute.F32, gemvMaxM*k+16)
+	y := alloc(compute.F32, 64*n)
+	wf := alloc(compute.F32, n*k)
+	wb := alloc(compute.BF16, n*k)
+	big := alloc(compute.F32, 64*k)
+	b.Upload(x, make([]float32, x.Len()))
+	for m := 1; m <= gemvMaxM; m++ {
+		for _, w := range []compute.Tensor{wf, wb} {
+			b.Linear(y, x, m, k, w, n, m%2 == 0)                      // vector GEMV
+			b.Linear(y, x.View(1, m*k), m, k, w, n, false)            // misaligned x: scalar GEMV
+			b.Linear(y, x, m, k-1, w.View(0, n*(k-1)), n, false)      // k not a multiple of 8
+			b.Linear(y, big, 64, k, w, n, m == 1)                     // tiled GEMM
+			b.Linear(y.View(0, m*n), x, m, 0, w.View(0, 0), n, false) // k = 0
+		}
+	}
+	b.RMSNorm(y, y, 4, n, wf.View(0, n), 1e-6)
+	b.Softmax(y, 4, n)
+	b.ReLU(y)
+	b.GELU(y)
+	b.SiLU(y)
+	b.Mul(y.View(0, n), y.View(n, n), y.View(2*n, n))
+	b.Add(y.View(0, n), y.View(n, n))
+	b.Scale(y, 0.5)
+	b.RoPE(y, 2, 2, 8, x.View(0, 8), x.View(8, 8))
+	b.Embed(y, wb, []int{3, 0, n - 1}, k)
+	b.Embed(y, wf, []int{1}, k)
+	b.GatherRows(y, big, []int{5, 1, 5}, k)
+	b.ScatterAddRows(big, y, []int{2, 2, 7}, []float32{0.5, 1, -1}, k)
+	b.Copy(y.View(0, 10), x.View(3, 10))
+	const heads, kvHeads, hd, nq, nk = 4, 2, 8, 3, 5
+	q := alloc(compute.F32, nq*heads*hd)
+	kv := alloc(compute.F32, nk*kvHeads*hd)
+	out := alloc(compute.F32, nq*heads*hd)
+	bias := alloc(compute.F32, (2*3+1)*heads)
+	mask := alloc(compute.F32, nk)
+	b.Attention(out, q, kv, kv, nq, nk, &compute.Attention{Heads: heads, KVHeads: kvHeads, HeadDim: hd, Scale: 1,
+		Bias: bias, BiasReach: 3, Mask: mask})
+	b.Attention(out, q, kv, kv, nq, nk, &compute.Attention{Heads: heads, KVHeads: kvHeads, HeadDim: hd, Scale: 0.3,
+		Causal: true, Past: 2, Window: 2})
+	if err := b.Sync(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fakeRun are the tests TestFakeDriver runs under the fake driver: those whose checks need no
+// kernel to have run.
+var fakeRun = []string{"TestOpenErrors", "TestPinnedCopy", "TestStreamWaitsEvent", "TestArenaOnDevice", "TestEveryOp"}
+
+// TestFakeDriver checks the package's host side against a fake libcuda.so.1 (testdata/fakecuda.c)
+// on a machine without a GPU: loading the driver by dlopen, the context set on every call, the
+// arena, pinned buffers, copies and their events, the stream waiting on an event, and every kernel
+// launch's arguments against the PTX signatures. The fake runs no kernel; a real GPU runs these
+// tests (and the kernels' own) directly, and then this one skips.
+func TestFakeDriver(t *testing.T) {
+	if os.Getenv("PREGATE_CUDA_FAKE") != "" {
+		t.Skip("this is the run under the fake driver")
+	}
+	if testDev != nil {
+		t.Skip("a GPU is here: the device tests ran on it")
+	}
+	cc := os.Getenv("CC")
+	if cc == "" {
+		cc = "cc"
+	}
+	if _, err := exec.LookPath(cc); err != nil {
+		t.Skipf("no C compiler (%s) to build the fake driver", cc)
+	}
+	var incs []string
+	for _, f := range strings.Fields(os.Getenv("CGO_CFLAGS")) {
+		if strings.HasPrefix(f, "-I") {
+			incs = append(incs, f)
+		}
+	}
+	dir := t.TempDir()
+	build := exec.Command(cc, append(incs, "-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o", filepath.Join(dir, "libcuda.so.1"), "testdata/fakecuda.c")...)
+	if out, err := build.CombinedOutput(); err != nil {
+		if len(incs) == 0 {
+			t.Skipf("building the fake driver failed and CGO_CFLAGS names no include directory for cuda.h: %v\n%s", err, out)
+		}
+		t.Fatalf("building the fake driver: %v\n%s", err, out)
+	}
+	run := func(env []string, tests ...string) string {
+		cmd := exec.Command(os.Args[0], "-test.v", "-test.count=1", "-test.run", "^("+strings.Join(tests, "|")+")$")
+		cmd.Env = append(os.Environ(), append(env, "LD_LIBRARY_PATH="+dir, "PREGATE_CUDA_FAKE=1")...)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("under the fake driver: %v\n%s", err, out)
+		}
+		return string(out)
+	}
+	out := run([]string{"PREGATE_CUDA_REQUIRE=1"}, fakeRun...)
+	for _, name := range fakeRun {
+		if !strings.Contains(out, "--- PASS: "+name+" ") {
+			t.Errorf("%s did not pass under the fake driver:\n%s", name, out)
+		}
+	}
+	// A driver without a GPU: Open says which device is missing and how many there are.
+	out = run([]string{"FAKECUDA_NO_DEVICE=1"}, "TestOpenErrors")
+	if !strings.Contains(out, "cuda: device 0 not found (0 devices)") || !strings.Contains(out, "--- PASS: TestOpenErrors ") {
+		t.Errorf("with a driver and no GPU:\n%s", out)
+	}
 }

@@ -141,7 +141,7 @@ func Open(ordinal int) (d *Device, err error) {
 	if d.mod, err = d.ctx.loadModule(append(image[:len(image):len(image)], 0)); err != nil {
 		return nil, fmt.Errorf("cuda: loading the kernels on %s: %w", d.name, err)
 	}
-	if err = d.k.load(d.ctx, d.mod); err != nil {
+	if err = d.k.load(d.ctx, d.mod, image); err != nil {
 		return nil, err
 	}
 	d.waits = make(chan *Event, 1024)

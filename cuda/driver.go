@@ -43,8 +43,7 @@ package cuda
 	X(cuDevicePrimaryCtxRetain) X(cuDevicePrimaryCtxRelease) X(cuCtxSetCurrent) X(cuCtxSynchronize) \
 	X(cuMemGetInfo) \
 	X(cuStreamCreate) X(cuStreamDestroy) X(cuStreamSynchronize) X(cuStreamWaitEvent) \
-	X(cuEventCreate) X(cuEventDestroy) X(cuEventRecord) X(cuEventSynchronize) X(cuEventQuery) \
-	X(cuEventElapsedTime) \
+	X(cuEventCreate) X(cuEventDestroy) X(cuEventRecord) X(cuEventSynchronize) X(cuEventElapsedTime) \
 	X(cuMemAlloc) X(cuMemFree) X(cuMemHostAlloc) X(cuMemFreeHost) \
 	X(cuMemcpyHtoDAsync) X(cuMemcpyDtoHAsync) X(cuMemcpyDtoDAsync) X(cuMemsetD32Async) \
 	X(cuModuleLoadData) X(cuModuleUnload) X(cuModuleGetFunction) X(cuLaunchKernel)
@@ -53,6 +52,17 @@ package cuda
 PG_FUNCS(PG_DECL)
 
 static void *pg_lib;
+
+// cuGetProcAddress as CUDA 11.3-11.8 declare it (the unversioned symbol keeps this ABI).
+typedef CUresult (*pgGetProcFn)(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags);
+
+// pgSym resolves one function: by the ABI-versioned symbol the 11.8 header names (abi), or, should
+// a driver ever stop exporting it, through cuGetProcAddress by its base name at 11.8's version.
+static void *pgSym(void *lib, pgGetProcFn getProc, const char *abi, const char *name) {
+	void *p = dlsym(lib, abi);
+	if (p == NULL && getProc != NULL && getProc(name, &p, CUDA_VERSION, 0) != CUDA_SUCCESS) p = NULL;
+	return p;
+}
 
 // pgLoad opens the driver and resolves every function. It returns NULL on success, else a
 // malloc'd message (the caller frees it).
@@ -63,8 +73,9 @@ static char *pgLoad(void) {
 		const char *e = dlerror();
 		return strdup(e != NULL ? e : "dlopen failed");
 	}
+	pgGetProcFn getProc = (pgGetProcFn)dlsym(lib, "cuGetProcAddress");
 #define PG_SYM(f) \
-	pg_##f = (__typeof__(&f))dlsym(lib, PG_XSTR(f)); \
+	pg_##f = (__typeof__(&f))pgSym(lib, getProc, PG_XSTR(f), #f); \
 	if (pg_##f == NULL) return strdup("libcuda.so.1 lacks " PG_XSTR(f));
 	PG_FUNCS(PG_SYM)
 #undef PG_SYM
@@ -139,17 +150,15 @@ static CUresult pgModuleGetFunction(CUcontext c, CUfunction *f, CUmodule m, cons
 	return pg_cuModuleGetFunction(f, m, name);
 }
 
-// pgLaunch launches f with its parameters packed in one buffer, laid out as the kernel's
-// parameter list (each at its natural alignment): the driver copies them before returning.
+// pgLaunch launches f with its n parameters, which start at offs[i] in buf: the driver copies each
+// (its size from the kernel's image) before returning.
 static CUresult pgLaunch(CUcontext c, CUfunction f, unsigned gx, unsigned gy, unsigned gz,
-	unsigned bx, unsigned by, unsigned bz, unsigned shmem, CUstream s, void *args, size_t size) {
+	unsigned bx, unsigned by, unsigned bz, unsigned shmem, CUstream s, char *buf, const int *offs, int n) {
+	void *kp[32];
+	if (n < 0 || n > 32) return CUDA_ERROR_INVALID_VALUE;
+	for (int i = 0; i < n; i++) kp[i] = buf + offs[i];
 	PG_CTX(c);
-	void *extra[] = {
-		CU_LAUNCH_PARAM_BUFFER_POINTER, args,
-		CU_LAUNCH_PARAM_BUFFER_SIZE, &size,
-		CU_LAUNCH_PARAM_END,
-	};
-	return pg_cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shmem, s, NULL, extra);
+	return pg_cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shmem, s, n > 0 ? kp : NULL, NULL);
 }
 */
 import "C"
@@ -208,7 +217,7 @@ func loadDriver() error {
 			return
 		}
 		if err := check("cuInit", C.pgInit()); err != nil {
-			loadErr = fmt.Errorf("%w (libcuda.so.1): %v", ErrNoDriver, err)
+			loadErr = fmt.Errorf("%w (libcuda.so.1): %w", ErrNoDriver, err)
 		}
 	})
 	return loadErr
@@ -364,8 +373,12 @@ func (x ctx) loadModule(image []byte) (module, error) {
 
 func (x ctx) unloadModule(m module) error { return check("cuModuleUnload", C.pgModuleUnload(x.c, m.m)) }
 
-// function is a kernel of a loaded module.
-type function struct{ f C.CUfunction }
+// function is a kernel of a loaded module, with its name and parameter signature (see
+// signatures).
+type function struct {
+	f         C.CUfunction
+	name, sig string
+}
 
 func (x ctx) function(m module, name string) (function, error) {
 	cs := C.CString(name)
@@ -374,20 +387,27 @@ func (x ctx) function(m module, name string) (function, error) {
 	if err := check("cuModuleGetFunction", C.pgModuleGetFunction(x.c, &f, m.m, cs)); err != nil {
 		return function{}, fmt.Errorf("%w: kernel %s", err, name)
 	}
-	return function{f}, nil
+	return function{f: f}, nil
 }
 
 // dim3 is a launch's grid or block shape.
 type dim3 struct{ x, y, z uint32 }
 
-// launch enqueues f on s with the packed parameters a.
+// launch enqueues f on s with the parameters a, which must match f's signature.
 func (x ctx) launch(f function, grid, block dim3, shmem uint32, s stream, a *params) error {
-	if len(a.buf) == 0 {
-		a.i32(0) // the driver rejects an empty buffer; kernels without parameters ignore it
+	if string(a.kinds) != f.sig {
+		return fmt.Errorf("cuda: launch of %s with parameters %q, the kernel takes %q", f.name, a.kinds, f.sig)
+	}
+	if grid.x == 0 || grid.y == 0 || grid.z == 0 {
+		return fmt.Errorf("cuda: launch of %s with an empty grid %v", f.name, grid)
+	}
+	var buf *C.char
+	var offs *C.int
+	if len(a.offs) > 0 {
+		buf, offs = (*C.char)(unsafe.Pointer(&a.buf[0])), (*C.int)(unsafe.Pointer(&a.offs[0]))
 	}
 	return check("cuLaunchKernel", C.pgLaunch(x.c, f.f, C.uint(grid.x), C.uint(grid.y), C.uint(grid.z),
-		C.uint(block.x), C.uint(block.y), C.uint(block.z), C.uint(shmem), s.s,
-		unsafe.Pointer(&a.buf[0]), C.size_t(len(a.buf))))
+		C.uint(block.x), C.uint(block.y), C.uint(block.z), C.uint(shmem), s.s, buf, offs, C.int(len(a.offs))))
 }
 
 // codeNoDevice is cuInit's result on a host whose driver sees no GPU.
