@@ -37,6 +37,14 @@ type HostAddressable interface {
 	HostAddressable() bool
 }
 
+// ComputeDevice is implemented by a device that also runs the engine's ops (a GPU, whose expert
+// buffers the engine then computes on in place): the worker loads the model on its Backend, and
+// DeviceBuffer.Tensor hands out tensors of that backend. A device without it (the CPU) has the
+// engine run on a compute.CPU of the worker's threads, which computes on host memory.
+type ComputeDevice interface {
+	Backend() compute.Backend
+}
+
 // HostBuffer is pinned host memory.
 type HostBuffer interface {
 	Bytes() []byte

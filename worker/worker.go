@@ -209,7 +209,7 @@ type Worker struct {
 	mu       sync.Mutex
 	pipe     *Pipeline
 	model    engine.Model
-	cpu      *compute.CPU
+	cpu      *compute.CPU // the engine's backend when the device has none of its own; else nil
 	ckpt     *model.Checkpoint
 	srv      atomic.Pointer[serve.Server]
 	tok      atomic.Pointer[tokenizer.Tokenizer]
@@ -369,14 +369,28 @@ func (w *Worker) load(ctx context.Context) error {
 		ckpt.Close()
 		return err
 	}
-	cpu := compute.NewCPU(w.cfg.Threads)
-	m, err := engine.Load(ckpt, cpu, engine.Options{Experts: pipe, Speculate: w.cfg.Mode.Speculates()})
+	// The engine computes where the experts are: on the device's own backend (a GPU), else on the
+	// CPU with the configured threads.
+	var be compute.Backend
+	var cpu *compute.CPU
+	if cd, ok := w.dev.(ComputeDevice); ok {
+		be = cd.Backend()
+	} else {
+		cpu = compute.NewCPU(w.cfg.Threads)
+		be = cpu
+	}
+	closeCPU := func() {
+		if cpu != nil {
+			cpu.Close()
+		}
+	}
+	m, err := engine.Load(ckpt, be, engine.Options{Experts: pipe, Speculate: w.cfg.Mode.Speculates()})
 	if err == nil {
 		err = CheckMode(w.cfg.Mode, m.Info().PreGated)
 	}
 	if err != nil {
 		pipe.Close()
-		cpu.Close()
+		closeCPU()
 		ckpt.Close()
 		return err
 	}
@@ -394,7 +408,7 @@ func (w *Worker) load(ctx context.Context) error {
 	}
 	if err != nil {
 		pipe.Close()
-		cpu.Close()
+		closeCPU()
 		ckpt.Close()
 		return err
 	}
