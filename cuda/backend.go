@@ -259,9 +259,7 @@ func (b *Backend) Sync() error {
 	return b.err
 }
 
-// WaitEvent makes the compute stream wait, on the device, for ev's copy: the ops issued after it
-// run once the copy has landed, and the host does not block. A copy that failed fails the backend
-// (sticky, like an op's failure).
+// WaitEvent is Device.WaitEvent.
 func (b *Backend) WaitEvent(ev *Event) {
 	ev.mu.Lock()
 	defer ev.mu.Unlock()

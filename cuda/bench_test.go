@@ -98,7 +98,7 @@ var expertShapes = []struct {
 // the weight's (the activations are a rounding error), so GB/s compares with BenchmarkDeviceCopy.
 func BenchmarkExpertGEMV(b *testing.B) {
 	d := device(b)
-	be := d.Backend()
+	be := d.backend
 	for _, s := range expertShapes {
 		for _, m := range []int{1, 4} {
 			b.Run(fmt.Sprintf("%s/m=%d", s.name, m), func(b *testing.B) {

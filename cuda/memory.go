@@ -21,13 +21,15 @@ import (
 // the worker's interfaces are satisfied through a small adapter in the cuda build of cmd/pregate,
 // because a library does not import a daemon package.
 
-// ReserveArena allocates the expert cache's device memory, bytes of it in one cuMemAlloc, from
-// which Alloc carves the experts' buffers. Call it once, before the first Alloc, with the cache's
-// budget.
+// ReserveArena allocates the expert cache's device memory in one cuMemAlloc, from which Alloc
+// carves the experts' buffers. Call it once, before the first Alloc, with the cache's budget: the
+// arena holds that many bytes of buffers, plus room for rounding each buffer up to 256 bytes
+// (arenaSlack), so a cache that keeps its experts within its budget always finds its buffer.
 func (d *Device) ReserveArena(bytes int64) error {
 	if bytes <= 0 {
 		return fmt.Errorf("cuda: expert arena of %d bytes", bytes)
 	}
+	bytes += arenaSlack(bytes)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
@@ -44,6 +46,10 @@ func (d *Device) ReserveArena(bytes int64) error {
 	d.arena = newArena(p, bytes)
 	return nil
 }
+
+// arenaSlack is what an arena for a budget of bytes adds for alignment: 256 bytes for each of up
+// to 4096 buffers, and for one buffer per 1 MiB of budget beyond that (no expert blob is smaller).
+func arenaSlack(bytes int64) int64 { return 1<<20 + bytes/4096 }
 
 // DeviceBuffer is a range of the expert arena.
 type DeviceBuffer struct {
