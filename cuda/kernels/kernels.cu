@@ -20,23 +20,24 @@
 // bf16 is a bfloat16's bits; widening is exact.
 __device__ __forceinline__ float bf16(unsigned short b) { return __uint_as_float(((unsigned)b) << 16); }
 
-__device__ __forceinline__ float warp_sum(float v) {
+struct Sum {
+	template <class T>
+	__device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
+};
+
+struct Max {
+	__device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+// warp_reduce combines v over the 32 lanes of the warp; every lane gets the result.
+template <class T, class Op>
+__device__ __forceinline__ T warp_reduce(T v, Op op) {
 #pragma unroll
-	for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+	for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(FULL_MASK, v, o));
 	return v;
 }
 
-__device__ __forceinline__ double warp_sum_d(double v) {
-#pragma unroll
-	for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
-	return v;
-}
-
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-	for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
-	return v;
-}
+__device__ __forceinline__ float warp_sum(float v) { return warp_reduce(v, Sum()); }
 
 // ---------------------------------------------------------------------------------------------
 // Linear, decode shapes (m <= 8): dst[m×n] (+)= x[m×k] · wᵀ, w [n×k] row-major.
@@ -267,32 +268,19 @@ extern "C" __global__ void __launch_bounds__(256) gemm_bf16(float *C, const floa
 
 #define ROW_THREADS 256
 
-__device__ __forceinline__ double block_sum_d(double v) {
-	__shared__ double s[ROW_THREADS / 32];
-	__shared__ double total;
-	v = warp_sum_d(v);
+// block_reduce combines v over the block's threads (a multiple of 32, at most ROW_THREADS); every
+// thread gets the result. Each instantiation has its own shared memory, so a kernel may use two.
+template <class T, class Op>
+__device__ __forceinline__ T block_reduce(T v, Op op) {
+	__shared__ T part[ROW_THREADS / 32];
+	__shared__ T total;
+	v = warp_reduce(v, op);
 	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-	if (lane == 0) s[warp] = v;
+	if (lane == 0) part[warp] = v;
 	__syncthreads();
 	if (threadIdx.x == 0) {
-		double t = 0;
-		for (int w = 0; w < (int)blockDim.x / 32; w++) t += s[w];
-		total = t;
-	}
-	__syncthreads();
-	return total;
-}
-
-__device__ __forceinline__ float block_max(float v) {
-	__shared__ float s[ROW_THREADS / 32];
-	__shared__ float total;
-	v = warp_max(v);
-	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-	if (lane == 0) s[warp] = v;
-	__syncthreads();
-	if (threadIdx.x == 0) {
-		float t = s[0];
-		for (int w = 1; w < (int)blockDim.x / 32; w++) t = fmaxf(t, s[w]);
+		T t = part[0];
+		for (int w = 1; w < (int)blockDim.x / 32; w++) t = op(t, part[w]);
 		total = t;
 	}
 	__syncthreads();
@@ -310,7 +298,7 @@ extern "C" __global__ void __launch_bounds__(ROW_THREADS) rmsnorm(float *dst, co
 		double v = xr[i];
 		s += v * v;
 	}
-	s = block_sum_d(s);
+	s = block_reduce(s, Sum());
 	float mean = (float)(s / d);
 	float inv = (float)(1.0 / sqrt((double)__fadd_rn(mean, eps)));
 	for (int i = threadIdx.x; i < d; i += blockDim.x) dr[i] = __fmul_rn(w[i], __fmul_rn(xr[i], inv));
@@ -322,14 +310,14 @@ extern "C" __global__ void __launch_bounds__(ROW_THREADS) softmax_rows(float *x,
 	float *xr = x + (size_t)blockIdx.x * n;
 	float mx = -INFINITY;
 	for (int i = threadIdx.x; i < n; i += blockDim.x) mx = fmaxf(mx, xr[i]);
-	mx = block_max(mx);
+	mx = block_reduce(mx, Max());
 	double s = 0;
 	for (int i = threadIdx.x; i < n; i += blockDim.x) {
 		float e = (float)exp((double)__fsub_rn(xr[i], mx));
 		xr[i] = e;
 		s += e;
 	}
-	s = block_sum_d(s);
+	s = block_reduce(s, Sum());
 	double inv = 1.0 / s;
 	for (int i = threadIdx.x; i < n; i += blockDim.x) xr[i] = (float)((double)xr[i] * inv);
 }
