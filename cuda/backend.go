@@ -135,8 +135,8 @@ func (b *Backend) Alloc(dt compute.DType, n int) (compute.Tensor, error) {
 	}
 	b.live[p] = class
 	// Zeroed on the stream: after every op issued before, which may still be using a pooled range.
-	if err := b.ctx.memset32(p, 0, (bytes+3)/4, b.s); err != nil {
-		b.fail(err)
+	if bytes > 0 {
+		b.fail(b.ctx.memset32(p, 0, (bytes+3)/4, b.s))
 	}
 	return compute.NewTensor(&devMem{dev: b.d, ptr: p, bytes: bytes, class: class}, dt, 0, n), nil
 }

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 
+	"go.uber.org/goleak"
+
 	"github.com/pregate/pregate/compute"
 	"github.com/pregate/pregate/compute/backendtest"
 	"github.com/pregate/pregate/expertstore/blob"
@@ -52,6 +54,11 @@ func TestMain(m *testing.M) {
 			fmt.Fprintf(os.Stderr, "cuda tests: Close: %v\n", err)
 			code = 1
 		}
+	}
+	// Close stops the device's event waiter; nothing else of the package's may outlive it.
+	if err := goleak.Find(); err != nil && code == 0 {
+		fmt.Fprintf(os.Stderr, "cuda tests: %v\n", err)
+		code = 1
 	}
 	os.Exit(code)
 }
@@ -677,7 +684,7 @@ func TestEveryOp(t *testing.T) {
 
 // fakeRun are the device tests TestFakeDriver runs under the fake driver.
 var fakeRun = []string{"TestOpenErrors", "TestBackendConformance", "TestLinearLarge", "TestPinnedCopy",
-	"TestStreamWaitsEvent", "TestBlobToDevice", "TestArenaOnDevice", "TestEveryOp", "TestEngineOnDevice"}
+	"TestStreamWaitsEvent", "TestBlobToDevice", "TestArenaOnDevice", "TestEveryOp", "TestEngineOnDevice", "TestCloseThenUse"}
 
 // TestFakeDriver runs the device tests, the conformance suite included, against a fake
 // libcuda.so.1 (testdata/fakecuda.cc) on a machine without a GPU: the driver loaded by dlopen, the
@@ -735,5 +742,56 @@ func TestFakeDriver(t *testing.T) {
 	out = run([]string{"FAKECUDA_NO_DEVICE=1"}, "TestOpenErrors")
 	if !strings.Contains(out, "cuda: device 0 not found (0 devices)") || !strings.Contains(out, "--- PASS: TestOpenErrors ") {
 		t.Errorf("with a driver and no GPU:\n%s", out)
+	}
+}
+
+// TestCloseThenUse: a second Device of the same GPU (the primary context is shared and counted)
+// closes cleanly with buffers outstanding, Close is idempotent, and every use after it fails with
+// ErrClosed or does nothing, without a panic.
+func TestCloseThenUse(t *testing.T) {
+	device(t)
+	d, err := Open(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.ReserveArena(1 << 20); err != nil {
+		t.Fatal(err)
+	}
+	buf, err := d.Alloc(4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := d.AllocHost(4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := waitCopy(d.CopyToDevice(buf, h, 4096)); err != nil {
+		t.Fatal(err)
+	}
+	h.Free()
+	if err := d.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if _, err := d.Alloc(1); !errors.Is(err, ErrClosed) {
+		t.Errorf("Alloc after Close: %v", err)
+	}
+	if _, err := d.AllocHost(1); !errors.Is(err, ErrClosed) {
+		t.Errorf("AllocHost after Close: %v", err)
+	}
+	if err := d.ReserveArena(1); !errors.Is(err, ErrClosed) {
+		t.Errorf("ReserveArena after Close: %v", err)
+	}
+	h2 := &HostBuffer{dev: d, b: make([]byte, 8)}
+	if err := waitCopy(d.CopyToDevice(buf, h2, 8)); !errors.Is(err, ErrClosed) {
+		t.Errorf("CopyToDevice after Close: %v", err)
+	}
+	buf.Free() // the arena went with the device: nothing to do
+	h.Free()
+	// The shared device still works.
+	if err := testDev.Backend().Sync(); err != nil {
+		t.Fatal(err)
 	}
 }
