@@ -684,7 +684,7 @@ func TestEveryOp(t *testing.T) {
 
 // fakeRun are the device tests TestFakeDriver runs under the fake driver.
 var fakeRun = []string{"TestOpenErrors", "TestBackendConformance", "TestLinearLarge", "TestPinnedCopy",
-	"TestStreamWaitsEvent", "TestBlobToDevice", "TestArenaOnDevice", "TestEveryOp", "TestEngineOnDevice", "TestCloseThenUse"}
+	"TestStreamWaitsEvent", "TestBlobToDevice", "TestArenaOnDevice", "TestEveryOp", "TestEngineOnDevice", "TestCloseThenUse", "TestModuleLoadLog"}
 
 // TestFakeDriver runs the device tests, the conformance suite included, against a fake
 // libcuda.so.1 (testdata/fakecuda.cc) on a machine without a GPU: the driver loaded by dlopen, the
@@ -794,4 +794,21 @@ func TestCloseThenUse(t *testing.T) {
 	if err := testDev.Backend().Sync(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestModuleLoadLog: PTX the driver cannot compile fails Open's module load with the JIT's own log
+// in the error (the line and the reason), not just the result code.
+func TestModuleLoadLog(t *testing.T) {
+	d := device(t)
+	bad := []byte(".version 7.8\n.target sm_80\n.address_size 64\n\n.visible .entry broken()\n{\n\tnot_an_instruction;\n\tret;\n}\n\x00")
+	m, err := d.ctx.loadModule(bad)
+	if err == nil {
+		d.ctx.unloadModule(m)
+		t.Fatal("a broken PTX image loaded")
+	}
+	var ce *Error
+	if !errors.As(err, &ce) || len(err.Error()) <= len(ce.Error())+2 {
+		t.Fatalf("the error carries no JIT log: %v", err)
+	}
+	t.Logf("%v", err)
 }

@@ -29,6 +29,7 @@ package cuda
 #cgo LDFLAGS: -ldl
 #include <cuda.h>
 #include <dlfcn.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,7 +47,7 @@ package cuda
 	X(cuEventCreate) X(cuEventDestroy) X(cuEventRecord) X(cuEventSynchronize) X(cuEventElapsedTime) \
 	X(cuMemAlloc) X(cuMemFree) X(cuMemHostAlloc) X(cuMemFreeHost) \
 	X(cuMemcpyHtoDAsync) X(cuMemcpyDtoHAsync) X(cuMemcpyDtoDAsync) X(cuMemsetD32Async) \
-	X(cuModuleLoadData) X(cuModuleUnload) X(cuModuleGetFunction) X(cuLaunchKernel)
+	X(cuModuleLoadDataEx) X(cuModuleUnload) X(cuModuleGetFunction) X(cuLaunchKernel)
 
 #define PG_DECL(f) static __typeof__(&f) pg_##f;
 PG_FUNCS(PG_DECL)
@@ -143,7 +144,16 @@ static CUresult pgMemsetD32Async(CUcontext c, CUdeviceptr dst, unsigned int v, s
 	PG_CTX(c);
 	return pg_cuMemsetD32Async(dst, v, n, s);
 }
-static CUresult pgModuleLoadData(CUcontext c, CUmodule *m, const void *image) { PG_CTX(c); return pg_cuModuleLoadData(m, image); }
+// pgModuleLoadData JIT-compiles a PTX image; on failure the JIT's error log is in log (NUL-terminated).
+static CUresult pgModuleLoadData(CUcontext c, CUmodule *m, const void *image, char *log, size_t size) {
+	PG_CTX(c);
+	CUjit_option opts[] = {CU_JIT_ERROR_LOG_BUFFER, CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES};
+	void *vals[] = {log, (void *)(uintptr_t)size};
+	log[0] = 0;
+	CUresult r = pg_cuModuleLoadDataEx(m, image, 2, opts, vals);
+	log[size - 1] = 0;
+	return r;
+}
 static CUresult pgModuleUnload(CUcontext c, CUmodule m) { PG_CTX(c); return pg_cuModuleUnload(m); }
 static CUresult pgModuleGetFunction(CUcontext c, CUfunction *f, CUmodule m, const char *name) {
 	PG_CTX(c);
@@ -166,6 +176,7 @@ import "C"
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"unsafe"
 )
@@ -362,13 +373,22 @@ func (x ctx) memset32(dst devptr, v uint32, n int64, s stream) error {
 // module is a loaded CUmodule.
 type module struct{ m C.CUmodule }
 
-// loadModule JIT-compiles a PTX image (NUL-terminated) for the device.
+// loadModule JIT-compiles a PTX image (NUL-terminated) for the device. A failure carries the
+// JIT's log (the PTX line and what is wrong with it).
 func (x ctx) loadModule(image []byte) (module, error) {
 	var m C.CUmodule
 	p := C.CBytes(image)
 	defer C.free(p)
-	err := check("cuModuleLoadData", C.pgModuleLoadData(x.c, &m, p))
-	return module{m}, err
+	const logSize = 8 << 10
+	log := (*C.char)(C.calloc(logSize, 1))
+	defer C.free(unsafe.Pointer(log))
+	if err := check("cuModuleLoadDataEx", C.pgModuleLoadData(x.c, &m, p, log, logSize)); err != nil {
+		if msg := strings.TrimSpace(C.GoString(log)); msg != "" {
+			return module{}, fmt.Errorf("%w: %s", err, msg)
+		}
+		return module{}, err
+	}
+	return module{m}, nil
 }
 
 func (x ctx) unloadModule(m module) error { return check("cuModuleUnload", C.pgModuleUnload(x.c, m.m)) }

@@ -443,9 +443,20 @@ CUresult cuMemsetD32Async(CUdeviceptr dst, unsigned int v, size_t n, CUstream s)
 	return CUDA_SUCCESS;
 }
 
-CUresult cuModuleLoadData(CUmodule *m, const void *image) {
+CUresult cuModuleLoadDataEx(CUmodule *m, const void *image, unsigned int n, CUjit_option *opts, void **vals) {
 	CUresult r = need_ctx();
 	if (r != CUDA_SUCCESS) return r;
+	char *log = NULL;
+	size_t size = 0;
+	for (unsigned i = 0; i < n; i++) {
+		if (opts[i] == CU_JIT_ERROR_LOG_BUFFER) log = (char *)vals[i];
+		if (opts[i] == CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES) size = (size_t)(uintptr_t)vals[i];
+	}
+	if (log == NULL || size == 0) return CUDA_ERROR_INVALID_VALUE;
+	if (strstr((const char *)image, ".target sm_90") == NULL) {
+		snprintf(log, size, "fakecuda: the PTX is not for sm_90");
+		return CUDA_ERROR_INVALID_PTX;
+	}
 	if (strstr((const char *)image, ".version") == NULL || strstr((const char *)image, ".target sm_90") == NULL) return CUDA_ERROR_INVALID_IMAGE;
 	*m = (CUmodule)strdup((const char *)image);
 	return CUDA_SUCCESS;
