@@ -367,7 +367,7 @@ func TestNewCPUDefaultThreads(t *testing.T) {
 	if c.Threads() != runtime.NumCPU() {
 		t.Fatalf("Threads() = %d, want NumCPU %d", c.Threads(), runtime.NumCPU())
 	}
-	t.Log("backend:", Backend())
+	t.Log("kernels:", Kernels())
 }
 
 func TestMatMulTNoAllocs(t *testing.T) {

@@ -11,7 +11,7 @@
 //     (SSE assembly dot/axpy kernels), called on tiles small enough that gonum
 //     never spawns goroutines of its own.
 //
-// Backend reports which one was compiled in.
+// Kernels reports which one was compiled in.
 //
 // BF16 weights (MatMulTBF16) stay 16-bit: for decode shapes (m <= 4) a fused
 // kernel widens them in registers as it streams them (bf16_kernels.c: AVX-512F

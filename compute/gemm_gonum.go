@@ -11,8 +11,8 @@ var impl gonum.Implementation
 
 func backendInit() {}
 
-// Backend describes the GEMM backend compiled in and the bf16 kernel in use.
-func Backend() string { return "gonum (pure Go), bf16 kernel go" }
+// Kernels describes the GEMM library compiled in and the bf16 kernel in use.
+func Kernels() string { return "gonum (pure Go), bf16 kernel go" }
 
 func checkBLASDims(m, k, n int) {}
 

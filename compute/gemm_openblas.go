@@ -55,8 +55,8 @@ func backendInit() {
 	blasOnce.Do(func() { C.openblas_set_num_threads(1) })
 }
 
-// Backend describes the GEMM backend compiled in and the bf16 kernel in use.
-func Backend() string {
+// Kernels describes the GEMM library compiled in and the bf16 kernel in use.
+func Kernels() string {
 	backendInit()
 	return fmt.Sprintf("openblas (%s, core %s), bf16 kernel %v",
 		C.GoString(C.openblas_get_config()), C.GoString(C.openblas_get_corename()), bf16Active())

@@ -3,6 +3,8 @@ package engine
 import (
 	"math"
 	"testing"
+
+	"github.com/pregate/pregate/compute"
 )
 
 func TestSlidingWindowAttention(t *testing.T) {
@@ -18,9 +20,10 @@ func TestSlidingWindowAttention(t *testing.T) {
 		{2, (30 + 40*math.E) / (1 + math.E)},
 		{1, 40},
 	} {
-		a := attention{heads: 1, kvHeads: 1, headDim: 1, scale: 1, causal: true, past: 3, window: tt.window}
+		a := compute.Attention{Heads: 1, KVHeads: 1, HeadDim: 1, Scale: 1, Causal: true, Past: 3, Window: tt.window}
 		out := make([]float32, 1)
-		a.run(newCPU(t, 1), out, []float32{1}, k, v, 1, 4)
+		h := compute.HostTensor
+		newCPU(t, 1).Attention(h(out), h([]float32{1}), h(k), h(v), 1, 4, &a)
 		if math.Abs(float64(out[0])-tt.want) > 1e-4 {
 			t.Errorf("window %d: %v, want %v", tt.window, out[0], tt.want)
 		}

@@ -10,15 +10,15 @@ func heldBytes(s *Sequence, allocated bool) int64 {
 	var n int64
 	for _, c := range s.kv {
 		if allocated {
-			n += int64(cap(c.k)+cap(c.v)) * 4
+			n += c.k.Bytes() + c.v.Bytes()
 		} else {
-			n += int64(len(c.k)+len(c.v)) * 4
+			n += int64(2*c.used) * 4
 		}
 	}
 	if e := s.enc; e != nil {
-		n += int64(len(e.hidden))*4 + int64(len(e.mask))
+		n += e.hidden.Bytes() + e.mask.Bytes()
 		for _, c := range e.crossK {
-			n += int64(len(c.k)+len(c.v)) * 4
+			n += c.k.Bytes() + c.v.Bytes()
 		}
 	}
 	return n

@@ -1,10 +1,11 @@
-// Package engine runs HuggingFace MoE checkpoints (Switch Transformers, Mixtral) on the CPU device:
-// the model engine that workers serve.
+// Package engine runs HuggingFace MoE checkpoints (Switch Transformers, Mixtral) on a compute
+// backend (compute.Backend: the CPU device, or a GPU): the model engine that workers serve.
 //
 // Data flow for one decoding step: Generate asks a Model to Step a batch of Sequences; the model
 // embeds each sequence's pending tokens (sequences of different lengths are packed into one
-// activation matrix, no padding), runs its dense layers through compute.CPU, and at every MoE block
-// computes router logits, turns them into expert choices (routing), tells its Experts which experts
+// activation matrix, no padding), runs its dense layers through its compute.Backend (weights,
+// activations and KV caches live there), and at every MoE block computes router logits, downloads
+// them and turns them into expert choices on the host (routing), tells its Experts which experts
 // it will need (Hint, as early as it knows: a pre-gated checkpoint knows the next block's experts one
 // block ahead) and then Acquires each expert's weights, computes, and Releases them. Experts is the
 // one seam between the model code and where expert weights live: LocalExperts reads them from the
@@ -98,14 +99,17 @@ type MoEBlock struct {
 	PreGateFor int
 }
 
-// Sequence is one sequence being decoded: its cache and its next input tokens.
+// Sequence is one sequence being decoded: its cache and its next input tokens. Its caches live
+// on the model's backend; Close returns them (a GPU's memory is not collected by Go's GC).
 type Sequence struct {
 	// Pending tokens are fed by the next Step.
 	Pending []int
-	n       int         // tokens already in the cache
-	width   int         // floats per token of each layer's keys (and of its values)
-	kv      []kvCache   // per decoder layer
-	enc     *encoderOut // encoder-decoder models only
+	n       int             // tokens already in the cache
+	width   int             // floats per token of each layer's keys (and of its values)
+	be      compute.Backend // where the caches live
+	kv      []kvCache       // per decoder layer
+	enc     *encoderOut     // encoder-decoder models only
+	err     error           // a failed Reserve: the next Step fails with it
 }
 
 // Len is the number of tokens in the sequence's cache.
@@ -114,26 +118,110 @@ func (s *Sequence) Len() int { return s.n }
 // Reserve sizes the sequence's cache for tokens in all (its pending and future ones, counted as
 // Len counts them), so that Steps up to that length append without reallocating: a server that
 // admits by memory allocates each sequence's cache once, at the worst case it reserved, instead
-// of letting append's growth overshoot it.
+// of letting append's growth overshoot it. When the backend cannot allocate, the sequence's next
+// Step fails with the error.
 func (s *Sequence) Reserve(tokens int) {
 	for i := range s.kv {
-		c := &s.kv[i]
-		c.k = reserve(c.k, tokens*s.width)
-		c.v = reserve(c.v, tokens*s.width)
+		if err := s.kv[i].reserve(s.be, tokens*s.width); err != nil && s.err == nil {
+			s.err = err
+		}
 	}
 }
 
-// reserve returns x with capacity n exactly, when it has less.
-func reserve(x []float32, n int) []float32 {
-	if cap(x) >= n {
-		return x
+// Close frees the sequence's caches on the backend. It is idempotent; a closed sequence must not
+// be stepped again.
+func (s *Sequence) Close() {
+	if s.be == nil {
+		return
 	}
-	y := make([]float32, len(x), n)
-	copy(y, x)
-	return y
+	for i := range s.kv {
+		s.kv[i].free(s.be)
+	}
+	if s.enc != nil {
+		s.enc.free(s.be)
+	}
+	s.kv, s.enc, s.be = nil, nil, nil
 }
 
-type kvCache struct{ k, v []float32 }
+// kvCache is one layer's keys and values of a sequence: k and v hold capacity for cap/width tokens,
+// of which the first used elements are filled.
+type kvCache struct {
+	k, v compute.Tensor
+	used int // elements of k (and of v) filled
+}
+
+// reserve grows the cache to hold n elements each of keys and values, when it holds less.
+func (c *kvCache) reserve(be compute.Backend, n int) error {
+	if c.k.Len() >= n {
+		return nil
+	}
+	k, err := be.Alloc(compute.F32, n)
+	if err != nil {
+		return err
+	}
+	v, err := be.Alloc(compute.F32, n)
+	if err != nil {
+		be.Free(k)
+		return err
+	}
+	if c.used > 0 {
+		be.Copy(k.View(0, c.used), c.k.View(0, c.used))
+		be.Copy(v.View(0, c.used), c.v.View(0, c.used))
+	}
+	c.free(be)
+	c.k, c.v = k, v
+	return nil
+}
+
+// append adds keys and values k, v (equal lengths) after the used elements, growing the cache
+// as append grows a slice (doubling) when it is full.
+func (c *kvCache) append(be compute.Backend, k, v compute.Tensor) error {
+	need := c.used + k.Len()
+	if need > c.k.Len() {
+		if err := c.reserve(be, max(need, 2*c.k.Len())); err != nil {
+			return err
+		}
+	}
+	be.Copy(c.k.View(c.used, k.Len()), k)
+	be.Copy(c.v.View(c.used, v.Len()), v)
+	c.used = need
+	return nil
+}
+
+func (c *kvCache) free(be compute.Backend) {
+	be.Free(c.k)
+	be.Free(c.v)
+	c.k, c.v = compute.Tensor{}, compute.Tensor{}
+}
+
+// scratch allocates a step's activations on a backend and frees them all at the end of the step.
+// An allocation failure is remembered (err) and yields the zero Tensor: check err before use.
+type scratch struct {
+	be   compute.Backend
+	held []compute.Tensor
+	err  error
+}
+
+// f32 returns a zeroed float32 tensor of n elements.
+func (s *scratch) f32(n int) compute.Tensor {
+	t, err := s.be.Alloc(compute.F32, n)
+	if err != nil {
+		if s.err == nil {
+			s.err = err
+		}
+		return compute.Tensor{}
+	}
+	s.held = append(s.held, t)
+	return t
+}
+
+// free frees every tensor allocated so far.
+func (s *scratch) free() {
+	for _, t := range s.held {
+		s.be.Free(t)
+	}
+	s.held = s.held[:0]
+}
 
 // Options configures Load.
 type Options struct {
@@ -153,17 +241,18 @@ type Tracer interface {
 	Route(block int, logits []float32, choices []routing.Choice)
 }
 
-// Load builds the model a checkpoint's config names.
-func Load(ckpt *model.Checkpoint, cpu *compute.CPU, opts Options) (Model, error) {
+// Load builds the model a checkpoint's config names, computing on be (a *compute.CPU from
+// compute.NewCPU, or a GPU backend): the dense weights are made backend tensors once, here.
+func Load(ckpt *model.Checkpoint, be compute.Backend, opts Options) (Model, error) {
 	cfg := ckpt.Config()
 	if cfg == nil {
 		return nil, fmt.Errorf("%w: %s has no config.json", ErrUnsupported, ckpt.Dir())
 	}
 	switch {
 	case cfg.Switch != nil:
-		return LoadSwitch(ckpt, cpu, opts)
+		return LoadSwitch(ckpt, be, opts)
 	case cfg.Mixtral != nil:
-		return LoadMixtral(ckpt, cpu, opts)
+		return LoadMixtral(ckpt, be, opts)
 	}
 	return nil, fmt.Errorf("%w: model_type %q", ErrUnsupported, cfg.ModelType)
 }
@@ -216,6 +305,11 @@ func Generate(ctx context.Context, m Model, prompts [][]int, opts GenerateOption
 	if err != nil {
 		return nil, st, err
 	}
+	defer func() {
+		for _, s := range seqs {
+			s.Close()
+		}
+	}()
 	active := make([]int, len(seqs)) // indexes into seqs still generating
 	for i := range active {
 		active[i] = i

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/pregate/pregate/compute"
 	"github.com/pregate/pregate/model"
 )
 
@@ -25,10 +26,14 @@ type Experts interface {
 	// router just before its experts are acquired, for a pre-gated block one block early. It must
 	// not block; a provider may start fetching.
 	Hint(block int, experts []int)
-	// Acquire returns an expert's weights, waiting until they are ready. The engine calls Release
-	// once it has computed with them; until then the weights must stay valid.
+	// Acquire returns an expert's weights, waiting until they are ready: tensors on the model's
+	// backend (a view of the host buffer for the CPU; device memory for a GPU). The engine calls
+	// Release once it has computed with them; until then the weights must stay valid.
 	Acquire(ctx context.Context, block, expert int) (*ExpertWeights, error)
-	// Release ends the use that Acquire began.
+	// Release ends the use that Acquire began. The engine has then enqueued every op that reads
+	// the weights on its backend, but on a device backend those ops may still be running: a device
+	// Experts must not overwrite the weights' memory before the compute stream has passed them
+	// (an event recorded on it, or a Sync).
 	Release(block, expert int)
 }
 
@@ -54,9 +59,11 @@ type NextStepPredictor interface {
 }
 
 // LocalExperts serves experts straight from a checkpoint's mapping (F32 and BF16 weights are not
-// copied). It is the Experts of `pregate generate`.
+// copied by the CPU backend; a device backend uploads each expert once, on first use). It is the
+// Experts of `pregate generate`.
 type LocalExperts struct {
 	ckpt        *model.Checkpoint
+	be          compute.Backend
 	names       model.ExpertNamer
 	dModel, dFF int
 	mu          sync.Mutex
@@ -65,9 +72,9 @@ type LocalExperts struct {
 }
 
 // NewLocalExperts serves the experts of blocks with numExperts[b] experts each, of shape
-// W1, W3 [dFF × dModel] and W2 [dModel × dFF].
-func NewLocalExperts(ckpt *model.Checkpoint, names model.ExpertNamer, numExperts []int, dModel, dFF int) *LocalExperts {
-	return &LocalExperts{ckpt: ckpt, names: names, dModel: dModel, dFF: dFF, numExperts: numExperts, loaded: map[[2]int]*ExpertWeights{}}
+// W1, W3 [dFF × dModel] and W2 [dModel × dFF], as tensors on be.
+func NewLocalExperts(ckpt *model.Checkpoint, be compute.Backend, names model.ExpertNamer, numExperts []int, dModel, dFF int) *LocalExperts {
+	return &LocalExperts{ckpt: ckpt, be: be, names: names, dModel: dModel, dFF: dFF, numExperts: numExperts, loaded: map[[2]int]*ExpertWeights{}}
 }
 
 // Hint does nothing: the checkpoint is already in memory.
@@ -87,7 +94,7 @@ func (l *LocalExperts) Acquire(ctx context.Context, block, expert int) (*ExpertW
 	if w, ok := l.loaded[key]; ok {
 		return w, nil
 	}
-	w, err := LoadExpert(l.ckpt, l.names, block, expert, l.dModel, l.dFF)
+	w, err := LoadExpert(l.ckpt, l.be, l.names, block, expert, l.dModel, l.dFF)
 	if err != nil {
 		return nil, err
 	}
@@ -95,10 +102,11 @@ func (l *LocalExperts) Acquire(ctx context.Context, block, expert int) (*ExpertW
 	return w, nil
 }
 
-// LoadExpert reads one expert's weights from a checkpoint, under the names that names gives it.
-func LoadExpert(ckpt *model.Checkpoint, names model.ExpertNamer, block, expert, dModel, dFF int) (*ExpertWeights, error) {
+// LoadExpert reads one expert's weights from a checkpoint, under the names that names gives it,
+// into tensors on be.
+func LoadExpert(ckpt *model.Checkpoint, be compute.Backend, names model.ExpertNamer, block, expert, dModel, dFF int) (*ExpertWeights, error) {
 	w1, w3, w2 := names(block, expert)
-	l := weightLoader{ckpt: ckpt}
+	l := weightLoader{ckpt: ckpt, be: be}
 	e := &ExpertWeights{W1: l.matrix(w1, dFF, dModel), W2: l.matrix(w2, dModel, dFF)}
 	if w3 != "" {
 		e.W3 = l.matrix(w3, dFF, dModel)

@@ -129,7 +129,11 @@ func TestSwitchGolden(t *testing.T) {
 			}
 			var enc []float32
 			for _, s := range seqs {
-				enc = append(enc, s.enc.hidden...)
+				h := make([]float32, s.enc.hidden.Len())
+				if err := m.be.Download(h, s.enc.hidden); err != nil {
+					t.Fatal(err)
+				}
+				enc = append(enc, h...)
 			}
 			assertClose(t, "encoder_last_hidden_state", enc, f.floats(t, "encoder_last_hidden_state", 2, 12, d), atolHidden, rtolHidden)
 

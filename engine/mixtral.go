@@ -14,9 +14,9 @@ import (
 // top-k MoE of SwiGLU experts (softmax over all experts → top-k → renormalise).
 type Mixtral struct {
 	cfg     *model.MixtralConfig
-	cpu     *compute.CPU
+	be      compute.Backend
 	embed   Weight
-	norm    []float32
+	norm    compute.Tensor
 	lmHead  Weight
 	layers  []mixtralLayer
 	moe     moeRunner
@@ -25,20 +25,20 @@ type Mixtral struct {
 }
 
 type mixtralLayer struct {
-	ln1, ln2   []float32
+	ln1, ln2   compute.Tensor
 	q, k, v, o Weight
 	block      moeBlock
 }
 
 // LoadMixtral builds a Mixtral from its checkpoint.
-func LoadMixtral(ckpt *model.Checkpoint, cpu *compute.CPU, opts Options) (*Mixtral, error) {
+func LoadMixtral(ckpt *model.Checkpoint, be compute.Backend, opts Options) (*Mixtral, error) {
 	cfg := ckpt.Config().Mixtral
 	if cfg == nil {
 		return nil, fmt.Errorf("%w: %s is not a Mixtral checkpoint", ErrUnsupported, ckpt.Dir())
 	}
 	d, hd := cfg.HiddenSize, cfg.HeadDim
-	m := &Mixtral{cfg: cfg, cpu: cpu}
-	l := weightLoader{ckpt: ckpt}
+	m := &Mixtral{cfg: cfg, be: be}
+	l := weightLoader{ckpt: ckpt, be: be}
 	m.embed = l.matrix(model.MixtralEmbedName, cfg.VocabSize, d)
 	m.norm = l.vector(model.MixtralNormName, d)
 	m.lmHead = l.matrix(model.MixtralLMHeadName, cfg.VocabSize, d)
@@ -69,12 +69,12 @@ func LoadMixtral(ckpt *model.Checkpoint, cpu *compute.CPU, opts Options) (*Mixtr
 	}
 	experts := opts.Experts
 	if experts == nil {
-		experts = NewLocalExperts(ckpt, model.ExpertNames(ckpt.Config()), numExperts, d, cfg.IntermediateSize)
+		experts = NewLocalExperts(ckpt, be, model.ExpertNames(ckpt.Config()), numExperts, d, cfg.IntermediateSize)
 	}
 	for i := 0; i+1 < len(m.layers); i++ {
 		m.layers[i].block.succ = &m.layers[i+1].block
 	}
-	m.moe = moeRunner{cpu: cpu, experts: experts, tracer: opts.Tracer, speculate: opts.Speculate, act: actSiLUGated, d: d}
+	m.moe = moeRunner{be: be, experts: experts, tracer: opts.Tracer, speculate: opts.Speculate, act: actSiLUGated, d: d}
 	m.info.Arch = "mixtral"
 	m.info.VocabSize = cfg.VocabSize
 	m.info.EOS = cfg.EOSTokenIDs
@@ -96,7 +96,8 @@ func LoadMixtral(ckpt *model.Checkpoint, cpu *compute.CPU, opts Options) (*Mixtr
 // Info describes the model.
 func (m *Mixtral) Info() Info { return m.info }
 
-// Close releases nothing: weights are views of the checkpoint.
+// Close releases nothing: weights are views of the checkpoint (CPU) or live as long as the
+// backend.
 func (m *Mixtral) Close() error { return nil }
 
 // Start makes sequences whose prompts are their first pending tokens.
@@ -110,7 +111,7 @@ func (m *Mixtral) Start(ctx context.Context, prompts [][]int) ([]*Sequence, erro
 			return nil, err
 		}
 		seqs[i] = &Sequence{Pending: append([]int(nil), p...), kv: make([]kvCache, len(m.layers)),
-			width: m.cfg.NumKeyValueHeads * m.cfg.HeadDim}
+			width: m.cfg.NumKeyValueHeads * m.cfg.HeadDim, be: m.be}
 	}
 	return seqs, nil
 }
@@ -120,17 +121,30 @@ func (m *Mixtral) Step(ctx context.Context, seqs []*Sequence, all bool) ([][]flo
 	cfg := m.cfg
 	d, hd := cfg.HiddenSize, cfg.HeadDim
 	qd, kd := cfg.NumAttentionHeads*hd, cfg.NumKeyValueHeads*hd
+	for _, s := range seqs {
+		if s.err != nil {
+			return nil, s.err
+		}
+	}
 	tokens, seqLens, err := pack(seqs, cfg.VocabSize, cfg.MaxPositionEmbeddings)
 	if err != nil {
 		return nil, err
 	}
-	x := make([]float32, tokens*d)
+	be := m.be
+	sc := scratch{be: be}
+	defer sc.free()
+	x, xn := sc.f32(tokens*d), sc.f32(tokens*d)
+	q, k, v, attnOut := sc.f32(tokens*qd), sc.f32(tokens*kd), sc.f32(tokens*kd), sc.f32(tokens*qd)
+	cosT, sinT := sc.f32(tokens*hd/2), sc.f32(tokens*hd/2)
+	if sc.err != nil {
+		return nil, sc.err
+	}
+	embed(be, x, m.embed, seqs, tokens)
 	cos := make([]float32, tokens*hd/2)
 	sin := make([]float32, tokens*hd/2)
 	t := 0
 	for _, s := range seqs {
-		for i, id := range s.Pending {
-			m.embed.row(x[t*d:(t+1)*d], id)
+		for i := range s.Pending {
 			pos := float32(s.n + i)
 			for f, inv := range m.invFreq {
 				a := pos * inv
@@ -140,66 +154,55 @@ func (m *Mixtral) Step(ctx context.Context, seqs []*Sequence, all bool) ([][]flo
 			t++
 		}
 	}
-	xn := make([]float32, tokens*d)
-	q := make([]float32, tokens*qd)
-	k := make([]float32, tokens*kd)
-	v := make([]float32, tokens*kd)
-	attnOut := make([]float32, tokens*qd)
+	be.Upload(cosT, cos)
+	be.Upload(sinT, sin)
 	failed := make([]error, len(seqs))
 	for li := range m.layers {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
 		ly := &m.layers[li]
-		compute.RMSNorm(xn, x, tokens, d, ly.ln1, float32(cfg.RMSNormEps))
-		linear(m.cpu, q, xn, tokens, ly.q, false)
-		linear(m.cpu, k, xn, tokens, ly.k, false)
-		linear(m.cpu, v, xn, tokens, ly.v, false)
-		rope(q, cos, sin, tokens, cfg.NumAttentionHeads, hd)
-		rope(k, cos, sin, tokens, cfg.NumKeyValueHeads, hd)
+		be.RMSNorm(xn, x, tokens, d, ly.ln1, float32(cfg.RMSNormEps))
+		linear(be, q, xn, tokens, ly.q, false)
+		linear(be, k, xn, tokens, ly.k, false)
+		linear(be, v, xn, tokens, ly.v, false)
+		be.RoPE(q, tokens, cfg.NumAttentionHeads, hd, cosT, sinT)
+		be.RoPE(k, tokens, cfg.NumKeyValueHeads, hd, cosT, sinT)
 		t := 0
 		for si, s := range seqs {
 			n := seqLens[si]
 			c := &s.kv[li]
-			c.k = append(c.k, k[t*kd:(t+n)*kd]...)
-			c.v = append(c.v, v[t*kd:(t+n)*kd]...)
-			a := attention{heads: cfg.NumAttentionHeads, kvHeads: cfg.NumKeyValueHeads, headDim: hd,
-				scale: float32(1 / math.Sqrt(float64(hd))), causal: true, past: s.n, window: cfg.SlidingWindow}
-			a.run(m.cpu, attnOut[t*qd:(t+n)*qd], q[t*qd:(t+n)*qd], c.k, c.v, n, s.n+n)
+			if err := c.append(be, k.Rows(t, t+n, kd), v.Rows(t, t+n, kd)); err != nil {
+				return nil, err
+			}
+			a := compute.Attention{Heads: cfg.NumAttentionHeads, KVHeads: cfg.NumKeyValueHeads, HeadDim: hd,
+				Scale: float32(1 / math.Sqrt(float64(hd))), Causal: true, Past: s.n, Window: cfg.SlidingWindow}
+			be.Attention(attnOut.Rows(t, t+n, qd), q.Rows(t, t+n, qd), c.k.View(0, c.used), c.v.View(0, c.used), n, s.n+n, &a)
 			t += n
 		}
-		linear(m.cpu, x, attnOut, tokens, ly.o, true)
-		compute.RMSNorm(xn, x, tokens, d, ly.ln2, float32(cfg.RMSNormEps))
+		linear(be, x, attnOut, tokens, ly.o, true)
+		be.RMSNorm(xn, x, tokens, d, ly.ln2, float32(cfg.RMSNormEps))
 		if _, err := m.moe.run(ctx, &ly.block, xn, x, tokens, seqLens, nil, failed); err != nil {
 			return nil, err
 		}
 	}
 	if len(m.layers) > 0 {
 		first := &m.layers[0]
-		m.moe.predictNextStep(&first.block, x, seqLens, func(dst, src []float32, n int) {
-			compute.RMSNorm(dst, src, n, d, first.ln2, float32(cfg.RMSNormEps))
+		err := m.moe.predictNextStep(&first.block, x, seqLens, func(t compute.Tensor, n int) {
+			be.RMSNorm(t, t, n, d, first.ln2, float32(cfg.RMSNormEps))
 		})
-	}
-	return finish(seqs, seqLens, x, d, all, func(dst, rows []float32, n int) {
-		compute.RMSNorm(rows, rows, n, d, m.norm, float32(cfg.RMSNormEps))
-		linear(m.cpu, dst, rows, n, m.lmHead, false)
-	}, cfg.VocabSize), sequenceErrors(failed)
-}
-
-// rope rotates each head of x [tokens × heads·hd] in place (HF rotate_half convention).
-func rope(x, cos, sin []float32, tokens, heads, hd int) {
-	half := hd / 2
-	for t := range tokens {
-		c, s := cos[t*half:(t+1)*half], sin[t*half:(t+1)*half]
-		for h := range heads {
-			v := x[(t*heads+h)*hd : (t*heads+h+1)*hd]
-			for i := range half {
-				x1, x2 := v[i], v[i+half]
-				v[i] = x1*c[i] - x2*s[i]
-				v[i+half] = x2*c[i] + x1*s[i]
-			}
+		if err != nil {
+			return nil, err
 		}
 	}
+	logits, err := finish(be, seqs, seqLens, x, d, all, func(dst, rows compute.Tensor, n int) {
+		be.RMSNorm(rows, rows, n, d, m.norm, float32(cfg.RMSNormEps))
+		linear(be, dst, rows, n, m.lmHead, false)
+	}, cfg.VocabSize)
+	if err != nil {
+		return nil, err
+	}
+	return logits, sequenceErrors(failed)
 }
 
 // pack checks the pending tokens of seqs and returns their total and per-sequence counts.
@@ -223,22 +226,28 @@ func pack(seqs []*Sequence, vocab, maxPos int) (int, []int, error) {
 }
 
 // finish advances every sequence past its pending tokens and computes the requested logits with
-// head, which maps rows [n × d] (it may overwrite them) to logits [n × vocab].
-func finish(seqs []*Sequence, seqLens []int, x []float32, d int, all bool, head func(dst, rows []float32, n int), vocab int) [][]float32 {
-	var rows []float32
-	if all {
-		rows = x
-	} else {
-		rows = make([]float32, len(seqs)*d)
-		t := 0
-		for i, n := range seqLens {
-			t += n
-			copy(rows[i*d:(i+1)*d], x[(t-1)*d:t*d])
+// head, which maps rows [n × d] (it may overwrite them) to logits [n × vocab], and downloads them.
+func finish(be compute.Backend, seqs []*Sequence, seqLens []int, x compute.Tensor, d int, all bool, head func(dst, rows compute.Tensor, n int), vocab int) ([][]float32, error) {
+	sc := scratch{be: be}
+	defer sc.free()
+	rows := x
+	if !all {
+		rows = sc.f32(len(seqs) * d)
+		if sc.err != nil {
+			return nil, sc.err
 		}
+		be.GatherRows(rows, x, lastRows(seqLens), d)
 	}
-	n := len(rows) / d
+	n := rows.Len() / d
+	lt := sc.f32(n * vocab)
+	if sc.err != nil {
+		return nil, sc.err
+	}
+	head(lt, rows, n)
 	logits := make([]float32, n*vocab)
-	head(logits, rows, n)
+	if err := be.Download(logits, lt); err != nil {
+		return nil, err
+	}
 	out := make([][]float32, len(seqs))
 	t := 0
 	for i, s := range seqs {
@@ -251,5 +260,5 @@ func finish(seqs []*Sequence, seqLens []int, x []float32, d int, all bool, head 
 		s.n += seqLens[i]
 		s.Pending = s.Pending[:0]
 	}
-	return out
+	return out, nil
 }

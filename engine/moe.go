@@ -31,7 +31,7 @@ type moeBlock struct {
 
 // moeRunner runs MoE blocks: routing, expert hints and acquisition, expert FFNs.
 type moeRunner struct {
-	cpu     *compute.CPU
+	be      compute.Backend
 	experts Experts
 	tracer  Tracer
 	// speculate: a block without a pre-gate predicts its successor's experts with the successor's
@@ -41,13 +41,24 @@ type moeRunner struct {
 	d         int
 }
 
-// route computes the choices of blk for xn [tokens × d] with its own router.
-func (r *moeRunner) route(blk *moeBlock, w Weight, xn []float32, tokens int, seqLens []int) ([]routing.Choice, []float32) {
+// route computes the choices of blk for xn [tokens × d] with the router w. The logits are
+// downloaded and the top-k is taken on the host: routing.Gate's torch-order choice decides which
+// experts are fetched, and must not depend on the backend; the logits are tokens × experts floats.
+func (r *moeRunner) route(blk *moeBlock, w Weight, xn compute.Tensor, tokens int, seqLens []int) ([]routing.Choice, []float32, error) {
+	sc := scratch{be: r.be}
+	defer sc.free()
+	lt := sc.f32(tokens * blk.numExperts)
+	if sc.err != nil {
+		return nil, nil, sc.err
+	}
+	linear(r.be, lt, xn, tokens, w, false)
 	logits := make([]float32, tokens*blk.numExperts)
-	linear(r.cpu, logits, xn, tokens, w, false)
+	if err := r.be.Download(logits, lt); err != nil {
+		return nil, nil, err
+	}
 	choices := make([]routing.Choice, tokens*blk.gate.TopK)
 	blk.gate.Route(logits, blk.numExperts, seqLens, choices, nil)
-	return choices, logits
+	return choices, logits, nil
 }
 
 // preRouted carries a pre-gate's decision to the block it routes.
@@ -64,13 +75,16 @@ type preRouted struct {
 // (ErrExpertUnavailable) then fails only the sequences with a token routed to it (their entries
 // get the error; their outputs are garbage from here on) and the others go on. Nil: any error
 // fails the block.
-func (r *moeRunner) run(ctx context.Context, blk *moeBlock, xn, x []float32, tokens int, seqLens []int, routed *preRouted, failed []error) (*preRouted, error) {
+func (r *moeRunner) run(ctx context.Context, blk *moeBlock, xn, x compute.Tensor, tokens int, seqLens []int, routed *preRouted, failed []error) (*preRouted, error) {
 	var choices []routing.Choice
 	var logits []float32
 	if routed != nil {
 		choices, logits = routed.choices, routed.logits
 	} else {
-		choices, logits = r.route(blk, blk.router, xn, tokens, seqLens)
+		var err error
+		if choices, logits, err = r.route(blk, blk.router, xn, tokens, seqLens); err != nil {
+			return nil, err
+		}
 	}
 	if r.tracer != nil {
 		r.tracer.Route(blk.index, logits, choices)
@@ -82,7 +96,10 @@ func (r *moeRunner) run(ctx context.Context, blk *moeBlock, xn, x []float32, tok
 	// expert compute (Pre-gated MoE, Hwang et al. 2024).
 	var out *preRouted
 	if !blk.preGate.IsZero() {
-		c, l := r.route(blk, blk.preGate, xn, tokens, seqLens)
+		c, l, err := r.route(blk, blk.preGate, xn, tokens, seqLens)
+		if err != nil {
+			return nil, err
+		}
 		out = &preRouted{choices: c, logits: l}
 		if p, ok := r.experts.(Predictor); ok {
 			p.Predict(blk.next, routing.Experts(c, blk.numExperts))
@@ -93,11 +110,19 @@ func (r *moeRunner) run(ctx context.Context, blk *moeBlock, xn, x []float32, tok
 		// Speculation: the next block's router on this block's input. The hidden state changes
 		// little from one block to the next, so this guesses most of the next block's experts; the
 		// next block's own router still decides, so outputs are exact.
-		c, _ := r.route(blk.succ, blk.succ.router, xn, tokens, seqLens)
+		c, _, err := r.route(blk.succ, blk.succ.router, xn, tokens, seqLens)
+		if err != nil {
+			return nil, err
+		}
 		p.Predict(blk.succ.index, routing.Experts(c, blk.succ.numExperts))
 	}
 
-	moeOut := make([]float32, tokens*r.d)
+	sc := scratch{be: r.be}
+	defer sc.free()
+	moeOut := sc.f32(tokens * r.d)
+	if sc.err != nil {
+		return nil, sc.err
+	}
 	rows := make([]int, 0, tokens)
 	weights := make([]float32, 0, tokens)
 	for _, e := range used {
@@ -121,10 +146,13 @@ func (r *moeRunner) run(ctx context.Context, blk *moeBlock, xn, x []float32, tok
 			}
 			continue
 		}
-		r.expert(w, xn, rows, weights, moeOut)
+		err = r.expert(w, xn, rows, weights, moeOut)
 		r.experts.Release(blk.index, e)
+		if err != nil {
+			return nil, err
+		}
 	}
-	compute.Add(x[:tokens*r.d], moeOut)
+	r.be.Add(x.View(0, tokens*r.d), moeOut)
 	return out, nil
 }
 
@@ -134,52 +162,68 @@ func (r *moeRunner) run(ctx context.Context, blk *moeBlock, xn, x []float32, tok
 // passed through the layers before blk; the residual stream changes slowly, so the last hidden state
 // of each sequence, normed as blk normalises its input (norm), routed by blk's own router, is a
 // cheap guess (a [sequences × experts] product). It never changes what the model computes.
-func (r *moeRunner) predictNextStep(blk *moeBlock, x []float32, seqLens []int, norm func(dst, src []float32, n int)) {
+func (r *moeRunner) predictNextStep(blk *moeBlock, x compute.Tensor, seqLens []int, norm func(t compute.Tensor, n int)) error {
 	p, ok := r.experts.(NextStepPredictor)
 	if !ok || blk == nil {
-		return
+		return nil
 	}
-	d := r.d
-	last := make([]float32, len(seqLens)*d)
-	t := 0
-	for i, n := range seqLens {
-		t += n
-		copy(last[i*d:(i+1)*d], x[(t-1)*d:t*d])
+	sc := scratch{be: r.be}
+	defer sc.free()
+	last := sc.f32(len(seqLens) * r.d)
+	if sc.err != nil {
+		return sc.err
 	}
-	norm(last, last, len(seqLens))
+	r.be.GatherRows(last, x, lastRows(seqLens), r.d)
+	norm(last, len(seqLens))
 	ones := make([]int, len(seqLens))
 	for i := range ones {
 		ones[i] = 1
 	}
-	c, _ := r.route(blk, blk.router, last, len(seqLens), ones)
+	c, _, err := r.route(blk, blk.router, last, len(seqLens), ones)
+	if err != nil {
+		return err
+	}
 	p.PredictNextStep(blk.index, routing.Experts(c, blk.numExperts))
+	return nil
+}
+
+// lastRows returns the index of each sequence's last token in the packed batch.
+func lastRows(seqLens []int) []int {
+	rows := make([]int, len(seqLens))
+	t := 0
+	for i, n := range seqLens {
+		t += n
+		rows[i] = t - 1
+	}
+	return rows
 }
 
 // expert computes out[row] += weight · FFN(xn[row]) for the given rows.
-func (r *moeRunner) expert(w *ExpertWeights, xn []float32, rows []int, weights []float32, out []float32) {
+func (r *moeRunner) expert(w *ExpertWeights, xn compute.Tensor, rows []int, weights []float32, out compute.Tensor) error {
 	n, d, ff := len(rows), r.d, w.W1.Rows
-	xe := make([]float32, n*d)
-	for i, t := range rows {
-		copy(xe[i*d:(i+1)*d], xn[t*d:(t+1)*d])
+	sc := scratch{be: r.be}
+	defer sc.free()
+	xe, h, y := sc.f32(n*d), sc.f32(n*ff), sc.f32(n*d)
+	var up compute.Tensor
+	if r.act == actSiLUGated {
+		up = sc.f32(n * ff)
 	}
-	h := make([]float32, n*ff)
-	linear(r.cpu, h, xe, n, w.W1, false)
+	if sc.err != nil {
+		return sc.err
+	}
+	r.be.GatherRows(xe, xn, rows, d)
+	linear(r.be, h, xe, n, w.W1, false)
 	switch r.act {
 	case actReLU:
-		compute.ReLU(h)
+		r.be.ReLU(h)
 	case actSiLUGated:
-		compute.SiLU(h)
-		up := make([]float32, n*ff)
-		linear(r.cpu, up, xe, n, w.W3, false)
-		compute.Mul(h, h, up)
+		r.be.SiLU(h)
+		linear(r.be, up, xe, n, w.W3, false)
+		r.be.Mul(h, h, up)
 	}
-	y := make([]float32, n*d)
-	linear(r.cpu, y, h, n, w.W2, false)
-	for i, t := range rows {
-		yi := y[i*d : (i+1)*d]
-		compute.Scale(yi, weights[i])
-		compute.Add(out[t*d:(t+1)*d], yi)
-	}
+	linear(r.be, y, h, n, w.W2, false)
+	r.be.ScatterAddRows(out, y, rows, weights, d)
+	return nil
 }
 
 // failRows marks the sequences that own rows (token indexes into the packed batch) failed with err,

@@ -37,7 +37,7 @@ func (r *firstRoute) Route(block int, _ []float32, choices []routing.Choice) {
 func TestUnavailableExpertFailsOnlyItsSequences(t *testing.T) {
 	f := openFixture(t, "mixtral-tiny")
 	cfg := f.ckpt.Config().Mixtral
-	local := NewLocalExperts(f.ckpt, model.ExpertNames(f.ckpt.Config()), slices.Repeat([]int{cfg.NumLocalExperts}, cfg.NumHiddenLayers),
+	local := NewLocalExperts(f.ckpt, newCPU(t, 1), model.ExpertNames(f.ckpt.Config()), slices.Repeat([]int{cfg.NumLocalExperts}, cfg.NumHiddenLayers),
 		cfg.HiddenSize, cfg.IntermediateSize)
 	prompts := [][]int{{7}, {300}}
 	step := func(experts Experts, tr Tracer) ([][]float32, error) {

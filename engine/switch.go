@@ -15,7 +15,7 @@ import (
 // sparse_step-th block has a top-1 MoE of ReLU experts scaled by the router probability.
 type Switch struct {
 	cfg      *model.SwitchConfig
-	cpu      *compute.CPU
+	be       compute.Backend
 	shared   Weight // embeddings and, tied, the LM head
 	lmHead   Weight
 	enc, dec switchStack
@@ -25,17 +25,17 @@ type Switch struct {
 
 type switchStack struct {
 	decoder bool
-	relBias []float32 // [buckets × heads] of block 0
-	buckets []int     // relativeBucket of each relative position in [-reach, reach] (bucketTable)
+	relBias []float32      // [buckets × heads] of block 0
+	bias    compute.Tensor // [2·reach+1 × heads]: the bias of each relative position in [-reach, reach]
 	reach   int
 	blocks  []switchBlock
-	final   []float32
+	final   compute.Tensor
 }
 
 type switchAttn struct{ q, k, v, o Weight }
 
 type switchBlock struct {
-	lnSelf, lnCross, lnFF []float32
+	lnSelf, lnCross, lnFF compute.Tensor
 	self, cross           switchAttn
 	wi, wo                Weight    // dense FF
 	moe                   *moeBlock // sparse FF, nil for dense
@@ -43,20 +43,30 @@ type switchBlock struct {
 
 // encoderOut is what the decoder needs of a sequence's encoder pass.
 type encoderOut struct {
-	hidden []float32 // [n × d], after the encoder's final norm
-	mask   []bool    // valid keys
-	crossK []kvCache // per decoder block: cross-attention keys and values
+	hidden compute.Tensor // [n × d], after the encoder's final norm
+	mask   compute.Tensor // [n] additive key mask: 0 for a valid key, compute.MaskValue for padding
+	masked bool           // some key is padding (else mask is not applied)
+	crossK []kvCache      // per decoder block: cross-attention keys and values
+}
+
+// free frees the encoder output's tensors.
+func (e *encoderOut) free(be compute.Backend) {
+	be.Free(e.hidden)
+	be.Free(e.mask)
+	for i := range e.crossK {
+		e.crossK[i].free(be)
+	}
 }
 
 // LoadSwitch builds a Switch Transformer from its checkpoint.
-func LoadSwitch(ckpt *model.Checkpoint, cpu *compute.CPU, opts Options) (*Switch, error) {
+func LoadSwitch(ckpt *model.Checkpoint, be compute.Backend, opts Options) (*Switch, error) {
 	cfg := ckpt.Config().Switch
 	if cfg == nil {
 		return nil, fmt.Errorf("%w: %s is not a Switch Transformers checkpoint", ErrUnsupported, ckpt.Dir())
 	}
 	d, inner := cfg.DModel, cfg.NumHeads*cfg.DKV
-	m := &Switch{cfg: cfg, cpu: cpu}
-	l := weightLoader{ckpt: ckpt}
+	m := &Switch{cfg: cfg, be: be}
+	l := weightLoader{ckpt: ckpt, be: be}
 	m.shared = l.matrix(model.SwitchSharedName, cfg.VocabSize, d)
 	m.lmHead = l.matrix(model.SwitchLMHeadName, cfg.VocabSize, d)
 	gate := routing.Gate{TopK: 1, Capacity: cfg.ExpertCapacity}
@@ -111,7 +121,16 @@ func LoadSwitch(ckpt *model.Checkpoint, cpu *compute.CPU, opts Options) (*Switch
 		return nil, l.err
 	}
 	for _, st := range []*switchStack{&m.enc, &m.dec} {
-		st.buckets, st.reach = bucketTable(!st.decoder, cfg.RelativeAttentionNumBuckets, cfg.RelativeAttentionMaxDistance)
+		buckets, reach := bucketTable(!st.decoder, cfg.RelativeAttentionNumBuckets, cfg.RelativeAttentionMaxDistance)
+		if buckets == nil {
+			return nil, fmt.Errorf("%w: %s: relative_attention_max_distance %d does not exceed the exact buckets of %d buckets",
+				ErrUnsupported, ckpt.Dir(), cfg.RelativeAttentionMaxDistance, cfg.RelativeAttentionNumBuckets)
+		}
+		var err error
+		if st.bias, err = relativeBiasTable(be, st.relBias, buckets, cfg.NumHeads); err != nil {
+			return nil, err
+		}
+		st.reach = reach
 	}
 	// Pre-gates: either none, or one on every sparse block that has a next sparse block in its stack.
 	for _, s := range []*switchStack{&m.enc, &m.dec} {
@@ -132,15 +151,15 @@ func LoadSwitch(ckpt *model.Checkpoint, cpu *compute.CPU, opts Options) (*Switch
 	m.info.PreGated = preGates > 0
 	experts := opts.Experts
 	if experts == nil {
-		experts = NewLocalExperts(ckpt, model.ExpertNames(ckpt.Config()), numExperts, d, cfg.DFF)
+		experts = NewLocalExperts(ckpt, be, model.ExpertNames(ckpt.Config()), numExperts, d, cfg.DFF)
 	}
-	m.moe = moeRunner{cpu: cpu, experts: experts, tracer: opts.Tracer, speculate: opts.Speculate, act: actReLU, d: d}
+	m.moe = moeRunner{be: be, experts: experts, tracer: opts.Tracer, speculate: opts.Speculate, act: actReLU, d: d}
 	m.info.Arch = "switch_transformers"
 	m.info.VocabSize = cfg.VocabSize
 	m.info.EOS = []int{cfg.EOSTokenID}
 	m.info.DenseBytes = l.bytes
 	m.info.CacheBytesPerToken = int64(cfg.NumDecoderLayers) * 2 * int64(cfg.NumHeads*cfg.DKV) * 4
-	m.info.PromptBytesPerToken = int64(cfg.DModel)*4 + 1 + m.info.CacheBytesPerToken // hidden, mask, cross K/V
+	m.info.PromptBytesPerToken = int64(cfg.DModel)*4 + 4 + m.info.CacheBytesPerToken // hidden, mask, cross K/V
 	m.info.ExpertBytes = int64(len(numExperts)*cfg.NumExperts) * 2 * int64(d*cfg.DFF) * m.shared.elemBytes()
 	return m, nil
 }
@@ -148,7 +167,8 @@ func LoadSwitch(ckpt *model.Checkpoint, cpu *compute.CPU, opts Options) (*Switch
 // Info describes the model.
 func (m *Switch) Info() Info { return m.info }
 
-// Close releases nothing: weights are views of the checkpoint.
+// Close releases nothing: weights are views of the checkpoint (CPU) or live as long as the
+// backend.
 func (m *Switch) Close() error { return nil }
 
 // Start encodes the prompts and starts each decoder from decoder_start_token_id.
@@ -165,7 +185,7 @@ func (m *Switch) StartMasked(ctx context.Context, prompts [][]int, masks [][]int
 	seqs := make([]*Sequence, len(prompts))
 	for i := range prompts {
 		seqs[i] = &Sequence{Pending: []int{m.cfg.DecoderStartTokenID}, kv: make([]kvCache, len(m.dec.blocks)), enc: outs[i],
-			width: m.cfg.NumHeads * m.cfg.DKV}
+			width: m.cfg.NumHeads * m.cfg.DKV, be: m.be}
 	}
 	return seqs, nil
 }
@@ -180,16 +200,23 @@ func (m *Switch) Encode(ctx context.Context, ids [][]int, masks [][]int) ([][]fl
 	}
 	h := make([][]float32, len(outs))
 	for i, o := range outs {
-		h[i] = o.hidden
+		h[i] = make([]float32, o.hidden.Len())
+		if err == nil {
+			err = m.be.Download(h[i], o.hidden)
+		}
+		o.free(m.be)
+	}
+	if err != nil {
+		return nil, err
 	}
 	return h, nil
 }
 
-func (m *Switch) encode(ctx context.Context, ids [][]int, masks [][]int) ([]*encoderOut, error) {
+func (m *Switch) encode(ctx context.Context, ids [][]int, masks [][]int) (outs []*encoderOut, err error) {
 	cfg := m.cfg
 	d := cfg.DModel
 	seqs := make([]*Sequence, len(ids))
-	outs := make([]*encoderOut, len(ids))
+	outs = make([]*encoderOut, len(ids))
 	for i, p := range ids {
 		if len(p) == 0 {
 			return nil, fmt.Errorf("%w: prompt %d is empty", ErrBadInput, i)
@@ -197,36 +224,79 @@ func (m *Switch) encode(ctx context.Context, ids [][]int, masks [][]int) ([]*enc
 		if masks != nil && len(masks[i]) != len(p) {
 			return nil, fmt.Errorf("%w: mask %d has %d entries for %d tokens", ErrBadInput, i, len(masks[i]), len(p))
 		}
-		seqs[i] = &Sequence{Pending: p, kv: make([]kvCache, len(m.enc.blocks))}
-		outs[i] = &encoderOut{mask: make([]bool, len(p))}
-		for j := range p {
-			outs[i].mask[j] = masks == nil || masks[i][j] != 0
-		}
+		seqs[i] = &Sequence{Pending: p, kv: make([]kvCache, len(m.enc.blocks)), be: m.be}
 	}
 	tokens, seqLens, err := pack(seqs, cfg.VocabSize, 0)
 	if err != nil {
 		return nil, err
 	}
-	x := embed(m.shared, seqs, tokens)
+	// The encoder's self-attention caches are only this pass's keys and values.
+	defer func() {
+		for _, s := range seqs {
+			s.Close()
+		}
+	}()
+	// Each sequence's outputs are its own allocations, which it keeps for its life.
+	defer func() {
+		if err != nil {
+			for _, o := range outs {
+				if o != nil {
+					o.free(m.be)
+				}
+			}
+			outs = nil
+		}
+	}()
+	inner := cfg.NumHeads * cfg.DKV
+	for i, p := range ids {
+		o := &encoderOut{crossK: make([]kvCache, len(m.dec.blocks))}
+		outs[i] = o
+		if o.hidden, err = m.be.Alloc(compute.F32, len(p)*d); err != nil {
+			return nil, err
+		}
+		if o.mask, err = m.be.Alloc(compute.F32, len(p)); err != nil {
+			return nil, err
+		}
+		mask := make([]float32, len(p))
+		for j := range p {
+			if masks != nil && masks[i][j] == 0 {
+				mask[j] = compute.MaskValue
+				o.masked = true
+			}
+		}
+		m.be.Upload(o.mask, mask)
+		for b := range o.crossK {
+			if err := o.crossK[b].reserve(m.be, len(p)*inner); err != nil {
+				return nil, err
+			}
+			o.crossK[b].used = len(p) * inner
+		}
+	}
+	sc := scratch{be: m.be}
+	defer sc.free()
+	x := sc.f32(tokens * d)
+	if sc.err != nil {
+		return nil, sc.err
+	}
+	embed(m.be, x, m.shared, seqs, tokens)
 	if err := m.runStack(ctx, &m.enc, seqs, seqLens, x, tokens, outs, nil); err != nil {
 		return nil, err
 	}
-	compute.RMSNorm(x, x, tokens, d, m.enc.final, float32(cfg.LayerNormEpsilon))
+	m.be.RMSNorm(x, x, tokens, d, m.enc.final, float32(cfg.LayerNormEpsilon))
 	// Cross-attention keys and values of every decoder block, computed once per sequence.
-	inner := cfg.NumHeads * cfg.DKV
 	t := 0
 	for i, o := range outs {
 		n := seqLens[i]
-		o.hidden = append([]float32(nil), x[t*d:(t+n)*d]...)
-		o.crossK = make([]kvCache, len(m.dec.blocks))
+		m.be.Copy(o.hidden, x.Rows(t, t+n, d))
 		for b := range m.dec.blocks {
 			c := &o.crossK[b]
-			c.k = make([]float32, n*inner)
-			c.v = make([]float32, n*inner)
-			linear(m.cpu, c.k, o.hidden, n, m.dec.blocks[b].cross.k, false)
-			linear(m.cpu, c.v, o.hidden, n, m.dec.blocks[b].cross.v, false)
+			linear(m.be, c.k, o.hidden, n, m.dec.blocks[b].cross.k, false)
+			linear(m.be, c.v, o.hidden, n, m.dec.blocks[b].cross.v, false)
 		}
 		t += n
+	}
+	if err := m.be.Sync(); err != nil {
+		return nil, err
 	}
 	return outs, nil
 }
@@ -239,42 +309,64 @@ func (m *Switch) Step(ctx context.Context, seqs []*Sequence, all bool) ([][]floa
 		if s.enc == nil {
 			return nil, fmt.Errorf("%w: sequence %d was not started by this model", ErrBadInput, i)
 		}
+		if s.err != nil {
+			return nil, s.err
+		}
 	}
 	tokens, seqLens, err := pack(seqs, cfg.VocabSize, 0)
 	if err != nil {
 		return nil, err
 	}
-	x := embed(m.shared, seqs, tokens)
+	sc := scratch{be: m.be}
+	defer sc.free()
+	x := sc.f32(tokens * d)
+	if sc.err != nil {
+		return nil, sc.err
+	}
+	embed(m.be, x, m.shared, seqs, tokens)
 	failed := make([]error, len(seqs))
 	if err := m.runStack(ctx, &m.dec, seqs, seqLens, x, tokens, nil, failed); err != nil {
 		return nil, err
 	}
 	if b := m.dec.firstMoE(); b != nil {
-		m.moe.predictNextStep(b.moe, x, seqLens, func(dst, src []float32, n int) {
-			compute.RMSNorm(dst, src, n, d, b.lnFF, float32(cfg.LayerNormEpsilon))
+		err := m.moe.predictNextStep(b.moe, x, seqLens, func(t compute.Tensor, n int) {
+			m.be.RMSNorm(t, t, n, d, b.lnFF, float32(cfg.LayerNormEpsilon))
 		})
+		if err != nil {
+			return nil, err
+		}
 	}
 	scale := float32(math.Pow(float64(d), -0.5))
-	return finish(seqs, seqLens, x, d, all, func(dst, rows []float32, n int) {
-		compute.RMSNorm(rows, rows, n, d, m.dec.final, float32(cfg.LayerNormEpsilon))
+	logits, err := finish(m.be, seqs, seqLens, x, d, all, func(dst, rows compute.Tensor, n int) {
+		m.be.RMSNorm(rows, rows, n, d, m.dec.final, float32(cfg.LayerNormEpsilon))
 		if cfg.TieWordEmbeddings {
-			compute.Scale(rows, scale)
+			m.be.Scale(rows, scale)
 		}
-		linear(m.cpu, dst, rows, n, m.lmHead, false)
-	}, cfg.VocabSize), sequenceErrors(failed)
+		linear(m.be, dst, rows, n, m.lmHead, false)
+	}, cfg.VocabSize)
+	if err != nil {
+		return nil, err
+	}
+	return logits, sequenceErrors(failed)
 }
 
 // runStack runs the blocks of one stack over x [tokens × d] in place. For the encoder, encs holds
 // each sequence's key mask; for the decoder, each sequence's encoder output is in seqs[i].enc.
-func (m *Switch) runStack(ctx context.Context, st *switchStack, seqs []*Sequence, seqLens []int, x []float32, tokens int, encs []*encoderOut, failed []error) error {
+func (m *Switch) runStack(ctx context.Context, st *switchStack, seqs []*Sequence, seqLens []int, x compute.Tensor, tokens int, encs []*encoderOut, failed []error) error {
 	cfg := m.cfg
 	d, inner, heads := cfg.DModel, cfg.NumHeads*cfg.DKV, cfg.NumHeads
 	eps := float32(cfg.LayerNormEpsilon)
-	xn := make([]float32, tokens*d)
-	q := make([]float32, tokens*inner)
-	k := make([]float32, tokens*inner)
-	v := make([]float32, tokens*inner)
-	attnOut := make([]float32, tokens*inner)
+	be := m.be
+	sc := scratch{be: be}
+	defer sc.free()
+	xn, q, k, v, attnOut := sc.f32(tokens*d), sc.f32(tokens*inner), sc.f32(tokens*inner), sc.f32(tokens*inner), sc.f32(tokens*inner)
+	var h compute.Tensor
+	if st.hasDense() {
+		h = sc.f32(tokens * cfg.DFF)
+	}
+	if sc.err != nil {
+		return sc.err
+	}
 	var routed *preRouted
 	for bi := range st.blocks {
 		if err := ctx.Err(); err != nil {
@@ -282,45 +374,49 @@ func (m *Switch) runStack(ctx context.Context, st *switchStack, seqs []*Sequence
 		}
 		b := &st.blocks[bi]
 		// Self-attention with the stack's relative position bias.
-		compute.RMSNorm(xn, x, tokens, d, b.lnSelf, eps)
-		linear(m.cpu, q, xn, tokens, b.self.q, false)
-		linear(m.cpu, k, xn, tokens, b.self.k, false)
-		linear(m.cpu, v, xn, tokens, b.self.v, false)
+		be.RMSNorm(xn, x, tokens, d, b.lnSelf, eps)
+		linear(be, q, xn, tokens, b.self.q, false)
+		linear(be, k, xn, tokens, b.self.k, false)
+		linear(be, v, xn, tokens, b.self.v, false)
 		t := 0
 		for si, s := range seqs {
 			n := seqLens[si]
 			c := &s.kv[bi]
-			c.k = append(c.k, k[t*inner:(t+n)*inner]...)
-			c.v = append(c.v, v[t*inner:(t+n)*inner]...)
-			a := attention{heads: heads, kvHeads: heads, headDim: cfg.DKV, scale: 1, causal: st.decoder, past: s.n,
-				bias: m.relativeBias(st)}
-			if encs != nil {
-				a.keyMask = encs[si].mask
+			if err := c.append(be, k.Rows(t, t+n, inner), v.Rows(t, t+n, inner)); err != nil {
+				return err
 			}
-			a.run(m.cpu, attnOut[t*inner:(t+n)*inner], q[t*inner:(t+n)*inner], c.k, c.v, n, s.n+n)
+			a := compute.Attention{Heads: heads, KVHeads: heads, HeadDim: cfg.DKV, Scale: 1, Causal: st.decoder, Past: s.n,
+				Bias: st.bias, BiasReach: st.reach}
+			if encs != nil && encs[si].masked {
+				a.Mask = encs[si].mask
+			}
+			be.Attention(attnOut.Rows(t, t+n, inner), q.Rows(t, t+n, inner), c.k.View(0, c.used), c.v.View(0, c.used), n, s.n+n, &a)
 			t += n
 		}
-		linear(m.cpu, x, attnOut, tokens, b.self.o, true)
+		linear(be, x, attnOut, tokens, b.self.o, true)
 		if st.decoder {
 			// Cross-attention: no position bias, encoder padding masked.
-			compute.RMSNorm(xn, x, tokens, d, b.lnCross, eps)
-			linear(m.cpu, q, xn, tokens, b.cross.q, false)
+			be.RMSNorm(xn, x, tokens, d, b.lnCross, eps)
+			linear(be, q, xn, tokens, b.cross.q, false)
 			t := 0
 			for si, s := range seqs {
 				n, e := seqLens[si], s.enc
-				a := attention{heads: heads, kvHeads: heads, headDim: cfg.DKV, scale: 1, keyMask: e.mask}
-				a.run(m.cpu, attnOut[t*inner:(t+n)*inner], q[t*inner:(t+n)*inner], e.crossK[bi].k, e.crossK[bi].v, n, len(e.mask))
+				a := compute.Attention{Heads: heads, KVHeads: heads, HeadDim: cfg.DKV, Scale: 1}
+				if e.masked {
+					a.Mask = e.mask
+				}
+				c := &e.crossK[bi]
+				be.Attention(attnOut.Rows(t, t+n, inner), q.Rows(t, t+n, inner), c.k, c.v, n, e.mask.Len(), &a)
 				t += n
 			}
-			linear(m.cpu, x, attnOut, tokens, b.cross.o, true)
+			linear(be, x, attnOut, tokens, b.cross.o, true)
 		}
 		// Feed-forward: dense, or a top-1 MoE.
-		compute.RMSNorm(xn, x, tokens, d, b.lnFF, eps)
+		be.RMSNorm(xn, x, tokens, d, b.lnFF, eps)
 		if b.moe == nil {
-			h := make([]float32, tokens*cfg.DFF)
-			linear(m.cpu, h, xn, tokens, b.wi, false)
-			compute.ReLU(h)
-			linear(m.cpu, x, h, tokens, b.wo, true)
+			linear(be, h, xn, tokens, b.wi, false)
+			be.ReLU(h)
+			linear(be, x, h, tokens, b.wo, true)
 			continue
 		}
 		next, err := m.moe.run(ctx, b.moe, xn, x, tokens, seqLens, routed, failed)
@@ -330,6 +426,16 @@ func (m *Switch) runStack(ctx context.Context, st *switchStack, seqs []*Sequence
 		routed = next
 	}
 	return nil
+}
+
+// hasDense reports whether some block of the stack has a dense feed-forward.
+func (st *switchStack) hasDense() bool {
+	for i := range st.blocks {
+		if st.blocks[i].moe == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // firstMoE returns the stack's first sparse block (nil if it has none): no pre-gate routes it.
@@ -342,21 +448,15 @@ func (st *switchStack) firstMoE() *switchBlock {
 	return nil
 }
 
-// relativeBias returns the T5 position bias of a stack: bidirectional buckets in the encoder,
-// causal ones in the decoder, looked up in block 0's table [buckets × heads].
-func (m *Switch) relativeBias(st *switchStack) func(h, qp, kp int) float32 {
-	heads := m.cfg.NumHeads
-	nb, maxDist := m.cfg.RelativeAttentionNumBuckets, m.cfg.RelativeAttentionMaxDistance
-	bidirectional := !st.decoder
-	if st.buckets == nil {
-		return func(h, qp, kp int) float32 {
-			return st.relBias[relativeBucket(kp-qp, bidirectional, nb, maxDist)*heads+h]
-		}
+// relativeBiasTable expands block 0's position bias relBias [buckets × heads] into the table the
+// backend's attention reads: row r holds the bias of relative position r − reach, whose bucket is
+// buckets[r] (bucketTable), per head.
+func relativeBiasTable(be compute.Backend, relBias []float32, buckets []int, heads int) (compute.Tensor, error) {
+	tab := make([]float32, len(buckets)*heads)
+	for r, b := range buckets {
+		copy(tab[r*heads:(r+1)*heads], relBias[b*heads:(b+1)*heads])
 	}
-	tab, r := st.buckets, st.reach
-	return func(h, qp, kp int) float32 {
-		return st.relBias[tab[min(max(kp-qp, -r), r)+r]*heads+h]
-	}
+	return be.Const(tab)
 }
 
 // bucketTable is relativeBucket of every relative position in [-reach, reach], reach =

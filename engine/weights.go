@@ -8,58 +8,33 @@ import (
 	"github.com/pregate/pregate/model"
 )
 
-// Weight is a matrix [Rows × Cols] (nn.Linear layout: [out, in]) in float32 or bfloat16. BF16
-// weights stay 16-bit in memory, halving the bytes a memory-bound decode step reads; they are
-// widened to float32 inside the GEMM, which accumulates in float32.
+// Weight is a matrix [Rows × Cols] (nn.Linear layout: [out, in]) on the model's backend, in
+// float32 or bfloat16. BF16 weights stay 16-bit in memory, halving the bytes a memory-bound decode
+// step reads; they are widened to float32 inside the GEMM, which accumulates in float32.
 type Weight struct {
 	Rows, Cols int
-	F32        []float32
-	BF16       []uint16
+	T          compute.Tensor // Rows·Cols elements, F32 or BF16
 }
 
 // Bytes is the weight's size in memory.
-func (w Weight) Bytes() int64 {
-	if w.BF16 != nil {
-		return int64(len(w.BF16)) * 2
-	}
-	return int64(len(w.F32)) * 4
-}
+func (w Weight) Bytes() int64 { return w.T.Bytes() }
 
 // elemBytes is the size of one element: expert weights share the dtype of the embeddings.
-func (w Weight) elemBytes() int64 {
-	if w.BF16 != nil {
-		return 2
-	}
-	return 4
-}
+func (w Weight) elemBytes() int64 { return int64(w.T.DType().Size()) }
 
 // IsZero reports an absent weight.
-func (w Weight) IsZero() bool { return w.F32 == nil && w.BF16 == nil }
+func (w Weight) IsZero() bool { return w.T.IsZero() }
 
 // linear computes dst[m×Rows] (+)= x[m×Cols] · wᵀ.
-func linear(cpu *compute.CPU, dst, x []float32, m int, w Weight, accumulate bool) {
-	if w.BF16 != nil {
-		cpu.MatMulTBF16(dst[:m*w.Rows], x[:m*w.Cols], m, w.Cols, w.BF16, w.Rows, accumulate)
-		return
-	}
-	cpu.MatMulT(dst[:m*w.Rows], x[:m*w.Cols], m, w.Cols, w.F32, w.Rows, accumulate)
-}
-
-// row copies row r of w into dst as float32 (embedding lookup).
-func (w Weight) row(dst []float32, r int) {
-	if w.BF16 != nil {
-		for i, b := range w.BF16[r*w.Cols : (r+1)*w.Cols] {
-			dst[i] = model.BF16ToFloat32(b)
-		}
-		return
-	}
-	copy(dst, w.F32[r*w.Cols:(r+1)*w.Cols])
+func linear(be compute.Backend, dst, x compute.Tensor, m int, w Weight, accumulate bool) {
+	be.Linear(dst.View(0, m*w.Rows), x.View(0, m*w.Cols), m, w.Cols, w.T, w.Rows, accumulate)
 }
 
 // weightLoader reads weights from a checkpoint and remembers the first error, so layer tables read
 // as a list of names instead of a ladder of error checks.
 type weightLoader struct {
 	ckpt  *model.Checkpoint
+	be    compute.Backend
 	err   error
 	bytes int64
 }
@@ -86,34 +61,48 @@ func (l *weightLoader) matrix(name string, rows, cols int) Weight {
 			l.err = fmt.Errorf("%w: tensor %s in %s has shape %v, config wants [%d %d]", ErrUnsupported, name, info.File, info.Shape, rows, cols)
 			return Weight{}
 		}
-		n := rows * cols
-		if n > 0 && uintptr(unsafe.Pointer(&b[0]))%2 == 0 {
-			w.BF16 = unsafe.Slice((*uint16)(unsafe.Pointer(&b[0])), n)
-		} else {
-			w.BF16 = make([]uint16, n)
-			for i := range w.BF16 {
-				w.BF16[i] = uint16(b[2*i]) | uint16(b[2*i+1])<<8
-			}
-		}
+		w.T, l.err = l.be.ConstBF16(bf16View(b))
 	} else {
-		w.F32, l.err = l.ckpt.Float32(name, rows, cols)
+		var f []float32
+		if f, l.err = l.ckpt.Float32(name, rows, cols); l.err == nil {
+			w.T, l.err = l.be.Const(f)
+		}
 	}
 	l.bytes += w.Bytes()
 	return w
 }
 
-// vector loads a float32 vector of n elements (norm weights).
-func (l *weightLoader) vector(name string, n int) []float32 {
-	if l.err != nil {
+// bf16View returns the little-endian bfloat16 elements of b: b itself when it is 2-aligned, else
+// a copy.
+func bf16View(b []byte) []uint16 {
+	n := len(b) / 2
+	if n == 0 {
 		return nil
+	}
+	if uintptr(unsafe.Pointer(&b[0]))%2 == 0 {
+		return unsafe.Slice((*uint16)(unsafe.Pointer(&b[0])), n)
+	}
+	v := make([]uint16, n)
+	for i := range v {
+		v[i] = uint16(b[2*i]) | uint16(b[2*i+1])<<8
+	}
+	return v
+}
+
+// vector loads a float32 vector of n elements (norm weights).
+func (l *weightLoader) vector(name string, n int) compute.Tensor {
+	if l.err != nil {
+		return compute.Tensor{}
 	}
 	v, err := l.ckpt.Float32(name, n)
 	if err != nil {
 		l.err = err
-		return nil
+		return compute.Tensor{}
 	}
 	l.bytes += int64(n) * 4
-	return v
+	t, err := l.be.Const(v)
+	l.err = err
+	return t
 }
 
 // table loads a small float32 matrix [rows × cols] (position bias tables).
@@ -138,23 +127,20 @@ func (l *weightLoader) optional(name string, rows, cols int) Weight {
 	return l.matrix(name, rows, cols)
 }
 
-// embed looks up the pending tokens of seqs in the embedding table w, packed into [tokens × d].
-func embed(w Weight, seqs []*Sequence, tokens int) []float32 {
-	d := w.Cols
-	x := make([]float32, tokens*d)
-	t := 0
+// embed looks up the pending tokens of seqs in the embedding table w, packed into x [tokens × d].
+func embed(be compute.Backend, x compute.Tensor, w Weight, seqs []*Sequence, tokens int) {
+	ids := make([]int, 0, tokens)
 	for _, s := range seqs {
-		for _, id := range s.Pending {
-			w.row(x[t*d:(t+1)*d], id)
-			t++
-		}
+		ids = append(ids, s.Pending...)
 	}
-	return x
+	be.Embed(x, w.T, ids, w.Cols)
 }
 
-// WeightFromBytes makes a [rows × cols] Weight of a tensor's raw little-endian bytes: F32 and BF16
-// are viewed in place when aligned (b must then outlive the Weight), other float dtypes are
-// converted to float32. This is how the worker turns an expert blob in its cache into weights.
+// WeightFromBytes makes a [rows × cols] Weight of a tensor's raw little-endian bytes in host memory,
+// for the CPU backend (compute.HostTensor): F32 and BF16 are viewed in place when aligned (b must
+// then outlive the Weight), other float dtypes are converted to float32. This is how the worker's
+// CPU device turns an expert blob in its cache into weights; a GPU device hands device tensors
+// (Weight{Rows, Cols, T}) instead.
 func WeightFromBytes(dt model.DType, rows, cols int, b []byte) (Weight, error) {
 	n := rows * cols
 	if rows <= 0 || cols <= 0 || len(b) != n*dt.Size() || !dt.IsFloat() {
@@ -162,20 +148,16 @@ func WeightFromBytes(dt model.DType, rows, cols int, b []byte) (Weight, error) {
 	}
 	w := Weight{Rows: rows, Cols: cols}
 	switch {
-	case dt == model.BF16 && uintptr(unsafe.Pointer(&b[0]))%2 == 0:
-		w.BF16 = unsafe.Slice((*uint16)(unsafe.Pointer(&b[0])), n)
 	case dt == model.BF16:
-		w.BF16 = make([]uint16, n)
-		for i := range w.BF16 {
-			w.BF16[i] = uint16(b[2*i]) | uint16(b[2*i+1])<<8
-		}
+		w.T = compute.HostTensorBF16(bf16View(b))
 	case dt == model.F32 && uintptr(unsafe.Pointer(&b[0]))%4 == 0:
-		w.F32 = unsafe.Slice((*float32)(unsafe.Pointer(&b[0])), n)
+		w.T = compute.HostTensor(unsafe.Slice((*float32)(unsafe.Pointer(&b[0])), n))
 	default:
-		w.F32 = make([]float32, n)
-		if err := model.ToFloat32(w.F32, b, dt); err != nil {
+		f := make([]float32, n)
+		if err := model.ToFloat32(f, b, dt); err != nil {
 			return Weight{}, err
 		}
+		w.T = compute.HostTensor(f)
 	}
 	return w, nil
 }

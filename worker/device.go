@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"unsafe"
+
+	"github.com/pregate/pregate/compute"
 )
 
 // Device is what the worker needs from an accelerator to stream experts into its memory. It follows
@@ -46,6 +49,11 @@ type DeviceBuffer interface {
 	// HostView returns the buffer as memory this process can compute on, or nil when the device's
 	// memory is not host-addressable. The CPU device's buffers are; the engine computes on them.
 	HostView() []byte
+	// Tensor returns the n elements of dt at byte offset off of the buffer as a tensor of the
+	// engine's compute backend, without a copy: the CPU device's is a view of the buffer's bytes, a
+	// GPU's a device pointer into its memory. The pipeline hands the engine expert weights this way
+	// when the device is not host-addressable.
+	Tensor(off int64, dt compute.DType, n int) (compute.Tensor, error)
 	Free()
 }
 
@@ -192,6 +200,25 @@ type cpuBuffer struct {
 func (b *cpuBuffer) Bytes() []byte    { return b.b }
 func (b *cpuBuffer) HostView() []byte { return b.b }
 func (b *cpuBuffer) Len() int64       { return int64(len(b.b)) }
+
+// Tensor implements DeviceBuffer: a view of the buffer's bytes (aligned for dt).
+func (b *cpuBuffer) Tensor(off int64, dt compute.DType, n int) (compute.Tensor, error) {
+	size := int64(dt.Size())
+	if size == 0 || off < 0 || n < 0 || off+int64(n)*size > int64(len(b.b)) {
+		return compute.Tensor{}, fmt.Errorf("worker: %d elements of %s at byte %d of a %d-byte buffer", n, dt, off, len(b.b))
+	}
+	if n == 0 {
+		return compute.Tensor{}, fmt.Errorf("worker: an empty %s tensor", dt)
+	}
+	p := unsafe.Pointer(&b.b[off])
+	if uintptr(p)%uintptr(size) != 0 {
+		return compute.Tensor{}, fmt.Errorf("worker: %s tensor at byte %d is not aligned", dt, off)
+	}
+	if dt == compute.BF16 {
+		return compute.HostTensorBF16(unsafe.Slice((*uint16)(p), n)), nil
+	}
+	return compute.HostTensor(unsafe.Slice((*float32)(p), n)), nil
+}
 
 func (b *cpuBuffer) Free() {
 	if b.dev != nil && b.b != nil {

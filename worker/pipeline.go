@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pregate/pregate/compute"
 	"github.com/pregate/pregate/engine"
 	"github.com/pregate/pregate/expertstore/blob"
 	"github.com/pregate/pregate/model"
@@ -460,7 +461,7 @@ func (p *Pipeline) fetchInto(ctx context.Context, ent *cacheEntry) (*engine.Expe
 		st := &p.stats[ent.key.Block]
 		st.fetchedBytes.Add(n)
 		st.fetches.Add(1)
-		return p.parse(ent.key, ent.buf.HostView())
+		return p.parse(ent.key, ent.buf.HostView()[:n], nil)
 	}
 	err := p.cfg.Fetcher.Fetch(ctx, ent.key, stage.Bytes()[:n])
 	if err == nil {
@@ -470,6 +471,12 @@ func (p *Pipeline) fetchInto(ctx context.Context, ent *cacheEntry) (*engine.Expe
 		<-ev.Done()
 		err = ev.Err()
 	}
+	var w *engine.ExpertWeights
+	if err == nil {
+		// The header is read on the host, from the staging buffer (before it is reused); the
+		// weights are views of the device buffer.
+		w, err = p.parse(ent.key, stage.Bytes()[:n], ent.buf)
+	}
 	p.staging <- stage
 	if err != nil {
 		return nil, err
@@ -477,11 +484,13 @@ func (p *Pipeline) fetchInto(ctx context.Context, ent *cacheEntry) (*engine.Expe
 	st := &p.stats[ent.key.Block]
 	st.fetchedBytes.Add(n)
 	st.fetches.Add(1)
-	return p.parse(ent.key, ent.buf.HostView())
+	return w, nil
 }
 
-// parse views an expert blob in device memory as the engine's weights.
-func (p *Pipeline) parse(k routing.ExpertKey, b []byte) (*engine.ExpertWeights, error) {
+// parse reads an expert blob's header from b (the blob's bytes as the host sees them) and returns
+// the engine's weights: views of b itself when dev is nil (a host-addressable device: the CPU
+// backend computes on b), else tensors of dev, which holds the same bytes in device memory.
+func (p *Pipeline) parse(k routing.ExpertKey, b []byte, dev DeviceBuffer) (*engine.ExpertWeights, error) {
 	h, data, err := blob.Parse(b)
 	if err != nil {
 		return nil, err
@@ -506,7 +515,23 @@ func (p *Pipeline) parse(k routing.ExpertKey, b []byte) (*engine.ExpertWeights, 
 			// written by someone else): computing with it would read past its end.
 			return engine.Weight{}, fmt.Errorf("worker: expert %v tensor %s has shape %v, the model's config wants %v", k, name, info.Shape, want)
 		}
-		return engine.WeightFromBytes(model.DType(info.DType), info.Shape[0], info.Shape[1], raw)
+		if dev == nil {
+			return engine.WeightFromBytes(model.DType(info.DType), info.Shape[0], info.Shape[1], raw)
+		}
+		var dt compute.DType
+		switch model.DType(info.DType) {
+		case model.F32:
+			dt = compute.F32
+		case model.BF16:
+			dt = compute.BF16
+		default:
+			return engine.Weight{}, fmt.Errorf("worker: expert %v tensor %s is %s: device %s computes on F32 and BF16 only", k, name, info.DType, p.cfg.Device.Name())
+		}
+		t, err := dev.Tensor(int64(len(b)-len(data))+info.Offset, dt, info.Shape[0]*info.Shape[1])
+		if err != nil {
+			return engine.Weight{}, fmt.Errorf("worker: expert %v tensor %s: %w", k, name, err)
+		}
+		return engine.Weight{Rows: info.Shape[0], Cols: info.Shape[1], T: t}, nil
 	}
 	var ew engine.ExpertWeights
 	if ew.W1, err = weight(w1, p.cfg.Shapes[0]); err != nil {

@@ -77,7 +77,10 @@ var rules = []rule{
 	{pkg: "model/tokenizer", allowed: []string{}},
 	// Chat templates: Jinja (gonja) over messages and special-token strings, no tokenizer.
 	{pkg: "model/chattemplate", allowed: []string{}},
-	{pkg: "compute", allowed: []string{"model"}},
+	{pkg: "compute", exact: true, allowed: []string{"model"}},
+	// The backend conformance suite sees a backend only through compute.Backend (a GPU backend's
+	// tests run it too).
+	{pkg: "compute/backendtest", allowed: []string{"compute", "model"}},
 	// The engine imports routing for the gate math; routing's snapshot types bring the blob format
 	// (for the digest type; pure code, no I/O) along.
 	{pkg: "engine", allowed: []string{"model", "compute", "routing", "expertstore/blob"}},
