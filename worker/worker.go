@@ -55,7 +55,11 @@ type Config struct {
 	EtcdEndpoints []string // required
 	Model         string   // the model's name in the cluster
 	Mode          Mode
-	Device        string // "cpu" (the only device of a build without the cuda tag)
+	Device        string // "cpu", or the GPU OpenAccelerator opens ("cuda:0")
+	// OpenAccelerator, when set, opens the GPU the worker computes on and keeps its expert cache
+	// (cacheBytes of device memory) in; the worker closes it. cmd/pregate sets it for --device
+	// cuda[:N] in a build with -tags cuda. nil: the CPU.
+	OpenAccelerator func(cacheBytes int64) (Accelerator, error)
 	// ExpertCache is the device memory for experts, in bytes.
 	ExpertCache int64
 	// Staging is the number of pinned staging buffers (fetches in flight).
@@ -141,8 +145,8 @@ func (c Config) Validate() error {
 		return errors.New("worker: config: no etcd endpoints")
 	case c.Model == "":
 		return errors.New("worker: config: no model")
-	case c.Device != "cpu":
-		return fmt.Errorf("worker: config: device %q: this build has only the cpu device (build with -tags cuda for GPUs)", c.Device)
+	case c.Device != "cpu" && c.OpenAccelerator == nil:
+		return fmt.Errorf("worker: config: device %q without an accelerator to open (only cpu is built in; GPUs: a build with -tags cuda)", c.Device)
 	case c.EtcdGiveUp <= 0:
 		return fmt.Errorf("worker: config: etcd give-up %v", c.EtcdGiveUp)
 	case c.ExpertCache <= 0 || c.DataDir == "":
@@ -197,6 +201,7 @@ type Worker struct {
 	drain   drainer // refuses new completions once Close begins, waits for those in flight
 	reg     *prometheus.Registry
 	dev     Device
+	accel   Accelerator // dev, when it is a GPU
 	fetcher *client.Client
 	view    *clusterView
 
@@ -254,7 +259,14 @@ func New(cfg Config) (w *Worker, err error) {
 			return nil, err
 		}
 	}
-	w.dev = NewCPU()
+	if cfg.OpenAccelerator == nil {
+		w.dev = NewCPU()
+	} else {
+		if w.accel, err = cfg.OpenAccelerator(cfg.ExpertCache); err != nil {
+			return nil, fmt.Errorf("worker: device %s: %w", cfg.Device, err)
+		}
+		w.dev = w.accel
+	}
 	ccfg := client.DefaultConfig()
 	ccfg.AttemptTimeout = cfg.FetchAttemptTimeout
 	ccfg.Logger = w.log
@@ -369,14 +381,28 @@ func (w *Worker) load(ctx context.Context) error {
 		ckpt.Close()
 		return err
 	}
-	cpu := compute.NewCPU(w.cfg.Threads)
-	m, err := engine.Load(ckpt, cpu, engine.Options{Experts: pipe, Speculate: w.cfg.Mode.Speculates()})
+	var (
+		cpu *compute.CPU // nil on a GPU
+		be  compute.Backend
+	)
+	if w.accel != nil {
+		be = w.accel.Backend()
+	} else {
+		cpu = compute.NewCPU(w.cfg.Threads)
+		be = cpu
+	}
+	closeCPU := func() {
+		if cpu != nil {
+			cpu.Close()
+		}
+	}
+	m, err := engine.Load(ckpt, be, engine.Options{Experts: pipe, Speculate: w.cfg.Mode.Speculates()})
 	if err == nil {
 		err = CheckMode(w.cfg.Mode, m.Info().PreGated)
 	}
 	if err != nil {
 		pipe.Close()
-		cpu.Close()
+		closeCPU()
 		ckpt.Close()
 		return err
 	}
@@ -394,7 +420,7 @@ func (w *Worker) load(ctx context.Context) error {
 	}
 	if err != nil {
 		pipe.Close()
-		cpu.Close()
+		closeCPU()
 		ckpt.Close()
 		return err
 	}
