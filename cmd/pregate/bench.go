@@ -113,7 +113,7 @@ func newBenchCmd() *cobra.Command {
 	f.StringVarP(&output, "output", "o", "table", "table or json")
 	f.StringVar(&plotFile, "plot", "", "write a PNG chart of block latency per mode")
 	f.StringVar(&lv, "log-level", "error", "debug, info, warn or error")
-	cmd.AddCommand(newBenchFetchCmd(), newBenchServeCmd())
+	cmd.AddCommand(newBenchFetchCmd(), newBenchServeCmd(), newBenchDeviceCmd())
 	return cmd
 }
 
