@@ -25,7 +25,9 @@ type GEMVShape struct {
 	DType compute.DType
 }
 
-func (s GEMVShape) String() string { return fmt.Sprintf("%dx%d:%s", s.N, s.K, strings.ToLower(s.DType.String())) }
+func (s GEMVShape) String() string {
+	return fmt.Sprintf("%dx%d:%s", s.N, s.K, strings.ToLower(s.DType.String()))
+}
 
 // Bytes is the weight matrix's size.
 func (s GEMVShape) Bytes() int64 { return int64(s.N) * int64(s.K) * int64(s.DType.Size()) }
