@@ -27,7 +27,7 @@ echo "gpu-bundle: pregate-cuda (tags: $TAGS)" >&2
 $GO build "${flags[@]}" -o "$stage/pregate-cuda" ./cmd/pregate
 
 # Packages with a test file that names the cuda tag in its build constraint.
-mapfile -t pkgs < <(grep -rlE --include='*_test.go' '^//go:build.*\bcuda\b' . | grep -v '^./bin/' |
+mapfile -t pkgs < <(grep -rlE --include='*_test.go' '^//go:build(.*[ (&|])?cuda( |\)|$)' . | grep -v '^./bin/' |
 	xargs -r -n1 dirname | sort -u)
 manifest=()
 for dir in "${pkgs[@]}"; do
