@@ -159,10 +159,11 @@ func (d DType) String() string {
 }
 
 // Memory is a backend's storage behind tensors: host slices for the CPU backend, a device
-// allocation for a GPU. A backend computes only on its own kind of memory.
+// allocation (or a whole arena, whose tensors have several dtypes) for a GPU. A backend computes
+// only on its own kind of memory.
 type Memory interface {
-	// Elements is the number of elements the memory holds.
-	Elements() int
+	// Bytes is the size of the memory.
+	Bytes() int64
 }
 
 // Tensor is a range of elements of one dtype in a backend's memory. It is a small value: views
@@ -175,16 +176,17 @@ type Tensor struct {
 	dt  DType
 }
 
-// NewTensor returns the tensor of elements [off, off+n) of mem, of type dt. Backends use it to
-// hand out their memory (a GPU backend wraps a device allocation, a worker's device an expert in
-// its cache arena).
+// NewTensor returns the n elements of type dt that start off elements (of dt) into mem: bytes
+// [off·size, (off+n)·size). Backends use it to hand out their memory (a GPU backend wraps a device
+// allocation, a worker's device an expert in its cache arena).
 func NewTensor(mem Memory, dt DType, off, n int) Tensor {
-	if mem == nil || off < 0 || n < 0 || off+n > mem.Elements() {
-		el := -1
+	size := int64(dt.Size())
+	if mem == nil || size == 0 || off < 0 || n < 0 || int64(off+n)*size > mem.Bytes() {
+		b := int64(-1)
 		if mem != nil {
-			el = mem.Elements()
+			b = mem.Bytes()
 		}
-		panic(fmt.Sprintf("compute: tensor [%d, %d+%d) of a memory of %d elements", off, off, n, el))
+		panic(fmt.Sprintf("compute: %s tensor [%d, %d+%d) of a memory of %d bytes", dt, off, off, n, b))
 	}
 	return Tensor{mem: mem, off: off, n: n, dt: dt}
 }
@@ -192,8 +194,11 @@ func NewTensor(mem Memory, dt DType, off, n int) Tensor {
 // Memory returns the memory the tensor is a range of (nil for the zero Tensor).
 func (t Tensor) Memory() Memory { return t.mem }
 
-// Offset is the index of the tensor's first element in its Memory.
+// Offset is the index of the tensor's first element in its Memory, in elements of its dtype.
 func (t Tensor) Offset() int { return t.off }
+
+// ByteOffset is where the tensor starts in its Memory, in bytes (a device pointer's offset).
+func (t Tensor) ByteOffset() int64 { return int64(t.off) * int64(t.dt.Size()) }
 
 // Len is the number of elements.
 func (t Tensor) Len() int { return t.n }

@@ -14,7 +14,7 @@ type hostMem struct {
 	bf16 []uint16
 }
 
-func (m *hostMem) Elements() int { return max(len(m.f32), len(m.bf16)) }
+func (m *hostMem) Bytes() int64 { return int64(len(m.f32))*4 + int64(len(m.bf16))*2 }
 
 // HostTensor returns a tensor that is x itself (no copy): what the CPU backend computes on. The
 // worker's CPU device hands out its expert buffers this way. Only host-addressable backends (the

@@ -1,5 +1,15 @@
-// Package compute is the CPU device: a multi-threaded GEMM plus the handful of
-// elementwise / reduction kernels a transformer forward pass needs.
+// Package compute is the seam a forward pass computes through, and the CPU
+// device behind it: a multi-threaded GEMM plus the handful of elementwise /
+// reduction kernels a transformer forward pass needs.
+//
+// Backend (backend.go) is the seam: the ops of a forward pass over Tensors
+// that live on the backend, enqueued in order like a GPU stream's. *CPU
+// implements it (cpu_backend.go) with the kernels below, on tensors that wrap
+// host slices without a copy (HostTensor); a GPU backend (the cuda package,
+// -tags cuda) implements it with device memory and kernels. compute/backendtest
+// is the conformance suite every backend passes. The slice functions and
+// methods (MatMulT, RMSNorm, ...) stay for code that computes on host memory
+// directly.
 //
 // Backends (chosen at build time):
 //

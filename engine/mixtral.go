@@ -133,13 +133,16 @@ func (m *Mixtral) Step(ctx context.Context, seqs []*Sequence, all bool) ([][]flo
 	be := m.be
 	sc := scratch{be: be}
 	defer sc.free()
-	x, xn := sc.f32(tokens*d), sc.f32(tokens*d)
+	x, err := embed(&sc, m.embed, seqs, tokens)
+	if err != nil {
+		return nil, err
+	}
+	xn := sc.f32(tokens * d)
 	q, k, v, attnOut := sc.f32(tokens*qd), sc.f32(tokens*kd), sc.f32(tokens*kd), sc.f32(tokens*qd)
 	cosT, sinT := sc.f32(tokens*hd/2), sc.f32(tokens*hd/2)
 	if sc.err != nil {
 		return nil, sc.err
 	}
-	embed(be, x, m.embed, seqs, tokens)
 	cos := make([]float32, tokens*hd/2)
 	sin := make([]float32, tokens*hd/2)
 	t := 0

@@ -274,11 +274,10 @@ func (m *Switch) encode(ctx context.Context, ids [][]int, masks [][]int) (outs [
 	}
 	sc := scratch{be: m.be}
 	defer sc.free()
-	x := sc.f32(tokens * d)
-	if sc.err != nil {
-		return nil, sc.err
+	x, err := embed(&sc, m.shared, seqs, tokens)
+	if err != nil {
+		return nil, err
 	}
-	embed(m.be, x, m.shared, seqs, tokens)
 	if err := m.runStack(ctx, &m.enc, seqs, seqLens, x, tokens, outs, nil); err != nil {
 		return nil, err
 	}
@@ -319,11 +318,10 @@ func (m *Switch) Step(ctx context.Context, seqs []*Sequence, all bool) ([][]floa
 	}
 	sc := scratch{be: m.be}
 	defer sc.free()
-	x := sc.f32(tokens * d)
-	if sc.err != nil {
-		return nil, sc.err
+	x, err := embed(&sc, m.shared, seqs, tokens)
+	if err != nil {
+		return nil, err
 	}
-	embed(m.be, x, m.shared, seqs, tokens)
 	failed := make([]error, len(seqs))
 	if err := m.runStack(ctx, &m.dec, seqs, seqLens, x, tokens, nil, failed); err != nil {
 		return nil, err

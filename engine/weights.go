@@ -127,13 +127,19 @@ func (l *weightLoader) optional(name string, rows, cols int) Weight {
 	return l.matrix(name, rows, cols)
 }
 
-// embed looks up the pending tokens of seqs in the embedding table w, packed into x [tokens × d].
-func embed(be compute.Backend, x compute.Tensor, w Weight, seqs []*Sequence, tokens int) {
+// embed looks up the pending tokens of seqs in the embedding table w, packed into a new tensor
+// x [tokens × d] of sc.
+func embed(sc *scratch, w Weight, seqs []*Sequence, tokens int) (compute.Tensor, error) {
+	x := sc.f32(tokens * w.Cols)
+	if sc.err != nil {
+		return compute.Tensor{}, sc.err
+	}
 	ids := make([]int, 0, tokens)
 	for _, s := range seqs {
 		ids = append(ids, s.Pending...)
 	}
-	be.Embed(x, w.T, ids, w.Cols)
+	sc.be.Embed(x, w.T, ids, w.Cols)
+	return x, nil
 }
 
 // WeightFromBytes makes a [rows × cols] Weight of a tensor's raw little-endian bytes in host memory,

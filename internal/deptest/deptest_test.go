@@ -25,10 +25,14 @@ type pkg struct {
 }
 
 // deps lists the packages of the module with their transitive dependencies (production code only:
-// go list without -test).
-func deps(t *testing.T) map[string][]string {
+// go list without -test), as built with the given build tags.
+func deps(t *testing.T, tags ...string) map[string][]string {
 	t.Helper()
-	cmd := exec.Command("go", "list", "-deps=false", "-json=ImportPath,Deps", module+"/...")
+	args := []string{"list", "-deps=false", "-json=ImportPath,Deps"}
+	if len(tags) > 0 {
+		args = append(args, "-tags", strings.Join(tags, ","))
+	}
+	cmd := exec.Command("go", append(args, module+"/...")...)
 	cmd.Dir = "../.."
 	out, err := cmd.Output()
 	if err != nil {
@@ -81,6 +85,10 @@ var rules = []rule{
 	// The backend conformance suite sees a backend only through compute.Backend (a GPU backend's
 	// tests run it too).
 	{pkg: "compute/backendtest", allowed: []string{"compute", "model"}},
+	// The GPU device (built only with -tags cuda): the backend over compute's tensors and the
+	// expert blobs' device views. It must not import the worker (a library does not import a
+	// daemon); the worker's interfaces are met by an adapter in cmd/pregate.
+	{pkg: "cuda", allowed: []string{"compute", "model", "expertstore/blob"}},
 	// The engine imports routing for the gate math; routing's snapshot types bring the blob format
 	// (for the digest type; pure code, no I/O) along.
 	{pkg: "engine", allowed: []string{"model", "compute", "routing", "expertstore/blob"}},
@@ -113,8 +121,33 @@ var rules = []rule{
 	{pkg: "bench", forbidden: []string{module + "/cmd"}},
 }
 
+// cudaImporters are the only packages that may import the cuda package, in the cuda build: the
+// default build has no cuda package at all (every file is tagged), so nothing else can need it.
+var cudaImporters = []string{"cmd/pregate"}
+
 func TestDependencyRules(t *testing.T) {
-	all := deps(t)
+	t.Run("default", func(t *testing.T) {
+		all := deps(t)
+		if _, ok := all["cuda"]; ok {
+			t.Error("the cuda package is in the default build: every file of it must be tagged cuda")
+		}
+		checkRules(t, all)
+	})
+	t.Run("cuda", func(t *testing.T) {
+		all := deps(t, "cuda")
+		if _, ok := all["cuda"]; !ok {
+			t.Fatal("go list -tags cuda does not list the cuda package")
+		}
+		for rel, ds := range all {
+			if rel != "cuda" && slices.Contains(ds, module+"/cuda") && !slices.Contains(cudaImporters, rel) {
+				t.Errorf("%s depends on cuda: only %v may (in their cuda-tagged files)", rel, cudaImporters)
+			}
+		}
+		checkRules(t, all)
+	})
+}
+
+func checkRules(t *testing.T, all map[string][]string) {
 	if len(all) < 20 {
 		t.Fatalf("go list saw %d packages: is it seeing the module?", len(all))
 	}
@@ -199,6 +232,7 @@ func TestRulesCatchViolations(t *testing.T) {
 		{"internal/placement", module + "/coordinator", true},
 		{"cluster", module + "/worker", true},
 		{"bench", module + "/cmd/pregate", true},
+		{"cuda", module + "/worker", true},
 		{"worker", module + "/expertstore/client", false},
 		{"bench", module + "/worker", false},
 		{"routing", module + "/expertstore/blob", false},
