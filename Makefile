@@ -23,10 +23,11 @@ build: deps
 CUDA_ENV   = eval "$$(./scripts/cuda-toolchain.sh)" &&
 CUDA_BIN  ?= bin/pregate-cuda
 CUDA_TAGS ?= cuda
-# The kernels: each cuda/kernels/NAME.cu becomes cuda/ptx/NAME.sm_80.ptx and NAME.sm_90.ptx
-# (committed; loaded with cuModuleLoadData). PTX_DIR lets CI regenerate elsewhere and compare.
+# The kernels: each cuda/kernels/NAME.cu becomes cuda/ptx/NAME_sm80.ptx and NAME_sm90.ptx
+# (committed, embedded, loaded with cuModuleLoadData; cuda/kernels/README.md). PTX_DIR lets CI
+# regenerate elsewhere and compare.
 PTX_DIR   ?= cuda/ptx
-PTX_ARCHS ?= sm_80 sm_90
+PTX_ARCHS ?= 80 90
 KERNELS   := $(wildcard cuda/kernels/*.cu)
 # The GPU machine's bundle (scripts/gpu-check.sh runs it): stripped binaries built without OpenBLAS
 # (purego: that machine has no libopenblas), so they need only glibc and the driver.
@@ -38,8 +39,8 @@ build-cuda: deps
 
 ptx:
 	@$(CUDA_ENV) set -e; mkdir -p $(PTX_DIR); for k in $(KERNELS); do n=$$(basename $$k .cu); \
-		for a in $(PTX_ARCHS); do echo "nvcc $$k -> $(PTX_DIR)/$$n.$$a.ptx"; \
-			nvcc $$PREGATE_NVCC_FLAGS --ptx -O3 -arch=$$a -o $(PTX_DIR)/$$n.$$a.ptx $$k; done; done
+		for a in $(PTX_ARCHS); do echo "nvcc $$k -> $(PTX_DIR)/$${n}_sm$$a.ptx"; \
+			nvcc $$PREGATE_NVCC_FLAGS -ptx -O3 -arch=compute_$$a -o $(PTX_DIR)/$${n}_sm$$a.ptx $$k; done; done
 
 gpu-bundle:
 	$(CUDA_ENV) GPU_TAGS='$(GPU_TAGS)' ./scripts/gpu-bundle.sh $(GPU_BUNDLE)

@@ -7,8 +7,10 @@
 #   4. ptxas -arch=<the file's .target> on every committed cuda/ptx/*.ptx (a PTX error fails CI)
 #   5. `make ptx` into a temporary directory reproduces cuda/ptx/ byte for byte
 #   6. links bin/pregate-cuda and the cuda test binaries (scripts/gpu-bundle.sh into bin/gpu-ci)
-#   7. bin/pregate-cuda --device cuda on this host (no driver): exit 1 with a clear message, no panic
-#   8. scripts/gpu-check.sh's dry run (GPU_CHECK_DRY_RUN=1) on that bundle: every step on the CPU at
+#   7. the cuda package's tests under its fake driver (cuda/testdata: a libcuda.so.1 that runs no
+#      kernel but checks every launch against the PTX's signatures)
+#   8. bin/pregate-cuda --device cuda on this host (no driver): exit 1 with a clear message, no panic
+#   9. scripts/gpu-check.sh's dry run (GPU_CHECK_DRY_RUN=1) on that bundle: every step on the CPU at
 #      small shapes, so its parsing and table code runs here
 # Each step prints its time.
 set -euo pipefail
@@ -70,6 +72,9 @@ step "link pregate-cuda + cuda test binaries"
 $GO build -tags cuda -o bin/pregate-cuda ./cmd/pregate
 GPU_TAGS=cuda ./scripts/gpu-bundle.sh bin/gpu-ci 2>/dev/null
 grep -E '^(SIZE|TEST|FILE)' bin/gpu-ci/MANIFEST
+
+step "go test -tags cuda ./cuda/ (fake driver)"
+$GO test -tags cuda -count=1 ./cuda/
 
 step "pregate-cuda --device cuda without a GPU"
 if ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1 '; then

@@ -74,6 +74,12 @@ def run(args, timeout, cwd=None, env=None):
         return 124, e.stdout or "", (e.stderr or "") + f"\n(timed out after {timeout}s)"
 
 
+def cause(err, n=600):
+    """A failed pregate command's error: its "pregate: ..." line (the rest of stderr is progress)."""
+    lines = [l for l in (err or "").splitlines() if l.startswith("pregate:")]
+    return tail(lines[-1] if lines else err, n)
+
+
 def tail(s, n=600):
     s = (s or "").strip()
     return s if len(s) <= n else "…" + s[-n:]
@@ -231,7 +237,7 @@ class Check:
                 if ids != want:
                     rec["got"], rec["want"] = ids, want
             else:
-                rec["error"] = tail(err)
+                rec["error"] = cause(err)
             ok_all = ok_all and rec["ids_exact"]
             self.res["goldens"].append(rec)
         return ok_all, ", ".join(f"{g['fixture']}: {'exact' if g['ids_exact'] else 'MISMATCH'}" for g in self.res["goldens"])
@@ -311,8 +317,8 @@ class Check:
         rc, out, err = run([self.bin, "bench", "device", "--device", DEVICE, "--shapes", shapes,
                             "--copy-bytes", str(copy_bytes), "-o", "json"] + extra, 120)
         if rc != 0:
-            d["error"] = tail(err)
-            return False, f"pregate bench device exited {rc}: {tail(err, 300)}"
+            d["error"] = cause(err)
+            return False, f"pregate bench device exited {rc}: {cause(err, 300)}"
         d["pregate"] = json.loads(out)
         torch_dev = "cpu" if DRY else "cuda:" + DEVICE.split(":")[1] if ":" in DEVICE else "cuda"
         rc, out, err = run([sys.executable, "-c", TORCH_BENCH, json.dumps(
@@ -328,8 +334,8 @@ class Check:
 
     def modes(self):
         if DRY:
-            runs = [("switch-base-8 (dry: 2 layers, d 96, ff 128)",
-                     ["--preset", "switch-base-8", "--layers", "2", "--d-model", "96", "--d-ff", "128",
+            runs = [("switch-base-8 (dry: 4 layers, d 96, ff 128)",
+                     ["--preset", "switch-base-8", "--layers", "4", "--d-model", "96", "--d-ff", "128",
                       "--tokens", "4", "--prompt-tokens", "4", "--rounds", "1", "--threads", "1"], 120),
                     ("mixtral-tiny (dry)", ["--preset", "mixtral-tiny", "--tokens", "4", "--prompt-tokens", "4",
                                             "--rounds", "1", "--threads", "1"], 120)]
@@ -350,7 +356,7 @@ class Check:
             if rc == 0:
                 rec["result"] = json.loads(out)
             else:
-                rec["error"] = tail(err, 800)
+                rec["error"] = cause(err, 800)
                 ok = False
             self.res["modes"].append(rec)
         return ok, ", ".join(f"{m['model']}: {'ok' if 'result' in m else m.get('error', '')[:80]}" for m in self.res["modes"])
