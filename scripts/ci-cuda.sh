@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # CI for the CUDA path without a GPU (issue 14 part 5; .ci/run calls it after `make lint`):
+#   0. shellcheck on the CUDA scripts (installed from Debian when missing), gpu_check.py compiles
 #   1. the toolchain (scripts/cuda-toolchain.sh: cuda.h, the stub libcuda.so, nvcc, ptxas; cached)
 #   2. the default build is free of CUDA: `go list -deps` (no tags) of ./... has neither
 #      gorgonia.org/cu nor package cuda
@@ -34,6 +35,14 @@ fail() {
 
 step "toolchain"
 eval "$(./scripts/cuda-toolchain.sh)"
+
+step "shellcheck"
+if ! command -v shellcheck >/dev/null && [ "$(id -u)" = 0 ]; then
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null 2>&1 ||
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null; }
+fi
+shellcheck scripts/cuda-toolchain.sh scripts/ci-cuda.sh scripts/gpu-bundle.sh scripts/gpu-check.sh
+python3 -m py_compile scripts/gpu_check.py && rm -rf scripts/__pycache__
 
 step "default build free of CUDA"
 deps=$(CGO_ENABLED=1 $GO list -deps ./... | grep -E '^gorgonia\.org/cu(/|$)|^github\.com/pregate/pregate/cuda(/|$)' || true)

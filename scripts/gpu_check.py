@@ -439,69 +439,79 @@ def mode_row(m):
     return pr, ratios.get("ondemand_over_pregated") or None, r.get("ideal_ondemand_over_pregated"), oi, tps, modes
 
 
+def table(L, title, columns, rows):
+    """Appends a markdown section: title, then a table whose columns are (name, align) pairs
+    (align "r" right-aligns a number column) and whose rows are lists of cells."""
+    if title:
+        L += ["", title]
+    L += ["", "| " + " | ".join(c for c, _ in columns) + " |",
+          "|" + "|".join("---:" if a == "r" else "---" for _, a in columns) + "|"]
+    L += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def yes(b):
+    return "yes" if b else "NO"
+
+
 def markdown(res):
     L = []
     m = res["machine"]
+    dev = res["device"]
     L.append(f"# GPU check{' (DRY RUN: --device cpu, small shapes)' if res['dry_run'] else ''} — {res['started']}")
     L.append("")
-    L.append(f"- device: `{res['device']}`; GPUs: {', '.join(m.get('gpus', [])) or 'none listed'}")
+    L.append(f"- device: `{dev}`; GPUs: {', '.join(m.get('gpus', [])) or 'none listed'}")
     tv = m.get("torch", {})
     L.append(f"- host: {m.get('host', '')}, CPU {m.get('cpu', '')} ×{m.get('cpus', '')}, python {m.get('python', '')}, "
              f"torch {tv.get('version', tv.get('error', '–'))} (CUDA {tv.get('cuda', '–')}, {tv.get('device', '–')})")
-    for b in res.get("bundle", []):
-        L.append(f"- bundle: {b}")
+    L += [f"- bundle: {b}" for b in res.get("bundle", [])]
     L.append(f"- total {res.get('seconds', 0)} s; result: **{'PASS' if res.get('ok') else 'FAIL'}**")
-    L.append("")
-    L.append("| step | result | seconds | detail |")
-    L.append("|---|---|---:|---|")
-    for s in res["steps"]:
-        L.append(f"| {s['name']} | {'ok' if s['ok'] else ('skipped' if s['detail'].startswith('skipped') else 'FAILED')} "
-                 f"| {s['seconds']} | {cell(s['detail'], 300)} |")
+    table(L, "", [("step", ""), ("result", ""), ("seconds", "r"), ("detail", "")],
+          [[s["name"], "ok" if s["ok"] else ("skipped" if s["detail"].startswith("skipped") else "FAILED"),
+            s["seconds"], cell(s["detail"], 300)] for s in res["steps"]])
     if res["tests"]:
-        L += ["", "## Test binaries (conformance suite and cuda tests, on the device)", "",
-              "| binary | package | exit | passed | failed | skipped |", "|---|---|---:|---:|---:|---:|"]
-        for t in res["tests"]:
-            passed = t["passed"] if not res["dry_run"] else f"({t.get('listed', 0)} listed)"
-            L.append(f"| {t['binary']} | {t['package']} | {t['exit']} | {passed} | {t['failed']} | {t['skipped']} |")
+        table(L, "## Test binaries (conformance suite and cuda tests, on the device)",
+              [("binary", ""), ("package", ""), ("exit", "r"), ("passed", "r"), ("failed", "r"), ("skipped", "r")],
+              [[t["binary"], t["package"], t["exit"], f"({t.get('listed', 0)} listed)" if res["dry_run"] else t["passed"],
+                t["failed"], t["skipped"]] for t in res["tests"]])
     if res["goldens"]:
-        L += ["", f"## Golden fixtures through `pregate-cuda generate --device {res['device']}` (ids exact)", "",
-              "| fixture | prompts | ids exact | decode tokens/s |", "|---|---:|---|---:|"]
-        for g in res["goldens"]:
-            L.append(f"| {g['fixture']} | {g['prompts']} | {'yes' if g['ids_exact'] else 'NO'} | "
-                     f"{fmt(g.get('decode_tokens_per_second'), '.1f')} |")
+        table(L, f"## Golden fixtures through `pregate-cuda generate --device {dev}` (ids exact)",
+              [("fixture", ""), ("prompts", "r"), ("ids exact", ""), ("decode tokens/s", "r")],
+              [[g["fixture"], g["prompts"], yes(g["ids_exact"]), fmt(g.get("decode_tokens_per_second"), ".1f")]
+               for g in res["goldens"]])
     if res["cluster"]:
-        L += ["", f"## One-process cluster: `pregate-cuda up --device {res['device']}`, every mode (ids exact)", "",
-              "| fixture | mode | ids exact | ready s | total s | note |", "|---|---|---|---:|---:|---|"]
-        for c in res["cluster"]:
-            L.append(f"| {c['fixture']} | {c['mode']} | {'yes' if c['ids_exact'] else 'NO'} | {c.get('ready_seconds', '–')} "
-                     f"| {c.get('seconds', '–')} | {cell(c.get('error', ''), 120)} |")
+        table(L, f"## One-process cluster: `pregate-cuda up --device {dev}`, every mode (ids exact)",
+              [("fixture", ""), ("mode", ""), ("ids exact", ""), ("ready s", "r"), ("total s", "r"), ("note", "")],
+              [[c["fixture"], c["mode"], yes(c["ids_exact"]), c.get("ready_seconds", "–"), c.get("seconds", "–"),
+                cell(c.get("error", ""), 120)] for c in res["cluster"]])
     db = res.get("device_bench") or {}
     if db:
-        L += ["", "## Device: expert GEMV and pinned host-to-device copies against torch", "",
-              "| measure | pregate GB/s | torch GB/s | ratio | goal |", "|---|---:|---:|---:|---|"]
-        for name, p, t, r, g in device_rows(db):
-            L.append(f"| {name} | {fmt(p, '.1f')} | {fmt(t, '.1f')} | {fmt(r)} | {g} |")
+        table(L, "## Device: expert GEMV and pinned host-to-device copies against torch",
+              [("measure", ""), ("pregate GB/s", "r"), ("torch GB/s", "r"), ("ratio", "r"), ("goal", "")],
+              [[name, fmt(p, ".1f"), fmt(t, ".1f"), fmt(r), g] for name, p, t, r, g in device_rows(db)])
         if "error" in (db.get("torch") or {}):
             L.append(f"\ntorch: {cell(db['torch']['error'], 300)}")
     if res["modes"]:
-        L += ["", "## Pre-gated MoE modes: `pregate-cuda bench --device ... --regime paper`", "",
-              "| model | pregated/resident | ondemand/pregated | ideal bound | ondemand/pregated ÷ ideal | pregated decode tok/s | ÷ paper's 112 |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+        rows = []
         for mr in res["modes"]:
             if "result" not in mr:
-                L.append(f"| {mr['model']} | {cell(mr.get('error', ''), 150)} | | | | | |")
+                rows.append([mr["model"], cell(mr.get("error", ""), 150), "", "", "", "", ""])
                 continue
             pr, op, ideal, oi, tps, _ = mode_row(mr)
-            L.append(f"| {mr['model']} | {fmt(pr, '.3f')} ({goal_mark(pr, GOALS['pregated_over_resident'], True)}) "
-                     f"| {fmt(op, '.3f')} | {fmt(ideal, '.3f')} | {fmt(oi, '.3f')} ({goal_mark(oi, GOALS['ondemand_over_ideal'])}) "
-                     f"| {fmt(tps, '.1f')} | {fmt(ratio(tps, PAPER_TOKENS_PER_SECOND))} |")
-        L += ["", "Per mode (median round):", "", "| model | mode | decode tok/s | block p50 ms | stall fraction | recall |",
-              "|---|---|---:|---:|---:|---:|"]
-        for mr in res["modes"]:
-            for x in (mr.get("result") or {}).get("modes", []):
-                L.append(f"| {mr['model']} | {x['mode']} | {fmt(x.get('decode_tokens_per_second'), '.1f')} | "
-                         f"{fmt((x.get('block_latency_seconds_p50') or 0) * 1e3, '.3f')} | {fmt(x.get('stall_fraction'), '.3f')} | "
-                         f"{fmt(x.get('recall'), '.3f')} |")
+            rows.append([mr["model"], f"{fmt(pr, '.3f')} ({goal_mark(pr, GOALS['pregated_over_resident'], True)})",
+                         fmt(op, ".3f"), fmt(ideal, ".3f"), f"{fmt(oi, '.3f')} ({goal_mark(oi, GOALS['ondemand_over_ideal'])})",
+                         fmt(tps, ".1f"), fmt(ratio(tps, PAPER_TOKENS_PER_SECOND))])
+        table(L, f"## Pre-gated MoE modes: `pregate-cuda bench --device {dev} --regime paper`",
+              [("model", ""), ("pregated/resident", "r"), ("ondemand/pregated", "r"), ("ideal bound", "r"),
+               ("ondemand/pregated ÷ ideal", "r"), ("pregated decode tok/s", "r"), ("÷ paper's 112", "r")], rows)
+        table(L, "Per mode (median round):",
+              [("model", ""), ("mode", ""), ("decode tok/s", "r"), ("block p50 ms", "r"), ("stall fraction", "r"), ("recall", "r")],
+              [[mr["model"], x["mode"], fmt(x.get("decode_tokens_per_second"), ".1f"),
+                fmt((x.get("block_latency_seconds_p50") or 0) * 1e3, ".3f"), fmt(x.get("stall_fraction"), ".3f"),
+                fmt(x.get("recall"), ".3f")]
+               for mr in res["modes"] for x in (mr.get("result") or {}).get("modes", [])])
+        notes = [f"- {mr['model']}: {n}" for mr in res["modes"] for n in (mr.get("result") or {}).get("notes", [])]
+        if notes:
+            L += ["", "Notes of `pregate bench`:", ""] + notes
     L.append("")
     return "\n".join(L)
 
