@@ -205,7 +205,9 @@ class Check:
                 rec = {"binary": binary, "package": pkg, "exit": rc, "listed": len(names),
                        "passed": 0, "failed": 0, "skipped": 0}
             else:
-                rc, out, err = run([path, "-test.v", "-test.count=1", "-test.timeout=170s"], 180, cwd=cwd)
+                # PREGATE_CUDA_REQUIRE: a device test that finds no GPU fails instead of skipping.
+                rc, out, err = run([path, "-test.v", "-test.count=1", "-test.timeout=170s"], 180, cwd=cwd,
+                                   env=dict(os.environ, PREGATE_CUDA_REQUIRE="1"))
                 lines = out.splitlines()
                 count = lambda tag: sum(1 for l in lines if l.lstrip().startswith(tag))
                 rec = {"binary": binary, "package": pkg, "exit": rc, "passed": count("--- PASS"),
