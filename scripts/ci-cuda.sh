@@ -4,7 +4,7 @@
 #   1. the toolchain (scripts/cuda-toolchain.sh: cuda.h, the stub libcuda.so, nvcc, ptxas; cached)
 #   2. the default build is free of CUDA: `go list -deps` (no tags) of ./... has neither
 #      gorgonia.org/cu nor package cuda
-#   3. go vet -tags cuda ./...
+#   3. go vet -tags cuda ./..., staticcheck -tags cuda on the packages with cuda files
 #   4. ptxas -arch=<the file's .target> on every committed cuda/ptx/*.ptx (a PTX error fails CI)
 #   5. `make ptx` into a temporary directory reproduces cuda/ptx/ byte for byte
 #   6. links bin/pregate-cuda and the cuda test binaries (scripts/gpu-bundle.sh into bin/gpu-ci)
@@ -48,8 +48,10 @@ step "default build free of CUDA"
 deps=$(CGO_ENABLED=1 $GO list -deps ./... | grep -E '^gorgonia\.org/cu(/|$)|^github\.com/pregate/pregate/cuda(/|$)' || true)
 [ -z "$deps" ] || fail "the default build (no tags) depends on: $deps"
 
-step "go vet -tags cuda"
+step "go vet -tags cuda, staticcheck -tags cuda"
 $GO vet -tags cuda ./...
+# The packages with cuda-tagged files (make lint checks the rest without the tag).
+$GO run "honnef.co/go/tools/cmd/staticcheck@${STATICCHECK_VERSION:-v0.8.2}" -tags cuda ./cuda/... ./cmd/pregate/
 
 step "ptxas sm_80/sm_90"
 shopt -s nullglob
