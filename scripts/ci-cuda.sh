@@ -91,14 +91,21 @@ step "pregate-cuda --device cuda without a GPU"
 if ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1 '; then
 	echo "ci-cuda: this host has libcuda.so.1: the no-driver check does not apply"
 else
-	set +e
-	out=$(bin/pregate-cuda generate --model testdata/switch-tiny --prompt-ids "1 2 3" --device cuda 2>&1)
-	rc=$?
-	set -e
-	echo "ci-cuda: exit $rc: $out"
-	[ "$rc" = 1 ] || fail "pregate-cuda --device cuda without a driver exited $rc, want 1"
-	! grep -qE 'panic|goroutine [0-9]|SIGSEGV' <<<"$out" || fail "pregate-cuda panicked without a driver"
-	grep -qi 'cuda' <<<"$out" || fail "the error does not name CUDA: $out"
+	# generate opens the GPU itself, a worker through worker.Config.OpenAccelerator.
+	for args in "generate --model testdata/switch-tiny --prompt-ids 1 --device cuda" \
+		"bench device --device cuda:0" \
+		"worker --model m --etcd-endpoints 127.0.0.1:1 --no-gossip --http 127.0.0.1:0 --data-dir bin/ci-worker --device cuda"; do
+		set +e
+		# shellcheck disable=SC2086 # args is a word list
+		out=$(bin/pregate-cuda $args 2>&1)
+		rc=$?
+		set -e
+		echo "ci-cuda: pregate-cuda ${args%% *}: exit $rc: $out"
+		[ "$rc" = 1 ] || fail "pregate-cuda $args without a driver exited $rc, want 1"
+		! grep -qE 'panic|goroutine [0-9]|SIGSEGV' <<<"$out" || fail "pregate-cuda $args panicked without a driver"
+		grep -q 'no CUDA driver' <<<"$out" || fail "the error does not say the CUDA driver is missing: $out"
+	done
+	rm -rf bin/ci-worker
 	bin/pregate-cuda generate --model testdata/switch-tiny --prompt-ids "1 2 3" --max-new-tokens 2 --device cpu >/dev/null ||
 		fail "pregate-cuda --device cpu fails on a host without a GPU"
 fi

@@ -234,9 +234,11 @@ func New(cfg Config) (w *Worker, err error) {
 		w.log = slog.New(slog.DiscardHandler)
 	}
 	w.log = w.log.With("component", "worker", "node", cfg.Name)
+	// The error returns give w = nil: the cleanup holds on to the worker being built.
+	building := w
 	defer func() {
 		if err != nil {
-			w.closeAll()
+			building.closeAll()
 		}
 	}()
 	w.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
