@@ -1,6 +1,9 @@
 package compute
 
-import "fmt"
+import (
+	"fmt"
+	"math"
+)
 
 // Backend is what a forward pass computes with: the engine issues every op of a model's layers
 // through it, over Tensors that live in the backend's memory. The CPU device (*CPU) is one; a GPU
@@ -33,8 +36,9 @@ type Backend interface {
 
 	// Alloc returns a zeroed tensor of n elements of dt (activations, scratch, KV caches).
 	Alloc(dt DType, n int) (Tensor, error)
-	// Free returns a tensor from Alloc to the backend once every op enqueued on it has been
-	// issued; its views must not be used afterwards. Freeing a Const or a zero Tensor does nothing.
+	// Free returns a tensor from Alloc or Const (whole, not a view) to the backend; ops already
+	// enqueued on it still see its contents (a device backend frees in stream order). Its views
+	// must not be used afterwards. Freeing the zero Tensor does nothing.
 	Free(t Tensor)
 	// Const makes a tensor of host's contents for the model's lifetime (dense weights, norm
 	// vectors, position tables): uploaded once by a device backend, viewed in place without a
@@ -42,7 +46,8 @@ type Backend interface {
 	Const(host []float32) (Tensor, error)
 	// ConstBF16 is Const for bfloat16 weights (raw bits).
 	ConstBF16(host []uint16) (Tensor, error)
-	// Upload enqueues a copy of src into dst (len(src) == dst.Len(), F32).
+	// Upload enqueues a copy of src into dst (len(src) == dst.Len(), F32); src is read before
+	// Upload returns.
 	Upload(dst Tensor, src []float32)
 	// Download waits for every op enqueued so far and copies src (F32) into dst
 	// (len(dst) == src.Len()). It returns the first failure of any of those ops.
@@ -66,8 +71,8 @@ type Backend interface {
 	Linear(dst, x Tensor, m, k int, w Tensor, n int, accumulate bool)
 	// RMSNorm sets each of rows rows of dst (d elements each) to w ⊙ (x · 1/√(mean(x²) + eps)),
 	// following HF's float32 MixtralRMSNorm and T5LayerNorm (the same op: T5's layer norm scales
-	// by the root mean square and subtracts no mean). The mean of squares is accumulated in float64
-	// (within 1 ulp of torch's float32 reduction); the rest is float32. dst may be x.
+	// by the root mean square and subtracts no mean). The CPU accumulates the mean of squares in
+	// float64 (within 1 ulp of torch's float32 reduction); the rest is float32. dst may be x.
 	RMSNorm(dst, x Tensor, rows, d int, w Tensor, eps float32)
 	// Softmax replaces each of rows rows of x (n elements each) by its softmax (max subtracted
 	// first). A row of all −Inf yields NaNs, as in torch.
@@ -92,9 +97,10 @@ type Backend interface {
 	RoPE(x Tensor, tokens, heads, headDim int, cos, sin Tensor)
 	// Attention computes out [nq × heads·headDim] from the queries q [nq × heads·headDim] of one
 	// sequence and its keys and values k, v [nk × kvHeads·headDim] (a KV cache's used rows), as
-	// a describes. Query heads h·r … h·r+r−1 share KV head h (GQA, r = heads/kvHeads). Scores are
-	// float32 dot products, scaled, plus the relative position bias, plus the key mask; softmax
-	// and the probability-weighted sum of values follow Softmax's and Add's rounding.
+	// a describes. Query heads h·r … h·r+r−1 share KV head h (GQA, r = heads/kvHeads). A score is
+	// the float32 dot product of a query and a key, times Scale, plus (the relative position bias
+	// plus the key mask); the softmax of a query's scores (as Softmax) weighs the sum of the values,
+	// accumulated in float32.
 	Attention(out, q, k, v Tensor, nq, nk int, a *Attention)
 }
 
@@ -126,7 +132,7 @@ type Attention struct {
 }
 
 // MaskValue is what HF adds to a masked attention score: torch.finfo(float32).min.
-const MaskValue = -3.4028234663852886e+38
+const MaskValue = -math.MaxFloat32
 
 // DType is a tensor's element type.
 type DType uint8

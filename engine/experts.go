@@ -112,7 +112,18 @@ func LoadExpert(ckpt *model.Checkpoint, be compute.Backend, names model.ExpertNa
 		e.W3 = l.matrix(w3, dFF, dModel)
 	}
 	if l.err != nil {
+		l.free()
 		return nil, l.err
 	}
 	return e, nil
+}
+
+// Close frees the experts loaded so far on the backend; later Acquires load them again.
+func (l *LocalExperts) Close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, e := range l.loaded {
+		freeAll(l.be, []compute.Tensor{e.W1.T, e.W3.T, e.W2.T})
+	}
+	clear(l.loaded)
 }

@@ -22,6 +22,7 @@ type Mixtral struct {
 	moe     moeRunner
 	info    Info
 	invFreq []float32
+	owned   owned
 }
 
 type mixtralLayer struct {
@@ -37,15 +38,15 @@ func LoadMixtral(ckpt *model.Checkpoint, be compute.Backend, opts Options) (*Mix
 		return nil, fmt.Errorf("%w: %s is not a Mixtral checkpoint", ErrUnsupported, ckpt.Dir())
 	}
 	d, hd := cfg.HiddenSize, cfg.HeadDim
+	gate := routing.Gate{TopK: cfg.NumExpertsPerTok, Renormalize: true}
+	if err := gate.Validate(cfg.NumLocalExperts); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrUnsupported, ckpt.Dir(), err)
+	}
 	m := &Mixtral{cfg: cfg, be: be}
 	l := weightLoader{ckpt: ckpt, be: be}
 	m.embed = l.matrix(model.MixtralEmbedName, cfg.VocabSize, d)
 	m.norm = l.vector(model.MixtralNormName, d)
 	m.lmHead = l.matrix(model.MixtralLMHeadName, cfg.VocabSize, d)
-	gate := routing.Gate{TopK: cfg.NumExpertsPerTok, Renormalize: true}
-	if err := gate.Validate(cfg.NumLocalExperts); err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrUnsupported, ckpt.Dir(), err)
-	}
 	numExperts := make([]int, cfg.NumHiddenLayers)
 	for i := range cfg.NumHiddenLayers {
 		ly := mixtralLayer{
@@ -65,11 +66,14 @@ func LoadMixtral(ckpt *model.Checkpoint, be compute.Backend, opts Options) (*Mix
 		m.info.MoEBlocks = append(m.info.MoEBlocks, MoEBlock{Name: fmt.Sprintf("model.layers.%d", i), NumExperts: cfg.NumLocalExperts, TopK: cfg.NumExpertsPerTok, PreGateFor: -1})
 	}
 	if l.err != nil {
+		l.free()
 		return nil, l.err
 	}
+	m.owned.weights = l.consts
 	experts := opts.Experts
 	if experts == nil {
-		experts = NewLocalExperts(ckpt, be, model.ExpertNames(ckpt.Config()), numExperts, d, cfg.IntermediateSize)
+		m.owned.local = NewLocalExperts(ckpt, be, model.ExpertNames(ckpt.Config()), numExperts, d, cfg.IntermediateSize)
+		experts = m.owned.local
 	}
 	for i := 0; i+1 < len(m.layers); i++ {
 		m.layers[i].block.succ = &m.layers[i+1].block
@@ -96,9 +100,13 @@ func LoadMixtral(ckpt *model.Checkpoint, be compute.Backend, opts Options) (*Mix
 // Info describes the model.
 func (m *Mixtral) Info() Info { return m.info }
 
-// Close releases nothing: weights are views of the checkpoint (CPU) or live as long as the
-// backend.
-func (m *Mixtral) Close() error { return nil }
+// Close frees the model's weights on its backend (on the CPU they are views of the checkpoint, which
+// the caller owns) and the experts it loaded itself. It is idempotent; the model must not be used
+// afterwards.
+func (m *Mixtral) Close() error {
+	m.owned.free(m.be)
+	return nil
+}
 
 // Start makes sequences whose prompts are their first pending tokens.
 func (m *Mixtral) Start(ctx context.Context, prompts [][]int) ([]*Sequence, error) {

@@ -21,6 +21,7 @@ type Switch struct {
 	enc, dec switchStack
 	moe      moeRunner
 	info     Info
+	owned    owned
 }
 
 type switchStack struct {
@@ -65,14 +66,14 @@ func LoadSwitch(ckpt *model.Checkpoint, be compute.Backend, opts Options) (*Swit
 		return nil, fmt.Errorf("%w: %s is not a Switch Transformers checkpoint", ErrUnsupported, ckpt.Dir())
 	}
 	d, inner := cfg.DModel, cfg.NumHeads*cfg.DKV
-	m := &Switch{cfg: cfg, be: be}
-	l := weightLoader{ckpt: ckpt, be: be}
-	m.shared = l.matrix(model.SwitchSharedName, cfg.VocabSize, d)
-	m.lmHead = l.matrix(model.SwitchLMHeadName, cfg.VocabSize, d)
 	gate := routing.Gate{TopK: 1, Capacity: cfg.ExpertCapacity}
 	if err := gate.Validate(cfg.NumExperts); err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrUnsupported, ckpt.Dir(), err)
 	}
+	m := &Switch{cfg: cfg, be: be}
+	l := weightLoader{ckpt: ckpt, be: be}
+	m.shared = l.matrix(model.SwitchSharedName, cfg.VocabSize, d)
+	m.lmHead = l.matrix(model.SwitchLMHeadName, cfg.VocabSize, d)
 	var numExperts []int
 	preGates := 0
 	loadStack := func(stack string, n int, decoder bool) switchStack {
@@ -117,21 +118,21 @@ func LoadSwitch(ckpt *model.Checkpoint, be compute.Backend, opts Options) (*Swit
 	}
 	m.enc = loadStack(model.StackEncoder, cfg.NumLayers, false)
 	m.dec = loadStack(model.StackDecoder, cfg.NumDecoderLayers, true)
-	if l.err != nil {
-		return nil, l.err
-	}
 	for _, st := range []*switchStack{&m.enc, &m.dec} {
 		buckets, reach := bucketTable(!st.decoder, cfg.RelativeAttentionNumBuckets, cfg.RelativeAttentionMaxDistance)
-		if buckets == nil {
-			return nil, fmt.Errorf("%w: %s: relative_attention_max_distance %d does not exceed the exact buckets of %d buckets",
+		if buckets == nil && l.err == nil {
+			l.err = fmt.Errorf("%w: %s: relative_attention_max_distance %d does not exceed the exact buckets of %d buckets",
 				ErrUnsupported, ckpt.Dir(), cfg.RelativeAttentionMaxDistance, cfg.RelativeAttentionNumBuckets)
 		}
-		var err error
-		if st.bias, err = relativeBiasTable(be, st.relBias, buckets, cfg.NumHeads); err != nil {
-			return nil, err
+		if l.err == nil {
+			st.bias, st.reach = l.constF32(relativeBiasTable(st.relBias, buckets, cfg.NumHeads)), reach
 		}
-		st.reach = reach
 	}
+	if l.err != nil {
+		l.free()
+		return nil, l.err
+	}
+	m.owned.weights = l.consts
 	// Pre-gates: either none, or one on every sparse block that has a next sparse block in its stack.
 	for _, s := range []*switchStack{&m.enc, &m.dec} {
 		for _, b := range s.blocks {
@@ -140,8 +141,10 @@ func LoadSwitch(ckpt *model.Checkpoint, be compute.Backend, opts Options) (*Swit
 			}
 			switch {
 			case b.moe.preGate.IsZero() && preGates > 0 && b.moe.next >= 0:
+				l.free()
 				return nil, fmt.Errorf("%w: %s has pre-gates but none for MoE block %s", ErrUnsupported, ckpt.Dir(), m.info.MoEBlocks[b.moe.index].Name)
 			case !b.moe.preGate.IsZero() && b.moe.next < 0:
+				l.free()
 				return nil, fmt.Errorf("%w: %s: MoE block %s is the last of its stack but has a pre-gate", ErrUnsupported, ckpt.Dir(), m.info.MoEBlocks[b.moe.index].Name)
 			case !b.moe.preGate.IsZero():
 				m.info.MoEBlocks[b.moe.index].PreGateFor = b.moe.next
@@ -151,7 +154,8 @@ func LoadSwitch(ckpt *model.Checkpoint, be compute.Backend, opts Options) (*Swit
 	m.info.PreGated = preGates > 0
 	experts := opts.Experts
 	if experts == nil {
-		experts = NewLocalExperts(ckpt, be, model.ExpertNames(ckpt.Config()), numExperts, d, cfg.DFF)
+		m.owned.local = NewLocalExperts(ckpt, be, model.ExpertNames(ckpt.Config()), numExperts, d, cfg.DFF)
+		experts = m.owned.local
 	}
 	m.moe = moeRunner{be: be, experts: experts, tracer: opts.Tracer, speculate: opts.Speculate, act: actReLU, d: d}
 	m.info.Arch = "switch_transformers"
@@ -167,9 +171,13 @@ func LoadSwitch(ckpt *model.Checkpoint, be compute.Backend, opts Options) (*Swit
 // Info describes the model.
 func (m *Switch) Info() Info { return m.info }
 
-// Close releases nothing: weights are views of the checkpoint (CPU) or live as long as the
-// backend.
-func (m *Switch) Close() error { return nil }
+// Close frees the model's weights on its backend (on the CPU they are views of the checkpoint, which
+// the caller owns) and the experts it loaded itself. It is idempotent; the model must not be used
+// afterwards.
+func (m *Switch) Close() error {
+	m.owned.free(m.be)
+	return nil
+}
 
 // Start encodes the prompts and starts each decoder from decoder_start_token_id.
 func (m *Switch) Start(ctx context.Context, prompts [][]int) ([]*Sequence, error) {
@@ -449,12 +457,12 @@ func (st *switchStack) firstMoE() *switchBlock {
 // relativeBiasTable expands block 0's position bias relBias [buckets × heads] into the table the
 // backend's attention reads: row r holds the bias of relative position r − reach, whose bucket is
 // buckets[r] (bucketTable), per head.
-func relativeBiasTable(be compute.Backend, relBias []float32, buckets []int, heads int) (compute.Tensor, error) {
+func relativeBiasTable(relBias []float32, buckets []int, heads int) []float32 {
 	tab := make([]float32, len(buckets)*heads)
 	for r, b := range buckets {
 		copy(tab[r*heads:(r+1)*heads], relBias[b*heads:(b+1)*heads])
 	}
-	return be.Const(tab)
+	return tab
 }
 
 // bucketTable is relativeBucket of every relative position in [-reach, reach], reach =

@@ -33,10 +33,66 @@ func linear(be compute.Backend, dst, x compute.Tensor, m int, w Weight, accumula
 // weightLoader reads weights from a checkpoint and remembers the first error, so layer tables read
 // as a list of names instead of a ladder of error checks.
 type weightLoader struct {
-	ckpt  *model.Checkpoint
-	be    compute.Backend
-	err   error
-	bytes int64
+	ckpt   *model.Checkpoint
+	be     compute.Backend
+	err    error
+	bytes  int64
+	consts []compute.Tensor // every tensor made on be, for the model's Close
+}
+
+// constF32 makes a tensor of v on the backend (see compute.Backend.Const).
+func (l *weightLoader) constF32(v []float32) compute.Tensor {
+	if l.err != nil {
+		return compute.Tensor{}
+	}
+	t, err := l.be.Const(v)
+	return l.keep(t, err)
+}
+
+// constBF16 makes a tensor of bfloat16 v on the backend.
+func (l *weightLoader) constBF16(v []uint16) compute.Tensor {
+	if l.err != nil {
+		return compute.Tensor{}
+	}
+	t, err := l.be.ConstBF16(v)
+	return l.keep(t, err)
+}
+
+func (l *weightLoader) keep(t compute.Tensor, err error) compute.Tensor {
+	if err != nil {
+		l.err = err
+		return compute.Tensor{}
+	}
+	l.consts = append(l.consts, t)
+	return t
+}
+
+// free frees every tensor the loader made (a load that failed part way; a model's Close).
+func (l *weightLoader) free() {
+	freeAll(l.be, l.consts)
+	l.consts = nil
+}
+
+// owned is what a model's Load made on its backend, which the model's Close frees.
+type owned struct {
+	weights []compute.Tensor // every tensor of the model's weights
+	local   *LocalExperts    // the Experts Load made (nil when given one)
+}
+
+// free frees the weights and the experts the model loaded itself; a second call does nothing.
+func (o *owned) free(be compute.Backend) {
+	freeAll(be, o.weights)
+	o.weights = nil
+	if o.local != nil {
+		o.local.Close()
+	}
+}
+
+// freeAll frees tensors on be.
+func freeAll(be compute.Backend, ts []compute.Tensor) {
+	for _, t := range ts {
+		be.Free(t)
+	}
 }
 
 // matrix loads a [rows × cols] weight. BF16 tensors are viewed in place (copied only when
@@ -61,11 +117,11 @@ func (l *weightLoader) matrix(name string, rows, cols int) Weight {
 			l.err = fmt.Errorf("%w: tensor %s in %s has shape %v, config wants [%d %d]", ErrUnsupported, name, info.File, info.Shape, rows, cols)
 			return Weight{}
 		}
-		w.T, l.err = l.be.ConstBF16(bf16View(b))
+		w.T = l.constBF16(bf16View(b))
 	} else {
 		var f []float32
 		if f, l.err = l.ckpt.Float32(name, rows, cols); l.err == nil {
-			w.T, l.err = l.be.Const(f)
+			w.T = l.constF32(f)
 		}
 	}
 	l.bytes += w.Bytes()
@@ -100,9 +156,7 @@ func (l *weightLoader) vector(name string, n int) compute.Tensor {
 		return compute.Tensor{}
 	}
 	l.bytes += int64(n) * 4
-	t, err := l.be.Const(v)
-	l.err = err
-	return t
+	return l.constF32(v)
 }
 
 // table loads a small float32 matrix [rows × cols] (position bias tables).

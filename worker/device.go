@@ -37,6 +37,14 @@ type HostAddressable interface {
 	HostAddressable() bool
 }
 
+// ComputeDevice is implemented by a device that also runs the engine's ops (a GPU, whose expert
+// buffers the engine then computes on in place): the worker loads the model on its Backend, and
+// DeviceBuffer.Tensor hands out tensors of that backend. A device without it (the CPU) has the
+// engine run on a compute.CPU of the worker's threads, which computes on host memory.
+type ComputeDevice interface {
+	Backend() compute.Backend
+}
+
 // HostBuffer is pinned host memory.
 type HostBuffer interface {
 	Bytes() []byte
@@ -241,9 +249,9 @@ func (e *cpuEvent) Done() <-chan struct{} { return e.done }
 func (e *cpuEvent) Err() error            { return e.err }
 
 // Accelerator is a GPU as a worker uses it: the Device its expert cache and staging buffers live
-// on, and the compute backend the engine runs on (package cuda's, through cmd/pregate's cuda
-// build). The worker opens it through Config.OpenAccelerator and closes it as its Device.
+// on, which also runs the engine (ComputeDevice; package cuda's, through cmd/pregate's cuda build).
+// The worker opens it through Config.OpenAccelerator and closes it as its Device.
 type Accelerator interface {
 	Device
-	Backend() compute.Backend
+	ComputeDevice
 }

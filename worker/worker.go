@@ -201,7 +201,6 @@ type Worker struct {
 	drain   drainer // refuses new completions once Close begins, waits for those in flight
 	reg     *prometheus.Registry
 	dev     Device
-	accel   Accelerator // dev, when it is a GPU
 	fetcher *client.Client
 	view    *clusterView
 
@@ -214,7 +213,7 @@ type Worker struct {
 	mu       sync.Mutex
 	pipe     *Pipeline
 	model    engine.Model
-	cpu      *compute.CPU
+	cpu      *compute.CPU // the engine's backend when the device has none of its own; else nil
 	ckpt     *model.Checkpoint
 	srv      atomic.Pointer[serve.Server]
 	tok      atomic.Pointer[tokenizer.Tokenizer]
@@ -264,10 +263,9 @@ func New(cfg Config) (w *Worker, err error) {
 	if cfg.OpenAccelerator == nil {
 		w.dev = NewCPU()
 	} else {
-		if w.accel, err = cfg.OpenAccelerator(cfg.ExpertCache); err != nil {
+		if w.dev, err = cfg.OpenAccelerator(cfg.ExpertCache); err != nil {
 			return nil, fmt.Errorf("worker: device %s: %w", cfg.Device, err)
 		}
-		w.dev = w.accel
 	}
 	ccfg := client.DefaultConfig()
 	ccfg.AttemptTimeout = cfg.FetchAttemptTimeout
@@ -383,12 +381,12 @@ func (w *Worker) load(ctx context.Context) error {
 		ckpt.Close()
 		return err
 	}
-	var (
-		cpu *compute.CPU // nil on a GPU
-		be  compute.Backend
-	)
-	if w.accel != nil {
-		be = w.accel.Backend()
+	// The engine computes where the experts are: on the device's own backend (a GPU), else on the
+	// CPU with the configured threads.
+	var be compute.Backend
+	var cpu *compute.CPU
+	if cd, ok := w.dev.(ComputeDevice); ok {
+		be = cd.Backend()
 	} else {
 		cpu = compute.NewCPU(w.cfg.Threads)
 		be = cpu
