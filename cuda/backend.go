@@ -135,8 +135,8 @@ func (b *Backend) Alloc(dt compute.DType, n int) (compute.Tensor, error) {
 	}
 	b.live[p] = class
 	// Zeroed on the stream: after every op issued before, which may still be using a pooled range.
-	if err := b.ctx.memset32(p, 0, (bytes+3)/4, b.s); err != nil {
-		b.fail(err)
+	if bytes > 0 {
+		b.fail(b.ctx.memset32(p, 0, (bytes+3)/4, b.s))
 	}
 	return compute.NewTensor(&devMem{dev: b.d, ptr: p, bytes: bytes, class: class}, dt, 0, n), nil
 }
@@ -259,9 +259,7 @@ func (b *Backend) Sync() error {
 	return b.err
 }
 
-// WaitEvent makes the compute stream wait, on the device, for ev's copy: the ops issued after it
-// run once the copy has landed, and the host does not block. A copy that failed fails the backend
-// (sticky, like an op's failure).
+// WaitEvent is Device.WaitEvent.
 func (b *Backend) WaitEvent(ev *Event) {
 	ev.mu.Lock()
 	defer ev.mu.Unlock()
@@ -424,33 +422,31 @@ func (b *Backend) Linear(dst, x compute.Tensor, m, k int, w compute.Tensor, n in
 		return
 	}
 	vector := k%8 == 0 && wp%16 == 0 && xp%16 == 0
-	chunks := k
-	if vector {
-		chunks = k / 8
-	}
-	tpr := gemvGroup(n, chunks, b.d.sms)
-	perBlock := gemvThreads / tpr
-	grid := dim3{uint32((n + perBlock - 1) / perBlock), 1, 1}
-	block := dim3{uint32(tpr), uint32(perBlock), 1}
 	if !vector {
+		tpr := gemvGroup(n, k/8, b.d.sms)
+		perBlock := gemvThreads / tpr
 		b.p.reset().ptr(dp).ptr(xp).ptr(wp).i32(boolInt(bf)).i32(m).i32(k).i32(n).i32(acc)
-		b.launch(b.k.gemvScalar, grid, block, 0)
+		b.launch(b.k.gemvScalar, dim3{uint32((n + perBlock - 1) / perBlock), 1, 1}, dim3{uint32(tpr), uint32(perBlock), 1}, 0)
 		return
 	}
+	groups := (n + gemvRows(m) - 1) / gemvRows(m)
+	tpr := gemvGroup(groups, k/8, b.d.sms)
+	perBlock := gemvThreads / tpr
 	f := b.k.gemvF32[m]
 	if bf {
 		f = b.k.gemvBF16[m]
 	}
 	b.p.reset().ptr(dp).ptr(xp).ptr(wp).i32(k).i32(n).i32(acc)
-	b.launch(f, grid, block, 0)
+	b.launch(f, dim3{uint32((groups + perBlock - 1) / perBlock), 1, 1}, dim3{uint32(tpr), uint32(perBlock), 1}, 0)
 }
 
-// gemvGroup is the number of threads (32 … 256) that share one output row of a GEMV: one warp
-// when there are rows enough to fill the GPU with blocks (four of 256 threads per SM), more when
-// the matrix is short, as long as each thread keeps at least two 16-byte loads per row.
-func gemvGroup(rows, chunks, sms int) int {
+// gemvGroup is the number of threads (32 … 256) that share one group of output rows of a GEMV
+// (groups of them, rows of chunks 8-element chunks): one warp when there are groups enough to fill
+// the GPU with blocks (four of 256 threads per SM), more when the matrix is short, as long as each
+// thread keeps at least two chunks per row.
+func gemvGroup(groups, chunks, sms int) int {
 	tpr := 32
-	for tpr < gemvThreads && rows*tpr/gemvThreads < 4*sms && chunks >= 4*tpr {
+	for tpr < gemvThreads && groups*tpr/gemvThreads < 4*sms && chunks >= 4*tpr {
 		tpr *= 2
 	}
 	return tpr

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+
+	"github.com/pregate/pregate/compute"
 )
 
 // The kernels, compiled from kernels/kernels.cu by `make ptx` (see kernels/README.md). The driver
@@ -196,8 +198,14 @@ func (d *Device) Info() Info {
 	return Info{Name: d.name, ComputeCapability: d.cc, SMs: d.sms, Memory: d.memory, PeakBandwidth: d.peakBW, Driver: v}
 }
 
-// Backend is the compute.Backend that runs on this device's compute stream.
-func (d *Device) Backend() *Backend { return d.backend }
+// Backend is the compute.Backend that runs on this device's compute stream (a *Backend). The
+// engine loads a model on it; DeviceBuffer.Tensor hands out its tensors.
+func (d *Device) Backend() compute.Backend { return d.backend }
+
+// WaitEvent makes the compute stream wait, on the device, for ev's copy: the ops issued after it
+// run once the copy has landed, and the host does not block. A copy that failed fails the backend
+// (sticky, like an op's failure). Call it from the goroutine that issues the backend's ops.
+func (d *Device) WaitEvent(ev *Event) { d.backend.WaitEvent(ev) }
 
 // Close waits for both streams to drain, stops the event waiter and releases everything the device
 // holds: the backend's memory, the arena, the kernels, the streams and the context. Buffers from

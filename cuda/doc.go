@@ -11,7 +11,8 @@
 // Data flow of an expert: the worker's fetcher reads the blob from the socket straight into a
 // pinned HostBuffer (Bytes is a Go slice over the pinned memory); CopyToDevice enqueues one DMA of
 // it into the expert's DeviceBuffer (a range of the arena) on the copy stream and records an Event;
-// ParseBlob reads the header from the staged bytes and gives the tensors as compute.Tensors over
-// the device buffer; the backend's compute stream waits for the event on the device (WaitEvent)
-// before the expert's first kernel, so the host never blocks on a copy.
+// the worker reads the blob's header from the staged bytes and takes each tensor as
+// DeviceBuffer.Tensor at its offset (a device pointer, no copy); the compute stream can wait for the
+// event on the device (Device.WaitEvent) before the expert's first kernel, so that the host need
+// not block on a copy.
 package cuda

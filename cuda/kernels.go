@@ -11,7 +11,7 @@ import (
 
 // kernels are the functions of kernels/kernels.cu, looked up once when the device opens.
 type kernels struct {
-	gemvBF16 [gemvMaxM + 1]function // [m], m = 1..8: 128-bit loads, k a multiple of 8
+	gemvBF16 [gemvMaxM + 1]function // [m], m = 1..8: 128-bit loads, k a multiple of 8, gemvRows(m) rows per group
 	gemvF32  [gemvMaxM + 1]function
 	gemvScalar,
 	gemmF32, gemmBF16,
@@ -45,9 +45,23 @@ func (k *kernels) table() []kernelEntry {
 		{&k.attention, "attention"},
 	}
 	for i := 1; i <= gemvMaxM; i++ {
-		t = append(t, kernelEntry{&k.gemvBF16[i], fmt.Sprintf("gemv_bf16_m%d", i)}, kernelEntry{&k.gemvF32[i], fmt.Sprintf("gemv_f32_m%d", i)})
+		r := gemvRows(i)
+		t = append(t, kernelEntry{&k.gemvBF16[i], fmt.Sprintf("gemv_bf16_m%dr%d", i, r)}, kernelEntry{&k.gemvF32[i], fmt.Sprintf("gemv_f32_m%dr%d", i, r)})
 	}
 	return t
+}
+
+// gemvRows is the number of output rows a thread group of the decode kernel for m rows of x owns
+// (R in kernels.cu, where each kernel's name carries it): each chunk of x a thread loads serves R
+// weight rows, so that with m > 1 the reads of x do not outnumber the weight bytes.
+func gemvRows(m int) int {
+	switch {
+	case m <= 1:
+		return 1
+	case m <= 3:
+		return 2
+	}
+	return 4
 }
 
 type kernelEntry struct {

@@ -11,8 +11,6 @@ import (
 	"unsafe"
 
 	"github.com/pregate/pregate/compute"
-	"github.com/pregate/pregate/expertstore/blob"
-	"github.com/pregate/pregate/model"
 )
 
 // The worker's side of the device: the expert cache's device memory (an arena), pinned staging
@@ -21,13 +19,15 @@ import (
 // the worker's interfaces are satisfied through a small adapter in the cuda build of cmd/pregate,
 // because a library does not import a daemon package.
 
-// ReserveArena allocates the expert cache's device memory, bytes of it in one cuMemAlloc, from
-// which Alloc carves the experts' buffers. Call it once, before the first Alloc, with the cache's
-// budget.
+// ReserveArena allocates the expert cache's device memory in one cuMemAlloc, from which Alloc
+// carves the experts' buffers. Call it once, before the first Alloc, with the cache's budget: the
+// arena holds that many bytes of buffers, plus room for rounding each buffer up to 256 bytes
+// (arenaSlack), so a cache that keeps its experts within its budget always finds its buffer.
 func (d *Device) ReserveArena(bytes int64) error {
 	if bytes <= 0 {
 		return fmt.Errorf("cuda: expert arena of %d bytes", bytes)
 	}
+	bytes += arenaSlack(bytes)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
@@ -44,6 +44,10 @@ func (d *Device) ReserveArena(bytes int64) error {
 	d.arena = newArena(p, bytes)
 	return nil
 }
+
+// arenaSlack is what an arena for a budget of bytes adds for alignment: 256 bytes for each of up
+// to 4096 buffers, and for one buffer per 1 MiB of budget beyond that (no expert blob is smaller).
+func arenaSlack(bytes int64) int64 { return 1<<20 + bytes/4096 }
 
 // DeviceBuffer is a range of the expert arena.
 type DeviceBuffer struct {
@@ -82,8 +86,10 @@ func (b *DeviceBuffer) HostView() []byte { return nil }
 func (b *DeviceBuffer) Ptr() uint64 { return uint64(b.ptr) }
 
 // Tensor returns the n elements of dt at byte offset off of the buffer as a tensor of the device's
-// Backend: a device pointer into the arena, no copy (worker.DeviceBuffer's contract). The offset
-// must be a multiple of the element size and the elements within the buffer.
+// Backend: a device pointer into the arena, no copy (worker.DeviceBuffer's contract). The worker
+// parses an expert's blob header on the host, from the staging buffer the copy came from, and asks
+// for each tensor at its offset in the blob. The offset must be a multiple of the element size and
+// the elements within the buffer.
 func (b *DeviceBuffer) Tensor(off int64, dt compute.DType, n int) (compute.Tensor, error) {
 	size := int64(dt.Size())
 	if size == 0 {
@@ -93,39 +99,6 @@ func (b *DeviceBuffer) Tensor(off int64, dt compute.DType, n int) (compute.Tenso
 		return compute.Tensor{}, fmt.Errorf("cuda: tensor of %d %s elements at byte %d of a %d-byte device buffer", n, dt, off, b.n)
 	}
 	return compute.NewTensor(&devMem{dev: b.dev, ptr: b.ptr + devptr(off), bytes: int64(n) * size}, dt, 0, n), nil
-}
-
-// BlobTensors parses the blob whose bytes are staged (the host copy that was, or will be, copied
-// into b: the pinned staging buffer) and returns its header and every tensor as a tensor over b, at
-// the same offset in device memory as in staged. Only F32 and BF16 tensors can be computed on;
-// another dtype is an error naming the tensor.
-func (b *DeviceBuffer) BlobTensors(staged []byte) (blob.Header, map[string]compute.Tensor, error) {
-	if int64(len(staged)) > b.n {
-		return blob.Header{}, nil, fmt.Errorf("cuda: a %d-byte blob does not fit a %d-byte device buffer", len(staged), b.n)
-	}
-	h, data, err := blob.Parse(staged)
-	if err != nil {
-		return blob.Header{}, nil, err
-	}
-	start := int64(len(staged) - len(data)) // the data section's offset in the blob
-	ts := make(map[string]compute.Tensor, len(h.Tensors))
-	for _, info := range h.Tensors {
-		var dt compute.DType
-		switch model.DType(info.DType) {
-		case model.F32:
-			dt = compute.F32
-		case model.BF16:
-			dt = compute.BF16
-		default:
-			return blob.Header{}, nil, fmt.Errorf("cuda: blob tensor %q is %s: the device computes on F32 and BF16", info.Name, info.DType)
-		}
-		t, err := b.Tensor(start+info.Offset, dt, int(info.Size/int64(dt.Size())))
-		if err != nil {
-			return blob.Header{}, nil, fmt.Errorf("cuda: blob tensor %q: %w", info.Name, err)
-		}
-		ts[info.Name] = t
-	}
-	return h, ts, nil
 }
 
 // Free returns the range to the arena. The caller must know that no enqueued copy or kernel still

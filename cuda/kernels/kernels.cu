@@ -20,56 +20,61 @@
 // bf16 is a bfloat16's bits; widening is exact.
 __device__ __forceinline__ float bf16(unsigned short b) { return __uint_as_float(((unsigned)b) << 16); }
 
-__device__ __forceinline__ float warp_sum(float v) {
+struct Sum {
+	template <class T>
+	__device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
+};
+
+struct Max {
+	__device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+// warp_reduce combines v over the 32 lanes of the warp; every lane gets the result.
+template <class T, class Op>
+__device__ __forceinline__ T warp_reduce(T v, Op op) {
 #pragma unroll
-	for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+	for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(FULL_MASK, v, o));
 	return v;
 }
 
-__device__ __forceinline__ double warp_sum_d(double v) {
-#pragma unroll
-	for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
-	return v;
-}
-
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-	for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
-	return v;
-}
+__device__ __forceinline__ float warp_sum(float v) { return warp_reduce(v, Sum()); }
 
 // ---------------------------------------------------------------------------------------------
 // Linear, decode shapes (m <= 8): dst[m×n] (+)= x[m×k] · wᵀ, w [n×k] row-major.
 //
 // Memory-bound: every weight byte is read once, so the kernel streams w with 128-bit loads that
-// bypass L1 (__ldcs: evict-first), widens bf16 in registers and keeps m accumulators per thread.
-// A block is blockDim.y row groups of blockDim.x threads (32..256, a multiple of 32) each; a group
-// splits its row's k across its threads (the host picks the group size so that small matrices
-// still fill the GPU), then reduces with warp shuffles and, across warps, shared memory.
+// bypass L1 (__ldcs: evict-first), widens bf16 in registers and accumulates in float32. A block is
+// blockDim.y groups of blockDim.x threads (32..256, a multiple of 32; the host picks the group size
+// so that short matrices still fill the GPU); a group owns R consecutive output rows and splits k
+// across its threads, then reduces with warp shuffles and, across warps, shared memory. Each thread
+// loads a chunk of x (8 values of each of the m rows, from L1/L2) once for its R rows: with m > 1
+// the x reads would otherwise outnumber the weight bytes. R grows with m (gemv_rows below; the
+// kernels' names carry it, so the host cannot launch one with another R in mind).
 // The vector kernels need 16-byte-aligned w and x and k a multiple of 8; gemv_scalar takes the rest.
 
 #define GEMV_THREADS 256
 #define GEMV_MAX_M 8
+#define GEMV_MAX_ACC 32 // M·R
 
-// group_reduce sums acc[0..M) over the blockDim.x threads of this row group; thread x == 0 gets
+// group_reduce sums acc[0..N) over the blockDim.x threads of this row group; thread x == 0 gets
 // the sums. Every thread of the block must call it.
-template <int M>
-__device__ __forceinline__ void group_reduce(float (&acc)[M]) {
-	__shared__ float part[GEMV_THREADS / 32][GEMV_MAX_M];
+template <int N>
+__device__ __forceinline__ void group_reduce(float (&acc)[N]) {
+	__shared__ float part[GEMV_THREADS / 32][GEMV_MAX_ACC];
 #pragma unroll
-	for (int i = 0; i < M; i++) acc[i] = warp_sum(acc[i]);
+	for (int i = 0; i < N; i++) acc[i] = warp_sum(acc[i]);
 	if (blockDim.x == 32) return;
 	int warps = blockDim.x / 32;
 	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 	int slot = threadIdx.y * warps + warp;
 	if (lane == 0) {
 #pragma unroll
-		for (int i = 0; i < M; i++) part[slot][i] = acc[i];
+		for (int i = 0; i < N; i++) part[slot][i] = acc[i];
 	}
 	__syncthreads();
 	if (threadIdx.x == 0) {
 #pragma unroll
-		for (int i = 0; i < M; i++) {
+		for (int i = 0; i < N; i++) {
 			float s = 0.f;
 			for (int w = 0; w < warps; w++) s += part[threadIdx.y * warps + w][i];
 			acc[i] = s;
@@ -77,92 +82,90 @@ __device__ __forceinline__ void group_reduce(float (&acc)[M]) {
 	}
 }
 
-template <int M>
-__device__ __forceinline__ void gemv_store(float *dst, const float (&acc)[M], int row, int n, int accumulate) {
-	if (threadIdx.x != 0 || row >= n) return;
-#pragma unroll
-	for (int i = 0; i < M; i++) {
-		float *d = dst + (size_t)i * n + row;
-		*d = accumulate ? *d + acc[i] : acc[i];
+// load8 reads chunk c of a weight row as 8 floats: 16 bytes of bfloat16, or 32 bytes of float.
+template <bool BF16>
+__device__ __forceinline__ void load8(float (&wf)[8], const void *row, int c) {
+	if (BF16) {
+		uint4 v = __ldcs(reinterpret_cast<const uint4 *>(row) + c);
+		wf[0] = __uint_as_float(v.x << 16);
+		wf[1] = __uint_as_float(v.x & 0xffff0000u);
+		wf[2] = __uint_as_float(v.y << 16);
+		wf[3] = __uint_as_float(v.y & 0xffff0000u);
+		wf[4] = __uint_as_float(v.z << 16);
+		wf[5] = __uint_as_float(v.z & 0xffff0000u);
+		wf[6] = __uint_as_float(v.w << 16);
+		wf[7] = __uint_as_float(v.w & 0xffff0000u);
+	} else {
+		const float4 *p = reinterpret_cast<const float4 *>(row) + 2 * c;
+		float4 a = __ldcs(p), b = __ldcs(p + 1);
+		wf[0] = a.x, wf[1] = a.y, wf[2] = a.z, wf[3] = a.w;
+		wf[4] = b.x, wf[5] = b.y, wf[6] = b.z, wf[7] = b.w;
 	}
 }
 
-// fma8 adds 8 weights times 8 consecutive x values of each of the M rows of x to acc.
-template <int M>
-__device__ __forceinline__ void fma8(float (&acc)[M], const float (&wf)[8], const float *x, int k, int c) {
+// gemv_body: the group of this thread owns rows row0 .. row0+R-1; chunk c is elements 8c .. 8c+7.
+template <int M, int R, bool BF16>
+__device__ __forceinline__ void gemv_body(float *dst, const float *x, const void *w, int k, int n, int accumulate) {
+	int row0 = (blockIdx.x * blockDim.y + threadIdx.y) * R;
+	float acc[M * R];
 #pragma unroll
-	for (int i = 0; i < M; i++) {
-		const float4 *xp = reinterpret_cast<const float4 *>(x + (size_t)i * k) + 2 * c;
-		float4 a = __ldg(xp), b = __ldg(xp + 1);
-		acc[i] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w +
-		          wf[4] * b.x + wf[5] * b.y + wf[6] * b.z + wf[7] * b.w;
+	for (int i = 0; i < M * R; i++) acc[i] = 0.f;
+	size_t esize = BF16 ? 2 : 4;
+	const char *rows[R];
+	bool live[R];
+#pragma unroll
+	for (int r = 0; r < R; r++) {
+		live[r] = row0 + r < n;
+		// A row past the end reads row n-1 again (in bounds) and is not stored.
+		rows[r] = (const char *)w + (size_t)min(row0 + r, n - 1) * k * esize;
 	}
-}
-
-template <int M>
-__device__ __forceinline__ void gemv_bf16_body(float *dst, const float *x, const unsigned short *w, int k, int n, int accumulate) {
-	int row = blockIdx.x * blockDim.y + threadIdx.y;
-	float acc[M];
+	int chunks = k / 8;
+	// Two chunks in flight per row for one row per group; R rows give R loads in flight already.
+#pragma unroll(R == 1 ? 2 : 1)
+	for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+		float wf[R][8];
 #pragma unroll
-	for (int i = 0; i < M; i++) acc[i] = 0.f;
-	if (row < n) {
-		const uint4 *wr = reinterpret_cast<const uint4 *>(w + (size_t)row * k);
-		int chunks = k / 8;
-#pragma unroll 4
-		for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
-			uint4 v = __ldcs(wr + c);
-			float wf[8];
-			wf[0] = __uint_as_float(v.x << 16);
-			wf[1] = __uint_as_float(v.x & 0xffff0000u);
-			wf[2] = __uint_as_float(v.y << 16);
-			wf[3] = __uint_as_float(v.y & 0xffff0000u);
-			wf[4] = __uint_as_float(v.z << 16);
-			wf[5] = __uint_as_float(v.z & 0xffff0000u);
-			wf[6] = __uint_as_float(v.w << 16);
-			wf[7] = __uint_as_float(v.w & 0xffff0000u);
-			fma8<M>(acc, wf, x, k, c);
+		for (int r = 0; r < R; r++) load8<BF16>(wf[r], rows[r], c);
+#pragma unroll
+		for (int i = 0; i < M; i++) {
+			const float4 *xp = reinterpret_cast<const float4 *>(x + (size_t)i * k) + 2 * c;
+			float4 a = __ldg(xp), b = __ldg(xp + 1);
+#pragma unroll
+			for (int r = 0; r < R; r++)
+				acc[i * R + r] += wf[r][0] * a.x + wf[r][1] * a.y + wf[r][2] * a.z + wf[r][3] * a.w +
+				                  wf[r][4] * b.x + wf[r][5] * b.y + wf[r][6] * b.z + wf[r][7] * b.w;
 		}
 	}
-	group_reduce<M>(acc);
-	gemv_store<M>(dst, acc, row, n, accumulate);
-}
-
-template <int M>
-__device__ __forceinline__ void gemv_f32_body(float *dst, const float *x, const float *w, int k, int n, int accumulate) {
-	int row = blockIdx.x * blockDim.y + threadIdx.y;
-	float acc[M];
+	group_reduce<M * R>(acc);
+	if (threadIdx.x != 0) return;
 #pragma unroll
-	for (int i = 0; i < M; i++) acc[i] = 0.f;
-	if (row < n) {
-		const float4 *wr = reinterpret_cast<const float4 *>(w + (size_t)row * k);
-		int chunks = k / 8;
-#pragma unroll 2
-		for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
-			float4 a = __ldcs(wr + 2 * c), b = __ldcs(wr + 2 * c + 1);
-			float wf[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-			fma8<M>(acc, wf, x, k, c);
+	for (int r = 0; r < R; r++) {
+		if (!live[r]) continue;
+#pragma unroll
+		for (int i = 0; i < M; i++) {
+			float *d = dst + (size_t)i * n + row0 + r;
+			*d = accumulate ? *d + acc[i * R + r] : acc[i * R + r];
 		}
 	}
-	group_reduce<M>(acc);
-	gemv_store<M>(dst, acc, row, n, accumulate);
 }
 
-#define GEMV_KERNELS(M) \
-	extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_bf16_m##M(float *dst, const float *x, const unsigned short *w, int k, int n, int accumulate) { \
-		gemv_bf16_body<M>(dst, x, w, k, n, accumulate); \
+// The decode kernels: gemv_{bf16,f32}_m<M>r<R>, R = 1 for m = 1, 2 for m = 2..3, 4 for m >= 4.
+#define GEMV_KERNELS(M, R) \
+	extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_bf16_m##M##r##R(float *dst, const float *x, const unsigned short *w, int k, int n, int accumulate) { \
+		gemv_body<M, R, true>(dst, x, w, k, n, accumulate); \
 	} \
-	extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_f32_m##M(float *dst, const float *x, const float *w, int k, int n, int accumulate) { \
-		gemv_f32_body<M>(dst, x, w, k, n, accumulate); \
+	extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_f32_m##M##r##R(float *dst, const float *x, const float *w, int k, int n, int accumulate) { \
+		gemv_body<M, R, false>(dst, x, w, k, n, accumulate); \
 	}
 
-GEMV_KERNELS(1)
-GEMV_KERNELS(2)
-GEMV_KERNELS(3)
-GEMV_KERNELS(4)
-GEMV_KERNELS(5)
-GEMV_KERNELS(6)
-GEMV_KERNELS(7)
-GEMV_KERNELS(8)
+GEMV_KERNELS(1, 1)
+GEMV_KERNELS(2, 2)
+GEMV_KERNELS(3, 2)
+GEMV_KERNELS(4, 4)
+GEMV_KERNELS(5, 4)
+GEMV_KERNELS(6, 4)
+GEMV_KERNELS(7, 4)
+GEMV_KERNELS(8, 4)
 
 // gemv_scalar is the decode Linear for any alignment and k: one element per load. bf16 != 0 reads
 // w as bfloat16.
@@ -265,32 +268,19 @@ extern "C" __global__ void __launch_bounds__(256) gemm_bf16(float *C, const floa
 
 #define ROW_THREADS 256
 
-__device__ __forceinline__ double block_sum_d(double v) {
-	__shared__ double s[ROW_THREADS / 32];
-	__shared__ double total;
-	v = warp_sum_d(v);
+// block_reduce combines v over the block's threads (a multiple of 32, at most ROW_THREADS); every
+// thread gets the result. Each instantiation has its own shared memory, so a kernel may use two.
+template <class T, class Op>
+__device__ __forceinline__ T block_reduce(T v, Op op) {
+	__shared__ T part[ROW_THREADS / 32];
+	__shared__ T total;
+	v = warp_reduce(v, op);
 	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-	if (lane == 0) s[warp] = v;
+	if (lane == 0) part[warp] = v;
 	__syncthreads();
 	if (threadIdx.x == 0) {
-		double t = 0;
-		for (int w = 0; w < (int)blockDim.x / 32; w++) t += s[w];
-		total = t;
-	}
-	__syncthreads();
-	return total;
-}
-
-__device__ __forceinline__ float block_max(float v) {
-	__shared__ float s[ROW_THREADS / 32];
-	__shared__ float total;
-	v = warp_max(v);
-	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-	if (lane == 0) s[warp] = v;
-	__syncthreads();
-	if (threadIdx.x == 0) {
-		float t = s[0];
-		for (int w = 1; w < (int)blockDim.x / 32; w++) t = fmaxf(t, s[w]);
+		T t = part[0];
+		for (int w = 1; w < (int)blockDim.x / 32; w++) t = op(t, part[w]);
 		total = t;
 	}
 	__syncthreads();
@@ -308,7 +298,7 @@ extern "C" __global__ void __launch_bounds__(ROW_THREADS) rmsnorm(float *dst, co
 		double v = xr[i];
 		s += v * v;
 	}
-	s = block_sum_d(s);
+	s = block_reduce(s, Sum());
 	float mean = (float)(s / d);
 	float inv = (float)(1.0 / sqrt((double)__fadd_rn(mean, eps)));
 	for (int i = threadIdx.x; i < d; i += blockDim.x) dr[i] = __fmul_rn(w[i], __fmul_rn(xr[i], inv));
@@ -320,14 +310,14 @@ extern "C" __global__ void __launch_bounds__(ROW_THREADS) softmax_rows(float *x,
 	float *xr = x + (size_t)blockIdx.x * n;
 	float mx = -INFINITY;
 	for (int i = threadIdx.x; i < n; i += blockDim.x) mx = fmaxf(mx, xr[i]);
-	mx = block_max(mx);
+	mx = block_reduce(mx, Max());
 	double s = 0;
 	for (int i = threadIdx.x; i < n; i += blockDim.x) {
 		float e = (float)exp((double)__fsub_rn(xr[i], mx));
 		xr[i] = e;
 		s += e;
 	}
-	s = block_sum_d(s);
+	s = block_reduce(s, Sum());
 	double inv = 1.0 / s;
 	for (int i = threadIdx.x; i < n; i += blockDim.x) xr[i] = (float)((double)xr[i] * inv);
 }

@@ -1,21 +1,167 @@
-// A fake CUDA driver (libcuda.so.1) for testing the cuda package's host side on a machine without a
-// GPU: TestFakeDriver builds it and runs the device tests that need no kernel results against it.
+// A fake CUDA driver (libcuda.so.1) for testing the cuda package on a machine without a GPU:
+// TestFakeDriver builds it and runs the device tests, the conformance suite included, against it.
 //
 // "Device memory" is host memory (a CUdeviceptr is the address of a malloc'd block), copies are
-// memcpy, streams run everything at once, and kernel launches only check their arguments (the
-// kernels do not run: tests that read kernel results run only on a real GPU). It checks what a real
-// driver would refuse: a call without the primary context current, unknown handles, launches with
-// a NULL parameter array, frees of pointers it did not allocate, events waited on before they are
-// recorded.
+// memcpy, streams run everything at once, and a kernel launch runs the kernel of
+// ../kernels/kernels.cu on the CPU (cudaemu.h: a host thread per CUDA thread), with the launch's
+// grid, block and parameters. It checks what a real driver would refuse: a call without the primary
+// context current, unknown handles, launch shapes out of range, frees of pointers it did not
+// allocate, copies outside an allocation, events waited on before they are recorded.
 //
 // Built with the cuda.h of the toolchain, so every function has the real prototype and the
-// ABI-versioned name the header maps it to (cuMemAlloc is defined as cuMemAlloc_v2).
+// ABI-versioned name the header maps it to (cuMemAlloc is defined as cuMemAlloc_v2):
+//
+//	c++ -std=c++20 -O1 -U_FORTIFY_SOURCE -shared -fPIC -ffp-contract=off -Wno-unknown-pragmas -I<cuda include> -o libcuda.so.1 fakecuda.cc
+//
+// (-U_FORTIFY_SOURCE: its longjmp refuses to jump to another stack, which is what a fiber switch is.)
+//
+// (-Wno-unknown-pragmas: the kernels' #pragma unroll.)
 
 #include <cuda.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <setjmp.h>
+#include <ucontext.h>
+
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cudaemu.h"
+
+// The kernels, compiled for the CPU; hidden, so only the driver API is exported.
+#pragma GCC visibility push(hidden)
+#include "../kernels/kernels.cu"
+
+namespace cudaemu {
+dim3 gridDim, blockDim, blockIdx, threadIdx;
+double lanes[1024];
+int current;
+
+// The fibers: one per CUDA thread of a block (up to 1024), each on its own stack, started once
+// (makecontext) and afterwards switched with _setjmp/_longjmp, which make no system call.
+struct fiber {
+	jmp_buf ctx;
+	wait state;
+	std::vector<char> stack;
+};
+static fiber fibers[1024];
+static int started; // fibers[0 .. started) exist
+static jmp_buf scheduler;
+static ucontext_t boot, boot_return;
+
+using Launcher = std::function<void(void **)>;
+static const Launcher *launch_f;
+static void **launch_kp;
+
+void yield(wait w) {
+	fibers[current].state = w;
+	if (!_setjmp(fibers[current].ctx)) _longjmp(scheduler, 1);
+}
+
+// fiber_main is a fiber's whole life: run the kernel once per block it is resumed for.
+static void fiber_main(int t) {
+	fibers[t].state = DONE;
+	if (!_setjmp(fibers[t].ctx)) swapcontext(&boot, &boot_return); // started: back to start()
+	for (;;) {
+		(*launch_f)(launch_kp);
+		yield(DONE);
+	}
+}
+
+static void start(int t) {
+	fibers[t].stack.resize(256 << 10);
+	getcontext(&boot);
+	boot.uc_stack.ss_sp = fibers[t].stack.data();
+	boot.uc_stack.ss_size = fibers[t].stack.size();
+	boot.uc_link = nullptr;
+	makecontext(&boot, (void (*)())fiber_main, 1, t);
+	swapcontext(&boot_return, &boot);
+}
+
+static void resume(int t) {
+	current = t;
+	threadIdx = {t % blockDim.x, t / blockDim.x % blockDim.y, t / (blockDim.x * blockDim.y)};
+	if (!_setjmp(scheduler)) _longjmp(fibers[t].ctx, 1);
+}
+
+// run_block runs every thread of the block to its end, releasing the waits as they fill: a warp's
+// when its 32 threads wait at a shuffle, the block's when every thread waits at __syncthreads.
+static void run_block(int n) {
+	for (int t = 0; t < n; t++) fibers[t].state = RUN;
+	for (;;) {
+		bool ran = false;
+		for (int t = 0; t < n; t++)
+			if (fibers[t].state == RUN) {
+				ran = true;
+				resume(t);
+			}
+		if (ran) continue;
+		bool released = false;
+		for (int w = 0; w * 32 < n; w++) {
+			bool all = true;
+			for (int l = w * 32; l < w * 32 + 32 && l < n; l++) all = all && fibers[l].state == WAIT_WARP;
+			if (all)
+				for (int l = w * 32; l < w * 32 + 32 && l < n; l++) fibers[l].state = RUN, released = true;
+		}
+		if (released) continue;
+		int waiting = 0, done = 0;
+		for (int t = 0; t < n; t++) waiting += fibers[t].state == WAIT_BLOCK, done += fibers[t].state == DONE;
+		if (done == n) return;
+		if (waiting + done < n || waiting == 0) {
+			fprintf(stderr, "fakecuda: the threads of a block wait for each other at different points (a deadlock on a GPU)\n");
+			abort();
+		}
+		for (int t = 0; t < n; t++)
+			if (fibers[t].state == WAIT_BLOCK) fibers[t].state = RUN;
+	}
+}
+
+// A kernel launcher reads each parameter from kernelParams as the kernel's own parameter type.
+
+template <class... A, size_t... I>
+void call(void (*f)(A...), void **kp, std::index_sequence<I...>) {
+	f(*static_cast<A *>(kp[I])...);
+}
+
+template <class... A>
+Launcher launcher(void (*f)(A...)) {
+	return [f](void **kp) { call(f, kp, std::index_sequence_for<A...>{}); };
+}
+
+#define K(name) {#name, launcher(name)}
+static const std::map<std::string, Launcher> kernels = {
+	K(gemv_bf16_m1r1), K(gemv_f32_m1r1), K(gemv_bf16_m2r2), K(gemv_f32_m2r2), K(gemv_bf16_m3r2), K(gemv_f32_m3r2),
+	K(gemv_bf16_m4r4), K(gemv_f32_m4r4), K(gemv_bf16_m5r4), K(gemv_f32_m5r4), K(gemv_bf16_m6r4), K(gemv_f32_m6r4),
+	K(gemv_bf16_m7r4), K(gemv_f32_m7r4), K(gemv_bf16_m8r4), K(gemv_f32_m8r4),
+	K(gemv_scalar), K(gemm_f32), K(gemm_bf16), K(rmsnorm), K(softmax_rows), K(relu), K(gelu_tanh), K(silu),
+	K(mul), K(add), K(scale), K(rope), K(embed), K(gather_rows), K(scatter_add_rows), K(attention),
+};
+#undef K
+
+// run executes a launch: the blocks in order.
+static void run(const Launcher &f, dim3 grid, dim3 block, void **kp) {
+	int n = block.x * block.y * block.z;
+	while (started < n) start(started++);
+	gridDim = grid;
+	blockDim = block;
+	launch_f = &f;
+	launch_kp = kp;
+	for (unsigned z = 0; z < grid.z; z++)
+		for (unsigned y = 0; y < grid.y; y++)
+			for (unsigned x = 0; x < grid.x; x++) {
+				blockIdx = {x, y, z};
+				run_block(n);
+			}
+}
+} // namespace cudaemu
+#pragma GCC visibility pop
 
 #define MAX_ALLOCS 65536
 
@@ -30,7 +176,10 @@ static CUresult need_ctx(void) {
 	return current == (CUcontext)&ctx_token ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
 }
 
+static std::mutex allocs_mu; // the waiter goroutine's thread and the test's may both call in
+
 static int track(void *p) {
+	std::lock_guard<std::mutex> lock(allocs_mu);
 	for (int i = 0; i < MAX_ALLOCS; i++)
 		if (allocs[i] == NULL) {
 			allocs[i] = p;
@@ -40,6 +189,7 @@ static int track(void *p) {
 }
 
 static int untrack(void *p) {
+	std::lock_guard<std::mutex> lock(allocs_mu);
 	for (int i = 0; i < MAX_ALLOCS; i++)
 		if (allocs[i] == p) {
 			allocs[i] = NULL;
@@ -50,8 +200,9 @@ static int untrack(void *p) {
 
 // is_alloc reports whether [p, p+n) lies within one live allocation (sizes are kept in a header).
 static int is_alloc(const void *p, size_t n) {
+	std::lock_guard<std::mutex> lock(allocs_mu);
 	for (int i = 0; i < MAX_ALLOCS; i++) {
-		char *base = allocs[i];
+		char *base = (char *)allocs[i];
 		if (base == NULL) continue;
 		size_t size = *(size_t *)(base - 256);
 		if ((const char *)p >= base && (const char *)p + n <= base + size) return 1;
@@ -60,7 +211,7 @@ static int is_alloc(const void *p, size_t n) {
 }
 
 static void *alloc(size_t n) {
-	char *raw = aligned_alloc(256, 256 + ((n + 255) / 256) * 256);
+	char *raw = (char *)aligned_alloc(256, 256 + ((n + 255) / 256) * 256);
 	if (raw == NULL) return NULL;
 	*(size_t *)raw = n;
 	memset(raw + 256, 0xcd, n < (64 << 20) ? n : 4096); // device memory is not zeroed
@@ -166,7 +317,7 @@ CUresult cuStreamCreate(CUstream *s, unsigned int flags) {
 	CUresult r = need_ctx();
 	if (r != CUDA_SUCCESS) return r;
 	if (flags != CU_STREAM_NON_BLOCKING) return CUDA_ERROR_INVALID_VALUE;
-	int *p = malloc(sizeof(int));
+	int *p = (int *)malloc(sizeof(int));
 	*p = stream_token;
 	*s = (CUstream)p;
 	return CUDA_SUCCESS;
@@ -190,7 +341,7 @@ CUresult cuStreamSynchronize(CUstream s) {
 CUresult cuEventCreate(CUevent *e, unsigned int flags) {
 	CUresult r = need_ctx();
 	if (r != CUDA_SUCCESS) return r;
-	int *p = malloc(sizeof(int));
+	int *p = (int *)malloc(sizeof(int));
 	*p = event_token;
 	*e = (CUevent)p;
 	return CUDA_SUCCESS;
@@ -295,15 +446,15 @@ CUresult cuMemsetD32Async(CUdeviceptr dst, unsigned int v, size_t n, CUstream s)
 CUresult cuModuleLoadData(CUmodule *m, const void *image) {
 	CUresult r = need_ctx();
 	if (r != CUDA_SUCCESS) return r;
-	if (strstr(image, ".version") == NULL || strstr(image, ".target sm_90") == NULL) return CUDA_ERROR_INVALID_IMAGE;
-	*m = (CUmodule)strdup(image);
+	if (strstr((const char *)image, ".version") == NULL || strstr((const char *)image, ".target sm_90") == NULL) return CUDA_ERROR_INVALID_IMAGE;
+	*m = (CUmodule)strdup((const char *)image);
 	return CUDA_SUCCESS;
 }
 
 CUresult cuModuleUnload(CUmodule m) {
 	CUresult r = need_ctx();
 	if (r != CUDA_SUCCESS) return r;
-	free(m);
+	free((void *)m);
 	return CUDA_SUCCESS;
 }
 
@@ -313,7 +464,9 @@ CUresult cuModuleGetFunction(CUfunction *f, CUmodule m, const char *name) {
 	char entry[256];
 	snprintf(entry, sizeof entry, ".entry %s(", name);
 	if (strstr((const char *)m, entry) == NULL) return CUDA_ERROR_NOT_FOUND;
-	*f = (CUfunction)strdup(name);
+	auto k = cudaemu::kernels.find(name);
+	if (k == cudaemu::kernels.end()) return CUDA_ERROR_NOT_FOUND;
+	*f = (CUfunction)&k->second;
 	return CUDA_SUCCESS;
 }
 
@@ -324,5 +477,6 @@ CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, uns
 	if (f == NULL || !is_stream(s) || params == NULL || extra != NULL) return CUDA_ERROR_INVALID_VALUE;
 	if (gx == 0 || gy == 0 || gz == 0 || gy > 65535 || gz > 65535) return CUDA_ERROR_INVALID_VALUE;
 	if (bx * by * bz == 0 || bx * by * bz > 1024 || shmem > 48 * 1024) return CUDA_ERROR_INVALID_VALUE;
+	cudaemu::run(*(const cudaemu::Launcher *)f, {gx, gy, gz}, {bx, by, bz}, params);
 	return CUDA_SUCCESS;
 }
