@@ -13,6 +13,8 @@
 #   8. bin/pregate-cuda --device cuda on this host (no driver): exit 1 with a clear message, no panic
 #   9. scripts/gpu-check.sh's dry run (GPU_CHECK_DRY_RUN=1) on that bundle: every step on the CPU at
 #      small shapes, so its parsing and table code runs here
+#  10. the dry run's goldens, cluster and device steps with --device cuda:0 on the cuda package's fake
+#      driver: the whole cuda path end to end, ids exact in every mode
 # Each step prints its time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -119,6 +121,19 @@ done
 python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["dry_run"] and r["steps"], r' "$dry/results.json" ||
 	fail "the dry run's results.json is not what gpu-check writes"
 rm -rf "$dry"
+
+step "gpu-check on the fake driver"
+# The cuda package's fake libcuda.so.1 runs the kernels on the CPU: the goldens through generate
+# and every mode of a one-process cluster then go through the whole cuda path (the worker's
+# accelerator, the arena, pinned staging, the copy stream, the backend's kernels) on this host.
+[ -f cuda/testdata/fakecuda.cc ] || fail "cuda/testdata/fakecuda.cc (the cuda package's fake driver) is missing"
+fake=$(mktemp -d)
+${CXX:-g++} -I"$PREGATE_CUDA_CACHE/usr/include" -std=c++20 -O1 -U_FORTIFY_SOURCE -shared -fPIC -ffp-contract=off \
+	-o "$fake/libcuda.so.1" cuda/testdata/fakecuda.cc
+LD_LIBRARY_PATH=$fake PREGATE_CUDA_FAKE=1 GPU_CHECK_DRY_RUN=1 GPU_CHECK_DEVICE=cuda:0 \
+	GPU_CHECK_STEPS=unpack,goldens,cluster,device GPU_BUNDLE=bin/gpu-ci OUT="$fake/out" ./scripts/gpu-check.sh >/dev/null
+grep -q '"device": "cuda:0 ' "$fake/out/results.json" || fail "the fake-driver run did not run on the cuda device"
+rm -rf "$fake"
 
 step ""
 printf 'ci-cuda: %-40s %6.1f s\n' "total" "$(awk -v a="$(date +%s.%N)" -v b="$t_all" 'BEGIN{print a-b}')"

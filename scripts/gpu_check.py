@@ -24,7 +24,9 @@ Every step is bounded in time, and steps are skipped once the whole run nears GP
 (default 450 s: the machine's run is limited to 8 minutes).
 
 GPU_CHECK_DRY_RUN=1 runs every step with --device cpu at small shapes (the CPU build works too), so
-CI exercises the parsing and table code here (scripts/ci-cuda.sh).
+CI exercises the parsing and table code here (scripts/ci-cuda.sh); with GPU_CHECK_DEVICE=cuda:0 and
+the cuda package's fake driver on LD_LIBRARY_PATH (cuda/testdata/fakecuda.cc: the kernels run on the
+CPU), CI also runs the goldens, the cluster and the device steps through the whole cuda path.
 """
 
 import json
@@ -465,7 +467,7 @@ def markdown(res):
     L = []
     m = res["machine"]
     dev = res["device"]
-    L.append(f"# GPU check{' (DRY RUN: --device cpu, small shapes)' if res['dry_run'] else ''} — {res['started']}")
+    L.append(f"# GPU check{f' (DRY RUN: --device {dev}, small shapes)' if res['dry_run'] else ''} — {res['started']}")
     L.append("")
     L.append(f"- device: `{dev}`; GPUs: {', '.join(m.get('gpus', [])) or 'none listed'}")
     tv = m.get("torch", {})
