@@ -11,10 +11,44 @@ PROTOC_GEN_GO_VERSION      ?= v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION ?= v1.6.2
 TOOLS := $(CURDIR)/bin/tools
 
-.PHONY: build demo demo-generate proto test test-short test-race test-race-ci test-e2e fuzz bench bench-decode bench-bf16 lint verify deps clean docker helm-lint helm-test
+.PHONY: build build-cuda ptx gpu-bundle ci-cuda demo demo-generate proto test test-short test-race test-race-ci test-e2e fuzz bench bench-decode bench-bf16 lint verify deps clean docker helm-lint helm-test
 
 build: deps
 	$(GO) build -o $(BIN) ./cmd/pregate
+
+# The CUDA build (issue 14; docs/BENCHMARKS.md "GPU"). scripts/cuda-toolchain.sh fetches nvcc, ptxas,
+# cuda.h and the stub libcuda.so from Debian's non-free packages into ~/.cache/pregate-cuda once
+# (~40 s) and prints the environment. The binary needs no CUDA library at build time beyond cuda.h,
+# and loads the driver (libcuda.so.1) when a device is opened.
+CUDA_ENV   = eval "$$(./scripts/cuda-toolchain.sh)" &&
+CUDA_BIN  ?= bin/pregate-cuda
+CUDA_TAGS ?= cuda
+# The kernels: each cuda/kernels/NAME.cu becomes cuda/ptx/NAME_sm80.ptx and NAME_sm90.ptx
+# (committed, embedded, loaded with cuModuleLoadData; cuda/kernels/README.md). PTX_DIR lets CI
+# regenerate elsewhere and compare.
+PTX_DIR   ?= cuda/ptx
+PTX_ARCHS ?= 80 90
+KERNELS   := $(wildcard cuda/kernels/*.cu)
+# The GPU machine's bundle (scripts/gpu-check.sh runs it): stripped binaries built without OpenBLAS
+# (purego: that machine has no libopenblas), so they need only glibc and the driver.
+GPU_BUNDLE ?= bin/gpu
+GPU_TAGS   ?= cuda purego
+
+build-cuda: deps
+	$(CUDA_ENV) $(GO) build -tags '$(CUDA_TAGS)' -o $(CUDA_BIN) ./cmd/pregate
+
+ptx:
+	@$(CUDA_ENV) set -e; mkdir -p $(PTX_DIR); for k in $(KERNELS); do n=$$(basename $$k .cu); \
+		for a in $(PTX_ARCHS); do echo "nvcc $$k -> $(PTX_DIR)/$${n}_sm$$a.ptx"; \
+			nvcc $$PREGATE_NVCC_FLAGS -ptx -O3 -arch=compute_$$a -o $(PTX_DIR)/$${n}_sm$$a.ptx $$k; done; done
+
+gpu-bundle:
+	$(CUDA_ENV) GPU_TAGS='$(GPU_TAGS)' ./scripts/gpu-bundle.sh $(GPU_BUNDLE)
+
+# What .ci/run runs for the cuda path: vet, link, ptxas on every committed PTX, `make ptx` without a
+# diff, the default build free of CUDA, gpu-check.sh's dry run.
+ci-cuda:
+	./scripts/ci-cuda.sh
 
 # The main job: a whole cluster in one process (embedded etcd, coordinator, 3 stores, a worker in
 # speculative mode) serving a synthesised model on http://127.0.0.1:8000 until Ctrl-C.

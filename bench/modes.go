@@ -56,6 +56,10 @@ type ModesOptions struct {
 	LinkGbps                     float64
 	Regime                       string
 	Threads                      int
+	// Device names the workers' device ("cpu" when empty); OpenAccelerator, when set, opens the
+	// GPU each mode's worker runs on (worker.Config's fields of those names).
+	Device          string
+	OpenAccelerator func(cacheBytes int64) (worker.Accelerator, error)
 	// Rounds is how many times the modes run, interleaved (resident, ondemand, …, then again);
 	// the result reports medians and spreads over rounds. Default 3.
 	Rounds int
@@ -627,6 +631,9 @@ func runMode(ctx context.Context, lc *cluster.Local, o ModesOptions, name string
 	wm, noAhead := workerMode(m)
 	wc.Name, wc.EtcdEndpoints, wc.Model, wc.Mode, wc.NoStepAhead = "bench-"+string(m), lc.EtcdEndpoints(), name, wm, noAhead
 	wc.ExpertCache, wc.HTTPAddr, wc.DataDir, wc.Threads = budget, "127.0.0.1:0", filepath.Join(o.Dir, "worker"), o.Threads
+	if o.Device != "" {
+		wc.Device, wc.OpenAccelerator = o.Device, o.OpenAccelerator
+	}
 	rec := newRecorder()
 	wc.Tracer, wc.Logger = rec, o.Logger
 	if link > 0 {

@@ -247,3 +247,11 @@ func (e *cpuEvent) complete(err error) {
 
 func (e *cpuEvent) Done() <-chan struct{} { return e.done }
 func (e *cpuEvent) Err() error            { return e.err }
+
+// Accelerator is a GPU as a worker uses it: the Device its expert cache and staging buffers live
+// on, which also runs the engine (ComputeDevice; package cuda's, through cmd/pregate's cuda build).
+// The worker opens it through Config.OpenAccelerator and closes it as its Device.
+type Accelerator interface {
+	Device
+	ComputeDevice
+}

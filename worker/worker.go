@@ -55,7 +55,11 @@ type Config struct {
 	EtcdEndpoints []string // required
 	Model         string   // the model's name in the cluster
 	Mode          Mode
-	Device        string // "cpu" (the only device of a build without the cuda tag)
+	Device        string // "cpu", or the GPU OpenAccelerator opens ("cuda:0")
+	// OpenAccelerator, when set, opens the GPU the worker computes on and keeps its expert cache
+	// (cacheBytes of device memory) in; the worker closes it. cmd/pregate sets it for --device
+	// cuda[:N] in a build with -tags cuda. nil: the CPU.
+	OpenAccelerator func(cacheBytes int64) (Accelerator, error)
 	// ExpertCache is the device memory for experts, in bytes.
 	ExpertCache int64
 	// Staging is the number of pinned staging buffers (fetches in flight).
@@ -141,8 +145,8 @@ func (c Config) Validate() error {
 		return errors.New("worker: config: no etcd endpoints")
 	case c.Model == "":
 		return errors.New("worker: config: no model")
-	case c.Device != "cpu":
-		return fmt.Errorf("worker: config: device %q: this build has only the cpu device (build with -tags cuda for GPUs)", c.Device)
+	case c.Device != "cpu" && c.OpenAccelerator == nil:
+		return fmt.Errorf("worker: config: device %q without an accelerator to open (only cpu is built in; GPUs: a build with -tags cuda)", c.Device)
 	case c.EtcdGiveUp <= 0:
 		return fmt.Errorf("worker: config: etcd give-up %v", c.EtcdGiveUp)
 	case c.ExpertCache <= 0 || c.DataDir == "":
@@ -229,9 +233,11 @@ func New(cfg Config) (w *Worker, err error) {
 		w.log = slog.New(slog.DiscardHandler)
 	}
 	w.log = w.log.With("component", "worker", "node", cfg.Name)
+	// The error returns give w = nil: the cleanup holds on to the worker being built.
+	building := w
 	defer func() {
 		if err != nil {
-			w.closeAll()
+			building.closeAll()
 		}
 	}()
 	w.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -254,7 +260,13 @@ func New(cfg Config) (w *Worker, err error) {
 			return nil, err
 		}
 	}
-	w.dev = NewCPU()
+	if cfg.OpenAccelerator == nil {
+		w.dev = NewCPU()
+	} else {
+		if w.dev, err = cfg.OpenAccelerator(cfg.ExpertCache); err != nil {
+			return nil, fmt.Errorf("worker: device %s: %w", cfg.Device, err)
+		}
+	}
 	ccfg := client.DefaultConfig()
 	ccfg.AttemptTimeout = cfg.FetchAttemptTimeout
 	ccfg.Logger = w.log

@@ -28,6 +28,7 @@ func newBenchCmd() *cobra.Command {
 		output   string
 		plotFile string
 		lv       string
+		device   string
 	)
 	cmd := &cobra.Command{
 		Use:   "bench [--model DIR | --preset switch-base-8] [--regime paper|pcie4|rdma100|tcp25 | --link-gbps X] -o table|json [--plot FILE.png]",
@@ -48,6 +49,15 @@ func newBenchCmd() *cobra.Command {
 				}
 				o.Modes = append(o.Modes, mode)
 			}
+			spec, err := parseDevice(device)
+			if err != nil {
+				return err
+			}
+			wc := worker.DefaultConfig()
+			if err := setWorkerDevice(&wc, spec); err != nil {
+				return err
+			}
+			o.Device, o.OpenAccelerator = wc.Device, wc.OpenAccelerator
 			dt, err := model.ParseDType(strings.ToUpper(dtype))
 			if err != nil {
 				return err
@@ -96,13 +106,14 @@ func newBenchCmd() *cobra.Command {
 	f.Float64Var(&o.LinkGbps, "link-gbps", 0, "store → worker link speed in Gb/s, as is (overrides --regime)")
 	f.StringVar(&o.Regime, "regime", "", "paper (f ≈ 0.5c), or pcie4, rdma100, tcp25 scaled by this CPU's speed relative to an A100 (default paper)")
 	f.IntVar(&o.Threads, "threads", 0, "compute threads (0: all cores)")
+	f.StringVar(&device, "device", "cpu", "the workers' device: "+deviceFlagUsage)
 	f.BoolVar(&o.StepAheadBaseline, "step-ahead-baseline", false, "also run pregated without the step-ahead prefetch of each step's first MoE block (row pregated-no-ahead), in the same rounds")
 	f.IntVar(&o.Rounds, "rounds", 3, "rounds of the modes, interleaved (resident, ondemand, …, then again); ratios are medians over rounds")
 	f.StringVar(&o.Dir, "work-dir", "", "where models and cluster data go (default: a temporary directory, removed after)")
 	f.StringVarP(&output, "output", "o", "table", "table or json")
 	f.StringVar(&plotFile, "plot", "", "write a PNG chart of block latency per mode")
 	f.StringVar(&lv, "log-level", "error", "debug, info, warn or error")
-	cmd.AddCommand(newBenchFetchCmd(), newBenchServeCmd())
+	cmd.AddCommand(newBenchFetchCmd(), newBenchServeCmd(), newBenchDeviceCmd())
 	return cmd
 }
 

@@ -29,7 +29,8 @@ type generateStats struct {
 	PrefillSeconds        float64 `json:"prefill_seconds"`
 	DecodeTokensPerSecond float64 `json:"decode_tokens_per_second"`
 	DecodeTokens          int     `json:"decode_tokens"`
-	Threads               int     `json:"threads"`
+	Threads               int     `json:"threads,omitempty"` // the CPU backend's
+	Device                string  `json:"device"`
 }
 
 func newGenerateCmd() *cobra.Command {
@@ -40,11 +41,12 @@ func newGenerateCmd() *cobra.Command {
 		maxNew    int
 		ignoreEOS bool
 		threads   int
+		device    string
 		output    string
 	)
 	cmd := &cobra.Command{
 		Use:   "generate --model DIR (--prompt-ids \"3 17 42\" | --prompt TEXT)... --max-new-tokens N",
-		Short: "Greedy-decode token ids (or text, with the checkpoint's tokenizer) with a local checkpoint on the CPU",
+		Short: "Greedy-decode token ids (or text, with the checkpoint's tokenizer) with a local checkpoint on the CPU or a GPU",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if output != "json" && output != "text" {
@@ -55,6 +57,10 @@ func newGenerateCmd() *cobra.Command {
 			}
 			if maxNew < 0 {
 				return fmt.Errorf("--max-new-tokens %d: want >= 0", maxNew)
+			}
+			spec, err := parseDevice(device)
+			if err != nil {
+				return err
 			}
 			var ids [][]int
 			for _, p := range prompts {
@@ -88,9 +94,12 @@ func newGenerateCmd() *cobra.Command {
 			if err := ckpt.Validate(); err != nil {
 				return err
 			}
-			cpu := compute.NewCPU(threads)
-			defer cpu.Close()
-			m, err := engine.Load(ckpt, cpu, engine.Options{})
+			be, devName, release, err := openBackend(spec, threads)
+			if err != nil {
+				return err
+			}
+			defer release()
+			m, err := engine.Load(ckpt, be, engine.Options{})
 			if err != nil {
 				return err
 			}
@@ -101,7 +110,10 @@ func newGenerateCmd() *cobra.Command {
 				return err
 			}
 			out := generateOutput{Stats: generateStats{LoadSeconds: load, PrefillSeconds: st.PrefillSeconds,
-				DecodeTokensPerSecond: st.DecodeTokensPerSecond(), DecodeTokens: st.DecodeTokens, Threads: cpu.Threads()}}
+				DecodeTokensPerSecond: st.DecodeTokensPerSecond(), DecodeTokens: st.DecodeTokens, Device: devName}}
+			if cpu, ok := be.(*compute.CPU); ok {
+				out.Stats.Threads = cpu.Threads()
+			}
 			for _, r := range res {
 				gr := generateResult{PromptIDs: r.PromptIDs, GeneratedIDs: r.GeneratedIDs}
 				if tok != nil {
@@ -122,8 +134,8 @@ func newGenerateCmd() *cobra.Command {
 				joinIDs(w, r.GeneratedIDs)
 				fmt.Fprintln(w)
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "load %.2fs, prefill %.3fs, decode %.2f tokens/s (%d threads)\n",
-				load, st.PrefillSeconds, st.DecodeTokensPerSecond(), cpu.Threads())
+			fmt.Fprintf(cmd.ErrOrStderr(), "load %.2fs, prefill %.3fs, decode %.2f tokens/s (%s)\n",
+				load, st.PrefillSeconds, st.DecodeTokensPerSecond(), devName)
 			return nil
 		},
 	}
@@ -134,6 +146,7 @@ func newGenerateCmd() *cobra.Command {
 	f.IntVar(&maxNew, "max-new-tokens", 16, "tokens to generate per prompt")
 	f.BoolVar(&ignoreEOS, "ignore-eos", false, "keep generating after EOS")
 	f.IntVar(&threads, "threads", 0, "compute threads (0: all cores)")
+	f.StringVar(&device, "device", "cpu", deviceFlagUsage)
 	f.StringVarP(&output, "output", "o", "text", "output format: text or json")
 	_ = cmd.MarkFlagRequired("model")
 	return cmd

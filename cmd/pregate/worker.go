@@ -32,6 +32,7 @@ func newWorkerCmd() *cobra.Command {
 		compression   string
 		apiKeyFile    string
 		tlsf          tlsFlags
+		device        = cfg.Device
 	)
 	cmd := &cobra.Command{
 		Use:   "worker --model NAME",
@@ -54,6 +55,13 @@ func newWorkerCmd() *cobra.Command {
 				return err
 			}
 			cfg.Mode, cfg.ExpertCache, cfg.Logger, cfg.Cluster = m, int64(cache), log, cf.cluster
+			spec, err := parseDevice(device)
+			if err != nil {
+				return err
+			}
+			if err := setWorkerDevice(&cfg, spec); err != nil {
+				return err
+			}
 			cfg.KVCacheBytes = int64(kvCache)
 			cfg.AdvertiseHost = gossip.advertise
 			if cfg.TLS, err = tlsf.load(); err != nil {
@@ -102,7 +110,7 @@ func newWorkerCmd() *cobra.Command {
 	f.StringVar(&cfg.Name, "node-name", cfg.Name, "node name in the cluster")
 	f.StringVar(&cfg.Model, "model", "", "the model's name in the cluster (as imported)")
 	f.StringVar(&mode, "mode", string(cfg.Mode), "resident, ondemand, prefetch-all, pregated or speculative")
-	f.StringVar(&cfg.Device, "device", cfg.Device, "cpu (GPUs: a build with -tags cuda)")
+	f.StringVar(&device, "device", device, deviceFlagUsage)
 	f.Var(&cache, "expert-cache", "device memory for experts")
 	f.StringVar(&compression, "fetch-compression", "never", "ask stores for compressed experts: never, auto (when it pays on the measured link) or always")
 	f.IntVar(&cfg.Staging, "staging-buffers", cfg.Staging, "pinned staging buffers: expert fetches in flight at once")
@@ -144,7 +152,7 @@ type clusterFile struct {
 func newUpCmd() *cobra.Command {
 	var (
 		dir, name, mode, httpAddr, dataDir, lv string
-		tokDir                                 string
+		tokDir, device                         string
 		demo, noTLS                            bool
 		stores, replicas                       int
 		cache                                  = byteSize(1 << 30)
@@ -168,6 +176,13 @@ func newUpCmd() *cobra.Command {
 			m, err := worker.ParseMode(mode)
 			if err != nil {
 				return err
+			}
+			spec, err := parseDevice(device)
+			if err != nil {
+				return err
+			}
+			if spec.cuda && !cudaBuilt {
+				return fmt.Errorf("--device %s: %w", spec, errNoCUDA)
 			}
 			if (dir == "") == !demo {
 				return errors.New("give --model DIR or --demo")
@@ -210,6 +225,9 @@ func newUpCmd() *cobra.Command {
 			wc := worker.DefaultConfig()
 			wc.Name, wc.EtcdEndpoints, wc.Model, wc.Mode = "worker-0", lc.EtcdEndpoints(), name, m
 			wc.ExpertCache, wc.HTTPAddr, wc.DataDir, wc.Logger = int64(cache), httpAddr, filepath.Join(dataDir, "worker"), log
+			if err := setWorkerDevice(&wc, spec); err != nil {
+				return err
+			}
 			if wc.TLS, err = lc.TLS(tlsutil.RoleWorker, wc.Name); err != nil {
 				return err
 			}
@@ -256,6 +274,7 @@ func newUpCmd() *cobra.Command {
 	f.StringVar(&httpAddr, "http", "127.0.0.1:8000", "the worker's HTTP address")
 	f.StringVar(&dataDir, "data-dir", "pregate-up", "directory for every component's data and cluster.json")
 	f.Var(&cache, "expert-cache", "the worker's expert cache")
+	f.StringVar(&device, "device", "cpu", "the worker's device: "+deviceFlagUsage)
 	f.Var(&capacity, "store-capacity", "each store's memory limit")
 	f.StringVar(&lv, "log-level", "warn", "debug, info, warn or error")
 	f.BoolVar(&noTLS, "no-tls", false, "plaintext between the stores and their clients (mutual TLS is on by default, certificates in <data-dir>/certs)")
