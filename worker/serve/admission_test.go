@@ -251,3 +251,53 @@ func TestExpertUnavailableFailsOnlyItsSequences(t *testing.T) {
 		t.Fatalf("the failed sequence: %v, want ErrExpertUnavailable", err)
 	}
 }
+
+// TestPromptLogprobsBounded: echo with logprobs never makes a Step return more than the logits
+// bound's rows, with no token budget too, and its logprobs are the model's over the whole prompt.
+func TestPromptLogprobsBounded(t *testing.T) {
+	const bound = 16
+	prompt := make([]int, 200)
+	for i := range prompt {
+		prompt[i] = 1 + (i*37)%500
+	}
+	ref := loadModel(t, "mixtral-tiny")
+	seqs, err := ref.Start(context.Background(), [][]int{prompt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := ref.Step(context.Background(), seqs, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vocab := ref.Info().VocabSize
+
+	m := &stepLog{Model: loadModel(t, "mixtral-tiny")}
+	ts := newTestServer(t, "mixtral-tiny", m, func(c *Config) { c.MaxRunning, c.MaxBatchedTokens = 4, 0 })
+	ts.logitsTokens = bound // before the first request
+	c := ts.complete(t, map[string]any{"prompt": prompt, "max_tokens": 2, "temperature": 0, "logprobs": 2, "echo": true})
+	lps := c.Choices[0].Logprobs.TokenLogprobs
+	if len(lps) != len(prompt)+2 || lps[0] != nil {
+		t.Fatalf("%d logprobs (first %v), want %d: the prompt's (the first null) and 2 generated", len(lps), lps[0], len(prompt)+2)
+	}
+	for i := 1; i < len(prompt); i++ {
+		want := logprobsOf(rows[0][(i-1)*vocab:i*vocab], prompt[i], 0).logprob
+		if lps[i] == nil || math.Abs(float64(*lps[i]-want)) > 1e-4 {
+			t.Fatalf("prompt position %d: logprob %v, want %v", i, lps[i], want)
+		}
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	fed := 0
+	for i, step := range m.steps {
+		for _, e := range step {
+			if e.pending > bound {
+				t.Errorf("step %d fed %d tokens, more than the bound %d", i, e.pending, bound)
+			}
+			fed += e.pending
+		}
+	}
+	if want := len(prompt) + 1; fed != want || len(m.steps) != (len(prompt)+bound-1)/bound+1 {
+		t.Errorf("%d steps fed %d tokens, want the prompt in chunks of %d and one decode step (%d tokens)", len(m.steps), fed, bound, want)
+	}
+}

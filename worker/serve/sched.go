@@ -73,21 +73,23 @@ func (c *call) next(buf []event) ([]event, error) {
 
 // sequence is one prompt's generation. The scheduler goroutine owns everything but call and index.
 type sequence struct {
-	call    *call
-	index   int
-	req     Request
-	sampler sampler
-	seq     *engine.Sequence
-	n       int         // tokens generated
-	fed     int         // prompt tokens in the engine's cache (or encoded): below len(Prompt) it is prefilling
-	chunk   int         // prompt tokens the Step in flight feeds
-	logits  []float32   // with PromptLogprobs: the prompt positions' logits so far, chunk by chunk
-	done    bool        // ended: the scheduler drops it after the Step
-	kvBytes int64       // its cache at its longest (engine.Info.SequenceBytes): reserved while it runs
-	queued  time.Time   // when it was submitted
-	expires time.Time   // with RequestTimeout: when it ends with ErrTimeout
-	last    time.Time   // when its last token was posted
-	stopped atomic.Bool // set by the caller (call.stop)
+	call     *call
+	index    int
+	req      Request
+	sampler  sampler
+	seq      *engine.Sequence
+	n        int                // tokens generated
+	fed      int                // prompt tokens in the engine's cache (or encoded): below len(Prompt) it is prefilling
+	chunk    int                // prompt tokens the Step in flight feeds
+	promptLP []positionLogprobs // with PromptLogprobs: of the prompt tokens fed so far (after the first)
+	done     bool               // ended: the scheduler drops it after the Step
+	kvBytes  int64              // its cache at its longest (engine.Info.SequenceBytes): reserved while it runs
+	queued   time.Time          // when it was submitted
+	admitted time.Time          // when it left the queue
+	first    time.Time          // when its first token was posted
+	expires  time.Time          // with RequestTimeout: when it ends with ErrTimeout
+	last     time.Time          // when its last token was posted
+	stopped  atomic.Bool        // set by the caller (call.stop)
 }
 
 func (q *sequence) end(finish string, err error) {
@@ -166,24 +168,29 @@ func (s *Server) schedule(context.Context) (err error) {
 		}
 		s.metrics.running.Set(0)
 		s.metrics.waiting.Set(0)
-		s.metrics.kvReserved.Set(0)
+		s.metrics.setReserved(0, s.cfg.KVCacheBytes)
 	}()
 	for {
 		running = s.dropCancelled(running)
-		s.metrics.running.Set(float64(len(running)))
+		s.setRunning(running)
 		admitted, ok := s.admit(s.cfg.MaxRunning-len(running), s.cfg.KVCacheBytes-reserved(running), len(running) == 0)
 		if !ok {
 			return nil
 		}
 		if len(admitted) > 0 {
 			running = append(running, s.start(admitted)...)
-			s.metrics.running.Set(float64(len(running)))
+			s.setRunning(running)
 		}
-		s.metrics.kvReserved.Set(float64(reserved(running)))
 		if len(running) > 0 {
 			running = s.step(running)
 		}
 	}
+}
+
+// setRunning sets the gauges of the running sequences and their cache reservations.
+func (s *Server) setRunning(running []*sequence) {
+	s.metrics.running.Set(float64(len(running)))
+	s.metrics.setReserved(reserved(running), s.cfg.KVCacheBytes)
 }
 
 // dropCancelled ends the sequences whose callers have gone or whose RequestTimeout has passed, and
@@ -242,6 +249,8 @@ func (s *Server) admit(n int, free int64, block bool) ([]*sequence, bool) {
 				continue
 			}
 			free -= q.kvBytes
+			q.admitted = now
+			s.metrics.queueTime.Observe(now.Sub(q.queued).Seconds())
 			admitted = append(admitted, q)
 		}
 		if len(kept) != len(s.waiting) {
@@ -300,11 +309,18 @@ func (q *sequence) prefilling() bool { return q.fed < len(q.req.Prompt) }
 // It sets each chosen prefilling sequence's Pending to its chunk. Validate keeps the budget ≥
 // MaxRunning, so a prefilling sequence always gets at least one token and every Step makes
 // progress; a long prompt waits only while other prompts fill the whole budget, and at most
-// MaxRunning-1 others are running.
+// MaxRunning-1 others are running. While a prefilling sequence wants its prompt's logprobs, the
+// budget is at most promptLogprobsTokens (or MaxRunning, if more), with MaxBatchedTokens 0 too.
 func (s *Server) plan(running []*sequence) []*sequence {
 	batch := make([]*sequence, 0, len(running))
 	var prefilling []*sequence
 	budget := s.cfg.MaxBatchedTokens
+	if slices.ContainsFunc(running, func(q *sequence) bool { return q.prefilling() && q.req.PromptLogprobs }) {
+		if limit := max(s.logitsTokens, s.cfg.MaxRunning); budget == 0 || budget > limit {
+			budget = limit // the Step returns every position's logits
+		}
+	}
+	bounded := budget > 0
 	for _, q := range running {
 		if q.prefilling() {
 			prefilling = append(prefilling, q)
@@ -319,7 +335,7 @@ func (s *Server) plan(running []*sequence) []*sequence {
 	})
 	for _, q := range prefilling {
 		n := len(q.req.Prompt) - q.fed
-		if s.cfg.MaxBatchedTokens > 0 {
+		if bounded {
 			if budget <= 0 {
 				break
 			}
@@ -332,6 +348,12 @@ func (s *Server) plan(running []*sequence) []*sequence {
 	}
 	return batch
 }
+
+// promptLogprobsTokens bounds the tokens of a Step that returns every position's logits (a prompt
+// chunk of a sequence that wants its prompt's logprobs), below MaxBatchedTokens: such a Step
+// returns tokens × vocab float32 (64 MiB at 512 tokens and a 32k vocabulary), whatever the prompt's
+// length, and its rows become k+1 logprobs per position at once (appendPromptLogprobs).
+const promptLogprobsTokens = 512
 
 // step runs one Step of the sequences plan picks, samples and posts a token for each whose prompt
 // is all in, and returns the running sequences still generating (those the Step did not include
@@ -376,16 +398,16 @@ func (s *Server) step(running []*sequence) []*sequence {
 func (s *Server) emit(q *sequence, row []float32, all bool, now time.Time) bool {
 	vocab := s.info.VocabSize
 	if q.chunk > 0 {
-		q.fed += q.chunk
 		if q.req.PromptLogprobs {
-			q.logits = append(q.logits, row...)
+			q.promptLP = appendPromptLogprobs(q.promptLP, row, q.req.Prompt, q.fed, vocab, q.req.TopLogprobs)
 		}
+		q.fed += q.chunk
 		if q.prefilling() {
 			return false // the next chunk's Step goes on from here; this row predicts nothing asked
 		}
 		if q.req.PromptLogprobs {
-			q.call.post(event{index: q.index, isPrompt: true, prompt: promptLogprobs(q.logits, q.req.Prompt, vocab, q.req.TopLogprobs)})
-			q.logits = nil
+			q.call.post(event{index: q.index, isPrompt: true, prompt: q.promptLP})
+			q.promptLP = nil
 		}
 	}
 	if all {
@@ -399,12 +421,14 @@ func (s *Server) emit(q *sequence, row []float32, all bool, now time.Time) bool 
 	}
 	q.n++
 	if q.n == 1 {
+		q.first = now
 		s.metrics.ttft.Observe(now.Sub(q.queued).Seconds())
+		s.metrics.prefillTime.Observe(now.Sub(q.admitted).Seconds())
 	} else {
 		s.metrics.itl.Observe(now.Sub(q.last).Seconds())
 	}
 	q.last = now
-	s.metrics.generatedTokens.Inc()
+	s.metrics.generationTokens.Inc()
 	q.call.post(ev)
 	finish := ""
 	switch {
@@ -414,7 +438,7 @@ func (s *Server) emit(q *sequence, row []float32, all bool, now time.Time) bool 
 		finish = "length"
 	}
 	if finish != "" {
-		s.metrics.duration.Observe(now.Sub(q.queued).Seconds())
+		s.metrics.finished(q, finish, now)
 		q.end(finish, nil)
 		return true
 	}

@@ -192,6 +192,9 @@ type Server struct {
 	metrics *metrics
 	created int64   // unix seconds, for /v1/models
 	scratch scratch // the scheduler's
+	// logitsTokens bounds a Step that returns every position's logits: promptLogprobsTokens (tests
+	// set less before the first request).
+	logitsTokens int
 
 	chatTemplate    *chattemplate.Template // nil: chat requests get 400 with chatTemplateErr
 	chatTemplateErr error
@@ -225,7 +228,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, info: info, log: cfg.Logger, reg: reg, metrics: m, created: time.Now().Unix(),
-		wake: make(chan struct{}, 1)}
+		logitsTokens: promptLogprobsTokens, wake: make(chan struct{}, 1)}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
