@@ -34,7 +34,7 @@ func TestUpDemoServes(t *testing.T) {
 	// KV cache (8 KiB a token: 8 layers, 2 KV heads of 64).
 	cmd.SetArgs([]string{"up", "--demo", "--tokenizer", filepath.Join("..", "..", "model", "tokenizer", "testdata", "mistral"),
 		"--data-dir", dir, "--http", "127.0.0.1:0", "--log-level", "error", "--max-model-len", "200", "--kv-cache-bytes", "1MiB",
-		"--max-running", "8", "--max-num-batched-tokens", "64", "--queue-timeout", "30s", "--request-timeout", "2m"})
+		"--kv-cache-preemption", "--max-running", "8", "--max-num-batched-tokens", "64", "--queue-timeout", "30s", "--request-timeout", "2m"})
 	var stderr bytes.Buffer
 	cmd.SetErr(&stderr)
 	done := make(chan error, 1)
@@ -313,7 +313,7 @@ func openAISDK(t *testing.T, baseURL, model string) {
 // `pregate worker` has, with the same defaults.
 func TestUpTakesTheWorkersSchedulerFlags(t *testing.T) {
 	up, wk := newUpCmd().Flags(), newWorkerCmd().Flags()
-	for _, name := range []string{"max-running", "max-waiting", "max-num-batched-tokens", "max-model-len", "kv-cache-bytes", "queue-timeout", "request-timeout"} {
+	for _, name := range []string{"max-running", "max-waiting", "max-num-batched-tokens", "max-model-len", "kv-cache-bytes", "kv-cache-preemption", "queue-timeout", "request-timeout"} {
 		u, w := up.Lookup(name), wk.Lookup(name)
 		if u == nil || w == nil || u.DefValue != w.DefValue || u.Value.Type() != w.Value.Type() {
 			t.Errorf("--%s: up %+v, worker %+v", name, u, w)

@@ -128,6 +128,7 @@ func registerSchedulerFlags(f *pflag.FlagSet, cfg *worker.Config) {
 	f.IntVar(&cfg.MaxBatchedTokens, "max-num-batched-tokens", cfg.MaxBatchedTokens, "tokens one scheduler step runs: a longer prompt is prefilled in chunks between the other requests' decode steps (Mixtral; 0: no bound; else at least --max-running)")
 	f.IntVar(&cfg.MaxModelLen, "max-model-len", cfg.MaxModelLen, "bound on prompt plus max_tokens per sequence, 400 beyond (0: Mixtral's max_position_embeddings, 2048 for Switch)")
 	f.Var((*byteSize)(&cfg.KVCacheBytes), "kv-cache-bytes", "memory for the running sequences' KV caches: a request is admitted once its worst case (prompt + max_tokens) fits, 400 if it never can (0: no bound)")
+	f.BoolVar(&cfg.Preemption, "kv-cache-preemption", cfg.Preemption, "with --kv-cache-bytes, admit a request once its prompt fits and grow its cache as it generates; when the cache is full, the newest running request goes back to the queue and is recomputed later (vLLM's preemption; pregate_num_preemptions_total counts them)")
 	f.DurationVar(&cfg.QueueTimeout, "queue-timeout", cfg.QueueTimeout, "how long a request may wait to be admitted before 429 with Retry-After (0: no bound)")
 	f.DurationVar(&cfg.RequestTimeout, "request-timeout", cfg.RequestTimeout, "how long a request may run from its arrival: then it gets 504, or a streamed one an error event after its tokens (0: no bound)")
 	f.IntVar(&cfg.MaxWaiting, "max-waiting", cfg.MaxWaiting, "requests queued before answering 429")
@@ -165,7 +166,8 @@ func newUpCmd() *cobra.Command {
 			"random-weight model (with --tokenizer DIR, that checkpoint's tokenizer: prompts and completions\n" +
 			"as text). Where each part listens is printed and written to <data-dir>/cluster.json. The worker's\n" +
 			"scheduler takes the flags of `pregate worker` (--max-running, --max-num-batched-tokens,\n" +
-			"--max-model-len, --kv-cache-bytes, --queue-timeout, --request-timeout, --max-waiting).",
+			"--max-model-len, --kv-cache-bytes, --kv-cache-preemption, --queue-timeout, --request-timeout,\n" +
+			"--max-waiting).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()

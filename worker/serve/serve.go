@@ -82,6 +82,15 @@ type Config struct {
 	// beyond it. One that could never fit gets 400; others wait in the queue, oldest first.
 	// 0: no bound.
 	KVCacheBytes int64
+	// Preemption, with KVCacheBytes, admits a sequence once what it needs now fits (its prompt and
+	// a block of 16 tokens) instead of its worst case, and grows its reservation as it generates;
+	// when a sequence's next token does not fit the budget, the newest running sequences are
+	// preempted (vLLM's recompute preemption): each drops its cache and goes back to the front of
+	// the queue, to be prefilled again (prompt and the tokens it had generated) when there is room.
+	// More sequences run at once; a preempted one pays its prefill again, and a reservation that
+	// grows copies the cache it has (Reserve). false: every sequence reserves its worst case and
+	// nothing is ever preempted.
+	Preemption bool
 	// QueueTimeout, when positive, bounds how long a sequence waits in the queue to be admitted
 	// (for cache room or a running slot): beyond it its request gets ErrOverloaded (429 with
 	// Retry-After, or an error event once a stream has begun).
