@@ -79,7 +79,7 @@ type sequence struct {
 	sampler  sampler
 	seq      *engine.Sequence
 	n        int                // tokens generated
-	fed      int                // prompt tokens in the engine's cache (or encoded): below len(Prompt) it is prefilling
+	fed      int                // input tokens in the engine's cache (or encoded): below len(input) it is prefilling
 	chunk    int                // prompt tokens the Step in flight feeds
 	promptLP []positionLogprobs // with PromptLogprobs: of the prompt tokens fed so far (after the first)
 	input    []int              // what the model is fed before the next token: the prompt (a decoder-only model's, after a preemption, with the tokens generated)
@@ -216,10 +216,12 @@ func (s *Server) dropCancelled(running []*sequence) []*sequence {
 const kvBlockTokens = 16
 
 // firstReservation is the decoder cache tokens q reserves when admitted: its worst case, prompt
-// plus max_tokens; with Preemption, what it needs for its next token and a block more (growth).
+// plus max_tokens; with Preemption, what it needs for its next token and a block more (it grows
+// as it generates), unless it was preempted before: then its worst case, so that no sequence is
+// preempted, and recomputed, twice.
 func (s *Server) firstReservation(q *sequence) int {
 	worst := s.info.CacheTokens(len(q.req.Prompt), q.req.MaxTokens)
-	if !s.cfg.Preemption {
+	if !s.cfg.Preemption || !q.admitted.IsZero() {
 		return worst
 	}
 	need := len(q.input) // a decoder-only model's prompt (and what it had generated)

@@ -86,8 +86,8 @@ type Config struct {
 	// a block of 16 tokens) instead of its worst case, and grows its reservation as it generates;
 	// when a sequence's next token does not fit the budget, the newest running sequences are
 	// preempted (vLLM's recompute preemption): each drops its cache and goes back to the front of
-	// the queue, to be prefilled again (prompt and the tokens it had generated) when there is room.
-	// More sequences run at once; a preempted one pays its prefill again, and a reservation that
+	// the queue, to be prefilled again (prompt and the tokens it had generated) when there is room
+	// for its worst case (so it is preempted once at most). More sequences run at once; a preempted one pays its prefill again, and a reservation that
 	// grows copies the cache it has (Reserve). false: every sequence reserves its worst case and
 	// nothing is ever preempted.
 	Preemption bool
