@@ -155,6 +155,8 @@ func (c Config) Validate() error {
 	case c.MaxModelLen < 0 || c.KVCacheBytes < 0 || c.QueueTimeout < 0 || c.RequestTimeout < 0:
 		return fmt.Errorf("worker: config: max model len %d, KV cache bytes %d, queue timeout %v, request timeout %v",
 			c.MaxModelLen, c.KVCacheBytes, c.QueueTimeout, c.RequestTimeout)
+	case c.Preemption && c.KVCacheBytes == 0:
+		return errors.New("worker: config: preemption needs a KV-cache budget (--kv-cache-preemption without --kv-cache-bytes)")
 	}
 	return nil
 }

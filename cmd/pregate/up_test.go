@@ -320,3 +320,13 @@ func TestUpTakesTheWorkersSchedulerFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestPreemptionNeedsABudget: --kv-cache-preemption without --kv-cache-bytes is refused before the
+// worker starts, naming both.
+func TestPreemptionNeedsABudget(t *testing.T) {
+	_, _, err := runCmd(t, "worker", "--model", "m", "--etcd-endpoints", "127.0.0.1:1", "--no-gossip", "--data-dir", t.TempDir(),
+		"--http", "127.0.0.1:0", "--kv-cache-preemption")
+	if err == nil || !strings.Contains(err.Error(), "--kv-cache-preemption") || !strings.Contains(err.Error(), "--kv-cache-bytes") {
+		t.Fatalf("worker --kv-cache-preemption alone: %v", err)
+	}
+}

@@ -146,6 +146,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("serve: config: max batched tokens %d, want 0 or ≥ max running %d", c.MaxBatchedTokens, c.MaxRunning)
 	case c.KVCacheBytes < 0 || c.QueueTimeout < 0 || c.RequestTimeout < 0:
 		return fmt.Errorf("serve: config: KV cache bytes %d, queue timeout %v, request timeout %v", c.KVCacheBytes, c.QueueTimeout, c.RequestTimeout)
+	case c.Preemption && c.KVCacheBytes == 0:
+		return errors.New("serve: config: preemption needs a KV-cache budget (KVCacheBytes)")
 	case c.MaxBodyBytes < 1 || c.MaxTokens < 1 || c.MaxModelLen < 0:
 		return fmt.Errorf("serve: config: max body bytes %d, max tokens %d, max model len %d",
 			c.MaxBodyBytes, c.MaxTokens, c.MaxModelLen)

@@ -932,6 +932,7 @@ func TestConfig(t *testing.T) {
 		{"body", func(c *Config) { c.MaxBodyBytes = 0 }},
 		{"tokens", func(c *Config) { c.MaxTokens = 0 }},
 		{"model len", func(c *Config) { c.MaxModelLen = -1 }},
+		{"preemption without a budget", func(c *Config) { c.Preemption = true }},
 	}
 	for _, tt := range tests {
 		cfg := valid
