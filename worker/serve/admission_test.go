@@ -394,8 +394,12 @@ func (m *cacheLog) Step(ctx context.Context, seqs []*engine.Sequence, all bool) 
 // together; when their caches no longer fit, the newer is preempted and recomputed later (once),
 // and both give the tokens they give unconstrained. The caches never exceed the budget.
 func TestPreemption(t *testing.T) {
-	for _, name := range fixtures {
-		t.Run(name, func(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		budget int // tokens per step: 8 recomputes a preempted sequence in chunks
+	}{{"switch-tiny", 512}, {"mixtral-tiny", 512}, {"mixtral-tiny", 8}} {
+		name := tt.name
+		t.Run(name+"/budget="+strconv.Itoa(tt.budget), func(t *testing.T) {
 			prompts := [][]int{{5, 6, 7}, {8, 9, 10}}
 			const maxTokens = 100
 			ref := loadModel(t, name)
@@ -407,7 +411,9 @@ func TestPreemption(t *testing.T) {
 			worst := info.SequenceBytes(3, maxTokens)
 			budget := worst * 3 / 2
 			m := &cacheLog{Model: loadModel(t, name)}
-			ts := newTestServer(t, name, m, func(c *Config) { c.KVCacheBytes, c.Preemption = budget, true })
+			ts := newTestServer(t, name, m, func(c *Config) {
+				c.KVCacheBytes, c.Preemption, c.MaxRunning, c.MaxBatchedTokens = budget, true, 2, tt.budget
+			})
 			c := ts.complete(t, map[string]any{"prompt": prompts, "max_tokens": maxTokens, "temperature": 0, "ignore_eos": true, "return_token_ids": true})
 			for i, ch := range c.Choices {
 				if !slices.Equal(ch.TokenIDs, res[i].GeneratedIDs) {
