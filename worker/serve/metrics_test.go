@@ -82,8 +82,13 @@ func TestMetricsMove(t *testing.T) {
 	want("pregate_request_prefill_time_seconds", 2)
 	want("pregate_time_to_first_token_seconds", 2)
 	// Only the short request finished (the long one's client went away).
-	want("pregate_request_decode_time_seconds", 1)
-	want("pregate_e2e_request_latency_seconds", 1)
+	for _, name := range []string{"pregate_request_decode_time_seconds", "pregate_request_inference_time_seconds",
+		"pregate_e2e_request_latency_seconds", "pregate_request_prompt_tokens", "pregate_request_generation_tokens"} {
+		want(name, 1)
+	}
+	if p, g := histogramSum(t, ts.reg, "pregate_request_prompt_tokens"), histogramSum(t, ts.reg, "pregate_request_generation_tokens"); p != 3 || g != 2 {
+		t.Errorf("the finished request's tokens: %v prompt, %v generated; want 3 and 2", p, g)
+	}
 	want("pregate_request_success_total", 1, "finished_reason", "length")
 	want("pregate_prompt_tokens_total", 6)
 	gen := value("pregate_generation_tokens_total")
