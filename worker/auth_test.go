@@ -71,7 +71,7 @@ func TestAPIKeysAndMetricsListener(t *testing.T) {
 	if code, _ := do(http.MethodGet, api+"/metrics", ""); code != http.StatusNotFound {
 		t.Errorf("/metrics on the API port: %d, want 404 (it has its own listener)", code)
 	}
-	if code, body := do(http.MethodGet, "http://"+w.MetricsAddr()+"/metrics", ""); code != http.StatusOK || !strings.Contains(body, "pregate_requests_running") {
+	if code, body := do(http.MethodGet, "http://"+w.MetricsAddr()+"/metrics", ""); code != http.StatusOK || !strings.Contains(body, "pregate_num_requests_running") {
 		t.Errorf("/metrics on its listener: %d", code)
 	}
 }

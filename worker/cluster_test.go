@@ -160,7 +160,7 @@ func TestEveryModeOverHTTPGivesTheGoldenTokens(t *testing.T) {
 				}
 				metrics, _ := io.ReadAll(resp.Body)
 				resp.Body.Close()
-				for _, name := range []string{"pregate_requests_running", "pregate_requests_waiting", "pregate_time_to_first_token_seconds",
+				for _, name := range []string{"pregate_num_requests_running", "pregate_num_requests_waiting", "pregate_time_to_first_token_seconds",
 					"pregate_inter_token_latency_seconds", `pregate_moe_stall_seconds_total{block="0"}`, "pregate_moe_fetched_bytes_total",
 					"pregate_expert_cache_hits_total", "pregate_expert_cache_misses_total", "pregate_prediction_hits_total",
 					"pregate_prediction_misses_total", "pregate_expert_cache_peak_bytes", "pregate_expert_fetch_seconds_bucket",

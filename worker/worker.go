@@ -98,6 +98,9 @@ type Config struct {
 	// bound); QueueTimeout bounds a request's wait to be admitted (serve.Config.QueueTimeout).
 	KVCacheBytes int64
 	QueueTimeout time.Duration
+	// Preemption admits by what a sequence needs now and preempts the newest when the KV cache is
+	// full, instead of reserving each sequence's worst case (serve.Config.Preemption).
+	Preemption bool
 	// RequestTimeout bounds a request's life (serve.Config.RequestTimeout; 0: no bound).
 	RequestTimeout time.Duration
 	// EtcdGiveUp is how long a worker that is loading keeps trying to reach etcd before it fails
@@ -156,6 +159,8 @@ func (c Config) Validate() error {
 	case c.MaxModelLen < 0 || c.KVCacheBytes < 0 || c.QueueTimeout < 0 || c.RequestTimeout < 0:
 		return fmt.Errorf("worker: config: max model len %d, KV cache bytes %d, queue timeout %v, request timeout %v",
 			c.MaxModelLen, c.KVCacheBytes, c.QueueTimeout, c.RequestTimeout)
+	case c.Preemption && c.KVCacheBytes == 0:
+		return errors.New("worker: config: preemption needs a KV-cache budget (--kv-cache-preemption without --kv-cache-bytes)")
 	}
 	return nil
 }
@@ -412,6 +417,7 @@ func (w *Worker) load(ctx context.Context) error {
 	sc.Tokenizer = w.tok.Load()
 	sc.MaxRunning, sc.MaxWaiting, sc.MaxBatchedTokens = w.cfg.MaxRunning, w.cfg.MaxWaiting, w.cfg.MaxBatchedTokens
 	sc.KVCacheBytes, sc.QueueTimeout, sc.RequestTimeout = w.cfg.KVCacheBytes, w.cfg.QueueTimeout, w.cfg.RequestTimeout
+	sc.Preemption = w.cfg.Preemption
 	sc.Ready = w.readyErr
 	sc.MaxModelLen, err = maxModelLen(ckpt.Config(), w.cfg.MaxModelLen)
 	var srv *serve.Server

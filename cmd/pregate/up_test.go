@@ -30,8 +30,11 @@ func TestUpDemoServes(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	cmd := newRootCmd()
+	// The scheduler's flags reach the worker: every request below fits 200 tokens and 1 MiB of
+	// KV cache (8 KiB a token: 8 layers, 2 KV heads of 64).
 	cmd.SetArgs([]string{"up", "--demo", "--tokenizer", filepath.Join("..", "..", "model", "tokenizer", "testdata", "mistral"),
-		"--data-dir", dir, "--http", "127.0.0.1:0", "--log-level", "error"})
+		"--data-dir", dir, "--http", "127.0.0.1:0", "--log-level", "error", "--max-model-len", "200", "--kv-cache-bytes", "1MiB",
+		"--kv-cache-preemption", "--max-running", "8", "--max-num-batched-tokens", "64", "--queue-timeout", "30s", "--request-timeout", "2m"})
 	var stderr bytes.Buffer
 	cmd.SetErr(&stderr)
 	done := make(chan error, 1)
@@ -90,6 +93,28 @@ func TestUpDemoServes(t *testing.T) {
 	if resp.StatusCode != 200 || json.Unmarshal(raw, &tc) != nil || len(tc.Choices) != 1 || len(tc.Choices[0].TokenIDs) != 8 ||
 		!slices.Equal(tc.Choices[0].PromptTokenIDs, []int{1, 22557, 28725, 1526}) || tc.Choices[0].Text == "" {
 		t.Fatalf("text completion: %s %s", resp.Status, raw)
+	}
+	// --max-model-len and --kv-cache-bytes: the worker lists the one and answers 400 naming each.
+	resp, err = http.Get("http://" + cf.WorkerHTTP + "/v1/models")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(raw), `"max_model_len":200`) {
+		t.Errorf("/v1/models with --max-model-len 200: %s", raw)
+	}
+	for _, tt := range []struct{ maxTokens, limit string }{{"198", "200"}, {"190", "1048576"}} {
+		body = `{"model":"` + cf.Model + `","prompt":[1,2,3],"max_tokens":` + tt.maxTokens + `}`
+		resp, err = http.Post("http://"+cf.WorkerHTTP+"/v1/completions", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(raw), tt.limit) {
+			t.Errorf("3 prompt tokens and max_tokens %s: %s %s, want 400 naming %s", tt.maxTokens, resp.Status, raw, tt.limit)
+		}
 	}
 	// Mutual TLS is on by default: the certificates are in the data dir, and a plaintext client
 	// gets nothing from a store (the worker's completion above went over TLS).
@@ -281,5 +306,27 @@ func openAISDK(t *testing.T, baseURL, model string) {
 		if want.got == nil || want.got.Name != want.name || want.got.Status != want.code || !want.got.IsAPIError {
 			t.Errorf("%s through the SDK: %+v, want %s (%d)", name, want.got, want.name, want.code)
 		}
+	}
+}
+
+// TestUpTakesTheWorkersSchedulerFlags: `pregate up` passes its worker every scheduler flag that
+// `pregate worker` has, with the same defaults.
+func TestUpTakesTheWorkersSchedulerFlags(t *testing.T) {
+	up, wk := newUpCmd().Flags(), newWorkerCmd().Flags()
+	for _, name := range []string{"max-running", "max-waiting", "max-num-batched-tokens", "max-model-len", "kv-cache-bytes", "kv-cache-preemption", "queue-timeout", "request-timeout"} {
+		u, w := up.Lookup(name), wk.Lookup(name)
+		if u == nil || w == nil || u.DefValue != w.DefValue || u.Value.Type() != w.Value.Type() {
+			t.Errorf("--%s: up %+v, worker %+v", name, u, w)
+		}
+	}
+}
+
+// TestPreemptionNeedsABudget: --kv-cache-preemption without --kv-cache-bytes is refused before the
+// worker starts, naming both.
+func TestPreemptionNeedsABudget(t *testing.T) {
+	_, _, err := runCmd(t, "worker", "--model", "m", "--etcd-endpoints", "127.0.0.1:1", "--no-gossip", "--data-dir", t.TempDir(),
+		"--http", "127.0.0.1:0", "--kv-cache-preemption")
+	if err == nil || !strings.Contains(err.Error(), "--kv-cache-preemption") || !strings.Contains(err.Error(), "--kv-cache-bytes") {
+		t.Fatalf("worker --kv-cache-preemption alone: %v", err)
 	}
 }

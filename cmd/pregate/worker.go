@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/pregate/pregate/cluster"
 	"github.com/pregate/pregate/coordinator"
@@ -25,7 +26,6 @@ func newWorkerCmd() *cobra.Command {
 		cf            clusterFlags
 		mode          string
 		cache         = byteSize(cfg.ExpertCache)
-		kvCache       byteSize
 		readyFile, lv string
 		gossip        gossipFlags
 		noGossip      bool
@@ -62,7 +62,6 @@ func newWorkerCmd() *cobra.Command {
 			if err := setWorkerDevice(&cfg, spec); err != nil {
 				return err
 			}
-			cfg.KVCacheBytes = int64(kvCache)
 			cfg.AdvertiseHost = gossip.advertise
 			if cfg.TLS, err = tlsf.load(); err != nil {
 				return err
@@ -117,13 +116,7 @@ func newWorkerCmd() *cobra.Command {
 	f.StringVar(&cfg.HTTPAddr, "http", cfg.HTTPAddr, "HTTP listen address")
 	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the dense weights downloaded from the stores")
 	f.IntVar(&cfg.Threads, "threads", 0, "compute threads (0: all cores)")
-	f.IntVar(&cfg.MaxRunning, "max-running", cfg.MaxRunning, "sequences decoded together")
-	f.IntVar(&cfg.MaxBatchedTokens, "max-num-batched-tokens", cfg.MaxBatchedTokens, "tokens one scheduler step runs: a longer prompt is prefilled in chunks between the other requests' decode steps (Mixtral; 0: no bound)")
-	f.IntVar(&cfg.MaxModelLen, "max-model-len", 0, "bound on prompt plus max_tokens per sequence, 400 beyond (0: Mixtral's max_position_embeddings, 2048 for Switch)")
-	f.Var(&kvCache, "kv-cache-bytes", "memory for the running sequences' KV caches: a request is admitted once its worst case (prompt + max_tokens) fits, 400 if it never can (0: no bound)")
-	f.DurationVar(&cfg.QueueTimeout, "queue-timeout", cfg.QueueTimeout, "how long a request may wait to be admitted before 429 with Retry-After (0: no bound)")
-	f.DurationVar(&cfg.RequestTimeout, "request-timeout", cfg.RequestTimeout, "how long a request may run from its arrival: then it gets 504, or a streamed one an error event after its tokens (0: no bound)")
-	f.IntVar(&cfg.MaxWaiting, "max-waiting", cfg.MaxWaiting, "requests queued before answering 429")
+	registerSchedulerFlags(f, &cfg)
 	f.StringVar(&apiKeyFile, "api-key-file", "", "file of API keys, one per line: the OpenAI API then requires Authorization: Bearer <key> (401 without)")
 	f.StringVar(&cfg.MetricsAddr, "metrics-listen", "", "serve /metrics on this address instead of --http (a port scrapers reach and clients do not)")
 	f.DurationVar(&cfg.EtcdGiveUp, "etcd-give-up", cfg.EtcdGiveUp, "while loading, how long etcd may stay unreachable before the worker exits (non-zero); a loaded worker serves without it")
@@ -134,6 +127,19 @@ func newWorkerCmd() *cobra.Command {
 	f.StringVar(&readyFile, "ready-file", "", "write {\"http\":…} here once listening")
 	f.StringVar(&lv, "log-level", "info", "debug, info, warn or error")
 	return cmd
+}
+
+// registerSchedulerFlags registers the flags of the worker's scheduler (batching and admission)
+// on cfg's fields: `pregate worker` and `pregate up` (for its worker) take the same.
+func registerSchedulerFlags(f *pflag.FlagSet, cfg *worker.Config) {
+	f.IntVar(&cfg.MaxRunning, "max-running", cfg.MaxRunning, "sequences decoded together")
+	f.IntVar(&cfg.MaxBatchedTokens, "max-num-batched-tokens", cfg.MaxBatchedTokens, "tokens one scheduler step runs: a longer prompt is prefilled in chunks between the other requests' decode steps (Mixtral; 0: no bound; else at least --max-running)")
+	f.IntVar(&cfg.MaxModelLen, "max-model-len", cfg.MaxModelLen, "bound on prompt plus max_tokens per sequence, 400 beyond (0: Mixtral's max_position_embeddings, 2048 for Switch)")
+	f.Var((*byteSize)(&cfg.KVCacheBytes), "kv-cache-bytes", "memory for the running sequences' KV caches: a request is admitted once its worst case (prompt + max_tokens) fits, 400 if it never can (0: no bound)")
+	f.BoolVar(&cfg.Preemption, "kv-cache-preemption", cfg.Preemption, "with --kv-cache-bytes, admit a request once its prompt fits and grow its cache as it generates; when the cache is full, the newest running request goes back to the queue and is recomputed later (vLLM's preemption; pregate_num_preemptions_total counts them)")
+	f.DurationVar(&cfg.QueueTimeout, "queue-timeout", cfg.QueueTimeout, "how long a request may wait to be admitted before 429 with Retry-After (0: no bound)")
+	f.DurationVar(&cfg.RequestTimeout, "request-timeout", cfg.RequestTimeout, "how long a request may run from its arrival: then it gets 504, or a streamed one an error event after its tokens (0: no bound)")
+	f.IntVar(&cfg.MaxWaiting, "max-waiting", cfg.MaxWaiting, "requests queued before answering 429")
 }
 
 // clusterFile is <data-dir>/cluster.json, written by `pregate up` so that other tools find the cluster.
@@ -150,6 +156,7 @@ type clusterFile struct {
 }
 
 func newUpCmd() *cobra.Command {
+	wc := worker.DefaultConfig() // the scheduler's flags set their fields
 	var (
 		dir, name, mode, httpAddr, dataDir, lv string
 		tokDir, device                         string
@@ -165,7 +172,10 @@ func newUpCmd() *cobra.Command {
 			"stores and their clients under mutual TLS, unless --no-tls); import\n" +
 			"the model and serve the OpenAI API on --http until interrupted. --demo synthesises a small\n" +
 			"random-weight model (with --tokenizer DIR, that checkpoint's tokenizer: prompts and completions\n" +
-			"as text). Where each part listens is printed and written to <data-dir>/cluster.json.",
+			"as text). Where each part listens is printed and written to <data-dir>/cluster.json. The worker's\n" +
+			"scheduler takes the flags of `pregate worker` (--max-running, --max-num-batched-tokens,\n" +
+			"--max-model-len, --kv-cache-bytes, --kv-cache-preemption, --queue-timeout, --request-timeout,\n" +
+			"--max-waiting).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -222,7 +232,6 @@ func newUpCmd() *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(out, "imported %s: %d blobs, %d bytes sent\n", name, rep.Blobs, rep.UploadedBytes)
-			wc := worker.DefaultConfig()
 			wc.Name, wc.EtcdEndpoints, wc.Model, wc.Mode = "worker-0", lc.EtcdEndpoints(), name, m
 			wc.ExpertCache, wc.HTTPAddr, wc.DataDir, wc.Logger = int64(cache), httpAddr, filepath.Join(dataDir, "worker"), log
 			if err := setWorkerDevice(&wc, spec); err != nil {
@@ -278,6 +287,7 @@ func newUpCmd() *cobra.Command {
 	f.Var(&capacity, "store-capacity", "each store's memory limit")
 	f.StringVar(&lv, "log-level", "warn", "debug, info, warn or error")
 	f.BoolVar(&noTLS, "no-tls", false, "plaintext between the stores and their clients (mutual TLS is on by default, certificates in <data-dir>/certs)")
+	registerSchedulerFlags(f, &wc)
 	return cmd
 }
 

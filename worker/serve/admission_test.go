@@ -251,3 +251,186 @@ func TestExpertUnavailableFailsOnlyItsSequences(t *testing.T) {
 		t.Fatalf("the failed sequence: %v, want ErrExpertUnavailable", err)
 	}
 }
+
+// TestPromptLogprobsBounded: echo with logprobs never makes a Step return more than the logits
+// bound's rows, with no token budget too, and its logprobs are the model's over the whole prompt.
+func TestPromptLogprobsBounded(t *testing.T) {
+	const bound = 16
+	prompt := make([]int, 200)
+	for i := range prompt {
+		prompt[i] = 1 + (i*37)%500
+	}
+	ref := loadModel(t, "mixtral-tiny")
+	seqs, err := ref.Start(context.Background(), [][]int{prompt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := ref.Step(context.Background(), seqs, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vocab := ref.Info().VocabSize
+
+	m := &stepLog{Model: loadModel(t, "mixtral-tiny")}
+	ts := newTestServer(t, "mixtral-tiny", m, func(c *Config) { c.MaxRunning, c.MaxBatchedTokens = 4, 0 })
+	ts.logitsTokens = bound // before the first request
+	c := ts.complete(t, map[string]any{"prompt": prompt, "max_tokens": 2, "temperature": 0, "logprobs": 2, "echo": true})
+	lps := c.Choices[0].Logprobs.TokenLogprobs
+	if len(lps) != len(prompt)+2 || lps[0] != nil {
+		t.Fatalf("%d logprobs (first %v), want %d: the prompt's (the first null) and 2 generated", len(lps), lps[0], len(prompt)+2)
+	}
+	for i := 1; i < len(prompt); i++ {
+		want := logprobsOf(rows[0][(i-1)*vocab:i*vocab], prompt[i], 0).logprob
+		if lps[i] == nil || math.Abs(float64(*lps[i]-want)) > 1e-4 {
+			t.Fatalf("prompt position %d: logprob %v, want %v", i, lps[i], want)
+		}
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	fed := 0
+	for i, step := range m.steps {
+		for _, e := range step {
+			if e.pending > bound {
+				t.Errorf("step %d fed %d tokens, more than the bound %d", i, e.pending, bound)
+			}
+			fed += e.pending
+		}
+	}
+	if want := len(prompt) + 1; fed != want || len(m.steps) != (len(prompt)+bound-1)/bound+1 {
+		t.Errorf("%d steps fed %d tokens, want the prompt in chunks of %d and one decode step (%d tokens)", len(m.steps), fed, bound, want)
+	}
+}
+
+// callLog is a model that records its Starts (the prompts' lengths) and Steps (the sequences run).
+type callLog struct {
+	engine.Model
+	mu    sync.Mutex
+	calls []string
+}
+
+func (m *callLog) Start(ctx context.Context, prompts [][]int) ([]*engine.Sequence, error) {
+	lens := make([]string, len(prompts))
+	for i, p := range prompts {
+		lens[i] = strconv.Itoa(len(p))
+	}
+	m.mu.Lock()
+	m.calls = append(m.calls, "start "+strings.Join(lens, ","))
+	m.mu.Unlock()
+	return m.Model.Start(ctx, prompts)
+}
+
+func (m *callLog) Step(ctx context.Context, seqs []*engine.Sequence, all bool) ([][]float32, error) {
+	m.mu.Lock()
+	m.calls = append(m.calls, "step "+strconv.Itoa(len(seqs)))
+	m.mu.Unlock()
+	return m.Model.Step(ctx, seqs, all)
+}
+
+// TestEncoderStartsShortFirst: an encoder-decoder model's prompts admitted together start the
+// fewest tokens first within the step's budget, so a short prompt decodes before a long one's
+// encoder pass, and two long ones' passes have a decode step between them; the tokens are the
+// same as when they start together.
+func TestEncoderStartsShortFirst(t *testing.T) {
+	long := make([]int, 40)
+	for i := range long {
+		long[i] = 1 + i
+	}
+	short := []int{5, 6, 7}
+	tests := []struct {
+		name    string
+		prompts [][]int
+		budget  int
+		want    []string
+	}{
+		{"short beside long", [][]int{long, short}, 8, []string{"start 3", "step 1", "start 40", "step 2"}},
+		{"two long", [][]int{long, long}, 8, []string{"start 40", "step 1", "start 40", "step 2"}},
+		{"both fit", [][]int{long, short}, 64, []string{"start 3,40", "step 2"}},
+		{"no budget", [][]int{long, short}, 0, []string{"start 40,3", "step 2"}},
+	}
+	ref := loadModel(t, "switch-tiny")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, _, err := engine.Generate(context.Background(), ref, tt.prompts, engine.GenerateOptions{MaxNewTokens: 4, IgnoreEOS: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := &callLog{Model: loadModel(t, "switch-tiny")}
+			ts := newTestServer(t, "switch-tiny", m, func(c *Config) { c.MaxRunning, c.MaxBatchedTokens = 2, tt.budget })
+			c := ts.complete(t, map[string]any{"prompt": tt.prompts, "max_tokens": 4, "temperature": 0, "ignore_eos": true, "return_token_ids": true})
+			for i, ch := range c.Choices {
+				if !slices.Equal(ch.TokenIDs, res[i].GeneratedIDs) {
+					t.Errorf("prompt %d: %v, started together %v", i, ch.TokenIDs, res[i].GeneratedIDs)
+				}
+			}
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			if len(m.calls) < len(tt.want) || !slices.Equal(m.calls[:len(tt.want)], tt.want) {
+				t.Errorf("calls %v, want them to begin %v", m.calls, tt.want)
+			}
+		})
+	}
+}
+
+// cacheLog is a model that records the most decoder-cache tokens its Steps' sequences held at once.
+type cacheLog struct {
+	engine.Model
+	mu   sync.Mutex
+	peak int
+}
+
+func (m *cacheLog) Step(ctx context.Context, seqs []*engine.Sequence, all bool) ([][]float32, error) {
+	n := 0
+	for _, s := range seqs {
+		n += s.Len() + len(s.Pending)
+	}
+	m.mu.Lock()
+	m.peak = max(m.peak, n)
+	m.mu.Unlock()
+	return m.Model.Step(ctx, seqs, all)
+}
+
+// TestPreemption: with Preemption, two sequences that cannot both reach their worst case start
+// together; when their caches no longer fit, the newer is preempted and recomputed later (once),
+// and both give the tokens they give unconstrained. The caches never exceed the budget.
+func TestPreemption(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		budget int // tokens per step: 8 recomputes a preempted sequence in chunks
+	}{{"switch-tiny", 512}, {"mixtral-tiny", 512}, {"mixtral-tiny", 8}} {
+		name := tt.name
+		t.Run(name+"/budget="+strconv.Itoa(tt.budget), func(t *testing.T) {
+			prompts := [][]int{{5, 6, 7}, {8, 9, 10}}
+			const maxTokens = 100
+			ref := loadModel(t, name)
+			res, _, err := engine.Generate(context.Background(), ref, prompts, engine.GenerateOptions{MaxNewTokens: maxTokens, IgnoreEOS: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			info := ref.Info()
+			worst := info.SequenceBytes(3, maxTokens)
+			budget := worst * 3 / 2
+			m := &cacheLog{Model: loadModel(t, name)}
+			ts := newTestServer(t, name, m, func(c *Config) {
+				c.KVCacheBytes, c.Preemption, c.MaxRunning, c.MaxBatchedTokens = budget, true, 2, tt.budget
+			})
+			c := ts.complete(t, map[string]any{"prompt": prompts, "max_tokens": maxTokens, "temperature": 0, "ignore_eos": true, "return_token_ids": true})
+			for i, ch := range c.Choices {
+				if !slices.Equal(ch.TokenIDs, res[i].GeneratedIDs) {
+					t.Errorf("prompt %d: %v, unconstrained %v", i, ch.TokenIDs, res[i].GeneratedIDs)
+				}
+			}
+			// The newer, once: it comes back with its worst case reserved.
+			if got := metricValue(t, ts.reg, "pregate_num_preemptions_total"); got != 1 {
+				t.Errorf("%v preemptions, want 1", got)
+			}
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			promptBytes := 2 * 3 * info.PromptBytesPerToken // both prompts', an encoder-decoder model's
+			if peak := int64(m.peak)*info.CacheBytesPerToken + promptBytes; peak > budget || m.peak <= info.CacheTokens(3, maxTokens) {
+				t.Errorf("the caches held %d tokens at most (%d bytes with the prompts), budget %d: want more than one sequence's worst case and within the budget", m.peak, peak, budget)
+			}
+			t.Logf("peak: %d cache tokens, %d bytes of %d", m.peak, int64(m.peak)*info.CacheBytesPerToken+promptBytes, budget)
+		})
+	}
+}

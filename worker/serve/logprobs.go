@@ -70,13 +70,13 @@ func topK(logits []float32, k int) []int {
 	return ids
 }
 
-// promptLogprobs returns, for each prompt position after the first, the log-probability of the
-// prompt's token there given what precedes it, from the logits of every prompt position
-// (rows × vocab, as Step returns them with all).
-func promptLogprobs(rows []float32, prompt []int, vocab, k int) []positionLogprobs {
-	out := make([]positionLogprobs, 0, max(len(prompt)-1, 0))
-	for i := 1; i < len(prompt) && i*vocab <= len(rows); i++ {
-		out = append(out, logprobsOf(rows[(i-1)*vocab:i*vocab], prompt[i], k))
+// appendPromptLogprobs appends to dst, for each row of rows (a Step's logits of prompt positions
+// from, from+1, …; rows × vocab, as Step returns them with all), the log-probability of the prompt
+// token that follows the row's position given what precedes it. Fed chunk by chunk, it turns each
+// chunk's logits into k+1 numbers per position at once: a prompt's logits are never held whole.
+func appendPromptLogprobs(dst []positionLogprobs, rows []float32, prompt []int, from, vocab, k int) []positionLogprobs {
+	for j := 0; (j+1)*vocab <= len(rows) && from+j+1 < len(prompt); j++ {
+		dst = append(dst, logprobsOf(rows[j*vocab:(j+1)*vocab], prompt[from+j+1], k))
 	}
-	return out
+	return dst
 }

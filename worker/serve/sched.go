@@ -73,21 +73,27 @@ func (c *call) next(buf []event) ([]event, error) {
 
 // sequence is one prompt's generation. The scheduler goroutine owns everything but call and index.
 type sequence struct {
-	call    *call
-	index   int
-	req     Request
-	sampler sampler
-	seq     *engine.Sequence
-	n       int         // tokens generated
-	fed     int         // prompt tokens in the engine's cache (or encoded): below len(Prompt) it is prefilling
-	chunk   int         // prompt tokens the Step in flight feeds
-	logits  []float32   // with PromptLogprobs: the prompt positions' logits so far, chunk by chunk
-	done    bool        // ended: the scheduler drops it after the Step
-	kvBytes int64       // its cache at its longest (engine.Info.SequenceBytes): reserved while it runs
-	queued  time.Time   // when it was submitted
-	expires time.Time   // with RequestTimeout: when it ends with ErrTimeout
-	last    time.Time   // when its last token was posted
-	stopped atomic.Bool // set by the caller (call.stop)
+	call     *call
+	index    int
+	req      Request
+	sampler  sampler
+	seq      *engine.Sequence
+	n        int                // tokens generated
+	fed      int                // input tokens in the engine's cache (or encoded): below len(input) it is prefilling
+	chunk    int                // prompt tokens the Step in flight feeds
+	promptLP []positionLogprobs // with PromptLogprobs: of the prompt tokens fed so far (after the first)
+	input    []int              // what the model is fed before the next token: the prompt (a decoder-only model's, after a preemption, with the tokens generated)
+	gen      []int              // with Preemption: the tokens generated, recomputed after a preemption
+	done     bool               // ended: the scheduler drops it after the Step
+	kvTokens int                // the decoder cache tokens it reserves while it runs (engine.Info.CacheTokens' count)
+	kvBytes  int64              // the bytes they and its prompt take (engine.Info.SequenceBytes' formula)
+	deferred bool               // admitted, and passed over once by startNew: it starts at the next boundary
+	queued   time.Time          // when it was submitted
+	admitted time.Time          // when it left the queue
+	first    time.Time          // when its first token was posted
+	expires  time.Time          // with RequestTimeout: when it ends with ErrTimeout
+	last     time.Time          // when its last token was posted
+	stopped  atomic.Bool        // set by the caller (call.stop)
 }
 
 func (q *sequence) end(finish string, err error) {
@@ -113,7 +119,7 @@ func (s *Server) submit(ctx context.Context, reqs []Request) (*call, error) {
 	for i, req := range reqs {
 		req.Prompt = slices.Clone(req.Prompt)
 		c.seqs[i] = &sequence{call: c, index: i, req: req, sampler: newSampler(req), queued: now,
-			kvBytes: s.info.SequenceBytes(len(req.Prompt), req.MaxTokens), expires: expires}
+			input: req.Prompt, expires: expires}
 	}
 	s.mu.Lock()
 	switch {
@@ -166,24 +172,27 @@ func (s *Server) schedule(context.Context) (err error) {
 		}
 		s.metrics.running.Set(0)
 		s.metrics.waiting.Set(0)
-		s.metrics.kvReserved.Set(0)
+		s.metrics.setReserved(0, s.cfg.KVCacheBytes)
 	}()
 	for {
-		running = s.dropCancelled(running)
-		s.metrics.running.Set(float64(len(running)))
+		running = s.makeRoom(s.dropCancelled(running))
+		s.setRunning(running)
 		admitted, ok := s.admit(s.cfg.MaxRunning-len(running), s.cfg.KVCacheBytes-reserved(running), len(running) == 0)
 		if !ok {
 			return nil
 		}
-		if len(admitted) > 0 {
-			running = append(running, s.start(admitted)...)
-			s.metrics.running.Set(float64(len(running)))
-		}
-		s.metrics.kvReserved.Set(float64(reserved(running)))
-		if len(running) > 0 {
+		running = s.startNew(append(running, admitted...))
+		s.setRunning(running)
+		if slices.ContainsFunc(running, (*sequence).started) {
 			running = s.step(running)
 		}
 	}
+}
+
+// setRunning sets the gauges of the running sequences and their cache reservations.
+func (s *Server) setRunning(running []*sequence) {
+	s.metrics.running.Set(float64(len(running)))
+	s.metrics.setReserved(reserved(running), s.cfg.KVCacheBytes)
 }
 
 // dropCancelled ends the sequences whose callers have gone or whose RequestTimeout has passed, and
@@ -196,11 +205,97 @@ func (s *Server) dropCancelled(running []*sequence) []*sequence {
 			q.end("", q.call.ctx.Err())
 			return true
 		case !q.expires.IsZero() && now.After(q.expires):
-			q.end("", fmt.Errorf("%w: the request ran longer than the worker's request timeout of %v", ErrTimeout, s.cfg.RequestTimeout))
+			q.end("", s.timedOut())
 			return true
 		}
 		return q.stopped.Load()
 	})
+}
+
+// kvBlockTokens is the least a preemptible sequence's reservation grows by (vLLM's block size).
+const kvBlockTokens = 16
+
+// firstReservation is the decoder cache tokens q reserves when admitted: its worst case, prompt
+// plus max_tokens; with Preemption, what it needs for its next token and a block more (it grows
+// as it generates), unless it was preempted before: then its worst case, so that no sequence is
+// preempted, and recomputed, twice.
+func (s *Server) firstReservation(q *sequence) int {
+	worst := s.info.CacheTokens(len(q.req.Prompt), q.req.MaxTokens)
+	if !s.cfg.Preemption || !q.admitted.IsZero() {
+		return worst
+	}
+	need := len(q.input) // a decoder-only model's prompt (and what it had generated)
+	if !s.decoderOnly() {
+		need = 1 + len(q.gen) // the decoder's start token and what it had generated
+	}
+	return min(worst, need+kvBlockTokens)
+}
+
+// reserve sets q's reservation to tokens of decoder cache (and its prompt's bytes).
+func (s *Server) reserve(q *sequence, tokens int) {
+	q.kvTokens = tokens
+	q.kvBytes = int64(len(q.req.Prompt))*s.info.PromptBytesPerToken + int64(tokens)*s.info.CacheBytesPerToken
+}
+
+// makeRoom, with Preemption and KVCacheBytes, grows the reservation of each decoding sequence
+// whose next token would not fit it, oldest first, by a block or an eighth of what it holds
+// (whichever is more, so that the copies Reserve makes stay linear in its length). When the budget
+// has no room for that, it preempts the newest running sequences until it has (vLLM's recompute
+// preemption: the sequence itself, if it is the newest); a lone sequence always fits, since check
+// admits none whose worst case exceeds the budget. It returns running without the preempted.
+func (s *Server) makeRoom(running []*sequence) []*sequence {
+	if !s.cfg.Preemption || s.cfg.KVCacheBytes == 0 {
+		return running
+	}
+	free := s.cfg.KVCacheBytes - reserved(running)
+	for i := 0; i < len(running); i++ {
+		q := running[i]
+		if !q.started() || q.prefilling() {
+			continue // reserved whole at admission: its prompt, then a block
+		}
+		need := q.seq.Len() + len(q.seq.Pending)
+		if need <= q.kvTokens {
+			continue
+		}
+		old := q.kvBytes
+		s.reserve(q, min(s.info.CacheTokens(len(q.req.Prompt), q.req.MaxTokens), need+max(kvBlockTokens, q.kvTokens/8)))
+		for q.kvBytes-old > free && len(running) > i+1 {
+			victim := running[len(running)-1]
+			running = running[:len(running)-1]
+			free += victim.kvBytes
+			s.preempt(victim)
+		}
+		if q.kvBytes-old > free { // q is the newest
+			running = running[:i]
+			s.preempt(q)
+			break
+		}
+		free -= q.kvBytes - old
+		q.seq.Reserve(q.kvTokens)
+	}
+	return running
+}
+
+// preempt sends a running sequence back to the front of the queue, dropping its cache: when it is
+// admitted again its prompt is prefilled again, with the tokens it had generated (a decoder-only
+// model's as part of the input; an encoder-decoder model's as the decoder's first pending tokens),
+// and it goes on sampling where it was, with the same sampler.
+func (s *Server) preempt(q *sequence) {
+	s.metrics.preemptions.Inc()
+	if s.decoderOnly() && len(q.gen) > 0 {
+		q.input = append(slices.Clip(q.req.Prompt), q.gen...)
+	}
+	q.seq, q.fed, q.chunk, q.promptLP, q.deferred = nil, 0, 0, nil, false
+	s.reserve(q, 0)
+	s.mu.Lock()
+	s.waiting = slices.Insert(s.waiting, 0, q)
+	s.metrics.waiting.Set(float64(len(s.waiting)))
+	s.mu.Unlock()
+}
+
+// timedOut is the error of a sequence past RequestTimeout.
+func (s *Server) timedOut() error {
+	return fmt.Errorf("%w: the request ran longer than the worker's request timeout of %v", ErrTimeout, s.cfg.RequestTimeout)
 }
 
 // reserved is the cache bytes the running sequences reserve.
@@ -212,10 +307,12 @@ func reserved(running []*sequence) int64 {
 	return n
 }
 
-// admit takes up to n waiting sequences, oldest first, whose cache reservations fit in free bytes
-// (with KVCacheBytes), skipping cancelled ones and ending those that waited past QueueTimeout. It
-// stops at the first that does not fit, so a long request is not passed over for ever by short
-// ones. With block it waits for at least one. It returns false once the server is closed.
+// admit takes up to n waiting sequences, oldest first (preempted ones are at the front), whose
+// cache reservations fit in free bytes (with KVCacheBytes), skipping cancelled ones and ending
+// those past RequestTimeout and those that waited past QueueTimeout (a preempted one is not held to
+// it: it waits for room its elders will free). It stops at the first that does not fit, so a long
+// request is not passed over for ever by short ones. With block it waits for at least one. It
+// returns false once the server is closed.
 func (s *Server) admit(n int, free int64, block bool) ([]*sequence, bool) {
 	for {
 		s.mu.Lock()
@@ -232,9 +329,14 @@ func (s *Server) admit(n int, free int64, block bool) ([]*sequence, bool) {
 			case q.call.ctx.Err() != nil:
 				q.end("", q.call.ctx.Err())
 				continue
-			case full || len(admitted) == n || s.cfg.KVCacheBytes > 0 && q.kvBytes > free:
+			case !q.expires.IsZero() && now.After(q.expires):
+				q.end("", s.timedOut())
+				continue
+			}
+			s.reserve(q, s.firstReservation(q))
+			if full || len(admitted) == n || s.cfg.KVCacheBytes > 0 && q.kvBytes > free {
 				full = true
-				if s.cfg.QueueTimeout > 0 && now.Sub(q.queued) > s.cfg.QueueTimeout {
+				if s.cfg.QueueTimeout > 0 && now.Sub(q.queued) > s.cfg.QueueTimeout && q.admitted.IsZero() {
 					q.end("", fmt.Errorf("%w: waited %v to be admitted", ErrOverloaded, s.cfg.QueueTimeout))
 					continue
 				}
@@ -242,6 +344,10 @@ func (s *Server) admit(n int, free int64, block bool) ([]*sequence, bool) {
 				continue
 			}
 			free -= q.kvBytes
+			if q.admitted.IsZero() { // not a preempted sequence's return
+				q.admitted = now
+				s.metrics.queueTime.Observe(now.Sub(q.queued).Seconds())
+			}
 			admitted = append(admitted, q)
 		}
 		if len(kept) != len(s.waiting) {
@@ -260,38 +366,94 @@ func (s *Server) admit(n int, free int64, block bool) ([]*sequence, bool) {
 	}
 }
 
-// start makes the admitted sequences' engine sequences in one Start; on an error they all fail.
-func (s *Server) start(admitted []*sequence) []*sequence {
+// started reports whether q has its engine sequence: admitted sequences start at the next step
+// boundary, or a later one (startNew).
+func (q *sequence) started() bool { return q.seq != nil }
+
+// startNew starts admitted sequences that have not started (running holds them from admission,
+// with their cache reservations) and returns running without those that failed to. A decoder-only
+// model's Start only copies the prompts (plan feeds them in chunks): they all start. An
+// encoder-decoder model's Start runs the encoder over whole prompts, which no step can interrupt,
+// so with MaxBatchedTokens it starts the fewest prompt tokens first while they fit beside the
+// decoding sequences' tokens, and at least one: a short prompt admitted beside a long one is
+// encoded, and gets its first token, before the long one's encoder pass, and the running sequences
+// decode a step between two long prompts' passes. A prompt passed over once starts at the next
+// step boundary whatever its length, so a stream of short prompts cannot hold a long one back.
+func (s *Server) startNew(running []*sequence) []*sequence {
+	var fresh []*sequence
+	decoding := 0
+	for _, q := range running {
+		if q.started() {
+			decoding++
+		} else {
+			fresh = append(fresh, q)
+		}
+	}
+	if len(fresh) == 0 {
+		return running
+	}
+	if !s.decoderOnly() && s.cfg.MaxBatchedTokens > 0 {
+		slices.SortStableFunc(fresh, func(a, b *sequence) int { return len(a.input) - len(b.input) })
+		budget := s.cfg.MaxBatchedTokens - decoding
+		now := fresh[:0:0]
+		for _, q := range fresh {
+			if n := len(q.input); q.deferred || len(now) == 0 || n <= budget {
+				budget -= n
+				now = append(now, q)
+			} else {
+				q.deferred = true
+			}
+		}
+		fresh = now
+	}
+	if !s.start(fresh) {
+		for _, q := range fresh {
+			q.done = true
+		}
+		return s.dropDone(running)
+	}
+	return running
+}
+
+// start makes the sequences' engine sequences in one Start; on an error they all fail, and it
+// returns false.
+func (s *Server) start(admitted []*sequence) bool {
 	prompts := make([][]int, len(admitted))
 	for i, q := range admitted {
-		prompts[i] = q.req.Prompt
+		prompts[i] = q.input
 	}
 	ctx, release := s.batchContext(admitted)
 	seqs, err := s.cfg.Model.Start(ctx, prompts)
 	release()
 	if err != nil {
 		s.fail(admitted, "start", err)
-		return nil
+		return false
 	}
 	for i, q := range admitted {
 		q.seq = seqs[i]
 		s.metrics.promptTokens.Add(float64(len(q.req.Prompt)))
 		if s.cfg.KVCacheBytes > 0 {
-			// Allocate the cache admission reserved, once: append's growth would overshoot it.
-			q.seq.Reserve(s.info.CacheTokens(len(q.req.Prompt), q.req.MaxTokens))
+			// Allocate the cache admission reserved, at once: append's growth would overshoot it.
+			q.seq.Reserve(q.kvTokens)
 		}
 		if s.decoderOnly() {
 			// The prompt goes to the model chunk by chunk (plan); Start's copy is not fed as a whole.
 			q.seq.Pending = q.seq.Pending[:0]
 		} else {
-			q.fed = len(q.req.Prompt) // Start encoded it: the decoder is one pending token
+			// Start encoded it: the decoder is one pending token, and after a preemption the
+			// tokens it had generated.
+			q.fed = len(q.input)
+			q.seq.Pending = append(q.seq.Pending, q.gen...)
 		}
 	}
-	return admitted
+	return true
 }
 
 // prefilling reports whether part of q's prompt has not been through the model yet.
-func (q *sequence) prefilling() bool { return q.fed < len(q.req.Prompt) }
+func (q *sequence) prefilling() bool { return q.fed < len(q.input) }
+
+// wantsPromptLogprobs reports whether q's prompt logprobs are still to come: its first prefill.
+func (q *sequence) wantsPromptLogprobs() bool { return q.req.PromptLogprobs && q.n == 0 }
 
 // plan picks the sequences the next Step runs, within MaxBatchedTokens: every decoding sequence
 // (one token each) first, so that a long prompt never holds up the tokens of others, then prompt
@@ -300,12 +462,22 @@ func (q *sequence) prefilling() bool { return q.fed < len(q.req.Prompt) }
 // It sets each chosen prefilling sequence's Pending to its chunk. Validate keeps the budget ≥
 // MaxRunning, so a prefilling sequence always gets at least one token and every Step makes
 // progress; a long prompt waits only while other prompts fill the whole budget, and at most
-// MaxRunning-1 others are running.
+// MaxRunning-1 others are running. While a prefilling sequence wants its prompt's logprobs, the
+// budget is at most promptLogprobsTokens (or MaxRunning, if more), with MaxBatchedTokens 0 too.
 func (s *Server) plan(running []*sequence) []*sequence {
 	batch := make([]*sequence, 0, len(running))
 	var prefilling []*sequence
 	budget := s.cfg.MaxBatchedTokens
+	if slices.ContainsFunc(running, func(q *sequence) bool { return q.started() && q.prefilling() && q.wantsPromptLogprobs() }) {
+		if limit := max(s.logitsTokens, s.cfg.MaxRunning); budget == 0 || budget > limit {
+			budget = limit // the Step returns every position's logits
+		}
+	}
+	bounded := budget > 0
 	for _, q := range running {
+		if !q.started() {
+			continue // an encoder-decoder prompt that starts at a later step boundary (startNew)
+		}
 		if q.prefilling() {
 			prefilling = append(prefilling, q)
 			continue
@@ -315,11 +487,11 @@ func (s *Server) plan(running []*sequence) []*sequence {
 		budget--
 	}
 	slices.SortStableFunc(prefilling, func(a, b *sequence) int {
-		return (len(a.req.Prompt) - a.fed) - (len(b.req.Prompt) - b.fed)
+		return (len(a.input) - a.fed) - (len(b.input) - b.fed)
 	})
 	for _, q := range prefilling {
-		n := len(q.req.Prompt) - q.fed
-		if s.cfg.MaxBatchedTokens > 0 {
+		n := len(q.input) - q.fed
+		if bounded {
 			if budget <= 0 {
 				break
 			}
@@ -327,11 +499,17 @@ func (s *Server) plan(running []*sequence) []*sequence {
 			budget -= n
 		}
 		q.chunk = n
-		q.seq.Pending = append(q.seq.Pending[:0], q.req.Prompt[q.fed:q.fed+n]...)
+		q.seq.Pending = append(q.seq.Pending[:0], q.input[q.fed:q.fed+n]...)
 		batch = append(batch, q)
 	}
 	return batch
 }
+
+// promptLogprobsTokens bounds the tokens of a Step that returns every position's logits (a prompt
+// chunk of a sequence that wants its prompt's logprobs), below MaxBatchedTokens: such a Step
+// returns tokens × vocab float32 (64 MiB at 512 tokens and a 32k vocabulary), whatever the prompt's
+// length, and its rows become k+1 logprobs per position at once (appendPromptLogprobs).
+const promptLogprobsTokens = 512
 
 // step runs one Step of the sequences plan picks, samples and posts a token for each whose prompt
 // is all in, and returns the running sequences still generating (those the Step did not include
@@ -344,7 +522,7 @@ func (s *Server) step(running []*sequence) []*sequence {
 	}
 	// A sequence that wants its prompt's logprobs needs the logits of every prompt position, so
 	// the Steps that feed its prompt return them for the whole batch.
-	all := slices.ContainsFunc(batch, func(q *sequence) bool { return q.chunk > 0 && q.req.PromptLogprobs })
+	all := slices.ContainsFunc(batch, func(q *sequence) bool { return q.chunk > 0 && q.wantsPromptLogprobs() })
 	ctx, release := s.batchContext(batch)
 	logits, err := s.cfg.Model.Step(ctx, seqs, all)
 	release()
@@ -376,22 +554,25 @@ func (s *Server) step(running []*sequence) []*sequence {
 func (s *Server) emit(q *sequence, row []float32, all bool, now time.Time) bool {
 	vocab := s.info.VocabSize
 	if q.chunk > 0 {
-		q.fed += q.chunk
-		if q.req.PromptLogprobs {
-			q.logits = append(q.logits, row...)
+		if q.wantsPromptLogprobs() {
+			q.promptLP = appendPromptLogprobs(q.promptLP, row, q.req.Prompt, q.fed, vocab, q.req.TopLogprobs)
 		}
+		q.fed += q.chunk
 		if q.prefilling() {
 			return false // the next chunk's Step goes on from here; this row predicts nothing asked
 		}
-		if q.req.PromptLogprobs {
-			q.call.post(event{index: q.index, isPrompt: true, prompt: promptLogprobs(q.logits, q.req.Prompt, vocab, q.req.TopLogprobs)})
-			q.logits = nil
+		if q.wantsPromptLogprobs() {
+			q.call.post(event{index: q.index, isPrompt: true, prompt: q.promptLP})
+			q.promptLP = nil
 		}
 	}
 	if all {
 		row = row[len(row)-vocab:]
 	}
 	tok := q.sampler.next(row, &s.scratch)
+	if s.cfg.Preemption {
+		q.gen = append(q.gen, tok)
+	}
 	ev := event{index: q.index, token: tok}
 	if q.req.Logprobs {
 		lp := logprobsOf(row, tok, q.req.TopLogprobs)
@@ -399,12 +580,14 @@ func (s *Server) emit(q *sequence, row []float32, all bool, now time.Time) bool 
 	}
 	q.n++
 	if q.n == 1 {
+		q.first = now
 		s.metrics.ttft.Observe(now.Sub(q.queued).Seconds())
+		s.metrics.prefillTime.Observe(now.Sub(q.admitted).Seconds())
 	} else {
 		s.metrics.itl.Observe(now.Sub(q.last).Seconds())
 	}
 	q.last = now
-	s.metrics.generatedTokens.Inc()
+	s.metrics.generationTokens.Inc()
 	q.call.post(ev)
 	finish := ""
 	switch {
@@ -414,7 +597,7 @@ func (s *Server) emit(q *sequence, row []float32, all bool, now time.Time) bool 
 		finish = "length"
 	}
 	if finish != "" {
-		s.metrics.duration.Observe(now.Sub(q.queued).Seconds())
+		s.metrics.finished(q, finish, now)
 		q.end(finish, nil)
 		return true
 	}

@@ -82,6 +82,15 @@ type Config struct {
 	// beyond it. One that could never fit gets 400; others wait in the queue, oldest first.
 	// 0: no bound.
 	KVCacheBytes int64
+	// Preemption, with KVCacheBytes, admits a sequence once what it needs now fits (its prompt and
+	// a block of 16 tokens) instead of its worst case, and grows its reservation as it generates;
+	// when a sequence's next token does not fit the budget, the newest running sequences are
+	// preempted (vLLM's recompute preemption): each drops its cache and goes back to the front of
+	// the queue, to be prefilled again (prompt and the tokens it had generated) when there is room
+	// for its worst case (so it is preempted once at most). More sequences run at once; a preempted one pays its prefill again, and a reservation that
+	// grows copies the cache it has (Reserve). false: every sequence reserves its worst case and
+	// nothing is ever preempted.
+	Preemption bool
 	// QueueTimeout, when positive, bounds how long a sequence waits in the queue to be admitted
 	// (for cache room or a running slot): beyond it its request gets ErrOverloaded (429 with
 	// Retry-After, or an error event once a stream has begun).
@@ -137,6 +146,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("serve: config: max batched tokens %d, want 0 or ≥ max running %d", c.MaxBatchedTokens, c.MaxRunning)
 	case c.KVCacheBytes < 0 || c.QueueTimeout < 0 || c.RequestTimeout < 0:
 		return fmt.Errorf("serve: config: KV cache bytes %d, queue timeout %v, request timeout %v", c.KVCacheBytes, c.QueueTimeout, c.RequestTimeout)
+	case c.Preemption && c.KVCacheBytes == 0:
+		return errors.New("serve: config: preemption needs a KV-cache budget (KVCacheBytes)")
 	case c.MaxBodyBytes < 1 || c.MaxTokens < 1 || c.MaxModelLen < 0:
 		return fmt.Errorf("serve: config: max body bytes %d, max tokens %d, max model len %d",
 			c.MaxBodyBytes, c.MaxTokens, c.MaxModelLen)
@@ -192,6 +203,9 @@ type Server struct {
 	metrics *metrics
 	created int64   // unix seconds, for /v1/models
 	scratch scratch // the scheduler's
+	// logitsTokens bounds a Step that returns every position's logits: promptLogprobsTokens (tests
+	// set less before the first request).
+	logitsTokens int
 
 	chatTemplate    *chattemplate.Template // nil: chat requests get 400 with chatTemplateErr
 	chatTemplateErr error
@@ -225,7 +239,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, info: info, log: cfg.Logger, reg: reg, metrics: m, created: time.Now().Unix(),
-		wake: make(chan struct{}, 1)}
+		logitsTokens: promptLogprobsTokens, wake: make(chan struct{}, 1)}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}

@@ -333,7 +333,7 @@ func TestGolden(t *testing.T) {
 					t.Errorf("Generate prompt %d: %v %q %v, want %v", i, got, finish, err, want[i])
 				}
 			}
-			if got := metricValue(t, ts.reg, "pregate_generated_tokens_total"); got != 60 {
+			if got := metricValue(t, ts.reg, "pregate_generation_tokens_total"); got != 60 {
 				t.Errorf("generated tokens metric %v, want 60", got)
 			}
 			if got := metricValue(t, ts.reg, "pregate_requests_total", "code", "200"); got != 2 {
@@ -473,14 +473,14 @@ func TestClientCancel(t *testing.T) {
 	ts := newTestServer(t, "switch-tiny", loadModel(t, "switch-tiny"), func(c *Config) { c.MaxTokens = maxTokens })
 	_, cancel := streamUntil(t, ts, map[string]any{"prompt": []int{5, 6, 7}, "max_tokens": maxTokens, "temperature": 0, "ignore_eos": true, "stream": true}, 3)
 	cancel()
-	eventually(t, "no running request", func() bool { return metricValue(t, ts.reg, "pregate_requests_running") == 0 })
+	eventually(t, "no running request", func() bool { return metricValue(t, ts.reg, "pregate_num_requests_running") == 0 })
 	eventually(t, "the request counted as 499", func() bool {
 		return metricValue(t, ts.reg, "pregate_requests_total", "code", "499") == 1
 	})
-	n := metricValue(t, ts.reg, "pregate_generated_tokens_total")
+	n := metricValue(t, ts.reg, "pregate_generation_tokens_total")
 	t.Logf("%v tokens generated before the cancel took effect", n)
 	time.Sleep(50 * time.Millisecond)
-	if again := metricValue(t, ts.reg, "pregate_generated_tokens_total"); again != n || n >= maxTokens/100 {
+	if again := metricValue(t, ts.reg, "pregate_generation_tokens_total"); again != n || n >= maxTokens/100 {
 		t.Fatalf("generated %v then %v tokens: generation did not stop", n, again)
 	}
 	// The server still serves.
@@ -508,7 +508,7 @@ func TestOverloaded(t *testing.T) {
 		}
 		waited <- resp.StatusCode
 	}()
-	eventually(t, "one waiting request", func() bool { return metricValue(t, ts.reg, "pregate_requests_waiting") == 1 })
+	eventually(t, "one waiting request", func() bool { return metricValue(t, ts.reg, "pregate_num_requests_waiting") == 1 })
 
 	resp, b := post(t, context.Background(), ts.url, short)
 	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
@@ -730,9 +730,9 @@ func TestProbes(t *testing.T) {
 
 	ts.complete(t, map[string]any{"prompt": []int{5, 6}, "max_tokens": 3, "ignore_eos": true}) // sampled (temperature 1): EOS could end it early
 	code, body = get("/metrics")
-	for _, name := range []string{"pregate_requests_running", "pregate_requests_waiting", "pregate_time_to_first_token_seconds",
-		"pregate_inter_token_latency_seconds", "pregate_request_duration_seconds", `pregate_requests_total{code="200"} 1`,
-		"pregate_generated_tokens_total 3", "pregate_prompt_tokens_total 2"} {
+	for _, name := range []string{"pregate_num_requests_running", "pregate_num_requests_waiting", "pregate_time_to_first_token_seconds",
+		"pregate_inter_token_latency_seconds", "pregate_e2e_request_latency_seconds", `pregate_requests_total{code="200"} 1`,
+		"pregate_generation_tokens_total 3", "pregate_prompt_tokens_total 2"} {
 		if code != 200 || !strings.Contains(body, name) {
 			t.Errorf("/metrics (%d) lacks %q", code, name)
 		}
@@ -893,7 +893,7 @@ func TestClose(t *testing.T) {
 		_, err := ts.Generate(context.Background(), Request{Prompt: []int{6}, MaxTokens: 1}, nil)
 		errs <- err
 	}()
-	eventually(t, "one waiting request", func() bool { return metricValue(t, ts.reg, "pregate_requests_waiting") == 1 })
+	eventually(t, "one waiting request", func() bool { return metricValue(t, ts.reg, "pregate_num_requests_waiting") == 1 })
 	if err := ts.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -932,6 +932,7 @@ func TestConfig(t *testing.T) {
 		{"body", func(c *Config) { c.MaxBodyBytes = 0 }},
 		{"tokens", func(c *Config) { c.MaxTokens = 0 }},
 		{"model len", func(c *Config) { c.MaxModelLen = -1 }},
+		{"preemption without a budget", func(c *Config) { c.Preemption = true }},
 	}
 	for _, tt := range tests {
 		cfg := valid
