@@ -78,8 +78,11 @@ def main():
     ap.add_argument("out", help="GGUF file to write")
     args = ap.parse_args()
 
-    with open(os.path.join(args.dir, "config.json")) as f:
-        cfg = json.load(f)
+    try:
+        with open(os.path.join(args.dir, "config.json")) as f:
+            cfg = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        sys.exit(f"synth_to_gguf: {args.dir}: config.json: {e}")
     if cfg.get("model_type") != "mixtral":
         sys.exit(f"synth_to_gguf: {args.dir}: model_type {cfg.get('model_type')!r} (want mixtral)")
     t = open_checkpoint(args.dir)
@@ -124,21 +127,20 @@ def main():
     w.add_eos_token_id(cfg.get("eos_token_id") or 2)
     w.add_add_bos_token(False)  # prompts are given as ids, exactly what pregate generate gets
 
-    # (gguf name, producer of the numpy array to store); matrices keep the checkpoint's dtype.
+    # (gguf name, its shape, producer of the numpy array to store, checkpoint names it reads);
+    # matrices keep the checkpoint's dtype.
     plan = []
 
     def mat(gname, hf, fn=None):
-        arr, dtype = t[hf]
-        plan.append((gname, arr.shape, lambda: arr if fn is None else fn(arr)))
+        plan.append((gname, lambda: t[hf][0].shape, lambda: t[hf][0] if fn is None else fn(t[hf][0]), [hf]))
 
     def f32(gname, hf):
-        arr, dtype = t[hf]
-        plan.append((gname, arr.shape, lambda: to_f32(arr, dtype)))
+        plan.append((gname, lambda: t[hf][0].shape, lambda: to_f32(*t[hf]), [hf]))
 
     def experts(gname, wid, bid):
         names = [f"model.layers.{bid}.block_sparse_moe.experts.{x}.{wid}.weight" for x in range(n_expert)]
-        shape = (n_expert,) + t[names[0]][0].shape
-        plan.append((gname, shape, lambda: np.stack([t[n][0] for n in names], axis=0)))
+        plan.append((gname, lambda: (n_expert,) + t[names[0]][0].shape,
+                     lambda: np.stack([t[n][0] for n in names], axis=0), names))
 
     mat("token_embd.weight", "model.embed_tokens.weight")
     for i in range(n_layer):
@@ -156,10 +158,15 @@ def main():
     f32("output_norm.weight", "model.norm.weight")
     mat("output.weight", "lm_head.weight")
 
+    missing = sorted({n for _, _, _, names in plan for n in names} - t.keys())
+    if missing:
+        sys.exit(f"synth_to_gguf: {args.dir}: missing tensors {missing[:4]}{' ...' if len(missing) > 4 else ''}")
+
     def kind(gname):
         return gname.endswith(("_norm.weight", "ffn_gate_inp.weight"))
 
-    for gname, shape, _ in plan:
+    for gname, shape_of, _, _ in plan:
+        shape = shape_of()
         if kind(gname) or not bf16:
             nbytes = int(np.prod(shape)) * 4
             w.add_tensor_info(gname, shape, np.dtype(np.float32), nbytes)
@@ -169,7 +176,7 @@ def main():
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
-    for gname, _, produce in plan:
+    for _, _, produce, _ in plan:
         w.write_tensor_data(np.ascontiguousarray(produce()))
     w.close()
     print(f"synth_to_gguf: wrote {args.out} ({len(plan)} tensors, {'bf16' if bf16 else 'f32'})")
