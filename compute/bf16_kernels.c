@@ -47,7 +47,15 @@ static inline float bf16_scalar(uint16_t b) {
 // the line BF16_PREFETCH bytes ahead in each: with 2-8 rows read side by side the hardware
 // prefetcher alone kept them slower (AVX2, 1×4096·4096×14336, 1 thread, 3 interleaved runs each:
 // 5.9-7.6 ms without, 5.3-6.2 with 512 B ahead, 4.8-5.6 with 1 KiB).
+//
+// A tile's R rows lie side by side in memory, so when rows are short the line 1 KiB along a row
+// is mostly the start of the next row of the same tile, already being read: with k = 1024 (2 KiB
+// rows, mixtral-bench's w1/w3, attention and LM head) only the last row's prefetch reached new
+// memory. A tile of at most BF16_NEXT_TILE_MAX bytes therefore prefetches, for each row, the same
+// line of the next tile (R rows further on), which keeps a whole tile of lines in flight ahead of
+// the reads; longer tiles keep the 1 KiB-ahead prefetch (docs/BENCHMARKS.md, issue 16 part 5).
 #define BF16_PREFETCH 1024
+#define BF16_NEXT_TILE_MAX (32 << 10)
 
 // ---- AVX2 + FMA: 8 floats per vector; tiles 1×8, 2×4, 3×2, 4×2 (M·R <= 8). ----
 

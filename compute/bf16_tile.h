@@ -52,11 +52,14 @@ static inline void BF16_FN(bf16_tile_)(const int M, const int R, int k, const fl
 		}
 	}
 	int p = 0;
+	// How far ahead each row's prefetch reaches (bf16_kernels.c): the same line of the next
+	// tile's row when the tile is small, else BF16_PREFETCH bytes further along the row.
+	const size_t ahead = (size_t)R * k * 2 <= BF16_NEXT_TILE_MAX ? (size_t)R * k * 2 : BF16_PREFETCH;
 	// A 64-byte cache line (32 bf16) of each weight row per iteration, prefetching ahead.
 	for (; p + 32 <= k; p += 32) {
 #pragma GCC unroll 8
 		for (int r = 0; r < R; r++) {
-			_mm_prefetch((const char *)(w + (size_t)r * k + p) + BF16_PREFETCH, _MM_HINT_T0);
+			_mm_prefetch((const char *)(w + (size_t)r * k + p) + ahead, _MM_HINT_T0);
 		}
 #pragma GCC unroll 4
 		for (int u = 0; u < 32; u += LANES) {
