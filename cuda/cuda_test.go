@@ -684,7 +684,8 @@ func TestEveryOp(t *testing.T) {
 
 // fakeRun are the device tests TestFakeDriver runs under the fake driver.
 var fakeRun = []string{"TestOpenErrors", "TestBackendConformance", "TestLinearLarge", "TestPinnedCopy",
-	"TestStreamWaitsEvent", "TestBlobToDevice", "TestArenaOnDevice", "TestEveryOp", "TestEngineOnDevice", "TestCloseThenUse", "TestModuleLoadLog"}
+	"TestStreamWaitsEvent", "TestBlobToDevice", "TestArenaOnDevice", "TestEveryOp", "TestEngineOnDevice", "TestCloseThenUse", "TestModuleLoadLog",
+	"TestCopyFencedBehindFreedReaders"}
 
 // TestFakeDriver runs the device tests, the conformance suite included, against a fake
 // libcuda.so.1 (testdata/fakecuda.cc) on a machine without a GPU: the driver loaded by dlopen, the
@@ -732,7 +733,7 @@ func TestFakeDriver(t *testing.T) {
 		}
 		return string(out)
 	}
-	out := run([]string{"PREGATE_CUDA_REQUIRE=1"}, fakeRun...)
+	out := run([]string{"PREGATE_CUDA_REQUIRE=1", "FAKECUDA_TRACE=" + filepath.Join(dir, "trace")}, fakeRun...)
 	for _, name := range fakeRun {
 		if !strings.Contains(out, "--- PASS: "+name+" ") {
 			t.Errorf("%s did not pass under the fake driver:\n%s", name, out)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/pregate/pregate/compute"
 )
@@ -58,8 +59,17 @@ type Device struct {
 	arena  *arena
 
 	// copyMu keeps a copy, its event's record and its hand-off to the waiter together, so the
-	// events reach the waiter in the copy stream's order.
+	// events reach the waiter in the copy stream's order. It guards fenced.
 	copyMu sync.Mutex
+	// The reuse fence. An expert's buffer is freed (DeviceBuffer.Free) once the ops that read it
+	// are enqueued on the compute stream, not run; the next copy into that arena memory must not
+	// overtake them. frees counts DeviceBuffer.Frees; a copy issued after one it has not fenced
+	// records fence on the compute stream and makes the copy stream wait for it (everything
+	// enqueued for compute until then, the freed buffer's readers among them). fenced is the
+	// count the last fence covered.
+	fence  event
+	frees  atomic.Uint64
+	fenced uint64
 	// waits carries each copy's event to the waiter goroutine, which completes them in order.
 	waits      chan *Event
 	waiterDone chan struct{}
@@ -146,6 +156,9 @@ func Open(ordinal int) (d *Device, err error) {
 	if err = d.k.load(d.ctx, d.mod, image); err != nil {
 		return nil, err
 	}
+	if d.fence, err = d.ctx.newEvent(false); err != nil {
+		return nil, err
+	}
 	d.waits = make(chan *Event, 1024)
 	d.waiterDone = make(chan struct{})
 	go d.waiter()
@@ -163,6 +176,9 @@ func (d *Device) release() error {
 	if d.arena != nil {
 		errs = append(errs, d.ctx.memFree(d.arena.base))
 		d.arena = nil
+	}
+	if d.fence.e != nil {
+		errs = append(errs, d.ctx.destroyEvent(d.fence))
 	}
 	if d.mod.m != nil {
 		errs = append(errs, d.ctx.unloadModule(d.mod))

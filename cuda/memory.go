@@ -101,13 +101,15 @@ func (b *DeviceBuffer) Tensor(off int64, dt compute.DType, n int) (compute.Tenso
 	return compute.NewTensor(&devMem{dev: b.dev, ptr: b.ptr + devptr(off), bytes: int64(n) * size}, dt, 0, n), nil
 }
 
-// Free returns the range to the arena. The caller must know that no enqueued copy or kernel still
-// uses it (the cache frees an expert only once it is unpinned, after its last compute). Free is
-// idempotent.
+// Free returns the range to the arena. The caller must know that no op that uses it is still to be
+// enqueued (the cache frees an expert once it is unpinned, after its last compute was issued); ops
+// already enqueued may still be reading it on the device: the next CopyToDevice fences the copy
+// stream behind them (Device.fence). Free is idempotent.
 func (b *DeviceBuffer) Free() {
 	if b.freed.Swap(true) {
 		return
 	}
+	b.dev.frees.Add(1) // before the range can be handed out again
 	b.dev.mu.RLock()
 	defer b.dev.mu.RUnlock()
 	if b.dev.arena != nil {
@@ -217,7 +219,18 @@ func (d *Device) CopyToDevice(dst *DeviceBuffer, src *HostBuffer, n int64) *Even
 	e := &Event{done: make(chan struct{}), dev: d, ev: ev, live: true}
 	d.copyMu.Lock()
 	defer d.copyMu.Unlock()
-	if n > 0 {
+	if f := d.frees.Load(); f != d.fenced {
+		// A buffer was freed since the last fence, perhaps this one's memory: the copy waits for
+		// the compute enqueued until now, which includes every read of it.
+		err = d.ctx.record(d.fence, d.compute)
+		if err == nil {
+			err = d.ctx.waitEvent(d.copies, d.fence)
+		}
+		if err == nil {
+			d.fenced = f
+		}
+	}
+	if n > 0 && err == nil {
 		err = d.ctx.copyHtoD(dst.ptr, src.p, n, d.copies)
 	}
 	if err == nil {

@@ -68,10 +68,14 @@ type cacheEntry struct {
 	ticket uint64 // creation order: reservations are granted in this order
 	pins   int    // users: a fetch in flight, an Acquire, a hint that the expert is wanted soon
 
-	ready    chan struct{} // closed when weights or err is set
-	weights  *engine.ExpertWeights
-	err      error
-	buf      DeviceBuffer
+	ready   chan struct{} // closed when weights or err is set
+	weights *engine.ExpertWeights
+	err     error
+	buf     DeviceBuffer
+	// copying is the copy of buf's bytes to the device, on a StreamWaiter device whose compute
+	// stream waits for it (Acquire): the entry is ready once the copy is enqueued. Set by the
+	// fetch before ready is closed.
+	copying  Event
 	reserved bool
 	cancel   context.CancelFunc // stops the entry's fetch
 	// abandoned: unpinned before its fetch finished, so the fetch was cancelled; get replaces it.
@@ -195,7 +199,9 @@ func (c *Cache) unpin(e *cacheEntry) {
 	}
 	select {
 	case <-e.ready:
-		if e.err == nil {
+		if e.abandoned {
+			c.removeLocked(e) // discarded while pinned
+		} else if e.err == nil {
 			c.broadcast() // evictable now
 		}
 	default:
@@ -280,6 +286,18 @@ func (c *Cache) makeRoom(size int64) bool {
 		c.evicted++
 	}
 	return true
+}
+
+// discard takes a ready entry out of the cache (its copy to the device failed after it was handed
+// over): at once if unpinned, else once its last user unpins it; meanwhile nobody pins it again, and
+// get replaces it.
+func (c *Cache) discard(e *cacheEntry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e.abandoned = true
+	if e.pins == 0 {
+		c.removeLocked(e)
+	}
 }
 
 // fill completes e: its weights, or the error that every waiter gets. A failed entry leaves the

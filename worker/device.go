@@ -45,6 +45,19 @@ type ComputeDevice interface {
 	Backend() compute.Backend
 }
 
+// StreamWaiter is implemented by a device whose compute stream can wait, on the device, for a copy's
+// event (cuStreamWaitEvent): the pipeline then hands the engine an expert as soon as its copy is
+// enqueued, and has the stream that runs the expert's ops wait for the copy, instead of the host
+// waiting for it. A device without it (the CPU) has each expert's copy complete before the engine
+// gets it.
+type StreamWaiter interface {
+	// WaitEvent makes the ops the backend issues from now on wait for ev's copy. It returns ev's
+	// error if the copy has already failed (the expert is then unavailable); a copy that fails
+	// later fails the backend's next Sync or Download. Called from the goroutine that issues the
+	// backend's ops (the engine's).
+	WaitEvent(ev Event) error
+}
+
 // HostBuffer is pinned host memory.
 type HostBuffer interface {
 	Bytes() []byte

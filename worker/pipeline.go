@@ -366,11 +366,16 @@ func (p *Pipeline) Acquire(ctx context.Context, block, expert int) (*engine.Expe
 			return nil, ctx.Err()
 		}
 	}
-	if ent.err != nil {
+	err := ent.err
+	if err == nil && ent.copying != nil {
+		// The copy may still be in flight: the backend's stream waits for it, not the host.
+		err = p.cfg.Device.(StreamWaiter).WaitEvent(ent.copying)
+	}
+	if err != nil {
 		if !p.mode.resident {
 			p.cache.unpin(ent)
 		}
-		return nil, fmt.Errorf("%w: worker: expert %v: %w", engine.ErrExpertUnavailable, k, ent.err)
+		return nil, fmt.Errorf("%w: worker: expert %v: %w", engine.ErrExpertUnavailable, k, err)
 	}
 	return ent.weights, nil
 }
@@ -429,7 +434,7 @@ func (p *Pipeline) startFetch(ent *cacheEntry) {
 	go func() {
 		defer p.wg.Done()
 		defer cancel()
-		w, err := p.fetchInto(ctx, ent)
+		w, copying, err := p.fetchInto(ctx, ent)
 		if err != nil && ctx.Err() == nil {
 			p.log.Warn("expert fetch failed", "expert", ent.key, "err", err)
 		}
@@ -437,18 +442,44 @@ func (p *Pipeline) startFetch(ent *cacheEntry) {
 		if !p.mode.resident {
 			p.fetched(ent)
 		}
+		if copying != nil {
+			p.landed(ent, copying)
+		}
 	}()
 }
 
-func (p *Pipeline) fetchInto(ctx context.Context, ent *cacheEntry) (*engine.ExpertWeights, error) {
+// landed waits for the copy of an expert that was handed over while its copy was in flight (a
+// StreamWaiter device), then returns its staging buffer: the copy reads it until its event
+// completes. A failed copy leaves the cache; an Acquire that made the compute stream wait for it
+// has failed the backend's next Sync, and every Acquire after the failure gets the copy's error
+// from WaitEvent (ErrExpertUnavailable).
+func (p *Pipeline) landed(ent *cacheEntry, c *inFlight) {
+	<-c.ev.Done()
+	if err := c.ev.Err(); err != nil {
+		p.log.Error("expert copy failed on the device", "expert", ent.key, "device", p.cfg.Device.Name(), "err", err)
+		p.cache.discard(ent) // the next use fetches it again
+	}
+	p.staging <- c.stage
+}
+
+// inFlight is a copy to the device that the expert was handed over before, and its staging buffer.
+type inFlight struct {
+	ev    Event
+	stage HostBuffer
+}
+
+// fetchInto fetches ent's blob into its device buffer and parses it. On a StreamWaiter device it
+// returns as soon as the copy is enqueued, with the copy (ent.copying is set); the caller returns
+// the staging buffer once it completes (landed).
+func (p *Pipeline) fetchInto(ctx context.Context, ent *cacheEntry) (*engine.ExpertWeights, *inFlight, error) {
 	if err := p.cache.reserve(ctx, ent, p.cfg.Device.Alloc); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var stage HostBuffer
 	select {
 	case stage = <-p.staging:
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, nil, ctx.Err()
 	}
 	n := ent.size
 	if ha, ok := p.cfg.Device.(HostAddressable); ok && ha.HostAddressable() {
@@ -456,35 +487,45 @@ func (p *Pipeline) fetchInto(ctx context.Context, ent *cacheEntry) (*engine.Expe
 		err := p.cfg.Fetcher.Fetch(ctx, ent.key, ent.buf.HostView()[:n])
 		p.staging <- stage
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		st := &p.stats[ent.key.Block]
-		st.fetchedBytes.Add(n)
-		st.fetches.Add(1)
-		return p.parse(ent.key, ent.buf.HostView()[:n], nil)
+		p.countFetch(ent)
+		w, err := p.parse(ent.key, ent.buf.HostView()[:n], nil)
+		return w, nil, err
 	}
-	err := p.cfg.Fetcher.Fetch(ctx, ent.key, stage.Bytes()[:n])
+	if err := p.cfg.Fetcher.Fetch(ctx, ent.key, stage.Bytes()[:n]); err != nil {
+		p.staging <- stage
+		return nil, nil, err
+	}
+	ev := p.cfg.Device.CopyToDevice(ent.buf, stage, n)
+	// The header is read on the host, from the staging buffer, while the copy reads it too; the
+	// weights are views of the device buffer.
+	w, err := p.parse(ent.key, stage.Bytes()[:n], ent.buf)
+	if _, ok := p.cfg.Device.(StreamWaiter); ok && err == nil {
+		// Handed over now: Acquire has the compute stream wait for the copy.
+		ent.copying = ev
+		p.countFetch(ent)
+		return w, &inFlight{ev: ev, stage: stage}, nil
+	}
+	// The copy reads the staging buffer, and writes the device buffer (which a failed parse
+	// frees), until its event completes: wait for it even if ctx ends.
+	<-ev.Done()
 	if err == nil {
-		// The copy reads the staging buffer until its event completes: wait for it even if ctx
-		// ends, or the buffer could be refilled under the copy.
-		ev := p.cfg.Device.CopyToDevice(ent.buf, stage, n)
-		<-ev.Done()
 		err = ev.Err()
-	}
-	var w *engine.ExpertWeights
-	if err == nil {
-		// The header is read on the host, from the staging buffer (before it is reused); the
-		// weights are views of the device buffer.
-		w, err = p.parse(ent.key, stage.Bytes()[:n], ent.buf)
 	}
 	p.staging <- stage
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	p.countFetch(ent)
+	return w, nil, nil
+}
+
+// countFetch counts a fetch of ent's bytes in its block's stats.
+func (p *Pipeline) countFetch(ent *cacheEntry) {
 	st := &p.stats[ent.key.Block]
-	st.fetchedBytes.Add(n)
+	st.fetchedBytes.Add(ent.size)
 	st.fetches.Add(1)
-	return w, nil
 }
 
 // parse reads an expert blob's header from b (the blob's bytes as the host sees them) and returns

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/pregate/pregate/compute"
@@ -69,6 +70,23 @@ func (c cudaDevice) CopyToDevice(dst worker.DeviceBuffer, src worker.HostBuffer,
 		return failedEvent{fmt.Errorf("cuda: copy from a %T into a %T: both must come from %s", src, dst, c.d.Name())}
 	}
 	return c.d.CopyToDevice(db, hb, n)
+}
+
+// WaitEvent implements worker.StreamWaiter: the compute stream waits for the copy on the device. A
+// copy that has completed needs no wait (and one that failed is the expert's error); an event of
+// another device is waited for on the host.
+func (c cudaDevice) WaitEvent(ev worker.Event) error {
+	select {
+	case <-ev.Done():
+		return ev.Err()
+	default:
+	}
+	e, ok := ev.(*cuda.Event)
+	if !ok {
+		return worker.Wait(context.Background(), ev)
+	}
+	c.d.WaitEvent(e)
+	return nil
 }
 
 // failedEvent is an Event that completed with err.

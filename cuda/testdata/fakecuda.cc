@@ -18,6 +18,7 @@
 // (-Wno-unknown-pragmas: the kernels' #pragma unroll.)
 
 #include <cuda.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -162,6 +163,29 @@ static void run(const Launcher &f, dim3 grid, dim3 block, void **kp) {
 }
 } // namespace cudaemu
 #pragma GCC visibility pop
+
+// The trace: with FAKECUDA_TRACE set to a file, every call that enqueues work on a stream appends
+// a line naming the stream (and the event, or the destination), in issue order. The fake runs
+// everything at once, so the order of a real GPU's streams is checked on the order of issue: a
+// test reads the trace to see that a copy was made to wait for an event recorded on the compute
+// stream after the kernels that read the memory it overwrites.
+static std::mutex trace_mu;
+
+static void trace(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void trace(const char *fmt, ...) {
+	static FILE *f = [] {
+		const char *path = getenv("FAKECUDA_TRACE");
+		return path != NULL ? fopen(path, "a") : NULL;
+	}();
+	if (f == NULL) return;
+	std::lock_guard<std::mutex> lock(trace_mu);
+	va_list ap;
+	va_start(ap, fmt);
+	vfprintf(f, fmt, ap);
+	va_end(ap);
+	fputc('\n', f);
+	fflush(f);
+}
 
 #define MAX_ALLOCS 65536
 
@@ -361,6 +385,7 @@ CUresult cuEventRecord(CUevent e, CUstream s) {
 	if (r != CUDA_SUCCESS) return r;
 	if (!is_event(e) || !is_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
 	*(int *)e = event_token + 1;
+	trace("record %p %p", (void *)s, (void *)e);
 	return CUDA_SUCCESS;
 }
 
@@ -379,7 +404,9 @@ CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned int flags) {
 	CUresult r = need_ctx();
 	if (r != CUDA_SUCCESS) return r;
 	if (!is_stream(s) || !is_event(e) || flags != 0) return CUDA_ERROR_INVALID_HANDLE;
-	return *(int *)e == event_token + 1 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE; // never recorded
+	if (*(int *)e != event_token + 1) return CUDA_ERROR_INVALID_VALUE; // never recorded
+	trace("wait %p %p", (void *)s, (void *)e);
+	return CUDA_SUCCESS;
 }
 
 CUresult cuMemAlloc(CUdeviceptr *p, size_t n) {
@@ -416,6 +443,7 @@ CUresult cuMemcpyHtoDAsync(CUdeviceptr dst, const void *src, size_t n, CUstream 
 	if (r != CUDA_SUCCESS) return r;
 	if (!is_stream(s) || !is_alloc((void *)(uintptr_t)dst, n)) return CUDA_ERROR_INVALID_VALUE;
 	memcpy((void *)(uintptr_t)dst, src, n);
+	trace("htod %p %#llx %zu", (void *)s, (unsigned long long)dst, n);
 	return CUDA_SUCCESS;
 }
 
@@ -432,6 +460,7 @@ CUresult cuMemcpyDtoDAsync(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream 
 	if (r != CUDA_SUCCESS) return r;
 	if (!is_stream(s) || !is_alloc((void *)(uintptr_t)dst, n) || !is_alloc((void *)(uintptr_t)src, n)) return CUDA_ERROR_INVALID_VALUE;
 	memmove((void *)(uintptr_t)dst, (void *)(uintptr_t)src, n);
+	trace("dtod %p %#llx %#llx %zu", (void *)s, (unsigned long long)dst, (unsigned long long)src, n);
 	return CUDA_SUCCESS;
 }
 
@@ -488,6 +517,7 @@ CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, uns
 	if (f == NULL || !is_stream(s) || params == NULL || extra != NULL) return CUDA_ERROR_INVALID_VALUE;
 	if (gx == 0 || gy == 0 || gz == 0 || gy > 65535 || gz > 65535) return CUDA_ERROR_INVALID_VALUE;
 	if (bx * by * bz == 0 || bx * by * bz > 1024 || shmem > 48 * 1024) return CUDA_ERROR_INVALID_VALUE;
+	trace("launch %p", (void *)s);
 	cudaemu::run(*(const cudaemu::Launcher *)f, {gx, gy, gz}, {bx, by, bz}, params);
 	return CUDA_SUCCESS;
 }

@@ -96,8 +96,20 @@ type sequence struct {
 	stopped  atomic.Bool        // set by the caller (call.stop)
 }
 
+// end posts q's last event and frees its engine sequence.
 func (q *sequence) end(finish string, err error) {
+	q.release()
 	q.call.post(event{index: q.index, finish: finish, err: err})
+}
+
+// release frees q's engine sequence, if it has one: its caches live on the model's backend (a
+// GPU's memory, which Go's collector does not reclaim), so every way a sequence ends (end,
+// stopped by its caller, preempted) frees them, once.
+func (q *sequence) release() {
+	if q.seq != nil {
+		q.seq.Close()
+		q.seq = nil
+	}
 }
 
 // submit checks reqs and queues them, all or none, as one call.
@@ -208,7 +220,11 @@ func (s *Server) dropCancelled(running []*sequence) []*sequence {
 			q.end("", s.timedOut())
 			return true
 		}
-		return q.stopped.Load()
+		if q.stopped.Load() {
+			q.release()
+			return true
+		}
+		return false
 	})
 }
 
@@ -285,7 +301,8 @@ func (s *Server) preempt(q *sequence) {
 	if s.decoderOnly() && len(q.gen) > 0 {
 		q.input = append(slices.Clip(q.req.Prompt), q.gen...)
 	}
-	q.seq, q.fed, q.chunk, q.promptLP, q.deferred = nil, 0, 0, nil, false
+	q.release()
+	q.fed, q.chunk, q.promptLP, q.deferred = 0, 0, nil, false
 	s.reserve(q, 0)
 	s.mu.Lock()
 	s.waiting = slices.Insert(s.waiting, 0, q)
