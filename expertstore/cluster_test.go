@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -364,6 +365,37 @@ func TestCorruptionInFlightFailsOver(t *testing.T) {
 	err := cl.Fetch(ctx, client.Ref{Digest: blob.Sum(data), Size: int64(len(data))}, []routing.Replica{bad}, dst)
 	if !errors.Is(err, storepb.ErrCorrupt) {
 		t.Fatalf("fetch from a corrupting replica: %v, want ErrCorrupt", err)
+	}
+}
+
+// A ranged fetch has no digest to compare with: its chunks' CRC32Cs are what catch a flipped bit.
+func TestCorruptionInRangedFetch(t *testing.T) {
+	c := newCluster(t, 1)
+	cl := newClient(t, client.Config{})
+	ctx := context.Background()
+	data := expertBlob(t, "BF16", 2, 256, 512, 3)
+	if _, _, err := cl.Put(ctx, replicaOf(c.stores[0]), data); err != nil {
+		t.Fatal(err)
+	}
+	tr := client.NewDataTransport(client.DataTransportConfig{Compression: client.CompressNever})
+	defer tr.Close()
+	off := int64(len(data) / 4)
+	dst := make([]byte, len(data)/2)
+	r := replicaOf(c.stores[0])
+	if err := tr.Fetch(ctx, r, blob.Sum(data), off, dst, false); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(dst, data[off:off+int64(len(dst))]) {
+		t.Fatal("ranged fetch returned other bytes")
+	}
+	p := newProxy(t, c.stores[0].DataAddr(), 70_000, 0)
+	r.DataAddr = p.addr()
+	err := tr.Fetch(ctx, r, blob.Sum(data), off, dst, false)
+	if !p.flipped.Load() {
+		t.Fatal("the proxy flipped nothing")
+	}
+	if !errors.Is(err, storepb.ErrCorrupt) || !strings.Contains(err.Error(), "CRC32C") {
+		t.Fatalf("ranged fetch through a corrupting proxy: %v, want ErrCorrupt naming the chunk's CRC32C", err)
 	}
 }
 

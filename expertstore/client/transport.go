@@ -358,12 +358,26 @@ func readChunks(c *dataConn, r routing.Replica, d blob.Digest, dst []byte, off i
 		}
 		p := dst[pos-off : pos-off+int64(h.Length)]
 		for len(p) > 0 {
-			piece := p[:min(len(p), verifyPiece)]
-			if _, err := io.ReadFull(c.rd, piece); err != nil {
+			// One read takes whatever the socket holds, up to the chunk's end (a read per piece
+			// would cost a system call per 128 KiB even when megabytes are waiting); the verifier
+			// then gets it in pieces, each still in cache from the copy that just wrote it.
+			n, err := c.rd.Read(p)
+			if n == 0 && err == nil {
+				continue
+			}
+			if err != nil {
+				if err == io.EOF {
+					err = io.ErrUnexpectedEOF
+				}
 				return err
 			}
-			p = p[len(piece):]
-			v.pieces <- verifyJob{piece: piece, last: len(p) == 0, offset: pos, want: h.CRC}
+			got := p[:n]
+			p = p[n:]
+			for len(got) > 0 {
+				piece := got[:min(len(got), verifyPiece)]
+				got = got[len(piece):]
+				v.pieces <- verifyJob{piece: piece, last: len(p) == 0 && len(got) == 0, offset: pos, want: h.CRC}
+			}
 		}
 		pos += int64(h.Length)
 	}
@@ -394,10 +408,13 @@ func newVerifier(sum *blob.Hasher) *verifier {
 		defer close(v.done)
 		var crc uint32
 		for j := range v.pieces {
-			crc = blob.UpdateCRC32C(crc, j.piece)
+			// A whole blob is checked against its digest, which covers every byte before the
+			// caller may use any: its chunks' CRCs would check the same bytes a second time.
 			if v.sum != nil {
 				v.sum.Write(j.piece)
+				continue
 			}
+			crc = blob.UpdateCRC32C(crc, j.piece)
 			if j.last {
 				if crc != j.want && v.bad < 0 {
 					v.bad = j.offset
