@@ -102,6 +102,21 @@ func gemmNT(dst, a []float32, m, k int, w []float32, n, ldc int, beta float32) {
 		1, fptr(a), C.int(k), fptr(w), C.int(k), C.float(beta), fptr(dst), C.int(ldc))
 }
 
+// gemvWhole computes dst = a·wᵀ + beta·dst for m <= gemvMaxM rows of a with one sgemv per row
+// over all n weight rows, for MatMulT on one thread: the blocks of gemmNT exist for the 2-thread
+// case (see gemvBlockFloats), and on one thread they only add OpenBLAS's ~1µs per call (a
+// mixtral-bench f32 token is ~1,800 blocks). It reports false, doing nothing, for larger m.
+func gemvWhole(dst, a []float32, m, k int, w []float32, n int, beta float32) bool {
+	if m > gemvMaxM {
+		return false
+	}
+	for i := 0; i < m; i++ {
+		C.cblas_sgemv(cblasRowMajor, cblasNoTrans, C.int(n), C.int(k),
+			1, fptr(w), C.int(k), fptr(a[i*k:]), 1, C.float(beta), fptr(dst[i*n:]), 1)
+	}
+	return true
+}
+
 // gemvMaxM is the largest m for which gemmNT uses blocked sgemv calls
 // instead of sgemm (see gemmNT).
 const gemvMaxM = 4
