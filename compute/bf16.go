@@ -29,7 +29,9 @@ func (k bf16Kernel) String() string { return bf16KernelNames[k] }
 
 // BF16KernelEnv is the environment variable that overrides the choice of bf16 kernel: "go",
 // "avx2" or "avx512". A kernel the CPU cannot run, or any other value, is ignored. It exists to
-// benchmark and test the AVX2 kernel on AVX-512 machines, and the widening path anywhere.
+// benchmark and test the AVX2 kernel on AVX-512 machines, and the widening path anywhere. The
+// same choice picks the attention and SiLU vector kernels (vec_cgo.go) and, with "avx512", the
+// f32 GEMV's tile kernel (gemmNT; otherwise OpenBLAS's sgemv).
 const BF16KernelEnv = "PREGATE_BF16_KERNEL"
 
 // chooseBF16Kernel returns the kernel named by env if this CPU and build can run it, and the

@@ -86,20 +86,12 @@ static inline float hsum_avx2(__m256 v) {
 #define R2 4
 #define R3 2
 #define R4 2
+#define WT uint16_t
+#define WSIZE 2
+#define WLINE 32
+#define wscalar(x) bf16_scalar(x)
+#define ROWS_NAME pregate_bf16_rows_avx2
 #include "bf16_tile.h"
-#undef ISA
-#undef TARGET
-#undef VEC
-#undef LANES
-#undef vzero
-#undef vloadf
-#undef vwiden
-#undef vfma
-#undef vhsum
-#undef R1
-#undef R2
-#undef R3
-#undef R4
 
 // ---- AVX-512F: 16 floats per vector; tiles 1×8, 2×8, 3×4, 4×4 (M·R <= 16). ----
 
@@ -122,6 +114,35 @@ static inline __m512 bf16x16_avx512(const uint16_t *p) {
 #define R2 8
 #define R3 4
 #define R4 4
+#define WT uint16_t
+#define WSIZE 2
+#define WLINE 32
+#define wscalar(x) bf16_scalar(x)
+#define ROWS_NAME pregate_bf16_rows_avx512
+#include "bf16_tile.h"
+
+// ---- AVX-512F over f32 weights: the same tile for MatMulT's GEMV (gemmNT, m <= gemvMaxM). ----
+// OpenBLAS 0.3.21 runs its Haswell (AVX2) sgemv here; the tile with its next-tile prefetch is what
+// brought the bf16 decode level with llama.cpp (docs/BENCHMARKS.md, issue 16 part 5).
+
+#define ISA f32_avx512
+#define TARGET "avx512f"
+#define VEC __m512
+#define LANES 16
+#define vzero() _mm512_setzero_ps()
+#define vloadf(p) _mm512_loadu_ps(p)
+#define vwiden(p) _mm512_loadu_ps(p)
+#define vfma(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define vhsum(v) _mm512_reduce_add_ps(v)
+#define R1 8
+#define R2 8
+#define R3 4
+#define R4 4
+#define WT float
+#define WSIZE 4
+#define WLINE 16
+#define wscalar(x) (x)
+#define ROWS_NAME pregate_f32_rows_avx512
 #include "bf16_tile.h"
 
 // pregate_convert_bf16_avx2 is ConvertBF16 for AVX2: 16 weights per step.
@@ -152,6 +173,11 @@ void pregate_bf16_rows_avx2(int m, int k, const float *a, const uint16_t *w, int
 }
 
 void pregate_convert_bf16_avx2(float *dst, const uint16_t *src, size_t n) {
+	abort();
+}
+
+void pregate_f32_rows_avx512(int m, int k, const float *a, const float *w, int n,
+		float *dst, int ldc, int accumulate) {
 	abort();
 }
 

@@ -393,7 +393,9 @@ func (c *CPU) MatMulT(dst, a []float32, m, k int, w []float32, n int, accumulate
 	p := c.p
 	parts, splitN := p.plan(m, k, n)
 	if parts == 1 {
-		gemmNT(dst, a, m, k, w, n, n, beta)
+		if p.threads > 1 || !gemvWhole(dst, a, m, k, w, n, beta) {
+			gemmNT(dst, a, m, k, w, n, n, beta)
+		}
 		return
 	}
 	p.acquire()

@@ -327,23 +327,32 @@ func (c *CPU) Attention(out, q, k, v Tensor, nq, nk int, a *Attention) {
 				}
 			}
 			s := scores[:keys-first]
-			for j := first; j < keys; j++ {
-				dot := Dot(qi, ks[j*kd+kh*hd:j*kd+(kh+1)*hd]) * a.Scale
-				var add float32
-				if bias != nil {
-					add = bias[(min(max(j-qp, -reach), reach)+reach)*heads+h]
+			// Rows first..keys-1 of this KV head, kd floats apart.
+			kr, vr := ks[first*kd+kh*hd:], vs[first*kd+kh*hd:]
+			if !dotsSIMD(s, qi, kr, kd, a.Scale) {
+				for j := range s {
+					s[j] = Dot(qi, kr[j*kd:j*kd+hd]) * a.Scale
 				}
-				if mask != nil {
-					add += mask[j]
+			}
+			if bias != nil || mask != nil {
+				for j := first; j < keys; j++ {
+					var add float32
+					if bias != nil {
+						add = bias[(min(max(j-qp, -reach), reach)+reach)*heads+h]
+					}
+					if mask != nil {
+						add += mask[j]
+					}
+					s[j-first] += add
 				}
-				s[j-first] = dot + add
 			}
 			Softmax(s)
 			oi := o[i*qd+h*hd : i*qd+(h+1)*hd]
 			clear(oi)
-			for j, p := range s {
-				j += first
-				Axpy(oi, p, vs[j*kd+kh*hd:j*kd+(kh+1)*hd])
+			if !wsumSIMD(oi, s, vr, kd) {
+				for j, p := range s {
+					Axpy(oi, p, vr[j*kd:j*kd+hd])
+				}
 			}
 		}
 	})

@@ -87,3 +87,6 @@ func bf16RowsNT(kind bf16Kernel, dst, a []float32, m, k int, w []uint16, n, ldc 
 
 // convertBF16SIMD has no pure-Go vector loop: ConvertBF16 uses its 64-bit one.
 func convertBF16SIMD(kind bf16Kernel, dst []float32, src []uint16) bool { return false }
+
+// gemvWhole: the pure-Go build keeps gemmNT's blocks (gonum's Sgemv has no per-call overhead to save).
+func gemvWhole(dst, a []float32, m, k int, w []float32, n int, beta float32) bool { return false }

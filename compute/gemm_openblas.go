@@ -89,6 +89,19 @@ func gemmNT(dst, a []float32, m, k int, w []float32, n, ldc int, beta float32) {
 		// latency) to delay the other goroutine of a 2-thread GEMV by a
 		// whole chunk.
 		rb := max(1, gemvBlockFloats/k)
+		if bf16Active() == bf16AVX512 {
+			// The bf16 tile over f32 weights (bf16_kernels.c): all m rows at once, no per-call
+			// cost beyond cgo's.
+			acc := C.int(0)
+			if beta != 0 {
+				acc = 1
+			}
+			for j := 0; j < n; j += rb {
+				r := min(rb, n-j)
+				C.pregate_f32_rows_avx512(C.int(m), C.int(k), fptr(a), fptr(w[j*k:]), C.int(r), fptr(dst[j:]), C.int(ldc), acc)
+			}
+			return
+		}
 		for j := 0; j < n; j += rb {
 			r := min(rb, n-j)
 			for i := 0; i < m; i++ {
@@ -100,6 +113,21 @@ func gemmNT(dst, a []float32, m, k int, w []float32, n, ldc int, beta float32) {
 	}
 	C.cblas_sgemm(cblasRowMajor, cblasNoTrans, cblasTrans, C.int(m), C.int(n), C.int(k),
 		1, fptr(a), C.int(k), fptr(w), C.int(k), C.float(beta), fptr(dst), C.int(ldc))
+}
+
+// gemvWhole computes dst = a·wᵀ + beta·dst for m <= gemvMaxM rows of a with one sgemv per row
+// over all n weight rows, for MatMulT on one thread: the blocks of gemmNT exist for the 2-thread
+// case (see gemvBlockFloats), and on one thread they only add OpenBLAS's ~1µs per call (a
+// mixtral-bench f32 token is ~1,800 blocks). It reports false, doing nothing, for larger m.
+func gemvWhole(dst, a []float32, m, k int, w []float32, n int, beta float32) bool {
+	if m > gemvMaxM || bf16Active() == bf16AVX512 {
+		return false
+	}
+	for i := 0; i < m; i++ {
+		C.cblas_sgemv(cblasRowMajor, cblasNoTrans, C.int(n), C.int(k),
+			1, fptr(w), C.int(k), fptr(a[i*k:]), 1, C.float(beta), fptr(dst[i*n:]), 1)
+	}
+	return true
 }
 
 // gemvMaxM is the largest m for which gemmNT uses blocked sgemv calls
