@@ -19,12 +19,14 @@ type Encoder interface {
 }
 
 // EncodeJob is an encoder pass run in slices. The encoder attends over the whole prompt at each
-// layer, so a slice is (layer, chunk of query rows): at a layer's first slice the keys and values
-// of every token are projected, then each slice runs attention, the output projection and the
-// feed-forward (the MoE routes per token) for its rows only. The results equal one whole pass's.
+// layer, so a layer runs in two phases over the rows (the prompt tokens), each cut into chunks of
+// rows: the keys and values of every row, from the layer's input; then, per chunk of query rows,
+// attention over all keys, the output projection and the feed-forward (the MoE routes per token).
+// The tokens equal one whole pass's.
 type EncodeJob interface {
 	// Run computes at most tokens prompt tokens' worth of the pass (a token's worth: one row through
-	// every encoder layer), at least one row of one layer, and reports whether the pass is done:
+	// both phases of every encoder layer), at least one row of one phase, and reports whether the
+	// pass is done:
 	// then Sequences has the started sequences. An error leaves the job failed (Close it).
 	Run(ctx context.Context, tokens int) (done bool, err error)
 	// Left is the work left, in Run's tokens (rounded up; 0 once done).
@@ -53,7 +55,8 @@ type encodeJob struct {
 	outs    []*encoderOut
 	x, k, v compute.Tensor // [tokens × d] residual stream; [tokens × inner] the layer's keys and values
 	layer   int            // the next slice's layer (len(blocks): only the final norm is left)
-	row     int            // and its first query row
+	kv      bool           // and phase: projecting keys and values (else the query rows' attention and FFN)
+	row     int            // and its first row
 	pre     map[int]*preRouted
 	carry   capacityCarry
 	done    bool
@@ -64,7 +67,7 @@ func (m *Switch) beginEncode(ids [][]int, masks [][]int) (_ *encodeJob, err erro
 	cfg := m.cfg
 	d, inner := cfg.DModel, cfg.NumHeads*cfg.DKV
 	j := &encodeJob{m: m, prompts: ids, seqLens: make([]int, len(ids)), outs: make([]*encoderOut, len(ids)),
-		pre: map[int]*preRouted{}, carry: capacityCarry{numSeqs: len(ids), counts: map[int][]int{}}}
+		kv: true, pre: map[int]*preRouted{}, carry: capacityCarry{numSeqs: len(ids), counts: map[int][]int{}}}
 	for i, p := range ids {
 		if len(p) == 0 {
 			return nil, fmt.Errorf("%w: prompt %d is empty", ErrBadInput, i)
@@ -136,26 +139,38 @@ func (j *encodeJob) Run(ctx context.Context, tokens int) (bool, error) {
 	case j.done:
 		return true, nil
 	}
-	return j.runRows(ctx, tokens*len(j.m.enc.blocks)) // a row through one layer is 1/layers of a token's worth
+	return j.runRows(ctx, tokens*2*len(j.m.enc.blocks)) // a row through one phase of one layer is 1/(2·layers) of a token's worth
 }
 
-// runRows is Run by rows of one layer (at least one).
+// runRows is Run by rows of one phase of a layer (at least one).
 func (j *encodeJob) runRows(ctx context.Context, rows int) (bool, error) {
 	layers := len(j.m.enc.blocks)
 	rows = max(1, rows)
 	for rows > 0 && j.layer < layers {
 		n := min(rows, j.tokens-j.row)
-		if err := j.slice(ctx, j.row, j.row+n); err != nil {
+		var err error
+		if j.kv {
+			err = j.project(ctx, j.row, j.row+n)
+		} else {
+			err = j.slice(ctx, j.row, j.row+n)
+		}
+		if err != nil {
 			j.err = err
 			return false, err
 		}
 		rows -= n
-		if j.row += n; j.row == j.tokens {
-			if b := j.m.enc.blocks[j.layer].moe; b != nil {
-				delete(j.pre, b.index) // routed this layer
-			}
-			j.layer, j.row = j.layer+1, 0
+		if j.row += n; j.row < j.tokens {
+			continue
 		}
+		j.row = 0
+		if j.kv {
+			j.kv = false
+			continue
+		}
+		if b := j.m.enc.blocks[j.layer].moe; b != nil {
+			delete(j.pre, b.index) // routed this layer
+		}
+		j.layer, j.kv = j.layer+1, true
 	}
 	if j.layer == layers {
 		if err := j.finish(); err != nil {
@@ -180,11 +195,36 @@ func (j *encodeJob) Left() int {
 	if layers == 0 {
 		return 1
 	}
-	rows := (layers-j.layer)*j.tokens - j.row
-	return (rows + layers - 1) / layers
+	phases := 2 * (layers - j.layer)
+	if !j.kv {
+		phases--
+	}
+	rows := phases*j.tokens - j.row
+	return (rows + 2*layers - 1) / (2 * layers)
 }
 
-// slice runs the current layer for the query rows [r0, r1) of the packed prompts.
+// project computes the current layer's keys and values of rows [r0, r1), from the layer's input.
+func (j *encodeJob) project(ctx context.Context, r0, r1 int) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	m := j.m
+	d, inner, n := m.cfg.DModel, m.cfg.NumHeads*m.cfg.DKV, r1-r0
+	b := &m.enc.blocks[j.layer]
+	sc := m.sc
+	defer sc.release(sc.mark())
+	xn := sc.f32(n * d)
+	if sc.err != nil {
+		return sc.err
+	}
+	m.be.RMSNorm(xn, j.x.Rows(r0, r1, d), n, d, b.lnSelf, float32(m.cfg.LayerNormEpsilon))
+	linear(m.be, j.k.Rows(r0, r1, inner), xn, n, b.self.k, false)
+	linear(m.be, j.v.Rows(r0, r1, inner), xn, n, b.self.v, false)
+	return nil
+}
+
+// slice runs the current layer for the query rows [r0, r1) of the packed prompts, whose keys and
+// values (every row's) project has computed.
 func (j *encodeJob) slice(ctx context.Context, r0, r1 int) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -196,16 +236,6 @@ func (j *encodeJob) slice(ctx context.Context, r0, r1 int) error {
 	be, sc := m.be, m.sc
 	defer sc.release(sc.mark())
 	b := &m.enc.blocks[j.layer]
-	if r0 == 0 {
-		// Every token's keys and values of this layer, from the layer's input.
-		xn := sc.f32(j.tokens * d)
-		if sc.err != nil {
-			return sc.err
-		}
-		be.RMSNorm(xn, j.x, j.tokens, d, b.lnSelf, eps)
-		linear(be, j.k, xn, j.tokens, b.self.k, false)
-		linear(be, j.v, xn, j.tokens, b.self.v, false)
-	}
 	xn, q, attnOut := sc.f32(n*d), sc.f32(n*inner), sc.f32(n*inner)
 	var h compute.Tensor
 	if b.moe == nil {

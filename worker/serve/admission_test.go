@@ -463,8 +463,8 @@ func (j loggedJob) Run(ctx context.Context, tokens int) (bool, error) {
 
 // TestEncoderInSlices: an encoder-decoder model whose encoder runs in slices has its prompts'
 // passes charged to the step's token budget after the decoding sequences' tokens, the fewest
-// tokens left first: a short prompt is encoded whole and decodes while a long one's pass runs a
-// slice between its decode steps; the tokens are those of one whole pass.
+// tokens left first: a short prompt is encoded whole and decodes before the long one's first slice
+// and while its pass runs a slice between two decode steps; the tokens are those of one whole pass.
 func TestEncoderInSlices(t *testing.T) {
 	long := make([]int, 40)
 	for i := range long {
@@ -477,8 +477,8 @@ func TestEncoderInSlices(t *testing.T) {
 		budget  int
 		want    []string
 	}{
-		{"short beside long", [][]int{long, short}, 8, []string{"encode 3", "encode 5", "step 1", "encode 7", "step 1", "encode 7", "step 1",
-			"encode 7", "step 1", "encode 8", "encode 6", "step 1"}},
+		{"short beside long", [][]int{long, short}, 8, []string{"encode 3", "step 1", "encode 5", "step 1", "encode 7", "step 1", "encode 7",
+			"step 1", "encode 7", "encode 8", "encode 6", "step 1"}},
 		{"two long", [][]int{long, long}, 32, []string{"encode 32", "encode 32", "encode 8", "encode 8", "step 2"}},
 		{"both fit", [][]int{long, short}, 64, []string{"encode 3", "encode 40", "step 2"}},
 		{"no budget", [][]int{long, short}, 0, []string{"start 40,3", "step 2"}},

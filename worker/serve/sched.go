@@ -79,6 +79,7 @@ type sequence struct {
 	sampler  sampler
 	seq      *engine.Sequence
 	encode   engine.EncodeJob   // an encoder-decoder prompt's encoder pass while it runs in slices (encodeSlices)
+	slice    int                // prompt tokens' worth of encode to run after the next Step (runSlices)
 	n        int                // tokens generated
 	fed      int                // input tokens in the engine's cache (or encoded): below len(input) it is prefilling
 	chunk    int                // prompt tokens the Step in flight feeds
@@ -188,6 +189,7 @@ func (s *Server) schedule(context.Context) (err error) {
 		if slices.ContainsFunc(running, (*sequence).started) {
 			running = s.step(running)
 		}
+		running = s.runSlices(running)
 	}
 }
 
@@ -378,7 +380,7 @@ func (q *sequence) started() bool { return q.seq != nil }
 func (q *sequence) dropEncode() {
 	if q.encode != nil {
 		q.encode.Close()
-		q.encode = nil
+		q.encode, q.slice = nil, 0
 	}
 }
 
@@ -432,14 +434,16 @@ func (s *Server) startNew(running []*sequence) []*sequence {
 	return running
 }
 
-// encodeSlices runs the encoder passes of the sequences in fresh (admitted, not started) for
-// budget prompt tokens' worth (MaxBatchedTokens less the decoding sequences' tokens, which go
-// first, as plan does for a decoder-only model's prompt chunks): each pass is an engine.EncodeJob
-// that runs in slices of query rows, layer by layer, the fewest tokens left first, so that a short
-// prompt is encoded whole at the next step boundary even while a long one's pass runs, and the
-// decoding sequences get a token between two slices of a long pass. A pass that got nothing at a
-// boundary goes first at the next, so short prompts cannot hold a long one back. A pass that ends
-// starts its sequence. It returns running without the sequences whose pass failed.
+// encodeSlices shares budget prompt tokens' worth of encoder work (MaxBatchedTokens less the
+// decoding sequences' tokens, which go first, as plan does for a decoder-only model's prompt
+// chunks) among the encoder passes of the sequences in fresh (admitted, not started): each pass is
+// an engine.EncodeJob that runs in slices of rows, layer by layer, and the fewest tokens left go
+// first. A pass that ends within its share runs now and starts its sequence, which decodes in this
+// boundary's Step; the others' shares run after the Step (runSlices). So a short prompt is encoded
+// whole and gets its first token at the next step boundary even while a long one's pass runs, and
+// the decoding sequences get a token between two slices of a long pass. A pass that got nothing
+// at a boundary goes first at the next, so short prompts cannot hold a long one back. It returns
+// running without the sequences whose pass failed.
 func (s *Server) encodeSlices(enc engine.Encoder, running, fresh []*sequence, budget int) []*sequence {
 	for _, q := range fresh {
 		if q.encode != nil {
@@ -471,21 +475,47 @@ func (s *Server) encodeSlices(enc engine.Encoder, running, fresh []*sequence, bu
 		n := min(budget, q.encode.Left())
 		budget -= n
 		q.deferred = false
-		ctx, release := s.batchContext([]*sequence{q})
-		done, err := q.encode.Run(ctx, n)
-		release()
-		switch {
-		case err != nil:
-			s.fail([]*sequence{q}, "start", err)
-			q.dropEncode()
-			q.done = true
-		case done:
-			seq := q.encode.Sequences()[0]
-			q.dropEncode()
-			s.begin(q, seq)
+		if n < q.encode.Left() {
+			q.slice = n // after the Step
+			continue
 		}
+		s.runSlice(q, n)
 	}
 	return s.dropDone(running)
+}
+
+// runSlices runs the encoder slices encodeSlices put after the Step, and returns running without
+// the sequences whose pass failed.
+func (s *Server) runSlices(running []*sequence) []*sequence {
+	ran := false
+	for _, q := range running {
+		if q.encode != nil && q.slice > 0 {
+			s.runSlice(q, q.slice)
+			ran = true
+		}
+	}
+	if !ran {
+		return running
+	}
+	return s.dropDone(running)
+}
+
+// runSlice runs tokens' worth of q's encoder pass; a pass that ends starts q, one that fails ends it.
+func (s *Server) runSlice(q *sequence, tokens int) {
+	q.slice = 0
+	ctx, release := s.batchContext([]*sequence{q})
+	done, err := q.encode.Run(ctx, tokens)
+	release()
+	switch {
+	case err != nil:
+		s.fail([]*sequence{q}, "start", err)
+		q.dropEncode()
+		q.done = true
+	case done:
+		seq := q.encode.Sequences()[0]
+		q.dropEncode()
+		s.begin(q, seq)
+	}
 }
 
 // start makes the sequences' engine sequences in one Start; on an error they all fail, and it

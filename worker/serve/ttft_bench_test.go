@@ -124,10 +124,10 @@ func decodeStep(b *testing.B, s *Server, prompt []int) time.Duration {
 // BenchmarkSwitchShortBesideLong is issue 15's Switch case: a request decoding, a 1,500-token
 // prompt that arrives during one of its decode steps, and a 3-token request that arrives with it
 // (the same step) or 0.3 s later, while the long prompt's encoder pass runs (all max_tokens 1 but
-// the running one). Each round runs the cases on three servers, alternately: "whole", whose model
+// the running one). Each round runs the cases on four servers, alternately: "whole", whose model
 // runs an encoder pass whole in Start (the prompts admitted together start the fewest tokens first
 // within the budget of 512: the scheduler before the encoder ran in slices); and "sliced" with
-// budgets 512 and 128, whose model's passes run in slices charged to the budget
+// budgets 512, 64 and 8, whose model's passes run in slices charged to the budget
 // (engine.EncodeJob). It reports the medians of the short request's TTFT (in ms, and in the
 // running request's decode steps measured before the long prompt arrived), the long one's TTFT,
 // and the running request's longest gap between two tokens after the long prompt arrived.
@@ -140,7 +140,7 @@ func BenchmarkSwitchShortBesideLong(b *testing.B) {
 		name   string
 		budget int
 		sliced bool
-	}{{"whole", 512, false}, {"sliced512", 512, true}, {"sliced128", 128, true}}
+	}{{"whole", 512, false}, {"sliced512", 512, true}, {"sliced64", 64, true}, {"sliced8", 8, true}}
 	delays := []time.Duration{0, 300 * time.Millisecond}
 	type server struct {
 		s    *Server
