@@ -22,11 +22,13 @@ type Encoder interface {
 // layer, so a layer runs in two phases over the rows (the prompt tokens), each cut into chunks of
 // rows: the keys and values of every row, from the layer's input; then, per chunk of query rows,
 // attention over all keys, the output projection and the feed-forward (the MoE routes per token).
-// The tokens equal one whole pass's.
+// A last phase, also by chunks of rows, applies the final norm and computes the decoder's
+// cross-attention keys and values. The tokens equal one whole pass's.
 type EncodeJob interface {
 	// Run computes at most tokens prompt tokens' worth of the pass (a token's worth: one row through
-	// both phases of every encoder layer), at least one row of one phase, and reports whether the
-	// pass is done:
+	// every phase: both of every encoder layer, and the final norm with the decoder's
+	// cross-attention keys and values), at least one row of one phase, and reports whether the pass
+	// is done:
 	// then Sequences has the started sequences. An error leaves the job failed (Close it).
 	Run(ctx context.Context, tokens int) (done bool, err error)
 	// Left is the work left, in Run's tokens (rounded up; 0 once done).
@@ -54,9 +56,10 @@ type encodeJob struct {
 	tokens  int
 	outs    []*encoderOut
 	x, k, v compute.Tensor // [tokens × d] residual stream; [tokens × inner] the layer's keys and values
-	layer   int            // the next slice's layer (len(blocks): only the final norm is left)
-	kv      bool           // and phase: projecting keys and values (else the query rows' attention and FFN)
-	row     int            // and its first row
+	// phase is the next slice's: 2·layer projects the layer's keys and values, 2·layer+1 runs its
+	// attention and feed-forward, 2·layers the final norm and the cross-attention keys and values.
+	phase int
+	row   int // the next slice's first row
 	pre     map[int]*preRouted
 	carry   capacityCarry
 	done    bool
@@ -67,7 +70,7 @@ func (m *Switch) beginEncode(ids [][]int, masks [][]int) (_ *encodeJob, err erro
 	cfg := m.cfg
 	d, inner := cfg.DModel, cfg.NumHeads*cfg.DKV
 	j := &encodeJob{m: m, prompts: ids, seqLens: make([]int, len(ids)), outs: make([]*encoderOut, len(ids)),
-		kv: true, pre: map[int]*preRouted{}, carry: capacityCarry{numSeqs: len(ids), counts: map[int][]int{}}}
+		pre: map[int]*preRouted{}, carry: capacityCarry{numSeqs: len(ids), counts: map[int][]int{}}}
 	for i, p := range ids {
 		if len(p) == 0 {
 			return nil, fmt.Errorf("%w: prompt %d is empty", ErrBadInput, i)
@@ -139,19 +142,24 @@ func (j *encodeJob) Run(ctx context.Context, tokens int) (bool, error) {
 	case j.done:
 		return true, nil
 	}
-	return j.runRows(ctx, tokens*2*len(j.m.enc.blocks)) // a row through one phase of one layer is 1/(2·layers) of a token's worth
+	return j.runRows(ctx, tokens*j.phases()) // a row through one phase is 1/phases of a token's worth
 }
 
-// runRows is Run by rows of one phase of a layer (at least one).
+// phases is the number of phases of the pass.
+func (j *encodeJob) phases() int { return 2*len(j.m.enc.blocks) + 1 }
+
+// runRows is Run by rows of one phase (at least one).
 func (j *encodeJob) runRows(ctx context.Context, rows int) (bool, error) {
-	layers := len(j.m.enc.blocks)
-	rows = max(1, rows)
-	for rows > 0 && j.layer < layers {
+	last := j.phases() - 1
+	for rows = max(1, rows); rows > 0 && j.phase <= last; {
 		n := min(rows, j.tokens-j.row)
 		var err error
-		if j.kv {
+		switch {
+		case j.phase == last:
+			j.finish(j.row, j.row+n)
+		case j.phase%2 == 0:
 			err = j.project(ctx, j.row, j.row+n)
-		} else {
+		default:
 			err = j.slice(ctx, j.row, j.row+n)
 		}
 		if err != nil {
@@ -162,23 +170,14 @@ func (j *encodeJob) runRows(ctx context.Context, rows int) (bool, error) {
 		if j.row += n; j.row < j.tokens {
 			continue
 		}
-		j.row = 0
-		if j.kv {
-			j.kv = false
-			continue
+		if j.phase%2 == 1 {
+			if b := j.m.enc.blocks[j.phase/2].moe; b != nil {
+				delete(j.pre, b.index) // routed this layer
+			}
 		}
-		if b := j.m.enc.blocks[j.layer].moe; b != nil {
-			delete(j.pre, b.index) // routed this layer
-		}
-		j.layer, j.kv = j.layer+1, true
+		j.phase, j.row = j.phase+1, 0
 	}
-	if j.layer == layers {
-		if err := j.finish(); err != nil {
-			j.err = err
-			return false, err
-		}
-		j.done = true
-	}
+	j.done = j.phase > last
 	if err := j.m.be.Sync(); err != nil {
 		j.err = err
 		return false, err
@@ -191,16 +190,8 @@ func (j *encodeJob) Left() int {
 	if j.done {
 		return 0
 	}
-	layers := len(j.m.enc.blocks)
-	if layers == 0 {
-		return 1
-	}
-	phases := 2 * (layers - j.layer)
-	if !j.kv {
-		phases--
-	}
-	rows := phases*j.tokens - j.row
-	return (rows + 2*layers - 1) / (2 * layers)
+	rows := (j.phases()-j.phase)*j.tokens - j.row
+	return (rows + j.phases() - 1) / j.phases()
 }
 
 // project computes the current layer's keys and values of rows [r0, r1), from the layer's input.
@@ -210,7 +201,7 @@ func (j *encodeJob) project(ctx context.Context, r0, r1 int) error {
 	}
 	m := j.m
 	d, inner, n := m.cfg.DModel, m.cfg.NumHeads*m.cfg.DKV, r1-r0
-	b := &m.enc.blocks[j.layer]
+	b := &m.enc.blocks[j.phase/2]
 	sc := m.sc
 	defer sc.release(sc.mark())
 	xn := sc.f32(n * d)
@@ -235,7 +226,7 @@ func (j *encodeJob) slice(ctx context.Context, r0, r1 int) error {
 	eps := float32(cfg.LayerNormEpsilon)
 	be, sc := m.be, m.sc
 	defer sc.release(sc.mark())
-	b := &m.enc.blocks[j.layer]
+	b := &m.enc.blocks[j.phase/2]
 	xn, q, attnOut := sc.f32(n*d), sc.f32(n*inner), sc.f32(n*inner)
 	var h compute.Tensor
 	if b.moe == nil {
@@ -313,24 +304,26 @@ func (j *encodeJob) segments(r0, r1 int) []int {
 	return segLens
 }
 
-// finish applies the encoder's final norm and computes each sequence's encoder output and the
-// cross-attention keys and values of every decoder block.
-func (j *encodeJob) finish() error {
+// finish applies the encoder's final norm to rows [r0, r1) and computes their part of each
+// sequence's encoder output and of the cross-attention keys and values of every decoder block.
+func (j *encodeJob) finish(r0, r1 int) {
 	m := j.m
-	d := m.cfg.DModel
-	m.be.RMSNorm(j.x, j.x, j.tokens, d, m.enc.final, float32(m.cfg.LayerNormEpsilon))
-	t := 0
+	d, inner := m.cfg.DModel, m.cfg.NumHeads*m.cfg.DKV
+	m.be.RMSNorm(j.x.Rows(r0, r1, d), j.x.Rows(r0, r1, d), r1-r0, d, m.enc.final, float32(m.cfg.LayerNormEpsilon))
+	start := 0
 	for i, o := range j.outs {
-		n := j.seqLens[i]
-		m.be.Copy(o.hidden, j.x.Rows(t, t+n, d))
-		for b := range m.dec.blocks {
-			c := &o.crossK[b]
-			linear(m.be, c.k, o.hidden, n, m.dec.blocks[b].cross.k, false)
-			linear(m.be, c.v, o.hidden, n, m.dec.blocks[b].cross.v, false)
+		L := j.seqLens[i]
+		if lo, hi := max(r0, start)-start, min(r1, start+L)-start; lo < hi {
+			h := o.hidden.Rows(lo, hi, d)
+			m.be.Copy(h, j.x.Rows(start+lo, start+hi, d))
+			for b := range m.dec.blocks {
+				c := &o.crossK[b]
+				linear(m.be, c.k.Rows(lo, hi, inner), h, hi-lo, m.dec.blocks[b].cross.k, false)
+				linear(m.be, c.v.Rows(lo, hi, inner), h, hi-lo, m.dec.blocks[b].cross.v, false)
+			}
 		}
-		t += n
+		start += L
 	}
-	return nil
 }
 
 // Sequences implements EncodeJob.

@@ -41,7 +41,7 @@ func encodeInSlices(t *testing.T, m *Switch, prompts [][]int, run func(j *encode
 		if l := j.Left(); l > left {
 			t.Fatalf("Left went from %d to %d", left, l)
 		}
-		if got.runs > 2*j.tokens*len(m.enc.blocks) {
+		if got.runs > j.tokens*j.phases() {
 			t.Fatalf("%d Runs and not done", got.runs)
 		}
 		left = j.Left()
@@ -188,7 +188,7 @@ func TestEncoderSlicesSeam(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if want := (2*16*len(m.enc.blocks) + 2) / 3; runs != want {
+	if want := ((2*len(m.enc.blocks)+1)*16 + 2) / 3; runs != want {
 		t.Fatalf("%d Runs of 3 rows, want %d", runs, want)
 	}
 	hinted := map[int][]int{}
