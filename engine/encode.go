@@ -60,10 +60,10 @@ type encodeJob struct {
 	// attention and feed-forward, 2·layers the final norm and the cross-attention keys and values.
 	phase int
 	row   int // the next slice's first row
-	pre     map[int]*preRouted
-	carry   capacityCarry
-	done    bool
-	err     error
+	pre   map[int]*preRouted
+	carry capacityCarry
+	done  bool
+	err   error
 }
 
 func (m *Switch) beginEncode(ids [][]int, masks [][]int) (_ *encodeJob, err error) {
