@@ -480,6 +480,7 @@ func TestEncoderInSlices(t *testing.T) {
 		{"short beside long", [][]int{long, short}, 8, []string{"encode 3", "step 1", "encode 5", "step 1", "encode 7", "step 1", "encode 7",
 			"step 1", "encode 7", "encode 8", "encode 6", "step 1"}},
 		{"two long", [][]int{long, long}, 32, []string{"encode 32", "encode 32", "encode 8", "encode 8", "step 2"}},
+		{"a long pass ends after a step", [][]int{long, short}, 32, []string{"encode 3", "step 1", "encode 29", "step 1", "encode 11", "step 2"}},
 		{"both fit", [][]int{long, short}, 64, []string{"encode 3", "encode 40", "step 2"}},
 		{"no budget", [][]int{long, short}, 0, []string{"start 40,3", "step 2"}},
 	}

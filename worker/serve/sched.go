@@ -80,6 +80,7 @@ type sequence struct {
 	seq      *engine.Sequence
 	encode   engine.EncodeJob   // an encoder-decoder prompt's encoder pass while it runs in slices (encodeSlices)
 	slice    int                // prompt tokens' worth of encode to run after the next Step (runSlices)
+	sliced   bool               // encode has run a slice: its next ones run after a Step
 	n        int                // tokens generated
 	fed      int                // input tokens in the engine's cache (or encoded): below len(input) it is prefilling
 	chunk    int                // prompt tokens the Step in flight feeds
@@ -380,7 +381,7 @@ func (q *sequence) started() bool { return q.seq != nil }
 func (q *sequence) dropEncode() {
 	if q.encode != nil {
 		q.encode.Close()
-		q.encode, q.slice = nil, 0
+		q.encode, q.slice, q.sliced = nil, 0, false
 	}
 }
 
@@ -438,10 +439,11 @@ func (s *Server) startNew(running []*sequence) []*sequence {
 // decoding sequences' tokens, which go first, as plan does for a decoder-only model's prompt
 // chunks) among the encoder passes of the sequences in fresh (admitted, not started): each pass is
 // an engine.EncodeJob that runs in slices of rows, layer by layer, and the fewest tokens left go
-// first. A pass that ends within its share runs now and starts its sequence, which decodes in this
-// boundary's Step; the others' shares run after the Step (runSlices). So a short prompt is encoded
-// whole and gets its first token at the next step boundary even while a long one's pass runs, and
-// the decoding sequences get a token between two slices of a long pass. A pass that got nothing
+// first. A pass that runs whole within its share runs now and starts its sequence, which decodes
+// in this boundary's Step; the others' shares, the last slice of a long pass too, run after the
+// Step (runSlices). So a short prompt is encoded whole and gets its first token at the next step
+// boundary even while a long one's pass runs, and the decoding sequences get a token between two
+// slices of a long pass, at most the budget apart. A pass that got nothing
 // at a boundary goes first at the next, so short prompts cannot hold a long one back. It returns
 // running without the sequences whose pass failed.
 func (s *Server) encodeSlices(enc engine.Encoder, running, fresh []*sequence, budget int) []*sequence {
@@ -475,8 +477,8 @@ func (s *Server) encodeSlices(enc engine.Encoder, running, fresh []*sequence, bu
 		n := min(budget, q.encode.Left())
 		budget -= n
 		q.deferred = false
-		if n < q.encode.Left() {
-			q.slice = n // after the Step
+		if n < q.encode.Left() || q.sliced {
+			q.slice = n // after the Step: one slice of a pass between two Steps
 			continue
 		}
 		s.runSlice(q, n)
@@ -502,7 +504,7 @@ func (s *Server) runSlices(running []*sequence) []*sequence {
 
 // runSlice runs tokens' worth of q's encoder pass; a pass that ends starts q, one that fails ends it.
 func (s *Server) runSlice(q *sequence, tokens int) {
-	q.slice = 0
+	q.slice, q.sliced = 0, true
 	ctx, release := s.batchContext([]*sequence{q})
 	done, err := q.encode.Run(ctx, tokens)
 	release()
