@@ -35,6 +35,9 @@ type moeRunner struct {
 	sc      *scratch // the model's
 	experts Experts
 	tracer  Tracer
+	// carry, while an encoder pass runs a chunk of rows (encodeJob), continues expert capacity
+	// from the pass's earlier chunks; nil otherwise (a call's rows are whole sequences).
+	carry *capacityCarry
 	// speculate: a block without a pre-gate predicts its successor's experts with the successor's
 	// own router applied to this block's input, and tells a Predictor.
 	speculate bool
@@ -45,7 +48,9 @@ type moeRunner struct {
 // route computes the choices of blk for xn [tokens × d] with the router w. The logits are
 // downloaded and the top-k is taken on the host: routing.Gate's torch-order choice decides which
 // experts are fetched, and must not depend on the backend; the logits are tokens × experts floats.
-func (r *moeRunner) route(blk *moeBlock, w Weight, xn compute.Tensor, tokens int, seqLens []int) ([]routing.Choice, []float32, error) {
+// target is the MoE block the choices are for (blk, or the block blk's pre-gate routes), whose
+// capacity counts r.carry continues; -1 for a guess that counts nothing.
+func (r *moeRunner) route(blk *moeBlock, w Weight, xn compute.Tensor, tokens int, seqLens []int, target int) ([]routing.Choice, []float32, error) {
 	sc := r.sc
 	defer sc.release(sc.mark())
 	lt := sc.f32(tokens * blk.numExperts)
@@ -58,8 +63,50 @@ func (r *moeRunner) route(blk *moeBlock, w Weight, xn compute.Tensor, tokens int
 		return nil, nil, err
 	}
 	choices := make([]routing.Choice, tokens*blk.gate.TopK)
-	blk.gate.Route(logits, blk.numExperts, seqLens, choices, nil)
+	if g := blk.gate; r.carry != nil && target >= 0 && g.Capacity > 0 {
+		g.Capacity = 0
+		g.Route(logits, blk.numExperts, seqLens, choices, nil)
+		r.carry.apply(target, choices, g.TopK, blk.numExperts, seqLens, blk.gate.Capacity)
+	} else {
+		blk.gate.Route(logits, blk.numExperts, seqLens, choices, nil)
+	}
 	return choices, logits, nil
+}
+
+// capacityCarry continues expert capacity (routing.Gate.Capacity: per sequence, in token order)
+// across the row chunks of one encoder pass: a chunk's segments are parts of sequences, and the
+// choices of the rows before them count.
+type capacityCarry struct {
+	seqs    []int         // the sequence of each segment of the chunk being run
+	numSeqs int           // sequences in the pass
+	counts  map[int][]int // per MoE block: [sequence × experts] choices counted so far
+}
+
+// apply is routing.ApplyCapacity for the chunk's choices, counting from where the pass's earlier
+// chunks left each sequence's counts.
+func (c *capacityCarry) apply(block int, choices []routing.Choice, topK, numExperts int, segLens []int, capacity int) {
+	counts := c.counts[block]
+	if counts == nil {
+		counts = make([]int, c.numSeqs*numExperts)
+		c.counts[block] = counts
+	}
+	t := 0
+	for si, n := range segLens {
+		row := counts[c.seqs[si]*numExperts:][:numExperts]
+		for ; n > 0; n-- {
+			for r := range topK {
+				ch := &choices[t*topK+r]
+				if ch.Expert < 0 {
+					continue
+				}
+				row[ch.Expert]++
+				if row[ch.Expert] > capacity {
+					ch.Expert = -1
+				}
+			}
+			t++
+		}
+	}
 }
 
 // preRouted carries a pre-gate's decision to the block it routes.
@@ -83,7 +130,7 @@ func (r *moeRunner) run(ctx context.Context, blk *moeBlock, xn, x compute.Tensor
 		choices, logits = routed.choices, routed.logits
 	} else {
 		var err error
-		if choices, logits, err = r.route(blk, blk.router, xn, tokens, seqLens); err != nil {
+		if choices, logits, err = r.route(blk, blk.router, xn, tokens, seqLens, blk.index); err != nil {
 			return nil, err
 		}
 	}
@@ -97,7 +144,7 @@ func (r *moeRunner) run(ctx context.Context, blk *moeBlock, xn, x compute.Tensor
 	// expert compute (Pre-gated MoE, Hwang et al. 2024).
 	var out *preRouted
 	if !blk.preGate.IsZero() {
-		c, l, err := r.route(blk, blk.preGate, xn, tokens, seqLens)
+		c, l, err := r.route(blk, blk.preGate, xn, tokens, seqLens, blk.next)
 		if err != nil {
 			return nil, err
 		}
@@ -111,7 +158,7 @@ func (r *moeRunner) run(ctx context.Context, blk *moeBlock, xn, x compute.Tensor
 		// Speculation: the next block's router on this block's input. The hidden state changes
 		// little from one block to the next, so this guesses most of the next block's experts; the
 		// next block's own router still decides, so outputs are exact.
-		c, _, err := r.route(blk.succ, blk.succ.router, xn, tokens, seqLens)
+		c, _, err := r.route(blk.succ, blk.succ.router, xn, tokens, seqLens, -1)
 		if err != nil {
 			return nil, err
 		}
@@ -180,7 +227,7 @@ func (r *moeRunner) predictNextStep(blk *moeBlock, x compute.Tensor, seqLens []i
 	for i := range ones {
 		ones[i] = 1
 	}
-	c, _, err := r.route(blk, blk.router, last, len(seqLens), ones)
+	c, _, err := r.route(blk, blk.router, last, len(seqLens), ones, -1)
 	if err != nil {
 		return err
 	}

@@ -187,16 +187,15 @@ func (m *Switch) Start(ctx context.Context, prompts [][]int) ([]*Sequence, error
 
 // StartMasked is Start for padded encoder inputs: masks (see Encode) hide padding from attention.
 func (m *Switch) StartMasked(ctx context.Context, prompts [][]int, masks [][]int) ([]*Sequence, error) {
-	outs, err := m.encode(ctx, prompts, masks)
+	j, err := m.beginEncode(prompts, masks)
 	if err != nil {
 		return nil, err
 	}
-	seqs := make([]*Sequence, len(prompts))
-	for i := range prompts {
-		seqs[i] = &Sequence{Pending: []int{m.cfg.DecoderStartTokenID}, kv: make([]kvCache, len(m.dec.blocks)), enc: outs[i],
-			width: m.cfg.NumHeads * m.cfg.DKV, be: m.be}
+	defer j.Close()
+	if _, err := j.Run(ctx, j.Left()); err != nil {
+		return nil, err
 	}
-	return seqs, nil
+	return j.Sequences(), nil
 }
 
 // Encode runs the encoder and returns each sequence's final hidden states [len × d]. masks (nil,
@@ -221,91 +220,18 @@ func (m *Switch) Encode(ctx context.Context, ids [][]int, masks [][]int) ([][]fl
 	return h, nil
 }
 
-func (m *Switch) encode(ctx context.Context, ids [][]int, masks [][]int) (outs []*encoderOut, err error) {
-	cfg := m.cfg
-	d := cfg.DModel
-	seqs := make([]*Sequence, len(ids))
-	outs = make([]*encoderOut, len(ids))
-	for i, p := range ids {
-		if len(p) == 0 {
-			return nil, fmt.Errorf("%w: prompt %d is empty", ErrBadInput, i)
-		}
-		if masks != nil && len(masks[i]) != len(p) {
-			return nil, fmt.Errorf("%w: mask %d has %d entries for %d tokens", ErrBadInput, i, len(masks[i]), len(p))
-		}
-		seqs[i] = &Sequence{Pending: p, kv: make([]kvCache, len(m.enc.blocks)), be: m.be}
-	}
-	tokens, seqLens, err := pack(seqs, cfg.VocabSize, 0)
+// encode runs a whole encoder pass (one slice per layer) and returns its outputs.
+func (m *Switch) encode(ctx context.Context, ids [][]int, masks [][]int) ([]*encoderOut, error) {
+	j, err := m.beginEncode(ids, masks)
 	if err != nil {
 		return nil, err
 	}
-	// The encoder's self-attention caches are only this pass's keys and values.
-	defer func() {
-		for _, s := range seqs {
-			s.Close()
-		}
-	}()
-	// Each sequence's outputs are its own allocations, which it keeps for its life.
-	defer func() {
-		if err != nil {
-			for _, o := range outs {
-				if o != nil {
-					o.free(m.be)
-				}
-			}
-			outs = nil
-		}
-	}()
-	inner := cfg.NumHeads * cfg.DKV
-	for i, p := range ids {
-		o := &encoderOut{crossK: make([]kvCache, len(m.dec.blocks))}
-		outs[i] = o
-		if o.hidden, err = m.be.Alloc(compute.F32, len(p)*d); err != nil {
-			return nil, err
-		}
-		if o.mask, err = m.be.Alloc(compute.F32, len(p)); err != nil {
-			return nil, err
-		}
-		mask := make([]float32, len(p))
-		for j := range p {
-			if masks != nil && masks[i][j] == 0 {
-				mask[j] = compute.MaskValue
-				o.masked = true
-			}
-		}
-		m.be.Upload(o.mask, mask)
-		for b := range o.crossK {
-			if err := o.crossK[b].reserve(m.be, len(p)*inner); err != nil {
-				return nil, err
-			}
-			o.crossK[b].used = len(p) * inner
-		}
-	}
-	sc := m.sc
-	defer sc.release(sc.mark())
-	x, err := embed(sc, m.shared, seqs, tokens)
-	if err != nil {
+	defer j.Close()
+	if _, err := j.Run(ctx, j.Left()); err != nil {
 		return nil, err
 	}
-	if err := m.runStack(ctx, &m.enc, seqs, seqLens, x, tokens, outs, nil); err != nil {
-		return nil, err
-	}
-	m.be.RMSNorm(x, x, tokens, d, m.enc.final, float32(cfg.LayerNormEpsilon))
-	// Cross-attention keys and values of every decoder block, computed once per sequence.
-	t := 0
-	for i, o := range outs {
-		n := seqLens[i]
-		m.be.Copy(o.hidden, x.Rows(t, t+n, d))
-		for b := range m.dec.blocks {
-			c := &o.crossK[b]
-			linear(m.be, c.k, o.hidden, n, m.dec.blocks[b].cross.k, false)
-			linear(m.be, c.v, o.hidden, n, m.dec.blocks[b].cross.v, false)
-		}
-		t += n
-	}
-	if err := m.be.Sync(); err != nil {
-		return nil, err
-	}
+	outs := j.outs
+	j.outs = nil
 	return outs, nil
 }
 
@@ -332,7 +258,7 @@ func (m *Switch) Step(ctx context.Context, seqs []*Sequence, all bool) ([][]floa
 		return nil, err
 	}
 	failed := make([]error, len(seqs))
-	if err := m.runStack(ctx, &m.dec, seqs, seqLens, x, tokens, nil, failed); err != nil {
+	if err := m.runStack(ctx, &m.dec, seqs, seqLens, x, tokens, failed); err != nil {
 		return nil, err
 	}
 	if b := m.dec.firstMoE(); b != nil {
@@ -357,9 +283,9 @@ func (m *Switch) Step(ctx context.Context, seqs []*Sequence, all bool) ([][]floa
 	return logits, sequenceErrors(failed)
 }
 
-// runStack runs the blocks of one stack over x [tokens × d] in place. For the encoder, encs holds
-// each sequence's key mask; for the decoder, each sequence's encoder output is in seqs[i].enc.
-func (m *Switch) runStack(ctx context.Context, st *switchStack, seqs []*Sequence, seqLens []int, x compute.Tensor, tokens int, encs []*encoderOut, failed []error) error {
+// runStack runs the decoder's blocks over x [tokens × d] in place; each sequence's encoder output
+// is in seqs[i].enc. (The encoder runs in slices: encodeJob.)
+func (m *Switch) runStack(ctx context.Context, st *switchStack, seqs []*Sequence, seqLens []int, x compute.Tensor, tokens int, failed []error) error {
 	cfg := m.cfg
 	d, inner, heads := cfg.DModel, cfg.NumHeads*cfg.DKV, cfg.NumHeads
 	eps := float32(cfg.LayerNormEpsilon)
@@ -394,9 +320,6 @@ func (m *Switch) runStack(ctx context.Context, st *switchStack, seqs []*Sequence
 			}
 			a := compute.Attention{Heads: heads, KVHeads: heads, HeadDim: cfg.DKV, Scale: 1, Causal: st.decoder, Past: s.n,
 				Bias: st.bias, BiasReach: st.reach}
-			if encs != nil && encs[si].masked {
-				a.Mask = encs[si].mask
-			}
 			be.Attention(attnOut.Rows(t, t+n, inner), q.Rows(t, t+n, inner), c.k.View(0, c.used), c.v.View(0, c.used), n, s.n+n, &a)
 			t += n
 		}

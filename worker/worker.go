@@ -411,7 +411,7 @@ func (w *Worker) load(ctx context.Context) error {
 		ckpt.Close()
 		return err
 	}
-	wrapped := WrapModel(m, pipe)
+	wrapped := wrapEncoder(WrapModel(m, pipe), m, pipe)
 	sc := serve.DefaultConfig()
 	sc.ModelName, sc.Model, sc.Registry, sc.Logger = man.Name, wrapped, w.reg, w.log
 	sc.Tokenizer = w.tok.Load()

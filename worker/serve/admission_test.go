@@ -434,3 +434,77 @@ func TestPreemption(t *testing.T) {
 		})
 	}
 }
+
+// encodeLog is callLog for a model whose encoder runs in slices: it records each slice's tokens.
+type encodeLog struct {
+	callLog
+	enc engine.Encoder
+}
+
+func (m *encodeLog) BeginEncode(prompts [][]int) (engine.EncodeJob, error) {
+	j, err := m.enc.BeginEncode(prompts)
+	if err != nil {
+		return nil, err
+	}
+	return loggedJob{EncodeJob: j, log: &m.callLog}, nil
+}
+
+type loggedJob struct {
+	engine.EncodeJob
+	log *callLog
+}
+
+func (j loggedJob) Run(ctx context.Context, tokens int) (bool, error) {
+	j.log.mu.Lock()
+	j.log.calls = append(j.log.calls, "encode "+strconv.Itoa(tokens))
+	j.log.mu.Unlock()
+	return j.EncodeJob.Run(ctx, tokens)
+}
+
+// TestEncoderInSlices: an encoder-decoder model whose encoder runs in slices has its prompts'
+// passes charged to the step's token budget after the decoding sequences' tokens, the fewest
+// tokens left first: a short prompt is encoded whole and decodes before the long one's first slice
+// and while its pass runs a slice between two decode steps; the tokens are those of one whole pass.
+func TestEncoderInSlices(t *testing.T) {
+	long := make([]int, 40)
+	for i := range long {
+		long[i] = 1 + i
+	}
+	short := []int{5, 6, 7}
+	tests := []struct {
+		name    string
+		prompts [][]int
+		budget  int
+		want    []string
+	}{
+		{"short beside long", [][]int{long, short}, 8, []string{"encode 3", "step 1", "encode 5", "step 1", "encode 7", "step 1", "encode 7",
+			"step 1", "encode 7", "encode 8", "encode 6", "step 1"}},
+		{"two long", [][]int{long, long}, 32, []string{"encode 32", "encode 32", "encode 8", "encode 8", "step 2"}},
+		{"a long pass ends after a step", [][]int{long, short}, 32, []string{"encode 3", "step 1", "encode 29", "step 1", "encode 11", "step 2"}},
+		{"both fit", [][]int{long, short}, 64, []string{"encode 3", "encode 40", "step 2"}},
+		{"no budget", [][]int{long, short}, 0, []string{"start 40,3", "step 2"}},
+	}
+	ref := loadModel(t, "switch-tiny")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, _, err := engine.Generate(context.Background(), ref, tt.prompts, engine.GenerateOptions{MaxNewTokens: 4, IgnoreEOS: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			inner := loadModel(t, "switch-tiny")
+			m := &encodeLog{callLog: callLog{Model: inner}, enc: inner.(engine.Encoder)}
+			ts := newTestServer(t, "switch-tiny", m, func(c *Config) { c.MaxRunning, c.MaxBatchedTokens = 2, tt.budget })
+			c := ts.complete(t, map[string]any{"prompt": tt.prompts, "max_tokens": 4, "temperature": 0, "ignore_eos": true, "return_token_ids": true})
+			for i, ch := range c.Choices {
+				if !slices.Equal(ch.TokenIDs, res[i].GeneratedIDs) {
+					t.Errorf("prompt %d: %v, encoded whole %v", i, ch.TokenIDs, res[i].GeneratedIDs)
+				}
+			}
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			if len(m.calls) < len(tt.want) || !slices.Equal(m.calls[:len(tt.want)], tt.want) {
+				t.Errorf("calls %v, want them to begin %v", m.calls, tt.want)
+			}
+		})
+	}
+}

@@ -78,6 +78,9 @@ type sequence struct {
 	req      Request
 	sampler  sampler
 	seq      *engine.Sequence
+	encode   engine.EncodeJob   // an encoder-decoder prompt's encoder pass while it runs in slices (encodeSlices)
+	slice    int                // prompt tokens' worth of encode to run after the next Step (runSlices)
+	sliced   bool               // encode has run a slice: its next ones run after a Step
 	n        int                // tokens generated
 	fed      int                // input tokens in the engine's cache (or encoded): below len(input) it is prefilling
 	chunk    int                // prompt tokens the Step in flight feeds
@@ -180,6 +183,7 @@ func (s *Server) schedule(context.Context) (err error) {
 		s.waiting = nil
 		s.mu.Unlock()
 		for _, q := range append(running, waiting...) {
+			q.dropEncode()
 			q.end("", ErrClosed)
 		}
 		s.metrics.running.Set(0)
@@ -198,6 +202,7 @@ func (s *Server) schedule(context.Context) (err error) {
 		if slices.ContainsFunc(running, (*sequence).started) {
 			running = s.step(running)
 		}
+		running = s.runSlices(running)
 	}
 }
 
@@ -215,16 +220,14 @@ func (s *Server) dropCancelled(running []*sequence) []*sequence {
 		switch {
 		case q.call.ctx.Err() != nil:
 			q.end("", q.call.ctx.Err())
-			return true
 		case !q.expires.IsZero() && now.After(q.expires):
 			q.end("", s.timedOut())
-			return true
+		case !q.stopped.Load():
+			return false
 		}
-		if q.stopped.Load() {
-			q.release()
-			return true
-		}
-		return false
+		q.release()
+		q.dropEncode()
+		return true
 	})
 }
 
@@ -302,6 +305,7 @@ func (s *Server) preempt(q *sequence) {
 		q.input = append(slices.Clip(q.req.Prompt), q.gen...)
 	}
 	q.release()
+	q.dropEncode()
 	q.fed, q.chunk, q.promptLP, q.deferred = 0, 0, nil, false
 	s.reserve(q, 0)
 	s.mu.Lock()
@@ -387,15 +391,25 @@ func (s *Server) admit(n int, free int64, block bool) ([]*sequence, bool) {
 // boundary, or a later one (startNew).
 func (q *sequence) started() bool { return q.seq != nil }
 
+// dropEncode frees q's encoder pass in progress, if any.
+func (q *sequence) dropEncode() {
+	if q.encode != nil {
+		q.encode.Close()
+		q.encode, q.slice, q.sliced = nil, 0, false
+	}
+}
+
 // startNew starts admitted sequences that have not started (running holds them from admission,
 // with their cache reservations) and returns running without those that failed to. A decoder-only
 // model's Start only copies the prompts (plan feeds them in chunks): they all start. An
-// encoder-decoder model's Start runs the encoder over whole prompts, which no step can interrupt,
-// so with MaxBatchedTokens it starts the fewest prompt tokens first while they fit beside the
-// decoding sequences' tokens, and at least one: a short prompt admitted beside a long one is
-// encoded, and gets its first token, before the long one's encoder pass, and the running sequences
-// decode a step between two long prompts' passes. A prompt passed over once starts at the next
-// step boundary whatever its length, so a stream of short prompts cannot hold a long one back.
+// encoder-decoder model whose encoder runs in slices (engine.Encoder) runs them within
+// MaxBatchedTokens (encodeSlices). Another encoder-decoder model's Start runs the encoder over
+// whole prompts, which no step can interrupt, so with MaxBatchedTokens it starts the fewest prompt
+// tokens first while they fit beside the decoding sequences' tokens, and at least one: a short
+// prompt admitted beside a long one is encoded, and gets its first token, before the long one's
+// encoder pass, and the running sequences decode a step between two long prompts' passes. A
+// prompt passed over once starts at the next step boundary whatever its length, so a stream of
+// short prompts cannot hold a long one back.
 func (s *Server) startNew(running []*sequence) []*sequence {
 	var fresh []*sequence
 	decoding := 0
@@ -408,6 +422,9 @@ func (s *Server) startNew(running []*sequence) []*sequence {
 	}
 	if len(fresh) == 0 {
 		return running
+	}
+	if enc, ok := s.cfg.Model.(engine.Encoder); ok && !s.decoderOnly() && s.cfg.MaxBatchedTokens > 0 {
+		return s.encodeSlices(enc, running, fresh, s.cfg.MaxBatchedTokens-decoding)
 	}
 	if !s.decoderOnly() && s.cfg.MaxBatchedTokens > 0 {
 		slices.SortStableFunc(fresh, func(a, b *sequence) int { return len(a.input) - len(b.input) })
@@ -432,6 +449,91 @@ func (s *Server) startNew(running []*sequence) []*sequence {
 	return running
 }
 
+// encodeSlices shares budget prompt tokens' worth of encoder work (MaxBatchedTokens less the
+// decoding sequences' tokens, which go first, as plan does for a decoder-only model's prompt
+// chunks) among the encoder passes of the sequences in fresh (admitted, not started): each pass is
+// an engine.EncodeJob that runs in slices of rows, layer by layer, and the fewest tokens left go
+// first. A pass that runs whole within its share runs now and starts its sequence, which decodes
+// in this boundary's Step; the others' shares, the last slice of a long pass too, run after the
+// Step (runSlices). So a short prompt is encoded whole and gets its first token at the next step
+// boundary even while a long one's pass runs, and the decoding sequences get a token between two
+// slices of a long pass, at most the budget apart. A pass that got nothing
+// at a boundary goes first at the next, so short prompts cannot hold a long one back. It returns
+// running without the sequences whose pass failed.
+func (s *Server) encodeSlices(enc engine.Encoder, running, fresh []*sequence, budget int) []*sequence {
+	for _, q := range fresh {
+		if q.encode != nil {
+			continue
+		}
+		job, err := enc.BeginEncode([][]int{q.input})
+		if err != nil {
+			s.fail([]*sequence{q}, "start", err)
+			q.done = true
+			continue
+		}
+		q.encode = job
+	}
+	fresh = slices.DeleteFunc(fresh, func(q *sequence) bool { return q.done })
+	slices.SortStableFunc(fresh, func(a, b *sequence) int {
+		if a.deferred != b.deferred {
+			if a.deferred {
+				return -1
+			}
+			return 1
+		}
+		return a.encode.Left() - b.encode.Left()
+	})
+	for _, q := range fresh {
+		if budget <= 0 {
+			q.deferred = true
+			continue
+		}
+		n := min(budget, q.encode.Left())
+		budget -= n
+		q.deferred = false
+		if n < q.encode.Left() || q.sliced {
+			q.slice = n // after the Step: one slice of a pass between two Steps
+			continue
+		}
+		s.runSlice(q, n)
+	}
+	return s.dropDone(running)
+}
+
+// runSlices runs the encoder slices encodeSlices put after the Step, and returns running without
+// the sequences whose pass failed.
+func (s *Server) runSlices(running []*sequence) []*sequence {
+	ran := false
+	for _, q := range running {
+		if q.encode != nil && q.slice > 0 {
+			s.runSlice(q, q.slice)
+			ran = true
+		}
+	}
+	if !ran {
+		return running
+	}
+	return s.dropDone(running)
+}
+
+// runSlice runs tokens' worth of q's encoder pass; a pass that ends starts q, one that fails ends it.
+func (s *Server) runSlice(q *sequence, tokens int) {
+	q.slice, q.sliced = 0, true
+	ctx, release := s.batchContext([]*sequence{q})
+	done, err := q.encode.Run(ctx, tokens)
+	release()
+	switch {
+	case err != nil:
+		s.fail([]*sequence{q}, "start", err)
+		q.dropEncode()
+		q.done = true
+	case done:
+		seq := q.encode.Sequences()[0]
+		q.dropEncode()
+		s.begin(q, seq)
+	}
+}
+
 // start makes the sequences' engine sequences in one Start; on an error they all fail, and it
 // returns false.
 func (s *Server) start(admitted []*sequence) bool {
@@ -447,23 +549,28 @@ func (s *Server) start(admitted []*sequence) bool {
 		return false
 	}
 	for i, q := range admitted {
-		q.seq = seqs[i]
-		s.metrics.promptTokens.Add(float64(len(q.req.Prompt)))
-		if s.cfg.KVCacheBytes > 0 {
-			// Allocate the cache admission reserved, at once: append's growth would overshoot it.
-			q.seq.Reserve(q.kvTokens)
-		}
-		if s.decoderOnly() {
-			// The prompt goes to the model chunk by chunk (plan); Start's copy is not fed as a whole.
-			q.seq.Pending = q.seq.Pending[:0]
-		} else {
-			// Start encoded it: the decoder is one pending token, and after a preemption the
-			// tokens it had generated.
-			q.fed = len(q.input)
-			q.seq.Pending = append(q.seq.Pending, q.gen...)
-		}
+		s.begin(q, seqs[i])
 	}
 	return true
+}
+
+// begin gives q its engine sequence, made by Start or by an encoder pass.
+func (s *Server) begin(q *sequence, seq *engine.Sequence) {
+	q.seq = seq
+	s.metrics.promptTokens.Add(float64(len(q.req.Prompt)))
+	if s.cfg.KVCacheBytes > 0 {
+		// Allocate the cache admission reserved, at once: append's growth would overshoot it.
+		q.seq.Reserve(q.kvTokens)
+	}
+	if s.decoderOnly() {
+		// The prompt goes to the model chunk by chunk (plan); Start's copy is not fed as a whole.
+		q.seq.Pending = q.seq.Pending[:0]
+	} else {
+		// Start encoded it: the decoder is one pending token, and after a preemption the
+		// tokens it had generated.
+		q.fed = len(q.input)
+		q.seq.Pending = append(q.seq.Pending, q.gen...)
+	}
 }
 
 // prefilling reports whether part of q's prompt has not been through the model yet.
@@ -624,7 +731,12 @@ func (s *Server) emit(q *sequence, row []float32, all bool, now time.Time) bool 
 
 // dropDone removes the ended sequences from running.
 func (s *Server) dropDone(running []*sequence) []*sequence {
-	return slices.DeleteFunc(running, func(q *sequence) bool { return q.done })
+	return slices.DeleteFunc(running, func(q *sequence) bool {
+		if q.done {
+			q.dropEncode()
+		}
+		return q.done
+	})
 }
 
 // fail ends every sequence of a batch whose Start or Step failed: with its caller's error if it

@@ -121,56 +121,105 @@ func decodeStep(b *testing.B, s *Server, prompt []int) time.Duration {
 	return times[len(times)-1].Sub(times[0]) / time.Duration(len(times)-1)
 }
 
-// BenchmarkSwitchShortBesideLong is issue 15's Switch case: a 1,500-token prompt and a 3-token
-// request that arrive during the same decode step of a running request (all max_tokens 1 but the
-// running one). Each round runs it on a server that starts every admitted prompt in one Start
-// (budget 0: the encoder pass of both at once, as before) and on one that starts the fewest prompt
-// tokens first within the budget (512), alternately, and reports the medians of the short
-// request's TTFT, the long one's, and the running request's longest gap between two tokens while
-// they start. PREGATE_BENCH_SWITCH names a Switch checkpoint directory (absolute; e.g. the demo's:
-// pregate synth --arch switch --preset switch-tiny --layers 8 --experts 8 --d-model 256 --d-ff 512
-// --vocab 1024 --pre-gates); without it the benchmark is skipped.
+// BenchmarkSwitchShortBesideLong is issue 15's Switch case: a request decoding, a 1,500-token
+// prompt that arrives during one of its decode steps, and a 3-token request that arrives with it
+// (the same step) or 0.3 s later, while the long prompt's encoder pass runs (all max_tokens 1 but
+// the running one). Each round runs the cases on four servers, alternately: "whole", whose model
+// runs an encoder pass whole in Start (the prompts admitted together start the fewest tokens first
+// within the budget of 512: the scheduler before the encoder ran in slices); and "sliced" with
+// budgets 512, 64 and 8, whose model's passes run in slices charged to the budget
+// (engine.EncodeJob). It reports the medians of the short request's TTFT (in ms, and in the
+// running request's mean decode steps before the long prompt arrived), the long one's TTFT,
+// and the running request's longest gap between two tokens after the long prompt arrived.
+// PREGATE_BENCH_SWITCH names a Switch checkpoint directory (absolute; e.g. the demo's: pregate
+// synth --arch switch --preset switch-tiny --layers 8 --experts 8 --d-model 256 --d-ff 512 --vocab
+// 1024 --pre-gates); without it the benchmark is skipped.
 func BenchmarkSwitchShortBesideLong(b *testing.B) {
-	m, long := longPromptBench(b, "PREGATE_BENCH_SWITCH")
-	budgets := []int{0, 512}
-	servers := make([]*Server, len(budgets))
-	gates := make([]*gatedStep, len(budgets))
-	for i, budget := range budgets {
-		if i > 0 {
-			// A model of its own (a CPU of its own): the other server's scheduler may still be
-			// finishing the Step of a request the benchmark cancelled.
-			m = loadModel(b, os.Getenv("PREGATE_BENCH_SWITCH"))
+	_, long := longPromptBench(b, "PREGATE_BENCH_SWITCH")
+	servers := []struct {
+		name   string
+		budget int
+		sliced bool
+	}{{"whole", 512, false}, {"sliced512", 512, true}, {"sliced64", 64, true}, {"sliced8", 8, true}}
+	delays := []time.Duration{0, 300 * time.Millisecond}
+	type server struct {
+		s    *Server
+		gate *gatedStep
+	}
+	built := make([]server, len(servers))
+	for i, sv := range servers {
+		// A model of its own (a CPU of its own): another server's scheduler may still be finishing
+		// the Step of a request the benchmark cancelled.
+		m := loadModel(b, os.Getenv("PREGATE_BENCH_SWITCH"))
+		gate := &gatedStep{Model: m}
+		var model engine.Model = gate
+		if sv.sliced {
+			model = gatedEncoder{gatedStep: gate, enc: m.(engine.Encoder)}
 		}
-		gates[i] = &gatedStep{Model: m}
 		cfg := DefaultConfig()
-		cfg.ModelName, cfg.Model, cfg.Registry = "bench", gates[i], prometheus.NewRegistry()
-		cfg.MaxRunning, cfg.MaxBatchedTokens = 8, budget
+		cfg.ModelName, cfg.Model, cfg.Registry = "bench", model, prometheus.NewRegistry()
+		cfg.MaxRunning, cfg.MaxBatchedTokens = 8, sv.budget
 		s, err := New(cfg)
 		if err != nil {
 			b.Fatal(err)
 		}
 		defer s.Close()
-		servers[i] = s
+		built[i] = server{s, gate}
 	}
-	results := make([][3][]time.Duration, len(budgets)) // short TTFT, long TTFT, the running one's gap
+	// results[server][delay]: the short request's TTFT, the same in decode steps (×1000), the long
+	// one's TTFT, the running request's longest gap.
+	results := make([][][4][]time.Duration, len(servers))
+	for i := range results {
+		results[i] = make([][4][]time.Duration, len(delays))
+	}
 	for range b.N {
-		for i, s := range servers {
-			shortTTFT, longTTFT, gap := besideRunning(b, s, gates[i], long)
-			r := &results[i]
-			r[0], r[1], r[2] = append(r[0], shortTTFT), append(r[1], longTTFT), append(r[2], gap)
+		for di, delay := range delays {
+			for i, sv := range built {
+				r := besideRunning(b, sv.s, sv.gate, long, delay)
+				res := &results[i][di]
+				res[0] = append(res[0], r.short)
+				res[1] = append(res[1], time.Duration(1000*float64(r.short)/float64(r.step)))
+				res[2], res[3] = append(res[2], r.long), append(res[3], r.gap)
+			}
 		}
 	}
-	for i, budget := range budgets {
-		for j, name := range []string{"short-ttft-ms", "long-ttft-ms", "running-gap-ms"} {
-			b.ReportMetric(float64(median(results[i][j]).Microseconds())/1000, "budget"+strconv.Itoa(budget)+"-"+name)
+	for i, sv := range servers {
+		for di, delay := range delays {
+			res := results[i][di]
+			name := sv.name + "-together-"
+			if delay > 0 {
+				name = sv.name + "-later-"
+			}
+			b.ReportMetric(float64(median(res[0]).Microseconds())/1000, name+"short-ttft-ms")
+			b.ReportMetric(float64(median(res[1]))/1000, name+"short-ttft-steps")
+			b.ReportMetric(float64(median(res[2]).Microseconds())/1000, name+"long-ttft-ms")
+			b.ReportMetric(float64(median(res[3]).Microseconds())/1000, name+"running-gap-ms")
+			b.Logf("%s, the short request %v after the long: short TTFT %v (%v steps×1000), long TTFT %v, running gap %v",
+				sv.name, delay, res[0], res[1], res[2], res[3])
 		}
-		b.Logf("budget %d: short TTFT %v, long TTFT %v, running gap %v", budget, results[i][0], results[i][1], results[i][2])
 	}
 }
 
-// besideRunning holds a running request's decode step until the long and the short request are
-// both queued, then times them.
-func besideRunning(b *testing.B, s *Server, gate *gatedStep, long []int) (short, longTTFT, gap time.Duration) {
+// gatedEncoder is gatedStep for a model whose encoder runs in slices.
+type gatedEncoder struct {
+	*gatedStep
+	enc engine.Encoder
+}
+
+func (m gatedEncoder) BeginEncode(prompts [][]int) (engine.EncodeJob, error) {
+	return m.enc.BeginEncode(prompts)
+}
+
+// besideCase is what besideRunning measured: the short and the long request's TTFT, the running
+// request's longest gap between two tokens after the long one was queued, and its mean decode
+// step before.
+type besideCase struct {
+	short, long, gap, step time.Duration
+}
+
+// besideRunning holds a running request's decode step until the long request is queued (and the
+// short one, when delay is 0), then lets it go; delay later it sends the short one. It times them.
+func besideRunning(b *testing.B, s *Server, gate *gatedStep, long []int, delay time.Duration) besideCase {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var mu sync.Mutex
@@ -181,7 +230,7 @@ func besideRunning(b *testing.B, s *Server, gate *gatedStep, long []int) (short,
 		defer close(bg)
 		_, err := s.Generate(ctx, Request{Prompt: []int{9, 10, 11}, MaxTokens: 4000, IgnoreEOS: true}, func(int) {
 			mu.Lock()
-			if times = append(times, time.Now()); len(times) == 1 {
+			if times = append(times, time.Now()); len(times) == 10 {
 				close(first)
 			}
 			mu.Unlock()
@@ -191,21 +240,31 @@ func besideRunning(b *testing.B, s *Server, gate *gatedStep, long []int) (short,
 		}
 	}()
 	select {
-	case <-first:
+	case <-first: // ten tokens: nine decode steps to measure
 	case <-bg:
 		b.FailNow()
 	}
 	entered, release := gate.hold()
-	<-entered // the running request's Step waits while the two are queued
+	<-entered // the running request's Step waits while the long one (and the short one) is queued
+	var r besideCase
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); longTTFT = ttft(b, s, long, 1) }()
-	go func() { defer wg.Done(); short = ttft(b, s, []int{5, 6, 7}, 1) }()
-	for s.queued() < 2 {
+	go func() { defer wg.Done(); r.long = ttft(b, s, long, 1) }()
+	shortReq := func() { defer wg.Done(); r.short = ttft(b, s, []int{5, 6, 7}, 1) }
+	queued := 1
+	if delay == 0 {
+		go shortReq()
+		queued = 2
+	}
+	for s.queued() < queued {
 		time.Sleep(100 * time.Microsecond)
 	}
 	since := time.Now()
 	close(release)
+	if delay > 0 {
+		time.Sleep(delay)
+		go shortReq()
+	}
 	wg.Wait()
 	// The running request's callbacks trail the others': wait for one of its tokens from after
 	// now, so that the one that ended its gap is in.
@@ -218,19 +277,24 @@ func besideRunning(b *testing.B, s *Server, gate *gatedStep, long []int) (short,
 		}
 	}
 	mu.Lock()
+	before := 0 // tokens before the long prompt arrived
 	for i := 1; i < len(times); i++ {
-		if times[i].After(since) {
-			prev := times[i-1]
-			if prev.Before(since) {
-				prev = since // not the time the benchmark held the step
-			}
-			gap = max(gap, times[i].Sub(prev))
+		if !times[i].After(since) {
+			before = i
+			continue
 		}
+		prev := times[i-1]
+		if prev.Before(since) {
+			prev = since // not the time the benchmark held the step
+		}
+		r.gap = max(r.gap, times[i].Sub(prev))
 	}
+	// The mean decode step before (callbacks can come in bursts, so not the median of the gaps).
+	r.step = times[before].Sub(times[0]) / time.Duration(before)
 	mu.Unlock()
 	cancel()
 	<-bg
-	return short, longTTFT, gap
+	return r
 }
 
 // queued is the number of sequences waiting to be admitted.
