@@ -62,3 +62,34 @@ func TestSequenceBytes(t *testing.T) {
 		})
 	}
 }
+
+// TestPassBytes: while a Switch prompt's encoder pass runs, what it holds (its outputs and the
+// pass's own activations) is what Info reserves per prompt token beyond the decoder's cache.
+func TestPassBytes(t *testing.T) {
+	f := openFixture(t, "switch-tiny")
+	m, err := Load(f.ckpt, newCPU(t, 2), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sw := m.(*Switch)
+	prompts := [][]int{{3, 4, 5, 6, 7}, {8, 9}}
+	j, err := sw.beginEncode(prompts, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	held := j.x.Bytes() + j.k.Bytes() + j.v.Bytes()
+	for _, o := range j.outs {
+		held += o.hidden.Bytes() + o.mask.Bytes()
+		for _, c := range o.crossK {
+			held += c.k.Bytes() + c.v.Bytes()
+		}
+	}
+	info := m.Info()
+	if want := int64(7) * (info.PromptBytesPerToken + info.PassBytesPerToken); held != want || info.PassBytesPerToken == 0 {
+		t.Errorf("an encoder pass over 7 prompt tokens holds %d bytes; Info reserves %d (%d per token for the pass)", held, want, info.PassBytesPerToken)
+	}
+	if got, want := info.AdmitBytes(5, 4), info.SequenceBytes(5, 4)+5*info.PassBytesPerToken; got != want {
+		t.Errorf("AdmitBytes(5, 4) = %d, want %d", got, want)
+	}
+}

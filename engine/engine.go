@@ -73,6 +73,10 @@ type Info struct {
 	// sequence's life besides: its encoder output and every decoder layer's cross-attention keys
 	// and values. 0 for decoder-only models, whose prompt is in the decoder's cache.
 	PromptBytesPerToken int64
+	// PassBytesPerToken is what each prompt token of an encoder-decoder model holds besides while
+	// its encoder pass runs, whole or in slices between steps: the pass's residual stream and one
+	// layer's keys and values (float32). 0 for decoder-only models.
+	PassBytesPerToken int64
 }
 
 // CacheTokens is the most tokens a sequence of prompt tokens that generates up to maxTokens runs
@@ -82,6 +86,13 @@ func (i Info) CacheTokens(prompt, maxTokens int) int {
 		return prompt + maxTokens - 1 // decoder-only: the prompt is in the decoder's cache
 	}
 	return maxTokens // the decoder start token and every generated token but the last
+}
+
+// AdmitBytes is what a server reserves for a sequence of prompt tokens that generates up to
+// maxTokens: its caches at their longest (SequenceBytes) and what its encoder pass holds while it
+// runs, so that no pass can take the server past its budget.
+func (i Info) AdmitBytes(prompt, maxTokens int) int64 {
+	return i.SequenceBytes(prompt, maxTokens) + int64(prompt)*i.PassBytesPerToken
 }
 
 // SequenceBytes is the most a sequence of prompt tokens that generates up to maxTokens keeps in

@@ -165,6 +165,7 @@ func LoadSwitch(ckpt *model.Checkpoint, be compute.Backend, opts Options) (*Swit
 	m.info.DenseBytes = l.bytes
 	m.info.CacheBytesPerToken = int64(cfg.NumDecoderLayers) * 2 * int64(cfg.NumHeads*cfg.DKV) * 4
 	m.info.PromptBytesPerToken = int64(cfg.DModel)*4 + 4 + m.info.CacheBytesPerToken // hidden, mask, cross K/V
+	m.info.PassBytesPerToken = int64(cfg.DModel)*4 + 2*int64(cfg.NumHeads*cfg.DKV)*4 // the pass's x, k, v
 	m.info.ExpertBytes = int64(len(numExperts)*cfg.NumExperts) * 2 * int64(d*cfg.DFF) * m.shared.elemBytes()
 	return m, nil
 }

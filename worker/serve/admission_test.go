@@ -130,7 +130,7 @@ func TestChunkedPrefillShortFirst(t *testing.T) {
 func TestKVCacheBudget(t *testing.T) {
 	m := loadModel(t, "switch-tiny")
 	info := m.Info()
-	budget := info.SequenceBytes(3, 2000) + info.SequenceBytes(3, 2)/2
+	budget := info.AdmitBytes(3, 2000) + info.AdmitBytes(3, 2)/2
 	ts := newTestServer(t, "switch-tiny", m, func(c *Config) { c.KVCacheBytes, c.QueueTimeout = budget, 100*time.Millisecond })
 
 	resp, b := post(t, context.Background(), ts.url, map[string]any{"prompt": []int{5, 6, 7}, "max_tokens": 4000})
@@ -147,7 +147,7 @@ func TestKVCacheBudget(t *testing.T) {
 		t.Fatalf("status %d, Retry-After %q, want 429 with Retry-After: %s", resp.StatusCode, resp.Header.Get("Retry-After"), b)
 	}
 	checkError(t, b, "rate_limit_error", "", "waited")
-	if got, want := metricValue(t, ts.reg, "pregate_kv_cache_reserved_bytes"), float64(info.SequenceBytes(3, 2000)); got != want {
+	if got, want := metricValue(t, ts.reg, "pregate_kv_cache_reserved_bytes"), float64(info.AdmitBytes(3, 2000)); got != want {
 		t.Errorf("reserved bytes metric %v, want the long request's %v", got, want)
 	}
 	stopLong()
@@ -408,7 +408,7 @@ func TestPreemption(t *testing.T) {
 				t.Fatal(err)
 			}
 			info := ref.Info()
-			worst := info.SequenceBytes(3, maxTokens)
+			worst := info.AdmitBytes(3, maxTokens)
 			budget := worst * 3 / 2
 			m := &cacheLog{Model: loadModel(t, name)}
 			ts := newTestServer(t, name, m, func(c *Config) {

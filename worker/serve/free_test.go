@@ -84,7 +84,7 @@ func TestSequencesFreeTheirCaches(t *testing.T) {
 			// Two sequences whose caches do not both fit the budget: one is preempted and
 			// recomputed.
 			const maxTokens = 60
-			budget := m.Info().SequenceBytes(3, maxTokens) * 3 / 2
+			budget := m.Info().AdmitBytes(3, maxTokens) * 3 / 2
 			ts = newTestServer(t, name, m, func(c *Config) {
 				c.KVCacheBytes, c.Preemption, c.MaxRunning = budget, true, 2
 			})

@@ -33,8 +33,8 @@ func histogramSum(t *testing.T, reg *prometheus.Registry, name string) float64 {
 func TestMetricsMove(t *testing.T) {
 	m := loadModel(t, "switch-tiny")
 	info := m.Info()
-	long := info.SequenceBytes(3, 2000)
-	budget := long + info.SequenceBytes(3, 2)/2 // the long request leaves too little for the short one
+	long := info.AdmitBytes(3, 2000)
+	budget := long + info.AdmitBytes(3, 2)/2 // the long request leaves too little for the short one
 	ts := newTestServer(t, "switch-tiny", m, func(c *Config) { c.KVCacheBytes = budget })
 	value := func(name string, labels ...string) float64 { return metricValue(t, ts.reg, name, labels...) }
 	want := func(name string, v float64, labels ...string) {

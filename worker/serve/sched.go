@@ -89,7 +89,7 @@ type sequence struct {
 	gen      []int              // with Preemption: the tokens generated, recomputed after a preemption
 	done     bool               // ended: the scheduler drops it after the Step
 	kvTokens int                // the decoder cache tokens it reserves while it runs (engine.Info.CacheTokens' count)
-	kvBytes  int64              // the bytes they and its prompt take (engine.Info.SequenceBytes' formula)
+	kvBytes  int64              // the bytes they and its prompt take (engine.Info.AdmitBytes' formula)
 	deferred bool               // admitted, and passed over once by startNew: it starts at the next boundary
 	queued   time.Time          // when it was submitted
 	admitted time.Time          // when it left the queue
@@ -253,7 +253,7 @@ func (s *Server) firstReservation(q *sequence) int {
 // reserve sets q's reservation to tokens of decoder cache (and its prompt's bytes).
 func (s *Server) reserve(q *sequence, tokens int) {
 	q.kvTokens = tokens
-	q.kvBytes = int64(len(q.req.Prompt))*s.info.PromptBytesPerToken + int64(tokens)*s.info.CacheBytesPerToken
+	q.kvBytes = int64(len(q.req.Prompt))*(s.info.PromptBytesPerToken+s.info.PassBytesPerToken) + int64(tokens)*s.info.CacheBytesPerToken
 }
 
 // makeRoom, with Preemption and KVCacheBytes, grows the reservation of each decoding sequence

@@ -77,7 +77,7 @@ type Config struct {
 	// 0: no bound (each prompt is prefilled in one Step). Otherwise at least MaxRunning.
 	MaxBatchedTokens int
 	// KVCacheBytes, when positive, bounds the bytes the running sequences' caches may reach: a
-	// sequence is admitted only once its worst case (engine.Info.SequenceBytes of its prompt and
+	// sequence is admitted only once its worst case (engine.Info.AdmitBytes of its prompt and
 	// max_tokens) fits beside the others' reservations, so no request can make the worker allocate
 	// beyond it. One that could never fit gets 400; others wait in the queue, oldest first.
 	// 0: no bound.
@@ -340,9 +340,9 @@ func (s *Server) check(req Request) error {
 	case s.cfg.MaxModelLen > 0 && len(req.Prompt)+req.MaxTokens > s.cfg.MaxModelLen:
 		return badRequest("max_tokens", "this model's maximum context length is %d tokens; %d were requested (%d in the prompt, %d in the completion)",
 			s.cfg.MaxModelLen, len(req.Prompt)+req.MaxTokens, len(req.Prompt), req.MaxTokens)
-	case s.cfg.KVCacheBytes > 0 && s.info.SequenceBytes(len(req.Prompt), req.MaxTokens) > s.cfg.KVCacheBytes:
+	case s.cfg.KVCacheBytes > 0 && s.info.AdmitBytes(len(req.Prompt), req.MaxTokens) > s.cfg.KVCacheBytes:
 		return badRequest("max_tokens", "%d prompt tokens and max_tokens %d need %d bytes of KV cache, more than the worker's %d",
-			len(req.Prompt), req.MaxTokens, s.info.SequenceBytes(len(req.Prompt), req.MaxTokens), s.cfg.KVCacheBytes)
+			len(req.Prompt), req.MaxTokens, s.info.AdmitBytes(len(req.Prompt), req.MaxTokens), s.cfg.KVCacheBytes)
 	case !(req.Temperature >= 0) || req.Temperature > maxTemperature:
 		return badRequest("temperature", "temperature is %v, want 0 ≤ temperature ≤ %v", req.Temperature, maxTemperature)
 	case !(req.TopP >= 0 && req.TopP <= 1):
