@@ -166,16 +166,7 @@ func TestEncoderInSlices(t *testing.T) {
 // rows: each slice routes its own rows, so every expert a pre-gated block acquires was hinted by
 // the pre-gate of a slice of the previous MoE block (the same rows), and every acquire is released.
 func TestEncoderSlicesSeam(t *testing.T) {
-	f := openFixture(t, "switch-tiny-pregated")
-	local, err := LoadSwitch(f.ckpt, newCPU(t, 1), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec := &recordingExperts{inner: local.moe.experts.(*LocalExperts), held: map[[2]int]int{}}
-	m, err := LoadSwitch(f.ckpt, newCPU(t, 1), Options{Experts: rec})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, rec := recordingSwitch(t)
 	prompts := [][]int{{335, 150, 293, 221, 17, 9, 402}, {88, 91, 5, 6, 7, 8, 9, 10, 11}}
 	j, err := m.beginEncode(prompts, nil)
 	if err != nil {

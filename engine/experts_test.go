@@ -35,7 +35,9 @@ func (r *recordingExperts) Acquire(ctx context.Context, block, expert int) (*Exp
 
 func (r *recordingExperts) Release(block, expert int) { r.held[[2]int{block, expert}]-- }
 
-func TestExpertSeamPreGated(t *testing.T) {
+// recordingSwitch loads the pre-gated Switch fixture with its experts behind a recordingExperts.
+func recordingSwitch(t *testing.T) (*Switch, *recordingExperts) {
+	t.Helper()
 	f := openFixture(t, "switch-tiny-pregated")
 	local, err := LoadSwitch(f.ckpt, newCPU(t, 1), Options{})
 	if err != nil {
@@ -46,6 +48,11 @@ func TestExpertSeamPreGated(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return m, rec
+}
+
+func TestExpertSeamPreGated(t *testing.T) {
+	m, rec := recordingSwitch(t)
 	if got := []int{m.Info().MoEBlocks[0].PreGateFor, m.Info().MoEBlocks[2].PreGateFor}; !slices.Equal(got, []int{1, 3}) {
 		t.Fatalf("PreGateFor = %v, want [1 3]", got)
 	}
