@@ -31,6 +31,11 @@ func FuzzParseCompletion(f *testing.F) {
 			return
 		}
 		for _, r := range job.reqs {
+			// What the server queues: parse, then submit's check (ids are checked against the
+			// vocabulary there, for text and token-id prompts alike).
+			if s.check(r) != nil {
+				return
+			}
 			if len(r.Prompt) == 0 || r.MaxTokens <= 0 {
 				t.Fatalf("accepted %+v", r)
 			}
