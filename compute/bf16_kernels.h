@@ -9,3 +9,5 @@ void pregate_bf16_rows_avx2(int m, int k, const float *a, const uint16_t *w, int
 void pregate_convert_bf16_avx2(float *dst, const uint16_t *src, size_t n);
 void pregate_f32_rows_avx512(int m, int k, const float *a, const float *w, int n,
 		float *dst, int ldc, int accumulate);
+void pregate_f32_rows_avx2(int m, int k, const float *a, const float *w, int n,
+		float *dst, int ldc, int accumulate);

@@ -29,8 +29,28 @@ func forceBF16Kernel(t *testing.T, kind bf16Kernel) {
 // Tolerance (checkClose): |got - want| <= 1e-5·(4√k + 1) + 1e-6·|want|, float32 summation error
 // for N(0,1) inputs; the widening itself is exact.
 func TestBF16Kernels(t *testing.T) {
-	ks := []int{1, 7, 8, 9, 15, 16, 17, 31, 33, 100, 771}
-	ns := []int{1, 3, 7, 8, 9, 17, 70}
+	testGEMVKernels(t, func(c *CPU, dst, a []float32, m, k int, wb []uint16, _ []float32, n int, acc bool) {
+		c.MatMulTBF16(dst, a, m, k, wb, n, acc)
+	})
+}
+
+// TestF32GEMVKernels is TestBF16Kernels for MatMulT: the same kernels over float32 weights run its
+// GEMV (m <= gemvMaxM), and bf16Go stands for OpenBLAS's sgemv there.
+func TestF32GEMVKernels(t *testing.T) {
+	testGEMVKernels(t, func(c *CPU, dst, a []float32, m, k int, _ []uint16, wf []float32, n int, acc bool) {
+		c.MatMulT(dst, a, m, k, wf, n, acc)
+	})
+}
+
+// The shapes of TestBF16Kernels: k also around the m = 1 loop's 4-vector steps (32 floats for
+// AVX2, 64 for AVX-512).
+var (
+	gemvTestKs = []int{1, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64, 65, 100, 129, 771}
+	gemvTestNs = []int{1, 3, 7, 8, 9, 17, 70}
+)
+
+func testGEMVKernels(t *testing.T, mul func(c *CPU, dst, a []float32, m, k int, wb []uint16, wf []float32, n int, acc bool)) {
+	ks, ns := gemvTestKs, gemvTestNs
 	for _, kind := range allBF16Kernels {
 		t.Run(kind.String(), func(t *testing.T) {
 			forceBF16Kernel(t, kind)
@@ -49,7 +69,7 @@ func TestBF16Kernels(t *testing.T) {
 								wb, wf = wb[1:], wf[1:]
 								dst := randSlice(r, m*n+1)[1:]
 								want := refMatMulT(dst, a, m, k, wf, n, acc)
-								c.MatMulTBF16(dst, a, m, k, wb, n, acc)
+								mul(c, dst, a, m, k, wb, wf, n, acc)
 								what := fmt.Sprintf("threads=%d m=%d k=%d n=%d acc=%v", th, m, k, n, acc)
 								checkClose(t, what, dst, want, 4*math.Sqrt(float64(k))+1)
 							}

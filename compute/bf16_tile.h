@@ -9,7 +9,10 @@
 //	vwiden(p)      LANES bf16 from p (unaligned), widened to floats
 //	vfma(a, b, c)  a·b + c
 //	vhsum(v)       the sum of v's lanes
-//	R1 .. R4       the weight-row tile for 1 .. 4 activation rows (M·R accumulators must fit the
+//	vadd(a, b)     a + b
+//	vloadf_first(p, c)  the first c floats from p (1 <= c <= LANES), the other lanes zero
+//	vloadf_last(p, c)   the last c floats of the LANES from p (1 <= c < LANES), the others zero
+//	R2 .. R4       the weight-row tile for 2 .. 4 activation rows (M·R accumulators must fit the
 //	               vector registers along with M activation vectors and a weight vector)
 //	WT, WSIZE      the weights' C type and its bytes (uint16_t, 2 for bf16; float, 4 for f32)
 //	WLINE          weights per 64-byte cache line (64 / WSIZE)
@@ -88,6 +91,89 @@ static inline void BF16_FN(bf16_tile_)(const int M, const int R, int k, const fl
 	}
 }
 
+// bf16_seq1_<ISA>: the m = 1 case (batch-1 decode), one weight row at a time, front to back, with
+// four accumulators so that the FMAs' latency is hidden. Reading the weights as one sequential
+// stream, without software prefetch, is what the hardware prefetcher serves best: on the Zen 5
+// machine of docs/BENCHMARKS.md (issue 16 part 5) a 1×1024·1024×3584 product streamed f32 at 40.7
+// GB/s this way against 31.5 for the 1×8 tile with its prefetches (the machine's read bandwidth,
+// scripts/peer/membw.c: 40.3), and bf16 at 37.8 against 31.2. An activation row serves only one
+// weight row at m = 1, so the tile's reuse buys nothing there; from m = 2 on it does.
+//
+// Misaligned weights: safetensors places tensors 8-byte aligned (the mixtral-bench files at 16 mod
+// 64), and a vector load that straddles two cache lines costs two. With head > 0 (the elements
+// before each row's first 64-byte boundary, the same for every row) the loads of each row start at
+// that boundary; the activations, a copy placed to be aligned at the same elements (bf16_gemv1_),
+// then are too. The head, and the last elements after the whole steps, take one vector of weights
+// each, from the row's start and up to its end, with the activations outside the range masked to
+// zero (vloadf_first, vloadf_last): nothing is read outside the row, and no element runs through
+// a serial scalar chain. Where a row starts sets the summation order, as in any BLAS that peels
+// for alignment.
+__attribute__((target(TARGET), always_inline))
+static inline void BF16_FN(bf16_seq1_)(int k, const float *a, const WT *w, int n, float *dst,
+		int accumulate, int head) {
+	for (int j = 0; j < n; j++) {
+		const WT *r = w + (size_t)j * k;
+		VEC s0 = vzero(), s1 = vzero(), s2 = vzero(), s3 = vzero();
+		int p = head;
+		for (int q = 0; q < head; q += LANES) {
+			s1 = vfma(vwiden(r + q), vloadf_first(a + q, head - q < LANES ? head - q : LANES), s1);
+		}
+		for (; p + 4 * LANES <= k; p += 4 * LANES) {
+			s0 = vfma(vwiden(r + p), vloadf(a + p), s0);
+			s1 = vfma(vwiden(r + p + LANES), vloadf(a + p + LANES), s1);
+			s2 = vfma(vwiden(r + p + 2 * LANES), vloadf(a + p + 2 * LANES), s2);
+			s3 = vfma(vwiden(r + p + 3 * LANES), vloadf(a + p + 3 * LANES), s3);
+		}
+		float s = 0;
+		if (k >= LANES) {
+			// At most three whole vectors and a part of one are left.
+			if (p + LANES <= k) {
+				s0 = vfma(vwiden(r + p), vloadf(a + p), s0);
+				p += LANES;
+			}
+			if (p + LANES <= k) {
+				s1 = vfma(vwiden(r + p), vloadf(a + p), s1);
+				p += LANES;
+			}
+			if (p + LANES <= k) {
+				s2 = vfma(vwiden(r + p), vloadf(a + p), s2);
+				p += LANES;
+			}
+			if (p < k) {
+				s3 = vfma(vwiden(r + k - LANES), vloadf_last(a + k - LANES, k - p), s3);
+			}
+		} else {
+			for (; p < k; p++) {
+				s += wscalar(r[p]) * a[p];
+			}
+		}
+		s += vhsum(vadd(vadd(s0, s1), vadd(s2, s3)));
+		dst[j] = accumulate ? dst[j] + s : s;
+	}
+}
+
+// bf16_gemv1_<ISA>: m = 1. Rows of f32 weights whose start is misaligned the same way (a row a
+// multiple of 64 bytes long) get the peeled loop with a copy of the activations shifted to match:
+// on one 256 MiB buffer, 1×1024·1024×3584 streamed 29.9 GB/s at 16 mod 64 unpeeled against 37.0
+// peeled and 37.0 aligned (AMD EPYC Zen 5, 1 thread, 11 interleaved rounds). bf16 weights are not
+// peeled: their 32-byte loads split only every other step at 16 mod 64 (30.8 against 32.0
+// aligned), and the peeled loop measured slower there (20.1), for a reason this VM, without
+// performance counters, did not show. The copy is k floats per call, next to 512 KiB of weights.
+__attribute__((target(TARGET), always_inline))
+static inline void BF16_FN(bf16_gemv1_)(int k, const float *a, const WT *w, int n, float *dst,
+		int accumulate) {
+	const size_t off = (uintptr_t)w & 63;
+	if (WSIZE != 4 || off == 0 || off % WSIZE != 0 || ((size_t)k * WSIZE) % 64 != 0 || k < 6 * LANES ||
+			k > BF16_GEMV1_MAX_K) {
+		BF16_FN(bf16_seq1_)(k, a, w, n, dst, accumulate, 0);
+		return;
+	}
+	float buf[k + 16] __attribute__((aligned(64)));
+	float *shifted = buf + (off * 4 / WSIZE) % 64 / 4;
+	memcpy(shifted, a, (size_t)k * sizeof(float));
+	BF16_FN(bf16_seq1_)(k, shifted, w, n, dst, accumulate, (int)((64 - off) / WSIZE));
+}
+
 // bf16_rows_<ISA>: tiles of R weight rows over all n rows, then single rows for the rest.
 __attribute__((target(TARGET), always_inline))
 static inline void BF16_FN(bf16_rows_)(const int M, const int R, int k, const float *a,
@@ -106,7 +192,7 @@ void ROWS_NAME(int m, int k, const float *a, const WT *w, int n,
 		float *dst, int ldc, int accumulate) {
 	switch (m) {
 	case 1:
-		BF16_FN(bf16_rows_)(1, R1, k, a, w, n, dst, ldc, accumulate);
+		BF16_FN(bf16_gemv1_)(k, a, w, n, dst, accumulate);
 		break;
 	case 2:
 		BF16_FN(bf16_rows_)(2, R2, k, a, w, n, dst, ldc, accumulate);
@@ -134,7 +220,9 @@ void ROWS_NAME(int m, int k, const float *a, const WT *w, int n,
 #undef vwiden
 #undef vfma
 #undef vhsum
-#undef R1
+#undef vadd
+#undef vloadf_first
+#undef vloadf_last
 #undef R2
 #undef R3
 #undef R4

@@ -89,16 +89,20 @@ func gemmNT(dst, a []float32, m, k int, w []float32, n, ldc int, beta float32) {
 		// latency) to delay the other goroutine of a 2-thread GEMV by a
 		// whole chunk.
 		rb := max(1, gemvBlockFloats/k)
-		if bf16Active() == bf16AVX512 {
-			// The bf16 tile over f32 weights (bf16_kernels.c): all m rows at once, no per-call
-			// cost beyond cgo's.
+		if kind := bf16Active(); kind != bf16Go {
+			// The bf16 kernels over f32 weights (bf16_kernels.c): all m rows at once, no per-call
+			// cost beyond cgo's, and at m = 1 one sequential stream per block.
 			acc := C.int(0)
 			if beta != 0 {
 				acc = 1
 			}
 			for j := 0; j < n; j += rb {
 				r := min(rb, n-j)
-				C.pregate_f32_rows_avx512(C.int(m), C.int(k), fptr(a), fptr(w[j*k:]), C.int(r), fptr(dst[j:]), C.int(ldc), acc)
+				if kind == bf16AVX512 {
+					C.pregate_f32_rows_avx512(C.int(m), C.int(k), fptr(a), fptr(w[j*k:]), C.int(r), fptr(dst[j:]), C.int(ldc), acc)
+				} else {
+					C.pregate_f32_rows_avx2(C.int(m), C.int(k), fptr(a), fptr(w[j*k:]), C.int(r), fptr(dst[j:]), C.int(ldc), acc)
+				}
 			}
 			return
 		}
@@ -120,7 +124,7 @@ func gemmNT(dst, a []float32, m, k int, w []float32, n, ldc int, beta float32) {
 // case (see gemvBlockFloats), and on one thread they only add OpenBLAS's ~1µs per call (a
 // mixtral-bench f32 token is ~1,800 blocks). It reports false, doing nothing, for larger m.
 func gemvWhole(dst, a []float32, m, k int, w []float32, n int, beta float32) bool {
-	if m > gemvMaxM || bf16Active() == bf16AVX512 {
+	if m > gemvMaxM || bf16Active() != bf16Go {
 		return false
 	}
 	for i := 0; i < m; i++ {
