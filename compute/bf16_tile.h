@@ -152,18 +152,20 @@ static inline void BF16_FN(bf16_seq1_)(int k, const float *a, const WT *w, int n
 	}
 }
 
-// bf16_gemv1_<ISA>: m = 1. Rows of f32 weights whose start is misaligned the same way (a row a
-// multiple of 64 bytes long) get the peeled loop with a copy of the activations shifted to match:
-// on one 256 MiB buffer, 1×1024·1024×3584 streamed 29.9 GB/s at 16 mod 64 unpeeled against 37.0
-// peeled and 37.0 aligned (AMD EPYC Zen 5, 1 thread, 11 interleaved rounds). bf16 weights are not
-// peeled: their 32-byte loads split only every other step at 16 mod 64 (30.8 against 32.0
-// aligned), and the peeled loop measured slower there (20.1), for a reason this VM, without
-// performance counters, did not show. The copy is k floats per call, next to 512 KiB of weights.
+// bf16_gemv1_<ISA>: m = 1. Where each weight load is a whole cache line (f32 in zmm registers),
+// rows whose start is misaligned the same way (a row a multiple of 64 bytes long) get the peeled
+// loop with a copy of the activations shifted to match: on one 256 MiB buffer, 1×1024·1024×3584
+// streamed 32.2 GB/s at 16 and 32 mod 64 unpeeled against 39.7 peeled (AMD EPYC Zen 5, 1 thread,
+// 11 interleaved rounds; 1×3584·3584×1024: 29.6 against 37.3). With 32-byte loads (bf16 in zmm,
+// f32 in ymm) only every other load splits, and the peeled loop measured slower, not faster
+// (f32 AVX2 at 32 mod 64: 30.7 against 38.4 unpeeled; bf16 AVX-512 at 16: 20.1 against 30.8), for
+// a reason this VM, without performance counters, did not show; those rows run unpeeled. The copy
+// is k floats per call, next to 512 KiB of weights.
 __attribute__((target(TARGET), always_inline))
 static inline void BF16_FN(bf16_gemv1_)(int k, const float *a, const WT *w, int n, float *dst,
 		int accumulate) {
 	const size_t off = (uintptr_t)w & 63;
-	if (WSIZE != 4 || off == 0 || off % WSIZE != 0 || ((size_t)k * WSIZE) % 64 != 0 || k < 6 * LANES ||
+	if (LANES * WSIZE != 64 || off == 0 || off % WSIZE != 0 || ((size_t)k * WSIZE) % 64 != 0 || k < 6 * LANES ||
 			k > BF16_GEMV1_MAX_K) {
 		BF16_FN(bf16_seq1_)(k, a, w, n, dst, accumulate, 0);
 		return;
