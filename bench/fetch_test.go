@@ -24,6 +24,13 @@ func TestRunReportsBothRates(t *testing.T) {
 	if res.FetchBytesPerSecond <= 0 || res.TCPBytesPerSecond <= 0 || res.GRPCBytesPerSecond <= 0 {
 		t.Fatalf("rates %+v", res)
 	}
+	// Receiving a GB costs some CPU on any machine (the copy out of the socket at least), and far
+	// less than 10 s (100 MB/s per core; the store runs in this process here, so it counts too).
+	for name, c := range map[string]float64{"fetch": res.FetchCPUSecondsPerGB, "tcp": res.TCPCPUSecondsPerGB} {
+		if c <= 0 || c > 10 {
+			t.Fatalf("%s: %v CPU seconds per GB", name, c)
+		}
+	}
 	if r := res.FetchBytesPerSecond / res.TCPBytesPerSecond; r != res.Ratio {
 		t.Fatalf("ratio %v, rates say %v", res.Ratio, r)
 	}

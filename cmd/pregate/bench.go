@@ -172,9 +172,9 @@ func newBenchFetchCmd() *cobra.Command {
 			if output == "json" {
 				return json.NewEncoder(w).Encode(res)
 			}
-			fmt.Fprintf(w, "METHOD        GB/s   RATIO\n")
-			fmt.Fprintf(w, "tcp (raw)   %6.2f   1.00\n", res.TCPBytesPerSecond/1e9)
-			fmt.Fprintf(w, "fetch       %6.2f   %.2f\n", res.FetchBytesPerSecond/1e9, res.Ratio)
+			fmt.Fprintf(w, "METHOD        GB/s   RATIO   CPU s/GB (this process)\n")
+			fmt.Fprintf(w, "tcp (raw)   %6.2f   1.00    %.3f\n", res.TCPBytesPerSecond/1e9, res.TCPCPUSecondsPerGB)
+			fmt.Fprintf(w, "fetch       %6.2f   %.2f    %.3f\n", res.FetchBytesPerSecond/1e9, res.Ratio, res.FetchCPUSecondsPerGB)
 			fmt.Fprintf(w, "fetch grpc  %6.2f   %.2f\n", res.GRPCBytesPerSecond/1e9, res.GRPCRatio)
 			if res.TLSBytesPerSecond > 0 {
 				fmt.Fprintf(w, "fetch tls   %6.2f   %.2f   (%.2f of the plaintext fetch)\n", res.TLSBytesPerSecond/1e9, res.TLSRatio, res.TLSOverPlaintext)

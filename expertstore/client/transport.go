@@ -340,13 +340,16 @@ func fetchData(c *dataConn, r routing.Replica, req dataplane.Request, dst []byte
 }
 
 // readChunks reads the framed chunks covering [off, off+len(dst)) into dst, checking each chunk's
-// CRC32C (and feeding sum, when set). A verifier goroutine checks each piece of a chunk while this
-// one reads the next piece from the socket, so the checks overlap the transfer on a second core
-// instead of following it (on this 2-core loopback: a median 0.91 of a plain TCP copy with 128 KiB
-// pieces, against 0.76–0.80 checking inline); pieces are small enough to still be in cache when checked.
+// CRC32C, or, with sum set (a whole blob), feeding sum instead: the blob's digest covers every byte
+// before the caller may use any, and the chunk CRCs would check the same bytes a second time.
+//
+// Each chunk is read in 128 KiB pieces, each checked on this goroutine right after its read, while
+// it is still in cache. Handing the pieces to a second goroutine instead overlapped the check with
+// the next read, at the same throughput on an idle 2-core loopback (0.94 against 0.91 of raw TCP,
+// medians of 8 alternated runs) but 1.53 times raw TCP's CPU per byte against 1.33 inline, and
+// with a busy core 0.79 against 0.83 (docs/BENCHMARKS.md, issue 16 part 1): where the cores are
+// the limit, as on slower machines or beside the worker's compute, CPU per byte is what counts.
 func readChunks(c *dataConn, r routing.Replica, d blob.Digest, dst []byte, off int64, sum *blob.Hasher) error {
-	v := newVerifier(sum)
-	defer v.stop()
 	end := off + int64(len(dst))
 	for pos := off; pos < end; {
 		h, err := dataplane.ReadChunkHeader(c.rd, c.buf)
@@ -356,79 +359,27 @@ func readChunks(c *dataConn, r routing.Replica, d blob.Digest, dst []byte, off i
 		if h.Offset != pos || h.Length <= 0 || pos+int64(h.Length) > end {
 			return fmt.Errorf("%w: %s sent chunk [%d, +%d), expected offset %d of [%d, %d)", dataplane.ErrProtocol, r.Store, h.Offset, h.Length, pos, off, end)
 		}
-		p := dst[pos-off : pos-off+int64(h.Length)]
-		for len(p) > 0 {
-			// A read per piece, not one up to the chunk's end: each piece is checked while the next
-			// one is read, still in cache (a read of up to 1 MiB measured 0.86 of raw TCP against
-			// 0.91 per piece, docs/BENCHMARKS.md).
+		var crc uint32
+		for p := dst[pos-off : pos-off+int64(h.Length)]; len(p) > 0; {
+			// A read per piece, not one up to the chunk's end: each piece is checked while still in
+			// cache (a read of up to 1 MiB measured 0.86 of raw TCP against 0.91 per piece).
 			piece := p[:min(len(p), verifyPiece)]
 			if _, err := io.ReadFull(c.rd, piece); err != nil {
 				return err
 			}
 			p = p[len(piece):]
-			v.pieces <- verifyJob{piece: piece, last: len(p) == 0, offset: pos, want: h.CRC}
+			if sum != nil {
+				sum.Write(piece)
+			} else {
+				crc = blob.UpdateCRC32C(crc, piece)
+			}
+		}
+		if sum == nil && crc != h.CRC {
+			return fmt.Errorf("%w: chunk at offset %d of %s from %s fails its CRC32C", storepb.ErrCorrupt, pos, d, r.Store)
 		}
 		pos += int64(h.Length)
 	}
-	if bad, ok := v.wait(); !ok {
-		return fmt.Errorf("%w: chunk at offset %d of %s from %s fails its CRC32C", storepb.ErrCorrupt, bad, d, r.Store)
-	}
 	return nil
-}
-
-type verifyJob struct {
-	piece  []byte
-	last   bool  // the chunk's last piece: compare its CRC
-	offset int64 // the chunk's offset
-	want   uint32
-}
-
-// verifier checks pieces in arrival order on its own goroutine, owned by one readChunks call.
-type verifier struct {
-	pieces chan verifyJob
-	done   chan struct{}
-	sum    *blob.Hasher
-	bad    int64 // offset of the first chunk that failed, -1 if none
-}
-
-func newVerifier(sum *blob.Hasher) *verifier {
-	v := &verifier{pieces: make(chan verifyJob, 8), done: make(chan struct{}), sum: sum, bad: -1}
-	go func() {
-		defer close(v.done)
-		var crc uint32
-		for j := range v.pieces {
-			// A whole blob is checked against its digest, which covers every byte before the
-			// caller may use any: its chunks' CRCs would check the same bytes a second time.
-			if v.sum != nil {
-				v.sum.Write(j.piece)
-				continue
-			}
-			crc = blob.UpdateCRC32C(crc, j.piece)
-			if j.last {
-				if crc != j.want && v.bad < 0 {
-					v.bad = j.offset
-				}
-				crc = 0
-			}
-		}
-	}()
-	return v
-}
-
-// wait ends the checks: false and the failing chunk's offset when one failed.
-func (v *verifier) wait() (int64, bool) {
-	close(v.pieces)
-	<-v.done
-	v.pieces = nil
-	return v.bad, v.bad < 0
-}
-
-// stop ends the verifier after an early return (a no-op after wait).
-func (v *verifier) stop() {
-	if v.pieces != nil {
-		close(v.pieces)
-		<-v.done
-	}
 }
 
 // wholeBlob checks that [off, off+len(dst)) is the entire blob of total bytes.
