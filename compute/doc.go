@@ -27,9 +27,10 @@
 // kernel widens them in registers as it streams them (bf16_kernels.c: AVX-512F
 // or AVX2+FMA, chosen once per process from the CPU's features; see
 // bf16Kernel and BF16KernelEnv); otherwise blocks of weight rows are widened
-// into a float32 scratch buffer for the f32 GEMM. On AVX-512 CPUs the f32 GEMV
-// (m <= 4) runs the same tile kernel over f32 weights instead of OpenBLAS's
-// sgemv (Debian's OpenBLAS uses its AVX2 kernel there). Attention's score dot products and
+// into a float32 scratch buffer for the f32 GEMM. On AVX2 and AVX-512 CPUs the
+// f32 GEMV (m <= 4) runs the same kernels over f32 weights instead of OpenBLAS's
+// sgemv. At m = 1 they read one weight row at a time, front to back (see
+// bf16_tile.h). Attention's score dot products and
 // weighted sums, and SiLU, run in C vector kernels on the same instruction set
 // (vec_kernels.c; the pure-Go build and other CPUs use the Go loops).
 //

@@ -122,7 +122,8 @@ func gemmNT(dst, a []float32, m, k int, w []float32, n, ldc int, beta float32) {
 // gemvWhole computes dst = a·wᵀ + beta·dst for m <= gemvMaxM rows of a with one sgemv per row
 // over all n weight rows, for MatMulT on one thread: the blocks of gemmNT exist for the 2-thread
 // case (see gemvBlockFloats), and on one thread they only add OpenBLAS's ~1µs per call (a
-// mixtral-bench f32 token is ~1,800 blocks). It reports false, doing nothing, for larger m.
+// mixtral-bench f32 token is ~1,800 blocks). It reports false, doing nothing, for larger m and
+// where the package's own kernels run the GEMV (any bf16 kernel but bf16Go: CPUs without AVX2).
 func gemvWhole(dst, a []float32, m, k int, w []float32, n int, beta float32) bool {
 	if m > gemvMaxM || bf16Active() != bf16Go {
 		return false
