@@ -19,6 +19,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include "bf16_kernels.h"
 
@@ -57,9 +58,27 @@ static inline float bf16_scalar(uint16_t b) {
 #define BF16_PREFETCH 1024
 #define BF16_NEXT_TILE_MAX (32 << 10)
 
-// The largest k whose activations bf16_gemv1_ copies onto the stack (128 KiB; cgo runs C on the
-// thread's system stack, 8 MiB by default); longer rows run unpeeled.
-#define BF16_GEMV1_MAX_K (32 << 10)
+// gemv1_scratch returns this thread's 64-byte-aligned buffer of at least n floats, for the shifted
+// copy of the activations in bf16_gemv1_, or NULL if it cannot be had (the caller then runs
+// unpeeled). On the heap, not the stack: a C call from Go runs on the thread's system stack, which
+// musl makes 128 KiB, less than Mixtral-8x7B's down projection needs (k = 14,336). One buffer per
+// thread that has run a peeled GEMV, kept for the thread's life: Go's threads rarely end.
+static __thread float *gemv1_buf;
+static __thread size_t gemv1_cap;
+
+static float *gemv1_scratch(size_t n) {
+	if (n > gemv1_cap) {
+		size_t c = (n + 1023) & ~(size_t)1023;
+		float *b = aligned_alloc(64, c * sizeof(float));
+		if (b == NULL) {
+			return NULL;
+		}
+		free(gemv1_buf);
+		gemv1_buf = b;
+		gemv1_cap = c;
+	}
+	return gemv1_buf;
+}
 
 // ---- AVX2 + FMA: 8 floats per vector; m = 1 row by row, tiles 2×4, 3×2, 4×2 (M·R <= 8). ----
 

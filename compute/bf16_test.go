@@ -45,7 +45,7 @@ func TestF32GEMVKernels(t *testing.T) {
 // The shapes of TestBF16Kernels: k also around the m = 1 loop's 4-vector steps (32 floats for
 // AVX2, 64 for AVX-512).
 var (
-	gemvTestKs = []int{1, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64, 65, 100, 129, 771}
+	gemvTestKs = []int{1, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64, 65, 100, 129, 771, 1024}
 	gemvTestNs = []int{1, 3, 7, 8, 9, 17, 70}
 )
 
@@ -73,6 +73,41 @@ func testGEMVKernels(t *testing.T, mul func(c *CPU, dst, a []float32, m, k int, 
 								what := fmt.Sprintf("threads=%d m=%d k=%d n=%d acc=%v", th, m, k, n, acc)
 								checkClose(t, what, dst, want, 4*math.Sqrt(float64(k))+1)
 							}
+						}
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestGEMV1Alignments checks the m = 1 loop at every start of the weights within a cache line
+// (0-15 floats or 0-31 bf16 past a 64-byte boundary): f32 rows on AVX-512 whose length is a
+// multiple of 64 bytes are peeled to the boundary with a shifted copy of the activations, and the
+// head and tail are masked vectors (bf16_tile.h), so each start exercises another split.
+func TestGEMV1Alignments(t *testing.T) {
+	for _, kind := range []bf16Kernel{bf16AVX2, bf16AVX512} {
+		t.Run(kind.String(), func(t *testing.T) {
+			forceBF16Kernel(t, kind)
+			c := NewCPU(1)
+			defer c.Close()
+			r := rand.New(rand.NewPCG(31, 32))
+			for _, k := range []int{96, 112, 128, 1024, 1040} {
+				const n = 5
+				a := randSlice(r, k)
+				wb, wf := bf16Weights(r, n*k+64)
+				for start := range 32 {
+					for _, acc := range []bool{false, true} {
+						what := fmt.Sprintf("k=%d start=%d acc=%v", k, start, acc)
+						dst := randSlice(r, n)
+						want := refMatMulT(dst, a, 1, k, wf[start:start+n*k], n, acc)
+						c.MatMulTBF16(dst, a, 1, k, wb[start:start+n*k], n, acc)
+						checkClose(t, "bf16 "+what, dst, want, 4*math.Sqrt(float64(k))+1)
+						if start < 16 {
+							dst = randSlice(r, n)
+							want = refMatMulT(dst, a, 1, k, wf[start:start+n*k], n, acc)
+							c.MatMulT(dst, a, 1, k, wf[start:start+n*k], n, acc)
+							checkClose(t, "f32 "+what, dst, want, 4*math.Sqrt(float64(k))+1)
 						}
 					}
 				}

@@ -165,12 +165,15 @@ __attribute__((target(TARGET), always_inline))
 static inline void BF16_FN(bf16_gemv1_)(int k, const float *a, const WT *w, int n, float *dst,
 		int accumulate) {
 	const size_t off = (uintptr_t)w & 63;
-	if (LANES * WSIZE != 64 || off == 0 || off % WSIZE != 0 || ((size_t)k * WSIZE) % 64 != 0 || k < 6 * LANES ||
-			k > BF16_GEMV1_MAX_K) {
+	float *buf = NULL;
+	if (LANES * WSIZE == 64 && off != 0 && off % WSIZE == 0 && ((size_t)k * WSIZE) % 64 == 0 &&
+			k >= 6 * LANES) {
+		buf = gemv1_scratch(k + 16);
+	}
+	if (buf == NULL) {
 		BF16_FN(bf16_seq1_)(k, a, w, n, dst, accumulate, 0);
 		return;
 	}
-	float buf[k + 16] __attribute__((aligned(64)));
 	float *shifted = buf + (off * 4 / WSIZE) % 64 / 4;
 	memcpy(shifted, a, (size_t)k * sizeof(float));
 	BF16_FN(bf16_seq1_)(k, shifted, w, n, dst, accumulate, (int)((64 - off) / WSIZE));
