@@ -58,6 +58,9 @@ static inline float bf16_scalar(uint16_t b) {
 #define BF16_PREFETCH 1024
 #define BF16_NEXT_TILE_MAX (32 << 10)
 
+// How far ahead the m = 1 loop prefetches bf16 weights (bf16_seq1_ in bf16_tile.h): the next page.
+#define BF16_SEQ_PREFETCH 4096
+
 // gemv1_scratch returns this thread's 64-byte-aligned buffer of at least n floats, for the shifted
 // copy of the activations in bf16_gemv1_, or NULL if it cannot be had (the caller then runs
 // unpeeled). On the heap, not the stack: a C call from Go runs on the thread's system stack, which
