@@ -93,7 +93,8 @@ static inline void BF16_FN(bf16_tile_)(const int M, const int R, int k, const fl
 
 // bf16_seq1_<ISA>: the m = 1 case (batch-1 decode), one weight row at a time, front to back, with
 // four accumulators so that the FMAs' latency is hidden. Reading the weights as one sequential
-// stream, without software prefetch, is what the hardware prefetcher serves best: on the Zen 5
+// stream, without the tile's per-row software prefetches, is what the hardware prefetcher serves
+// best: on the Zen 5
 // machine of docs/BENCHMARKS.md (issue 16 part 5) a 1×1024·1024×3584 product streamed f32 at 40.7
 // GB/s this way against 31.5 for the 1×8 tile with its prefetches (the machine's read bandwidth,
 // scripts/peer/membw.c: 40.3), and bf16 at 37.8 against 31.2. An activation row serves only one

@@ -345,10 +345,10 @@ func fetchData(c *dataConn, r routing.Replica, req dataplane.Request, dst []byte
 //
 // Each chunk is read in 128 KiB pieces, each checked on this goroutine right after its read, while
 // it is still in cache. Handing the pieces to a second goroutine instead overlapped the check with
-// the next read, at the same throughput on an idle 2-core loopback (0.94 against 0.91 of raw TCP,
-// medians of 8 alternated runs) but 1.53 times raw TCP's CPU per byte against 1.33 inline, and
-// with a busy core 0.79 against 0.83 (docs/BENCHMARKS.md, issue 16 part 1): where the cores are
-// the limit, as on slower machines or beside the worker's compute, CPU per byte is what counts.
+// the next read, 2% faster on an idle 2-core loopback (0.90 against 0.88 of raw TCP, medians of
+// 18 alternated runs) but at 1.53 times raw TCP's CPU per byte against 1.33 inline, and with a
+// busy core 0.78 against 0.81 (docs/BENCHMARKS.md, issue 16 part 1): where the cores are the
+// limit, as on slower machines or beside the worker's compute, CPU per byte is what counts.
 func readChunks(c *dataConn, r routing.Replica, d blob.Digest, dst []byte, off int64, sum *blob.Hasher) error {
 	end := off + int64(len(dst))
 	for pos := off; pos < end; {
