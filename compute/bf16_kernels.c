@@ -113,13 +113,15 @@ static inline __m256 last_avx2(const float *p, int c) {
 	return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(lane, _mm256_set1_epi32(7 - c)));
 }
 
-#define ISA avx2
+// Each instruction set's parameters of bf16_tile.h, then one instance per weight type: bf16, and
+// f32 for MatMulT's GEMV (gemmNT, m <= gemvMaxM) in place of OpenBLAS's sgemv (on 1×1024·1024×3584
+// its Haswell kernel streamed 31.9 GB/s where the m = 1 loop streams 38.2; docs/BENCHMARKS.md,
+// issue 16 part 5).
 #define TARGET "avx2,fma"
 #define VEC __m256
 #define LANES 8
 #define vzero() _mm256_setzero_ps()
 #define vloadf(p) _mm256_loadu_ps(p)
-#define vwiden(p) bf16x8_avx2(p)
 #define vfma(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define vhsum(v) hsum_avx2(v)
 #define vadd(a, b) _mm256_add_ps(a, b)
@@ -128,12 +130,22 @@ static inline __m256 last_avx2(const float *p, int c) {
 #define R2 4
 #define R3 2
 #define R4 2
+
+#define ISA avx2
 #define WT uint16_t
-#define WSIZE 2
-#define WLINE 32
+#define vwiden(p) bf16x8_avx2(p)
 #define wscalar(x) bf16_scalar(x)
 #define ROWS_NAME pregate_bf16_rows_avx2
 #include "bf16_tile.h"
+
+#define ISA f32_avx2
+#define WT float
+#define vwiden(p) _mm256_loadu_ps(p)
+#define wscalar(x) (x)
+#define ROWS_NAME pregate_f32_rows_avx2
+#include "bf16_tile.h"
+
+#include "bf16_tile_isa_end.h"
 
 // ---- AVX-512F: 16 floats per vector; m = 1 row by row, tiles 2×8, 3×4, 4×4 (M·R <= 16). ----
 
@@ -143,13 +155,11 @@ static inline __m512 bf16x16_avx512(const uint16_t *p) {
 	return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-#define ISA avx512
 #define TARGET "avx512f"
 #define VEC __m512
 #define LANES 16
 #define vzero() _mm512_setzero_ps()
 #define vloadf(p) _mm512_loadu_ps(p)
-#define vwiden(p) bf16x16_avx512(p)
 #define vfma(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define vhsum(v) _mm512_reduce_add_ps(v)
 #define vadd(a, b) _mm512_add_ps(a, b)
@@ -158,64 +168,22 @@ static inline __m512 bf16x16_avx512(const uint16_t *p) {
 #define R2 8
 #define R3 4
 #define R4 4
+
+#define ISA avx512
 #define WT uint16_t
-#define WSIZE 2
-#define WLINE 32
+#define vwiden(p) bf16x16_avx512(p)
 #define wscalar(x) bf16_scalar(x)
 #define ROWS_NAME pregate_bf16_rows_avx512
 #include "bf16_tile.h"
 
-// ---- AVX-512F over f32 weights: the same tile for MatMulT's GEMV (gemmNT, m <= gemvMaxM). ----
-// OpenBLAS 0.3.21 runs its Haswell (AVX2) sgemv here; the tile with its next-tile prefetch is what
-// brought the bf16 decode level with llama.cpp (docs/BENCHMARKS.md, issue 16 part 5).
-
 #define ISA f32_avx512
-#define TARGET "avx512f"
-#define VEC __m512
-#define LANES 16
-#define vzero() _mm512_setzero_ps()
-#define vloadf(p) _mm512_loadu_ps(p)
-#define vwiden(p) _mm512_loadu_ps(p)
-#define vfma(a, b, c) _mm512_fmadd_ps(a, b, c)
-#define vhsum(v) _mm512_reduce_add_ps(v)
-#define vadd(a, b) _mm512_add_ps(a, b)
-#define vloadf_first(p, c) _mm512_maskz_loadu_ps((__mmask16)((1u << (c)) - 1), p)
-#define vloadf_last(p, c) _mm512_maskz_loadu_ps((__mmask16)~((1u << (16 - (c))) - 1), p)
-#define R2 8
-#define R3 4
-#define R4 4
 #define WT float
-#define WSIZE 4
-#define WLINE 16
+#define vwiden(p) _mm512_loadu_ps(p)
 #define wscalar(x) (x)
 #define ROWS_NAME pregate_f32_rows_avx512
 #include "bf16_tile.h"
 
-// ---- AVX2 + FMA over f32 weights: MatMulT's GEMV where AVX-512F is missing. ----
-// m = 1 reads each row front to back like the kernels above; OpenBLAS's Haswell sgemv streamed
-// 31.9 GB/s on 1×1024·1024×3584 where this loop streams 38.2 (the machine of issue 16 part 5).
-
-#define ISA f32_avx2
-#define TARGET "avx2,fma"
-#define VEC __m256
-#define LANES 8
-#define vzero() _mm256_setzero_ps()
-#define vloadf(p) _mm256_loadu_ps(p)
-#define vwiden(p) _mm256_loadu_ps(p)
-#define vfma(a, b, c) _mm256_fmadd_ps(a, b, c)
-#define vhsum(v) hsum_avx2(v)
-#define vadd(a, b) _mm256_add_ps(a, b)
-#define vloadf_first(p, c) first_avx2(p, c)
-#define vloadf_last(p, c) last_avx2(p, c)
-#define R2 4
-#define R3 2
-#define R4 2
-#define WT float
-#define WSIZE 4
-#define WLINE 16
-#define wscalar(x) (x)
-#define ROWS_NAME pregate_f32_rows_avx2
-#include "bf16_tile.h"
+#include "bf16_tile_isa_end.h"
 
 // pregate_convert_bf16_avx2 is ConvertBF16 for AVX2: 16 weights per step.
 __attribute__((target("avx2")))

@@ -1,12 +1,10 @@
 // The fused bf16 GEMV kernel, written once and included by bf16_kernels.c once per instruction set
-// (a C template). The includer defines:
+// and weight type (a C template). Per instruction set the includer defines:
 //
-//	ISA            suffix of the generated names (avx2, avx512)
 //	TARGET         the target attribute the code is compiled for ("avx2,fma", "avx512f")
 //	VEC, LANES     the float vector type and its number of floats
 //	vzero()        a zero vector
 //	vloadf(p)      LANES floats from p (unaligned)
-//	vwiden(p)      LANES bf16 from p (unaligned), widened to floats
 //	vfma(a, b, c)  a·b + c
 //	vhsum(v)       the sum of v's lanes
 //	vadd(a, b)     a + b
@@ -14,17 +12,23 @@
 //	vloadf_last(p, c)   the last c floats of the LANES from p (1 <= c < LANES), the others zero
 //	R2 .. R4       the weight-row tile for 2 .. 4 activation rows (M·R accumulators must fit the
 //	               vector registers along with M activation vectors and a weight vector)
-//	WT, WSIZE      the weights' C type and its bytes (uint16_t, 2 for bf16; float, 4 for f32)
-//	WLINE          weights per 64-byte cache line (64 / WSIZE)
+//
+// and undefines them after its instances (bf16_tile_isa_end.h); per instance, which this file
+// undefines at its end:
+//
+//	ISA            suffix of the generated names (avx2, f32_avx512, ...)
+//	WT             the weights' C type: uint16_t (bf16 bits) or float
+//	vwiden(p)      LANES weights from p (unaligned) as floats
 //	wscalar(x)     one weight as a float (the tail of a row)
 //	ROWS_NAME      the name of the generated function (bf16_kernels.h)
 //
-// and gets ROWS_NAME, e.g. pregate_bf16_rows_avx512 (vwiden(p) loads LANES weights as floats). The
-// parameters are undefined at the end of this file.
+// and gets ROWS_NAME, e.g. pregate_bf16_rows_avx512.
 
 #define BF16_CAT_(a, b) a##b
 #define BF16_CAT(a, b) BF16_CAT_(a, b)
 #define BF16_FN(name) BF16_CAT(name, ISA)
+#define WSIZE ((int)sizeof(WT)) // the weights' bytes
+#define WLINE (64 / WSIZE)      // weights per 64-byte cache line
 
 // One step of LANES weights at offset p: the LANES floats of each of the M activation rows times
 // the widened weights of each of the R weight rows, into acc.
@@ -227,24 +231,12 @@ void ROWS_NAME(int m, int k, const float *a, const WT *w, int n,
 #undef BF16_CAT
 #undef BF16_CAT_
 
-// The includer's parameters, so that it can define them afresh for the next instance.
-#undef ISA
-#undef TARGET
-#undef VEC
-#undef LANES
-#undef vzero
-#undef vloadf
-#undef vwiden
-#undef vfma
-#undef vhsum
-#undef vadd
-#undef vloadf_first
-#undef vloadf_last
-#undef R2
-#undef R3
-#undef R4
-#undef WT
 #undef WSIZE
 #undef WLINE
+
+// The instance's parameters, so that the includer can define them afresh for the next one.
+#undef ISA
+#undef WT
+#undef vwiden
 #undef wscalar
 #undef ROWS_NAME
