@@ -82,8 +82,8 @@ type capacityCarry struct {
 	counts  map[int][]int // per MoE block: [sequence × experts] choices counted so far
 }
 
-// apply is routing.ApplyCapacity for the chunk's choices, counting from where the pass's earlier
-// chunks left each sequence's counts.
+// apply is routing.ApplyCapacity for the chunk's choices, counting (routing.CountCapacity) from
+// where the pass's earlier chunks left each sequence's counts.
 func (c *capacityCarry) apply(block int, choices []routing.Choice, topK, numExperts int, segLens []int, capacity int) {
 	counts := c.counts[block]
 	if counts == nil {
@@ -92,20 +92,8 @@ func (c *capacityCarry) apply(block int, choices []routing.Choice, topK, numExpe
 	}
 	t := 0
 	for si, n := range segLens {
-		row := counts[c.seqs[si]*numExperts:][:numExperts]
-		for ; n > 0; n-- {
-			for r := range topK {
-				ch := &choices[t*topK+r]
-				if ch.Expert < 0 {
-					continue
-				}
-				row[ch.Expert]++
-				if row[ch.Expert] > capacity {
-					ch.Expert = -1
-				}
-			}
-			t++
-		}
+		routing.CountCapacity(choices[t*topK:(t+n)*topK], counts[c.seqs[si]*numExperts:][:numExperts], capacity)
+		t += n
 	}
 }
 

@@ -125,19 +125,27 @@ func ApplyCapacity(choices []Choice, topK, numExperts int, seqLens []int, capaci
 	start := 0
 	for _, n := range seqLens {
 		clear(counts)
-		for t := start; t < start+n && t < tokens; t++ {
-			for r := range topK {
-				c := &choices[t*topK+r]
-				if c.Expert < 0 {
-					continue
-				}
-				counts[c.Expert]++
-				if counts[c.Expert] > capacity {
-					c.Expert = -1
-				}
-			}
+		end := min(start+n, tokens)
+		if start < end {
+			CountCapacity(choices[start*topK:end*topK], counts, capacity)
 		}
 		start += n
+	}
+}
+
+// CountCapacity is ApplyCapacity for consecutive tokens of one sequence (their topK choices each,
+// in order), continuing from counts (the sequence's choices per expert so far, updated): a
+// sequence routed in parts keeps its counts between them.
+func CountCapacity(choices []Choice, counts []int, capacity int) {
+	for i := range choices {
+		c := &choices[i]
+		if c.Expert < 0 {
+			continue
+		}
+		counts[c.Expert]++
+		if counts[c.Expert] > capacity {
+			c.Expert = -1
+		}
 	}
 }
 

@@ -29,6 +29,37 @@ func TestRouteTop1Capacity(t *testing.T) {
 	}
 }
 
+// TestCountCapacityInParts: one sequence's top-2 choices counted in parts, carrying the counts,
+// drop what ApplyCapacity drops counting them at once.
+func TestCountCapacityInParts(t *testing.T) {
+	mk := func() []Choice {
+		var cs []Choice
+		for i := range 12 {
+			cs = append(cs, Choice{Expert: i % 3}, Choice{Expert: (i + 1) % 3})
+		}
+		cs[5].Expert = -1 // already dropped: not counted
+		return cs
+	}
+	whole, parts := mk(), mk()
+	ApplyCapacity(whole, 2, 3, nil, 5)
+	counts := make([]int, 3)
+	for _, cut := range [][2]int{{0, 3}, {3, 4}, {4, 11}, {11, 12}} {
+		CountCapacity(parts[cut[0]*2:cut[1]*2], counts, 5)
+	}
+	dropped := 0
+	for i := range whole {
+		if whole[i] != parts[i] {
+			t.Fatalf("choice %d: %v in parts, %v at once", i, parts[i], whole[i])
+		}
+		if whole[i].Expert < 0 {
+			dropped++
+		}
+	}
+	if dropped != 1+(23-15) { // the one marked, and all past 5 per expert of the 23 counted
+		t.Fatalf("%d dropped, want %d", dropped, 1+23-15)
+	}
+}
+
 func TestRouteTop2Renormalize(t *testing.T) {
 	tests := []struct {
 		give   []float32
