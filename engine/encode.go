@@ -259,9 +259,7 @@ func (j *encodeJob) slice(ctx context.Context, r0, r1 int) error {
 	// Feed-forward: dense, or a top-1 MoE that routes each row on its own.
 	be.RMSNorm(xn, x, n, d, b.lnFF, eps)
 	if b.moe == nil {
-		linear(be, h, xn, n, b.wi, false)
-		be.ReLU(h)
-		linear(be, x, h, n, b.wo, true)
+		b.denseFF(be, x, xn, h, n)
 		return nil
 	}
 	var routed *preRouted

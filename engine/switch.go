@@ -43,6 +43,13 @@ type switchBlock struct {
 	moe                   *moeBlock // sparse FF, nil for dense
 }
 
+// denseFF adds the dense feed-forward of xn's n rows to x (ReLU(xn·wiᵀ)·woᵀ), through h [n × d_ff].
+func (b *switchBlock) denseFF(be compute.Backend, x, xn, h compute.Tensor, n int) {
+	linear(be, h, xn, n, b.wi, false)
+	be.ReLU(h)
+	linear(be, x, h, n, b.wo, true)
+}
+
 // encoderOut is what the decoder needs of a sequence's encoder pass.
 type encoderOut struct {
 	hidden compute.Tensor // [n × d], after the encoder's final norm
@@ -345,9 +352,7 @@ func (m *Switch) runStack(ctx context.Context, st *switchStack, seqs []*Sequence
 		// Feed-forward: dense, or a top-1 MoE.
 		be.RMSNorm(xn, x, tokens, d, b.lnFF, eps)
 		if b.moe == nil {
-			linear(be, h, xn, tokens, b.wi, false)
-			be.ReLU(h)
-			linear(be, x, h, tokens, b.wo, true)
+			b.denseFF(be, x, xn, h, tokens)
 			continue
 		}
 		next, err := m.moe.run(ctx, b.moe, xn, x, tokens, seqLens, routed, failed)
