@@ -299,6 +299,27 @@ type stagedCPU struct{ *CPU }
 
 func (stagedCPU) HostAddressable() bool { return false }
 
+// generateGolden loads ckpt on a 2-thread CPU with opts (its experts from p) and checks that 10
+// greedy tokens of each prompt are want's.
+func generateGolden(t *testing.T, ckpt *model.Checkpoint, p *Pipeline, opts engine.Options, prompts, want [][]int) {
+	t.Helper()
+	cpu := compute.NewCPU(2)
+	defer cpu.Close()
+	m, err := engine.Load(ckpt, cpu, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, _, err := engine.Generate(context.Background(), WrapModel(m, p), prompts, engine.GenerateOptions{MaxNewTokens: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range res {
+		if !slices.Equal(r.GeneratedIDs, want[i]) {
+			t.Errorf("prompt %d: %v, want %v", i, r.GeneratedIDs, want[i])
+		}
+	}
+}
+
 func TestStagedCopyPathGivesTheGoldenTokens(t *testing.T) {
 	dir := fixture("mixtral-tiny")
 	prompts, want := goldenPrompts(t, dir)
@@ -318,21 +339,7 @@ func TestStagedCopyPathGivesTheGoldenTokens(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	cpu := compute.NewCPU(2)
-	defer cpu.Close()
-	m, err := engine.Load(ckpt, cpu, engine.Options{Experts: p, Speculate: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, _, err := engine.Generate(context.Background(), WrapModel(m, p), prompts, engine.GenerateOptions{MaxNewTokens: 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, r := range res {
-		if !slices.Equal(r.GeneratedIDs, want[i]) {
-			t.Errorf("prompt %d: %v, want %v", i, r.GeneratedIDs, want[i])
-		}
-	}
+	generateGolden(t, ckpt, p, engine.Options{Experts: p, Speculate: true}, prompts, want)
 	if cs := p.Cache().Stats(); cs.Evictions == 0 || cs.Peak > cs.Budget {
 		t.Errorf("cache %+v: want evictions within the budget", cs)
 	}

@@ -9,7 +9,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/pregate/pregate/compute"
 	"github.com/pregate/pregate/engine"
 	"github.com/pregate/pregate/model"
 	"github.com/pregate/pregate/routing"
@@ -217,21 +216,7 @@ func TestStreamWaiterGivesTheGoldenTokens(t *testing.T) {
 		}
 	}()
 	p, _, ckpt := newGatedPipeline(t, dev)
-	cpu := compute.NewCPU(2)
-	defer cpu.Close()
-	m, err := engine.Load(ckpt, cpu, engine.Options{Experts: p})
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, _, err := engine.Generate(context.Background(), WrapModel(m, p), prompts, engine.GenerateOptions{MaxNewTokens: 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, r := range res {
-		if !slices.Equal(r.GeneratedIDs, want[i]) {
-			t.Errorf("prompt %d: %v, want %v", i, r.GeneratedIDs, want[i])
-		}
-	}
+	generateGolden(t, ckpt, p, engine.Options{Experts: p}, prompts, want)
 	dev.mu.Lock()
 	defer dev.mu.Unlock()
 	if len(dev.waited) == 0 {
