@@ -332,41 +332,59 @@ func (m *callLog) Step(ctx context.Context, seqs []*engine.Sequence, all bool) (
 // encoder pass, and two long ones' passes have a decode step between them; the tokens are the
 // same as when they start together.
 func TestEncoderStartsShortFirst(t *testing.T) {
-	long := make([]int, 40)
-	for i := range long {
-		long[i] = 1 + i
-	}
-	short := []int{5, 6, 7}
-	tests := []struct {
-		name    string
-		prompts [][]int
-		budget  int
-		want    []string
-	}{
+	long, short := countingPrompt(40), []int{5, 6, 7}
+	checkCallOrder(t, []callOrderCase{
 		{"short beside long", [][]int{long, short}, 8, []string{"start 3", "step 1", "start 40", "step 2"}},
 		{"two long", [][]int{long, long}, 8, []string{"start 40", "step 1", "start 40", "step 2"}},
 		{"both fit", [][]int{long, short}, 64, []string{"start 3,40", "step 2"}},
 		{"no budget", [][]int{long, short}, 0, []string{"start 40,3", "step 2"}},
+	}, func(t *testing.T) (engine.Model, *callLog) {
+		m := &callLog{Model: loadModel(t, "switch-tiny")}
+		return m, m
+	})
+}
+
+// countingPrompt is the prompt 1, 2, ..., n.
+func countingPrompt(n int) []int {
+	p := make([]int, n)
+	for i := range p {
+		p[i] = 1 + i
 	}
+	return p
+}
+
+// callOrderCase is one case of the tests of the order in which the scheduler calls a model.
+type callOrderCase struct {
+	name    string
+	prompts [][]int
+	budget  int      // Config.MaxBatchedTokens
+	want    []string // the first calls (callLog.calls)
+}
+
+// checkCallOrder serves each case's prompts (4 greedy tokens each, 2 running at most) through the
+// switch-tiny model newModel makes, which logs its calls to the callLog it also returns: the
+// tokens must be engine.Generate's on the prompts together, and the calls must begin with want.
+func checkCallOrder(t *testing.T, cases []callOrderCase, newModel func(t *testing.T) (engine.Model, *callLog)) {
+	t.Helper()
 	ref := loadModel(t, "switch-tiny")
-	for _, tt := range tests {
+	for _, tt := range cases {
 		t.Run(tt.name, func(t *testing.T) {
 			res, _, err := engine.Generate(context.Background(), ref, tt.prompts, engine.GenerateOptions{MaxNewTokens: 4, IgnoreEOS: true})
 			if err != nil {
 				t.Fatal(err)
 			}
-			m := &callLog{Model: loadModel(t, "switch-tiny")}
+			m, log := newModel(t)
 			ts := newTestServer(t, "switch-tiny", m, func(c *Config) { c.MaxRunning, c.MaxBatchedTokens = 2, tt.budget })
 			c := ts.complete(t, map[string]any{"prompt": tt.prompts, "max_tokens": 4, "temperature": 0, "ignore_eos": true, "return_token_ids": true})
 			for i, ch := range c.Choices {
 				if !slices.Equal(ch.TokenIDs, res[i].GeneratedIDs) {
-					t.Errorf("prompt %d: %v, started together %v", i, ch.TokenIDs, res[i].GeneratedIDs)
+					t.Errorf("prompt %d: %v, engine.Generate on the prompts together %v", i, ch.TokenIDs, res[i].GeneratedIDs)
 				}
 			}
-			m.mu.Lock()
-			defer m.mu.Unlock()
-			if len(m.calls) < len(tt.want) || !slices.Equal(m.calls[:len(tt.want)], tt.want) {
-				t.Errorf("calls %v, want them to begin %v", m.calls, tt.want)
+			log.mu.Lock()
+			defer log.mu.Unlock()
+			if len(log.calls) < len(tt.want) || !slices.Equal(log.calls[:len(tt.want)], tt.want) {
+				t.Errorf("calls %v, want them to begin %v", log.calls, tt.want)
 			}
 		})
 	}
@@ -466,45 +484,17 @@ func (j loggedJob) Run(ctx context.Context, tokens int) (bool, error) {
 // tokens left first: a short prompt is encoded whole and decodes before the long one's first slice
 // and while its pass runs a slice between two decode steps; the tokens are those of one whole pass.
 func TestEncoderInSlices(t *testing.T) {
-	long := make([]int, 40)
-	for i := range long {
-		long[i] = 1 + i
-	}
-	short := []int{5, 6, 7}
-	tests := []struct {
-		name    string
-		prompts [][]int
-		budget  int
-		want    []string
-	}{
+	long, short := countingPrompt(40), []int{5, 6, 7}
+	checkCallOrder(t, []callOrderCase{
 		{"short beside long", [][]int{long, short}, 8, []string{"encode 3", "step 1", "encode 5", "step 1", "encode 7", "step 1", "encode 7",
 			"step 1", "encode 7", "encode 8", "encode 6", "step 1"}},
 		{"two long", [][]int{long, long}, 32, []string{"encode 32", "encode 32", "encode 8", "encode 8", "step 2"}},
 		{"a long pass ends after a step", [][]int{long, short}, 32, []string{"encode 3", "step 1", "encode 29", "step 1", "encode 11", "step 2"}},
 		{"both fit", [][]int{long, short}, 64, []string{"encode 3", "encode 40", "step 2"}},
 		{"no budget", [][]int{long, short}, 0, []string{"start 40,3", "step 2"}},
-	}
-	ref := loadModel(t, "switch-tiny")
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			res, _, err := engine.Generate(context.Background(), ref, tt.prompts, engine.GenerateOptions{MaxNewTokens: 4, IgnoreEOS: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			inner := loadModel(t, "switch-tiny")
-			m := &encodeLog{callLog: callLog{Model: inner}, enc: inner.(engine.Encoder)}
-			ts := newTestServer(t, "switch-tiny", m, func(c *Config) { c.MaxRunning, c.MaxBatchedTokens = 2, tt.budget })
-			c := ts.complete(t, map[string]any{"prompt": tt.prompts, "max_tokens": 4, "temperature": 0, "ignore_eos": true, "return_token_ids": true})
-			for i, ch := range c.Choices {
-				if !slices.Equal(ch.TokenIDs, res[i].GeneratedIDs) {
-					t.Errorf("prompt %d: %v, encoded whole %v", i, ch.TokenIDs, res[i].GeneratedIDs)
-				}
-			}
-			m.mu.Lock()
-			defer m.mu.Unlock()
-			if len(m.calls) < len(tt.want) || !slices.Equal(m.calls[:len(tt.want)], tt.want) {
-				t.Errorf("calls %v, want them to begin %v", m.calls, tt.want)
-			}
-		})
-	}
+	}, func(t *testing.T) (engine.Model, *callLog) {
+		inner := loadModel(t, "switch-tiny")
+		m := &encodeLog{callLog: callLog{Model: inner}, enc: inner.(engine.Encoder)}
+		return m, &m.callLog
+	})
 }
