@@ -19,43 +19,17 @@ gguf-py ships in llama.cpp's repository (it is not a dependency of this project)
 """
 import argparse
 import json
-import mmap
 import os
-import struct
 import sys
 
 import numpy as np
+
+from safetensors_np import open_checkpoint
 
 try:
     import gguf
 except ImportError:
     sys.exit("synth_to_gguf: gguf-py not found: put llama.cpp's gguf-py directory on PYTHONPATH")
-
-
-def open_checkpoint(dirname):
-    """Maps every tensor of the checkpoint's safetensors files: name -> (numpy array, dtype)."""
-    tensors = {}
-    for f in sorted(os.listdir(dirname)):
-        if not f.endswith(".safetensors"):
-            continue
-        fh = open(os.path.join(dirname, f), "rb")
-        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        n = struct.unpack("<Q", mm[:8])[0]
-        header = json.loads(mm[8:8 + n])
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            dtype = info["dtype"]
-            if dtype not in ("F32", "BF16"):
-                sys.exit(f"synth_to_gguf: {name}: dtype {dtype} (want F32 or BF16)")
-            np_dtype = np.float32 if dtype == "F32" else np.uint16
-            b, e = info["data_offsets"]
-            arr = np.frombuffer(mm, dtype=np_dtype, count=(e - b) // np.dtype(np_dtype).itemsize,
-                                offset=8 + n + b).reshape(info["shape"])
-            tensors[name] = (arr, dtype)
-    if not tensors:
-        sys.exit(f"synth_to_gguf: {dirname}: no .safetensors files")
-    return tensors
 
 
 def to_f32(arr, dtype):

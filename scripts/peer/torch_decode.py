@@ -9,29 +9,16 @@ same PyTorch. It reads a `pregate synth` checkpoint directly (no safetensors pac
     python3 scripts/peer/torch_decode.py DIR --threads 1 [--prompt 32 --new 64]
 Prints one JSON line: {"model":…, "threads":…, "decode_tokens_per_second":…, "torch":…}.
 """
-import argparse, json, mmap, os, struct, time
+import argparse, json, os, time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from safetensors_np import open_checkpoint
+
 
 def load(dirname):
-    files = [f for f in os.listdir(dirname) if f.endswith(".safetensors")]
-    tensors = {}
-    for f in files:
-        fh = open(os.path.join(dirname, f), "rb")
-        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        n = struct.unpack("<Q", mm[:8])[0]
-        header = json.loads(mm[8:8 + n])
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            assert info["dtype"] == "F32", "peer script reads float32 checkpoints"
-            b, e = info["data_offsets"]
-            arr = np.frombuffer(mm, dtype=np.float32, count=(e - b) // 4, offset=8 + n + b)
-            tensors[name] = torch.from_numpy(arr.reshape(info["shape"]))
-    return tensors
+    return {name: torch.from_numpy(arr) for name, (arr, _) in open_checkpoint(dirname, dtypes=("F32",)).items()}
 
 
 def rms(x, w, eps):
