@@ -259,10 +259,12 @@ func TestAntiEntropy(t *testing.T) {
 			t.Fatal("the blob of the import in progress was deleted")
 		}
 		end()
-		deadline = time.Now().Add(aeGrace + aePeriod + aeSlack)
+		// The grace starts when an inventory first finds the blob unnamed (within a period of the
+		// import's end) and the blob goes at the first inventory after the grace: two periods.
+		deadline = time.Now().Add(aeGrace + 2*aePeriod + aeSlack)
 		for has(imported) {
 			if time.Now().After(deadline) {
-				t.Fatal("the ended import's blob outlived the grace by more than a period")
+				t.Fatalf("the ended import's blob outlived the grace (%v) by more than two periods", aeGrace)
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
