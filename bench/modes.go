@@ -18,6 +18,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"github.com/pregate/pregate/cluster"
+	"github.com/pregate/pregate/compute"
 	"github.com/pregate/pregate/coordinator"
 	"github.com/pregate/pregate/engine"
 	"github.com/pregate/pregate/model"
@@ -56,6 +57,11 @@ type ModesOptions struct {
 	LinkGbps                     float64
 	Regime                       string
 	Threads                      int
+	// ComputePriority is given to each worker's compute threads (worker.Config.ComputePriority).
+	// Above normal it models a GPU worker on this CPU: the device's compute is not slowed by the
+	// fetch path's work on the host (nor by the stores', which share these cores here). Where it
+	// cannot be had, the run says so in its notes and computes at normal priority.
+	ComputePriority compute.Priority
 	// Device names the workers' device ("cpu" when empty); OpenAccelerator, when set, opens the
 	// GPU each mode's worker runs on (worker.Config's fields of those names).
 	Device          string
@@ -88,6 +94,8 @@ type ModesResult struct {
 	Batch                     int     `json:"batch"`
 	Tokens                    int     `json:"tokens"`
 	PromptTokens              int     `json:"prompt_tokens"`
+	// ComputePriority is the priority the workers' compute threads ran at (ModesOptions).
+	ComputePriority string `json:"compute_priority"`
 	// Modes are each mode's median round (by block p50).
 	Modes []ModeResult `json:"modes"`
 	// Ratios are the medians over rounds of each round's ratios; RatioSpread their spread and how
@@ -230,6 +238,11 @@ func RunModes(ctx context.Context, o ModesOptions) (*ModesResult, error) {
 		return nil, err
 	}
 	res := &ModesResult{Batch: o.Batch, Tokens: o.Tokens, PromptTokens: o.PromptTokens}
+	if err := compute.CheckPriority(o.ComputePriority); err != nil {
+		res.Notes = append(res.Notes, fmt.Sprintf("compute priority %s not available, normal used: the fetch path's CPU competes with compute (%v)", o.ComputePriority, err))
+		o.ComputePriority = compute.PriorityNormal
+	}
+	res.ComputePriority = o.ComputePriority.String()
 	base, pregated, err := prepareModels(o, res)
 	if err != nil {
 		return nil, err
@@ -631,6 +644,7 @@ func runMode(ctx context.Context, lc *cluster.Local, o ModesOptions, name string
 	wm, noAhead := workerMode(m)
 	wc.Name, wc.EtcdEndpoints, wc.Model, wc.Mode, wc.NoStepAhead = "bench-"+string(m), lc.EtcdEndpoints(), name, wm, noAhead
 	wc.ExpertCache, wc.HTTPAddr, wc.DataDir, wc.Threads = budget, "127.0.0.1:0", filepath.Join(o.Dir, "worker"), o.Threads
+	wc.ComputePriority = o.ComputePriority
 	if o.Device != "" {
 		wc.Device, wc.OpenAccelerator = o.Device, o.OpenAccelerator
 	}

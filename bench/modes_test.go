@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/pregate/pregate/compute"
 	"github.com/pregate/pregate/worker"
 )
 
@@ -25,9 +27,15 @@ func TestRunTinyPreset(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	res, err := RunModes(ctx, ModesOptions{Preset: "switch-tiny", Tokens: 8, PromptTokens: 6, Stores: 2, Threads: 1, Rounds: 2,
-		StepAheadBaseline: true, Dir: t.TempDir()})
+		StepAheadBaseline: true, ComputePriority: compute.PriorityMedium, Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The priority the run had, and a note where it could not have the one asked for.
+	if perr := compute.CheckPriority(compute.PriorityMedium); perr == nil && res.ComputePriority != "medium" {
+		t.Errorf("compute priority %q, want medium", res.ComputePriority)
+	} else if perr != nil && (res.ComputePriority != "normal" || !slices.ContainsFunc(res.Notes, func(n string) bool { return strings.Contains(n, "compute priority medium") })) {
+		t.Errorf("compute priority %q without the right to raise threads, notes %q: want normal and a note", res.ComputePriority, res.Notes)
 	}
 	if len(res.Modes) != len(worker.Modes)+1 {
 		t.Fatalf("%d modes reported, want %d and the baseline", len(res.Modes), len(worker.Modes))
@@ -87,7 +95,7 @@ func TestRunTinyPreset(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, k := range []string{"compute_seconds_per_block", "fetch_seconds_per_block", "ideal_ondemand_over_pregated", "modes",
-		"rounds", "round_ratios", "ratio_spread"} {
+		"rounds", "round_ratios", "ratio_spread", "compute_priority"} {
 		if _, ok := generic[k]; !ok {
 			t.Errorf("JSON lacks %q", k)
 		}

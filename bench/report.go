@@ -40,7 +40,7 @@ func WriteModesTable(w io.Writer, r *ModesResult) error {
 	if r.Regime != "" {
 		link += " (regime " + r.Regime + ")"
 	}
-	fmt.Fprintf(w, "\nmodel %s (%s), batch %d, %d prompt + %d new tokens; link %s\n", r.Model, r.Arch, r.Batch, r.PromptTokens, r.Tokens, link)
+	fmt.Fprintf(w, "\nmodel %s (%s), batch %d, %d prompt + %d new tokens; link %s; compute priority %s\n", r.Model, r.Arch, r.Batch, r.PromptTokens, r.Tokens, link, r.ComputePriority)
 	fmt.Fprintf(w, "c = %.3f ms per block (resident), f = %.3f ms per block (ondemand stall; %s of active experts per block), f/c = %.2f\n",
 		r.ComputeSecondsPerBlock*1e3, r.FetchSecondsPerBlock*1e3, humanize.IBytes(uint64(r.ActiveExpertBytesPerBlock)), r.FetchSecondsPerBlock/r.ComputeSecondsPerBlock)
 	fmt.Fprintf(w, "ideal ondemand/pregated = (c+f)/max(c,f) = %.3f\n", r.IdealOndemandOverPregated)

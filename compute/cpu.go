@@ -1,6 +1,7 @@
 package compute
 
 import (
+	"cmp"
 	"fmt"
 	"runtime"
 	"sync"
@@ -132,6 +133,23 @@ type mmArgs struct {
 // NewCPU returns a CPU device using the given number of threads (including
 // the caller's); threads <= 0 means runtime.NumCPU().
 func NewCPU(threads int) *CPU {
+	c, _ := NewCPUConfig(CPUConfig{Threads: threads})
+	return c
+}
+
+// CPUConfig configures a CPU device.
+type CPUConfig struct {
+	// Threads computes, the calling goroutine's included; <= 0: runtime.NumCPU().
+	Threads int
+	// Priority is given to the worker threads of the pool (RaiseThread); the goroutine that calls
+	// the CPU's methods raises its own thread.
+	Priority Priority
+}
+
+// NewCPUConfig returns a CPU device configured by cfg. The CPU always works: a non-nil error
+// says only that its worker threads could not be given cfg.Priority and kept theirs.
+func NewCPUConfig(cfg CPUConfig) (*CPU, error) {
+	threads := cfg.Threads
 	if threads <= 0 {
 		threads = runtime.NumCPU()
 	}
@@ -146,15 +164,23 @@ func NewCPU(threads int) *CPU {
 	p.bf16Task = p.runMatMulTBF16
 	p.userTask = func(_, lo, hi int) { p.userFn(lo, hi) }
 	p.workers = make([]*worker, threads-1)
+	raised := make(chan error, len(p.workers))
 	for i := range p.workers {
 		w := &worker{wake: make(chan struct{}, 1)}
 		p.workers[i] = w
 		p.wg.Add(1)
-		go p.work(w)
+		go func() {
+			raised <- RaiseThread(cfg.Priority)
+			p.work(w)
+		}()
+	}
+	var err error
+	for range p.workers {
+		err = cmp.Or(err, <-raised)
 	}
 	c := &CPU{p: p}
 	runtime.AddCleanup(c, func(p *pool) { p.close() }, p)
-	return c
+	return c, err
 }
 
 // Threads reports the number of threads the CPU computes with.

@@ -85,6 +85,10 @@ type Config struct {
 	DataDir string
 	// Threads bounds the compute threads (0: all cores).
 	Threads int
+	// ComputePriority is given to the compute threads (the scheduler's and the CPU pool's) so that
+	// they go before the fetch path on shared cores (compute.Priority; above normal it needs
+	// CAP_SYS_NICE: without it the worker logs why and computes at normal priority).
+	ComputePriority compute.Priority
 	// MaxRunning and MaxWaiting bound the scheduler (sequences batched together, requests queued).
 	MaxRunning, MaxWaiting int
 	// MaxBatchedTokens bounds the tokens one scheduler step runs, so that a long prompt is
@@ -386,6 +390,11 @@ func (w *Worker) load(ctx context.Context) error {
 		ckpt.Close()
 		return err
 	}
+	prio := w.cfg.ComputePriority
+	if err := compute.CheckPriority(prio); err != nil {
+		w.log.Warn("the compute threads run at normal priority", "err", err)
+		prio = compute.PriorityNormal
+	}
 	// The engine computes where the experts are: on the device's own backend (a GPU), else on the
 	// CPU with the configured threads.
 	var be compute.Backend
@@ -393,7 +402,10 @@ func (w *Worker) load(ctx context.Context) error {
 	if cd, ok := w.dev.(ComputeDevice); ok {
 		be = cd.Backend()
 	} else {
-		cpu = compute.NewCPU(w.cfg.Threads)
+		var perr error
+		if cpu, perr = compute.NewCPUConfig(compute.CPUConfig{Threads: w.cfg.Threads, Priority: prio}); perr != nil {
+			w.log.Warn("the compute pool's threads keep their priority", "err", perr)
+		}
 		be = cpu
 	}
 	closeCPU := func() {
@@ -414,6 +426,7 @@ func (w *Worker) load(ctx context.Context) error {
 	wrapped := wrapEncoder(WrapModel(m, pipe), m, pipe)
 	sc := serve.DefaultConfig()
 	sc.ModelName, sc.Model, sc.Registry, sc.Logger = man.Name, wrapped, w.reg, w.log
+	sc.ComputePriority = prio
 	sc.Tokenizer = w.tok.Load()
 	sc.MaxRunning, sc.MaxWaiting, sc.MaxBatchedTokens = w.cfg.MaxRunning, w.cfg.MaxWaiting, w.cfg.MaxBatchedTokens
 	sc.KVCacheBytes, sc.QueueTimeout, sc.RequestTimeout = w.cfg.KVCacheBytes, w.cfg.QueueTimeout, w.cfg.RequestTimeout

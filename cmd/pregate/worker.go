@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/pregate/pregate/cluster"
+	"github.com/pregate/pregate/compute"
 	"github.com/pregate/pregate/coordinator"
 	"github.com/pregate/pregate/expertstore/client"
 	"github.com/pregate/pregate/internal/tlsutil"
@@ -116,6 +117,7 @@ func newWorkerCmd() *cobra.Command {
 	f.StringVar(&cfg.HTTPAddr, "http", cfg.HTTPAddr, "HTTP listen address")
 	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the dense weights downloaded from the stores")
 	f.IntVar(&cfg.Threads, "threads", 0, "compute threads (0: all cores)")
+	f.Var((*priorityFlag)(&cfg.ComputePriority), "compute-priority", computePriorityUsage)
 	registerSchedulerFlags(f, &cfg)
 	f.StringVar(&apiKeyFile, "api-key-file", "", "file of API keys, one per line: the OpenAI API then requires Authorization: Bearer <key> (401 without)")
 	f.StringVar(&cfg.MetricsAddr, "metrics-listen", "", "serve /metrics on this address instead of --http (a port scrapers reach and clients do not)")
@@ -127,6 +129,19 @@ func newWorkerCmd() *cobra.Command {
 	f.StringVar(&readyFile, "ready-file", "", "write {\"http\":…} here once listening")
 	f.StringVar(&lv, "log-level", "info", "debug, info, warn or error")
 	return cmd
+}
+
+const computePriorityUsage = "priority of the compute threads over the fetch path's on shared cores: normal, medium or high (nice 0, -5, -10, as llama.cpp's --prio; above normal needs CAP_SYS_NICE, else the worker logs why and uses normal)"
+
+// priorityFlag is a compute.Priority as a flag.
+type priorityFlag compute.Priority
+
+func (p *priorityFlag) String() string { return compute.Priority(*p).String() }
+func (p *priorityFlag) Type() string   { return "priority" }
+func (p *priorityFlag) Set(s string) error {
+	v, err := compute.ParsePriority(s)
+	*p = priorityFlag(v)
+	return err
 }
 
 // registerSchedulerFlags registers the flags of the worker's scheduler (batching and admission)
@@ -280,6 +295,7 @@ func newUpCmd() *cobra.Command {
 	f.IntVar(&stores, "stores", 3, "number of stores")
 	f.IntVar(&replicas, "replicas", 2, "replication factor")
 	f.StringVar(&mode, "mode", string(worker.ModeSpeculative), "worker mode: resident, ondemand, prefetch-all, pregated or speculative")
+	f.Var((*priorityFlag)(&wc.ComputePriority), "compute-priority", computePriorityUsage)
 	f.StringVar(&httpAddr, "http", "127.0.0.1:8000", "the worker's HTTP address")
 	f.StringVar(&dataDir, "data-dir", "pregate-up", "directory for every component's data and cluster.json")
 	f.Var(&cache, "expert-cache", "the worker's expert cache")

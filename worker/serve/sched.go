@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pregate/pregate/compute"
 	"github.com/pregate/pregate/engine"
 )
 
@@ -172,6 +173,9 @@ func (s *Server) withdraw(c *call) {
 // the process dying mid-response.
 func (s *Server) schedule(context.Context) (err error) {
 	var running []*sequence
+	if err := compute.RaiseThread(s.cfg.ComputePriority); err != nil {
+		s.log.Warn("the scheduler's thread keeps its priority", "err", err)
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			s.log.Error("the model panicked", "panic", r, "stack", string(debug.Stack()))

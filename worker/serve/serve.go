@@ -38,6 +38,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/pregate/pregate/compute"
 	"github.com/pregate/pregate/engine"
 	"github.com/pregate/pregate/internal/lifecycle"
 	"github.com/pregate/pregate/model"
@@ -65,6 +66,10 @@ type Config struct {
 	ModelName string
 	// Model decodes. The server calls it from its scheduler goroutine only and does not close it.
 	Model engine.Model
+	// ComputePriority is given to the scheduler goroutine's thread, the one that calls the model
+	// (compute.RaiseThread): above normal, the model's compute goes before the fetch path on
+	// shared cores. The worker checks that it can be had first (compute.CheckPriority).
+	ComputePriority compute.Priority
 	// Tokenizer, when set, lets prompts be text and fills the completions' text; nil: token ids
 	// only (a text prompt gets 400).
 	Tokenizer *tokenizer.Tokenizer
