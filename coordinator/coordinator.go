@@ -207,11 +207,12 @@ type Coordinator struct {
 // New starts a coordinator: the embedded etcd if no endpoints are given, the etcd client, gossip,
 // the HTTP endpoint and the campaign for leadership. It returns once all are up (it does not wait
 // to be elected). On an error everything started is stopped.
-func New(cfg Config) (c *Coordinator, err error) {
+func New(cfg Config) (_ *Coordinator, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	c = &Coordinator{cfg: cfg, log: cfg.Logger, stores: client.New(withTLS(client.DefaultConfig(), cfg.TLS)), kick: make(chan struct{}, 1),
+	// Not the named result: the error returns set that to nil before the cleanup below runs.
+	c := &Coordinator{cfg: cfg, log: cfg.Logger, stores: client.New(withTLS(client.DefaultConfig(), cfg.TLS)), kick: make(chan struct{}, 1),
 		seen: map[string]seenStore{}, metrics: newMetrics(), g: lifecycle.NewGroup()}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -107,6 +108,24 @@ func (p *haPKI) node(t *testing.T, role, name string) *tlsutil.Reloader {
 // encrypted gossip) when pki is set.
 func haCoordinatorsWith(t *testing.T, pki *haPKI) []*coordinator.Coordinator {
 	t.Helper()
+	// The etcd ports are picked free and then bound by etcd: another test process may take one
+	// in between (EADDRINUSE). Such a start is retried with new ports; any other failure fails.
+	for attempt := 1; ; attempt++ {
+		cos, err := startHACoordinators(t, pki)
+		if err == nil {
+			return cos
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) && !strings.Contains(err.Error(), "address already in use") || attempt == 3 {
+			t.Fatal(err)
+		}
+		t.Logf("attempt %d: %v; again with other ports", attempt, err)
+	}
+}
+
+// startHACoordinators starts three coordinators that bootstrap one etcd cluster, or stops those
+// that started and returns the first failure.
+func startHACoordinators(t *testing.T, pki *haPKI) ([]*coordinator.Coordinator, error) {
+	t.Helper()
 	port := func() string {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -151,11 +170,18 @@ func haCoordinatorsWith(t *testing.T, pki *haPKI) []*coordinator.Coordinator {
 	wg.Wait()
 	for i, err := range errs {
 		if err != nil {
-			t.Fatalf("coordinator %d: %v", i, err)
+			for _, c := range cos {
+				if c != nil {
+					c.Close()
+				}
+			}
+			return nil, fmt.Errorf("coordinator %d: %w", i, err)
 		}
-		t.Cleanup(func() { cos[i].Close() })
 	}
-	return cos
+	for _, c := range cos {
+		t.Cleanup(func() { c.Close() })
+	}
+	return cos, nil
 }
 
 // waitLeader waits up to within for a leader among cos, other than those in skip.
