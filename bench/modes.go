@@ -238,7 +238,11 @@ func RunModes(ctx context.Context, o ModesOptions) (*ModesResult, error) {
 		return nil, err
 	}
 	res := &ModesResult{Batch: o.Batch, Tokens: o.Tokens, PromptTokens: o.PromptTokens}
-	if err := compute.CheckPriority(o.ComputePriority); err != nil {
+	hostThreads := o.Threads // the CPU computes; on a GPU one host thread drives it
+	if o.Device != "" && o.Device != "cpu" {
+		hostThreads = 1
+	}
+	if err := compute.CheckPriority(o.ComputePriority, hostThreads); err != nil {
 		res.Notes = append(res.Notes, fmt.Sprintf("compute priority %s not available, normal used: the fetch path's CPU competes with compute (%v)", o.ComputePriority, err))
 		o.ComputePriority = compute.PriorityNormal
 	}

@@ -32,7 +32,7 @@ func TestRunTinyPreset(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The priority the run had, and a note where it could not have the one asked for.
-	if perr := compute.CheckPriority(compute.PriorityMedium); perr == nil && res.ComputePriority != "medium" {
+	if perr := compute.CheckPriority(compute.PriorityMedium, 1); perr == nil && res.ComputePriority != "medium" {
 		t.Errorf("compute priority %q, want medium", res.ComputePriority)
 	} else if perr != nil && (res.ComputePriority != "normal" || !slices.ContainsFunc(res.Notes, func(n string) bool { return strings.Contains(n, "compute priority medium") })) {
 		t.Errorf("compute priority %q without the right to raise threads, notes %q: want normal and a note", res.ComputePriority, res.Notes)

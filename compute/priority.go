@@ -1,8 +1,10 @@
 package compute
 
 import (
+	"context"
 	"fmt"
 	"runtime"
+	"sync/atomic"
 )
 
 // Priority is the scheduling priority of the threads that compute: the levels of llama.cpp's
@@ -66,10 +68,97 @@ func RaiseThread(p Priority) error {
 	return nil
 }
 
-// CheckPriority reports whether this process may give its compute threads priority p, by raising
-// a thread that ends at once.
-func CheckPriority(p Priority) error {
+// Raised is a goroutine's raised thread (Raise), which the goroutine lets go of while it blocks:
+// a goroutine locked to its thread pays two thread switches each time it is woken (its thread
+// sleeps, and whoever wakes it hands it a P): 29 µs a wake-up here, against 0.4 µs unlocked, which
+// a worker that waits for an expert would add to every stall.
+type Raised struct {
+	p   Priority
+	tid atomic.Int64 // the raised thread while held; 0 while let go
+}
+
+// Raise is RaiseThread returning the goroutine's handle on its raised thread (nil at
+// PriorityNormal or on failure).
+func Raise(p Priority) (*Raised, error) {
+	if p == PriorityNormal {
+		return nil, nil
+	}
+	if err := RaiseThread(p); err != nil {
+		return nil, err
+	}
+	r := &Raised{p: p}
+	r.tid.Store(int64(gettid()))
+	return r, nil
+}
+
+// Pause, called by the raised goroutine before it blocks, lowers its thread back to normal and
+// unlocks it; the function it returns, called once the goroutine runs again, locks the thread it
+// then runs on and raises that one. Called from any other goroutine (only the raised one runs on
+// the raised thread), on a nil Raised or while paused, both do nothing.
+func (r *Raised) Pause() (resume func()) {
+	if r == nil {
+		return func() {}
+	}
+	tid := r.tid.Load()
+	if tid == 0 || int64(gettid()) != tid {
+		return func() {}
+	}
+	if setThreadNice(0) != nil { // lowering needs no right; should it fail, stay as we are
+		return func() {}
+	}
+	r.tid.Store(0)
+	runtime.UnlockOSThread()
+	return func() {
+		if RaiseThread(r.p) == nil { // a failure leaves the goroutine unlocked, at normal priority
+			r.tid.Store(int64(gettid()))
+		}
+	}
+}
+
+type raisedKey struct{}
+
+// WithRaised returns ctx carrying r, for PauseRaised in the code the raised goroutine calls.
+func WithRaised(ctx context.Context, r *Raised) context.Context {
+	if r == nil {
+		return ctx
+	}
+	return context.WithValue(ctx, raisedKey{}, r)
+}
+
+// PauseRaised is Pause on the Raised that ctx carries (WithRaised), if any.
+func PauseRaised(ctx context.Context) (resume func()) {
+	r, _ := ctx.Value(raisedKey{}).(*Raised)
+	return r.Pause()
+}
+
+// numCPU is runtime.NumCPU, a variable so that tests can pretend to more cores.
+var numCPU = runtime.NumCPU
+
+// CheckPriority reports whether threads compute threads (<= 0: one per core) may run at priority p:
+// above normal they must leave a core to the fetch path, and this process must be allowed to raise
+// a thread (it raises one that ends at once).
+func CheckPriority(p Priority, threads int) error {
+	if p == PriorityNormal {
+		return nil
+	}
+	if err := leavesACore(p, threads); err != nil {
+		return err
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- RaiseThread(p) }() // locked on success: the thread ends with the goroutine
 	return <-errc
+}
+
+// leavesACore refuses a raised priority for compute threads on every core: they would take the
+// cores from the fetch path whenever they spin (a pool worker spins up to spinWindow after each
+// op), so the experts the next block needs would arrive late. Measured with 2 threads on 2 cores:
+// pregated decode 87–122 tok/s at high against 153–182 at normal (docs/BENCHMARKS.md).
+func leavesACore(p Priority, threads int) error {
+	if threads <= 0 {
+		threads = numCPU()
+	}
+	if threads >= numCPU() {
+		return fmt.Errorf("compute: %s priority for %d compute threads on %d cores: it needs a core left to the fetch path (fewer threads), or the raised threads starve it", p, threads, numCPU())
+	}
+	return nil
 }

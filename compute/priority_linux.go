@@ -9,6 +9,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+func gettid() int { return unix.Gettid() }
+
 // setThreadNice sets the calling thread's nice value: on Linux, PRIO_PROCESS with a thread id
 // addresses that one thread (setpriority(2), "BUGS"), which is what lets the compute threads
 // alone go first.

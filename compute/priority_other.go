@@ -4,6 +4,8 @@ package compute
 
 import "errors"
 
+func gettid() int { return 0 }
+
 func setThreadNice(int) error {
 	return errors.ErrUnsupported
 }

@@ -355,10 +355,13 @@ func (p *Pipeline) Acquire(ctx context.Context, block, expert int) (*engine.Expe
 	case <-ent.ready:
 	default:
 		t0 := time.Now()
+		resume := compute.PauseRaised(ctx) // a raised compute thread is let go while it waits
 		select {
 		case <-ent.ready:
+			resume()
 			st.stallNanos.Add(int64(time.Since(t0)))
 		case <-ctx.Done():
+			resume()
 			st.stallNanos.Add(int64(time.Since(t0)))
 			if !p.mode.resident {
 				p.cache.unpin(ent)

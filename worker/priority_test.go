@@ -10,11 +10,11 @@ import (
 	"github.com/pregate/pregate/worker"
 )
 
-// TestComputePriority runs a worker whose compute threads are raised: the scheduler's thread and
-// the CPU pool's worker run at high priority while it serves (with the golden tokens), and no
-// thread is left at it once the worker is closed.
+// TestComputePriority runs a worker whose compute thread is raised: the scheduler's thread runs at
+// high priority while it serves (with the golden tokens), and no thread is left at it once the
+// worker is closed. (One thread: more must leave a core to the fetch path, compute's tests.)
 func TestComputePriority(t *testing.T) {
-	if err := compute.CheckPriority(compute.PriorityHigh); err != nil {
+	if err := compute.CheckPriority(compute.PriorityHigh, 1); err != nil {
 		t.Skipf("raising a thread is not allowed here: %v", err)
 	}
 	const fx = "switch-tiny"
@@ -23,31 +23,43 @@ func TestComputePriority(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := worker.DefaultConfig()
-	cfg.Name, cfg.EtcdEndpoints, cfg.Model, cfg.Mode = "w-prio", lc.EtcdEndpoints(), fx, worker.ModeOnDemand
-	cfg.ExpertCache, cfg.HTTPAddr, cfg.DataDir, cfg.Threads = 64<<20, "127.0.0.1:0", t.TempDir(), 2
-	cfg.ComputePriority = compute.PriorityHigh
-	w, err := worker.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := w.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
 	prompts, want := goldenPrompts(t, fixture(fx))
-	c := complete(t, w.HTTPAddr(), map[string]any{"model": fx, "prompt": prompts[:1], "max_tokens": 10, "temperature": 0, "return_token_ids": true})
-	if len(c.Choices) != 1 || !slices.Equal(c.Choices[0].TokenIDs, want[0]) {
-		t.Fatalf("got %+v, want the golden %v", c.Choices, want[0])
+	// serve runs a worker with threads compute threads at high priority, checks a completion, and
+	// returns the worker and how many threads are at high priority while it serves.
+	serve := func(threads int) (*worker.Worker, int) {
+		cfg := worker.DefaultConfig()
+		cfg.Name, cfg.EtcdEndpoints, cfg.Model, cfg.Mode = "w-prio", lc.EtcdEndpoints(), fx, worker.ModeOnDemand
+		cfg.ExpertCache, cfg.HTTPAddr, cfg.DataDir, cfg.Threads = 64<<20, "127.0.0.1:0", t.TempDir(), threads
+		cfg.ComputePriority = compute.PriorityHigh
+		w, err := worker.New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { w.Close() })
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := w.WaitReady(ctx); err != nil {
+			t.Fatal(err)
+		}
+		c := complete(t, w.HTTPAddr(), map[string]any{"model": fx, "prompt": prompts[:1], "max_tokens": 10, "temperature": 0, "return_token_ids": true})
+		if len(c.Choices) != 1 || !slices.Equal(c.Choices[0].TokenIDs, want[0]) {
+			t.Fatalf("got %+v, want the golden %v", c.Choices, want[0])
+		}
+		at, err := compute.ThreadsAt(compute.PriorityHigh)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return w, len(at)
 	}
-	during, err := compute.ThreadsAt(compute.PriorityHigh)
-	if err != nil {
-		t.Fatal(err)
+	// Compute threads on every core leave none to the fetch path: not raised.
+	w, during := serve(0)
+	if during != len(before) {
+		t.Errorf("%d threads at high priority with compute on every core, %d before: want none raised", during, len(before))
 	}
-	if len(during) < len(before)+2 {
-		t.Errorf("%d threads at high priority while serving, %d before: want the scheduler's and the pool's worker's", len(during), len(before))
+	w.Close()
+	w, during = serve(1)
+	if during < len(before)+1 {
+		t.Errorf("%d threads at high priority while serving, %d before: want the scheduler's", during, len(before))
 	}
 	w.Close()
 	deadline := time.Now().Add(10 * time.Second)

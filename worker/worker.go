@@ -390,16 +390,20 @@ func (w *Worker) load(ctx context.Context) error {
 		ckpt.Close()
 		return err
 	}
-	prio := w.cfg.ComputePriority
-	if err := compute.CheckPriority(prio); err != nil {
+	// The engine computes where the experts are: on the device's own backend (a GPU: one host
+	// thread, the scheduler's, drives it), else on the CPU with the configured threads.
+	cd, onDevice := w.dev.(ComputeDevice)
+	prio, hostThreads := w.cfg.ComputePriority, w.cfg.Threads
+	if onDevice {
+		hostThreads = 1
+	}
+	if err := compute.CheckPriority(prio, hostThreads); err != nil {
 		w.log.Warn("the compute threads run at normal priority", "err", err)
 		prio = compute.PriorityNormal
 	}
-	// The engine computes where the experts are: on the device's own backend (a GPU), else on the
-	// CPU with the configured threads.
 	var be compute.Backend
 	var cpu *compute.CPU
-	if cd, ok := w.dev.(ComputeDevice); ok {
+	if onDevice {
 		be = cd.Backend()
 	} else {
 		var perr error

@@ -173,9 +173,11 @@ func (s *Server) withdraw(c *call) {
 // the process dying mid-response.
 func (s *Server) schedule(context.Context) (err error) {
 	var running []*sequence
-	if err := compute.RaiseThread(s.cfg.ComputePriority); err != nil {
-		s.log.Warn("the scheduler's thread keeps its priority", "err", err)
+	raised, rerr := compute.Raise(s.cfg.ComputePriority)
+	if rerr != nil {
+		s.log.Warn("the scheduler's thread keeps its priority", "err", rerr)
 	}
+	s.raised = raised // only this goroutine reads it (batchContext), after this
 	defer func() {
 		if r := recover(); r != nil {
 			s.log.Error("the model panicked", "panic", r, "stack", string(debug.Stack()))
@@ -766,7 +768,8 @@ func (s *Server) fail(batch []*sequence, op string, err error) {
 // and when every sequence's caller has gone, so that fetches nobody waits for stop. release stops
 // watching the callers.
 func (s *Server) batchContext(batch []*sequence) (ctx context.Context, release func()) {
-	ctx, cancel := context.WithCancel(s.ctx)
+	// The model's waits let go of the raised thread while they block (compute.PauseRaised).
+	ctx, cancel := context.WithCancel(compute.WithRaised(s.ctx, s.raised))
 	var live atomic.Int64
 	live.Store(int64(len(batch)))
 	stops := make([]func() bool, len(batch))

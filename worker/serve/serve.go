@@ -202,6 +202,7 @@ const maxPenalty = 2
 // Server serves one model: the scheduler that decodes with it and the HTTP API over that.
 type Server struct {
 	cfg     Config
+	raised  *compute.Raised // the scheduler goroutine's raised thread (ComputePriority), or nil
 	info    engine.Info
 	log     *slog.Logger
 	reg     *prometheus.Registry
