@@ -108,7 +108,7 @@ func newBenchCmd() *cobra.Command {
 	f.StringVar(&o.Regime, "regime", "", "paper (f ≈ 0.5c), or pcie4, rdma100, tcp25 scaled by this CPU's speed relative to an A100 (default paper)")
 	f.IntVar(&o.Threads, "threads", 0, "compute threads (0: all cores)")
 	o.ComputePriority = compute.PriorityHigh
-	f.Var((*priorityFlag)(&o.ComputePriority), "compute-priority", "the workers' compute threads' priority: normal, medium or high (nice 0, -5, -10; above normal needs CAP_SYS_NICE, else normal is used and the output says so). high models a GPU, whose compute the host's fetch work does not slow")
+	f.Var((*priorityFlag)(&o.ComputePriority), "compute-priority", "the workers' compute threads' priority: normal, medium or high (nice 0, -5, -10); above normal needs CAP_SYS_NICE and --threads below the core count, else normal is used and the output says why. high models a GPU, whose compute the host's fetch work does not slow")
 	f.StringVar(&device, "device", "cpu", "the workers' device: "+deviceFlagUsage)
 	f.BoolVar(&o.StepAheadBaseline, "step-ahead-baseline", false, "also run pregated without the step-ahead prefetch of each step's first MoE block (row pregated-no-ahead), in the same rounds")
 	f.IntVar(&o.Rounds, "rounds", 3, "rounds of the modes, interleaved (resident, ondemand, …, then again); ratios are medians over rounds")

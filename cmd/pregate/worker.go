@@ -131,7 +131,7 @@ func newWorkerCmd() *cobra.Command {
 	return cmd
 }
 
-const computePriorityUsage = "priority of the compute threads over the fetch path's on shared cores: normal, medium or high (nice 0, -5, -10, as llama.cpp's --prio; above normal needs CAP_SYS_NICE, else the worker logs why and uses normal)"
+const computePriorityUsage = "priority of the compute threads over the fetch path's on shared cores: normal, medium or high (nice 0, -5, -10, as llama.cpp's --prio); above normal needs CAP_SYS_NICE and --threads below the core count, else the worker logs why and uses normal"
 
 // priorityFlag is a compute.Priority as a flag.
 type priorityFlag compute.Priority
