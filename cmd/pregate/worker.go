@@ -295,6 +295,7 @@ func newUpCmd() *cobra.Command {
 	f.IntVar(&stores, "stores", 3, "number of stores")
 	f.IntVar(&replicas, "replicas", 2, "replication factor")
 	f.StringVar(&mode, "mode", string(worker.ModeSpeculative), "worker mode: resident, ondemand, prefetch-all, pregated or speculative")
+	f.IntVar(&wc.Threads, "threads", 0, "the worker's compute threads (0: all cores)")
 	f.Var((*priorityFlag)(&wc.ComputePriority), "compute-priority", computePriorityUsage)
 	f.StringVar(&httpAddr, "http", "127.0.0.1:8000", "the worker's HTTP address")
 	f.StringVar(&dataDir, "data-dir", "pregate-up", "directory for every component's data and cluster.json")
