@@ -142,7 +142,7 @@ func NewCPU(threads int) *CPU {
 type CPUConfig struct {
 	// Threads computes, the calling goroutine's included; <= 0: runtime.NumCPU().
 	Threads int
-	// Priority is given to the worker threads of the pool (RaiseThread) when they leave a core to
+	// Priority is given to the worker threads of the pool (Raise) when they leave a core to
 	// the rest of the process (CheckPriority); the goroutine that calls the CPU's methods raises its
 	// own thread.
 	Priority Priority
@@ -176,7 +176,9 @@ func NewCPUConfig(cfg CPUConfig) (*CPU, error) {
 		p.workers[i] = w
 		p.wg.Add(1)
 		go func() {
-			raised <- RaiseThread(prio)
+			r, err := Raise(prio)
+			defer r.Release()
+			raised <- err
 			<-start // p.yield is set
 			p.work(w)
 		}()

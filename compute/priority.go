@@ -51,15 +51,9 @@ func (p Priority) Nice() int {
 	return 0
 }
 
-// RaiseThread gives the calling goroutine's OS thread priority p and locks the goroutine to it
-// for the rest of its life: the runtime ends a thread whose goroutine exits locked, so the
-// priority never passes to other goroutines (the process's main thread is not ended but wedged:
-// it never runs again). At PriorityNormal it does nothing. On failure the goroutine is left
-// unlocked and the thread as it was.
-func RaiseThread(p Priority) error {
-	if p == PriorityNormal {
-		return nil
-	}
+// raiseThread gives the calling goroutine's OS thread priority p and locks the goroutine to it.
+// On failure the goroutine is left unlocked and the thread as it was.
+func raiseThread(p Priority) error {
 	runtime.LockOSThread()
 	if err := setThreadNice(p.Nice()); err != nil {
 		runtime.UnlockOSThread()
@@ -68,22 +62,25 @@ func RaiseThread(p Priority) error {
 	return nil
 }
 
-// Raised is a goroutine's raised thread (Raise), which the goroutine lets go of while it blocks:
-// a goroutine locked to its thread pays two thread switches each time it is woken (its thread
-// sleeps, and whoever wakes it hands it a P): 29 µs a wake-up here, against 0.4 µs unlocked, which
-// a worker that waits for an expert would add to every stall.
+// Raised is a goroutine's raised thread (Raise). The goroutine lets go of it while it blocks
+// (Pause): a goroutine locked to its thread pays two thread switches each time it is woken (its
+// thread sleeps, and whoever wakes it hands it a P), which a worker waiting for an expert would
+// add to every stall (BenchmarkRaisedWake). It releases it before it ends (Release), so that the
+// thread goes back to the runtime at normal priority: a goroutine that ended locked would have the
+// runtime end its thread, or wedge it for good when it is the process's main thread.
 type Raised struct {
 	p   Priority
 	tid atomic.Int64 // the raised thread while held; 0 while let go
 }
 
-// Raise is RaiseThread returning the goroutine's handle on its raised thread (nil at
-// PriorityNormal or on failure).
+// Raise locks the calling goroutine to its OS thread and gives that thread priority p, until
+// Release. At PriorityNormal it does nothing and returns nil, as on failure; a nil Raised's
+// methods do nothing.
 func Raise(p Priority) (*Raised, error) {
 	if p == PriorityNormal {
 		return nil, nil
 	}
-	if err := RaiseThread(p); err != nil {
+	if err := raiseThread(p); err != nil {
 		return nil, err
 	}
 	r := &Raised{p: p}
@@ -91,25 +88,38 @@ func Raise(p Priority) (*Raised, error) {
 	return r, nil
 }
 
+// letGo lowers the raised thread back to normal and unlocks it, when the caller runs on it (only
+// the raised goroutine does); it reports whether it did.
+func (r *Raised) letGo() bool {
+	if r == nil {
+		return false
+	}
+	tid := r.tid.Load()
+	if tid == 0 || int64(gettid()) != tid {
+		return false
+	}
+	if setThreadNice(0) != nil { // lowering needs no right; should it fail, stay as we are
+		return false
+	}
+	r.tid.Store(0)
+	runtime.UnlockOSThread()
+	return true
+}
+
+// Release gives the raised thread back at normal priority; the goroutine runs on as any other.
+// Called from another goroutine, or twice, it does nothing.
+func (r *Raised) Release() { r.letGo() }
+
 // Pause, called by the raised goroutine before it blocks, lowers its thread back to normal and
 // unlocks it; the function it returns, called once the goroutine runs again, locks the thread it
 // then runs on and raises that one. Called from any other goroutine (only the raised one runs on
 // the raised thread), on a nil Raised or while paused, both do nothing.
 func (r *Raised) Pause() (resume func()) {
-	if r == nil {
+	if !r.letGo() {
 		return func() {}
 	}
-	tid := r.tid.Load()
-	if tid == 0 || int64(gettid()) != tid {
-		return func() {}
-	}
-	if setThreadNice(0) != nil { // lowering needs no right; should it fail, stay as we are
-		return func() {}
-	}
-	r.tid.Store(0)
-	runtime.UnlockOSThread()
 	return func() {
-		if RaiseThread(r.p) == nil { // a failure leaves the goroutine unlocked, at normal priority
+		if raiseThread(r.p) == nil { // a failure leaves the goroutine unlocked, at normal priority
 			r.tid.Store(int64(gettid()))
 		}
 	}
@@ -145,7 +155,11 @@ func CheckPriority(p Priority, threads int) error {
 		return err
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- RaiseThread(p) }() // locked on success: the thread ends with the goroutine
+	go func() {
+		r, err := Raise(p)
+		r.Release()
+		errc <- err
+	}()
 	return <-errc
 }
 

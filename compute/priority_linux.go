@@ -23,8 +23,7 @@ func setThreadNice(nice int) error {
 }
 
 // ThreadsAt lists this process's threads whose priority is p: how a test, or an operator's
-// tool, sees which threads compute at it. The main thread is left out: a raised goroutine that
-// ran on it and ended left it wedged at its priority, never to run again (RaiseThread).
+// tool, sees which threads compute at it.
 func ThreadsAt(p Priority) ([]int, error) {
 	ents, err := os.ReadDir("/proc/self/task")
 	if err != nil {
@@ -33,7 +32,7 @@ func ThreadsAt(p Priority) ([]int, error) {
 	var tids []int
 	for _, e := range ents {
 		tid, err := strconv.Atoi(e.Name())
-		if err != nil || tid == os.Getpid() {
+		if err != nil {
 			continue
 		}
 		// The raw syscall answers 20 - nice (1 to 40), so that no priority reads as an error.

@@ -38,15 +38,62 @@ func skipUnlessRaisable(t *testing.T) {
 	}
 }
 
-// TestRaiseThreadEndsWithItsGoroutine raises a goroutine's thread, finds it at that priority, and
-// checks that the thread ends with the goroutine, so the priority never reaches other goroutines.
-func TestRaiseThreadEndsWithItsGoroutine(t *testing.T) {
+// TestRaiseAndRelease raises a goroutine's thread, finds it (and only it) at that priority, and
+// checks that Release gives it back at normal priority and unlocked.
+func TestRaiseAndRelease(t *testing.T) {
+	skipUnlessRaisable(t)
+	type state struct{ tid, nice int }
+	nice := func() state {
+		prio, err := unix.Getpriority(unix.PRIO_PROCESS, unix.Gettid())
+		if err != nil {
+			t.Error(err)
+		}
+		return state{unix.Gettid(), 20 - prio}
+	}
+	before, _ := ThreadsAt(PriorityHigh)
+	raised, released, done := make(chan state), make(chan state), make(chan struct{})
+	go func() {
+		r, err := Raise(PriorityHigh)
+		if err != nil {
+			t.Error(err)
+			close(raised)
+			return
+		}
+		raised <- nice()
+		<-done
+		r.Release()
+		r.Release() // twice: nothing
+		released <- nice()
+	}()
+	s, ok := <-raised
+	if !ok {
+		return
+	}
+	at, err := ThreadsAt(PriorityHigh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.nice != -10 || !slices.Contains(at, s.tid) || len(at) != len(before)+1 {
+		t.Fatalf("raised: thread %d at nice %d; threads at high %v, %v before: want that one more", s.tid, s.nice, at, before)
+	}
+	close(done)
+	if s2 := <-released; s2.nice != 0 {
+		t.Errorf("released: thread %d at nice %d, want 0", s2.tid, s2.nice)
+	}
+	if at, _ := ThreadsAt(PriorityHigh); len(at) != len(before) {
+		t.Errorf("threads at high after Release: %v, before %v", at, before)
+	}
+}
+
+// TestRaisedThreadEndsWithItsGoroutine: a raised goroutine that ends without Release takes its
+// thread with it, so the priority never reaches other goroutines.
+func TestRaisedThreadEndsWithItsGoroutine(t *testing.T) {
 	skipUnlessRaisable(t)
 	// raised runs a raised goroutine until release is closed and returns its thread's id.
 	raised := func(release chan struct{}) int {
 		tid := make(chan int)
 		go func() {
-			if err := RaiseThread(PriorityHigh); err != nil {
+			if _, err := Raise(PriorityHigh); err != nil {
 				t.Error(err)
 				close(tid)
 				return
@@ -67,13 +114,6 @@ func TestRaiseThreadEndsWithItsGoroutine(t *testing.T) {
 	if id == 0 {
 		return
 	}
-	at, err := ThreadsAt(PriorityHigh)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !slices.Contains(at, id) {
-		t.Fatalf("thread %d is not at high priority (threads at it: %v)", id, at)
-	}
 	close(release)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -87,9 +127,9 @@ func TestRaiseThreadEndsWithItsGoroutine(t *testing.T) {
 	}
 }
 
-// TestRaiseThreadRefused drops CAP_SYS_NICE from one thread, where raising must fail with an error
+// TestRaiseRefused drops CAP_SYS_NICE from one thread, where raising must fail with an error
 // that says what it needs and leave the goroutine unlocked and the thread as it was.
-func TestRaiseThreadRefused(t *testing.T) {
+func TestRaiseRefused(t *testing.T) {
 	skipUnlessRaisable(t)
 	var rl unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NICE, &rl); err != nil || rl.Cur > 20 {
@@ -111,7 +151,7 @@ func TestRaiseThreadRefused(t *testing.T) {
 			errc <- err
 			return
 		}
-		err := RaiseThread(PriorityHigh)
+		_, err := Raise(PriorityHigh)
 		if prio, gerr := unix.Getpriority(unix.PRIO_PROCESS, unix.Gettid()); gerr == nil && 20-prio != 0 {
 			t.Errorf("the refused thread's nice is %d, want 0", 20-prio)
 		}
@@ -119,7 +159,7 @@ func TestRaiseThreadRefused(t *testing.T) {
 	}()
 	err := <-errc
 	if err == nil || !strings.Contains(err.Error(), "CAP_SYS_NICE") || !strings.Contains(err.Error(), "high") {
-		t.Fatalf("RaiseThread without CAP_SYS_NICE: %v, want an error naming the priority and what it needs", err)
+		t.Fatalf("Raise without CAP_SYS_NICE: %v, want an error naming the priority and what it needs", err)
 	}
 }
 

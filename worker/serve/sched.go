@@ -177,6 +177,7 @@ func (s *Server) schedule(context.Context) (err error) {
 	if rerr != nil {
 		s.log.Warn("the scheduler's thread keeps its priority", "err", rerr)
 	}
+	defer raised.Release()
 	s.raised = raised // only this goroutine reads it (batchContext), after this
 	defer func() {
 		if r := recover(); r != nil {

@@ -67,7 +67,7 @@ type Config struct {
 	// Model decodes. The server calls it from its scheduler goroutine only and does not close it.
 	Model engine.Model
 	// ComputePriority is given to the scheduler goroutine's thread, the one that calls the model
-	// (compute.RaiseThread): above normal, the model's compute goes before the fetch path on
+	// (compute.Raise): above normal, the model's compute goes before the fetch path on
 	// shared cores. The worker checks that it can be had first (compute.CheckPriority).
 	ComputePriority compute.Priority
 	// Tokenizer, when set, lets prompts be text and fills the completions' text; nil: token ids
