@@ -72,10 +72,19 @@ func startClusterWith(t *testing.T, adjust func(*cluster.Config), fixtures ...st
 
 func startWorker(t *testing.T, lc *cluster.Local, name string, mode worker.Mode, cache int64, wait bool) *worker.Worker {
 	t.Helper()
+	return startWorkerWith(t, lc, name, mode, cache, wait, nil)
+}
+
+// startWorkerWith is startWorker with adjust applied to the worker's configuration.
+func startWorkerWith(t *testing.T, lc *cluster.Local, name string, mode worker.Mode, cache int64, wait bool, adjust func(*worker.Config)) *worker.Worker {
+	t.Helper()
 	cfg := worker.DefaultConfig()
 	cfg.Name, cfg.EtcdEndpoints, cfg.Model, cfg.Mode = "w-"+name+"-"+string(mode), lc.EtcdEndpoints(), name, mode
 	cfg.ExpertCache, cfg.HTTPAddr, cfg.DataDir, cfg.Threads = cache, "127.0.0.1:0", t.TempDir(), 2
 	cfg.FetchAttemptTimeout = 2 * time.Second
+	if adjust != nil {
+		adjust(&cfg)
+	}
 	w, err := worker.New(cfg)
 	if err != nil {
 		t.Fatal(err)

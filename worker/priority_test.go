@@ -1,7 +1,6 @@
 package worker_test
 
 import (
-	"context"
 	"slices"
 	"testing"
 	"time"
@@ -27,20 +26,9 @@ func TestComputePriority(t *testing.T) {
 	// serve runs a worker with threads compute threads at high priority, checks a completion, and
 	// returns the worker and how many threads are at high priority while it serves.
 	serve := func(threads int) (*worker.Worker, int) {
-		cfg := worker.DefaultConfig()
-		cfg.Name, cfg.EtcdEndpoints, cfg.Model, cfg.Mode = "w-prio", lc.EtcdEndpoints(), fx, worker.ModeOnDemand
-		cfg.ExpertCache, cfg.HTTPAddr, cfg.DataDir, cfg.Threads = 64<<20, "127.0.0.1:0", t.TempDir(), threads
-		cfg.ComputePriority = compute.PriorityHigh
-		w, err := worker.New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { w.Close() })
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := w.WaitReady(ctx); err != nil {
-			t.Fatal(err)
-		}
+		w := startWorkerWith(t, lc, fx, worker.ModeOnDemand, 64<<20, true, func(c *worker.Config) {
+			c.Threads, c.ComputePriority = threads, compute.PriorityHigh
+		})
 		c := complete(t, w.HTTPAddr(), map[string]any{"model": fx, "prompt": prompts[:1], "max_tokens": 10, "temperature": 0, "return_token_ids": true})
 		if len(c.Choices) != 1 || !slices.Equal(c.Choices[0].TokenIDs, want[0]) {
 			t.Fatalf("got %+v, want the golden %v", c.Choices, want[0])

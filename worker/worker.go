@@ -86,8 +86,9 @@ type Config struct {
 	// Threads bounds the compute threads (0: all cores).
 	Threads int
 	// ComputePriority is given to the compute threads (the scheduler's and the CPU pool's) so that
-	// they go before the fetch path on shared cores (compute.Priority; above normal it needs
-	// CAP_SYS_NICE: without it the worker logs why and computes at normal priority).
+	// they go before the fetch path on shared cores (compute.Priority). Above normal it needs
+	// CAP_SYS_NICE and compute threads that leave a core to the fetch path (compute.CheckPriority):
+	// otherwise the worker logs why and computes at normal priority.
 	ComputePriority compute.Priority
 	// MaxRunning and MaxWaiting bound the scheduler (sequences batched together, requests queued).
 	MaxRunning, MaxWaiting int
