@@ -75,16 +75,3 @@ func clip(s string) string {
 	}
 	return s[:max] + "…"
 }
-
-// Hasher computes a Digest incrementally, for a blob that arrives in chunks: hashing each chunk as
-// it lands, while it is still in cache, costs a fraction of hashing the whole blob afterwards.
-type Hasher struct{ h *xxh3.Hasher }
-
-// NewHasher returns an empty Hasher.
-func NewHasher() *Hasher { return &Hasher{h: xxh3.New()} }
-
-// Write adds p to the hashed bytes.
-func (h *Hasher) Write(p []byte) { h.h.Write(p) }
-
-// Digest is the digest of the bytes written so far.
-func (h *Hasher) Digest() Digest { return Digest(h.h.Sum128().Bytes()) }
