@@ -64,7 +64,7 @@ func NewHasher(buf []byte) *Hasher {
 }
 
 // Filled says that bytes [0, n) of the buffer are final; it hashes the whole blocks among them not
-// hashed yet. n never goes back.
+// hashed yet (none when n is not past the last call's).
 func (h *Hasher) Filled(n int) {
 	if end := min(n/blockLen, h.blocks); end > h.done {
 		accumBlocks(&h.acc, h.buf[h.done*blockLen:end*blockLen])
