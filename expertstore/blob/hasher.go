@@ -121,6 +121,8 @@ func accumBlocksGeneric(acc *[8]uint64, p []byte) {
 	}
 }
 
+// mergeAccs folds the accumulators into one 64-bit half of the digest: start plus the folded
+// 128-bit products of each keyed pair, then XXH3's avalanche.
 func mergeAccs(acc *[8]uint64, sec []byte, start uint64) uint64 {
 	r := start
 	for i := 0; i < 8; i += 2 {
